@@ -1,0 +1,64 @@
+"""`mtp`: headless commands over the same database the app and the engine use.
+
+Each command module registers its own subcommands (`register(sub)`), and each handler takes
+(args, store) and returns an exit code. Imports stay lazy so `mtp --help` is instant.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# Modules that add subcommands; one line each.
+COMMAND_MODULES = [
+    "store.cli_basic",
+    "store.cli_export",
+    "store.cli_queue",
+    "store.cli_show",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mtp",
+        description="mtp headless commands: concepts, experiments, runs, queue control and export.",
+    )
+    parser.add_argument("--home", help="data folder (default: $MTP_HOME or the platform data dir)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise
+            continue  # a command module not written yet
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0 if args.command is None else 2
+    from .db import SchemaTooNew, open_store
+    from .grammar import SweepError
+    from .queries import InputError
+
+    try:
+        store = open_store(args.home)
+    except SchemaTooNew as exc:
+        print(f"mtp: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return int(args.func(args, store) or 0)
+    except (InputError, SweepError) as exc:
+        print(f"mtp: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        store.close()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,179 @@
+"""SQLModel tables. Every swept parameter of a run is a real column so it can be filtered and sorted."""
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from typing import Optional
+
+from sqlalchemy import Column, Index, Text
+from sqlmodel import Field, SQLModel
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class RunStatus:
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    ALL = (QUEUED, RUNNING, DONE, FAILED, CANCELLED)
+    FINISHED = (DONE, FAILED, CANCELLED)
+
+
+class ExperimentStatus:
+    DRAFT = "draft"
+    QUEUED = "queued"  # has runs that are not finished
+    DONE = "done"
+    ALL = (DRAFT, QUEUED, DONE)
+
+
+WEIGHT_KINDS = ("none", "custom_diffusion", "textual_inversion", "lora", "full")
+
+
+class Meta(SQLModel, table=True):
+    """Key/value facts about the database itself: schema version, queue paused flag."""
+
+    key: str = Field(primary_key=True)
+    value: str = ""
+
+
+class Concept(SQLModel, table=True):
+    id: Optional[int] = Field(default=None, primary_key=True)
+    name: str = Field(index=True, unique=True)
+    token: str = ""  # e.g. "<new1>" or "sks"; written into prompts by the user
+    class_word: str = ""  # e.g. "dog"; replaces the token when CLIP-T is scored
+    ref_images_json: str = Field(default="[]", sa_column=Column(Text, nullable=False, default="[]"))
+    weights_path: Optional[str] = None
+    weights_kind: str = "none"
+    base_model: str = "runwayml/stable-diffusion-v1-5"
+    notes: str = ""
+    created_at: datetime = Field(default_factory=utcnow)
+
+    @property
+    def ref_images(self) -> list[str]:
+        return json.loads(self.ref_images_json or "[]")
+
+    @ref_images.setter
+    def ref_images(self, paths: list[str]) -> None:
+        self.ref_images_json = json.dumps(list(paths))
+
+
+class Experiment(SQLModel, table=True):
+    id: Optional[int] = Field(default=None, primary_key=True)
+    name: str = Field(index=True)
+    concept_id: Optional[int] = Field(default=None, foreign_key="concept.id", index=True)
+    status: str = Field(default=ExperimentStatus.DRAFT, index=True)
+    priority: int = 0  # higher runs first
+    spec_json: str = Field(default="{}", sa_column=Column(Text, nullable=False, default="{}"))
+    run_count: int = 0
+    tags: str = ""  # comma separated
+    notes: str = ""
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class Run(SQLModel, table=True):
+    __table_args__ = (
+        Index("ix_run_exp_status", "experiment_id", "status"),
+        Index("ix_run_queue", "status", "priority", "group_key", "id"),
+    )
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    experiment_id: int = Field(foreign_key="experiment.id", index=True)
+    concept_id: Optional[int] = Field(default=None, foreign_key="concept.id")
+    group_key: str = Field(default="", index=True)  # runs with equal keys share one source pass
+    grid_index: int = 0  # position in the experiment's expanded grid
+    is_baseline: bool = False  # the no-control reference for its (prompt, seed)
+
+    # shared-source settings
+    model: str = ""
+    weights_path: Optional[str] = None
+    weights_kind: str = "none"
+    token: str = ""
+    class_word: str = ""
+    source_prompt: str = ""
+    source_image: Optional[str] = None
+    invert: bool = False
+    seed: int = Field(default=0, index=True)
+    num_steps: int = 50
+    guidance: float = 7.5
+    width: int = 512
+    height: int = 512
+
+    # the target and its control
+    target_prompt: str = ""
+    prompt_index: int = 0
+    layers: str = Field(default="", index=True)
+    start_step: int = Field(default=0, index=True)
+    final_step: int = Field(default=50, index=True)
+    skip_interval: int = Field(default=1, index=True)
+    mask_mode: str = "off"
+    mask_layers: str = ""
+    mask_words: str = ""
+    mask_threshold: Optional[float] = None  # None means Otsu
+    mask_timing: str = "current"
+
+    # lifecycle
+    status: str = Field(default=RunStatus.QUEUED, index=True)
+    priority: int = 0
+    attempts: int = 0
+    worker_id: Optional[str] = Field(default=None, index=True)
+    cancel_requested: bool = False
+    created_at: datetime = Field(default_factory=utcnow)
+    claimed_at: Optional[datetime] = None
+    started_at: Optional[datetime] = None
+    finished_at: Optional[datetime] = None
+    duration_s: Optional[float] = None
+    error: Optional[str] = Field(default=None, sa_column=Column(Text, nullable=True))
+
+    # artifacts, relative to the data folder
+    image_path: Optional[str] = None
+    source_image_path: Optional[str] = None
+    mask_path: Optional[str] = None
+    source_mask_path: Optional[str] = None
+    maps_path: Optional[str] = None
+
+    # the researcher's own marks
+    tags: str = ""
+    notes: str = ""
+    marked: bool = False
+
+
+class Score(SQLModel, table=True):
+    __table_args__ = (Index("ix_score_run_metric", "run_id", "metric", "backbone"),)
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    run_id: int = Field(foreign_key="run.id", index=True)
+    metric: str  # clip_t, clip_i_ref, clip_i_src, dino_ref, dino_src
+    backbone: str  # e.g. "ViT-B-32/openai"
+    value: float  # raw cosine
+    preprocess: str = ""
+    scored_text: Optional[str] = None  # the exact text for text-alignment metrics
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class Worker(SQLModel, table=True):
+    id: str = Field(primary_key=True)  # host:pid:device
+    host: str = ""
+    pid: int = 0
+    device: str = ""
+    status: str = "idle"  # idle, running, stopped
+    started_at: datetime = Field(default_factory=utcnow)
+    heartbeat_at: datetime = Field(default_factory=utcnow)
+    current_run_id: Optional[int] = None
+    step: int = 0
+    total_steps: int = 0
+    its_per_s: Optional[float] = None
+    message: str = ""
+
+
+# Run columns a user can sort and filter on; the TUI and export read this list.
+RUN_PARAM_COLUMNS = (
+    "target_prompt", "seed", "layers", "start_step", "final_step", "skip_interval",
+    "mask_mode", "mask_layers", "mask_words", "mask_threshold", "mask_timing",
+    "source_prompt", "num_steps", "guidance", "width", "height", "model", "is_baseline",
+)
+RUN_SORT_COLUMNS = ("id", "status", "created_at", "finished_at", "duration_s", "attempts") + RUN_PARAM_COLUMNS

@@ -1,0 +1,81 @@
+"""Where mtp keeps its data: one folder ("home") holding the database and every artifact."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import platformdirs
+
+ENV_HOME = "MTP_HOME"
+
+
+def default_home() -> Path:
+    env = os.environ.get(ENV_HOME)
+    if env:
+        return Path(env).expanduser()
+    return Path(platformdirs.user_data_dir("mtp", appauthor=False))
+
+
+@dataclass(frozen=True)
+class Home:
+    """Every path inside the data folder; build paths here, never by hand elsewhere."""
+
+    root: Path
+
+    @classmethod
+    def resolve(cls, home: str | os.PathLike | None = None, create: bool = True) -> "Home":
+        root = Path(home).expanduser() if home else default_home()
+        h = cls(root.resolve())
+        if create:
+            h.ensure()
+        return h
+
+    def ensure(self) -> None:
+        for p in (self.root, self.artifacts, self.concepts, self.models, self.logs, self.exports):
+            p.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def db_path(self) -> Path:
+        return self.root / "mtp.db"
+
+    @property
+    def db_url(self) -> str:
+        return f"sqlite:///{self.db_path}"
+
+    @property
+    def artifacts(self) -> Path:
+        return self.root / "artifacts"
+
+    @property
+    def concepts(self) -> Path:
+        return self.root / "concepts"
+
+    @property
+    def models(self) -> Path:
+        return self.root / "models"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def exports(self) -> Path:
+        return self.root / "exports"
+
+    @property
+    def demo_model(self) -> Path:
+        return self.models / "tiny-sd"
+
+    def run_dir(self, run_id: int) -> Path:
+        return self.artifacts / f"run-{run_id}"
+
+    def concept_dir(self, concept_id: int) -> Path:
+        return self.concepts / str(concept_id)
+
+    def resolve_artifact(self, rel: str | None) -> Path | None:
+        """Artifact paths are stored relative to home so a data folder can be moved."""
+        if not rel:
+            return None
+        p = Path(rel)
+        return p if p.is_absolute() else self.root / p

@@ -1,0 +1,363 @@
+"""Queries the app, the CLI and the engine share: concepts, experiments, paged runs, counts."""
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from sqlalchemy import and_, case, func, or_
+from sqlmodel import col, select
+
+from .db import Store
+from .models import (
+    RUN_SORT_COLUMNS, WEIGHT_KINDS, Concept, Experiment, ExperimentStatus, Run, RunStatus, Score, utcnow,
+)
+from .sweep import ExperimentSpec, expand
+
+
+class InputError(ValueError):
+    """Bad user input, with a message fit to show as is."""
+
+
+# ------------------------------------------------------------------ images
+def check_image(path: str | Path) -> None:
+    """Raise InputError naming the file and the reason when it is not a readable image."""
+    from PIL import Image, UnidentifiedImageError
+
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise InputError(f"{p}: no such file")
+    try:
+        with Image.open(p) as im:
+            im.verify()
+        with Image.open(p) as im:
+            im.load()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise InputError(f"{p}: not a readable image ({exc})") from None
+
+
+# ------------------------------------------------------------------ concepts
+def check_model_ref(model: str) -> None:
+    """A local-looking model reference must exist; a hub id is checked when the engine loads it."""
+    m = (model or "").strip()
+    if not m:
+        raise InputError("base model: needs a hub id (org/name) or a local folder")
+    looks_local = m.startswith(("/", ".", "~")) or Path(m).expanduser().exists() or m.count("/") != 1
+    if looks_local and not Path(m).expanduser().is_dir():
+        raise InputError(f"base model: folder {m} does not exist")
+
+
+def save_concept(
+    store: Store,
+    name: str,
+    token: str = "",
+    class_word: str = "",
+    ref_images: Sequence[str | Path] = (),
+    weights_path: str | None = None,
+    weights_kind: str = "none",
+    base_model: str = "runwayml/stable-diffusion-v1-5",
+    notes: str = "",
+    concept_id: int | None = None,
+) -> Concept:
+    """Create or update a concept; reference images are checked, then copied into the data folder."""
+    name = (name or "").strip()
+    if not name:
+        raise InputError("name: a concept needs a name")
+    if weights_kind not in WEIGHT_KINDS:
+        raise InputError(f"weights kind: {weights_kind!r} is not one of {', '.join(WEIGHT_KINDS)}")
+    if weights_kind not in ("none", "full"):
+        if not weights_path or not Path(weights_path).expanduser().exists():
+            raise InputError(f"weights: file {weights_path or '(empty)'} does not exist")
+    check_model_ref(base_model)
+    for img in ref_images:
+        check_image(img)
+    with store.write() as s:
+        if s.exec(select(Concept).where(Concept.name == name, Concept.id != concept_id)).first():
+            raise InputError(f"name: a concept called {name!r} already exists")
+        concept = s.get(Concept, concept_id) if concept_id else Concept(name=name)
+        if concept is None:
+            raise InputError(f"concept {concept_id} does not exist")
+        concept.name = name
+        concept.token = token.strip()
+        concept.class_word = class_word.strip()
+        concept.weights_path = str(Path(weights_path).expanduser()) if weights_path else None
+        concept.weights_kind = weights_kind
+        concept.base_model = base_model.strip()
+        concept.notes = notes
+        s.add(concept)
+        s.flush()
+        dest = store.home.concept_dir(concept.id)
+        dest.mkdir(parents=True, exist_ok=True)
+        kept = []
+        for i, img in enumerate(ref_images):
+            src = Path(img).expanduser().resolve()
+            if src.parent == dest.resolve():
+                kept.append(str(src.relative_to(store.home.root)))
+                continue
+            target = dest / f"{i:02d}-{src.name}"
+            shutil.copy2(src, target)
+            kept.append(str(target.relative_to(store.home.root)))
+        concept.ref_images = kept
+        s.add(concept)
+    return concept
+
+
+def list_concepts(store: Store) -> list[Concept]:
+    with store.session() as s:
+        return list(s.exec(select(Concept).order_by(Concept.name)))
+
+
+def get_concept(store: Store, concept_id: int) -> Concept | None:
+    with store.session() as s:
+        return s.get(Concept, concept_id)
+
+
+def concept_by_name(store: Store, name: str) -> Concept | None:
+    with store.session() as s:
+        return s.exec(select(Concept).where(Concept.name == name)).first()
+
+
+# ------------------------------------------------------------------ experiments
+def save_experiment(
+    store: Store,
+    name: str,
+    spec: ExperimentSpec,
+    concept_id: int | None = None,
+    queue: bool = False,
+    tags: str = "",
+    notes: str = "",
+    priority: int = 0,
+    experiment_id: int | None = None,
+) -> Experiment:
+    """Save a draft or queue it. Expansion happens first, so a bad sweep writes nothing."""
+    name = (name or "").strip()
+    if not name:
+        raise InputError("name: an experiment needs a name")
+    concept = get_concept(store, concept_id) if concept_id else None
+    if concept_id and concept is None:
+        raise InputError(f"concept {concept_id} does not exist")
+    rows = expand(spec, concept)  # raises SweepError before anything is written
+    with store.write() as s:
+        exp = s.get(Experiment, experiment_id) if experiment_id else Experiment(name=name)
+        if exp is None:
+            raise InputError(f"experiment {experiment_id} does not exist")
+        if exp.status != ExperimentStatus.DRAFT:
+            raise InputError(f"experiment {exp.name!r} is already queued; duplicate it to change the sweep")
+        exp.name = name
+        exp.concept_id = concept_id
+        exp.spec_json = spec.to_json()
+        exp.run_count = len(rows)
+        exp.tags = tags
+        exp.notes = notes
+        exp.priority = priority
+        exp.updated_at = utcnow()
+        s.add(exp)
+        s.flush()
+        if queue:
+            _insert_runs(s, exp, rows)
+            exp.status = ExperimentStatus.QUEUED
+            s.add(exp)
+    return exp
+
+
+def _insert_runs(session, exp: Experiment, rows: list[dict[str, Any]]) -> None:
+    now = utcnow()
+    payload = [dict(r, experiment_id=exp.id, priority=exp.priority, status=RunStatus.QUEUED, created_at=now)
+               for r in rows]
+    # Core insert: 100x faster than ORM objects for a 10k-run sweep.
+    session.execute(Run.__table__.insert(), payload)
+
+
+def queue_experiment(store: Store, experiment_id: int) -> Experiment:
+    with store.session() as s:
+        exp = s.get(Experiment, experiment_id)
+    if exp is None:
+        raise InputError(f"experiment {experiment_id} does not exist")
+    spec = ExperimentSpec.from_json(exp.spec_json)
+    return save_experiment(store, exp.name, spec, exp.concept_id, queue=True, tags=exp.tags,
+                           notes=exp.notes, priority=exp.priority, experiment_id=exp.id)
+
+
+def duplicate_experiment(store: Store, experiment_id: int, name: str | None = None) -> Experiment:
+    with store.session() as s:
+        exp = s.get(Experiment, experiment_id)
+    if exp is None:
+        raise InputError(f"experiment {experiment_id} does not exist")
+    spec = ExperimentSpec.from_json(exp.spec_json)
+    return save_experiment(store, name or f"{exp.name} (copy)", spec, exp.concept_id, queue=False,
+                           tags=exp.tags, notes=exp.notes, priority=exp.priority)
+
+
+def get_experiment(store: Store, experiment_id: int) -> Experiment | None:
+    with store.session() as s:
+        return s.get(Experiment, experiment_id)
+
+
+def experiment_by_ref(store: Store, ref: str | int) -> Experiment | None:
+    """An experiment by id or by name (CLI arguments accept either)."""
+    with store.session() as s:
+        if str(ref).isdigit():
+            exp = s.get(Experiment, int(ref))
+            if exp:
+                return exp
+        return s.exec(select(Experiment).where(Experiment.name == str(ref)).order_by(col(Experiment.id).desc())).first()
+
+
+@dataclass
+class ExperimentRow:
+    experiment: Experiment
+    counts: dict[str, int]
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    @property
+    def done(self) -> int:
+        return self.counts.get(RunStatus.DONE, 0)
+
+    @property
+    def failed(self) -> int:
+        return self.counts.get(RunStatus.FAILED, 0)
+
+
+def list_experiments(store: Store) -> list[ExperimentRow]:
+    with store.session() as s:
+        exps = list(s.exec(select(Experiment).order_by(col(Experiment.updated_at).desc())))
+        counts: dict[int, dict[str, int]] = {}
+        for exp_id, status, n in s.exec(
+            select(Run.experiment_id, Run.status, func.count()).group_by(Run.experiment_id, Run.status)
+        ):
+            counts.setdefault(exp_id, {})[status] = n
+    return [ExperimentRow(e, counts.get(e.id, {})) for e in exps]
+
+
+def counts_by_status(store: Store, experiment_id: int | None = None) -> dict[str, int]:
+    with store.session() as s:
+        q = select(Run.status, func.count()).group_by(Run.status)
+        if experiment_id is not None:
+            q = q.where(Run.experiment_id == experiment_id)
+        return {status: n for status, n in s.exec(q)}
+
+
+# ------------------------------------------------------------------ runs
+@dataclass
+class RunFilter:
+    experiment_id: int | None = None
+    statuses: Sequence[str] = ()
+    equals: dict[str, Any] = field(default_factory=dict)  # column -> value
+    tag: str | None = None
+    text: str | None = None  # matched against prompts, layers, tags, notes, error
+    marked: bool | None = None
+    baseline: bool | None = None
+
+
+def _filter_clause(f: RunFilter):
+    clauses = []
+    if f.experiment_id is not None:
+        clauses.append(Run.experiment_id == f.experiment_id)
+    if f.statuses:
+        clauses.append(col(Run.status).in_(list(f.statuses)))
+    for column, value in f.equals.items():
+        if column not in RUN_SORT_COLUMNS:
+            raise InputError(f"cannot filter on {column!r}")
+        clauses.append(getattr(Run, column) == value)
+    if f.tag:
+        clauses.append(col(Run.tags).contains(f.tag))
+    if f.text:
+        like = f"%{f.text}%"
+        clauses.append(or_(col(Run.target_prompt).like(like), col(Run.layers).like(like),
+                           col(Run.tags).like(like), col(Run.notes).like(like), col(Run.error).like(like)))
+    if f.marked is not None:
+        clauses.append(Run.marked == f.marked)
+    if f.baseline is not None:
+        clauses.append(Run.is_baseline == f.baseline)
+    return and_(True, *clauses)
+
+
+def score_column(metric: str, backbone: str | None = None):
+    """A correlated subquery for one metric, so runs can be sorted by score in SQL."""
+    q = select(func.avg(Score.value)).where(Score.run_id == Run.id, Score.metric == metric)
+    if backbone:
+        q = q.where(Score.backbone == backbone)
+    return q.scalar_subquery()
+
+
+def list_runs(
+    store: Store,
+    filt: RunFilter | None = None,
+    sort: str = "id",
+    descending: bool = False,
+    offset: int = 0,
+    limit: int = 100,
+) -> tuple[list[Run], int]:
+    """One page of runs and the total matching; sorting and paging happen in SQL."""
+    filt = filt or RunFilter()
+    where = _filter_clause(filt)
+    if sort.startswith("score:"):
+        order = score_column(sort.split(":", 1)[1])
+    elif sort in RUN_SORT_COLUMNS:
+        order = getattr(Run, sort)
+    else:
+        raise InputError(f"cannot sort by {sort!r}")
+    order_by = [order.desc() if descending else order.asc(), col(Run.id).asc()]
+    with store.session() as s:
+        total = s.exec(select(func.count()).select_from(Run).where(where)).one()
+        rows = list(s.exec(select(Run).where(where).order_by(*order_by).offset(offset).limit(limit)))
+    return rows, total
+
+
+def get_run(store: Store, run_id: int) -> Run | None:
+    with store.session() as s:
+        return s.get(Run, run_id)
+
+
+def run_scores(store: Store, run_ids: Iterable[int]) -> dict[int, dict[str, float]]:
+    """metric -> value per run (the first backbone wins when several scored the same metric)."""
+    ids = list(run_ids)
+    out: dict[int, dict[str, float]] = {i: {} for i in ids}
+    if not ids:
+        return out
+    with store.session() as s:
+        for sc in s.exec(select(Score).where(col(Score.run_id).in_(ids)).order_by(Score.id)):
+            out[sc.run_id].setdefault(sc.metric, sc.value)
+    return out
+
+
+def neighbour_run(store: Store, run: Run, direction: int) -> Run | None:
+    """The previous/next run of the same experiment in grid order (for [ and ] in run detail)."""
+    with store.session() as s:
+        q = select(Run).where(Run.experiment_id == run.experiment_id)
+        if direction > 0:
+            q = q.where(Run.grid_index > run.grid_index).order_by(col(Run.grid_index).asc())
+        else:
+            q = q.where(Run.grid_index < run.grid_index).order_by(col(Run.grid_index).desc())
+        return s.exec(q.limit(1)).first()
+
+
+def update_runs(store: Store, run_ids: Sequence[int], **values: Any) -> int:
+    """Tag, note or mark runs (only user-editable columns)."""
+    allowed = {"tags", "notes", "marked"}
+    bad = set(values) - allowed
+    if bad:
+        raise InputError(f"cannot edit {', '.join(sorted(bad))}")
+    if not run_ids:
+        return 0
+    with store.write() as s:
+        res = s.execute(Run.__table__.update().where(col(Run.id).in_(list(run_ids))).values(**values))
+        return res.rowcount
+
+
+def add_tag(store: Store, run_ids: Sequence[int], tag: str) -> int:
+    tag = tag.strip().replace(",", " ")
+    if not tag or not run_ids:
+        return 0
+    with store.write() as s:
+        res = s.execute(
+            Run.__table__.update()
+            .where(col(Run.id).in_(list(run_ids)))
+            .where(~col(Run.tags).contains(tag))
+            .values(tags=case((Run.tags == "", tag), else_=Run.tags + "," + tag))
+        )
+        return res.rowcount

@@ -1,0 +1,206 @@
+"""An experiment's sweep: base settings + axis texts, validated and expanded into run rows.
+
+The run count is known before anything is queued, and every error names its field.
+"""
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from .grammar import Axis, SweepError, blocks_for_model, parse_values, resolve_layer_set
+
+DEFAULT_MODEL = "runwayml/stable-diffusion-v1-5"
+MASK_MODES = ("off", "auto", "image")
+MASK_TIMINGS = ("current", "previous")
+
+# The swept fields, in the order the grid nests them (first = outermost).
+AXES: dict[str, Axis] = {
+    "seeds": Axis("seeds", "int", minimum=0, maximum=2**63 - 1),
+    "layers": Axis("layers", "layers"),
+    "start_step": Axis("start_step", "int", minimum=0),
+    "final_step": Axis("final_step", "int", minimum=1, specials=("end",)),
+    "skip_interval": Axis("skip_interval", "int", minimum=1),
+    "mask_mode": Axis("mask_mode", "enum", choices=MASK_MODES),
+    "mask_layers": Axis("mask_layers", "layers"),
+    "mask_words": Axis("mask_words", "text", specials=("-",)),
+    "mask_threshold": Axis("mask_threshold", "float", minimum=0.0, maximum=1.0, specials=("otsu",)),
+    "mask_timing": Axis("mask_timing", "enum", choices=MASK_TIMINGS),
+}
+MASK_AXES = ("mask_layers", "mask_words", "mask_threshold", "mask_timing")
+
+
+@dataclass
+class ExperimentSpec:
+    """Base settings (one value each) and axis texts (sweep grammar)."""
+
+    model: str = DEFAULT_MODEL
+    source_prompt: str = "a photo of a dog"
+    source_image: str | None = None  # a real image to invert instead of generating the source
+    invert: bool = False
+    target_prompts: list[str] = field(default_factory=lambda: ["a photo of a dog on the beach"])
+    num_steps: int = 50
+    guidance: float = 7.5
+    width: int = 512
+    height: int = 512
+    baseline: bool = True  # add one no-control run per (prompt, seed)
+    # axes
+    seeds: str = "0"
+    layers: str = "decoder"
+    start_step: str = "4"
+    final_step: str = "end"
+    skip_interval: str = "1"
+    mask_mode: str = "off"
+    mask_layers: str = "all"
+    mask_words: str = "-"
+    mask_threshold: str = "0.1"
+    mask_timing: str = "current"
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, raw: str | dict) -> "ExperimentSpec":
+        data = json.loads(raw) if isinstance(raw, str) else dict(raw)
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+# The seed's four sweeps, ready to load into the sweep builder.
+PRESETS: dict[str, dict[str, str]] = {
+    "final step (4..20 / 4..25 / 4..end)": {"layers": "decoder", "start_step": "4", "final_step": "10,20,25,30,40,end", "skip_interval": "1"},
+    "layer type (encoder vs decoder)": {"layers": "encoder,decoder", "start_step": "4", "final_step": "end", "skip_interval": "1"},
+    "skip-step interval": {"layers": "decoder", "start_step": "4", "final_step": "end", "skip_interval": "1,2,3,5,10"},
+    "start step": {"layers": "decoder", "start_step": "0,4,10,20,30", "final_step": "end", "skip_interval": "1"},
+}
+
+
+def parse_axes(spec: ExperimentSpec) -> dict[str, list]:
+    """Parse every axis; raises the first SweepError (field, text, position)."""
+    return {name: parse_values(axis, getattr(spec, name)) for name, axis in AXES.items()}
+
+
+def validate_base(spec: ExperimentSpec) -> None:
+    if not spec.model or not spec.model.strip():
+        raise SweepError("model", spec.model or "", 0, "needs a hub id or a local folder")
+    prompts = [p for p in spec.target_prompts if p.strip()]
+    if not prompts:
+        raise SweepError("target_prompts", "", 0, "needs at least one target prompt")
+    if not spec.source_prompt.strip() and not spec.source_image:
+        raise SweepError("source_prompt", spec.source_prompt, 0, "needs a source prompt or a reference image")
+    if spec.num_steps < 1 or spec.num_steps > 1000:
+        raise SweepError("num_steps", str(spec.num_steps), 0, "must be between 1 and 1000")
+    for name in ("width", "height"):
+        v = getattr(spec, name)
+        if v < 8 or v % 8:
+            raise SweepError(name, str(v), 0, "must be a positive multiple of 8")
+    if spec.guidance < 0:
+        raise SweepError("guidance", str(spec.guidance), 0, "cannot be negative")
+
+
+def group_key(row: dict[str, Any]) -> str:
+    """Runs with equal keys share model, weights, source, seed, steps, guidance and size."""
+    parts = [row.get(k) for k in (
+        "model", "weights_path", "weights_kind", "source_prompt", "source_image", "invert",
+        "seed", "num_steps", "guidance", "width", "height",
+    )]
+    return hashlib.sha1(json.dumps(parts, default=str).encode()).hexdigest()[:16]
+
+
+def expand(spec: ExperimentSpec, concept: Any | None = None) -> list[dict[str, Any]]:
+    """The cartesian grid as a list of Run column dicts (baselines first per prompt x seed)."""
+    validate_base(spec)
+    axes = parse_axes(spec)
+    blocks = blocks_for_model(spec.model)
+    for name in ("layers", "mask_layers"):
+        for expr in axes[name]:
+            resolve_layer_set(expr, blocks, field=name)
+    finals = [spec.num_steps if f == "end" else f for f in axes["final_step"]]
+    for f in finals:
+        if f > spec.num_steps:
+            raise SweepError("final_step", spec.final_step, spec.final_step.find(str(f)),
+                             f"final step {f} is beyond the {spec.num_steps} denoising steps")
+    for s in axes["start_step"]:
+        if s >= spec.num_steps:
+            raise SweepError("start_step", spec.start_step, spec.start_step.find(str(s)),
+                             f"start step {s} is not before the {spec.num_steps} denoising steps")
+    for s, f in itertools.product(axes["start_step"], finals):
+        if s >= f:
+            raise SweepError("start_step", spec.start_step, spec.start_step.find(str(s)),
+                             f"start step {s} is not before final step {f} (final is exclusive)")
+    masks_on = [m for m in axes["mask_mode"] if m != "off"]
+    if "image" in masks_on:
+        raise SweepError("mask_mode", spec.mask_mode, spec.mask_mode.find("image"),
+                         "mask_mode 'image' needs a mask file per run, which sweeps do not take yet; use auto or off")
+    if masks_on and axes["mask_words"] == ["-"]:
+        pass  # no words: the maps of every prompt token are averaged
+    prompts = [" ".join(p.split()) for p in spec.target_prompts if p.strip()]
+    for words in axes["mask_words"]:
+        if words == "-" or not masks_on:
+            continue
+        for prompt in prompts:
+            lowered = prompt.lower().split()
+            for w in words.split():
+                if w.lower() not in lowered:
+                    raise SweepError("mask_words", spec.mask_words, spec.mask_words.find(w),
+                                     f"word {w!r} is not in target prompt {prompt!r}")
+
+    base = {
+        "model": spec.model.strip(),
+        "weights_path": getattr(concept, "weights_path", None),
+        "weights_kind": getattr(concept, "weights_kind", "none") or "none",
+        "token": getattr(concept, "token", "") or "",
+        "class_word": getattr(concept, "class_word", "") or "",
+        "concept_id": getattr(concept, "id", None),
+        "source_prompt": spec.source_prompt.strip(),
+        "source_image": spec.source_image or None,
+        "invert": bool(spec.invert or spec.source_image),
+        "num_steps": spec.num_steps,
+        "guidance": float(spec.guidance),
+        "width": spec.width,
+        "height": spec.height,
+    }
+    mask_variants: list[dict[str, Any]] = []
+    for mode in axes["mask_mode"]:
+        if mode == "off":
+            mask_variants.append({"mask_mode": "off", "mask_layers": "", "mask_words": "",
+                                  "mask_threshold": None, "mask_timing": "current"})
+            continue
+        for ml, mw, mt, mtime in itertools.product(*(axes[a] for a in MASK_AXES)):
+            mask_variants.append({
+                "mask_mode": mode, "mask_layers": ml, "mask_words": "" if mw == "-" else mw,
+                "mask_threshold": None if mt == "otsu" else float(mt), "mask_timing": mtime,
+            })
+
+    rows: list[dict[str, Any]] = []
+    for p_index, prompt in enumerate(prompts):
+        for seed in axes["seeds"]:
+            shared = dict(base, seed=seed, target_prompt=prompt, prompt_index=p_index)
+            shared["group_key"] = group_key(shared)
+            if spec.baseline:
+                rows.append(dict(shared, is_baseline=True, layers="", start_step=0, final_step=0,
+                                 skip_interval=1, mask_mode="off", mask_layers="", mask_words="",
+                                 mask_threshold=None, mask_timing="current"))
+            for layers, start, final, skip, mask in itertools.product(
+                axes["layers"], axes["start_step"], finals, axes["skip_interval"], mask_variants
+            ):
+                rows.append(dict(shared, is_baseline=False, layers=layers, start_step=start,
+                                 final_step=final, skip_interval=skip, **mask))
+    for i, row in enumerate(rows):
+        row["grid_index"] = i
+    return rows
+
+
+def count_runs(spec: ExperimentSpec) -> int:
+    return len(expand(spec))
+
+
+def swept_axes(spec: ExperimentSpec) -> list[str]:
+    """Axes with more than one value: what the results screen offers to group by."""
+    axes = parse_axes(spec)
+    out = [name for name, values in axes.items() if len(values) > 1]
+    if len([p for p in spec.target_prompts if p.strip()]) > 1:
+        out.append("target_prompt")
+    return out
