@@ -9,6 +9,7 @@ encoder, 6 mid, 7-15 decoder), written as layer-set expressions (see ``store.gra
 """
 from __future__ import annotations
 
+import string
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -34,8 +35,14 @@ class ControlError(ValueError):
 
 
 def prompt_words(prompt: str) -> list[str]:
-    """The whitespace words of a prompt, lowercased, as mask words are matched against."""
-    return [w.lower() for w in prompt.split()]
+    """Words a mask word may name: each whitespace word lowercased, as written and without
+    surrounding punctuation ("corgi," matches "corgi"; "<sks>" matches itself)."""
+    out: list[str] = []
+    for raw in prompt.split():
+        for w in (raw.lower(), raw.strip(string.punctuation).lower()):
+            if w and w not in out:
+                out.append(w)
+    return out
 
 
 @dataclass(frozen=True)

@@ -184,12 +184,13 @@ def parse_values(axis: Axis, text: str) -> list:
         raise SweepError(field, text or "", 0, "needs at least one value")
     text = str(text)
     values: list = []
+    positions: list[int] = []
     for item, pos in split_items(text, field):
         lowered = item.lower()
+        before = len(values)
         if lowered in axis.specials:
             values.append(lowered)
-            continue
-        if axis.kind == "enum":
+        elif axis.kind == "enum":
             if lowered not in axis.choices:
                 raise SweepError(field, text, pos, f"{item!r} is not one of {', '.join(axis.choices)}")
             values.append(lowered)
@@ -205,13 +206,14 @@ def parse_values(axis: Axis, text: str) -> list:
                 values.append(_number(item, axis.kind, field, text, pos))
         else:  # pragma: no cover - a programming error, not user input
             raise ValueError(f"unknown axis kind {axis.kind}")
-    for v in values:
+        positions.extend([pos] * (len(values) - before))
+    for v, pos in zip(values, positions):
         if isinstance(v, str):
             continue
         if axis.minimum is not None and v < axis.minimum:
-            raise SweepError(field, text, text.find(str(v)), f"{v} is below the minimum {axis.minimum:g}")
+            raise SweepError(field, text, pos, f"{v} is below the minimum {axis.minimum:g}")
         if axis.maximum is not None and v > axis.maximum:
-            raise SweepError(field, text, text.find(str(v)), f"{v} is above the maximum {axis.maximum:g}")
+            raise SweepError(field, text, pos, f"{v} is above the maximum {axis.maximum:g}")
     seen = []
     for v in values:
         if v not in seen:

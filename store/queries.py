@@ -59,6 +59,7 @@ def save_concept(
     base_model: str = "runwayml/stable-diffusion-v1-5",
     notes: str = "",
     concept_id: int | None = None,
+    check_model: bool = True,
 ) -> Concept:
     """Create or update a concept; reference images are checked, then copied into the data folder."""
     name = (name or "").strip()
@@ -69,7 +70,8 @@ def save_concept(
     if weights_kind not in ("none", "full"):
         if not weights_path or not Path(weights_path).expanduser().exists():
             raise InputError(f"weights: file {weights_path or '(empty)'} does not exist")
-    check_model_ref(base_model)
+    if check_model:
+        check_model_ref(base_model)
     for img in ref_images:
         check_image(img)
     with store.write() as s:

@@ -1,0 +1,78 @@
+"""Writing a run's pixels into its artifact folder (torch-free: PIL and numpy only).
+
+Every file is written under a temporary name and moved into place with ``os.replace``, so a
+reader (the TUI) or a crash never sees half a PNG. Paths returned are relative to home, which
+is what the Run row stores so a data folder can be moved.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from store.paths import Home
+
+
+def _atomic_write(path: Path, write) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            write(fh)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink(missing_ok=True)
+
+
+def save_png(image: Any, path: Path) -> None:
+    _atomic_write(path, lambda fh: image.save(fh, format="PNG"))
+
+
+def save_mask(mask: np.ndarray, path: Path) -> None:
+    from PIL import Image
+
+    arr = np.clip(np.nan_to_num(np.asarray(mask, dtype=np.float32)), 0.0, 1.0)
+    save_png(Image.fromarray((arr * 255).round().astype(np.uint8), mode="L"), path)
+
+
+def save_maps(maps: Mapping[str, np.ndarray], path: Path) -> None:
+    arrays = {str(k): np.asarray(v, dtype=np.float32) for k, v in maps.items()}
+    # A file object keeps np.savez from appending ".npz" to the temporary name.
+    _atomic_write(path, lambda fh: np.savez_compressed(fh, **arrays))
+
+
+def write_run_artifacts(
+    home: Home,
+    run_id: int,
+    image: Any,
+    source_image: Any,
+    mask: Mapping[str, np.ndarray] | None = None,
+    maps: Mapping[str, np.ndarray] | None = None,
+) -> dict[str, str | None]:
+    """Write target.png, source.png and, when present, masks and maps; return Run path columns."""
+    folder = home.run_dir(run_id)
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def rel(p: Path) -> str:
+        return str(p.relative_to(home.root))
+
+    out: dict[str, str | None] = {"image_path": None, "source_image_path": None, "mask_path": None,
+                                  "source_mask_path": None, "maps_path": None}
+    save_png(image, folder / "target.png")
+    out["image_path"] = rel(folder / "target.png")
+    if source_image is not None:
+        save_png(source_image, folder / "source.png")
+        out["source_image_path"] = rel(folder / "source.png")
+    if mask:
+        if mask.get("target") is not None:
+            save_mask(mask["target"], folder / "mask_target.png")
+            out["mask_path"] = rel(folder / "mask_target.png")
+        if mask.get("source") is not None:
+            save_mask(mask["source"], folder / "mask_source.png")
+            out["source_mask_path"] = rel(folder / "mask_source.png")
+    if maps:
+        save_maps(maps, folder / "maps.npz")
+        out["maps_path"] = rel(folder / "maps.npz")
+    return out

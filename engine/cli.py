@@ -1,0 +1,194 @@
+"""`mtp-engine`: run queued runs on one device (or one worker process per GPU with --devices).
+
+torch is imported only after the arguments are parsed and the device lock is held, so --help
+is instant and a second engine on a busy device is refused before it pays for torch.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+log = logging.getLogger("mtp.engine")
+
+BACKEND_ENV = "MTP_ENGINE_BACKEND"  # "fake": the torch-free FakeBackend (tests, benchmarks)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="mtp-engine",
+        description="Run queued mtp runs: claim a group, generate source + targets in one batch, "
+                    "write artifacts, score, commit. Stops cleanly on SIGTERM/SIGINT.",
+    )
+    p.add_argument("--home", help="data folder (default: $MTP_HOME or the platform data dir)")
+    p.add_argument("--db", help="database URL (default: the SQLite file in the data folder; or $MTP_DB_URL)")
+    p.add_argument("--device", default=None, help="torch device, e.g. cuda:0 or cpu (default: cuda:0 if available)")
+    p.add_argument("--devices", help="comma separated GPU indices, e.g. 0,1,2,3: one worker process per GPU")
+    p.add_argument("--max-batch", type=int, default=8, help="targets per shared-source batch (default 8)")
+    p.add_argument("--once", action="store_true", help="drain the queue and exit")
+    p.add_argument("--demo", action="store_true", help="use the offline tiny model (built under home/models) and tiny scorer")
+    p.add_argument("--poll", type=float, default=2.0, help="seconds between queue polls when idle (default 2)")
+    p.add_argument("--heartbeat", type=float, default=5.0, help="seconds between heartbeats (default 5)")
+    p.add_argument("--stale-after", type=float, default=60.0,
+                   help="a worker silent this long is dead and its runs are requeued (default 60)")
+    p.add_argument("--max-attempts", type=int, default=3, help="claims per run before it is failed (default 3)")
+    p.add_argument("--no-score", action="store_true", help="finish runs without computing scores")
+    p.add_argument("-v", "--verbose", action="store_true")
+    return p
+
+
+def _setup_logging(logfile: Path, verbose: bool) -> None:
+    root = logging.getLogger("mtp")
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    fmt = logging.Formatter("%(asctime)s %(levelname)s [%(process)d] %(message)s")
+    logfile.parent.mkdir(parents=True, exist_ok=True)
+    fh = logging.FileHandler(logfile)
+    fh.setFormatter(fmt)
+    root.addHandler(fh)
+    # A detached engine's stderr already is the log file; a second handler would double lines.
+    try:
+        same = os.path.samestat(os.fstat(2), os.stat(logfile))
+    except OSError:
+        same = False
+    if not same:
+        sh = logging.StreamHandler(sys.stderr)
+        sh.setFormatter(fmt)
+        root.addHandler(sh)
+
+
+def _default_device() -> str:
+    import torch
+
+    return "cuda:0" if torch.cuda.is_available() else "cpu"
+
+
+def _run_many(args, argv: list[str]) -> int:
+    """Parent of one engine process per GPU; forwards SIGTERM/SIGINT and waits for all."""
+    indices = [d.strip() for d in args.devices.split(",") if d.strip()]
+    base = []
+    skip = False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        if a in ("--devices", "--device"):
+            skip = True
+            continue
+        if a.startswith(("--devices=", "--device=")):
+            continue
+        base.append(a)
+    procs = [subprocess.Popen([sys.executable, "-m", "engine.cli", *base, "--device", f"cuda:{i}"]) for i in indices]
+
+    def forward(signum, _frame):
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    return max((p.wait() for p in procs), default=0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    if args.devices:
+        return _run_many(args, argv)
+
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from store.paths import Home
+
+    from .launch import DeviceLock, EngineAlreadyRunning, log_path
+
+    home = Home.resolve(args.home)
+    fake = os.environ.get(BACKEND_ENV, "") == "fake"
+    device = args.device or ("cpu" if fake else _default_device())
+    try:
+        lock = DeviceLock(home, device).acquire()
+    except EngineAlreadyRunning as exc:
+        print(f"mtp-engine: {exc}", file=sys.stderr)
+        return 3
+    try:
+        _setup_logging(log_path(home, device), args.verbose)
+        return _serve(args, home, device, fake)
+    finally:
+        lock.release()
+
+
+def _serve(args, home, device: str, fake: bool) -> int:
+    from store.db import SchemaTooNew, Store
+
+    from .worker import FakeBackend, PipelineBackend, Worker, WorkerConfig, fake_score
+
+    try:
+        store = Store(home, url=args.db)
+    except SchemaTooNew as exc:
+        log.error("%s", exc)
+        return 2
+    score = None
+    scored_text = None
+    if fake:
+        backend = FakeBackend.from_env()
+        score = None if args.no_score else fake_score
+        scored_text = lambda prompt, token, class_word: prompt  # noqa: E731
+    else:
+        import torch
+
+        torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1") or 1))
+        if args.demo:
+            from .tiny import ensure_tiny_pipeline
+
+            log.info("demo mode: tiny model at %s", ensure_tiny_pipeline(home.models))
+        backend = PipelineBackend(device, home=home)
+        if not args.no_score:
+            score = LazyScorer(home, args.demo, device)
+    config = WorkerConfig(device=device, max_batch=max(1, args.max_batch), poll_s=args.poll, once=args.once,
+                          heartbeat_s=args.heartbeat, stale_after_s=args.stale_after,
+                          max_attempts=args.max_attempts)
+    worker = Worker(store, backend, config, score=score, scored_text=scored_text)
+
+    def on_signal(signum, _frame):
+        log.info("signal %d: finishing up and releasing claimed runs", signum)
+        worker.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:  # respect nohup
+        signal.signal(signal.SIGHUP, on_signal)
+    log.info("mtp-engine pid %d on %s, home %s%s", os.getpid(), device, home.root, " (fake backend)" if fake else "")
+    try:
+        worker.run()
+    finally:
+        store.close()
+    return 0
+
+
+class LazyScorer:
+    """engine.scoring's Scorer, created on the first batch that needs it."""
+
+    def __init__(self, home, demo: bool, device: str):
+        self.home, self.demo, self.device = home, demo, device
+        self._scorer = None
+
+    def __call__(self, images, texts, source, refs):
+        from .worker import RunError
+
+        if self._scorer is None:
+            try:
+                from .scoring import Scorer
+
+                self._scorer = Scorer.for_home(self.home, demo=self.demo, device=self.device)
+            except Exception as exc:
+                log.exception("cannot create the scorer")
+                raise RunError(f"scoring is unavailable ({type(exc).__name__}: {exc}); "
+                               f"start the engine with --no-score to finish runs without scores") from None
+        return self._scorer.score(images, texts, source, refs)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

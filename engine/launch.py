@@ -1,0 +1,204 @@
+"""Start, find and stop detached engines (torch-free: the TUI and `mtp engine` import it).
+
+An engine started here runs in its own session with stdin closed and output in its log file,
+so closing the terminal, the SSH connection or the TUI does not stop it. One engine per device:
+the engine holds an exclusive flock on home/engine-<device>.lock (with its pid written inside)
+for its whole life; the kernel drops the lock when the process dies, so a stale lock file never
+blocks a restart.
+"""
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Sequence
+
+from store.paths import Home
+
+
+class EngineError(RuntimeError):
+    """A start/stop problem with a message fit to show as is."""
+
+
+class EngineAlreadyRunning(EngineError):
+    pass
+
+
+def device_slug(device: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "", device.replace(":", "")) or "cpu"
+
+
+def _home(home: Home | str | os.PathLike | None) -> Home:
+    return home if isinstance(home, Home) else Home.resolve(home)
+
+
+def lock_path(home: Home | str | os.PathLike | None, device: str) -> Path:
+    return _home(home).root / f"engine-{device_slug(device)}.lock"
+
+
+def log_path(home: Home | str | os.PathLike | None, device: str) -> Path:
+    return _home(home).logs / f"engine-{device_slug(device)}.log"
+
+
+class DeviceLock:
+    """The exclusive per-device lock an engine holds while it runs."""
+
+    def __init__(self, home: Home | str | os.PathLike | None, device: str):
+        self.path = lock_path(home, device)
+        self.device = device
+        self.fd: int | None = None
+
+    def acquire(self) -> "DeviceLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise
+            info = _read_info(self.path)
+            raise EngineAlreadyRunning(
+                f"an engine is already running on {self.device} (pid {info.get('pid', '?')}); "
+                f"stop it first with `mtp engine stop --device {self.device}`"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps({"pid": os.getpid(), "device": self.device, "started": time.time()}).encode())
+        os.fsync(fd)
+        self.fd = fd
+        return self
+
+    def release(self) -> None:
+        if self.fd is not None:
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_UN)
+            finally:
+                os.close(self.fd)
+                self.fd = None
+
+    def __enter__(self) -> "DeviceLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def _read_info(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text() or "{}")
+    except (OSError, ValueError):
+        return {}
+
+
+def _is_locked(path: Path) -> bool:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
+
+
+def engine_running(home: Home | str | os.PathLike | None = None, device: str | None = None) -> list[dict]:
+    """Engines running on this host for this home: [{device, pid, started, lock, log}]."""
+    h = _home(home)
+    paths = [lock_path(h, device)] if device else sorted(h.root.glob("engine-*.lock"))
+    out = []
+    for p in paths:
+        if p.exists() and _is_locked(p):
+            info = _read_info(p)
+            dev = info.get("device") or p.stem[len("engine-"):]
+            out.append({"device": dev, "pid": int(info.get("pid", 0) or 0), "started": info.get("started"),
+                        "lock": str(p), "log": str(log_path(h, dev))})
+    return out
+
+
+def engine_command(home: Home | str | os.PathLike | None, device: str = "cpu", demo: bool = False,
+                   extra_args: Sequence[str] = ()) -> list[str]:
+    cmd = [sys.executable, "-m", "engine.cli", "--home", str(_home(home).root), "--device", device]
+    if demo:
+        cmd.append("--demo")
+    return cmd + list(extra_args)
+
+
+def start_engine(home: Home | str | os.PathLike | None = None, device: str = "cpu", demo: bool = False,
+                 extra_args: Sequence[str] = (), wait_s: float = 10.0) -> int:
+    """Start a detached engine on ``device`` and return its pid.
+
+    Waits (up to ``wait_s``) until the engine holds its device lock, so a caller that checks
+    `engine_running` right after sees it; raises EngineError if it exits first (the log tail
+    says why) or EngineAlreadyRunning if one already runs on that device.
+    """
+    h = _home(home)
+    running = engine_running(h, device)
+    if running:
+        raise EngineAlreadyRunning(f"an engine is already running on {device} (pid {running[0]['pid']})")
+    logfile = log_path(h, device)
+    logfile.parent.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", "1")
+    env.setdefault("MKL_NUM_THREADS", "1")
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # `python -m engine.cli` must find the package even when started from elsewhere.
+    root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    with open(logfile, "ab") as out:
+        proc = subprocess.Popen(
+            engine_command(h, device, demo, extra_args), stdin=subprocess.DEVNULL, stdout=out,
+            stderr=subprocess.STDOUT, start_new_session=True, close_fds=True, env=env, cwd=str(h.root),
+        )
+    # Reap it when it ends so a long-lived TUI does not collect zombies.
+    threading.Thread(target=proc.wait, name=f"reap-engine-{proc.pid}", daemon=True).start()
+    deadline = time.monotonic() + wait_s
+    lock = lock_path(h, device)
+    while time.monotonic() < deadline:
+        if _is_locked(lock) and _read_info(lock).get("pid") == proc.pid:
+            return proc.pid
+        if proc.poll() is not None:
+            raise EngineError(f"the engine on {device} exited at once (code {proc.returncode}): "
+                              f"{tail(logfile, 5) or 'no output'}")
+        time.sleep(0.05)
+    return proc.pid
+
+
+def stop_engine(home: Home | str | os.PathLike | None = None, device: str | None = None,
+                wait_s: float = 0.0, sig: int = signal.SIGTERM) -> list[int]:
+    """SIGTERM the engine(s) holding a device lock; optionally wait until they released it."""
+    stopped = []
+    for e in engine_running(home, device):
+        if e["pid"] > 0:
+            try:
+                os.kill(e["pid"], sig)
+                stopped.append(e["pid"])
+            except ProcessLookupError:
+                pass
+    deadline = time.monotonic() + wait_s
+    while wait_s and time.monotonic() < deadline and engine_running(home, device):
+        time.sleep(0.1)
+    return stopped
+
+
+def tail(path: str | os.PathLike, lines: int = 20) -> str:
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, fh.tell() - 16384))
+            text = fh.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])

@@ -1,0 +1,239 @@
+"""CLIP-T, CLIP-I and DINO scores of generated images, stored as raw cosines.
+
+Protocols followed:
+- CLIP-T: cosine of the image and prompt embeddings, with the concept's modifier token
+  replaced by its class word (the token means nothing to CLIP).
+- CLIP-I / DINO to the references: the mean of the cosines with every reference image
+  (DreamBench / Custom Diffusion all-pairs mean); ``*_src`` is the cosine with the source.
+- DINO ViT-S/16 uses its CLS token with Resize 256 bicubic, CenterCrop 224, ImageNet mean/std.
+Scalings such as 100*cos or 2.5*max(cos, 0) are applied on export, never stored.
+
+A sweep scores many targets against the same references and prompts, so their embeddings
+are cached per backbone (references by file content, prompts by text, the source by pixels).
+"""
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+DINO_PREPROCESS = "resize 256 bicubic, center-crop 224, imagenet mean/std, CLS token"
+BATCH = 32
+
+
+class ScorerUnavailable(RuntimeError):
+    """A scoring backbone could not be loaded (usually: weights not available offline)."""
+
+
+def scored_text(prompt: str, token: str, class_word: str) -> str:
+    """The prompt CLIP-T scores: the modifier token replaced by the class word, or dropped."""
+    text = prompt or ""
+    token = (token or "").strip()
+    if token:
+        replacement = (class_word or "").strip()
+        # "<new1> dog" with class word "dog" must not become "dog dog".
+        if replacement:
+            text = re.sub(re.escape(token) + r"(\s+" + re.escape(replacement) + r"\b)?", replacement, text)
+        else:
+            text = text.replace(token, "")
+    return " ".join(text.split())
+
+
+def _file_digest(path: Path) -> str:
+    return hashlib.sha1(Path(path).read_bytes()).hexdigest()
+
+
+def _image_digest(image) -> str:
+    h = hashlib.sha1(f"{image.mode}{image.size}".encode())
+    h.update(image.tobytes())
+    return h.hexdigest()
+
+
+def _describe_clip_preprocess(cfg: dict[str, Any]) -> str:
+    size = cfg.get("size")
+    size = size[0] if isinstance(size, (tuple, list)) and len(set(size)) == 1 else size
+    mean = "openai" if tuple(round(m, 4) for m in cfg.get("mean", ())) == (0.4815, 0.4578, 0.4082) else cfg.get("mean")
+    return (f"resize {size} {cfg.get('interpolation', 'bicubic')} ({cfg.get('resize_mode', 'shortest')}), "
+            f"center-crop {size}, {mean} mean/std")
+
+
+class _Cache:
+    """Embeddings by key; ``misses`` counts the items that had to be encoded."""
+
+    def __init__(self, encode: Callable[[list], Any]):
+        self._encode = encode
+        self._store: dict[str, Any] = {}
+        self.misses = 0
+
+    def get(self, keys: Sequence[str], load: Callable[[int], Any]):
+        import torch
+
+        todo = [i for i, k in enumerate(keys) if k not in self._store]
+        # One encoder call per batch of new items; duplicates inside a call are encoded once.
+        unique: dict[str, int] = {}
+        for i in todo:
+            unique.setdefault(keys[i], i)
+        items = list(unique.items())
+        for start in range(0, len(items), BATCH):
+            chunk = items[start:start + BATCH]
+            feats = self._encode([load(i) for _, i in chunk])
+            for (key, _), f in zip(chunk, feats):
+                self._store[key] = f
+            self.misses += len(chunk)
+        return torch.stack([self._store[k] for k in keys]) if keys else None
+
+
+class Scorer:
+    """Loads the backbones once; ``score`` returns Score-row dicts per image."""
+
+    def __init__(self, device: str = "cpu", clip_model: str = "ViT-B-32", clip_pretrained: str = "openai",
+                 dino_model: str | None = "facebook/dino-vits16"):
+        import torch
+
+        self.device = device
+        self.torch = torch
+        self._load_clip(clip_model, clip_pretrained)
+        self.dino = None
+        self.dino_backbone = None
+        if dino_model:
+            self._load_dino(dino_model)
+        self._clip_images = _Cache(self._encode_clip_images)
+        self._clip_texts = _Cache(self._encode_clip_texts)
+        self._dino_images = _Cache(self._encode_dino_images)
+
+    # ------------------------------------------------------------------ loading
+    def _load_clip(self, name: str, pretrained: str) -> None:
+        import open_clip
+
+        from .tiny_clip import register_clip_config
+
+        weights = Path(pretrained) if pretrained else None
+        is_file = weights is not None and weights.is_file()
+        if is_file and (weights.parent / f"{name}.json").is_file():
+            # A local architecture travels next to its weights (the tiny CLIP does).
+            register_clip_config(weights.parent / f"{name}.json")
+        self.clip_backbone = f"{name}/{weights.stem if is_file else pretrained}"
+        try:
+            model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=pretrained, device=self.device)
+            self.tokenizer = open_clip.get_tokenizer(name)
+        except Exception as exc:  # open_clip raises RuntimeError/OSError/ValueError depending on the cause
+            raise ScorerUnavailable(
+                f"CLIP backbone {self.clip_backbone} could not be loaded ({exc}); weights must be in the "
+                f"local cache when offline, or use the demo scorer"
+            ) from exc
+        self.clip = model.eval()
+        self.clip_preprocess = preprocess
+        self.clip_preprocess_text = _describe_clip_preprocess(dict(model.visual.preprocess_cfg))
+
+    def _load_dino(self, name: str) -> None:
+        from torchvision import transforms
+        from transformers import ViTModel
+
+        self.dino_backbone = Path(name).name if Path(name).is_dir() else name
+        try:
+            model = ViTModel.from_pretrained(name, add_pooling_layer=False)
+        except Exception as exc:
+            raise ScorerUnavailable(
+                f"DINO backbone {name} could not be loaded ({exc}); weights must be in the local cache "
+                f"when offline, or pass dino_model=None"
+            ) from exc
+        self.dino = model.to(self.device).eval()
+        self.dino_preprocess = transforms.Compose([
+            transforms.Resize(256, interpolation=transforms.InterpolationMode.BICUBIC),
+            transforms.CenterCrop(224),
+            transforms.ToTensor(),
+            transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ])
+
+    @classmethod
+    def for_home(cls, home, demo: bool, device: str = "cpu") -> "Scorer":
+        """The real backbones, or for ``demo`` the tiny offline ones kept under ``home.models``."""
+        if not demo:
+            return cls(device=device)
+        from .tiny_clip import ensure_tiny_clip, ensure_tiny_dino
+
+        name, weights = ensure_tiny_clip(home.models)
+        return cls(device=device, clip_model=name, clip_pretrained=str(weights),
+                   dino_model=str(ensure_tiny_dino(home.models)))
+
+    # ------------------------------------------------------------------ encoders (normalised)
+    def _normalise(self, x):
+        return self.torch.nn.functional.normalize(x.float(), dim=-1).cpu()
+
+    def _encode_clip_images(self, images: list) -> Any:
+        with self.torch.no_grad():
+            batch = self.torch.stack([self.clip_preprocess(im.convert("RGB")) for im in images]).to(self.device)
+            return self._normalise(self.clip.encode_image(batch))
+
+    def _encode_clip_texts(self, texts: list[str]) -> Any:
+        with self.torch.no_grad():
+            return self._normalise(self.clip.encode_text(self.tokenizer(texts).to(self.device)))
+
+    def _encode_dino_images(self, images: list) -> Any:
+        with self.torch.no_grad():
+            batch = self.torch.stack([self.dino_preprocess(im.convert("RGB")) for im in images]).to(self.device)
+            return self._normalise(self.dino(pixel_values=batch).last_hidden_state[:, 0])
+
+    @property
+    def encode_counts(self) -> dict[str, int]:
+        """Items encoded so far per cache (tests and logs use it to see the cache working)."""
+        return {"clip_image": self._clip_images.misses, "clip_text": self._clip_texts.misses,
+                "dino_image": self._dino_images.misses}
+
+    # ------------------------------------------------------------------ scoring
+    def score(self, images: list, texts: list[str], source=None, refs: Sequence[str | Path] = ()) -> list[list[dict]]:
+        """Per image, a list of {metric, backbone, value, preprocess, scored_text} dicts.
+
+        ``texts`` holds the already-substituted text for each image (see ``scored_text``);
+        an empty text skips CLIP-T for that image.
+        """
+        from PIL import Image
+
+        if len(texts) not in (len(images), 1) and images:
+            raise ValueError(f"{len(texts)} texts for {len(images)} images")
+        if len(texts) == 1:
+            texts = list(texts) * len(images)
+        if not images:
+            return []
+        refs = [Path(r) for r in refs]
+        ref_keys = [f"ref:{_file_digest(r)}" for r in refs]
+
+        def load_ref(i: int):
+            with Image.open(refs[i]) as im:
+                return im.convert("RGB")
+
+        out: list[list[dict]] = [[] for _ in images]
+
+        def add(metric, backbone, values, preprocess, text=None):
+            for i, v in enumerate(values):
+                if v is None:
+                    continue
+                out[i].append({"metric": metric, "backbone": backbone, "value": float(v),
+                               "preprocess": preprocess, "scored_text": text[i] if text else None})
+
+        towers = [("clip", self.clip_backbone, self.clip_preprocess_text, self._encode_clip_images, self._clip_images)]
+        if self.dino is not None:
+            towers.append(("dino", self.dino_backbone, DINO_PREPROCESS, self._encode_dino_images, self._dino_images))
+        for prefix, backbone, pre, encode, cache in towers:
+            # Generated images are new every call, so they bypass the cache (but are counted).
+            gen = self.torch.cat([encode(list(images[k:k + BATCH])) for k in range(0, len(images), BATCH)])
+            cache.misses += len(images)
+            if prefix == "clip":
+                wanted = [i for i, t in enumerate(texts) if t and t.strip()]
+                if wanted:
+                    tfeat = self._clip_texts.get([f"text:{texts[i]}" for i in wanted], lambda i: texts[wanted[i]])
+                    sims = [None] * len(images)
+                    for j, i in enumerate(wanted):
+                        sims[i] = float(gen[i] @ tfeat[j])
+                    add("clip_t", backbone, sims, pre, texts)
+            i_metric = "clip_i" if prefix == "clip" else "dino"
+            if refs:
+                rfeat = cache.get(ref_keys, load_ref)
+                add(f"{i_metric}_ref", backbone, (gen @ rfeat.T).mean(dim=1).tolist(), pre)
+            if source is not None:
+                sfeat = cache.get([f"src:{_image_digest(source)}"], lambda i: source)
+                add(f"{i_metric}_src", backbone, (gen @ sfeat[0]).tolist(), pre)
+        return out

@@ -1,0 +1,630 @@
+"""The engine loop: claim a group -> load/reuse the model -> generate -> write -> score -> commit.
+
+One Worker per device. The database is the queue; a claim is a group of runs sharing one
+source (equal group_key), generated as one batch of source + N targets. A run becomes done only
+in the single transaction that also stores its artifact paths and scores, so a crash at any
+point leaves it running-but-dead, which `store.queue.recover_stale` puts back in the queue.
+
+The generator is a backend object (`PipelineBackend` for diffusers, `FakeBackend` for tests and
+benchmarks) and scoring a plain callable, so the loop is testable without torch or weights.
+"""
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import sys
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Protocol, Sequence
+
+from store.db import Store
+from store.models import Concept, Run
+from store.queue import (
+    DEFAULT_MAX_ATTEMPTS, DEFAULT_STALE_AFTER_S, ModelKey, WorkerStatus, cancel_requested_ids, claim_group,
+    complete_runs, fail_runs, heartbeat, make_worker_id, recover_stale, register_worker, release_runs,
+)
+
+from .artifacts import write_run_artifacts
+from .control import ControlError, ControlSpec
+
+log = logging.getLogger("mtp.engine")
+
+# score(images, texts, source, refs) -> per image a list of Score column dicts
+ScoreFn = Callable[[list, list[str], Any, list[Path]], list[list[dict]]]
+
+
+# ------------------------------------------------------------------ errors
+class RunError(Exception):
+    """An expected failure with a message fit for the Run's error column (no traceback needed)."""
+
+
+class ModelUnavailable(RunError):
+    """The model (or its personalization) cannot be loaded; every run needing it fails."""
+
+
+class Cancelled(Exception):
+    """Every run of the batch was cancelled by the user."""
+
+
+class Interrupted(Exception):
+    """The engine was asked to stop; claims go back to the queue."""
+
+
+def is_oom(exc: BaseException) -> bool:
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(exc, getattr(torch.cuda, "OutOfMemoryError", ())):
+        return True
+    return type(exc).__name__ == "OutOfMemoryError" or (
+        isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+    )
+
+
+# ------------------------------------------------------------------ jobs
+@dataclass(frozen=True)
+class LoadKey:
+    """What a loaded pipeline is: base model plus personalization (token matters for TI)."""
+
+    model: str
+    weights_kind: str = "none"
+    weights_path: str | None = None
+    token: str = ""
+
+    @classmethod
+    def of(cls, run: Run) -> "LoadKey":
+        return cls(run.model, run.weights_kind or "none", run.weights_path, run.token or "")
+
+
+@dataclass
+class SourceJob:
+    prompt: str
+    image: str | None
+    invert: bool
+    seed: int
+    num_steps: int
+    guidance: float
+    width: int
+    height: int
+
+    @classmethod
+    def of(cls, run: Run, home_root: Path) -> "SourceJob":
+        image = run.source_image
+        if image and not Path(image).is_absolute():
+            image = str(home_root / image)
+        return cls(run.source_prompt, image, bool(run.invert and image), int(run.seed), int(run.num_steps),
+                   float(run.guidance), int(run.width), int(run.height))
+
+
+@dataclass
+class TargetJob:
+    run_id: int
+    prompt: str
+    control: ControlSpec | None  # None: the no-control baseline
+
+
+class Backend(Protocol):
+    def load(self, key: LoadKey) -> None: ...
+    def blocks(self) -> Sequence[str]: ...
+    def generate(self, source: SourceJob, targets: list[TargetJob], step_callback: Callable[[int, int], None]) -> Any: ...
+    def after_oom(self) -> None: ...
+
+
+# ------------------------------------------------------------------ backends
+class PipelineBackend:
+    """diffusers via engine.pipeline; keeps one pipeline loaded and switches only when needed."""
+
+    def __init__(self, device: str = "cpu", home=None, dtype=None):
+        self.device = device
+        self.home = home
+        self.dtype = dtype
+        self.pipe = None
+        self.key: LoadKey | None = None
+        self._blocks: list[str] | None = None
+
+    def _resolve_model(self, model: str) -> str:
+        if self.home is not None and model in ("tiny", "tiny-sd", "demo"):
+            return str(self.home.demo_model)
+        return model
+
+    def load(self, key: LoadKey) -> None:
+        if key == self.key and self.pipe is not None:
+            return
+        from engine.pipeline import ModelNotFound, block_paths, load_pipeline
+
+        _quiet_progress_bars()
+        self.pipe, self.key, self._blocks = None, None, None
+        self._free()
+        base = key.weights_path if key.weights_kind == "full" and key.weights_path else key.model
+        t0 = time.monotonic()
+        try:
+            pipe = load_pipeline(self._resolve_model(base), device=self.device, dtype=self.dtype)
+        except ModelNotFound as exc:
+            raise ModelUnavailable(str(exc)) from None
+        if key.weights_kind not in ("none", "full", ""):
+            if not key.weights_path or not Path(key.weights_path).exists():
+                raise ModelUnavailable(f"weights file {key.weights_path or '(empty)'} not found")
+            try:
+                from engine.personalize import apply_personalization
+            except ImportError as exc:
+                raise ModelUnavailable(f"personalization ({key.weights_kind}) is not available: {exc}") from None
+            try:
+                apply_personalization(pipe, key.weights_kind, key.weights_path, token=key.token or None)
+            except (OSError, ValueError, KeyError) as exc:
+                raise ModelUnavailable(f"cannot apply {key.weights_kind} weights {key.weights_path}: {exc}") from None
+        self.pipe, self.key = pipe, key
+        self._blocks = block_paths(pipe.unet)
+        log.info("loaded %s (%s %s) on %s in %.1fs", base, key.weights_kind, key.weights_path or "",
+                 self.device, time.monotonic() - t0)
+
+    def blocks(self) -> Sequence[str]:
+        return self._blocks or []
+
+    def generate(self, source: SourceJob, targets: list[TargetJob], step_callback):
+        from engine.control import ControlError as _CE
+        from engine.inversion import ImageError
+        from engine.pipeline import NonFiniteLatents, Source, Target, generate
+
+        try:
+            return generate(
+                self.pipe,
+                Source(source.prompt, image=source.image if source.invert else None, invert=source.invert),
+                [Target(t.prompt, t.control) for t in targets],
+                seed=source.seed, num_steps=source.num_steps, guidance=source.guidance,
+                height=source.height, width=source.width, step_callback=step_callback,
+            )
+        except (NonFiniteLatents, ImageError, _CE) as exc:
+            raise RunError(str(exc)) from None
+
+    def after_oom(self) -> None:
+        self._free()
+
+    def _free(self) -> None:
+        gc.collect()
+        torch = sys.modules.get("torch")
+        if torch is not None and torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def _quiet_progress_bars() -> None:
+    # Loading bars would fill the engine log with carriage-return noise.
+    try:
+        from diffusers.utils import logging as diffusers_logging
+        from transformers.utils import logging as transformers_logging
+
+        diffusers_logging.disable_progress_bar()
+        transformers_logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover
+        pass
+
+
+@dataclass
+class FakeResult:
+    source_image: Any
+    images: list
+    masks: list
+    maps: list
+
+
+class FakeBackend:
+    """A torch-free stand-in with the real backend's contract, for tests and queue benchmarks.
+
+    Images are flat colours derived from the seed and prompt; masks/maps appear for masked
+    targets. ``step_s`` sleeps per step so a test can kill a worker mid-batch; ``log_path``
+    gets one line per generate call (pid, batch size, run ids) for counting source passes
+    across processes. ``fail`` maps a prompt to an exception to raise for it.
+    """
+
+    def __init__(self, step_s: float = 0.0, log_path: str | os.PathLike | None = None,
+                 oom_above: int | None = None, fail: dict[str, BaseException] | None = None):
+        self.step_s = step_s
+        self.log_path = Path(log_path) if log_path else None
+        self.oom_above = oom_above
+        self.fail = fail or {}
+        self.loads: list[LoadKey] = []
+        self.calls: list[tuple[SourceJob, list[int]]] = []  # (source, run ids) per generate call
+        self.key: LoadKey | None = None
+
+    @classmethod
+    def from_env(cls) -> "FakeBackend":
+        return cls(step_s=float(os.environ.get("MTP_FAKE_STEP_S", "0") or 0),
+                   log_path=os.environ.get("MTP_FAKE_LOG") or None)
+
+    def load(self, key: LoadKey) -> None:
+        if key == self.key:
+            return
+        if "missing" in key.model:
+            raise ModelUnavailable(f"model folder {key.model} not found")
+        self.loads.append(key)
+        self.key = key
+
+    def blocks(self) -> Sequence[str]:
+        from store.grammar import blocks_for_model
+
+        return blocks_for_model(self.key.model if self.key else "")
+
+    def generate(self, source: SourceJob, targets: list[TargetJob], step_callback):
+        import numpy as np
+        from PIL import Image
+
+        prompts = [t.prompt for t in targets]
+        self.calls.append((source, [t.run_id for t in targets]))
+        if self.log_path:
+            with open(self.log_path, "a") as fh:
+                fh.write(f"{os.getpid()}\t{len(targets)}\t{','.join(str(t.run_id) for t in targets)}\n")
+        if self.oom_above is not None and len(targets) > self.oom_above:
+            raise _fake_oom(len(targets))
+        for p in prompts:
+            if p in self.fail:
+                raise self.fail[p]
+        for i in range(source.num_steps):
+            if self.step_s:
+                time.sleep(self.step_s)
+            step_callback(i, source.num_steps)
+
+        def colour(text: str) -> tuple[int, int, int]:
+            h = abs(hash((source.seed, text))) % (256 ** 3)
+            return (h & 255, (h >> 8) & 255, (h >> 16) & 255)
+
+        size = (source.width, source.height)
+        side = max(1, source.width // 32)
+        masks, maps = [], []
+        for t in targets:
+            masked = t.control is not None and t.control.mask.enabled
+            m = np.linspace(0, 1, side * side, dtype=np.float32).reshape(side, side)
+            masks.append({"source": m, "target": m[::-1].copy()} if masked else None)
+            maps.append({w: m for w in t.prompt.split()[:3]} if masked else {})
+        return FakeResult(Image.new("RGB", size, colour(source.prompt)),
+                          [Image.new("RGB", size, colour(t.prompt)) for t in targets], masks, maps)
+
+    def after_oom(self) -> None:
+        pass
+
+
+def _fake_oom(n: int) -> BaseException:
+    try:
+        import torch
+
+        return torch.cuda.OutOfMemoryError(f"CUDA out of memory (fake, batch of {n})")
+    except ImportError:  # pragma: no cover
+        return RuntimeError(f"CUDA out of memory (fake, batch of {n})")
+
+
+def fake_score(images, texts, source, refs) -> list[list[dict]]:
+    """Scores for FakeBackend runs: one deterministic number per image."""
+    return [[{"metric": "fake", "backbone": "none", "value": float(len(t)) / 100.0, "preprocess": "",
+              "scored_text": t}] for _img, t in zip(images, texts)]
+
+
+# ------------------------------------------------------------------ progress
+@dataclass
+class Progress:
+    """What the heartbeat thread reports; written by the loop, read by the thread."""
+
+    status: str = WorkerStatus.IDLE
+    run_id: int | None = None
+    step: int = 0
+    total: int = 0
+    its_per_s: float | None = None
+    message: str = ""
+    _t_last: float = field(default=0.0, repr=False)
+
+    def start(self, run_id: int, total: int, message: str) -> None:
+        self.status, self.run_id, self.step, self.total, self.message = WorkerStatus.RUNNING, run_id, 0, total, message
+        self._t_last = time.monotonic()
+
+    def tick(self, i: int, n: int) -> None:
+        now = time.monotonic()
+        dt = now - self._t_last
+        self._t_last = now
+        if dt > 0:
+            rate = 1.0 / dt
+            self.its_per_s = rate if self.its_per_s is None else 0.7 * self.its_per_s + 0.3 * rate
+        self.step, self.total = i + 1, n
+
+    def idle(self, message: str = "") -> None:
+        self.status, self.run_id, self.step, self.total, self.message = WorkerStatus.IDLE, None, 0, 0, message
+        self.its_per_s = None
+
+
+# ------------------------------------------------------------------ the worker
+@dataclass
+class WorkerConfig:
+    device: str = "cpu"
+    max_batch: int = 8
+    poll_s: float = 2.0
+    once: bool = False
+    heartbeat_s: float = 5.0
+    stale_after_s: float = DEFAULT_STALE_AFTER_S
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    recover_every_s: float = 30.0
+    cancel_check_s: float = 0.5
+
+
+class Worker:
+    def __init__(self, store: Store, backend: Backend, config: WorkerConfig | None = None,
+                 score: ScoreFn | None = None, worker_id: str | None = None,
+                 scored_text: Callable[[str, str, str], str] | None = None):
+        self.store = store
+        self.home = store.home
+        self.backend = backend
+        self.config = config or WorkerConfig()
+        self.score = score
+        self.scored_text = scored_text or _default_scored_text
+        self.worker_id = worker_id or make_worker_id(self.config.device)
+        self.stop_event = threading.Event()
+        self.progress = Progress()
+        self.loaded: LoadKey | None = None
+        self.claimed: list[int] = []
+        self.stats = {"groups": 0, "generate_calls": 0, "done": 0, "failed": 0, "cancelled": 0}
+        self._hb_thread: threading.Thread | None = None
+        self._hb_stop = threading.Event()
+        self._last_recover = 0.0
+        self._refs_cache: dict[int | None, list[Path]] = {}
+
+    # ---------------------------------------------------------- lifecycle
+    def stop(self) -> None:
+        """Ask the loop to stop; the current batch aborts at its next step and is released."""
+        self.stop_event.set()
+
+    def run(self) -> dict:
+        register_worker(self.store, self.config.device, self.worker_id)
+        self._start_heartbeat()
+        log.info("worker %s started (max batch %d)", self.worker_id, self.config.max_batch)
+        try:
+            self._recover()
+            while not self.stop_event.is_set():
+                if time.monotonic() - self._last_recover > self.config.recover_every_s:
+                    self._recover()
+                runs = claim_group(self.store, self.worker_id, self.config.max_batch, self._model_key())
+                if not runs:
+                    # Nothing claimable: maybe a dead worker holds runs; recover before giving up.
+                    if self._recover().requeued:
+                        continue
+                    if self.config.once:
+                        break
+                    self.progress.idle("waiting for runs")
+                    self.stop_event.wait(self.config.poll_s)
+                    continue
+                self.claimed = [r.id for r in runs]
+                try:
+                    self.process_group(runs)
+                except Interrupted:
+                    break
+                finally:
+                    if self.claimed:
+                        release_runs(self.store, self.worker_id, self.claimed)
+                        self.claimed = []
+                    self.progress.idle()
+        finally:
+            self._stop_heartbeat()
+            heartbeat(self.store, self.worker_id, status=WorkerStatus.STOPPED, current_run_id=None,
+                      step=0, total_steps=0, its_per_s=None, message="stopped")
+            log.info("worker %s stopped: %s", self.worker_id, self.stats)
+        return self.stats
+
+    def _model_key(self) -> ModelKey | None:
+        if self.loaded is None:
+            return None
+        return ModelKey(self.loaded.model, self.loaded.weights_kind, self.loaded.weights_path)
+
+    def _recover(self):
+        self._last_recover = time.monotonic()
+        rec = recover_stale(self.store, self.config.stale_after_s, self.config.max_attempts)
+        if rec.requeued or rec.failed:
+            log.warning("recovered runs of dead workers %s: requeued %s, failed %s",
+                        rec.dead_workers, rec.requeued, rec.failed)
+        return rec
+
+    # ---------------------------------------------------------- heartbeat
+    def _start_heartbeat(self) -> None:
+        self._hb_stop.clear()
+        self._hb_thread = threading.Thread(target=self._heartbeat_loop, name="mtp-heartbeat", daemon=True)
+        self._hb_thread.start()
+
+    def _stop_heartbeat(self) -> None:
+        self._hb_stop.set()
+        if self._hb_thread is not None:
+            self._hb_thread.join(timeout=10)
+
+    def _heartbeat_loop(self) -> None:
+        # A separate thread, so one long denoising step or model load never looks like death.
+        while not self._hb_stop.is_set():
+            p = self.progress
+            try:
+                heartbeat(self.store, self.worker_id, status=p.status, current_run_id=p.run_id, step=p.step,
+                          total_steps=p.total, its_per_s=p.its_per_s, message=p.message)
+            except Exception as exc:  # a busy database must not kill the thread
+                log.warning("heartbeat failed: %s", exc)
+            self._hb_stop.wait(self.config.heartbeat_s)
+
+    # ---------------------------------------------------------- one group
+    def process_group(self, runs: list[Run]) -> None:
+        self.stats["groups"] += 1
+        first = runs[0]
+        ids = [r.id for r in runs]
+        log.info("claimed %d run(s) %s of experiment %s (model %s, seed %s, %d steps)", len(runs), ids,
+                 first.experiment_id, first.model, first.seed, first.num_steps)
+        self.progress.start(first.id, first.num_steps, f"loading {first.model}")
+        try:
+            key = LoadKey.of(first)
+            self.backend.load(key)
+            self.loaded = key
+        except ModelUnavailable as exc:
+            self.loaded = None
+            self._fail(ids, str(exc))
+            return
+        except Exception as exc:
+            self.loaded = None
+            log.error("loading %s failed:\n%s", first.model, traceback.format_exc())
+            self._fail(ids, f"cannot load model {first.model}: {type(exc).__name__}: {exc}")
+            return
+
+        source = SourceJob.of(first, self.home.root)
+        if first.source_image:
+            problem = _image_problem(source.image)
+            if problem:
+                self._fail(ids, f"source image {problem}")
+                return
+
+        targets: list[TargetJob] = []
+        by_id = {r.id: r for r in runs}
+        for run in runs:
+            try:
+                targets.append(TargetJob(run.id, run.target_prompt, self._control_for(run)))
+            except ControlError as exc:
+                self._fail([run.id], f"invalid control: {exc}")
+            except RunError as exc:
+                self._fail([run.id], str(exc))
+
+        batch = max(1, len(targets))
+        pending = list(targets)
+        while pending:
+            if self.stop_event.is_set():
+                raise Interrupted()
+            chunk = pending[:batch]
+            try:
+                self._run_chunk(source, chunk, by_id)
+                pending = pending[len(chunk):]
+            except Interrupted:
+                raise
+            except Cancelled:
+                self._cancelled([t.run_id for t in chunk])
+                pending = pending[len(chunk):]
+            except RunError as exc:
+                self._fail([t.run_id for t in chunk], str(exc))
+                pending = pending[len(chunk):]
+            except Exception as exc:
+                if is_oom(exc):
+                    self.backend.after_oom()
+                    if len(chunk) > 1:
+                        batch = max(1, len(chunk) // 2)
+                        log.warning("out of memory with %d targets; retrying with %d", len(chunk), batch)
+                        continue
+                    self._fail([chunk[0].run_id],
+                               f"out of memory even with a batch of 1 target at {source.width}x{source.height} "
+                               f"on {self.config.device}: {exc}")
+                    pending = pending[1:]
+                    continue
+                log.error("runs %s failed:\n%s", [t.run_id for t in chunk], traceback.format_exc())
+                self._fail([t.run_id for t in chunk], f"{type(exc).__name__}: {exc}")
+                pending = pending[len(chunk):]
+
+    def _control_for(self, run: Run) -> ControlSpec | None:
+        if run.is_baseline:
+            return None
+        spec = ControlSpec.from_fields(**{c: getattr(run, c) for c in (
+            "layers", "start_step", "final_step", "skip_interval", "mask_mode", "mask_layers", "mask_words",
+            "mask_threshold", "mask_timing")})
+        blocks = self.backend.blocks()
+        if blocks:
+            spec.validate(run.num_steps, blocks, run.target_prompt)
+        return spec
+
+    def _run_chunk(self, source: SourceJob, chunk: list[TargetJob], by_id: dict[int, Run]) -> None:
+        ids = [t.run_id for t in chunk]
+        self.progress.start(ids[0], source.num_steps, f"runs {ids[0]}..{ids[-1]} ({len(ids)} targets)")
+        t0 = time.monotonic()
+        last_check = [t0]
+
+        def on_step(i: int, n: int) -> None:
+            self.progress.tick(i, n)
+            if self.stop_event.is_set():
+                raise Interrupted()
+            now = time.monotonic()
+            if now - last_check[0] >= self.config.cancel_check_s:
+                last_check[0] = now
+                # Only a batch cancelled as a whole stops; a partly cancelled one finishes and
+                # its cancelled runs end cancelled at commit.
+                if set(ids) <= cancel_requested_ids(self.store, ids):
+                    raise Cancelled()
+
+        self.stats["generate_calls"] += 1
+        result = self.backend.generate(source, chunk, on_step)
+        elapsed = time.monotonic() - t0
+        log.info("generated %d target(s) in %.1fs (%.2f it/s)", len(chunk), elapsed,
+                 source.num_steps / elapsed if elapsed > 0 else 0.0)
+
+        runs = [by_id[i] for i in ids]
+        results = []
+        for k, run in enumerate(runs):
+            paths = write_run_artifacts(self.home, run.id, result.images[k], result.source_image,
+                                        result.masks[k] if k < len(result.masks) else None,
+                                        result.maps[k] if k < len(result.maps) else None)
+            results.append(dict(paths, run_id=run.id, duration_s=elapsed / len(runs), scores=[]))
+        if self.score is not None:
+            self.progress.message = f"scoring runs {ids[0]}..{ids[-1]}"
+            self._score(runs, result, results)
+        done = complete_runs(self.store, self.worker_id, results)
+        self.claimed = [i for i in self.claimed if i not in ids]
+        self.stats["done"] += len(done)
+        for rid in done:
+            log.info("run %d done", rid)
+        skipped = set(ids) - set(done)
+        if skipped:
+            log.info("runs %s not marked done (cancelled or no longer ours)", sorted(skipped))
+
+    def _score(self, runs: list[Run], result, results: list[dict]) -> None:
+        # Runs of one batch can belong to different concepts (group_key ignores the concept).
+        by_concept: dict[int | None, list[int]] = {}
+        for k, run in enumerate(runs):
+            by_concept.setdefault(run.concept_id, []).append(k)
+        for concept_id, idx in by_concept.items():
+            refs = self._refs(concept_id)
+            texts = [self.scored_text(runs[k].target_prompt, runs[k].token or "", runs[k].class_word or "") for k in idx]
+            scores = self.score([result.images[k] for k in idx], texts, result.source_image, refs)
+            for k, sc in zip(idx, scores):
+                results[k]["scores"] = list(sc)
+
+    def _refs(self, concept_id: int | None) -> list[Path]:
+        if concept_id in self._refs_cache:
+            return self._refs_cache[concept_id]
+        refs: list[Path] = []
+        if concept_id is not None:
+            with self.store.session() as s:
+                concept = s.get(Concept, concept_id)
+            for rel in (concept.ref_images if concept else []):
+                path = self.home.resolve_artifact(rel)
+                problem = _image_problem(str(path))
+                if problem:
+                    raise RunError(f"reference image {problem}")
+                refs.append(path)
+        self._refs_cache[concept_id] = refs
+        return refs
+
+    # ---------------------------------------------------------- endings
+    def _fail(self, run_ids: list[int], error: str) -> None:
+        failed = fail_runs(self.store, self.worker_id, run_ids, error)
+        self.claimed = [i for i in self.claimed if i not in run_ids]
+        self.stats["failed"] += len(failed)
+        log.warning("run(s) %s failed: %s", failed, error)
+
+    def _cancelled(self, run_ids: list[int]) -> None:
+        # fail_runs turns runs with cancel_requested into cancelled.
+        fail_runs(self.store, self.worker_id, run_ids, "cancelled by the user while running")
+        self.claimed = [i for i in self.claimed if i not in run_ids]
+        self.stats["cancelled"] += len(run_ids)
+        log.info("run(s) %s cancelled", run_ids)
+
+
+def _image_problem(path: str | None) -> str | None:
+    """None when ``path`` is a readable image, else a message naming it."""
+    from store.queries import InputError, check_image
+
+    try:
+        check_image(path or "")
+    except InputError as exc:
+        return str(exc)
+    return None
+
+
+def _default_scored_text(prompt: str, token: str, class_word: str) -> str:
+    try:
+        from engine.scoring import scored_text
+    except ImportError:
+        if token and class_word:
+            return " ".join(prompt.replace(token, class_word).split())
+        return prompt
+    return scored_text(prompt, token, class_word)

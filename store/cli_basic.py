@@ -1,0 +1,231 @@
+"""`mtp init | concept | experiment | runs | demo`: build and inspect sweeps without the app."""
+from __future__ import annotations
+
+import argparse
+import json
+
+from .sweep import AXES, PRESETS, ExperimentSpec
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("init", help="create the data folder and database, print where they are")
+    p.set_defaults(func=cmd_init)
+
+    p = sub.add_parser("demo", help="add the demo concept and experiments (tiny random model)")
+    p.set_defaults(func=cmd_demo)
+
+    concept = sub.add_parser("concept", help="concepts: a subject with reference images").add_subparsers(
+        dest="concept_cmd", metavar="ACTION")
+    p = concept.add_parser("add", help="add a concept (reference images are copied into the data folder)")
+    p.add_argument("name")
+    p.add_argument("--token", default="", help="the token written in prompts, e.g. '<new1>' or 'sks'")
+    p.add_argument("--class-word", default="", help="e.g. 'dog'; replaces the token for CLIP-T")
+    p.add_argument("--image", action="append", default=[], help="reference image (repeatable)")
+    p.add_argument("--weights", default=None, help="personalization weights file")
+    p.add_argument("--weights-kind", default="none",
+                   choices=["none", "custom_diffusion", "textual_inversion", "lora", "full"])
+    p.add_argument("--model", default="runwayml/stable-diffusion-v1-5", help="hub id or local folder")
+    p.add_argument("--notes", default="")
+    p.set_defaults(func=cmd_concept_add)
+    p = concept.add_parser("list", help="list concepts")
+    p.set_defaults(func=cmd_concept_list)
+
+    exp = sub.add_parser("experiment", help="experiments: sweep definitions").add_subparsers(
+        dest="experiment_cmd", metavar="ACTION")
+    p = exp.add_parser("create", help="define a sweep; --queue to queue its runs")
+    p.add_argument("name")
+    p.add_argument("--concept", help="concept name or id")
+    p.add_argument("--preset", choices=sorted(PRESETS), help="start from one of the seed's four sweeps")
+    p.add_argument("--spec", help="a JSON file with ExperimentSpec fields")
+    p.add_argument("--model")
+    p.add_argument("--source-prompt")
+    p.add_argument("--source-image", help="a real image to invert as the source")
+    p.add_argument("--prompt", action="append", help="target prompt (repeatable)")
+    p.add_argument("--steps", type=int, dest="num_steps")
+    p.add_argument("--guidance", type=float)
+    p.add_argument("--size", type=int, help="width and height")
+    p.add_argument("--no-baseline", action="store_true", help="do not add no-control baseline runs")
+    for name in AXES:
+        p.add_argument("--" + name.replace("_", "-"), dest=name, help=f"sweep grammar for {name}")
+    p.add_argument("--queue", action="store_true", help="queue the runs now")
+    p.add_argument("--dry-run", action="store_true", help="print the run count and write nothing")
+    p.add_argument("--tags", default="")
+    p.add_argument("--notes", default="")
+    p.add_argument("--priority", type=int, default=0)
+    p.set_defaults(func=cmd_experiment_create)
+    p = exp.add_parser("list", help="experiments with progress")
+    p.set_defaults(func=cmd_experiment_list)
+    p = exp.add_parser("show", help="an experiment's spec and counts")
+    p.add_argument("experiment")
+    p.set_defaults(func=cmd_experiment_show)
+    p = exp.add_parser("queue", help="queue a draft")
+    p.add_argument("experiment")
+    p.set_defaults(func=cmd_experiment_queue)
+    p = exp.add_parser("duplicate", help="copy an experiment into a new draft")
+    p.add_argument("experiment")
+    p.add_argument("--name")
+    p.set_defaults(func=cmd_experiment_duplicate)
+
+    p = sub.add_parser("runs", help="list runs (paged, filtered, sorted in SQL)")
+    p.add_argument("experiment", nargs="?")
+    p.add_argument("--status", help="comma separated statuses")
+    p.add_argument("--where", action="append", default=[], help="COLUMN=VALUE (repeatable)")
+    p.add_argument("--search", help="text in prompt, layers, tags, notes or error")
+    p.add_argument("--sort", default="id", help="a column or score:METRIC")
+    p.add_argument("--desc", action="store_true")
+    p.add_argument("--offset", type=int, default=0)
+    p.add_argument("--limit", type=int, default=50)
+    p.set_defaults(func=cmd_runs)
+
+
+def cmd_init(args, store) -> int:
+    print(f"data folder: {store.home.root}")
+    print(f"database:    {store.url} (schema {store.schema_version()})")
+    return 0
+
+
+def cmd_demo(args, store) -> int:
+    from .demo import DEMO_BANNER, seed_demo
+
+    concept, exp = seed_demo(store)
+    print(DEMO_BANNER)
+    print(f"concept {concept.name} (id {concept.id}); experiment {exp.name!r} (id {exp.id}, {exp.run_count} runs)")
+    print("start the engine with: mtp-engine --demo" + (f" --home {args.home}" if args.home else ""))
+    return 0
+
+
+def cmd_concept_add(args, store) -> int:
+    from .queries import save_concept
+
+    c = save_concept(store, args.name, token=args.token, class_word=args.class_word, ref_images=args.image,
+                     weights_path=args.weights, weights_kind=args.weights_kind, base_model=args.model,
+                     notes=args.notes)
+    print(f"concept {c.id}: {c.name} ({len(c.ref_images)} reference images)")
+    return 0
+
+
+def cmd_concept_list(args, store) -> int:
+    from .queries import list_concepts
+
+    for c in list_concepts(store):
+        print(f"{c.id:>4}  {c.name:<24} token={c.token!r:<12} class={c.class_word!r:<10} "
+              f"refs={len(c.ref_images)} weights={c.weights_kind} model={c.base_model}")
+    return 0
+
+
+def _concept_id(store, ref) -> int | None:
+    from .queries import InputError, concept_by_name, get_concept
+
+    if ref is None:
+        return None
+    c = get_concept(store, int(ref)) if str(ref).isdigit() else concept_by_name(store, ref)
+    if c is None:
+        raise InputError(f"no concept {ref!r}")
+    return c.id
+
+
+def _experiment(store, ref):
+    from .queries import InputError, experiment_by_ref
+
+    exp = experiment_by_ref(store, ref)
+    if exp is None:
+        raise InputError(f"no experiment {ref!r}")
+    return exp
+
+
+def cmd_experiment_create(args, store) -> int:
+    from .queries import get_concept, save_experiment
+    from .sweep import expand
+
+    concept_id = _concept_id(store, args.concept)
+    spec = ExperimentSpec()
+    if concept_id:
+        spec.model = get_concept(store, concept_id).base_model
+    if args.spec:
+        with open(args.spec) as fh:
+            spec = ExperimentSpec.from_json(json.load(fh))
+    if args.preset:
+        for k, v in PRESETS[args.preset].items():
+            setattr(spec, k, v)
+    for name in ("model", "source_prompt", "source_image", "num_steps", "guidance", *AXES):
+        value = getattr(args, name)
+        if value is not None:
+            setattr(spec, name, value)
+    if args.prompt:
+        spec.target_prompts = args.prompt
+    if args.size:
+        spec.width = spec.height = args.size
+    if args.no_baseline:
+        spec.baseline = False
+    if args.dry_run:
+        concept = get_concept(store, concept_id) if concept_id else None
+        print(f"{len(expand(spec, concept))} runs")
+        return 0
+    exp = save_experiment(store, args.name, spec, concept_id, queue=args.queue, tags=args.tags,
+                          notes=args.notes, priority=args.priority)
+    print(f"experiment {exp.id}: {exp.name} ({exp.run_count} runs, {exp.status})")
+    return 0
+
+
+def cmd_experiment_list(args, store) -> int:
+    from .queries import list_experiments
+
+    for row in list_experiments(store):
+        e = row.experiment
+        print(f"{e.id:>4}  {e.name:<32} {e.status:<7} {row.done}/{e.run_count} done, {row.failed} failed"
+              f"  prio={e.priority} tags={e.tags}")
+    return 0
+
+
+def cmd_experiment_show(args, store) -> int:
+    from .queries import counts_by_status
+
+    exp = _experiment(store, args.experiment)
+    print(f"experiment {exp.id}: {exp.name} [{exp.status}] {exp.run_count} runs")
+    print(json.dumps(json.loads(exp.spec_json), indent=2, sort_keys=True))
+    print("status counts:", counts_by_status(store, exp.id))
+    return 0
+
+
+def cmd_experiment_queue(args, store) -> int:
+    from .queries import queue_experiment
+
+    exp = queue_experiment(store, _experiment(store, args.experiment).id)
+    print(f"experiment {exp.id}: {exp.run_count} runs queued")
+    return 0
+
+
+def cmd_experiment_duplicate(args, store) -> int:
+    from .queries import duplicate_experiment
+
+    exp = duplicate_experiment(store, _experiment(store, args.experiment).id, args.name)
+    print(f"experiment {exp.id}: {exp.name} (draft)")
+    return 0
+
+
+def cmd_runs(args, store) -> int:
+    from .queries import InputError, RunFilter, list_runs
+
+    equals = {}
+    for item in args.where:
+        if "=" not in item:
+            raise InputError(f"--where needs COLUMN=VALUE, got {item!r}")
+        k, v = item.split("=", 1)
+        equals[k.strip()] = int(v) if v.strip().isdigit() else v.strip()
+    filt = RunFilter(
+        experiment_id=_experiment(store, args.experiment).id if args.experiment else None,
+        statuses=[s for s in (args.status or "").split(",") if s],
+        equals=equals,
+        text=args.search,
+    )
+    rows, total = list_runs(store, filt, sort=args.sort, descending=args.desc, offset=args.offset,
+                            limit=args.limit)
+    print(f"{total} runs match; showing {args.offset + 1 if rows else 0}-{args.offset + len(rows)}")
+    for r in rows:
+        control = "baseline" if r.is_baseline else (
+            f"layers={r.layers} steps={r.start_step}..{r.final_step}/{r.skip_interval} mask={r.mask_mode}")
+        err = f"  error: {r.error.splitlines()[-1]}" if r.error else ""
+        print(f"{r.id:>6} {r.status:<9} seed={r.seed} {control}  {r.target_prompt!r}{err}")
+    return 0
+
+

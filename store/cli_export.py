@@ -1,0 +1,111 @@
+"""`mtp export runs | summary | plot | grid`: an experiment's results as CSV and PNG files.
+
+A relative output path is taken inside the current directory and may not leave it; without
+one, the file goes to the data folder's exports/ under a name made from the experiment.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .aggregate import SCALES
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    export = sub.add_parser("export", help="export runs, summaries, plots and image grids").add_subparsers(
+        dest="export_cmd", metavar="WHAT")
+
+    def common(p: argparse.ArgumentParser, by: bool) -> None:
+        p.add_argument("experiment", help="experiment id or name")
+        if by:
+            p.add_argument("--by", required=True, help="the swept parameter, e.g. final_step")
+
+    p = export.add_parser("runs", help="every run with its parameters, status, timings and scores (CSV)")
+    common(p, by=False)
+    p.add_argument("--csv", help="output file (default: exports/<experiment>-runs.csv in the data folder)")
+    p.add_argument("--scale", choices=SCALES, default="raw",
+                   help="raw cosine, 100*cos (torchmetrics) or 2.5*max(cos,0) (CLIPScore)")
+    p.set_defaults(func=cmd_runs)
+
+    p = export.add_parser("summary", help="n, mean, std and SEM of every metric per parameter value (CSV)")
+    common(p, by=True)
+    p.add_argument("--csv", help="output file")
+    p.add_argument("--scale", choices=SCALES, default="raw")
+    p.set_defaults(func=cmd_summary)
+
+    p = export.add_parser("plot", help="text vs image alignment trade-off plot (PNG)")
+    common(p, by=True)
+    p.add_argument("--png", help="output file")
+    p.add_argument("--scale", choices=SCALES, default="raw")
+    p.add_argument("--text", action="store_true", help="also print the plot in the terminal")
+    p.set_defaults(func=cmd_plot)
+
+    p = export.add_parser("grid", help="annotated image grid: rows = values, columns = prompts or seeds (PNG)")
+    common(p, by=True)
+    p.add_argument("--png", help="output file")
+    p.add_argument("--columns", choices=["target_prompt", "seed"], help="default: prompts when several")
+    p.add_argument("--max-cells", type=int, default=400)
+    p.add_argument("--thumb", type=int, default=256, help="thumbnail size in pixels")
+    p.set_defaults(func=cmd_grid)
+
+
+def _experiment(store, ref):
+    from .queries import InputError, experiment_by_ref
+
+    exp = experiment_by_ref(store, ref)
+    if exp is None:
+        raise InputError(f"experiment {ref!r} does not exist")
+    return exp
+
+
+def _where(store, exp, given: str | None, kind: str, suffix: str, by: str | None = None):
+    """(path, folder) for the export functions: the user's path inside cwd, or a default name."""
+    from .export import default_name
+
+    if given:
+        return given, Path.cwd()
+    return default_name(store, exp.id, kind, suffix, by), store.home.exports
+
+
+def cmd_runs(args, store) -> int:
+    from .export import export_runs_csv
+
+    exp = _experiment(store, args.experiment)
+    path, folder = _where(store, exp, args.csv, "runs", ".csv")
+    print(export_runs_csv(store, exp.id, path, scale=args.scale, folder=folder))
+    return 0
+
+
+def cmd_summary(args, store) -> int:
+    from .export import export_summary_csv
+
+    exp = _experiment(store, args.experiment)
+    path, folder = _where(store, exp, args.csv, "summary", ".csv", args.by)
+    print(export_summary_csv(store, exp.id, args.by, path, scale=args.scale, folder=folder))
+    return 0
+
+
+def cmd_plot(args, store) -> int:
+    from .export import export_plot_png
+
+    exp = _experiment(store, args.experiment)
+    path, folder = _where(store, exp, args.png, "plot", ".png", args.by)
+    out = export_plot_png(store, exp.id, args.by, path, scale=args.scale, folder=folder)
+    if args.text:
+        from .aggregate import aggregate
+        from .plots import tradeoff_text
+
+        print(tradeoff_text(aggregate(store, exp.id, args.by, scale=args.scale), by=args.by,
+                            title=f"{exp.name} by {args.by}"))
+    print(out)
+    return 0
+
+
+def cmd_grid(args, store) -> int:
+    from .export import export_grid_png
+
+    exp = _experiment(store, args.experiment)
+    path, folder = _where(store, exp, args.png, "grid", ".png", args.by)
+    print(export_grid_png(store, exp.id, args.by, path, folder=folder, columns=args.columns,
+                          max_cells=args.max_cells, thumb=args.thumb))
+    return 0

@@ -1,0 +1,80 @@
+"""The demo data set: a concept and experiments on the offline tiny model, so a newcomer with
+no GPU and no weights can click through every screen. Images from it are noise by design."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlmodel import select
+
+from .db import Store
+from .models import Concept, Experiment
+from .queries import save_concept, save_experiment
+from .sweep import ExperimentSpec
+
+DEMO_CONCEPT = "demo-corgi"
+DEMO_BANNER = (
+    "DEMO MODE: images come from a randomly initialised tiny model, so they are noise. "
+    "Everything else (sweeps, queue, masks, scores, plots, export) is real."
+)
+
+
+def _reference_images(folder: Path, count: int = 3, size: int = 64) -> list[Path]:
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(count):
+        # A warm blob on a cool background: something a mask could find, not just flat noise.
+        yy, xx = np.mgrid[0:size, 0:size]
+        blob = ((yy - size * (0.4 + 0.1 * i)) ** 2 + (xx - size / 2) ** 2) < (size * 0.28) ** 2
+        img = rng.integers(0, 60, (size, size, 3), dtype=np.uint8)
+        img[..., 2] += 120
+        img[blob] = (np.array([220, 150, 60]) + rng.integers(-20, 20, (blob.sum(), 3))).clip(0, 255)
+        path = folder / f"corgi-{i}.png"
+        Image.fromarray(img.astype(np.uint8)).save(path)
+        paths.append(path)
+    return paths
+
+
+def demo_spec(home_model: Path, **axes: str) -> ExperimentSpec:
+    spec = ExperimentSpec(
+        model=str(home_model),
+        source_prompt="a photo of a corgi",
+        target_prompts=["a photo of a corgi on the beach", "a photo of a corgi jumping in the snow"],
+        num_steps=10,
+        guidance=7.5,
+        width=64,
+        height=64,
+        seeds="0,1",
+        layers="decoder",
+        start_step="2",
+        final_step="4,6,8,end",
+        skip_interval="1",
+    )
+    for k, v in axes.items():
+        setattr(spec, k, v)
+    return spec
+
+
+def seed_demo(store: Store) -> tuple[Concept, Experiment]:
+    """Create the demo concept and experiments once; later calls return the existing ones."""
+    with store.session() as s:
+        concept = s.exec(select(Concept).where(Concept.name == DEMO_CONCEPT)).first()
+        if concept is not None:
+            exp = s.exec(select(Experiment).where(Experiment.concept_id == concept.id).order_by(Experiment.id)).first()
+            if exp is not None:
+                return concept, exp
+    model = store.home.demo_model
+    if concept is None:
+        refs = _reference_images(store.home.root / "demo-refs")
+        concept = save_concept(
+            store, DEMO_CONCEPT, token="corgi", class_word="dog", ref_images=refs,
+            base_model=str(model), notes="Demo concept on the random tiny model.", check_model=False,
+        )
+    exp = save_experiment(store, "demo: final step", demo_spec(model), concept.id, queue=True,
+                          tags="demo", notes="The seed's final-step sweep, on the tiny model.")
+    save_experiment(store, "demo: layer type", demo_spec(model, layers="encoder,decoder", final_step="end"),
+                    concept.id, queue=False, tags="demo", notes="Encoder vs decoder control (draft).")
+    return concept, exp

@@ -1,0 +1,277 @@
+"""Exports of an experiment: runs CSV, summary CSV, trade-off plot PNG, image grid PNG.
+
+The runs CSV streams one SQL query (scores pivoted into one column per metric/backbone)
+straight into the csv writer: 100k runs take seconds, where ORM objects took minutes.
+Dates are ISO 8601 UTC, there is no index column, and every file is written next to its
+final name and renamed, so a crash never leaves half a CSV behind.
+"""
+from __future__ import annotations
+
+import csv
+import os
+import re
+import tempfile
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Iterator
+
+from sqlalchemy import Integer, String, and_, case, cast, func, literal, select, type_coerce
+
+from .aggregate import SCALES, AggregateRow, aggregate, check_by, image_metric
+from .db import Store
+from .models import Experiment, Run, Score
+
+_UNSAFE = re.compile(r"[^\w.\- ]+")
+
+
+# ------------------------------------------------------------------ paths
+def safe_filename(name: str, suffix: str) -> str:
+    """A file name with no separators or control characters, not hidden, ending in ``suffix``."""
+    from .queries import InputError
+
+    cleaned = _UNSAFE.sub("_", name).strip(" .")
+    if not cleaned or cleaned.strip("_") == "":
+        raise InputError(f"export: {name!r} is not a usable file name")
+    if not cleaned.lower().endswith(suffix):
+        cleaned += suffix
+    return cleaned
+
+
+def resolve_output(path: str | os.PathLike, suffix: str, folder: str | os.PathLike | None = None) -> Path:
+    """Where an export goes. A relative ``path`` is taken inside ``folder`` and may not leave it
+    (``..`` is refused); an absolute path names its own folder. The file name is sanitised."""
+    from .queries import InputError
+
+    raw = Path(os.fspath(path)).expanduser()
+    name = safe_filename(raw.name, suffix)
+    if raw.is_absolute():
+        base = raw.parent
+        target = base / name
+    else:
+        if folder is None:
+            raise InputError(f"export: {path} is relative and no export folder was given")
+        base = Path(folder).expanduser().resolve()
+        target = (base / raw.parent / name).resolve()
+        if target != base and base not in target.parents:
+            raise InputError(f"export: {path} would be written outside {base}")
+    if not target.parent.is_dir():
+        raise InputError(f"export: folder {target.parent} does not exist")
+    return target
+
+
+def default_name(store: Store, experiment_id: int, kind: str, suffix: str, by: str | None = None) -> str:
+    with store.session() as s:
+        exp = s.get(Experiment, experiment_id)
+    stem = f"{exp.name if exp else experiment_id}-{kind}" + (f"-{by}" if by else "")
+    return safe_filename(stem, suffix)
+
+
+@contextmanager
+def _atomic(target: Path, mode: str = "w") -> Iterator:
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    try:
+        with os.fdopen(fd, mode, newline="" if "b" not in mode else None,
+                       **({"encoding": "utf-8"} if "b" not in mode else {})) as fh:
+            yield fh
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _target(store: Store, path, suffix: str, folder) -> Path:
+    return resolve_output(path, suffix, store.home.exports if folder is None else folder)
+
+
+def _require_experiment(store: Store, experiment_id: int) -> Experiment:
+    from .queries import InputError
+
+    with store.session() as s:
+        exp = s.get(Experiment, experiment_id)
+    if exp is None:
+        raise InputError(f"experiment {experiment_id} does not exist")
+    return exp
+
+
+# ------------------------------------------------------------------ runs CSV
+def score_columns(store: Store, experiment_id: int) -> list[tuple[str, str]]:
+    """(metric, backbone) pairs scored in an experiment, in a stable order."""
+    q = (select(Score.metric, Score.backbone).distinct()
+         .join(Run, Run.id == Score.run_id).where(Run.experiment_id == experiment_id))
+    with store.session() as s:
+        pairs = [tuple(r) for r in s.execute(q)]
+    from .aggregate import METRIC_ORDER
+
+    return sorted(pairs, key=lambda p: (METRIC_ORDER.index(p[0]) if p[0] in METRIC_ORDER else 99, p[0], p[1]))
+
+
+def score_header(metric: str, backbone: str) -> str:
+    return f"{metric}@{backbone}"
+
+
+def _scaled(expr, scale: str):
+    if scale == "raw":
+        return expr
+    if scale == "100":
+        return expr * 100.0
+    return case((expr > 0, expr * 2.5), else_=literal(0.0))
+
+
+def _python_type(column):
+    # sqlmodel wraps DateTime in a TypeDecorator whose python_type is ``object``; look at its impl.
+    t = getattr(column.type, "impl", column.type)
+    try:
+        return t.python_type
+    except NotImplementedError:
+        return None
+
+
+def _run_column(store: Store, column):
+    kind = _python_type(column)
+    if kind is bool:
+        # 0/1 on every backend, and no per-value conversion on the way out.
+        return type_coerce(column, Integer).label(column.name)
+    if kind is datetime and store.is_sqlite:
+        # SQLite keeps naive UTC text "YYYY-MM-DD HH:MM:SS.ffffff"; make it ISO 8601 in SQL
+        # instead of parsing 400k datetimes in Python.
+        return (func.replace(cast(column, String), " ", "T") + "Z").label(column.name)
+    return column
+
+
+def runs_query(store: Store, experiment_id: int, scale: str = "raw"):
+    """The runs of an experiment with one column per (metric, backbone); returns (query, header)."""
+    from .queries import InputError
+
+    if scale not in SCALES:
+        raise InputError(f"--scale: {scale!r} is not one of {', '.join(SCALES)}")
+    table = Run.__table__
+    pairs = score_columns(store, experiment_id)
+    # Scores are pivoted once in a grouped subquery and joined: one pass over the score index,
+    # measured 3x faster than a correlated lookup per run and metric.
+    ids = select(table.c.id).where(table.c.experiment_id == experiment_id)
+    pivot_cols = [
+        func.avg(case((and_(Score.metric == m, Score.backbone == b), Score.value))).label(f"s{i}")
+        for i, (m, b) in enumerate(pairs)
+    ]
+    text = func.max(case((Score.metric == "clip_t", Score.scored_text))).label("scored_text")
+    pivot = (select(Score.run_id, *pivot_cols, text)
+             .where(Score.run_id.in_(ids)).group_by(Score.run_id).subquery("p"))
+    cols = [_run_column(store, c) for c in table.columns]
+    score_cols = [_scaled(pivot.c[f"s{i}"], scale).label(score_header(m, b)) for i, (m, b) in enumerate(pairs)]
+    q = (select(*cols, *score_cols, pivot.c.scored_text)
+         .select_from(table.outerjoin(pivot, pivot.c.run_id == table.c.id))
+         .where(table.c.experiment_id == experiment_id).order_by(table.c.id))
+    header = [c.name for c in table.columns] + [score_header(m, b) for m, b in pairs] + ["scored_text"]
+    return q, header
+
+
+def _csv_value(v):
+    # Python datetimes only appear off SQLite; keep them ISO 8601 like the SQLite path.
+    if hasattr(v, "isoformat"):
+        return v.isoformat()
+    return v
+
+
+def export_runs_csv(store: Store, experiment_id: int, path: str | os.PathLike, scale: str = "raw",
+                    folder: str | os.PathLike | None = None) -> Path:
+    """Every run with every parameter, status, timing, tag, note and score (one column per
+    metric/backbone, scaled by ``scale``). ``folder``: where relative paths go (default home/exports)."""
+    _require_experiment(store, experiment_id)
+    target = _target(store, path, ".csv", folder)
+    q, header = runs_query(store, experiment_id, scale)
+    with _atomic(target) as fh:
+        writer = csv.writer(fh)
+        writer.writerow(header)
+        for chunk in _stream(store, q):
+            writer.writerows(chunk)
+    return target
+
+
+def _stream(store: Store, q, size: int = 5000) -> Iterator[list]:
+    """Row tuples in chunks. On SQLite the compiled query runs on the DBAPI cursor: SQLAlchemy's
+    per-value result processing (datetimes, booleans, strings) was half of the export time."""
+    if not store.is_sqlite:
+        with store.engine.connect() as conn:
+            for chunk in conn.execution_options(stream_results=True).execute(q).partitions(size):
+                yield [[_csv_value(v) for v in row] for row in chunk]
+        return
+    compiled = q.compile(dialect=store.engine.dialect)
+    params = [compiled.params[name] for name in compiled.positiontup]
+    raw = store.engine.raw_connection()
+    try:
+        cur = raw.cursor()
+        cur.execute(str(compiled), params)
+        while chunk := cur.fetchmany(size):
+            yield chunk
+        cur.close()
+    finally:
+        raw.close()
+
+
+# ------------------------------------------------------------------ summary CSV
+def summary_header(rows: list[AggregateRow]) -> list[str]:
+    metrics: list[str] = []
+    for r in rows:
+        metrics += [m for m in r.metrics if m not in metrics]
+    head = ["by", "value", "is_baseline", "n_runs", "n_concepts", "pareto"]
+    for m in metrics:
+        head += [f"{m}_backbone", f"{m}_n", f"{m}_mean", f"{m}_std", f"{m}_sem"]
+    return head
+
+
+def summary_rows(rows: list[AggregateRow]) -> Iterator[list]:
+    head = summary_header(rows)
+    metrics = [h[: -len("_backbone")] for h in head if h.endswith("_backbone")]
+    for r in rows:
+        line = [r.by, "" if r.value is None else r.value, r.is_baseline, r.n_runs, r.n_concepts, r.pareto]
+        for m in metrics:
+            st = r.metrics.get(m)
+            line += [r.backbones.get(m, ""), st.n, st.mean, st.std, st.sem] if st else ["", "", "", "", ""]
+        yield line
+
+
+def export_summary_csv(store: Store, experiment_id: int, by: str, path: str | os.PathLike, scale: str = "raw",
+                       folder: str | os.PathLike | None = None) -> Path:
+    _require_experiment(store, experiment_id)
+    check_by(by)
+    target = _target(store, path, ".csv", folder)
+    rows = aggregate(store, experiment_id, by, scale=scale)
+    with _atomic(target) as fh:
+        writer = csv.writer(fh)
+        writer.writerow(summary_header(rows))
+        writer.writerows(summary_rows(rows))
+    return target
+
+
+# ------------------------------------------------------------------ pictures
+def export_plot_png(store: Store, experiment_id: int, by: str, path: str | os.PathLike, scale: str = "raw",
+                    folder: str | os.PathLike | None = None) -> Path:
+    from .plots import render_tradeoff_png
+
+    exp = _require_experiment(store, experiment_id)
+    check_by(by)
+    target = _target(store, path, ".png", folder)
+    rows = aggregate(store, experiment_id, by, scale=scale)
+    with _atomic(target, "wb") as fh:
+        render_tradeoff_png(rows, fh, by=by, title=f"{exp.name}: text vs image alignment by {by}")
+    return target
+
+
+def export_grid_png(store: Store, experiment_id: int, by: str, path: str | os.PathLike,
+                    folder: str | os.PathLike | None = None, **grid_options) -> Path:
+    from .grid_image import render_grid
+
+    _require_experiment(store, experiment_id)
+    check_by(by)
+    target = _target(store, path, ".png", folder)
+    layout = render_grid(store, experiment_id, by, **grid_options)
+    with _atomic(target, "wb") as fh:
+        layout.image.save(fh, format="PNG", optimize=False)
+    return target
+
+
+__all__ = [
+    "export_runs_csv", "export_summary_csv", "export_plot_png", "export_grid_png", "aggregate",
+    "resolve_output", "safe_filename", "default_name", "image_metric",
+]

@@ -1,0 +1,466 @@
+"""The run queue: atomic claims, the worker registry, crash recovery, cancel/requeue/pause.
+
+Torch-free: the TUI and the `mtp` CLI import it. The database is the only channel between the
+app and the engines, so every state change here is one write transaction (`Store.write()`,
+BEGIN IMMEDIATE on SQLite). Row selections also carry FOR UPDATE SKIP LOCKED, which SQLite
+ignores and PostgreSQL needs so that two engines never claim the same run.
+"""
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any, Iterable, Sequence
+
+from sqlalchemy import and_, case, delete, update
+from sqlmodel import col, select
+
+from .db import Store
+from .models import Experiment, ExperimentStatus, Meta, Run, RunStatus, Score, Worker, utcnow
+
+PAUSED_KEY = "queue_paused"
+DEFAULT_MAX_ATTEMPTS = 3
+DEFAULT_STALE_AFTER_S = 60.0
+
+
+class WorkerStatus:
+    IDLE = "idle"
+    RUNNING = "running"
+    STOPPED = "stopped"
+    DEAD = "dead"  # stopped heartbeating; set by recover_stale
+
+
+# ------------------------------------------------------------------ helpers
+def _aware(dt: datetime | None) -> datetime | None:
+    # SQLite hands datetimes back naive; they were written in UTC.
+    if dt is None:
+        return None
+    return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process exists on this host; a zombie (killed, not yet reaped) counts as dead."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            state = fh.read().rsplit(b")", 1)[1].split()[0]
+        return state not in (b"Z", b"X")
+    except (OSError, IndexError):
+        return True
+
+
+def _refresh_experiments(session, experiment_ids: Iterable[int]) -> None:
+    """An experiment is done when none of its runs is queued or running, else queued."""
+    ids = sorted(set(i for i in experiment_ids if i is not None))
+    if not ids:
+        return
+    open_ids = set(session.exec(
+        select(Run.experiment_id).where(col(Run.experiment_id).in_(ids),
+                                        col(Run.status).in_([RunStatus.QUEUED, RunStatus.RUNNING])).distinct()
+    ))
+    now = utcnow()
+    for exp in session.exec(select(Experiment).where(col(Experiment.id).in_(ids))):
+        if exp.status == ExperimentStatus.DRAFT:
+            continue
+        new = ExperimentStatus.QUEUED if exp.id in open_ids else ExperimentStatus.DONE
+        if exp.status != new:
+            exp.status = new
+            exp.updated_at = now
+            session.add(exp)
+
+
+# ------------------------------------------------------------------ pause
+def set_paused(store: Store, paused: bool) -> None:
+    """Paused: engines finish their current batch and claim nothing new."""
+    store.set_meta(PAUSED_KEY, "1" if paused else "0")
+
+
+def is_paused(store: Store) -> bool:
+    return store.get_meta(PAUSED_KEY, "0") == "1"
+
+
+def _paused_in(session) -> bool:
+    row = session.get(Meta, PAUSED_KEY)
+    return bool(row and row.value == "1")
+
+
+# ------------------------------------------------------------------ claims
+@dataclass(frozen=True)
+class ModelKey:
+    """What a worker has loaded; switching it is the expensive part of a queue."""
+
+    model: str
+    weights_kind: str = "none"
+    weights_path: str | None = None
+
+    @classmethod
+    def of(cls, run: Run) -> "ModelKey":
+        return cls(run.model, run.weights_kind or "none", run.weights_path)
+
+
+def claim_group(
+    store: Store,
+    worker_id: str,
+    max_batch: int = 8,
+    loaded: ModelKey | None = None,
+) -> list[Run]:
+    """Claim up to ``max_batch`` queued runs sharing one group_key, atomically.
+
+    The head run is the best queued run: same model/weights as ``loaded`` first (a model switch
+    costs far more than a batch), then higher priority, then oldest. Returns [] when the queue
+    is empty or paused. Claimed runs are running, owned by ``worker_id``, attempts + 1.
+    """
+    max_batch = max(1, int(max_batch))
+    with store.write() as s:
+        if _paused_in(s):
+            return []
+        order = []
+        if loaded is not None:
+            same = and_(Run.model == loaded.model, Run.weights_kind == loaded.weights_kind,
+                        col(Run.weights_path).is_not_distinct_from(loaded.weights_path))
+            order.append(case((same, 0), else_=1))
+        order += [col(Run.priority).desc(), col(Run.id).asc()]
+        head = s.exec(
+            select(Run.id, Run.group_key).where(Run.status == RunStatus.QUEUED)
+            .order_by(*order).limit(1).with_for_update(skip_locked=True)
+        ).first()
+        if head is None:
+            return []
+        ids = list(s.exec(
+            select(Run.id).where(Run.status == RunStatus.QUEUED, Run.group_key == head.group_key)
+            .order_by(col(Run.priority).desc(), col(Run.id).asc())
+            .limit(max_batch).with_for_update(skip_locked=True)
+        ))
+        now = utcnow()
+        s.execute(
+            update(Run).where(col(Run.id).in_(ids), Run.status == RunStatus.QUEUED)
+            .values(status=RunStatus.RUNNING, worker_id=worker_id, claimed_at=now, started_at=now,
+                    attempts=Run.attempts + 1, cancel_requested=False)
+        )
+        runs = list(s.exec(select(Run).where(col(Run.id).in_(ids), Run.worker_id == worker_id,
+                                             Run.status == RunStatus.RUNNING).order_by(Run.id)))
+    return runs
+
+
+def complete_runs(store: Store, worker_id: str, results: Sequence[dict[str, Any]]) -> list[int]:
+    """Commit finished runs in one transaction: artifact paths, scores and status together.
+
+    Each result: run_id, image_path, source_image_path, mask_path, source_mask_path, maps_path,
+    duration_s, scores (list of Score column dicts). A run no longer owned by this worker (it was
+    recovered and handed to another) is skipped, so no run is ever finished twice. A run whose
+    cancel was requested while it ran ends cancelled. Returns the ids committed as done.
+    """
+    done: list[int] = []
+    if not results:
+        return done
+    by_id = {int(r["run_id"]): r for r in results}
+    now = utcnow()
+    with store.write() as s:
+        runs = list(s.exec(select(Run).where(col(Run.id).in_(list(by_id)), Run.worker_id == worker_id,
+                                             Run.status == RunStatus.RUNNING)))
+        for run in runs:
+            r = by_id[run.id]
+            run.finished_at = now
+            run.duration_s = r.get("duration_s")
+            if run.cancel_requested:
+                run.status = RunStatus.CANCELLED
+                s.add(run)
+                continue
+            run.status = RunStatus.DONE
+            run.error = None
+            for name in ("image_path", "source_image_path", "mask_path", "source_mask_path", "maps_path"):
+                setattr(run, name, r.get(name))
+            s.add(run)
+            # A requeued run may carry scores of an earlier result; only the latest count.
+            s.execute(delete(Score).where(Score.run_id == run.id))
+            for sc in r.get("scores") or ():
+                s.add(Score(run_id=run.id, **{k: sc.get(k) for k in
+                                              ("metric", "backbone", "value", "preprocess", "scored_text")}))
+            done.append(run.id)
+        _refresh_experiments(s, [r.experiment_id for r in runs])
+    return done
+
+
+def fail_runs(store: Store, worker_id: str | None, run_ids: Sequence[int], error: str) -> list[int]:
+    """Mark runs failed with ``error`` (only those still running for ``worker_id``, if given)."""
+    if not run_ids:
+        return []
+    with store.write() as s:
+        q = select(Run).where(col(Run.id).in_(list(run_ids)), Run.status == RunStatus.RUNNING)
+        if worker_id is not None:
+            q = q.where(Run.worker_id == worker_id)
+        runs = list(s.exec(q))
+        now = utcnow()
+        for run in runs:
+            run.status = RunStatus.CANCELLED if run.cancel_requested else RunStatus.FAILED
+            run.error = error
+            run.finished_at = now
+            s.add(run)
+        _refresh_experiments(s, [r.experiment_id for r in runs])
+    return [r.id for r in runs]
+
+
+def release_runs(store: Store, worker_id: str, run_ids: Sequence[int]) -> list[int]:
+    """Give claimed runs back untouched (engine shutdown): queued again, this attempt not counted."""
+    if not run_ids:
+        return []
+    with store.write() as s:
+        runs = list(s.exec(select(Run).where(col(Run.id).in_(list(run_ids)), Run.worker_id == worker_id,
+                                             Run.status == RunStatus.RUNNING)))
+        now = utcnow()
+        for run in runs:
+            if run.cancel_requested:
+                run.status, run.finished_at = RunStatus.CANCELLED, now
+            else:
+                run.status = RunStatus.QUEUED
+                run.attempts = max(0, run.attempts - 1)
+            run.worker_id = None
+            run.claimed_at = None
+            s.add(run)
+        _refresh_experiments(s, [r.experiment_id for r in runs])
+    return [r.id for r in runs]
+
+
+def cancel_requested_ids(store: Store, run_ids: Sequence[int]) -> set[int]:
+    """Which of these runs the user asked to cancel (the worker polls this between steps)."""
+    if not run_ids:
+        return set()
+    with store.session() as s:
+        return set(s.exec(select(Run.id).where(col(Run.id).in_(list(run_ids)), Run.cancel_requested == True)))  # noqa: E712
+
+
+# ------------------------------------------------------------------ workers
+def make_worker_id(device: str, host: str | None = None, pid: int | None = None, tag: str = "") -> str:
+    wid = f"{host or socket.gethostname()}:{pid or os.getpid()}:{device}"
+    return f"{wid}:{tag}" if tag else wid
+
+
+def register_worker(store: Store, device: str, worker_id: str | None = None,
+                    host: str | None = None, pid: int | None = None) -> str:
+    host = host or socket.gethostname()
+    pid = pid or os.getpid()
+    worker_id = worker_id or make_worker_id(device, host, pid)
+    now = utcnow()
+    with store.write() as s:
+        s.merge(Worker(id=worker_id, host=host, pid=pid, device=device, status=WorkerStatus.IDLE,
+                       started_at=now, heartbeat_at=now, message="started"))
+    return worker_id
+
+
+_UNSET: Any = object()
+
+
+def heartbeat(
+    store: Store,
+    worker_id: str,
+    status: str | None = None,
+    current_run_id: int | None = _UNSET,
+    step: int | None = None,
+    total_steps: int | None = None,
+    its_per_s: float | None = _UNSET,
+    message: str | None = None,
+) -> None:
+    """Refresh a worker's heartbeat and whatever progress fields are given."""
+    values: dict[str, Any] = {"heartbeat_at": utcnow()}
+    if status is not None:
+        values["status"] = status
+    if current_run_id is not _UNSET:
+        values["current_run_id"] = current_run_id
+    if step is not None:
+        values["step"] = step
+    if total_steps is not None:
+        values["total_steps"] = total_steps
+    if its_per_s is not _UNSET:
+        values["its_per_s"] = its_per_s
+    if message is not None:
+        values["message"] = message[:500]
+    with store.write() as s:
+        s.execute(update(Worker).where(Worker.id == worker_id).values(**values))
+
+
+def list_workers(store: Store, include_stopped: bool = True) -> list[Worker]:
+    with store.session() as s:
+        q = select(Worker).order_by(Worker.device, Worker.id)
+        if not include_stopped:
+            q = q.where(col(Worker.status).in_([WorkerStatus.IDLE, WorkerStatus.RUNNING]))
+        return list(s.exec(q))
+
+
+def worker_is_stale(worker: Worker | None, stale_after_s: float = DEFAULT_STALE_AFTER_S,
+                    now: datetime | None = None, host: str | None = None) -> bool:
+    if worker is None or worker.status in (WorkerStatus.STOPPED, WorkerStatus.DEAD):
+        return True
+    now = now or utcnow()
+    if now - _aware(worker.heartbeat_at) > timedelta(seconds=stale_after_s):
+        return True
+    return worker.host == (host or socket.gethostname()) and not pid_alive(worker.pid)
+
+
+@dataclass
+class Recovery:
+    requeued: list[int] = field(default_factory=list)
+    failed: list[int] = field(default_factory=list)
+    dead_workers: list[str] = field(default_factory=list)
+
+
+def recover_stale(
+    store: Store,
+    stale_after_s: float = DEFAULT_STALE_AFTER_S,
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+) -> Recovery:
+    """Requeue runs held by dead workers; a run that already used ``max_attempts`` is failed.
+
+    A worker is dead when its heartbeat is older than ``stale_after_s``, or it runs on this host
+    and its pid is gone, or it said it stopped. The attempt count is kept across requeues (it
+    counts claims), so a run that kills its worker every time ends failed instead of looping.
+    """
+    out = Recovery()
+    host = socket.gethostname()
+    now = utcnow()
+    with store.write() as s:
+        running = list(s.exec(select(Run).where(Run.status == RunStatus.RUNNING).with_for_update(skip_locked=True)))
+        workers = {w.id: w for w in s.exec(select(Worker))}
+        stale = {wid for wid in {r.worker_id for r in running}
+                 if worker_is_stale(workers.get(wid), stale_after_s, now, host)}
+        # Workers that died with nothing claimed are marked too, so the registry tells the truth.
+        for w in workers.values():
+            if w.status in (WorkerStatus.IDLE, WorkerStatus.RUNNING) and worker_is_stale(w, stale_after_s, now, host):
+                stale.add(w.id)
+        touched = []
+        for run in running:
+            if run.worker_id not in stale:
+                continue
+            touched.append(run.experiment_id)
+            why = f"worker {run.worker_id} stopped responding during attempt {run.attempts}"
+            if run.cancel_requested:
+                run.status, run.finished_at, run.error = RunStatus.CANCELLED, now, why
+                out.failed.append(run.id)
+            elif run.attempts >= max_attempts:
+                last = run.error or why
+                run.status = RunStatus.FAILED
+                run.error = f"gave up after {run.attempts} attempts; last error: {last}"
+                run.finished_at = now
+                out.failed.append(run.id)
+            else:
+                run.status = RunStatus.QUEUED
+                run.error = why
+                out.requeued.append(run.id)
+            run.worker_id = None
+            run.claimed_at = None
+            s.add(run)
+        for wid in stale:
+            w = workers.get(wid)
+            if w is not None and w.status in (WorkerStatus.IDLE, WorkerStatus.RUNNING):
+                w.status = WorkerStatus.DEAD
+                w.current_run_id = None
+                s.add(w)
+                out.dead_workers.append(wid)
+        _refresh_experiments(s, touched)
+    return out
+
+
+# ------------------------------------------------------------------ user actions
+def cancel_runs(store: Store, run_ids: Sequence[int]) -> dict[str, int]:
+    """Queued runs are cancelled at once; running ones are flagged and stopped between steps."""
+    ids = list(run_ids)
+    if not ids:
+        return {"cancelled": 0, "requested": 0}
+    with store.write() as s:
+        now = utcnow()
+        res = s.execute(update(Run).where(col(Run.id).in_(ids), Run.status == RunStatus.QUEUED)
+                        .values(status=RunStatus.CANCELLED, finished_at=now))
+        req = s.execute(update(Run).where(col(Run.id).in_(ids), Run.status == RunStatus.RUNNING)
+                        .values(cancel_requested=True))
+        exp_ids = set(s.exec(select(Run.experiment_id).where(col(Run.id).in_(ids)).distinct()))
+        _refresh_experiments(s, exp_ids)
+    return {"cancelled": res.rowcount, "requested": req.rowcount}
+
+
+def cancel_experiment(store: Store, experiment_id: int) -> dict[str, int]:
+    with store.write() as s:
+        now = utcnow()
+        res = s.execute(update(Run).where(Run.experiment_id == experiment_id, Run.status == RunStatus.QUEUED)
+                        .values(status=RunStatus.CANCELLED, finished_at=now))
+        req = s.execute(update(Run).where(Run.experiment_id == experiment_id, Run.status == RunStatus.RUNNING)
+                        .values(cancel_requested=True))
+        _refresh_experiments(s, [experiment_id])
+    return {"cancelled": res.rowcount, "requested": req.rowcount}
+
+
+_RESET = dict(status=RunStatus.QUEUED, attempts=0, error=None, worker_id=None, cancel_requested=False,
+              claimed_at=None, started_at=None, finished_at=None, duration_s=None, image_path=None,
+              source_image_path=None, mask_path=None, source_mask_path=None, maps_path=None)
+
+
+def _requeue_where(store: Store, where) -> int:
+    with store.write() as s:
+        ids = list(s.exec(select(Run.id).where(where)))
+        if not ids:
+            return 0
+        s.execute(delete(Score).where(col(Score.run_id).in_(ids)))
+        s.execute(update(Run).where(col(Run.id).in_(ids)).values(**_RESET))
+        exp_ids = set(s.exec(select(Run.experiment_id).where(col(Run.id).in_(ids)).distinct()))
+        _refresh_experiments(s, exp_ids)
+    return len(ids)
+
+
+def requeue(store: Store, experiment_id: int, statuses: Sequence[str] = (RunStatus.FAILED, RunStatus.CANCELLED)) -> int:
+    """Put an experiment's runs with these statuses back in the queue (fresh attempts, no scores)."""
+    allowed = [st for st in statuses if st in RunStatus.FINISHED]
+    if not allowed:
+        return 0
+    return _requeue_where(store, and_(Run.experiment_id == experiment_id, col(Run.status).in_(allowed)))
+
+
+def requeue_runs(store: Store, run_ids: Sequence[int]) -> int:
+    """Requeue these runs if they are finished (done, failed or cancelled)."""
+    if not run_ids:
+        return 0
+    return _requeue_where(store, and_(col(Run.id).in_(list(run_ids)), col(Run.status).in_(list(RunStatus.FINISHED))))
+
+
+def set_priority(store: Store, experiment_id: int, priority: int) -> int:
+    """Change an experiment's priority; its queued runs move in the queue at once."""
+    with store.write() as s:
+        exp = s.get(Experiment, experiment_id)
+        if exp is None:
+            return 0
+        exp.priority = int(priority)
+        exp.updated_at = utcnow()
+        s.add(exp)
+        res = s.execute(update(Run).where(Run.experiment_id == experiment_id, Run.status == RunStatus.QUEUED)
+                        .values(priority=int(priority)))
+    return res.rowcount
+
+
+# ------------------------------------------------------------------ summaries
+@dataclass
+class QueueStatus:
+    paused: bool
+    counts: dict[str, int]
+    workers: list[Worker]
+
+    @property
+    def queued(self) -> int:
+        return self.counts.get(RunStatus.QUEUED, 0)
+
+    @property
+    def running(self) -> int:
+        return self.counts.get(RunStatus.RUNNING, 0)
+
+
+def queue_status(store: Store) -> QueueStatus:
+    from sqlalchemy import func
+
+    with store.session() as s:
+        counts = {st: n for st, n in s.exec(select(Run.status, func.count()).group_by(Run.status))}
+        paused = _paused_in(s)
+    return QueueStatus(paused=paused, counts=counts, workers=list_workers(store))

@@ -1,0 +1,165 @@
+"""Aggregates per parameter value, checked against hand-computed numbers."""
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from store.aggregate import AggregateRow, Stat, aggregate, mark_pareto, scale_value, stat
+from store.models import Concept, Experiment, Run, Score
+from store.queries import InputError
+
+B32 = "ViT-B-32/openai"
+
+
+def make_experiment(store, name="exp", concepts=1) -> tuple[int, list[int]]:
+    with store.write() as s:
+        exp = Experiment(name=name, status="done")
+        s.add(exp)
+        ids = []
+        for i in range(concepts):
+            c = Concept(name=f"{name}-concept{i}", token="<new1>", class_word="dog")
+            s.add(c)
+            s.flush()
+            ids.append(c.id)
+        s.flush()
+        return exp.id, ids
+
+
+def add_runs(store, experiment_id, runs: list[dict], scores: list[dict[str, float]], backbone=B32) -> list[int]:
+    """Insert runs (column dicts) and per run a {metric: value} dict of scores; returns run ids."""
+    ids = []
+    with store.write() as s:
+        for i, (cols, sc) in enumerate(zip(runs, scores)):
+            run = Run(experiment_id=experiment_id, status="done", grid_index=cols.pop("grid_index", i), **cols)
+            s.add(run)
+            s.flush()
+            ids.append(run.id)
+            for metric, value in sc.items():
+                s.add(Score(run_id=run.id, metric=metric, backbone=backbone, value=value,
+                            scored_text="a photo of a dog" if metric == "clip_t" else None))
+    return ids
+
+
+# Sweep order 25, 10, 40 (not numeric) with 2 prompts x 2 seeds each, plus one baseline per cell.
+CLIP_T = {25: [0.30, 0.32, 0.28, 0.30], 10: [0.25, 0.27, 0.26, 0.26], 40: [0.24, 0.23, 0.25, 0.24]}
+CLIP_I = {25: [0.80, 0.84, 0.82, 0.82], 10: [0.85, 0.87, 0.86, 0.86], 40: [0.84, 0.84, 0.84, 0.84]}
+BASE_T, BASE_I = [0.33, 0.35, 0.31, 0.33], [0.70, 0.72, 0.68, 0.70]
+
+
+def seed_sweep(store, name="sweep"):
+    exp_id, (concept,) = make_experiment(store, name)
+    runs, scores = [], []
+    grid = 0
+    for cell in range(4):  # (prompt, seed)
+        prompt, seed = divmod(cell, 2)
+        runs.append(dict(is_baseline=True, final_step=0, prompt_index=prompt, seed=seed, concept_id=concept,
+                         target_prompt=f"prompt {prompt}", grid_index=grid))
+        scores.append({"clip_t": BASE_T[cell], "clip_i_ref": BASE_I[cell], "clip_i_src": 0.9})
+        grid += 1
+        for value in (25, 10, 40):
+            runs.append(dict(final_step=value, prompt_index=prompt, seed=seed, concept_id=concept,
+                             target_prompt=f"prompt {prompt}", grid_index=grid))
+            scores.append({"clip_t": CLIP_T[value][cell], "clip_i_ref": CLIP_I[value][cell], "clip_i_src": 0.9})
+            grid += 1
+    add_runs(store, exp_id, runs, scores)
+    return exp_id
+
+
+def test_stat_matches_hand_computation():
+    st = stat([0.30, 0.32, 0.28, 0.30])
+    assert st.n == 4
+    assert st.mean == pytest.approx(0.30)
+    assert st.std == pytest.approx(math.sqrt(0.0008 / 3))
+    assert st.sem == pytest.approx(math.sqrt(0.0008 / 3) / 2)
+    assert stat([0.5]) == Stat(1, 0.5, 0.0, 0.0)
+
+
+def test_aggregate_per_value_in_sweep_order_with_baseline_first(store):
+    exp_id = seed_sweep(store)
+    rows = aggregate(store, exp_id, "final_step")
+    assert [r.label for r in rows] == ["baseline", "25", "10", "40"]
+    base = rows[0]
+    assert base.is_baseline and base.value is None and base.n_runs == 4
+    assert base.metrics["clip_t"].mean == pytest.approx(0.33)
+    r25 = rows[1]
+    assert r25.n_runs == 4 and r25.n_concepts == 1
+    assert r25.metrics["clip_t"].mean == pytest.approx(0.30)
+    assert r25.metrics["clip_t"].std == pytest.approx(math.sqrt(0.0008 / 3))
+    assert r25.metrics["clip_t"].sem == pytest.approx(math.sqrt(0.0008 / 3) / 2)
+    assert r25.metrics["clip_i_ref"].mean == pytest.approx(0.82)
+    assert rows[3].metrics["clip_i_ref"].std == pytest.approx(0.0)
+    assert r25.backbones["clip_t"] == B32
+    assert list(r25.metrics) == ["clip_t", "clip_i_ref", "clip_i_src"]
+
+
+def test_pareto_flags_on_the_sweep(store):
+    rows = aggregate(store, seed_sweep(store), "final_step")
+    # 25 -> (0.30, 0.82), 10 -> (0.26, 0.86), 40 -> (0.24, 0.84) is beaten by 10 on both axes.
+    assert {r.label: r.pareto for r in rows} == {"baseline": False, "25": True, "10": True, "40": False}
+
+
+def test_pareto_known_set():
+    def row(label, x, y):
+        return AggregateRow("v", label, False, 1, 1, {"clip_t": Stat(1, x, 0, 0), "clip_i_src": Stat(1, y, 0, 0)})
+
+    rows = [row("a", 1, 5), row("b", 2, 4), row("c", 2, 3), row("d", 3, 1), row("e", 1, 5), row("f", 0.5, 0.5)]
+    mark_pareto(rows)
+    # c is dominated by b (equal x, lower y); duplicates a/e do not dominate each other.
+    assert [r.value for r in rows if r.pareto] == ["a", "b", "d", "e"]
+
+
+def test_image_axis_falls_back_to_source():
+    rows = [AggregateRow("v", 1, False, 1, 1, {"clip_t": Stat(1, 0.2, 0, 0), "clip_i_src": Stat(1, 0.9, 0, 0)}),
+            AggregateRow("v", 2, False, 1, 1, {"clip_t": Stat(1, 0.3, 0, 0), "clip_i_src": Stat(1, 0.8, 0, 0)})]
+    mark_pareto(rows)
+    assert all(r.pareto for r in rows)
+
+
+def test_several_concepts_are_averaged_per_concept_first(store):
+    exp_id, (a, b) = make_experiment(store, "multi", concepts=2)
+    add_runs(store, exp_id,
+             [dict(final_step=10, concept_id=a, seed=0), dict(final_step=10, concept_id=a, seed=1),
+              dict(final_step=10, concept_id=b, seed=0)],
+             [{"clip_t": 0.2}, {"clip_t": 0.4}, {"clip_t": 0.5}])
+    (row,) = aggregate(store, exp_id, "final_step")
+    assert row.n_runs == 3 and row.n_concepts == 2
+    st = row.metrics["clip_t"]
+    assert st.n == 2
+    assert st.mean == pytest.approx(0.4)  # mean of (0.3, 0.5), not of (0.2, 0.4, 0.5)
+    assert st.std == pytest.approx(math.sqrt(0.02))
+
+
+def test_scales():
+    assert scale_value(0.3, "raw") == 0.3
+    assert scale_value(0.3, "100") == pytest.approx(30.0)
+    assert scale_value(0.3, "clipscore") == pytest.approx(0.75)
+    assert scale_value(-0.1, "clipscore") == 0.0
+    with pytest.raises(ValueError):
+        scale_value(0.3, "percent")
+
+
+def test_clipscore_scale_clips_before_averaging(store):
+    exp_id, _ = make_experiment(store, "neg")
+    add_runs(store, exp_id, [dict(final_step=10), dict(final_step=10)], [{"clip_t": -0.2}, {"clip_t": 0.4}])
+    (row,) = aggregate(store, exp_id, "final_step", scale="clipscore")
+    assert row.metrics["clip_t"].mean == pytest.approx((0.0 + 1.0) / 2)
+
+
+def test_backbone_choice(store):
+    exp_id, _ = make_experiment(store, "bb")
+    add_runs(store, exp_id, [dict(final_step=10), dict(final_step=10)], [{"clip_t": 0.2}, {"clip_t": 0.4}])
+    with store.write() as s:
+        run_id = s.exec(Run.__table__.select().with_only_columns(Run.__table__.c.id).limit(1)).scalar()
+        s.add(Score(run_id=run_id, metric="clip_t", backbone="ViT-L-14/openai", value=0.9))
+    (row,) = aggregate(store, exp_id, "final_step")
+    assert row.backbones["clip_t"] == B32 and row.metrics["clip_t"].mean == pytest.approx(0.3)
+    (row,) = aggregate(store, exp_id, "final_step", backbone="ViT-L-14/openai")
+    assert row.metrics["clip_t"].mean == pytest.approx(0.9) and row.metrics["clip_t"].n == 1
+
+
+def test_unknown_parameter_and_empty_experiment(store):
+    exp_id, _ = make_experiment(store, "empty")
+    assert aggregate(store, exp_id, "final_step") == []
+    with pytest.raises(InputError):
+        aggregate(store, exp_id, "id; drop table run")

@@ -1,0 +1,171 @@
+"""CSV exports round-trip every field; exports never land outside the chosen folder."""
+from __future__ import annotations
+
+import csv
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+from sqlmodel import select
+
+from store.aggregate import aggregate
+from store.export import (
+    export_grid_png, export_plot_png, export_runs_csv, export_summary_csv, resolve_output, safe_filename,
+)
+from store.models import Run, Score
+from store.queries import InputError
+from tests.store.test_aggregate import B32, add_runs, make_experiment, seed_sweep
+
+NASTY = 'comma, "quote", new\nline, ünïcode'
+
+
+def _odd_experiment(store):
+    exp_id, (concept,) = make_experiment(store, "odd")
+    ids = add_runs(store, exp_id, [
+        dict(final_step=10, notes=NASTY, tags="a,b", target_prompt="a <new1> dog", seed=2**40, guidance=7.25,
+             mask_threshold=None, duration_s=1.0 / 3, concept_id=concept, layers="{0,2,4}",
+             started_at=datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=timezone.utc)),
+        dict(final_step=20, is_baseline=True, mask_threshold=0.125, error="Traceback\n  boom", marked=True),
+    ], [{"clip_t": 0.123456789012345678, "clip_i_ref": -0.5, "dino_ref": 0.25}, {"clip_t": 0.2}])
+    with store.write() as s:
+        s.add(Score(run_id=ids[0], metric="clip_t", backbone="ViT-L-14/openai", value=0.31,
+                    scored_text="a dog"))
+    return exp_id, ids
+
+
+def _expected(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return str(int(value))
+    if isinstance(value, datetime):
+        return value.astimezone(timezone.utc).replace(tzinfo=None).isoformat() + "Z"
+    return str(value)
+
+
+def test_runs_csv_round_trip_preserves_every_field(store, tmp_path):
+    exp_id, ids = _odd_experiment(store)
+    out = export_runs_csv(store, exp_id, "runs.csv", folder=tmp_path)
+    assert out == tmp_path / "runs.csv"
+    with open(out, newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [int(r["id"]) for r in rows] == ids
+    with store.session() as s:
+        runs = {r.id: r for r in s.exec(select(Run).where(Run.experiment_id == exp_id))}
+    columns = list(Run.__table__.columns.keys())
+    assert list(rows[0])[: len(columns)] == columns  # every run column, no index column
+    for row in rows:
+        run = runs[int(row["id"])]
+        for name in columns:
+            assert row[name] == _expected(getattr(run, name)), name
+    first, second = rows
+    assert first["notes"] == NASTY
+    assert float(first[f"clip_t@{B32}"]) == 0.123456789012345678  # bit-exact float
+    assert float(first["clip_t@ViT-L-14/openai"]) == 0.31
+    assert float(first[f"clip_i_ref@{B32}"]) == -0.5
+    assert first["scored_text"] in ("a photo of a dog", "a dog")
+    assert second[f"clip_i_ref@{B32}"] == "" and second["marked"] == "1"
+    started = datetime.fromisoformat(first["started_at"].replace("Z", "+00:00"))
+    assert started == datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=timezone.utc)
+    assert datetime.fromisoformat(first["created_at"].replace("Z", "+00:00")).tzinfo is not None
+
+
+def test_runs_csv_in_pandas(store, tmp_path):
+    pd = pytest.importorskip("pandas")
+    exp_id, ids = _odd_experiment(store)
+    df = pd.read_csv(export_runs_csv(store, exp_id, "runs.csv", folder=tmp_path))
+    assert list(df["id"]) == ids
+    assert df.loc[0, "notes"] == NASTY
+    assert df.loc[0, f"clip_t@{B32}"] == 0.123456789012345678
+
+
+def test_runs_csv_scales(store, tmp_path):
+    exp_id, _ = _odd_experiment(store)
+    with open(export_runs_csv(store, exp_id, "s.csv", scale="clipscore", folder=tmp_path), newline="") as fh:
+        first = next(csv.DictReader(fh))
+    assert float(first[f"clip_i_ref@{B32}"]) == 0.0
+    assert float(first[f"dino_ref@{B32}"]) == pytest.approx(0.625)
+    with open(export_runs_csv(store, exp_id, "h.csv", scale="100", folder=tmp_path), newline="") as fh:
+        first = next(csv.DictReader(fh))
+    assert float(first[f"clip_i_ref@{B32}"]) == pytest.approx(-50.0)
+    with pytest.raises(InputError):
+        export_runs_csv(store, exp_id, "x.csv", scale="percent", folder=tmp_path)
+
+
+def test_summary_csv_matches_aggregate(store, tmp_path):
+    exp_id = seed_sweep(store)
+    out = export_summary_csv(store, exp_id, "final_step", "summary", folder=tmp_path)
+    assert out.name == "summary.csv"
+    with open(out, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    agg = aggregate(store, exp_id, "final_step")
+    assert [r["value"] for r in rows] == ["", "25", "10", "40"]
+    assert [r["is_baseline"] for r in rows] == ["True", "False", "False", "False"]
+    assert [r["pareto"] for r in rows] == ["False", "True", "True", "False"]
+    for line, row in zip(rows, agg):
+        for metric, st in row.metrics.items():
+            assert float(line[f"{metric}_mean"]) == st.mean
+            assert float(line[f"{metric}_sem"]) == st.sem
+            assert int(line[f"{metric}_n"]) == st.n
+            assert line[f"{metric}_backbone"] == B32
+
+
+@pytest.mark.parametrize("bad", ["../out.csv", "sub/../../out.csv", "..", "/", "  ", "..."])
+def test_paths_cannot_escape_the_folder(tmp_path, bad):
+    (tmp_path / "sub").mkdir()
+    with pytest.raises(InputError):
+        resolve_output(bad, ".csv", tmp_path / "sub")
+
+
+def test_paths_are_sanitised(tmp_path):
+    assert safe_filename("my run: final/step?", ".csv") == "my run_ final_step_.csv"
+    assert safe_filename(".hidden", ".csv") == "hidden.csv"
+    assert resolve_output("a b.csv", ".csv", tmp_path) == tmp_path.resolve() / "a b.csv"
+    assert resolve_output("plot", ".png", tmp_path) == tmp_path.resolve() / "plot.png"
+    (tmp_path / "d").mkdir()
+    assert resolve_output("d/x.csv", ".csv", tmp_path) == tmp_path.resolve() / "d" / "x.csv"
+    # An absolute path is the user's own choice of folder; only its name is cleaned.
+    assert resolve_output(tmp_path / "abs?.csv", ".csv", tmp_path / "d") == tmp_path / "abs_.csv"
+    with pytest.raises(InputError):
+        resolve_output("missing/x.csv", ".csv", tmp_path)
+
+
+def test_export_refuses_escape_and_writes_nothing(store, tmp_path):
+    exp_id = seed_sweep(store)
+    inner = tmp_path / "inner"
+    inner.mkdir()
+    for fn, args in ((export_runs_csv, ()), (export_summary_csv, ("final_step",)),
+                     (export_plot_png, ("final_step",)), (export_grid_png, ("final_step",))):
+        with pytest.raises(InputError):
+            fn(store, exp_id, *args, "../evil", folder=inner)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["home", "inner"]
+    assert list(inner.iterdir()) == []
+
+
+def test_default_folder_is_home_exports(store):
+    exp_id = seed_sweep(store)
+    out = export_runs_csv(store, exp_id, "r.csv")
+    assert out.parent == store.home.exports and out.is_file()
+    assert [p.name for p in store.home.exports.iterdir()] == ["r.csv"]  # no temp file left behind
+
+
+def test_cli_exports(store, home, tmp_path, monkeypatch, capsys):
+    from store.cli import main
+
+    seed_sweep(store, name="corgi final step")
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    h = ["--home", str(home.root)]
+    assert main(h + ["export", "runs", "corgi final step", "--csv", "runs.csv", "--scale", "100"]) == 0
+    assert main(h + ["export", "summary", "1", "--by", "final_step", "--csv", "sum.csv"]) == 0
+    assert main(h + ["export", "plot", "1", "--by", "final_step", "--png", "plot.png", "--text"]) == 0
+    assert main(h + ["export", "grid", "1", "--by", "final_step", "--png", "grid.png"]) == 0
+    assert sorted(p.name for p in work.iterdir()) == ["grid.png", "plot.png", "runs.csv", "sum.csv"]
+    assert "baseline" in capsys.readouterr().out
+    assert main(h + ["export", "runs", "1"]) == 0
+    assert (home.exports / "corgi final step-runs.csv").is_file()
+    assert main(h + ["export", "runs", "1", "--csv", "../out.csv"]) == 2
+    assert main(h + ["export", "summary", "1", "--by", "nope", "--csv", "s.csv"]) == 2
+    assert main(h + ["export", "runs", "no such experiment"]) == 2
+    assert not (tmp_path / "out.csv").exists()

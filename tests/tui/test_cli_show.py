@@ -1,0 +1,28 @@
+"""`mtp show RUN` prints a run's images, scores and parameters outside the TUI."""
+from __future__ import annotations
+
+from store.cli import main
+from tests.tui import add_scores, seed_experiment, write_png
+
+
+def test_show_prints_image_scores_and_params(store, capsys):
+    exp = seed_experiment(store)
+    runs = add_scores(store, exp.id)
+    run = runs[1]
+    write_png(store.home.run_dir(run.id) / "target.png")
+    from store.models import Run
+
+    with store.write() as s:
+        r = s.get(Run, run.id)
+        r.image_path = f"artifacts/run-{run.id}/target.png"
+        s.add(r)
+    assert main(["--home", str(store.home.root), "show", str(run.id), "--width", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b[48;2;200;120;40m" in out  # the target drawn as coloured blocks (not a terminal here)
+    assert "no image recorded" in out  # the source was never written
+    assert "clip_t" in out and "final_step" in out
+
+
+def test_show_unknown_run_fails(store, capsys):
+    assert main(["--home", str(store.home.root), "show", "424242", "--no-image"]) == 1
+    assert "does not exist" in capsys.readouterr().err

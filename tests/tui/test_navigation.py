@@ -1,0 +1,119 @@
+"""Every screen reachable by keyboard at 120x40; help, palette, keymap overrides; no torch."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+from tests.tui import SIZE, add_scores, seed_experiment, wait_for
+from tui.app import MtpApp, build_parser
+
+
+def name(app) -> str:
+    return type(app.screen).__name__
+
+
+async def test_every_screen_reachable_by_keyboard(store):
+    exp = seed_experiment(store)
+    add_scores(store, exp.id)
+    app = MtpApp(store)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: app.experiment_id == exp.id, what="home selects the experiment")
+        # (keys, expected screen); function keys work even while a form input has focus.
+        steps = [
+            (["c"], "ConceptScreen"), (["f4"], "SweepScreen"), (["f6"], "RunsScreen"),
+            (["enter"], "RunDetailScreen"), (["b"], "CompareScreen"), (["escape"], "RunDetailScreen"),
+            (["escape"], "RunsScreen"), (["v"], "CompareScreen"), (["e"], "ResultsScreen"),
+            (["x"], "ExportScreen"), (["escape"], "ResultsScreen"), (["f1"], "HelpScreen"),
+            (["escape"], "ResultsScreen"), (["h"], "HomeScreen"), (["enter"], "RunsScreen"),
+            (["escape"], "HomeScreen"), (["n"], "SweepScreen"), (["f2"], "HomeScreen"),
+            (["question_mark"], "HelpScreen"), (["escape"], "HomeScreen"),
+        ]
+        for keys, expected in steps:
+            await pilot.press(*keys)
+            await wait_for(pilot, lambda: name(app) == expected, timeout=5,
+                           what=f"{keys} -> {expected} (at {name(app)})")
+            await pilot.pause(0.05)
+        assert len(app.screen_stack) == 1
+
+
+async def test_home_opens_draft_for_editing_and_duplicates_queued(store):
+    exp = seed_experiment(store, name="queued one")
+    app = MtpApp(store)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: app.experiment_id == exp.id)
+        await pilot.press("E")
+        await wait_for(pilot, lambda: name(app) == "SweepScreen" and app.screen._ready)
+        assert app.screen.experiment_name == "queued one (copy)"
+        assert app.screen.query_one("#input-final_step").value == "10,15,end"
+
+
+async def test_command_palette_lists_main_actions(store):
+    from tui.commands import COMMANDS
+
+    app = MtpApp(store)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("ctrl+p")
+        await wait_for(pilot, lambda: "CommandPalette" in name(app))
+        await pilot.press(*"runs browser")
+        await pilot.pause(0.5)
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: name(app) == "RunsScreen", what="palette opens runs")
+    assert {"Runs browser", "New sweep", "Export", "Pause / resume queue"} <= {c[0] for c in COMMANDS}
+
+
+async def test_keymap_override_from_home_folder(store):
+    (store.home.root / "keymap.json").write_text(json.dumps({"app.runs": "u"}))
+    app = MtpApp(store)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("u")
+        await wait_for(pilot, lambda: name(app) == "RunsScreen", what="remapped key")
+
+
+async def test_pause_toggle_from_home(store):
+    from store.queue import is_paused
+
+    app = MtpApp(store)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause(0.2)
+        await pilot.press("p")
+        assert is_paused(store)
+        await pilot.press("p")
+        assert not is_paused(store)
+
+
+def test_help_works_without_starting_the_ui():
+    out = subprocess.run([sys.executable, "-m", "tui.app", "--help"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "--demo" in out.stdout and "--home" in out.stdout
+    assert build_parser().parse_args(["--demo"]).demo
+
+
+def test_tui_never_imports_torch(tmp_path):
+    code = textwrap.dedent(f"""
+        import asyncio, sys
+        from store.db import Store
+        from store.paths import Home
+        from tui.app import MtpApp
+        from tests.tui import seed_experiment, add_scores
+
+        store = Store(Home.resolve({str(tmp_path / 'home')!r}))
+        exp = seed_experiment(store)
+        add_scores(store, exp.id)
+
+        async def main():
+            app = MtpApp(store)
+            async with app.run_test(size=(120, 40)) as pilot:
+                app.experiment_id = exp.id
+                for key in ["c", "f4", "f6", "enter", "escape", "e", "x", "escape", "h"]:
+                    await pilot.press(key)
+                    await pilot.pause(0.3)
+
+        asyncio.run(main())
+        bad = sorted(m for m in ("torch", "diffusers", "transformers", "open_clip") if m in sys.modules)
+        print("BAD", bad)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         cwd=str(__import__("pathlib").Path(__file__).resolve().parents[2]))
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "BAD []" in out.stdout, out.stdout

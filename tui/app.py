@@ -1,0 +1,191 @@
+"""mtp-tui: the research workbench's terminal app. It talks to engines only through the
+database and the artifact folder, so it never imports torch and can be closed and reopened
+while engines keep running."""
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+
+from textual.app import App
+
+from . import keymap
+from .commands import MtpCommands
+
+# Top-level screens reachable from anywhere; names are what `open(...)` actions take.
+SCREENS = {
+    "home": ("tui.screens.home", "HomeScreen"),
+    "concept": ("tui.screens.concept", "ConceptScreen"),
+    "sweep": ("tui.screens.sweep", "SweepScreen"),
+    "runs": ("tui.screens.runs", "RunsScreen"),
+    "results": ("tui.screens.results", "ResultsScreen"),
+    "export": ("tui.screens.export", "ExportScreen"),
+}
+
+
+class MtpApp(App):
+    CSS_PATH = "app.tcss"
+    TITLE = "mtp"
+    BINDINGS = keymap.bindings("app")
+    COMMANDS = App.COMMANDS | {MtpCommands}
+
+    def __init__(self, store, demo: bool = False, **kwargs):
+        super().__init__(**kwargs)
+        self.store = store
+        self.demo = demo
+        # Which experiment the results/export/runs screens are about; Home's cursor sets it.
+        self.experiment_id: int | None = None
+
+    def on_mount(self) -> None:
+        self.sub_title = str(self.store.home.root)
+        try:
+            overrides = keymap.load_overrides(self.store.home.root)
+            if overrides:
+                self.set_keymap(overrides)
+        except (ValueError, OSError) as exc:
+            self.notify(f"keymap.json ignored: {exc}", severity="warning", timeout=8)
+        try:
+            # An SSH drop sends SIGHUP: leave cleanly (terminal restored, DB sessions closed).
+            import asyncio
+
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.exit)
+        except (NotImplementedError, RuntimeError, AttributeError):
+            pass
+
+    def get_default_screen(self):
+        from .screens.home import HomeScreen
+
+        return HomeScreen()
+
+    # ------------------------------------------------------------------ navigation
+    def make_screen(self, name: str, **kwargs):
+        import importlib
+
+        module, cls = SCREENS[name]
+        return getattr(importlib.import_module(module), cls)(**kwargs)
+
+    def action_open(self, name: str, **kwargs) -> None:
+        if name == "export":
+            self.push_screen(self.make_screen("export", experiment_id=self.experiment_id))
+            return
+        from textual.screen import ModalScreen
+
+        if isinstance(self.screen, ModalScreen):
+            self.pop_screen()
+        if name == "home":
+            while len(self.screen_stack) > 1:
+                self.pop_screen()
+            return
+        if type(self.screen).__name__ == SCREENS[name][1] and not kwargs:
+            return
+        screen = self.make_screen(name, **kwargs)
+        # Keep the stack shallow: Home at the bottom and one screen above it, plus run details.
+        if len(self.screen_stack) > 1:
+            self.switch_screen(screen)
+        else:
+            self.push_screen(screen)
+
+    def action_back(self) -> None:
+        if len(self.screen_stack) > 1:
+            self.pop_screen()
+
+    def action_help(self) -> None:
+        from .screens.help import HelpScreen
+
+        if not isinstance(self.screen, HelpScreen):
+            self.push_screen(HelpScreen(self.screen))
+
+    # ------------------------------------------------------------------ queue and engine
+    def toggle_pause(self) -> bool | None:
+        from .screens._common import Missing, optional
+
+        try:
+            queue = optional("store.queue")
+        except Missing as exc:
+            self.notify(str(exc), severity="error")
+            return None
+        paused = not queue.is_paused(self.store)
+        queue.set_paused(self.store, paused)
+        self.notify("queue paused: engines finish their current run, then wait" if paused else "queue resumed")
+        return paused
+
+    def start_engine(self, device: str = "cpu") -> None:
+        from .screens._common import Missing, optional
+
+        try:
+            launch = optional("engine.launch")
+            pid = launch.start_engine(self.store.home.root, device=device, demo=self.demo)
+        except Missing as exc:
+            self.notify(str(exc), severity="error")
+            return
+        except Exception as exc:  # a failed launch is reported, the app keeps going
+            self.notify(f"engine did not start: {exc}", severity="error", timeout=10)
+            return
+        self.notify(f"engine started on {device} (pid {pid}); logs in {self.store.home.logs}")
+
+    def stop_engine(self) -> None:
+        from .screens._common import Missing, optional
+
+        try:
+            launch = optional("engine.launch")
+            launch.stop_engine(self.store.home.root)
+        except Missing as exc:
+            self.notify(str(exc), severity="error")
+            return
+        except Exception as exc:
+            self.notify(f"could not stop the engine: {exc}", severity="error", timeout=10)
+            return
+        self.notify("engine asked to stop after its current run")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mtp-tui",
+        description="mtp research workbench: build sweeps, watch the queue, browse runs and results.",
+    )
+    parser.add_argument("--home", help="data folder (default: $MTP_HOME or the platform data dir; "
+                                       "with --demo: <data dir>/demo)")
+    parser.add_argument("--demo", action="store_true",
+                        help="use a demo data folder seeded with a concept and a small sweep on the random tiny model")
+    return parser
+
+
+def open_store(home: str | None, demo: bool):
+    from store.db import Store
+    from store.paths import Home, default_home
+
+    if demo and not home:
+        home = default_home() / "demo"
+    store = Store(Home.resolve(home))
+    if demo:
+        from sqlmodel import select
+
+        from store.models import Concept
+
+        with store.session() as s:
+            empty = s.exec(select(Concept.id).limit(1)).first() is None
+        if empty:
+            from store.demo import seed_demo
+
+            seed_demo(store)
+    return store
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from store.db import SchemaTooNew
+
+    try:
+        store = open_store(args.home, args.demo)
+    except SchemaTooNew as exc:
+        print(f"mtp-tui: {exc}", file=sys.stderr)
+        return 2
+    try:
+        MtpApp(store, demo=args.demo).run()
+    finally:
+        store.close()
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,117 @@
+"""Every key binding as data, each with an id, so a user can remap any of them.
+
+Overrides live in `<home>/keymap.json` as {"binding id": "keys"}, e.g. {"runs.filter": "f"};
+Textual's `App.set_keymap` applies them to the matching Binding ids everywhere.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from textual.binding import Binding
+
+
+@dataclass(frozen=True)
+class Key:
+    id: str
+    keys: str
+    action: str
+    description: str
+    show: bool = True
+    priority: bool = False
+
+
+KEYMAP: dict[str, list[Key]] = {
+    "app": [
+        Key("app.help", "f1,question_mark", "help", "Help"),
+        Key("app.home", "h,f2", "open('home')", "Home"),
+        Key("app.concept", "c,f3", "open('concept')", "Concept"),
+        Key("app.sweep", "n,f4", "open('sweep')", "Sweep"),
+        Key("app.runs", "r,f6", "open('runs')", "Runs"),
+        Key("app.results", "e,f7", "open('results')", "Results"),
+        Key("app.export", "x,f8", "open('export')", "Export"),
+        Key("app.back", "escape", "back", "Back"),
+        Key("app.quit", "ctrl+q", "quit", "Quit", show=False, priority=True),
+    ],
+    "home": [
+        Key("home.pause", "p", "toggle_pause", "Pause"),
+        Key("home.start_engine", "S", "start_engine", "Engine+"),
+        Key("home.stop_engine", "T", "stop_engine", "Engine-"),
+        Key("home.open", "enter", "open_experiment", "Open runs", show=False),
+        Key("home.edit", "E", "edit_experiment", "Edit"),
+        Key("home.queue", "Q", "queue_experiment", "Queue"),
+        Key("home.requeue", "R", "requeue_experiment", "Requeue"),
+        Key("home.cancel", "X", "cancel_experiment", "Cancel"),
+        Key("home.refresh", "f5", "refresh", "Refresh", show=False),
+        Key("home.down", "j", "cursor_down", "Down", show=False),
+        Key("home.up", "k", "cursor_up", "Up", show=False),
+    ],
+    "concept": [
+        Key("concept.save", "ctrl+s", "save", "Save"),
+        Key("concept.remove", "delete", "remove_image", "Remove"),
+        Key("concept.next", "ctrl+n", "next_concept", "New"),
+    ],
+    "sweep": [
+        Key("sweep.save", "ctrl+s", "save_draft", "Save"),
+        Key("sweep.queue", "ctrl+r", "queue", "Queue"),
+        Key("sweep.preset", "ctrl+t", "next_preset", "Preset"),
+    ],
+    "runs": [
+        Key("runs.filter", "slash", "filter", "Filter"),
+        Key("runs.open", "enter", "open_run", "Detail", show=False),
+        Key("runs.sort", "s", "sort", "Sort"),
+        Key("runs.mark", "m", "mark", "Mark"),
+        Key("runs.tag", "t", "tag", "Tag"),
+        Key("runs.note", "N", "note", "Note"),
+        Key("runs.requeue", "R", "requeue", "Requeue"),
+        Key("runs.cancel", "X", "cancel", "Cancel"),
+        Key("runs.compare", "v", "compare", "Compare"),
+        Key("runs.next_page", "greater_than_sign,pagedown", "page(1)", "Page>"),
+        Key("runs.prev_page", "less_than_sign,pageup", "page(-1)", "<Page"),
+        Key("runs.down", "j", "cursor_down", "Down", show=False),
+        Key("runs.up", "k", "cursor_up", "Up", show=False),
+        Key("runs.top", "g", "top", "Top", show=False),
+        Key("runs.bottom", "G", "bottom", "Bottom", show=False),
+    ],
+    "detail": [
+        Key("detail.prev", "left_square_bracket", "step(-1)", "Prev"),
+        Key("detail.next", "right_square_bracket", "step(1)", "Next"),
+        Key("detail.word", "w", "next_word", "Word"),
+        Key("detail.baseline", "b", "compare_baseline", "vs baseline"),
+    ],
+    "results": [
+        Key("results.axis", "a", "next_axis", "Axis"),
+        Key("results.refresh", "f5", "refresh", "Refresh"),
+        Key("results.down", "j", "cursor_down", "Down", show=False),
+        Key("results.up", "k", "cursor_up", "Up", show=False),
+    ],
+    "export": [
+        Key("export.go", "ctrl+s", "export", "Export"),
+    ],
+}
+
+
+def bindings(scope: str) -> list[Binding]:
+    return [
+        Binding(k.keys, k.action, k.description, show=k.show, priority=k.priority, id=k.id)
+        for k in KEYMAP[scope]
+    ]
+
+
+def load_overrides(root: Path) -> dict[str, str]:
+    """{"binding id": "keys"} from <home>/keymap.json; a broken file is reported, not fatal."""
+    path = Path(root) / "keymap.json"
+    if not path.is_file():
+        return {}
+    data = json.loads(path.read_text())
+    known = {k.id for keys in KEYMAP.values() for k in keys}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"{path}: unknown binding ids {', '.join(unknown)}")
+    return {str(k): str(v) for k, v in data.items()}
+
+
+def describe(scope: str) -> list[tuple[str, str, str]]:
+    """(keys, description, id) rows for the help screen."""
+    return [(k.keys, k.description, k.id) for k in KEYMAP[scope]]

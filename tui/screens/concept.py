@@ -1,0 +1,197 @@
+"""Concept editor: name, token, class word, reference images from a file browser (checked and
+shown as thumbnails, rejected with the reason), personalization weights and base model."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from textual import on, work
+from textual.app import ComposeResult
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.message import Message
+from textual.widgets import Button, DirectoryTree, Footer, Header, Input, Label, Select, Static
+
+from .. import keymap
+from ..widgets.artifact_image import ArtifactImage
+from ..widgets.field import Field
+from ._common import StoreScreen
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+
+
+class ConceptScreen(StoreScreen):
+    BINDINGS = keymap.bindings("concept")
+
+    class Checked(Message):
+        def __init__(self, path: Path, error: str | None):
+            super().__init__()
+            self.path, self.error = path, error
+
+    class Saved(Message):
+        def __init__(self, concept=None, error: Exception | None = None):
+            super().__init__()
+            self.concept, self.error = concept, error
+
+    def __init__(self, concept_id: int | None = None, start_dir: str | Path | None = None):
+        super().__init__(id="concept")
+        self.concept_id = concept_id
+        self.start_dir = Path(start_dir or Path.cwd())
+        self.images: list[Path] = []
+
+    def compose(self) -> ComposeResult:
+        from store.models import WEIGHT_KINDS
+        from store.sweep import DEFAULT_MODEL
+
+        yield Header()
+        with Horizontal():
+            with Vertical(id="concept-tree"):
+                yield Label("Reference images: enter on a file adds it", classes="field-label")
+                yield DirectoryTree(str(self.start_dir), id="tree")
+            with VerticalScroll(id="concept-form"):
+                yield Field("name", "Name", placeholder="e.g. corgi")
+                with Horizontal(classes="row"):
+                    yield Field("token", "Token (written in prompts)", placeholder="<new1> or sks")
+                    yield Field("class_word", "Class word (replaces the token for CLIP-T)", placeholder="dog")
+                yield Field("base_model", "Base model (hub id org/name or local folder)", DEFAULT_MODEL)
+                with Horizontal(classes="row"):
+                    yield Field("weights", "Personalization weights file", placeholder="path/to/weights.bin")
+                    with Vertical(classes="field"):
+                        yield Label("Weights kind", classes="field-label")
+                        yield Select([(k, k) for k in WEIGHT_KINDS], value="none", allow_blank=False,
+                                     id="weights_kind")
+                yield Label("Reference images (delete removes the focused one)", classes="field-label")
+                yield Horizontal(id="ref-images")
+                yield Static("", id="concept-status")
+                yield Button("Save concept (ctrl+s)", id="save", variant="primary")
+        yield Footer(compact=True)
+
+    def on_mount(self) -> None:
+        self.query_one("#input-name", Input).focus()
+        if self.concept_id is not None:
+            self._load(self.concept_id)
+
+    @work(thread=True)
+    def _load(self, concept_id: int) -> None:
+        from store.queries import get_concept
+
+        self.post_message(self.Saved(get_concept(self.store, concept_id)))
+
+    def _fill(self, concept) -> None:
+        values = {"name": concept.name, "token": concept.token, "class_word": concept.class_word,
+                  "base_model": concept.base_model, "weights": concept.weights_path or ""}
+        for name, value in values.items():
+            self.query_one(f"#field-{name}", Field).value = value
+        self.query_one("#weights_kind", Select).value = concept.weights_kind
+        self.images = []
+        self.query_one("#ref-images").remove_children()
+        for rel in concept.ref_images:
+            self._add_thumb(self.store.home.resolve_artifact(rel))
+        self.sub_title = f"editing concept #{concept.id}"
+
+    # ------------------------------------------------------------------ images
+    @on(DirectoryTree.FileSelected)
+    def _file_selected(self, event: DirectoryTree.FileSelected) -> None:
+        self.add_image(Path(event.path))
+
+    def add_image(self, path: Path) -> None:
+        self.query_one("#concept-status", Static).update(f"checking {path.name}...")
+        self._check(path)
+
+    @work(thread=True, group="concept-check")
+    def _check(self, path: Path) -> None:
+        from store.queries import InputError, check_image
+
+        try:
+            check_image(path)
+        except InputError as exc:
+            self.post_message(self.Checked(path, str(exc)))
+            return
+        self.post_message(self.Checked(path, None))
+
+    def on_concept_screen_checked(self, message: Checked) -> None:
+        status = self.query_one("#concept-status", Static)
+        if message.error:
+            status.update(f"[red]rejected: {message.error}[/]")
+            return
+        if message.path in self.images:
+            status.update(f"{message.path.name} is already in the list")
+            return
+        self._add_thumb(message.path)
+        status.update(f"[green]added {message.path.name}[/] ({len(self.images)} images)")
+
+    def _add_thumb(self, path: Path) -> None:
+        self.images.append(path)
+        thumb = ArtifactImage(path.name, classes="thumb")
+        thumb.can_focus = True
+        self.query_one("#ref-images").mount(thumb)
+        thumb.show_path(path)
+
+    def action_remove_image(self) -> None:
+        focused = self.focused
+        thumbs = list(self.query(".thumb"))
+        if focused in thumbs:
+            index = thumbs.index(focused)
+        elif thumbs and not isinstance(focused, Input):
+            index = len(thumbs) - 1
+        else:
+            return
+        self.images.pop(index)
+        thumbs[index].remove()
+
+    # ------------------------------------------------------------------ model check and save
+    @on(Input.Changed, "#input-base_model")
+    def _model_changed(self, event: Input.Changed) -> None:
+        from store.queries import InputError, check_model_ref
+
+        field = self.query_one("#field-base_model", Field)
+        try:
+            check_model_ref(event.value)
+        except InputError as exc:
+            field.show_error(exc)
+            return
+        local = Path(event.value).expanduser().is_dir()
+        field.show_info("local folder found" if local else "hub id: checked when an engine loads it")
+
+    @on(Button.Pressed, "#save")
+    def action_save(self) -> None:
+        v = {f.field_name: f.value for f in self.query(Field)}
+        kind = self.query_one("#weights_kind", Select).value
+        self.query_one("#concept-status", Static).update("saving...")
+        self._save(v, str(kind), list(self.images))
+
+    @work(thread=True, exclusive=True, group="concept-save")
+    def _save(self, v: dict, kind: str, images: list[Path]) -> None:
+        from store.queries import InputError, save_concept
+
+        try:
+            concept = save_concept(self.store, v["name"], token=v["token"], class_word=v["class_word"],
+                                   ref_images=images, weights_path=v["weights"].strip() or None,
+                                   weights_kind=kind, base_model=v["base_model"], concept_id=self.concept_id)
+        except InputError as exc:
+            self.post_message(self.Saved(error=exc))
+            return
+        self.post_message(self.Saved(concept))
+
+    def on_concept_screen_saved(self, message: Saved) -> None:
+        status = self.query_one("#concept-status", Static)
+        if message.error is not None:
+            text = str(message.error)
+            prefix = text.split(":", 1)[0].strip()
+            name = {"weights kind": "weights", "base model": "base_model"}.get(prefix, prefix)
+            if self.query(f"#field-{name}"):
+                self.query_one(f"#field-{name}", Field).show_error(message.error)
+            status.update(f"[red]not saved: {text}[/]")
+            return
+        concept = message.concept
+        if concept is None:
+            status.update("[red]that concept no longer exists[/]")
+            return
+        if self.concept_id is None or self.concept_id == concept.id:
+            was_new = self.concept_id is None
+            self.concept_id = concept.id
+            self._fill(concept)
+            if was_new or self.is_mounted:
+                status.update(f"[green]saved concept #{concept.id} {concept.name!r}[/]")
+
+    def action_next_concept(self) -> None:
+        """Start a fresh concept (the saved one stays in the list on Home)."""
+        self.app.switch_screen(ConceptScreen(start_dir=self.start_dir))

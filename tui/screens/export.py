@@ -1,0 +1,125 @@
+"""Export dialog: runs CSV, summary CSV, trade-off plot PNG and image grid PNG into a folder."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.message import Message
+from textual.screen import ModalScreen
+from textual.widgets import Button, Checkbox, Input, Label, Select, Static
+
+from .. import keymap
+from ._common import Missing, optional
+from .results import axes_for
+
+# (checkbox id, label, export function, file suffix, needs an axis)
+KINDS = [
+    ("runs", "Runs CSV (every run, parameter and score)", "export_runs_csv", ".csv", False),
+    ("summary", "Summary CSV (mean/std/SEM per axis value)", "export_summary_csv", ".csv", True),
+    ("plot", "Trade-off plot PNG", "export_plot_png", ".png", True),
+    ("grid", "Image grid PNG", "export_grid_png", ".png", True),
+]
+
+
+def run_exports(store, experiment_id: int, folder: Path, by: str, kinds: list[str]) -> list[tuple[str, str, bool]]:
+    """(kind, path or error, ok) per requested export; one failure does not stop the others."""
+    export = optional("store.export")
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for kind, _, fn, suffix, needs_axis in KINDS:
+        if kind not in kinds:
+            continue
+        try:
+            name = export.default_name(store, experiment_id, kind, suffix, by if needs_axis else None)
+            args = (store, experiment_id, by, name) if needs_axis else (store, experiment_id, name)
+            path = getattr(export, fn)(*args, folder=folder)
+            out.append((kind, str(path), True))
+        except Exception as exc:  # report per file: a grid may fail while the CSVs succeed
+            out.append((kind, f"{type(exc).__name__}: {exc}", False))
+    return out
+
+
+class ExportScreen(ModalScreen):
+    BINDINGS = keymap.bindings("export") + [Binding("escape", "dismiss", "Close", id="export.close")]
+
+    class Done(Message):
+        def __init__(self, results: list[tuple[str, str, bool]], error: str = ""):
+            super().__init__()
+            self.results, self.error = results, error
+
+    def __init__(self, experiment_id: int | None = None):
+        super().__init__(id="export")
+        self.experiment_id = experiment_id
+        self.results: list[tuple[str, str, bool]] = []
+
+    @property
+    def store(self):
+        return self.app.store
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="export-box"):
+            yield Label(f"Export experiment {self.experiment_id}" if self.experiment_id is not None
+                        else "[yellow]No experiment selected: pick one on Home first[/]", id="export-title")
+            yield Label("Folder")
+            yield Input(str(self.store.home.exports), id="export-folder")
+            yield Label("Group by (summary, plot, grid)")
+            yield Select([], id="export-axis", allow_blank=True, prompt="axis")
+            for kind, label, *_ in KINDS:
+                yield Checkbox(label, True, id=f"kind-{kind}")
+            with Horizontal(classes="row"):
+                yield Button("Export (ctrl+s)", id="export-go", variant="primary")
+                yield Button("Close (esc)", id="export-close")
+            yield Static("", id="export-log")
+
+    def on_mount(self) -> None:
+        if self.experiment_id is not None:
+            from store.queries import get_experiment
+
+            exp = get_experiment(self.store, self.experiment_id)
+            if exp is not None:
+                axes = axes_for(exp.spec_json)
+                select = self.query_one("#export-axis", Select)
+                select.set_options([(a, a) for a in axes])
+                select.value = axes[0]
+                self.query_one("#export-title", Label).update(f"Export [b]{exp.name}[/] (#{exp.id})")
+        self.query_one("#export-go", Button).focus()
+
+    @on(Button.Pressed, "#export-close")
+    def _close(self) -> None:
+        self.dismiss()
+
+    @on(Button.Pressed, "#export-go")
+    def action_export(self) -> None:
+        log = self.query_one("#export-log", Static)
+        if self.experiment_id is None:
+            log.update("[red]no experiment selected[/]")
+            return
+        by = self.query_one("#export-axis", Select).value
+        kinds = [k for k, *_ in KINDS if self.query_one(f"#kind-{k}", Checkbox).value]
+        folder = Path(self.query_one("#export-folder", Input).value).expanduser()
+        log.update("exporting...")
+        self._export(folder, by if isinstance(by, str) else "final_step", kinds)
+
+    @work(thread=True, exclusive=True, group="export")
+    def _export(self, folder: Path, by: str, kinds: list[str]) -> None:
+        try:
+            results = run_exports(self.store, self.experiment_id, folder, by, kinds)
+        except Missing as exc:
+            self.post_message(self.Done([], str(exc)))
+            return
+        except OSError as exc:
+            self.post_message(self.Done([], f"folder {folder}: {exc}"))
+            return
+        self.post_message(self.Done(results))
+
+    def on_export_screen_done(self, message: Done) -> None:
+        self.results = message.results
+        log = self.query_one("#export-log", Static)
+        if message.error:
+            log.update(f"[red]{message.error}[/]")
+            return
+        log.update("\n".join(f"[green]✓ {k}: {p}[/]" if ok else f"[red]✗ {k}: {p}[/]"
+                             for k, p, ok in message.results))

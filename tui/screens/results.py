@@ -1,0 +1,187 @@
+"""Results: for one experiment and one swept axis, mean ± SEM per value with Pareto flags, the
+text-vs-image alignment trade-off plotted in the terminal, and the image grid preview."""
+from __future__ import annotations
+
+from textual import on, work
+from textual.app import ComposeResult
+from textual.containers import Horizontal, Vertical
+from textual.message import Message
+from textual.widgets import DataTable, Footer, Header, Select, Static
+from textual_plotext import PlotextPlot
+
+from .. import keymap
+from ..widgets.artifact_image import ArtifactImage
+from ._common import Missing, StoreScreen, optional
+
+FALLBACK_AXES = ("final_step", "layers", "start_step", "skip_interval", "seed", "target_prompt")
+
+
+def axes_for(spec_json: str) -> list[str]:
+    """The swept axes first (what the researcher varied), then the other groupable columns."""
+    from store.sweep import ExperimentSpec, swept_axes
+
+    try:
+        swept = swept_axes(ExperimentSpec.from_json(spec_json))
+    except Exception:
+        swept = []
+    # Seeds and prompts are replicates to average over, so the control axes come first.
+    rename = {"seeds": "seed"}
+    swept = [rename.get(a, a) for a in swept]
+    out = [a for a in swept if a not in ("seed", "target_prompt")] + [a for a in swept if a in ("seed", "target_prompt")]
+    return out + [a for a in FALLBACK_AXES if a not in out]
+
+
+def draw_tradeoff(plt, rows, by: str) -> None:
+    """Fallback when store.plots is absent: CLIP-T on x, the image metric on y."""
+    plt.clear_figure()
+    image_metric = optional("store.aggregate").image_metric(rows)
+    plt.title(f"text vs image alignment by {by}")
+    plt.xlabel("clip_t (text)")
+    plt.ylabel(image_metric or "image")
+    if not rows or image_metric is None:
+        return
+    points = [(r, r.mean("clip_t"), r.mean(image_metric)) for r in rows]
+    points = [(r, x, y) for r, x, y in points if x is not None and y is not None]
+    line = [(x, y) for r, x, y in points if not r.is_baseline]
+    if line:
+        plt.plot([p[0] for p in line], [p[1] for p in line], marker="dot", color="cyan")
+    for r, x, y in points:
+        color = "red" if r.is_baseline else ("green" if r.pareto else "white")
+        plt.scatter([x], [y], marker="x" if r.is_baseline else "o", color=color)
+        plt.text(r.label + ("*" if r.pareto else ""), x, y, color=color)
+
+
+class ResultsScreen(StoreScreen):
+    BINDINGS = keymap.bindings("results")
+
+    class Loaded(Message):
+        def __init__(self, experiment=None, axes=(), rows=(), grid=None, grid_note="", error="", by=""):
+            super().__init__()
+            self.experiment, self.axes, self.rows, self.by = experiment, list(axes), list(rows), by
+            self.grid, self.grid_note, self.error = grid, grid_note, error
+
+    def __init__(self, experiment_id: int | None = None, by: str | None = None):
+        super().__init__(id="results")
+        self.experiment_id = experiment_id
+        self.by = by
+        self.axes: list[str] = []
+        self.rows: list = []
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        with Horizontal(classes="row"):
+            yield Static("", id="results-title")
+            yield Select([], prompt="axis", id="axis", allow_blank=True)
+        with Horizontal():
+            with Vertical(id="results-left"):
+                yield DataTable(id="results-table", cursor_type="row", zebra_stripes=True)
+                yield ArtifactImage("image grid", id="results-grid")
+            with Vertical(id="results-right"):
+                yield PlotextPlot(id="results-plot")
+        yield Footer(compact=True)
+
+    def on_mount(self) -> None:
+        if self.experiment_id is None:
+            self.experiment_id = self.app.experiment_id
+        self.query_one(DataTable).focus()
+        self.reload()
+
+    def reload(self) -> None:
+        title = self.query_one("#results-title", Static)
+        if self.experiment_id is None:
+            title.update("[yellow]No experiment selected: pick one on Home (h), then press e.[/]")
+            return
+        title.update(f"experiment {self.experiment_id}: loading...")
+        self._load(self.experiment_id, self.by)
+
+    @work(thread=True, exclusive=True, group="results")
+    def _load(self, experiment_id: int, by: str | None) -> None:
+        from store.queries import get_experiment
+
+        exp = get_experiment(self.store, experiment_id)
+        if exp is None:
+            self.post_message(self.Loaded(error=f"experiment {experiment_id} does not exist"))
+            return
+        axes = axes_for(exp.spec_json)
+        by = by if by in axes else axes[0]
+        try:
+            rows = optional("store.aggregate").aggregate(self.store, experiment_id, by)
+        except Missing as exc:
+            self.post_message(self.Loaded(exp, axes, error=str(exc), by=by))
+            return
+        except Exception as exc:
+            self.post_message(self.Loaded(exp, axes, error=f"aggregate failed: {exc}", by=by))
+            return
+        grid, note = None, ""
+        try:
+            layout = optional("store.grid_image").render_grid(self.store, experiment_id, by)
+            grid = layout.image
+        except Missing as exc:
+            note = str(exc)
+        except Exception as exc:  # a missing image or a run still running: the table still shows
+            note = f"no grid: {exc}"
+        self.post_message(self.Loaded(exp, axes, rows, grid, note, by=by))
+
+    def on_results_screen_loaded(self, message: Loaded) -> None:
+        title = self.query_one("#results-title", Static)
+        exp = message.experiment
+        if exp is None:
+            title.update(f"[red]{message.error}[/]")
+            return
+        self.by, self.axes, self.rows = message.by, message.axes, message.rows
+        select = self.query_one("#axis", Select)
+        with select.prevent(Select.Changed):
+            select.set_options([(a, a) for a in self.axes])
+            select.value = self.by
+        done = f"{len(self.rows)} groups" if self.rows else "no scored runs yet"
+        title.update(f"[b]{exp.name}[/] (#{exp.id}) by [b]{self.by}[/]: {done}"
+                     + (f"  [red]{message.error}[/]" if message.error else ""))
+        self._fill_table()
+        plot = self.query_one(PlotextPlot)
+        try:
+            plot.plt.clear_figure()
+            optional("store.plots").draw_tradeoff(plot.plt, self.rows, by=self.by,
+                                                  title=f"text vs image alignment by {self.by}")
+        except Missing:
+            draw_tradeoff(plot.plt, self.rows, self.by)
+        except Exception as exc:  # a plot failure leaves the table usable
+            plot.plt.clear_figure()
+            plot.plt.title(f"plot failed: {exc}")
+        plot.refresh()
+        self.query_one("#results-grid", ArtifactImage).show_image(message.grid, message.grid_note or "no grid yet")
+
+    def _fill_table(self) -> None:
+        table = self.query_one(DataTable)
+        table.clear(columns=True)
+        metrics: list[str] = []
+        for r in self.rows:
+            metrics += [m for m in r.metrics if m not in metrics]
+        table.add_columns(self.by, "n", *[f"{m} mean±sem" for m in metrics], "pareto")
+        for r in self.rows:
+            cells = [r.label, str(r.n_runs)]
+            for m in metrics:
+                st = r.metrics.get(m)
+                cells.append(f"{st.mean:.4f} ± {st.sem:.4f}" if st else "-")
+            cells.append("*" if r.pareto else "")
+            table.add_row(*cells)
+
+    @on(Select.Changed, "#axis")
+    def _axis(self, event: Select.Changed) -> None:
+        if isinstance(event.value, str) and event.value != self.by:
+            self.by = event.value
+            self.reload()
+
+    def action_next_axis(self) -> None:
+        if self.axes:
+            i = self.axes.index(self.by) if self.by in self.axes else -1
+            self.by = self.axes[(i + 1) % len(self.axes)]
+            self.reload()
+
+    def action_refresh(self) -> None:
+        self.reload()
+
+    def action_cursor_down(self) -> None:
+        self.query_one(DataTable).action_cursor_down()
+
+    def action_cursor_up(self) -> None:
+        self.query_one(DataTable).action_cursor_up()

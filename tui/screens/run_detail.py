@@ -1,0 +1,224 @@
+"""Run detail: source and target, their masks, per-word attention maps, scores and every
+parameter; `[` / `]` step through the experiment's grid. Compare puts two runs side by side."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from rich.markup import escape
+from rich.table import Table
+from textual import work
+from textual.app import ComposeResult
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.message import Message
+from textual.widgets import Footer, Header, Static
+
+from .. import keymap
+from ..widgets.artifact_image import ArtifactImage, array_to_image
+from ._common import StoreScreen, duration, fmt
+
+PARAMS = ("experiment_id", "grid_index", "status", "is_baseline", "model", "source_prompt", "source_image",
+          "invert", "target_prompt", "seed", "num_steps", "guidance", "width", "height", "layers",
+          "start_step", "final_step", "skip_interval", "mask_mode", "mask_layers", "mask_words",
+          "mask_threshold", "mask_timing", "weights_kind", "weights_path", "token", "class_word",
+          "attempts", "worker_id", "duration_s", "tags", "notes", "marked")
+
+
+@dataclass
+class RunBundle:
+    run: object | None
+    scores: dict = field(default_factory=dict)
+    maps: dict = field(default_factory=dict)  # word -> 2D array
+    maps_note: str = ""
+
+
+def load_bundle(store, run_id: int) -> RunBundle:
+    from store.queries import get_run, run_scores
+
+    run = get_run(store, run_id)
+    if run is None:
+        return RunBundle(None)
+    bundle = RunBundle(run, run_scores(store, [run.id]).get(run.id, {}))
+    path = store.home.resolve_artifact(run.maps_path)
+    if path is None:
+        bundle.maps_note = "no attention maps recorded"
+    elif not path.is_file():
+        bundle.maps_note = f"missing: {path}"
+    else:
+        try:
+            import numpy as np
+
+            with np.load(path) as npz:
+                bundle.maps = {k: npz[k] for k in npz.files}
+        except Exception as exc:  # a half-written npz while the engine works must not crash
+            bundle.maps_note = f"unreadable maps: {exc}"
+    return bundle
+
+
+def baseline_of(store, run_id: int) -> int | None:
+    from sqlmodel import select
+
+    from store.models import Run
+    from store.queries import get_run
+
+    run = get_run(store, run_id)
+    if run is None:
+        return None
+    with store.session() as s:
+        return s.exec(select(Run.id).where(
+            Run.experiment_id == run.experiment_id, Run.group_key == run.group_key,
+            Run.target_prompt == run.target_prompt, Run.is_baseline == True)).first()  # noqa: E712
+
+
+def params_table(run, scores: dict) -> Table:
+    table = Table(show_header=False, box=None, expand=True, padding=(0, 1))
+    table.add_column(style="dim", no_wrap=True)
+    table.add_column()
+    for k, v in sorted(scores.items()):
+        table.add_row(k, f"[b]{v:.4f}[/]")
+    for name in PARAMS:
+        value = getattr(run, name, None)
+        table.add_row(name, duration(value) if name == "duration_s" and value else fmt(value))
+    return table
+
+
+class RunDetailScreen(StoreScreen):
+    BINDINGS = keymap.bindings("detail")
+
+    class Loaded(Message):
+        def __init__(self, bundle: RunBundle):
+            super().__init__()
+            self.bundle = bundle
+
+    def __init__(self, run_id: int):
+        super().__init__(id="detail")
+        self.run_id = run_id
+        self.bundle: RunBundle | None = None
+        self.word_index = 0
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield Static("loading...", id="detail-title")
+        with VerticalScroll(id="detail-body"):
+            with Horizontal(classes="images"):
+                yield ArtifactImage("source", id="img-source")
+                yield ArtifactImage("target", id="img-target")
+            with Horizontal(classes="images"):
+                yield ArtifactImage("source mask", id="img-source-mask")
+                yield ArtifactImage("target mask", id="img-target-mask")
+                yield ArtifactImage("attention map", id="img-map")
+            yield Static("", id="detail-error")
+            yield Static("", id="detail-info")
+        yield Footer(compact=True)
+
+    def on_mount(self) -> None:
+        self.load(self.run_id)
+
+    @work(thread=True, exclusive=True, group="detail")
+    def load(self, run_id: int) -> None:
+        self.post_message(self.Loaded(load_bundle(self.store, run_id)))
+
+    def on_run_detail_screen_loaded(self, message: Loaded) -> None:
+        bundle = message.bundle
+        run = bundle.run
+        if run is None:
+            self.query_one("#detail-title", Static).update(f"[red]run {self.run_id} does not exist[/]")
+            return
+        self.bundle, self.run_id, self.word_index = bundle, run.id, 0
+        kind = "baseline (no control)" if run.is_baseline else f"layers {run.layers}, steps {run.start_step}-{run.final_step} every {run.skip_interval}"
+        self.query_one("#detail-title", Static).update(
+            f"[b]run {run.id}[/] \\[{run.status}]  {escape(run.target_prompt)!r}  seed {run.seed}  {kind}")
+        resolve = self.store.home.resolve_artifact
+        for wid, rel in (("#img-source", run.source_image_path), ("#img-target", run.image_path),
+                         ("#img-source-mask", run.source_mask_path), ("#img-target-mask", run.mask_path)):
+            self.query_one(wid, ArtifactImage).show_path(resolve(rel))
+        self._show_map()
+        self.query_one("#detail-error", Static).update(
+            f"[b red]error:[/] {run.error}" if run.error else "")
+        self.query_one("#detail-info", Static).update(params_table(run, bundle.scores))
+
+    def _show_map(self) -> None:
+        image = self.query_one("#img-map", ArtifactImage)
+        words = list(self.bundle.maps) if self.bundle else []
+        if not words:
+            image.set_caption("attention map")
+            image.show_image(None, self.bundle.maps_note if self.bundle else "")
+            return
+        word = words[self.word_index % len(words)]
+        image.set_caption(f"attention: {word!r} (w: next of {len(words)})")
+        image.show_image(array_to_image(self.bundle.maps[word]))
+
+    def action_next_word(self) -> None:
+        if self.bundle and self.bundle.maps:
+            self.word_index += 1
+            self._show_map()
+
+    def action_step(self, direction: int) -> None:
+        if not self.bundle or not self.bundle.run:
+            return
+        from store.queries import neighbour_run
+
+        other = neighbour_run(self.store, self.bundle.run, direction)
+        if other is None:
+            self.notify("no more runs this way")
+            return
+        self.load(other.id)
+
+    def action_compare_baseline(self) -> None:
+        if self.bundle and self.bundle.run:
+            self.app.push_screen(CompareScreen(self.bundle.run.id, None))
+
+
+class CompareScreen(StoreScreen):
+    """Two runs side by side; with one run given, the other is its no-control baseline."""
+
+    BINDINGS = keymap.bindings("detail")[:2]
+
+    class Loaded(Message):
+        def __init__(self, bundles: list[RunBundle], note: str = ""):
+            super().__init__()
+            self.bundles, self.note = bundles, note
+
+    def __init__(self, run_a: int, run_b: int | None):
+        super().__init__(id="compare")
+        self.run_a, self.run_b = run_a, run_b
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield Static("loading...", id="compare-title")
+        with VerticalScroll():
+            with Horizontal(classes="images"):
+                yield ArtifactImage("A", id="cmp-a")
+                yield ArtifactImage("B", id="cmp-b")
+            with Horizontal():
+                yield Static("", id="cmp-info-a")
+                yield Static("", id="cmp-info-b")
+        yield Footer(compact=True)
+
+    def on_mount(self) -> None:
+        self.load()
+
+    @work(thread=True, exclusive=True)
+    def load(self) -> None:
+        note = ""
+        b = self.run_b
+        if b is None:
+            b = baseline_of(self.store, self.run_a)
+            note = "B is the no-control baseline of A" if b else "A has no baseline run"
+        bundles = [load_bundle(self.store, self.run_a)] + ([load_bundle(self.store, b)] if b else [])
+        self.post_message(self.Loaded(bundles, note))
+
+    def on_compare_screen_loaded(self, message: Loaded) -> None:
+        ids = [b.run.id for b in message.bundles if b.run]
+        self.query_one("#compare-title", Static).update(
+            "compare " + " vs ".join(f"run {i}" for i in ids) + (f"  ({message.note})" if message.note else ""))
+        for bundle, img_id, info_id, label in zip(message.bundles, ("#cmp-a", "#cmp-b"),
+                                                   ("#cmp-info-a", "#cmp-info-b"), "AB"):
+            if bundle.run is None:
+                continue
+            image = self.query_one(img_id, ArtifactImage)
+            image.set_caption(f"{label}: run {bundle.run.id}")
+            image.show_path(self.store.home.resolve_artifact(bundle.run.image_path))
+            self.query_one(info_id, Static).update(params_table(bundle.run, bundle.scores))
+
+    def action_step(self, direction: int) -> None:
+        self.notify("open a run's detail to step through the grid")

@@ -1,0 +1,301 @@
+"""Runs browser: one SQL page at a time, so 100k runs filter, sort and page instantly."""
+from __future__ import annotations
+
+import shlex
+
+from textual import on, work
+from textual.app import ComposeResult
+from textual.message import Message
+from textual.widgets import DataTable, Footer, Header, Input, Static
+
+from .. import keymap
+from ._common import Missing, StoreScreen, duration, fmt, optional
+
+PAGE = 100
+SCORES = ("clip_t", "clip_i_ref", "dino_ref")
+# (column key, header, sort name)
+COLUMNS = [
+    ("id", "id", "id"), ("experiment_id", "exp", "id"), ("status", "status", "status"), ("marked", "*", "id"),
+    ("target_prompt", "target prompt", "target_prompt"), ("seed", "seed", "seed"), ("layers", "layers", "layers"),
+    ("start_step", "start", "start_step"), ("final_step", "final", "final_step"),
+    ("skip_interval", "skip", "skip_interval"), ("mask_mode", "mask", "mask_mode"),
+    ("mask_threshold", "thr", "mask_threshold"),
+] + [(s, s, f"score:{s}") for s in SCORES] + [
+    ("duration_s", "time", "duration_s"), ("tags", "tags", "id"),
+]
+SORT_BY_KEY = {key: sort for key, _, sort in COLUMNS}
+
+
+def parse_filter(text: str, experiment_id: int | None = None):
+    """`status=failed,done seed=1 tag=good marked=1 exp=3 final_step=20 corgi beach` -> RunFilter."""
+    from store.models import RUN_SORT_COLUMNS, Run
+    from store.queries import InputError, RunFilter
+
+    f = RunFilter(experiment_id=experiment_id)
+    words = []
+    try:
+        tokens = shlex.split(text or "")
+    except ValueError as exc:
+        raise InputError(f"filter: {exc}") from None
+    for tok in tokens:
+        if "=" not in tok:
+            words.append(tok)
+            continue
+        key, value = (p.strip() for p in tok.split("=", 1))
+        if key == "status":
+            f.statuses = [v for v in value.split(",") if v]
+        elif key == "tag":
+            f.tag = value
+        elif key in ("exp", "experiment", "experiment_id"):
+            f.experiment_id = None if value in ("all", "*", "") else int(value)
+        elif key in ("marked", "baseline"):
+            setattr(f, key, value.lower() in ("1", "true", "yes", "y"))
+        elif key in RUN_SORT_COLUMNS:
+            kind = Run.__table__.c[key].type.python_type
+            try:
+                f.equals[key] = (value.lower() in ("1", "true", "yes")) if kind is bool else kind(value)
+            except ValueError:
+                raise InputError(f"filter: {key} needs a {kind.__name__}, not {value!r}") from None
+        else:
+            raise InputError(f"filter: unknown field {key!r} (status, tag, exp, marked, baseline or a run column)")
+    f.text = " ".join(words) or None
+    return f
+
+
+class RunsScreen(StoreScreen):
+    BINDINGS = keymap.bindings("runs")
+
+    class Page(Message):
+        def __init__(self, runs, scores, total, offset, error=None, token=0):
+            super().__init__()
+            self.runs, self.scores, self.total, self.offset, self.error, self.token = (
+                runs, scores, total, offset, error, token)
+
+    def __init__(self, experiment_id: int | None = None, filter_text: str = ""):
+        super().__init__(id="runs")
+        self.experiment_id = experiment_id
+        self.filter_text = filter_text
+        self.sort = "id"
+        self.descending = False
+        self.page_offset = 0
+        self.total = 0
+        self.runs: list = []
+        self._token = 0
+        self.loaded = False
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield Input(self.filter_text, placeholder="filter: words, status=failed, seed=1, tag=x, marked=1, "
+                    "exp=all, final_step=20 ... (enter applies, escape closes)", id="filter-bar")
+        yield Static("", id="runs-status")
+        yield DataTable(id="runs-table", cursor_type="cell", zebra_stripes=True)
+        yield Footer(compact=True)
+
+    def on_mount(self) -> None:
+        table = self.query_one(DataTable)
+        for key, label, _ in COLUMNS:
+            table.add_column(label, key=key)
+        table.focus()
+        self.reload()
+
+    def on_screen_resume(self) -> None:
+        if self.loaded:
+            self.reload(keep_cursor=True)
+
+    # ------------------------------------------------------------------ loading
+    def reload(self, keep_cursor: bool = False) -> None:
+        self._token += 1
+        self._keep_cursor = keep_cursor
+        self.query_one("#runs-status", Static).update("loading...")
+        try:
+            filt = parse_filter(self.filter_text, self.experiment_id)
+        except Exception as exc:
+            self.query_one("#runs-status", Static).update(f"[red]{exc}[/]")
+            return
+        self._load(filt, self.sort, self.descending, self.page_offset, self._token)
+
+    @work(thread=True, exclusive=True, group="runs-page")
+    def _load(self, filt, sort, descending, offset, token) -> None:
+        from store.queries import list_runs, run_scores
+
+        try:
+            runs, total = list_runs(self.store, filt, sort=sort, descending=descending, offset=offset, limit=PAGE)
+            scores = run_scores(self.store, [r.id for r in runs])
+        except Exception as exc:
+            self.post_message(self.Page([], {}, 0, offset, exc, token))
+            return
+        self.post_message(self.Page(runs, scores, total, offset, None, token))
+
+    def on_runs_screen_page(self, message: Page) -> None:
+        if message.token != self._token:
+            return
+        status = self.query_one("#runs-status", Static)
+        if message.error is not None:
+            status.update(f"[red]{message.error}[/]")
+            return
+        table = self.query_one(DataTable)
+        cursor = table.cursor_coordinate
+        self.runs, self.total = message.runs, message.total
+        table.clear()
+        for run in message.runs:
+            sc = message.scores.get(run.id, {})
+            cells = []
+            for key, _, _ in COLUMNS:
+                if key in SCORES:
+                    cells.append(f"{sc[key]:.3f}" if key in sc else "")
+                elif key == "marked":
+                    cells.append("*" if run.marked else "")
+                elif key == "duration_s":
+                    cells.append(duration(run.duration_s) if run.duration_s else "")
+                elif key == "layers" and run.is_baseline:
+                    cells.append("baseline")
+                else:
+                    cells.append(fmt(getattr(run, key)))
+            table.add_row(*cells, key=str(run.id))
+        if self._keep_cursor and table.row_count:
+            table.move_cursor(row=min(cursor.row, table.row_count - 1), column=cursor.column, animate=False)
+        self.loaded = True
+        end = message.offset + len(message.runs)
+        where = f"exp {self.experiment_id}" if self.experiment_id is not None else "all experiments"
+        arrow = "desc" if self.descending else "asc"
+        status.update(f"runs {message.offset + 1 if self.runs else 0}-{end} of {self.total} ({where})"
+                      f"  sort: {self.sort} {arrow}  filter: {self.filter_text or '-'}")
+
+    # ------------------------------------------------------------------ filter, sort, page
+    def action_filter(self) -> None:
+        bar = self.query_one("#filter-bar", Input)
+        bar.add_class("visible")
+        bar.focus()
+
+    @on(Input.Submitted, "#filter-bar")
+    def _apply_filter(self, event: Input.Submitted) -> None:
+        self.filter_text = event.value.strip()
+        self.page_offset = 0
+        event.input.remove_class("visible")
+        self.query_one(DataTable).focus()
+        self.reload()
+
+    def key_escape(self, event) -> None:
+        bar = self.query_one("#filter-bar", Input)
+        if bar.has_focus:
+            event.stop()
+            bar.remove_class("visible")
+            self.query_one(DataTable).focus()
+
+    def set_sort(self, sort: str) -> None:
+        if sort == self.sort:
+            self.descending = not self.descending
+        else:
+            self.sort, self.descending = sort, sort.startswith("score:")  # best scores first
+        self.page_offset = 0
+        self.reload()
+
+    def action_sort(self) -> None:
+        table = self.query_one(DataTable)
+        self.set_sort(COLUMNS[table.cursor_coordinate.column][2])
+
+    @on(DataTable.HeaderSelected)
+    def _header(self, event: DataTable.HeaderSelected) -> None:
+        self.set_sort(SORT_BY_KEY[event.column_key.value])
+
+    def action_page(self, direction: int) -> None:
+        new = self.page_offset + direction * PAGE
+        if 0 <= new < max(self.total, 1):
+            self.page_offset = new
+            self.reload()
+
+    def action_cursor_down(self) -> None:
+        self.query_one(DataTable).action_cursor_down()
+
+    def action_cursor_up(self) -> None:
+        self.query_one(DataTable).action_cursor_up()
+
+    def action_top(self) -> None:
+        table = self.query_one(DataTable)
+        table.move_cursor(row=0, column=table.cursor_coordinate.column)
+
+    def action_bottom(self) -> None:
+        table = self.query_one(DataTable)
+        table.move_cursor(row=max(table.row_count - 1, 0), column=table.cursor_coordinate.column)
+
+    # ------------------------------------------------------------------ the run under the cursor
+    @property
+    def current(self):
+        table = self.query_one(DataTable)
+        if not table.row_count or not self.runs:
+            return None
+        return self.runs[min(table.cursor_coordinate.row, len(self.runs) - 1)]
+
+    @on(DataTable.CellSelected)
+    def action_open_run(self) -> None:
+        run = self.current
+        if run is not None:
+            from .run_detail import RunDetailScreen
+
+            self.app.push_screen(RunDetailScreen(run.id))
+
+    def action_mark(self) -> None:
+        from store.queries import update_runs
+
+        run = self.current
+        if run is not None:
+            update_runs(self.store, [run.id], marked=not run.marked)
+            self.reload(keep_cursor=True)
+
+    def action_tag(self) -> None:
+        run = self.current
+        if run is None:
+            return
+        from .prompt import PromptScreen
+
+        def done(tag: str | None) -> None:
+            from store.queries import add_tag
+
+            if tag:
+                add_tag(self.store, [run.id], tag)
+                self.reload(keep_cursor=True)
+
+        self.app.push_screen(PromptScreen(f"Tag for run {run.id}"), done)
+
+    def action_note(self) -> None:
+        run = self.current
+        if run is None:
+            return
+        from .prompt import PromptScreen
+
+        def done(note: str | None) -> None:
+            from store.queries import update_runs
+
+            if note is not None:
+                update_runs(self.store, [run.id], notes=note)
+                self.notify(f"note saved on run {run.id}")
+
+        self.app.push_screen(PromptScreen(f"Note for run {run.id}", run.notes), done)
+
+    def _queue_call(self, fn: str, verb: str) -> None:
+        run = self.current
+        if run is None:
+            return
+        try:
+            getattr(optional("store.queue"), fn)(self.store, [run.id])
+        except Missing as exc:
+            self.notify(str(exc), severity="error")
+            return
+        self.notify(f"{verb} run {run.id}")
+        self.reload(keep_cursor=True)
+
+    def action_requeue(self) -> None:
+        self._queue_call("requeue_runs", "re-queued")
+
+    def action_cancel(self) -> None:
+        self._queue_call("cancel_runs", "cancelled")
+
+    def action_compare(self) -> None:
+        """Two marked runs on this page side by side; else the cursor run against its baseline."""
+        from .run_detail import CompareScreen
+
+        marked = [r for r in self.runs if r.marked]
+        if len(marked) == 2:
+            self.app.push_screen(CompareScreen(marked[0].id, marked[1].id))
+        elif self.current is not None:
+            self.app.push_screen(CompareScreen(self.current.id, None))

@@ -1,0 +1,344 @@
+"""Sweep builder: base settings plus sweep axes in the sweep grammar, checked as you type.
+
+Each axis parses on every keystroke (instant, pure Python); the whole grid is expanded in a
+thread worker for the run count and cross-field checks, so a 10k-run sweep never stalls typing.
+"""
+from __future__ import annotations
+
+from textual import on, work
+from textual.app import ComposeResult
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.message import Message
+from textual.widgets import Button, Checkbox, Footer, Header, Input, Label, Select, Static, TextArea
+
+from .. import keymap
+from ..widgets.field import Field
+from ._common import StoreScreen, duration
+
+AXIS_LABELS = {
+    "seeds": "Seeds",
+    "layers": "Layers (encoder, decoder, 10-15, up_blocks.3, {0,2,4})",
+    "start_step": "Start step",
+    "final_step": "Final step (exclusive; 'end' = all steps)",
+    "skip_interval": "Skip interval (control every k-th step)",
+    "mask_mode": "Mask mode (off, auto)",
+    "mask_layers": "Mask map layers",
+    "mask_words": "Mask words ('-' = all prompt tokens)",
+    "mask_threshold": "Mask threshold (0-1 or otsu)",
+    "mask_timing": "Mask timing (current, previous)",
+}
+BASE_NUMBERS = {"num_steps": ("Steps", int), "guidance": ("Guidance", float), "width": ("Width", int),
+                "height": ("Height", int)}
+
+
+class BaseFieldError(ValueError):
+    """A base setting that is not a number; shaped like SweepError so the field shows it."""
+
+    def __init__(self, field: str, text: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field, self.text, self.pos, self.message = field, text, -1, message
+
+
+class SweepScreen(StoreScreen):
+    BINDINGS = keymap.bindings("sweep")
+
+    class Checked(Message):
+        def __init__(self, count: int | None, baselines: int, error: Exception | None, token: int):
+            super().__init__()
+            self.count, self.baselines, self.error, self.token = count, baselines, error, token
+
+    class Saved(Message):
+        def __init__(self, experiment=None, error: Exception | None = None, queued: bool = False):
+            super().__init__()
+            self.experiment, self.error, self.queued = experiment, error, queued
+
+    class Context(Message):
+        def __init__(self, concepts, experiment, seconds_per_run, workers):
+            super().__init__()
+            self.concepts, self.experiment = concepts, experiment
+            self.seconds_per_run, self.workers = seconds_per_run, workers
+
+    def __init__(self, experiment_id: int | None = None, concept_id: int | None = None):
+        super().__init__(id="sweep")
+        from store.sweep import ExperimentSpec
+
+        self.experiment_id = experiment_id
+        self.concept_id = concept_id
+        self.spec = ExperimentSpec()
+        self._token = 0
+        self._seconds_per_run: float | None = None
+        self._workers = 1
+        self._ready = False
+        self.last_count: int | None = None
+
+    # ------------------------------------------------------------------ layout
+    def compose(self) -> ComposeResult:
+        from store.sweep import AXES, PRESETS
+
+        s = self.spec
+        yield Header()
+        with Horizontal():
+            with VerticalScroll(id="sweep-form"):
+                with Horizontal(classes="row"):
+                    yield Field("name", "Experiment name", "", placeholder="e.g. corgi final step")
+                    with Vertical(classes="field"):
+                        yield Label("Concept", classes="field-label")
+                        yield Select([], prompt="(none)", id="concept", allow_blank=True)
+                    with Vertical(classes="field"):
+                        yield Label("Preset (the seed's four sweeps)", classes="field-label")
+                        yield Select([(k, k) for k in PRESETS], prompt="(custom)", id="preset", allow_blank=True)
+                yield Static("Base settings", classes="section")
+                yield Field("source_prompt", "Source prompt", s.source_prompt)
+                yield Field("source_image", "...or a reference image to invert (path; empty = generate)", "")
+                yield Label("Target prompts, one per line", classes="field-label")
+                yield TextArea("\n".join(s.target_prompts), id="target_prompts")
+                yield Static("", id="error-target_prompts", classes="field-info")
+                with Horizontal(classes="row"):
+                    for name, (label, _) in BASE_NUMBERS.items():
+                        yield Field(name, label, str(getattr(s, name)))
+                yield Field("model", "Model (hub id or local folder)", s.model)
+                yield Checkbox("Add a no-control baseline per prompt and seed", s.baseline, id="baseline")
+                yield Static("Sweep axes", classes="section")
+                yield Field("seeds", AXIS_LABELS["seeds"], s.seeds, axis=AXES["seeds"])
+                for name in ("layers", "start_step", "final_step", "skip_interval"):
+                    yield Field(name, AXIS_LABELS[name], getattr(s, name), axis=AXES[name])
+                with Horizontal(classes="row"):
+                    for name in ("mask_mode", "mask_timing"):
+                        yield Field(name, AXIS_LABELS[name], getattr(s, name), axis=AXES[name])
+                for name in ("mask_layers", "mask_words", "mask_threshold"):
+                    yield Field(name, AXIS_LABELS[name], getattr(s, name), axis=AXES[name])
+            with Vertical(id="sweep-side"):
+                yield Static("", id="sweep-summary")
+                yield Static("", id="sweep-status")
+                yield Button("Save draft (ctrl+s)", id="save-draft")
+                yield Button("Queue (ctrl+r)", id="queue", variant="primary")
+        yield Footer(compact=True)
+
+    def on_mount(self) -> None:
+        for f in self.query(Field):
+            f.parse()
+        self.query_one("#input-name", Input).focus()
+        self._load_context()
+
+    @work(thread=True)
+    def _load_context(self) -> None:
+        from sqlmodel import col, select
+
+        from store.models import Run
+        from store.queries import get_experiment, list_concepts
+
+        store = self.store
+        with store.session() as s:
+            durations = [d for d in s.exec(
+                select(Run.duration_s).where(Run.status == "done", col(Run.duration_s).is_not(None))
+                .order_by(col(Run.id).desc()).limit(200))]
+        spr = sorted(durations)[len(durations) // 2] if durations else None
+        workers = 1
+        try:
+            from ._common import optional
+
+            workers = max(1, len([w for w in optional("store.queue").list_workers(store) if w.status != "stopped"]))
+        except Exception:
+            pass
+        exp = get_experiment(store, self.experiment_id) if self.experiment_id else None
+        self.post_message(self.Context(list_concepts(store), exp, spr, workers))
+
+    def on_sweep_screen_context(self, message: Context) -> None:
+        from store.sweep import ExperimentSpec
+
+        self._seconds_per_run, self._workers = message.seconds_per_run, message.workers
+        select = self.query_one("#concept", Select)
+        select.set_options([(c.name, c.id) for c in message.concepts])
+        exp = message.experiment
+        if exp is not None:
+            self.set_spec(ExperimentSpec.from_json(exp.spec_json))
+            self.query_one("#field-name", Field).value = exp.name
+            self.concept_id = exp.concept_id
+            self.sub_title = f"editing draft #{exp.id}"
+        if self.concept_id is not None:
+            select.value = self.concept_id
+        self._ready = True
+        self.recheck()
+
+    # ------------------------------------------------------------------ form <-> spec
+    def set_spec(self, spec) -> None:
+        for f in self.query(Field):
+            if f.field_name == "name":
+                continue
+            value = getattr(spec, f.field_name, None)
+            f.value = "" if value is None else str(value)
+        self.query_one("#target_prompts", TextArea).text = "\n".join(spec.target_prompts)
+        self.query_one("#baseline", Checkbox).value = spec.baseline
+
+    def read_spec(self):
+        """The form as an ExperimentSpec; a non-number in a base field raises BaseFieldError."""
+        from store.sweep import AXES, ExperimentSpec
+
+        values = {f.field_name: f.value for f in self.query(Field)}
+        spec = ExperimentSpec()
+        spec.source_prompt = values["source_prompt"]
+        spec.source_image = values["source_image"].strip() or None
+        spec.invert = bool(spec.source_image)
+        spec.model = values["model"].strip()
+        spec.target_prompts = [p.strip() for p in self.query_one("#target_prompts", TextArea).text.splitlines()
+                               if p.strip()]
+        spec.baseline = self.query_one("#baseline", Checkbox).value
+        for name, (_, kind) in BASE_NUMBERS.items():
+            try:
+                setattr(spec, name, kind(values[name].strip()))
+            except ValueError:
+                raise BaseFieldError(name, values[name], f"{values[name]!r} is not a {'whole ' if kind is int else ''}number") from None
+        for name in AXES:
+            setattr(spec, name, values[name])
+        return spec
+
+    @property
+    def experiment_name(self) -> str:
+        return self.query_one("#field-name", Field).value
+
+    @property
+    def selected_concept(self) -> int | None:
+        value = self.query_one("#concept", Select).value
+        return value if isinstance(value, int) else None
+
+    # ------------------------------------------------------------------ live checking
+    @on(Input.Changed)
+    def _input_changed(self, event: Input.Changed) -> None:
+        field = next((a for a in event.input.ancestors if isinstance(a, Field)), None)
+        if field is not None:
+            field.parse() if field.axis else field.show_info("")
+        self.recheck()
+
+    @on(TextArea.Changed)
+    @on(Checkbox.Changed)
+    def _other_changed(self, _event) -> None:
+        self.recheck()
+
+    @on(Select.Changed, "#preset")
+    def _preset(self, event: Select.Changed) -> None:
+        from store.sweep import PRESETS
+
+        if event.value in PRESETS:
+            for name, text in PRESETS[event.value].items():
+                self.query_one(f"#field-{name}", Field).value = text
+
+    @on(Select.Changed, "#concept")
+    def _concept(self, event: Select.Changed) -> None:
+        self.recheck()
+
+    def action_next_preset(self) -> None:
+        from store.sweep import PRESETS
+
+        select = self.query_one("#preset", Select)
+        names = list(PRESETS)
+        current = names.index(select.value) if select.value in names else -1
+        select.value = names[(current + 1) % len(names)]
+
+    def recheck(self) -> None:
+        if not self._ready:
+            return
+        self._token += 1
+        try:
+            spec = self.read_spec()
+        except BaseFieldError as exc:
+            self.on_sweep_screen_checked(self.Checked(None, 0, exc, self._token))
+            return
+        self._expand(spec, self._token)
+
+    @work(thread=True, exclusive=True, group="sweep-check")
+    def _expand(self, spec, token: int) -> None:
+        from store.grammar import SweepError
+        from store.sweep import expand
+
+        try:
+            rows = expand(spec)
+        except SweepError as exc:
+            self.post_message(self.Checked(None, 0, exc, token))
+            return
+        self.post_message(self.Checked(len(rows), sum(1 for r in rows if r["is_baseline"]), None, token))
+
+    def on_sweep_screen_checked(self, message: Checked) -> None:
+        if message.token != self._token:
+            return  # the form changed since this check started
+        for f in self.query(Field):  # clear the last check's cross-field errors
+            f.parse() if f.axis else f.show_info("")
+        err_static = self.query_one("#error-target_prompts", Static)
+        err_static.update("")
+        summary = self.query_one("#sweep-summary", Static)
+        self.last_count = message.count
+        if message.error is not None:
+            self.show_field_error(message.error)
+            summary.update(f"[b red]Not queueable[/]\n{message.error}")
+            return
+        n = message.count
+        lines = [f"[b]{n} runs[/] ({message.baselines} baselines)"]
+        if self._seconds_per_run:
+            total = n * self._seconds_per_run / self._workers
+            lines.append(f"estimated {duration(total)} at {self._seconds_per_run:.1f} s/run "
+                         f"(median of recent runs) on {self._workers} worker(s)")
+        else:
+            lines.append("estimated time: no finished runs yet to time")
+        summary.update("\n".join(lines))
+
+    def show_field_error(self, exc) -> None:
+        """Put the error under the field it names; a base field gets it, axes already show theirs."""
+        name = getattr(exc, "field", None)
+        if name is None and ":" in str(exc):
+            name = str(exc).split(":", 1)[0].strip().replace(" ", "_")
+        if name == "target_prompts":
+            self.query_one("#error-target_prompts", Static).update(f"[red]✗ {getattr(exc, 'message', exc)}[/]")
+            return
+        matches = self.query(f"#field-{name}") if name else []
+        if matches:
+            matches.first(Field).show_error(exc)
+        else:
+            self.query_one("#sweep-status", Static).update(f"[red]{exc}[/]")
+
+    # ------------------------------------------------------------------ save / queue
+    @on(Button.Pressed, "#save-draft")
+    def action_save_draft(self) -> None:
+        self._save(queue=False)
+
+    @on(Button.Pressed, "#queue")
+    def action_queue(self) -> None:
+        self._save(queue=True)
+
+    def _save(self, queue: bool) -> None:
+        status = self.query_one("#sweep-status", Static)
+        try:
+            spec = self.read_spec()
+        except BaseFieldError as exc:
+            self.show_field_error(exc)
+            status.update(f"[red]Nothing saved: {exc}[/]")
+            return
+        status.update("queueing..." if queue else "saving...")
+        self._save_worker(spec, self.experiment_name, self.selected_concept, queue)
+
+    @work(thread=True, exclusive=True, group="sweep-save")
+    def _save_worker(self, spec, name: str, concept_id, queue: bool) -> None:
+        from store.grammar import SweepError
+        from store.queries import InputError, save_experiment
+
+        try:
+            exp = save_experiment(self.store, name, spec, concept_id, queue=queue,
+                                  experiment_id=self.experiment_id)
+        except (SweepError, InputError) as exc:
+            self.post_message(self.Saved(error=exc, queued=queue))
+            return
+        self.post_message(self.Saved(exp, queued=queue))
+
+    def on_sweep_screen_saved(self, message: Saved) -> None:
+        status = self.query_one("#sweep-status", Static)
+        if message.error is not None:
+            self.show_field_error(message.error)
+            status.update(f"[red]Nothing {'queued' if message.queued else 'saved'}: {message.error}[/]")
+            return
+        exp = message.experiment
+        self.app.experiment_id = exp.id
+        if message.queued:
+            self.notify(f"queued {exp.run_count} runs of {exp.name!r}")
+            self.app.action_open("runs", experiment_id=exp.id)
+        else:
+            self.experiment_id = exp.id
+            self.sub_title = f"editing draft #{exp.id}"
+            status.update(f"[green]saved draft #{exp.id} ({exp.run_count} runs)[/]")

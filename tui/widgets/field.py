@@ -1,0 +1,76 @@
+"""A labelled input that shows, right under itself, what it parsed to or what is wrong with it."""
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.containers import Vertical
+from textual.widgets import Input, Label, Static
+
+
+def _preview(values: list, limit: int = 12) -> str:
+    shown = ", ".join(str(v) for v in values[:limit])
+    more = f", ... ({len(values)} values)" if len(values) > limit else ""
+    return f"{len(values)} value{'s' if len(values) != 1 else ''}: {shown}{more}"
+
+
+class Field(Vertical):
+    """`name` is the spec field; errors arrive by that name (SweepError.field, InputError prefix)."""
+
+    def __init__(self, name: str, label: str, value: str = "", placeholder: str = "", axis=None, **kwargs):
+        super().__init__(id=f"field-{name}", classes="field", **kwargs)
+        self.field_name = name
+        self.label = label
+        self.axis = axis
+        self._value = value
+        self._placeholder = placeholder
+
+    def compose(self) -> ComposeResult:
+        yield Label(self.label, classes="field-label")
+        yield Input(self._value, placeholder=self._placeholder, id=f"input-{self.field_name}")
+        yield Static("", classes="field-info")
+
+    @property
+    def input(self) -> Input:
+        return self.query_one(Input)
+
+    @property
+    def value(self) -> str:
+        return self.input.value
+
+    @value.setter
+    def value(self, text: str) -> None:
+        self.input.value = text
+
+    @property
+    def error(self) -> str:
+        return self.query_one(".field-info", Static).content if self.has_class("invalid") else ""
+
+    def parse(self) -> list | None:
+        """Parse an axis field on its own (instant); cross-field checks come from the builder."""
+        if self.axis is None:
+            return None
+        from store.grammar import SweepError, parse_values
+
+        try:
+            values = parse_values(self.axis, self.value)
+        except SweepError as exc:
+            self.show_error(exc)
+            return None
+        self.show_info(_preview(values))
+        return values
+
+    def show_info(self, text: str) -> None:
+        self.remove_class("invalid")
+        self.query_one(".field-info", Static).update(text)
+
+    def show_error(self, exc) -> None:
+        """A SweepError points at the offending character; anything else shows its message."""
+        from rich.text import Text
+
+        self.add_class("invalid")
+        message = getattr(exc, "message", None) or str(exc)
+        pos = getattr(exc, "pos", -1)
+        text = Text("✗ " + message, style="bold red")
+        source = getattr(exc, "text", None)
+        if source and 0 <= pos <= len(source):
+            text.append(f"\n  {source}\n  " + " " * pos + "^", style="red")
+        self.query_one(".field-info", Static).update(text)
