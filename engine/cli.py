@@ -1,7 +1,8 @@
 """`mtp-engine`: run queued runs on one device (or one worker process per GPU with --devices).
 
-torch is imported only after the arguments are parsed and the device lock is held, so --help
-is instant and a second engine on a busy device is refused before it pays for torch.
+torch is imported only after the arguments are parsed and (with --device given) the device lock
+is held, so --help is instant and a second engine on a busy device is refused before it pays
+for torch.
 """
 from __future__ import annotations
 
@@ -44,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _setup_logging(logfile: Path, verbose: bool) -> None:
     root = logging.getLogger("mtp")
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    # Libraries that call logging.basicConfig() would otherwise print every line twice.
+    root.propagate = False
     fmt = logging.Formatter("%(asctime)s %(levelname)s [%(process)d] %(message)s")
     logfile.parent.mkdir(parents=True, exist_ok=True)
     fh = logging.FileHandler(logfile)

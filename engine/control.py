@@ -53,7 +53,8 @@ class MaskSpec:
         (``image`` is a user mask file used as both source and target mask).
     layers: layer-set expression of the cross-attention layers whose maps are averaged; only
         those whose spatial size is the map resolution contribute.
-    words: prompt words whose tokens' maps are summed; empty means every word of the prompt.
+    words: target-prompt words whose tokens' maps are summed for the target mask; the source
+        mask uses those of them found in the source prompt. Empty means every word.
     threshold: binarisation level of the min-max normalised map; None means Otsu.
     timing: ``current`` uses maps of layers already run in the same step, ``previous`` the
         maps of the previous step.

@@ -12,10 +12,9 @@ clip_sample=False, set_alpha_to_one=False)``, with ``ControlSpec(layers="10-15",
 from __future__ import annotations
 
 import json
-import os
 import string
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -23,7 +22,7 @@ import numpy as np
 import torch
 
 from engine.control import ControlError, ControlSpec, prompt_words
-from engine.inversion import ImageError, invert, load_image
+from engine.inversion import invert, load_image
 from engine.processors import RowControl, block_paths, install_control
 
 __all__ = [

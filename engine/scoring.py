@@ -14,7 +14,9 @@ are cached per backbone (references by file content, prompts by text, the source
 from __future__ import annotations
 
 import hashlib
+import os
 import re
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -42,8 +44,16 @@ def scored_text(prompt: str, token: str, class_word: str) -> str:
     return " ".join(text.split())
 
 
+_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
 def _file_digest(path: Path) -> str:
-    return hashlib.sha1(Path(path).read_bytes()).hexdigest()
+    """Content hash of a reference image, re-read only when its size or mtime changes."""
+    st = os.stat(path)
+    key = (str(path), st.st_mtime_ns, st.st_size)
+    if key not in _DIGESTS:
+        _DIGESTS[key] = hashlib.sha1(Path(path).read_bytes()).hexdigest()
+    return _DIGESTS[key]
 
 
 def _image_digest(image) -> str:
@@ -61,29 +71,38 @@ def _describe_clip_preprocess(cfg: dict[str, Any]) -> str:
 
 
 class _Cache:
-    """Embeddings by key; ``misses`` counts the items that had to be encoded."""
+    """Embeddings by key, least recently used dropped past ``limit`` (a worker lives through many
+    sweeps, each with new sources); ``misses`` counts the items that had to be encoded."""
 
-    def __init__(self, encode: Callable[[list], Any]):
+    def __init__(self, encode: Callable[[list], Any], limit: int = 4096):
         self._encode = encode
-        self._store: dict[str, Any] = {}
+        self._store: OrderedDict[str, Any] = OrderedDict()
+        self._limit = limit
         self.misses = 0
 
     def get(self, keys: Sequence[str], load: Callable[[int], Any]):
         import torch
 
-        todo = [i for i, k in enumerate(keys) if k not in self._store]
         # One encoder call per batch of new items; duplicates inside a call are encoded once.
         unique: dict[str, int] = {}
-        for i in todo:
-            unique.setdefault(keys[i], i)
+        for i, k in enumerate(keys):
+            if k not in self._store:
+                unique.setdefault(k, i)
         items = list(unique.items())
+        fresh: dict[str, Any] = {}
         for start in range(0, len(items), BATCH):
             chunk = items[start:start + BATCH]
             feats = self._encode([load(i) for _, i in chunk])
-            for (key, _), f in zip(chunk, feats):
-                self._store[key] = f
+            fresh.update((key, f) for (key, _), f in zip(chunk, feats))
             self.misses += len(chunk)
-        return torch.stack([self._store[k] for k in keys]) if keys else None
+        out = torch.stack([fresh[k] if k in fresh else self._store[k] for k in keys])
+        for k in keys:
+            if k in fresh:
+                self._store[k] = fresh[k]
+            self._store.move_to_end(k)
+        while len(self._store) > self._limit:
+            self._store.popitem(last=False)
+        return out
 
 
 class Scorer:

@@ -25,7 +25,7 @@ from store.db import Store
 from store.models import Concept, Run
 from store.queue import (
     DEFAULT_MAX_ATTEMPTS, DEFAULT_STALE_AFTER_S, ModelKey, WorkerStatus, cancel_requested_ids, claim_group,
-    complete_runs, fail_runs, heartbeat, make_worker_id, recover_stale, register_worker, release_runs,
+    complete_runs, fail_runs, heartbeat, is_paused, make_worker_id, recover_stale, register_worker, release_runs,
 )
 
 from .artifacts import write_run_artifacts
@@ -362,7 +362,9 @@ class Worker:
         self._hb_thread: threading.Thread | None = None
         self._hb_stop = threading.Event()
         self._last_recover = 0.0
-        self._refs_cache: dict[int | None, list[Path]] = {}
+        self._refs_cache: dict[tuple, list[Path]] = {}
+        # Batch size that fit after an OOM, per (model, size), so later groups start there.
+        self._batch_fit: dict[tuple, int] = {}
 
     # ---------------------------------------------------------- lifecycle
     def stop(self) -> None:
@@ -376,34 +378,44 @@ class Worker:
         try:
             self._recover()
             while not self.stop_event.is_set():
-                if time.monotonic() - self._last_recover > self.config.recover_every_s:
-                    self._recover()
-                runs = claim_group(self.store, self.worker_id, self.config.max_batch, self._model_key())
-                if not runs:
-                    # Nothing claimable: maybe a dead worker holds runs; recover before giving up.
-                    if self._recover().requeued:
-                        continue
-                    if self.config.once:
-                        break
-                    self.progress.idle("waiting for runs")
-                    self.stop_event.wait(self.config.poll_s)
-                    continue
-                self.claimed = [r.id for r in runs]
                 try:
-                    self.process_group(runs)
+                    if not self._step():
+                        break
                 except Interrupted:
                     break
-                finally:
-                    if self.claimed:
-                        release_runs(self.store, self.worker_id, self.claimed)
-                        self.claimed = []
-                    self.progress.idle()
+                except Exception:
+                    # A database hiccup must not end the engine; claims are released above and
+                    # anything left running is recovered once its heartbeat stops.
+                    log.error("engine loop error:\n%s", traceback.format_exc())
+                    self.stop_event.wait(self.config.poll_s)
         finally:
             self._stop_heartbeat()
             heartbeat(self.store, self.worker_id, status=WorkerStatus.STOPPED, current_run_id=None,
                       step=0, total_steps=0, its_per_s=None, message="stopped")
             log.info("worker %s stopped: %s", self.worker_id, self.stats)
         return self.stats
+
+    def _step(self) -> bool:
+        """Claim and run one group; False when the loop should end (--once and nothing left)."""
+        if time.monotonic() - self._last_recover > self.config.recover_every_s:
+            self._recover()
+        runs = claim_group(self.store, self.worker_id, self.config.max_batch, self._model_key())
+        if not runs:
+            # Before --once gives up, runs held by a dead worker may come back.
+            if self.config.once:
+                return bool(self._recover().requeued)
+            self.progress.idle("queue paused" if is_paused(self.store) else "waiting for runs")
+            self.stop_event.wait(self.config.poll_s)
+            return True
+        self.claimed = [r.id for r in runs]
+        try:
+            self.process_group(runs)
+        finally:
+            if self.claimed:
+                release_runs(self.store, self.worker_id, self.claimed)
+                self.claimed = []
+            self.progress.idle()
+        return True
 
     def _model_key(self) -> ModelKey | None:
         if self.loaded is None:
@@ -479,7 +491,8 @@ class Worker:
             except RunError as exc:
                 self._fail([run.id], str(exc))
 
-        batch = max(1, len(targets))
+        fit_key = (key, source.width, source.height, source.invert)
+        batch = max(1, min(len(targets), self._batch_fit.get(fit_key, len(targets))))
         pending = list(targets)
         while pending:
             if self.stop_event.is_set():
@@ -501,6 +514,7 @@ class Worker:
                     self.backend.after_oom()
                     if len(chunk) > 1:
                         batch = max(1, len(chunk) // 2)
+                        self._batch_fit[fit_key] = batch
                         log.warning("out of memory with %d targets; retrying with %d", len(chunk), batch)
                         continue
                     self._fail([chunk[0].run_id],
@@ -579,19 +593,22 @@ class Worker:
                 results[k]["scores"] = list(sc)
 
     def _refs(self, concept_id: int | None) -> list[Path]:
-        if concept_id in self._refs_cache:
-            return self._refs_cache[concept_id]
+        if concept_id is None:
+            return []
+        with self.store.session() as s:
+            concept = s.get(Concept, concept_id)
+        rels = concept.ref_images if concept else []
+        key = (concept_id, tuple(rels))  # a concept edited while the engine runs is re-checked
+        if key in self._refs_cache:
+            return self._refs_cache[key]
         refs: list[Path] = []
-        if concept_id is not None:
-            with self.store.session() as s:
-                concept = s.get(Concept, concept_id)
-            for rel in (concept.ref_images if concept else []):
-                path = self.home.resolve_artifact(rel)
-                problem = _image_problem(str(path))
-                if problem:
-                    raise RunError(f"reference image {problem}")
-                refs.append(path)
-        self._refs_cache[concept_id] = refs
+        for rel in rels:
+            path = self.home.resolve_artifact(rel)
+            problem = _image_problem(str(path))
+            if problem:
+                raise RunError(f"reference image {problem}")
+            refs.append(path)
+        self._refs_cache[key] = refs
         return refs
 
     # ---------------------------------------------------------- endings

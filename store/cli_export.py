@@ -63,7 +63,8 @@ def _where(store, exp, given: str | None, kind: str, suffix: str, by: str | None
     from .export import default_name
 
     if given:
-        return given, Path.cwd()
+        # An absolute path on the command line is the user's own choice of folder.
+        return given, Path(given).expanduser().parent if Path(given).expanduser().is_absolute() else Path.cwd()
     return default_name(store, exp.id, kind, suffix, by), store.home.exports
 
 

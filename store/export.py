@@ -8,17 +8,20 @@ final name and renamed, so a crash never leaves half a CSV behind.
 from __future__ import annotations
 
 import csv
+import io
 import os
+import queue
 import re
 import tempfile
+import threading
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Iterator
 
-from sqlalchemy import Integer, String, and_, case, cast, func, literal, select, type_coerce
+from sqlalchemy import Integer, String, and_, case, cast, func, select, type_coerce
 
-from .aggregate import SCALES, AggregateRow, aggregate, check_by, image_metric
+from .aggregate import SCALES, AggregateRow, aggregate, check_by, image_metric, iter_rows, latest_score_only, scaled_sql
 from .db import Store
 from .models import Experiment, Run, Score
 
@@ -39,21 +42,22 @@ def safe_filename(name: str, suffix: str) -> str:
 
 
 def resolve_output(path: str | os.PathLike, suffix: str, folder: str | os.PathLike | None = None) -> Path:
-    """Where an export goes. A relative ``path`` is taken inside ``folder`` and may not leave it
-    (``..`` is refused); an absolute path names its own folder. The file name is sanitised."""
+    """Where an export goes: ``path`` must resolve inside ``folder`` (``..`` or an absolute path
+    elsewhere is refused). ``folder=None`` means the path itself is the user's explicit choice.
+    The file name is sanitised either way."""
     from .queries import InputError
 
     raw = Path(os.fspath(path)).expanduser()
     name = safe_filename(raw.name, suffix)
-    if raw.is_absolute():
-        base = raw.parent
-        target = base / name
-    else:
-        if folder is None:
+    if folder is None:
+        if not raw.is_absolute():
             raise InputError(f"export: {path} is relative and no export folder was given")
+        target = raw.parent.resolve() / name
+    else:
         base = Path(folder).expanduser().resolve()
-        target = (base / raw.parent / name).resolve()
-        if target != base and base not in target.parents:
+        # resolve() follows symlinks too, so a link inside the folder cannot lead outside it.
+        target = (base / raw.parent).resolve() / name
+        if base != target.parent and base not in target.parent.parents:
             raise InputError(f"export: {path} would be written outside {base}")
     if not target.parent.is_dir():
         raise InputError(f"export: folder {target.parent} does not exist")
@@ -110,14 +114,6 @@ def score_header(metric: str, backbone: str) -> str:
     return f"{metric}@{backbone}"
 
 
-def _scaled(expr, scale: str):
-    if scale == "raw":
-        return expr
-    if scale == "100":
-        return expr * 100.0
-    return case((expr > 0, expr * 2.5), else_=literal(0.0))
-
-
 def _python_type(column):
     # sqlmodel wraps DateTime in a TypeDecorator whose python_type is ``object``; look at its impl.
     t = getattr(column.type, "impl", column.type)
@@ -156,9 +152,9 @@ def runs_query(store: Store, experiment_id: int, scale: str = "raw"):
     ]
     text = func.max(case((Score.metric == "clip_t", Score.scored_text))).label("scored_text")
     pivot = (select(Score.run_id, *pivot_cols, text)
-             .where(Score.run_id.in_(ids)).group_by(Score.run_id).subquery("p"))
+             .where(Score.run_id.in_(ids), latest_score_only()).group_by(Score.run_id).subquery("p"))
     cols = [_run_column(store, c) for c in table.columns]
-    score_cols = [_scaled(pivot.c[f"s{i}"], scale).label(score_header(m, b)) for i, (m, b) in enumerate(pairs)]
+    score_cols = [scaled_sql(pivot.c[f"s{i}"], scale).label(score_header(m, b)) for i, (m, b) in enumerate(pairs)]
     q = (select(*cols, *score_cols, pivot.c.scored_text)
          .select_from(table.outerjoin(pivot, pivot.c.run_id == table.c.id))
          .where(table.c.experiment_id == experiment_id).order_by(table.c.id))
@@ -181,32 +177,58 @@ def export_runs_csv(store: Store, experiment_id: int, path: str | os.PathLike, s
     target = _target(store, path, ".csv", folder)
     q, header = runs_query(store, experiment_id, scale)
     with _atomic(target) as fh:
-        writer = csv.writer(fh)
-        writer.writerow(header)
-        for chunk in _stream(store, q):
-            writer.writerows(chunk)
+        csv.writer(fh).writerow(header)
+        for chunk in _prefetch(_stream(store, q)):
+            # Formatting a chunk in memory and writing it once beat 5000 small writes by ~25%.
+            buf = io.StringIO()
+            csv.writer(buf).writerows(chunk)
+            fh.write(buf.getvalue())
     return target
 
 
-def _stream(store: Store, q, size: int = 5000) -> Iterator[list]:
-    """Row tuples in chunks. On SQLite the compiled query runs on the DBAPI cursor: SQLAlchemy's
-    per-value result processing (datetimes, booleans, strings) was half of the export time."""
-    if not store.is_sqlite:
-        with store.engine.connect() as conn:
-            for chunk in conn.execution_options(stream_results=True).execute(q).partitions(size):
-                yield [[_csv_value(v) for v in row] for row in chunk]
-        return
-    compiled = q.compile(dialect=store.engine.dialect)
-    params = [compiled.params[name] for name in compiled.positiontup]
-    raw = store.engine.raw_connection()
+def _prefetch(chunks: Iterator[list], depth: int = 4) -> Iterator[list]:
+    """Iterate ``chunks`` in a helper thread. sqlite3 releases the GIL while it steps through the
+    query, so fetching the next rows overlaps with csv formatting of the current ones."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def offer(item) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for chunk in chunks:
+                if not offer(chunk):
+                    return
+            offer(done)
+        except BaseException as exc:  # handed to the consumer, raised there
+            offer(exc)
+
+    worker = threading.Thread(target=produce, name="mtp-export-fetch", daemon=True)
+    worker.start()
     try:
-        cur = raw.cursor()
-        cur.execute(str(compiled), params)
-        while chunk := cur.fetchmany(size):
-            yield chunk
-        cur.close()
+        while (item := q.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
     finally:
-        raw.close()
+        stop.set()
+        worker.join(timeout=5)
+
+
+def _stream(store: Store, q, size: int = 5000) -> Iterator[list]:
+    if not store.is_sqlite:
+        for chunk in iter_rows(store, q, size):
+            yield [[_csv_value(v) for v in row] for row in chunk]
+        return
+    yield from iter_rows(store, q, size)
 
 
 # ------------------------------------------------------------------ summary CSV

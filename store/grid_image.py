@@ -19,7 +19,7 @@ from .db import Store
 from .models import Run
 
 MAX_CELLS = 400
-MAX_SIDE = 8192
+MAX_SIDE = 4096  # 4096^2 RGB is 50 MB in memory; the PNG is far smaller
 THUMB = 256
 MIN_THUMB = 32
 PAD = 4

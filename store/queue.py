@@ -315,12 +315,14 @@ def recover_stale(
     store: Store,
     stale_after_s: float = DEFAULT_STALE_AFTER_S,
     max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+    forget_after_s: float = 7 * 86400,
 ) -> Recovery:
     """Requeue runs held by dead workers; a run that already used ``max_attempts`` is failed.
 
     A worker is dead when its heartbeat is older than ``stale_after_s``, or it runs on this host
     and its pid is gone, or it said it stopped. The attempt count is kept across requeues (it
     counts claims), so a run that kills its worker every time ends failed instead of looping.
+    Stopped or dead workers silent for ``forget_after_s`` leave the registry.
     """
     out = Recovery()
     host = socket.gethostname()
@@ -363,6 +365,8 @@ def recover_stale(
                 w.current_run_id = None
                 s.add(w)
                 out.dead_workers.append(wid)
+        s.execute(delete(Worker).where(col(Worker.status).in_([WorkerStatus.STOPPED, WorkerStatus.DEAD]),
+                                       Worker.heartbeat_at < now - timedelta(seconds=forget_after_s)))
         _refresh_experiments(s, touched)
     return out
 

@@ -7,6 +7,7 @@ import argparse
 import signal
 import sys
 
+from rich.markup import escape
 from textual.app import App
 
 from . import keymap
@@ -37,13 +38,18 @@ class MtpApp(App):
         self.experiment_id: int | None = None
 
     def on_mount(self) -> None:
+        # Textual, SQLAlchemy and pydantic leave ~1M long-lived objects; without freezing them
+        # every full GC pass walks them all, which showed up as 100+ ms stalls on table paints.
+        import gc
+
+        gc.freeze()
         self.sub_title = str(self.store.home.root)
         try:
             overrides = keymap.load_overrides(self.store.home.root)
             if overrides:
                 self.set_keymap(overrides)
         except (ValueError, OSError) as exc:
-            self.notify(f"keymap.json ignored: {exc}", severity="warning", timeout=8)
+            self.notify(escape(f"keymap.json ignored: {exc}"), severity="warning", timeout=8)
         try:
             # An SSH drop sends SIGHUP: leave cleanly (terminal restored, DB sessions closed).
             import asyncio
@@ -119,9 +125,9 @@ class MtpApp(App):
             self.notify(str(exc), severity="error")
             return
         except Exception as exc:  # a failed launch is reported, the app keeps going
-            self.notify(f"engine did not start: {exc}", severity="error", timeout=10)
+            self.notify(escape(f"engine did not start: {exc}"), severity="error", timeout=10)
             return
-        self.notify(f"engine started on {device} (pid {pid}); logs in {self.store.home.logs}")
+        self.notify(escape(f"engine started on {device} (pid {pid}); logs in {self.store.home.logs}"))
 
     def stop_engine(self) -> None:
         from .screens._common import Missing, optional
@@ -133,7 +139,7 @@ class MtpApp(App):
             self.notify(str(exc), severity="error")
             return
         except Exception as exc:
-            self.notify(f"could not stop the engine: {exc}", severity="error", timeout=10)
+            self.notify(escape(f"could not stop the engine: {exc}"), severity="error", timeout=10)
             return
         self.notify("engine asked to stop after its current run")
 
@@ -180,6 +186,9 @@ def main(argv: list[str] | None = None) -> int:
     except SchemaTooNew as exc:
         print(f"mtp-tui: {exc}", file=sys.stderr)
         return 2
+    # textual-image must query the terminal before Textual takes it over (see artifact_image).
+    from .widgets import artifact_image  # noqa: F401
+
     try:
         MtpApp(store, demo=args.demo).run()
     finally:

@@ -46,6 +46,8 @@ KEYMAP: dict[str, list[Key]] = {
         Key("home.refresh", "f5", "refresh", "Refresh", show=False),
         Key("home.down", "j", "cursor_down", "Down", show=False),
         Key("home.up", "k", "cursor_up", "Up", show=False),
+        Key("home.top", "g", "top", "Top", show=False),
+        Key("home.bottom", "G", "bottom", "Bottom", show=False),
     ],
     "concept": [
         Key("concept.save", "ctrl+s", "save", "Save"),
@@ -69,6 +71,7 @@ KEYMAP: dict[str, list[Key]] = {
         Key("runs.compare", "v", "compare", "Compare"),
         Key("runs.next_page", "greater_than_sign,pagedown", "page(1)", "Page>"),
         Key("runs.prev_page", "less_than_sign,pageup", "page(-1)", "<Page"),
+        Key("runs.refresh", "f5", "refresh", "Refresh", show=False),
         Key("runs.down", "j", "cursor_down", "Down", show=False),
         Key("runs.up", "k", "cursor_up", "Up", show=False),
         Key("runs.top", "g", "top", "Top", show=False),
@@ -79,12 +82,15 @@ KEYMAP: dict[str, list[Key]] = {
         Key("detail.next", "right_square_bracket", "step(1)", "Next"),
         Key("detail.word", "w", "next_word", "Word"),
         Key("detail.baseline", "b", "compare_baseline", "vs baseline"),
+        Key("detail.refresh", "f5", "refresh", "Refresh", show=False),
     ],
     "results": [
         Key("results.axis", "a", "next_axis", "Axis"),
         Key("results.refresh", "f5", "refresh", "Refresh"),
         Key("results.down", "j", "cursor_down", "Down", show=False),
         Key("results.up", "k", "cursor_up", "Up", show=False),
+        Key("results.top", "g", "top", "Top", show=False),
+        Key("results.bottom", "G", "bottom", "Bottom", show=False),
     ],
     "export": [
         Key("export.go", "ctrl+s", "export", "Export"),

@@ -233,3 +233,77 @@ def test_mask_layers_must_reach_the_map_resolution(pipe, noise):
     enc = ControlSpec(start_step=0, layers="all", mask=MaskSpec(mode="auto", layers="encoder"))
     res = _gen(pipe, [Target(TGT, enc)], noise)
     assert res.masks[0]["target"].shape == (2, 2)
+
+
+def test_cross_attention_recorded_only_where_needed(pipe, monkeypatch):
+    from engine.processors import MutualAttentionController
+
+    calls = []
+    original = MutualAttentionController.record
+
+    def spy(self, layer, rows, probs):
+        calls.append((self.step, layer, tuple(rows), tuple(probs.shape)))
+        return original(self, layer, rows, probs)
+
+    monkeypatch.setattr(MutualAttentionController, "record", spy)
+    noise = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(5))
+    cur = ControlSpec(layers="decoder", start_step=3, final_step=5, mask=MaskSpec(mode="auto", layers="decoder"))
+    prev = ControlSpec(layers="decoder", start_step=3, final_step=5,
+                       mask=MaskSpec(mode="auto", layers="encoder", timing="previous"))
+    generate(pipe, Source(SRC), [Target(TGT, None), Target(TGT, cur), Target(TGT, prev)],
+             seed=0, num_steps=6, height=128, width=128, latents=noise, decode=False)
+    # CFG batch of 2 x 4 rows: the cond half starts at row 4; 16 map tokens, 77 text tokens
+    expected = {(s, l, (4, 6), (2, 16, 77)) for s in (3, 4) for l in (7, 8, 9)}
+    expected |= {(s, l, (4, 7), (2, 16, 77)) for s in (2, 3) for l in (4, 5)}
+    assert set(calls) == expected and len(calls) == len(expected)
+
+
+class _MasaCtrlReference:
+    """MasaCtrl's MutualSelfAttentionControl, re-derived independently for the test: one
+    processor object for every attention call, counting calls the way MasaCtrl's
+    AttentionBase does (layer = call index // 2, a new step after all 32 calls)."""
+
+    def __init__(self, start_step, start_layer, num_att_layers=32):
+        self.start_step, self.start_layer = start_step, start_layer
+        self.num_att_layers = num_att_layers
+        self.cur_step = self.cur_att_layer = 0
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, **kwargs):
+        is_cross = encoder_hidden_states is not None
+        context = encoder_hidden_states if is_cross else hidden_states
+        q, k, v = attn.to_q(hidden_states), attn.to_k(context), attn.to_v(context)
+        h = attn.heads
+
+        def attend(q, k, v):
+            b, n, inner = q.shape
+            d = inner // h
+            q, k, v = (t.reshape(t.shape[0], -1, h, d).transpose(1, 2) for t in (q, k, v))
+            w = (q @ k.transpose(-1, -2) * d**-0.5).softmax(-1)
+            return (w @ v).transpose(1, 2).reshape(b, n, inner)
+
+        controlled = (not is_cross and self.cur_step >= self.start_step
+                      and self.cur_att_layer // 2 >= self.start_layer)
+        if controlled:
+            qu, qc = q.chunk(2)
+            ku, kc = k.chunk(2)
+            vu, vc = v.chunk(2)
+            out = torch.cat([attend(qu, ku[:1].expand_as(ku), vu[:1].expand_as(vu)),
+                             attend(qc, kc[:1].expand_as(kc), vc[:1].expand_as(vc))])
+        else:
+            out = attend(q, k, v)
+        self.cur_att_layer += 1
+        if self.cur_att_layer == self.num_att_layers:
+            self.cur_att_layer = 0
+            self.cur_step += 1
+        return attn.to_out[1](attn.to_out[0](out))
+
+
+def test_matches_an_independent_masactrl_reference(tiny_model_dir, noise):
+    pipe = load_tiny_pipeline(tiny_model_dir)
+    ours = _gen(pipe, [Target(TGT, ControlSpec(start_step=4, layers="10-15"))], noise)
+    ref_pipe = load_tiny_pipeline(tiny_model_dir)
+    ref_pipe.unet.set_attn_processor(_MasaCtrlReference(start_step=4, start_layer=10))
+    ref = _stock(ref_pipe, [SRC, TGT], noise)
+    torch.testing.assert_close(ours.latents, ref, rtol=1e-4, atol=1e-5)
+    ref_pipe.unet.set_attn_processor(_MasaCtrlReference(start_step=2, start_layer=10))
+    assert not torch.allclose(ours.latents[1], _stock(ref_pipe, [SRC, TGT], noise)[1], atol=1e-4)

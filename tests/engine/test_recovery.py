@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -46,7 +47,18 @@ def fake_env(tmp_path, step_s: float) -> dict:
 def engine(home, env, device="cpu", *extra) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "engine.cli", "--home", str(home.root), "--device", device, "--poll", "0.05",
            "--heartbeat", "0.1", *extra]
-    return subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # A file, not a pipe: an engine blocked on a full stderr pipe would look hung.
+    err = tempfile.TemporaryFile()
+    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err)
+    proc.err_file = err
+    return proc
+
+
+def finish(proc: subprocess.Popen, timeout: float = 120) -> str:
+    """Wait for an engine; its stderr tail, for assertion messages."""
+    proc.wait(timeout=timeout)
+    proc.err_file.seek(0)
+    return proc.err_file.read().decode("utf-8", "replace")[-3000:]
 
 
 def wait_for(pred, timeout=60.0, what="condition"):
@@ -80,33 +92,34 @@ def assert_all_done_once(store, runs_expected: int, devices=("cpu",)) -> list[Ru
 
 
 def test_sigkill_mid_batch_and_restart_repeatedly(store, tmp_path):
-    for seed in range(3):
-        make_exp(store, f"e{seed}", seeds=str(seed))  # 3 groups x 8 runs
+    for seed in range(4):
+        make_exp(store, f"e{seed}", seeds=str(seed))  # 4 groups x 8 runs = 8 batches of 4
     env = fake_env(tmp_path, step_s=0.1)
+
+    def done() -> int:
+        return sum(r.status == RunStatus.DONE for r in runs_of(store))
+
     kills = 0
     for _ in range(4):
-        before = sum(r.status == RunStatus.DONE for r in runs_of(store))
+        before = done()
         proc = engine(store.home, env, "cpu", "--max-batch", "4", "--max-attempts", "10")
         try:
             # Let it commit one batch (so each life makes progress), then kill it inside the next.
-            wait_for(lambda: sum(r.status == RunStatus.DONE for r in runs_of(store)) > before
-                     or proc.poll() is not None, what="a committed batch")
-            if proc.poll() is not None:
-                break
-            wait_for(lambda: any(r.status == RunStatus.RUNNING for r in runs_of(store)) or proc.poll() is not None,
-                     what="a claimed batch")
+            wait_for(lambda: done() > before or proc.poll() is not None, what="a committed batch")
+            wait_for(lambda: any(r.status == RunStatus.RUNNING for r in runs_of(store))
+                     or done() == 32 or proc.poll() is not None, what="a claimed batch")
             time.sleep(0.15)  # inside the 0.4 s of denoising
         finally:
             if proc.poll() is None:
                 proc.kill()
                 kills += 1
             proc.wait()  # reaped, so its pid is gone for the next engine's recovery
-    assert kills >= 3
-    assert any(r.status == RunStatus.RUNNING for r in runs_of(store))  # the last kill left a claim behind
+        assert proc.returncode == -signal.SIGKILL, finish(proc)
+    assert kills == 4
     proc = engine(store.home, env, "cpu", "--once", "--max-batch", "4")
-    _out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 0, err.decode()
-    runs = assert_all_done_once(store, 24)
+    err = finish(proc)
+    assert proc.returncode == 0, err
+    runs = assert_all_done_once(store, 32)
     assert max(r.attempts for r in runs) >= 2  # killed batches really were rerun
     assert "database is locked" not in log_path(store.home, "cpu").read_text()
 
@@ -117,8 +130,8 @@ def test_two_engine_processes_share_sixty_runs(store, tmp_path):
     env = fake_env(tmp_path, step_s=0.04)
     procs = [engine(store.home, env, dev, "--once", "--max-batch", "4") for dev in ("cpu", "cpu:1")]
     for p in procs:
-        _out, err = p.communicate(timeout=120)
-        assert p.returncode == 0, err.decode()
+        err = finish(p)
+        assert p.returncode == 0, err
     assert_all_done_once(store, 64, devices=("cpu", "cpu:1"))
     lines = (tmp_path / "generate.log").read_text().splitlines()
     generated = [int(i) for line in lines for i in line.split("\t")[2].split(",")]
@@ -128,20 +141,44 @@ def test_two_engine_processes_share_sixty_runs(store, tmp_path):
         assert "database is locked" not in log_path(store.home, dev).read_text()
 
 
-def test_two_engine_processes_on_the_real_tiny_model(store, tiny_model_dir, tmp_path):
-    make_exp(store, "a", model=str(tiny_model_dir), num_steps=3, seeds="0,1", start_step="0",
-             final_step="2", skip_interval="1", baseline=True)  # 4 runs in 2 groups
-    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+def test_an_engine_process_and_an_in_process_worker_share_the_real_tiny_model(store, tiny_model_dir):
+    # One subprocess, not two: importing torch + diffusers twice more would cost half a minute
+    # here; this test process already holds torch for the second worker.
+    from engine.worker import PipelineBackend, Worker, WorkerConfig
+
+    make_exp(store, "a", model=str(tiny_model_dir), num_steps=3, seeds="0-5", start_step="0",
+             final_step="2", skip_interval="1", baseline=True)  # 12 runs in 6 groups
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))
     env.pop("MTP_ENGINE_BACKEND", None)
-    env["PYTHONPATH"] = str(ROOT)
-    procs = [engine(store.home, env, dev, "--once", "--no-score") for dev in ("cpu", "cpu:1")]
-    for p in procs:
-        _out, err = p.communicate(timeout=240)
-        assert p.returncode == 0, err.decode()[-3000:]
+    proc = engine(store.home, env, "cpu", "--once", "--no-score")
+    try:
+        wait_for(lambda: any(r.status != RunStatus.QUEUED for r in runs_of(store)) or proc.poll() is not None,
+                 timeout=120, what="the engine process to claim")
+
+        class Recording(PipelineBackend):
+            def __init__(self, *args, **kwargs):
+                super().__init__(*args, **kwargs)
+                self.ids: list[int] = []
+
+            def generate(self, source, targets, step_callback):
+                self.ids += [t.run_id for t in targets]
+                return super().generate(source, targets, step_callback)
+
+        backend = Recording("cpu", home=store.home)
+        Worker(store, backend, WorkerConfig(device="cpu:1", once=True, max_batch=2, heartbeat_s=0.2),
+               worker_id="in-process").run()
+        err = finish(proc, timeout=240)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
     runs = runs_of(store)
     assert {r.status for r in runs} == {RunStatus.DONE}, [r.error for r in runs]
-    committed = done_counts(store.home, "cpu") + done_counts(store.home, "cpu:1")
-    assert sorted(committed) == [r.id for r in runs] and set(committed.values()) == {1}
+    committed = done_counts(store.home, "cpu")
+    assert set(committed.values()) == {1} and not set(committed) & set(backend.ids)
+    assert sorted(list(committed) + backend.ids) == [r.id for r in runs]
+    assert "database is locked" not in log_path(store.home, "cpu").read_text()
 
 
 def test_detached_engine_survives_sighup_of_its_parent(store, tmp_path):

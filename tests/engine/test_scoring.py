@@ -154,3 +154,23 @@ def test_unavailable_dino_names_it(scoring_home, monkeypatch):
     name, weights = ensure_tiny_clip(scoring_home.models)
     with pytest.raises(ScorerUnavailable, match="facebook/dino-vits16"):
         Scorer(clip_model=name, clip_pretrained=str(weights), dino_model="facebook/dino-vits16")
+
+
+def test_embedding_cache_is_bounded_and_batched():
+    from engine.scoring import _Cache
+
+    calls = []
+
+    def encode(items):
+        calls.append(list(items))
+        return torch.tensor([[float(x)] for x in items])
+
+    cache = _Cache(encode, limit=2)
+    names = ["a", "b", "a"]
+    out = cache.get(names, lambda i: ord(names[i]))
+    assert out.flatten().tolist() == [97.0, 98.0, 97.0] and calls == [[97, 98]]  # "a" encoded once
+    cache.get(["c"], lambda i: 99)  # evicts "b": "a" was used after it
+    cache.get(["a"], lambda i: 0)
+    assert cache.misses == 3
+    cache.get(["b"], lambda i: 98)
+    assert cache.misses == 4 and calls[-1] == [98]

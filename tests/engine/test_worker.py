@@ -7,7 +7,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pytest
 from PIL import Image
 from sqlmodel import select
 
@@ -78,10 +77,11 @@ def test_model_is_reused_across_groups_and_switched_only_when_needed(store):
 
 
 def test_out_of_memory_halves_the_batch(store):
-    exp = make_exp(store, start_step="0,1", final_step="2,3", skip_interval="1,2")
+    exp = make_exp(store, start_step="0,1", final_step="2,3", skip_interval="1,2", seeds="0,1")
     backend = FakeBackend(oom_above=2)
     drain(store, backend, max_batch=8)
-    assert [len(ids) for _src, ids in backend.calls] == [8, 4, 2, 2, 2, 2]
+    # The second group starts at the batch size that fitted instead of failing again.
+    assert [len(ids) for _src, ids in backend.calls] == [8, 4, 2, 2, 2, 2] + [2, 2, 2, 2]
     for r in runs_of(store, exp.id):
         assert_complete(store, r)
 
@@ -199,8 +199,8 @@ def test_two_workers_in_threads_run_each_of_sixty_runs_once(home):
     from store.db import Store
 
     setup = Store(home)
-    exps = [make_exp(setup, f"e{i}", seeds=str(i), start_step="0,1,2", final_step="3,4", baseline=True)
-            for i in range(10)]  # 10 groups of 7 runs
+    for i in range(10):  # 10 groups of 7 runs
+        make_exp(setup, f"e{i}", seeds=str(i), start_step="0,1,2", final_step="3,4", baseline=True)
     setup.close()
     backends = [FakeBackend(step_s=0.001), FakeBackend(step_s=0.001)]
     stores = [Store(home), Store(home)]
@@ -244,3 +244,20 @@ def test_real_tiny_pipeline_end_to_end(store, tiny_model_dir):
     assert {"clip_t", "clip_i_src"} <= metrics
     (m,) = runs_of(store, missing.id)
     assert m.status == RunStatus.FAILED and "no-such-model" in m.error and "not found" in m.error
+
+
+def test_unreadable_reference_image_fails_with_its_path(store, tmp_path):
+    from store.queries import save_concept
+
+    img = tmp_path / "ref.png"
+    Image.new("RGB", (8, 8), (200, 100, 0)).save(img)
+    concept = save_concept(store, "corgi", token="sks", class_word="dog", ref_images=[img])
+    copied = store.home.root / concept.ref_images[0]
+    copied.write_bytes(b"truncated")  # the copy in the data folder went bad after saving
+    spec = ExperimentSpec(model="fake-model", source_prompt="a photo of sks dog", target_prompts=["sks dog"],
+                          num_steps=4, width=64, height=64, seeds="0", start_step="1", baseline=False)
+    exp = save_experiment(store, "refs", spec, concept_id=concept.id, queue=True)
+    drain(store, FakeBackend())
+    (run,) = runs_of(store, exp.id)
+    assert run.status == RunStatus.FAILED
+    assert str(copied) in run.error and run.error.startswith("reference image")

@@ -88,7 +88,7 @@ def test_aggregate_per_value_in_sweep_order_with_baseline_first(store):
     assert r25.metrics["clip_t"].std == pytest.approx(math.sqrt(0.0008 / 3))
     assert r25.metrics["clip_t"].sem == pytest.approx(math.sqrt(0.0008 / 3) / 2)
     assert r25.metrics["clip_i_ref"].mean == pytest.approx(0.82)
-    assert rows[3].metrics["clip_i_ref"].std == pytest.approx(0.0)
+    assert rows[3].metrics["clip_i_ref"].std == pytest.approx(0.0, abs=1e-6)  # sums in SQL: ~1e-8 noise
     assert r25.backbones["clip_t"] == B32
     assert list(r25.metrics) == ["clip_t", "clip_i_ref", "clip_i_src"]
 
@@ -156,6 +156,29 @@ def test_backbone_choice(store):
     assert row.backbones["clip_t"] == B32 and row.metrics["clip_t"].mean == pytest.approx(0.3)
     (row,) = aggregate(store, exp_id, "final_step", backbone="ViT-L-14/openai")
     assert row.metrics["clip_t"].mean == pytest.approx(0.9) and row.metrics["clip_t"].n == 1
+
+
+def test_a_rescored_run_counts_once_with_its_latest_score(store, tmp_path):
+    from store.export import export_runs_csv
+
+    exp_id, _ = make_experiment(store, "rescored")
+    ids = add_runs(store, exp_id, [dict(final_step=10), dict(final_step=10)], [{"clip_t": 0.2}, {"clip_t": 0.4}])
+    with store.write() as s:
+        s.add(Score(run_id=ids[0], metric="clip_t", backbone=B32, value=0.6))
+    (row,) = aggregate(store, exp_id, "final_step")
+    assert row.n_runs == 2 and row.metrics["clip_t"].n == 2
+    assert row.metrics["clip_t"].mean == pytest.approx(0.5)
+    text = export_runs_csv(store, exp_id, "r.csv", folder=tmp_path).read_text()
+    assert "0.6" in text and ",0.2," not in text
+
+
+def test_stats_from_sql_sums_match_two_pass():
+    from store.aggregate import stat_from_sums
+
+    values = [0.31, 0.29, 0.35, 0.27, 0.33]
+    exact, summed = stat(values), stat_from_sums(len(values), sum(values), sum(v * v for v in values))
+    assert summed.n == exact.n and summed.mean == pytest.approx(exact.mean)
+    assert summed.std == pytest.approx(exact.std, rel=1e-6) and summed.sem == pytest.approx(exact.sem, rel=1e-6)
 
 
 def test_unknown_parameter_and_empty_experiment(store):

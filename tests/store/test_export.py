@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import csv
 from datetime import datetime, timezone
-from pathlib import Path
 
 import pytest
 from sqlmodel import select
@@ -112,7 +111,10 @@ def test_summary_csv_matches_aggregate(store, tmp_path):
 
 @pytest.mark.parametrize("bad", ["../out.csv", "sub/../../out.csv", "..", "/", "  ", "..."])
 def test_paths_cannot_escape_the_folder(tmp_path, bad):
-    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "link").parent.mkdir()
+    (tmp_path / "sub" / "link").symlink_to(tmp_path)
+    with pytest.raises(InputError):
+        resolve_output("link/out.csv", ".csv", tmp_path / "sub")
     with pytest.raises(InputError):
         resolve_output(bad, ".csv", tmp_path / "sub")
 
@@ -124,14 +126,21 @@ def test_paths_are_sanitised(tmp_path):
     assert resolve_output("plot", ".png", tmp_path) == tmp_path.resolve() / "plot.png"
     (tmp_path / "d").mkdir()
     assert resolve_output("d/x.csv", ".csv", tmp_path) == tmp_path.resolve() / "d" / "x.csv"
-    # An absolute path is the user's own choice of folder; only its name is cleaned.
-    assert resolve_output(tmp_path / "abs?.csv", ".csv", tmp_path / "d") == tmp_path / "abs_.csv"
+    assert resolve_output(tmp_path / "d" / "in.csv", ".csv", tmp_path) == tmp_path.resolve() / "d" / "in.csv"
+    with pytest.raises(InputError):  # absolute, but outside the chosen folder
+        resolve_output(tmp_path / "abs.csv", ".csv", tmp_path / "d")
+    # Without a folder an absolute path is the user's own explicit choice; only its name is cleaned.
+    assert resolve_output(tmp_path / "abs?.csv", ".csv") == tmp_path.resolve() / "abs_.csv"
+    with pytest.raises(InputError):
+        resolve_output("rel.csv", ".csv")
     with pytest.raises(InputError):
         resolve_output("missing/x.csv", ".csv", tmp_path)
 
 
 def test_export_refuses_escape_and_writes_nothing(store, tmp_path):
     exp_id = seed_sweep(store)
+    with pytest.raises(InputError):
+        export_runs_csv(store, exp_id, tmp_path / "abs.csv")  # absolute, outside home/exports
     inner = tmp_path / "inner"
     inner.mkdir()
     for fn, args in ((export_runs_csv, ()), (export_summary_csv, ("final_step",)),
@@ -166,6 +175,23 @@ def test_cli_exports(store, home, tmp_path, monkeypatch, capsys):
     assert main(h + ["export", "runs", "1"]) == 0
     assert (home.exports / "corgi final step-runs.csv").is_file()
     assert main(h + ["export", "runs", "1", "--csv", "../out.csv"]) == 2
+    assert main(h + ["export", "runs", "1", "--csv", str(tmp_path / "chosen.csv")]) == 0
+    assert (tmp_path / "chosen.csv").is_file()
     assert main(h + ["export", "summary", "1", "--by", "nope", "--csv", "s.csv"]) == 2
     assert main(h + ["export", "runs", "no such experiment"]) == 2
     assert not (tmp_path / "out.csv").exists()
+
+
+def test_prefetch_hands_on_errors():
+    from store.export import _prefetch
+
+    def chunks():
+        yield [1]
+        raise RuntimeError("disk gone")
+
+    got = []
+    with pytest.raises(RuntimeError, match="disk gone"):
+        for c in _prefetch(chunks()):
+            got.append(c)
+    assert got == [[1]]
+    assert list(_prefetch(iter([[1], [2], [3]] * 5), depth=2)) == [[1], [2], [3]] * 5

@@ -5,7 +5,6 @@ import os
 import threading
 from datetime import timedelta
 
-import pytest
 from sqlmodel import select
 
 from store import queue as q
@@ -208,6 +207,8 @@ def test_stale_heartbeat_requeues_then_fails_after_max_attempts(store):
             assert rec.failed == [run.id] and run.status == RunStatus.FAILED
             assert run.error.startswith("gave up after 3 attempts; last error: worker h:1:cpu:2")
     assert {w.status for w in q.list_workers(store)} == {q.WorkerStatus.DEAD}
+    q.recover_stale(store, forget_after_s=100)  # long-dead workers leave the registry
+    assert q.list_workers(store) == []
 
 
 def test_dead_pid_on_this_host_is_recovered_at_once(store):
@@ -242,3 +243,36 @@ def test_claim_sql_locks_rows_on_postgresql():
 
     stmt = select(R.id).where(R.status == "queued").limit(1).with_for_update(skip_locked=True)
     assert "FOR UPDATE SKIP LOCKED" in str(stmt.compile(dialect=postgresql.dialect()))
+
+
+def test_queue_commands(store, capsys):
+    from store.cli import main
+
+    exp = make_exp(store, "cli-exp")
+    home = ["--home", str(store.home.root)]
+    assert main(home + ["queue", "pause"]) == 0 and q.is_paused(store)
+    assert main(home + ["queue", "resume"]) == 0 and not q.is_paused(store)
+    assert main(home + ["priority", "cli-exp", "7"]) == 0
+    assert {r.priority for r in runs_of(store)} == {7}
+    assert main(home + ["cancel", str(exp.id)]) == 0
+    assert {r.status for r in runs_of(store)} == {RunStatus.CANCELLED}
+    assert main(home + ["requeue", "cli-exp", "--status", "cancelled"]) == 0
+    assert {r.status for r in runs_of(store)} == {RunStatus.QUEUED}
+    first = runs_of(store)[0].id
+    assert main(home + ["cancel", "--run", str(first)]) == 0
+    assert main(home + ["requeue", "--run", str(first)]) == 0
+    assert main(home + ["requeue", "cli-exp", "--status", "running"]) == 2  # not a finished status
+    assert main(home + ["cancel", "no-such-experiment"]) == 2
+    assert main(home + ["workers"]) == 0
+    assert main(home + ["engine", "status"]) == 1  # none running
+    out = capsys.readouterr().out
+    assert "queue paused" in out and "requeued 4 run(s)" in out and "no engine is running" in out
+
+
+def test_queue_and_launch_stay_torch_free():
+    import subprocess
+    import sys
+
+    code = ("import sys, engine.cli, engine.launch, store.queue, store.cli_queue; engine.cli.build_parser(); "
+            "sys.exit(1 if {'torch', 'diffusers', 'transformers'} & set(sys.modules) else 0)")
+    assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0

@@ -32,6 +32,7 @@ async def test_concept_sweep_queue_runs_appear(store, tmp_path):
         assert "not a readable image" in str(screen.query_one("#concept-status").content)
         screen.add_image(good)
         await wait_for(pilot, lambda: len(screen.images) == 1, what="the good image")
+        await wait_for(pilot, lambda: screen.query_one(".thumb").has_picture, what="its thumbnail")
         await pilot.press("ctrl+s")
         await wait_for(pilot, lambda: screen.concept_id is not None, what="concept saved")
         with store.session() as s:
@@ -116,3 +117,23 @@ async def test_preset_fills_axes(store):
         first = next(iter(PRESETS.values()))
         for name, text in first.items():
             assert app.screen.query_one(f"#input-{name}").value == text
+
+
+async def test_unreadable_source_image_is_refused_at_its_field(store, tmp_path):
+    bad = tmp_path / "source.png"
+    bad.write_text("not a picture")
+    app = MtpApp(store)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("n")
+        await wait_for(pilot, lambda: type(app.screen).__name__ == "SweepScreen" and app.screen._ready)
+        sweep = app.screen
+        sweep.query_one("#input-name").value = "inverted"
+        sweep.query_one("#input-model").value = "org/model"
+        sweep.query_one("#input-source_image").value = str(bad)
+        field = sweep.query_one("#field-source_image")
+        await wait_for(pilot, lambda: field.has_class("invalid"), what="source image error")
+        assert "not a readable image" in str(field.query_one(".field-info").content)
+        await pilot.press("ctrl+r")
+        await pilot.pause(0.5)
+    with store.session() as s:
+        assert s.exec(select(Experiment)).all() == []

@@ -25,10 +25,8 @@ async def test_every_screen_reachable_by_keyboard(store):
             (["c"], "ConceptScreen"), (["f4"], "SweepScreen"), (["f6"], "RunsScreen"),
             (["enter"], "RunDetailScreen"), (["b"], "CompareScreen"), (["escape"], "RunDetailScreen"),
             (["escape"], "RunsScreen"), (["v"], "CompareScreen"), (["e"], "ResultsScreen"),
-            (["x"], "ExportScreen"), (["escape"], "ResultsScreen"), (["f1"], "HelpScreen"),
-            (["escape"], "ResultsScreen"), (["h"], "HomeScreen"), (["enter"], "RunsScreen"),
-            (["escape"], "HomeScreen"), (["n"], "SweepScreen"), (["f2"], "HomeScreen"),
-            (["question_mark"], "HelpScreen"), (["escape"], "HomeScreen"),
+            (["x"], "ExportScreen"), (["f1"], "HelpScreen"), (["escape"], "ExportScreen"),
+            (["escape"], "ResultsScreen"), (["h"], "HomeScreen"),
         ]
         for keys, expected in steps:
             await pilot.press(*keys)
@@ -105,9 +103,10 @@ def test_tui_never_imports_torch(tmp_path):
             app = MtpApp(store)
             async with app.run_test(size=(120, 40)) as pilot:
                 app.experiment_id = exp.id
-                for key in ["c", "f4", "f6", "enter", "escape", "e", "x", "escape", "h"]:
+                for key in ["c", "f4", "f6", "enter", "e", "x"]:
                     await pilot.press(key)
-                    await pilot.pause(0.3)
+                    await pilot.pause(0.1)
+                await pilot.pause(0.5)
 
         asyncio.run(main())
         bad = sorted(m for m in ("torch", "diffusers", "transformers", "open_clip") if m in sys.modules)
@@ -117,3 +116,32 @@ def test_tui_never_imports_torch(tmp_path):
                          cwd=str(__import__("pathlib").Path(__file__).resolve().parents[2]))
     assert out.returncode == 0, out.stderr[-3000:]
     assert "BAD []" in out.stdout, out.stdout
+
+
+def test_sighup_exits_cleanly(tmp_path):
+    """An SSH drop (SIGHUP) ends the app through App.exit, not a traceback."""
+    code = textwrap.dedent(f"""
+        import asyncio, os, signal
+        from store.db import Store
+        from store.paths import Home
+        from tui.app import MtpApp
+
+        store = Store(Home.resolve({str(tmp_path / 'home')!r}))
+
+        async def main():
+            app = MtpApp(store)
+            async with app.run_test(size=(120, 40)) as pilot:
+                await pilot.pause(0.2)
+                os.kill(os.getpid(), signal.SIGHUP)
+                for _ in range(100):
+                    await asyncio.sleep(0.02)
+                    if not app.is_running:
+                        break
+            print("EXITED", app.return_code)
+
+        asyncio.run(main())
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         cwd=str(__import__("pathlib").Path(__file__).resolve().parents[2]))
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "EXITED" in out.stdout

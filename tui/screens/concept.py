@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rich.markup import escape
+from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical, VerticalScroll
@@ -27,9 +29,9 @@ class ConceptScreen(StoreScreen):
             self.path, self.error = path, error
 
     class Saved(Message):
-        def __init__(self, concept=None, error: Exception | None = None):
+        def __init__(self, concept=None, error: Exception | None = None, loaded: bool = False):
             super().__init__()
-            self.concept, self.error = concept, error
+            self.concept, self.error, self.loaded = concept, error, loaded
 
     def __init__(self, concept_id: int | None = None, start_dir: str | Path | None = None):
         super().__init__(id="concept")
@@ -44,20 +46,18 @@ class ConceptScreen(StoreScreen):
         yield Header()
         with Horizontal():
             with Vertical(id="concept-tree"):
-                yield Label("Reference images: enter on a file adds it", classes="field-label")
+                yield Label("Files (enter adds an image)", classes="field-label")
                 yield DirectoryTree(str(self.start_dir), id="tree")
             with VerticalScroll(id="concept-form"):
                 yield Field("name", "Name", placeholder="e.g. corgi")
-                with Horizontal(classes="row"):
-                    yield Field("token", "Token (written in prompts)", placeholder="<new1> or sks")
-                    yield Field("class_word", "Class word (replaces the token for CLIP-T)", placeholder="dog")
-                yield Field("base_model", "Base model (hub id org/name or local folder)", DEFAULT_MODEL)
-                with Horizontal(classes="row"):
-                    yield Field("weights", "Personalization weights file", placeholder="path/to/weights.bin")
-                    with Vertical(classes="field"):
-                        yield Label("Weights kind", classes="field-label")
-                        yield Select([(k, k) for k in WEIGHT_KINDS], value="none", allow_blank=False,
-                                     id="weights_kind")
+                yield Field("token", "Token", placeholder="written in prompts, e.g. <new1> or sks")
+                yield Field("class_word", "Class word", placeholder="replaces the token when CLIP-T is scored, e.g. dog")
+                yield Field("base_model", "Base model", DEFAULT_MODEL, placeholder="hub id (org/name) or a local folder")
+                yield Field("weights", "Weights file", placeholder="personalization weights, e.g. delta.bin")
+                with Horizontal(classes="field-line"):
+                    yield Label("Weights kind", classes="field-label")
+                    yield Select([(k, k) for k in WEIGHT_KINDS], value="none", allow_blank=False,
+                                 id="weights_kind", compact=True)
                 yield Label("Reference images (delete removes the focused one)", classes="field-label")
                 yield Horizontal(id="ref-images")
                 yield Static("", id="concept-status")
@@ -73,7 +73,7 @@ class ConceptScreen(StoreScreen):
     def _load(self, concept_id: int) -> None:
         from store.queries import get_concept
 
-        self.post_message(self.Saved(get_concept(self.store, concept_id)))
+        self.post_message(self.Saved(get_concept(self.store, concept_id), loaded=True))
 
     def _fill(self, concept) -> None:
         values = {"name": concept.name, "token": concept.token, "class_word": concept.class_word,
@@ -93,7 +93,7 @@ class ConceptScreen(StoreScreen):
         self.add_image(Path(event.path))
 
     def add_image(self, path: Path) -> None:
-        self.query_one("#concept-status", Static).update(f"checking {path.name}...")
+        self.query_one("#concept-status", Static).update(Text(f"checking {path.name}..."))
         self._check(path)
 
     @work(thread=True, group="concept-check")
@@ -110,13 +110,13 @@ class ConceptScreen(StoreScreen):
     def on_concept_screen_checked(self, message: Checked) -> None:
         status = self.query_one("#concept-status", Static)
         if message.error:
-            status.update(f"[red]rejected: {message.error}[/]")
+            status.update(f"[red]rejected: {escape(message.error)}[/]")
             return
         if message.path in self.images:
-            status.update(f"{message.path.name} is already in the list")
+            status.update(Text(f"{message.path.name} is already in the list"))
             return
         self._add_thumb(message.path)
-        status.update(f"[green]added {message.path.name}[/] ({len(self.images)} images)")
+        status.update(f"[green]added {escape(message.path.name)}[/] ({len(self.images)} images)")
 
     def _add_thumb(self, path: Path) -> None:
         self.images.append(path)
@@ -179,18 +179,16 @@ class ConceptScreen(StoreScreen):
             name = {"weights kind": "weights", "base model": "base_model"}.get(prefix, prefix)
             if self.query(f"#field-{name}"):
                 self.query_one(f"#field-{name}", Field).show_error(message.error)
-            status.update(f"[red]not saved: {text}[/]")
+            status.update(f"[red]not saved: {escape(text)}[/]")
             return
         concept = message.concept
         if concept is None:
             status.update("[red]that concept no longer exists[/]")
             return
-        if self.concept_id is None or self.concept_id == concept.id:
-            was_new = self.concept_id is None
-            self.concept_id = concept.id
-            self._fill(concept)
-            if was_new or self.is_mounted:
-                status.update(f"[green]saved concept #{concept.id} {concept.name!r}[/]")
+        self.concept_id = concept.id
+        self._fill(concept)
+        verb = "editing" if message.loaded else "[green]saved[/]"
+        status.update(f"{verb} concept #{concept.id} {escape(repr(concept.name))}")
 
     def action_next_concept(self) -> None:
         """Start a fresh concept (the saved one stays in the list on Home)."""

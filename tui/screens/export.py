@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rich.markup import escape
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -43,7 +44,11 @@ def run_exports(store, experiment_id: int, folder: Path, by: str, kinds: list[st
 
 
 class ExportScreen(ModalScreen):
-    BINDINGS = keymap.bindings("export") + [Binding("escape", "dismiss", "Close", id="export.close")]
+    # A modal screen cuts off the app's bindings, so help is repeated here.
+    BINDINGS = keymap.bindings("export") + [
+        Binding("escape", "dismiss", "Close", id="export.close"),
+        Binding("f1", "app.help", "Help", id="export.help"),
+    ]
 
     class Done(Message):
         def __init__(self, results: list[tuple[str, str, bool]], error: str = ""):
@@ -64,14 +69,14 @@ class ExportScreen(ModalScreen):
             yield Label(f"Export experiment {self.experiment_id}" if self.experiment_id is not None
                         else "[yellow]No experiment selected: pick one on Home first[/]", id="export-title")
             yield Label("Folder")
-            yield Input(str(self.store.home.exports), id="export-folder")
+            yield Input(str(self.store.home.exports), id="export-folder", compact=True)
             yield Label("Group by (summary, plot, grid)")
-            yield Select([], id="export-axis", allow_blank=True, prompt="axis")
+            yield Select([], id="export-axis", allow_blank=True, prompt="axis", compact=True)
             for kind, label, *_ in KINDS:
-                yield Checkbox(label, True, id=f"kind-{kind}")
-            with Horizontal(classes="row"):
-                yield Button("Export (ctrl+s)", id="export-go", variant="primary")
-                yield Button("Close (esc)", id="export-close")
+                yield Checkbox(label, True, id=f"kind-{kind}", compact=True)
+            with Horizontal(id="export-buttons"):
+                yield Button("Export (ctrl+s)", id="export-go", variant="primary", compact=True)
+                yield Button("Close (esc)", id="export-close", compact=True)
             yield Static("", id="export-log")
 
     def on_mount(self) -> None:
@@ -84,7 +89,7 @@ class ExportScreen(ModalScreen):
                 select = self.query_one("#export-axis", Select)
                 select.set_options([(a, a) for a in axes])
                 select.value = axes[0]
-                self.query_one("#export-title", Label).update(f"Export [b]{exp.name}[/] (#{exp.id})")
+                self.query_one("#export-title", Label).update(f"Export [b]{escape(exp.name)}[/] (#{exp.id})")
         self.query_one("#export-go", Button).focus()
 
     @on(Button.Pressed, "#export-close")
@@ -119,7 +124,7 @@ class ExportScreen(ModalScreen):
         self.results = message.results
         log = self.query_one("#export-log", Static)
         if message.error:
-            log.update(f"[red]{message.error}[/]")
+            log.update(f"[red]{escape(message.error)}[/]")
             return
-        log.update("\n".join(f"[green]✓ {k}: {p}[/]" if ok else f"[red]✗ {k}: {p}[/]"
+        log.update("\n".join(f"[green]✓ {k}: {escape(p)}[/]" if ok else f"[red]✗ {k}: {escape(p)}[/]"
                              for k, p, ok in message.results))

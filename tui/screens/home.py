@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from rich.markup import escape
 from textual import on, work
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
@@ -27,7 +28,9 @@ class HomeData:
 
 
 def best_points(store, experiment_ids: list[int]) -> dict[int, tuple[int, float, float]]:
-    """The run with the highest CLIP-T + CLIP-I per experiment: always on the Pareto front."""
+    """The run with the highest CLIP-T + CLIP-I per experiment: always on the Pareto front.
+
+    Ranked inside SQLite (which releases the GIL), so 100k scored runs never stall the UI."""
     if not experiment_ids:
         return {}
     from sqlalchemy import case, func
@@ -35,31 +38,26 @@ def best_points(store, experiment_ids: list[int]) -> dict[int, tuple[int, float,
 
     from store.models import Run, Score
 
-    t = func.avg(case((Score.metric == "clip_t", Score.value)))
-    i = func.avg(case((Score.metric == "clip_i_ref", Score.value)))
-    q = (select(Run.experiment_id, Run.id, t, i).join(Score, Score.run_id == Run.id)
-         .where(col(Run.experiment_id).in_(experiment_ids), Run.is_baseline == False)  # noqa: E712
-         .group_by(Run.id))
-    out: dict[int, tuple[int, float, float]] = {}
+    t = func.avg(case((Score.metric == "clip_t", Score.value))).label("t")
+    i = func.avg(case((Score.metric == "clip_i_ref", Score.value))).label("i")
+    per_run = (select(Run.experiment_id.label("exp"), Run.id.label("run"), t, i)
+               .join(Score, Score.run_id == Run.id)
+               .where(col(Run.experiment_id).in_(experiment_ids), Run.is_baseline == False,  # noqa: E712
+                      col(Score.metric).in_(["clip_t", "clip_i_ref"]))
+               .group_by(Run.id).subquery())
+    rank = func.row_number().over(partition_by=per_run.c.exp,
+                                  order_by=(per_run.c.t + per_run.c.i).desc()).label("rank")
+    ranked = (select(per_run.c.exp, per_run.c.run, per_run.c.t, per_run.c.i, rank)
+              .where(per_run.c.t.is_not(None), per_run.c.i.is_not(None)).subquery())
+    q = select(ranked.c.exp, ranked.c.run, ranked.c.t, ranked.c.i).where(ranked.c.rank == 1)
     with store.session() as s:
-        for exp_id, run_id, tv, iv in s.exec(q):
-            if tv is None or iv is None:
-                continue
-            if exp_id not in out or tv + iv > out[exp_id][1] + out[exp_id][2]:
-                out[exp_id] = (run_id, tv, iv)
-    return out
+        return {exp: (run, tv, iv) for exp, run, tv, iv in s.execute(q)}
 
 
-def collect(store, best_cache: dict) -> HomeData:
+def collect(store) -> HomeData:
     from store.queries import list_concepts, list_experiments
 
     data = HomeData(concepts=list_concepts(store), experiments=list_experiments(store))
-    # Scores only change when runs finish: recompute the best points when done counts move.
-    key = tuple((r.experiment.id, r.done) for r in data.experiments)
-    if best_cache.get("key") != key:
-        best_cache["key"] = key
-        best_cache["value"] = best_points(store, [r.experiment.id for r in data.experiments if r.done])
-    data.best = best_cache["value"]
     try:
         queue = optional("store.queue")
         data.workers = list(queue.list_workers(store))
@@ -84,9 +82,15 @@ class HomeScreen(StoreScreen):
             super().__init__()
             self.data = data
 
+    class BestPoints(Message):
+        def __init__(self, key: tuple, best: dict):
+            super().__init__()
+            self.key, self.best = key, best
+
     def __init__(self):
         super().__init__(id="home")
-        self._best_cache: dict = {}
+        self._best_key: tuple | None = None
+        self._best: dict = {}
         self.data: HomeData | None = None
 
     def compose(self) -> ComposeResult:
@@ -115,18 +119,39 @@ class HomeScreen(StoreScreen):
         self.query_one("#workers", DataTable).add_columns(
             "device", "status", "run", "step", "it/s", "heartbeat", "id")
         self.query_one("#experiments", DataTable).focus()
-        self.refresh_data()
+        # The first load is synchronous (tens of ms even on 100k runs, and WAL reads never wait
+        # on an engine's writes) so the first frame already has data; a worker would be starved
+        # of the GIL by that very first paint.
+        self.on_home_screen_refreshed(self.Refreshed(collect(self.store)))
         self.set_interval(REFRESH_S, self.refresh_data)
 
     def on_screen_resume(self) -> None:
-        self.refresh_data()
+        if self.data is not None:  # back from another screen, not the first show
+            self.refresh_data()
 
     @work(thread=True, exclusive=True, group="home-refresh")
     def refresh_data(self) -> None:
-        self.post_message(self.Refreshed(collect(self.store, self._best_cache)))
+        self.post_message(self.Refreshed(collect(self.store)))
+
+    @work(thread=True, exclusive=True, group="home-best")
+    def _compute_best(self, key: tuple, experiment_ids: list[int]) -> None:
+        self.post_message(self.BestPoints(key, best_points(self.store, experiment_ids)))
+
+    def on_home_screen_best_points(self, message: BestPoints) -> None:
+        self._best_key, self._best = message.key, message.best
+        if self.data is not None:
+            self.data.best = self._best
+            self.on_home_screen_refreshed(self.Refreshed(self.data))
 
     def on_home_screen_refreshed(self, message: Refreshed) -> None:
         self.data = data = message.data
+        # Scores only change when runs finish: recompute best points when done counts move,
+        # after the table is up, since it reads every score.
+        key = tuple((r.experiment.id, r.done) for r in data.experiments)
+        data.best = self._best
+        if key != self._best_key:
+            self._best_key = key
+            self._compute_best(key, [r.experiment.id for r in data.experiments if r.done])
         parts = []
         if data.paused is not None:
             parts.append("[b red]queue PAUSED[/] (p: resume)" if data.paused else "[green]queue running[/] (p: pause)")
@@ -135,7 +160,7 @@ class HomeScreen(StoreScreen):
         queued = sum(r.counts.get("queued", 0) for r in data.experiments)
         running = sum(r.counts.get("running", 0) for r in data.experiments)
         parts.append(f"{queued} queued, {running} running")
-        parts += [f"[yellow]{n}[/]" for n in data.notes]
+        parts += [f"[yellow]{escape(n)}[/]" for n in data.notes]
         self.query_one("#queue-status", Static).update("  |  ".join(parts))
 
         self._fill("#concepts", [
@@ -214,6 +239,14 @@ class HomeScreen(StoreScreen):
     def action_refresh(self) -> None:
         self.refresh_data()
 
+    def action_top(self) -> None:
+        if isinstance(self.focused, DataTable):
+            self.focused.move_cursor(row=0)
+
+    def action_bottom(self) -> None:
+        if isinstance(self.focused, DataTable):
+            self.focused.move_cursor(row=max(self.focused.row_count - 1, 0))
+
     def action_open_experiment(self) -> None:
         exp_id = self._selected("#experiments")
         if exp_id is not None:
@@ -246,9 +279,9 @@ class HomeScreen(StoreScreen):
             try:
                 exp = duplicate_experiment(self.store, exp_id)
             except InputError as exc:
-                self.notify(str(exc), severity="error")
+                self.notify(escape(str(exc)), severity="error")
                 return
-            self.notify(f"duplicated as draft #{exp.id} {exp.name!r}")
+            self.notify(escape(f"duplicated as draft #{exp.id} {exp.name!r}"))
         self.app.action_open("sweep", experiment_id=exp.id)
 
     def action_queue_experiment(self) -> None:
@@ -261,9 +294,9 @@ class HomeScreen(StoreScreen):
         try:
             exp = queue_experiment(self.store, exp_id)
         except (InputError, SweepError) as exc:
-            self.notify(str(exc), severity="error", timeout=8)
+            self.notify(escape(str(exc)), severity="error", timeout=8)
             return
-        self.notify(f"queued {exp.run_count} runs of {exp.name!r}")
+        self.notify(escape(f"queued {exp.run_count} runs of {exp.name!r}"))
         self.refresh_data()
 
     def _queue_call(self, fn: str, done: str) -> None:
@@ -273,7 +306,7 @@ class HomeScreen(StoreScreen):
         try:
             n = getattr(optional("store.queue"), fn)(self.store, exp_id)
         except Missing as exc:
-            self.notify(str(exc), severity="error")
+            self.notify(escape(str(exc)), severity="error")
             return
         self.notify(done.format(n=n if isinstance(n, int) else "the"))
         self.refresh_data()

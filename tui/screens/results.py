@@ -2,6 +2,7 @@
 text-vs-image alignment trade-off plotted in the terminal, and the image grid preview."""
 from __future__ import annotations
 
+from rich.markup import escape
 from textual import on, work
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
@@ -69,9 +70,9 @@ class ResultsScreen(StoreScreen):
 
     def compose(self) -> ComposeResult:
         yield Header()
-        with Horizontal(classes="row"):
+        with Horizontal(id="results-head"):
             yield Static("", id="results-title")
-            yield Select([], prompt="axis", id="axis", allow_blank=True)
+            yield Select([], prompt="axis", id="axis", allow_blank=True, compact=True)
         with Horizontal():
             with Vertical(id="results-left"):
                 yield DataTable(id="results-table", cursor_type="row", zebra_stripes=True)
@@ -126,7 +127,7 @@ class ResultsScreen(StoreScreen):
         title = self.query_one("#results-title", Static)
         exp = message.experiment
         if exp is None:
-            title.update(f"[red]{message.error}[/]")
+            title.update(f"[red]{escape(message.error)}[/]")
             return
         self.by, self.axes, self.rows = message.by, message.axes, message.rows
         select = self.query_one("#axis", Select)
@@ -134,8 +135,8 @@ class ResultsScreen(StoreScreen):
             select.set_options([(a, a) for a in self.axes])
             select.value = self.by
         done = f"{len(self.rows)} groups" if self.rows else "no scored runs yet"
-        title.update(f"[b]{exp.name}[/] (#{exp.id}) by [b]{self.by}[/]: {done}"
-                     + (f"  [red]{message.error}[/]" if message.error else ""))
+        title.update(f"[b]{escape(exp.name)}[/] (#{exp.id}) by [b]{self.by}[/]: {done}"
+                     + (f"  [red]{escape(message.error)}[/]" if message.error else ""))
         self._fill_table()
         plot = self.query_one(PlotextPlot)
         try:
@@ -179,6 +180,13 @@ class ResultsScreen(StoreScreen):
 
     def action_refresh(self) -> None:
         self.reload()
+
+    def action_top(self) -> None:
+        self.query_one(DataTable).move_cursor(row=0)
+
+    def action_bottom(self) -> None:
+        table = self.query_one(DataTable)
+        table.move_cursor(row=max(table.row_count - 1, 0))
 
     def action_cursor_down(self) -> None:
         self.query_one(DataTable).action_cursor_down()

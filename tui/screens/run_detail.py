@@ -2,13 +2,15 @@
 parameter; `[` / `]` step through the experiment's grid. Compare puts two runs side by side."""
 from __future__ import annotations
 
+from rich.text import Text
+
 from dataclasses import dataclass, field
 
 from rich.markup import escape
 from rich.table import Table
 from textual import work
 from textual.app import ComposeResult
-from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.containers import Horizontal, VerticalScroll
 from textual.message import Message
 from textual.widgets import Footer, Header, Static
 
@@ -74,10 +76,10 @@ def params_table(run, scores: dict) -> Table:
     table.add_column(style="dim", no_wrap=True)
     table.add_column()
     for k, v in sorted(scores.items()):
-        table.add_row(k, f"[b]{v:.4f}[/]")
+        table.add_row(Text(k), Text(f"{v:.4f}", style="bold"))
     for name in PARAMS:
         value = getattr(run, name, None)
-        table.add_row(name, duration(value) if name == "duration_s" and value else fmt(value))
+        table.add_row(name, Text(duration(value) if name == "duration_s" and value else fmt(value)))
     return table
 
 
@@ -133,7 +135,7 @@ class RunDetailScreen(StoreScreen):
             self.query_one(wid, ArtifactImage).show_path(resolve(rel))
         self._show_map()
         self.query_one("#detail-error", Static).update(
-            f"[b red]error:[/] {run.error}" if run.error else "")
+            f"[b red]error:[/] {escape(run.error)}" if run.error else "")
         self.query_one("#detail-info", Static).update(params_table(run, bundle.scores))
 
     def _show_map(self) -> None:
@@ -163,6 +165,9 @@ class RunDetailScreen(StoreScreen):
             return
         self.load(other.id)
 
+    def action_refresh(self) -> None:
+        self.load(self.run_id)
+
     def action_compare_baseline(self) -> None:
         if self.bundle and self.bundle.run:
             self.app.push_screen(CompareScreen(self.bundle.run.id, None))
@@ -171,7 +176,7 @@ class RunDetailScreen(StoreScreen):
 class CompareScreen(StoreScreen):
     """Two runs side by side; with one run given, the other is its no-control baseline."""
 
-    BINDINGS = keymap.bindings("detail")[:2]
+    BINDINGS = [b for b in keymap.bindings("detail") if b.id == "detail.refresh"]
 
     class Loaded(Message):
         def __init__(self, bundles: list[RunBundle], note: str = ""):
@@ -189,7 +194,7 @@ class CompareScreen(StoreScreen):
             with Horizontal(classes="images"):
                 yield ArtifactImage("A", id="cmp-a")
                 yield ArtifactImage("B", id="cmp-b")
-            with Horizontal():
+            with Horizontal(id="cmp-info"):
                 yield Static("", id="cmp-info-a")
                 yield Static("", id="cmp-info-b")
         yield Footer(compact=True)
@@ -203,14 +208,17 @@ class CompareScreen(StoreScreen):
         b = self.run_b
         if b is None:
             b = baseline_of(self.store, self.run_a)
-            note = "B is the no-control baseline of A" if b else "A has no baseline run"
+            if b == self.run_a:
+                b, note = None, "A is itself a baseline (no control)"
+            else:
+                note = "B is the no-control baseline of A" if b else "A has no baseline run"
         bundles = [load_bundle(self.store, self.run_a)] + ([load_bundle(self.store, b)] if b else [])
         self.post_message(self.Loaded(bundles, note))
 
     def on_compare_screen_loaded(self, message: Loaded) -> None:
         ids = [b.run.id for b in message.bundles if b.run]
         self.query_one("#compare-title", Static).update(
-            "compare " + " vs ".join(f"run {i}" for i in ids) + (f"  ({message.note})" if message.note else ""))
+            Text("compare " + " vs ".join(f"run {i}" for i in ids) + (f"  ({message.note})" if message.note else "")))
         for bundle, img_id, info_id, label in zip(message.bundles, ("#cmp-a", "#cmp-b"),
                                                    ("#cmp-info-a", "#cmp-info-b"), "AB"):
             if bundle.run is None:
@@ -220,5 +228,5 @@ class CompareScreen(StoreScreen):
             image.show_path(self.store.home.resolve_artifact(bundle.run.image_path))
             self.query_one(info_id, Static).update(params_table(bundle.run, bundle.scores))
 
-    def action_step(self, direction: int) -> None:
-        self.notify("open a run's detail to step through the grid")
+    def action_refresh(self) -> None:
+        self.load()

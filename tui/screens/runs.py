@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import shlex
 
+from rich.markup import escape
+from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.message import Message
@@ -110,7 +112,7 @@ class RunsScreen(StoreScreen):
         try:
             filt = parse_filter(self.filter_text, self.experiment_id)
         except Exception as exc:
-            self.query_one("#runs-status", Static).update(f"[red]{exc}[/]")
+            self.query_one("#runs-status", Static).update(f"[red]{escape(str(exc))}[/]")
             return
         self._load(filt, self.sort, self.descending, self.page_offset, self._token)
 
@@ -131,12 +133,12 @@ class RunsScreen(StoreScreen):
             return
         status = self.query_one("#runs-status", Static)
         if message.error is not None:
-            status.update(f"[red]{message.error}[/]")
+            status.update(f"[red]{escape(str(message.error))}[/]")
             return
         table = self.query_one(DataTable)
         cursor = table.cursor_coordinate
         self.runs, self.total = message.runs, message.total
-        table.clear()
+        rows = []
         for run in message.runs:
             sc = message.scores.get(run.id, {})
             cells = []
@@ -151,7 +153,10 @@ class RunsScreen(StoreScreen):
                     cells.append("baseline")
                 else:
                     cells.append(fmt(getattr(run, key)))
-            table.add_row(*cells, key=str(run.id))
+            # Text cells skip markup parsing: faster, and prompts like "a [b] c" stay literal.
+            rows.append([Text(c, no_wrap=True, overflow="ellipsis") for c in cells])
+        table.clear()
+        table.add_rows(rows)  # one layout pass for the page instead of one per row
         if self._keep_cursor and table.row_count:
             table.move_cursor(row=min(cursor.row, table.row_count - 1), column=cursor.column, animate=False)
         self.loaded = True
@@ -159,7 +164,7 @@ class RunsScreen(StoreScreen):
         where = f"exp {self.experiment_id}" if self.experiment_id is not None else "all experiments"
         arrow = "desc" if self.descending else "asc"
         status.update(f"runs {message.offset + 1 if self.runs else 0}-{end} of {self.total} ({where})"
-                      f"  sort: {self.sort} {arrow}  filter: {self.filter_text or '-'}")
+                      f"  sort: {self.sort} {arrow}  filter: {escape(self.filter_text or '-')}")
 
     # ------------------------------------------------------------------ filter, sort, page
     def action_filter(self) -> None:
@@ -203,6 +208,9 @@ class RunsScreen(StoreScreen):
         if 0 <= new < max(self.total, 1):
             self.page_offset = new
             self.reload()
+
+    def action_refresh(self) -> None:
+        self.reload(keep_cursor=True)
 
     def action_cursor_down(self) -> None:
         self.query_one(DataTable).action_cursor_down()
@@ -279,7 +287,7 @@ class RunsScreen(StoreScreen):
         try:
             getattr(optional("store.queue"), fn)(self.store, [run.id])
         except Missing as exc:
-            self.notify(str(exc), severity="error")
+            self.notify(escape(str(exc)), severity="error")
             return
         self.notify(f"{verb} run {run.id}")
         self.reload(keep_cursor=True)

@@ -5,6 +5,7 @@ thread worker for the run count and cross-field checks, so a 10k-run sweep never
 """
 from __future__ import annotations
 
+from rich.markup import escape
 from textual import on, work
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical, VerticalScroll
@@ -15,17 +16,18 @@ from .. import keymap
 from ..widgets.field import Field
 from ._common import StoreScreen, duration
 
+# spec field -> (label, placeholder hint)
 AXIS_LABELS = {
-    "seeds": "Seeds",
-    "layers": "Layers (encoder, decoder, 10-15, up_blocks.3, {0,2,4})",
-    "start_step": "Start step",
-    "final_step": "Final step (exclusive; 'end' = all steps)",
-    "skip_interval": "Skip interval (control every k-th step)",
-    "mask_mode": "Mask mode (off, auto)",
-    "mask_layers": "Mask map layers",
-    "mask_words": "Mask words ('-' = all prompt tokens)",
-    "mask_threshold": "Mask threshold (0-1 or otsu)",
-    "mask_timing": "Mask timing (current, previous)",
+    "seeds": ("Seeds", "0,1,2 or 0-9"),
+    "layers": ("Layers", "encoder, decoder, mid, all, 10-15, up_blocks.3, {0,2,4}"),
+    "start_step": ("Start step", "first controlled step, e.g. 4 or 0,4,10"),
+    "final_step": ("Final step", "exclusive; 'end' = through the last step, e.g. 20,25,end"),
+    "skip_interval": ("Skip interval", "control every k-th step inside the window, e.g. 1,2,5"),
+    "mask_mode": ("Mask mode", "off, auto"),
+    "mask_timing": ("Mask timing", "current, previous"),
+    "mask_layers": ("Mask map layers", "layers whose cross-attention builds the mask"),
+    "mask_words": ("Mask words", "words of the target prompt; '-' = all prompt tokens"),
+    "mask_threshold": ("Mask threshold", "0-1 or otsu"),
 }
 BASE_NUMBERS = {"num_steps": ("Steps", int), "guidance": ("Guidance", float), "width": ("Width", int),
                 "height": ("Height", int)}
@@ -37,6 +39,17 @@ class BaseFieldError(ValueError):
     def __init__(self, field: str, text: str, message: str):
         super().__init__(f"{field}: {message}")
         self.field, self.text, self.pos, self.message = field, text, -1, message
+
+
+def check_source_image(path: str) -> None:
+    """The image to invert must be readable now, not when an engine reaches the run."""
+    from store.grammar import SweepError
+    from store.queries import InputError, check_image
+
+    try:
+        check_image(path)
+    except InputError as exc:
+        raise SweepError("source_image", path, -1, str(exc)) from None
 
 
 class SweepScreen(StoreScreen):
@@ -70,6 +83,7 @@ class SweepScreen(StoreScreen):
         self._workers = 1
         self._ready = False
         self.last_count: int | None = None
+        self._concepts: dict = {}
 
     # ------------------------------------------------------------------ layout
     def compose(self) -> ComposeResult:
@@ -79,34 +93,28 @@ class SweepScreen(StoreScreen):
         yield Header()
         with Horizontal():
             with VerticalScroll(id="sweep-form"):
+                yield Field("name", "Experiment name", "", placeholder="e.g. corgi final step")
                 with Horizontal(classes="row"):
-                    yield Field("name", "Experiment name", "", placeholder="e.g. corgi final step")
-                    with Vertical(classes="field"):
-                        yield Label("Concept", classes="field-label")
-                        yield Select([], prompt="(none)", id="concept", allow_blank=True)
-                    with Vertical(classes="field"):
-                        yield Label("Preset (the seed's four sweeps)", classes="field-label")
-                        yield Select([(k, k) for k in PRESETS], prompt="(custom)", id="preset", allow_blank=True)
+                    yield Select([], prompt="Concept: (none)", id="concept", allow_blank=True, compact=True)
+                    yield Select([(k, k) for k in PRESETS], prompt="Preset: the seed's four sweeps",
+                                 id="preset", allow_blank=True, compact=True)
                 yield Static("Base settings", classes="section")
                 yield Field("source_prompt", "Source prompt", s.source_prompt)
-                yield Field("source_image", "...or a reference image to invert (path; empty = generate)", "")
-                yield Label("Target prompts, one per line", classes="field-label")
+                yield Field("source_image", "...or image to invert", "",
+                            placeholder="path of a real source image (empty: generate from the prompt)")
+                yield Label("Target prompts, one per line (may use the concept's token)", classes="field-label")
                 yield TextArea("\n".join(s.target_prompts), id="target_prompts")
                 yield Static("", id="error-target_prompts", classes="field-info")
                 with Horizontal(classes="row"):
                     for name, (label, _) in BASE_NUMBERS.items():
                         yield Field(name, label, str(getattr(s, name)))
-                yield Field("model", "Model (hub id or local folder)", s.model)
-                yield Checkbox("Add a no-control baseline per prompt and seed", s.baseline, id="baseline")
+                yield Field("model", "Model", s.model, placeholder="hub id (org/name) or a local folder")
+                yield Checkbox("Add a no-control baseline per prompt and seed", s.baseline, id="baseline",
+                               compact=True)
                 yield Static("Sweep axes", classes="section")
-                yield Field("seeds", AXIS_LABELS["seeds"], s.seeds, axis=AXES["seeds"])
-                for name in ("layers", "start_step", "final_step", "skip_interval"):
-                    yield Field(name, AXIS_LABELS[name], getattr(s, name), axis=AXES[name])
-                with Horizontal(classes="row"):
-                    for name in ("mask_mode", "mask_timing"):
-                        yield Field(name, AXIS_LABELS[name], getattr(s, name), axis=AXES[name])
-                for name in ("mask_layers", "mask_words", "mask_threshold"):
-                    yield Field(name, AXIS_LABELS[name], getattr(s, name), axis=AXES[name])
+                yield Static("[dim]grammar: 20,25,50 | 4-50 (+5) | 0.1-0.5 [5] | encoder,decoder | {0,2,4}[/]")
+                for name, (label, hint) in AXIS_LABELS.items():
+                    yield Field(name, label, getattr(s, name), placeholder=hint, axis=AXES[name])
             with Vertical(id="sweep-side"):
                 yield Static("", id="sweep-summary")
                 yield Static("", id="sweep-status")
@@ -148,6 +156,7 @@ class SweepScreen(StoreScreen):
 
         self._seconds_per_run, self._workers = message.seconds_per_run, message.workers
         select = self.query_one("#concept", Select)
+        self._concepts = {c.id: c for c in message.concepts}
         select.set_options([(c.name, c.id) for c in message.concepts])
         exp = message.experiment
         if exp is not None:
@@ -224,6 +233,13 @@ class SweepScreen(StoreScreen):
 
     @on(Select.Changed, "#concept")
     def _concept(self, event: Select.Changed) -> None:
+        """A concept brings its base model unless the user already chose one."""
+        from store.sweep import DEFAULT_MODEL
+
+        concept = self._concepts.get(event.value)
+        model = self.query_one("#field-model", Field)
+        if concept is not None and model.value.strip() in ("", DEFAULT_MODEL):
+            model.value = concept.base_model
         self.recheck()
 
     def action_next_preset(self) -> None:
@@ -251,6 +267,8 @@ class SweepScreen(StoreScreen):
         from store.sweep import expand
 
         try:
+            if spec.source_image:
+                check_source_image(spec.source_image)
             rows = expand(spec)
         except SweepError as exc:
             self.post_message(self.Checked(None, 0, exc, token))
@@ -268,7 +286,7 @@ class SweepScreen(StoreScreen):
         self.last_count = message.count
         if message.error is not None:
             self.show_field_error(message.error)
-            summary.update(f"[b red]Not queueable[/]\n{message.error}")
+            summary.update(f"[b red]Not queueable[/]\n{escape(str(message.error))}")
             return
         n = message.count
         lines = [f"[b]{n} runs[/] ({message.baselines} baselines)"]
@@ -286,13 +304,13 @@ class SweepScreen(StoreScreen):
         if name is None and ":" in str(exc):
             name = str(exc).split(":", 1)[0].strip().replace(" ", "_")
         if name == "target_prompts":
-            self.query_one("#error-target_prompts", Static).update(f"[red]✗ {getattr(exc, 'message', exc)}[/]")
+            self.query_one("#error-target_prompts", Static).update(f"[red]✗ {escape(str(getattr(exc, 'message', exc)))}[/]")
             return
         matches = self.query(f"#field-{name}") if name else []
         if matches:
             matches.first(Field).show_error(exc)
         else:
-            self.query_one("#sweep-status", Static).update(f"[red]{exc}[/]")
+            self.query_one("#sweep-status", Static).update(f"[red]{escape(str(exc))}[/]")
 
     # ------------------------------------------------------------------ save / queue
     @on(Button.Pressed, "#save-draft")
@@ -309,7 +327,7 @@ class SweepScreen(StoreScreen):
             spec = self.read_spec()
         except BaseFieldError as exc:
             self.show_field_error(exc)
-            status.update(f"[red]Nothing saved: {exc}[/]")
+            status.update(f"[red]Nothing saved: {escape(str(exc))}[/]")
             return
         status.update("queueing..." if queue else "saving...")
         self._save_worker(spec, self.experiment_name, self.selected_concept, queue)
@@ -320,6 +338,8 @@ class SweepScreen(StoreScreen):
         from store.queries import InputError, save_experiment
 
         try:
+            if spec.source_image:
+                check_source_image(spec.source_image)
             exp = save_experiment(self.store, name, spec, concept_id, queue=queue,
                                   experiment_id=self.experiment_id)
         except (SweepError, InputError) as exc:
@@ -331,12 +351,12 @@ class SweepScreen(StoreScreen):
         status = self.query_one("#sweep-status", Static)
         if message.error is not None:
             self.show_field_error(message.error)
-            status.update(f"[red]Nothing {'queued' if message.queued else 'saved'}: {message.error}[/]")
+            status.update(f"[red]Nothing {'queued' if message.queued else 'saved'}: {escape(str(message.error))}[/]")
             return
         exp = message.experiment
         self.app.experiment_id = exp.id
         if message.queued:
-            self.notify(f"queued {exp.run_count} runs of {exp.name!r}")
+            self.notify(escape(f"queued {exp.run_count} runs of {exp.name!r}"))
             self.app.action_open("runs", experiment_id=exp.id)
         else:
             self.experiment_id = exp.id

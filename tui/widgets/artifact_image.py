@@ -16,11 +16,43 @@ from textual.containers import Vertical
 from textual.message import Message
 from textual.widgets import Static
 
-# Imported here, before any App runs: textual-image asks the terminal for its cell size and
-# graphics support at import time, which is impossible once Textual owns the terminal.
-from textual_image import widget as _ti
-
 THUMB_PX = 384
+
+
+class _NotATerminal:
+    """Stands in for stdout while textual-image is imported, so it sends no terminal queries."""
+
+    def __init__(self, real):
+        self._real = real
+
+    def isatty(self) -> bool:
+        return False
+
+    def __getattr__(self, name):
+        return getattr(self._real, name)
+
+
+def _import_textual_image():
+    """textual-image asks the terminal for graphics support and cell size at import time, so it
+    is imported here, before any App runs. Inside tmux, or when MTP_IMAGE names a method, the
+    answer is not needed; and tmux can answer after textual-image's 0.1 s wait, when Textual
+    already reads stdin and takes the reply for key presses (a stray '?' opened Help)."""
+    import sys
+
+    if os.environ.get("TMUX") or os.environ.get("MTP_IMAGE", "auto").lower() != "auto":
+        real = sys.__stdout__
+        sys.__stdout__ = _NotATerminal(real)
+        try:
+            from textual_image import widget
+        finally:
+            sys.__stdout__ = real
+        return widget
+    from textual_image import widget
+
+    return widget
+
+
+_ti = _import_textual_image()
 
 
 def image_widget_class():

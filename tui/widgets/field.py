@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from textual.app import ComposeResult
-from textual.containers import Vertical
+from textual.containers import Horizontal, Vertical
 from textual.widgets import Input, Label, Static
 
 
@@ -24,9 +24,12 @@ class Field(Vertical):
         self._placeholder = placeholder
 
     def compose(self) -> ComposeResult:
-        yield Label(self.label, classes="field-label")
-        yield Input(self._value, placeholder=self._placeholder, id=f"input-{self.field_name}")
-        yield Static("", classes="field-info")
+        # Label and a one-line input side by side, the parse result under them: a sweep's
+        # fourteen fields then fit a 40-line terminal with little scrolling.
+        with Horizontal(classes="field-line"):
+            yield Label(self.label, classes="field-label")
+            yield Input(self._value, placeholder=self._placeholder, id=f"input-{self.field_name}", compact=True)
+        yield Static("", classes="field-info empty")
 
     @property
     def input(self) -> Input:
@@ -59,14 +62,19 @@ class Field(Vertical):
         return values
 
     def show_info(self, text: str) -> None:
+        from rich.text import Text
+
         self.remove_class("invalid")
-        self.query_one(".field-info", Static).update(text)
+        info = self.query_one(".field-info", Static)
+        info.update(Text(text))
+        info.set_class(not text, "empty")
 
     def show_error(self, exc) -> None:
         """A SweepError points at the offending character; anything else shows its message."""
         from rich.text import Text
 
         self.add_class("invalid")
+        self.query_one(".field-info", Static).remove_class("empty")
         message = getattr(exc, "message", None) or str(exc)
         pos = getattr(exc, "pos", -1)
         text = Text("✗ " + message, style="bold red")
