@@ -113,14 +113,15 @@ class ResultsScreen(StoreScreen):
         except Exception as exc:
             self.post_message(self.Loaded(exp, axes, error=f"aggregate failed: {exc}", by=by))
             return
-        grid, note = None, ""
-        try:
-            layout = optional("store.grid_image").render_grid(self.store, experiment_id, by)
-            grid = layout.image
-        except Missing as exc:
-            note = str(exc)
-        except Exception as exc:  # a missing image or a run still running: the table still shows
-            note = f"no grid: {exc}"
+        grid, note = None, "no finished runs yet: the grid appears as runs complete"
+        if rows:
+            try:
+                layout = optional("store.grid_image").render_grid(self.store, experiment_id, by)
+                grid, note = layout.image, ""
+            except Missing as exc:
+                note = str(exc)
+            except Exception as exc:  # a missing image or a run still running: the table still shows
+                note = f"no grid: {exc}"
         self.post_message(self.Loaded(exp, axes, rows, grid, note, by=by))
 
     def on_results_screen_loaded(self, message: Loaded) -> None:
