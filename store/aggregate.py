@@ -13,8 +13,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator, Sequence
 
-from sqlalchemy import case, exists, func, literal, or_, select
-from sqlalchemy.orm import aliased
+from sqlalchemy import case, func, literal, or_, select
 
 from .db import Store
 from .models import RUN_PARAM_COLUMNS, Run, Score
@@ -98,13 +97,6 @@ def scaled_sql(expr, scale: str):
     raise ValueError(f"scale: {scale!r} is not one of {', '.join(SCALES)}")
 
 
-def latest_score_only():
-    """A run scored twice (rescoring after a backbone fix) counts with its latest score."""
-    newer = aliased(Score)
-    return ~exists().where(newer.run_id == Score.run_id, newer.metric == Score.metric,
-                           newer.backbone == Score.backbone, newer.id > Score.id)
-
-
 def check_by(by: str) -> None:
     from .queries import InputError
 
@@ -184,7 +176,7 @@ def aggregate(store: Store, experiment_id: int, by: str, scale: str = "raw",
     q = (select(Run.is_baseline, param, Run.concept_id, Score.metric, func.count(), func.sum(v), func.sum(v * v),
                 func.min(Run.grid_index))
          .join(Score, Score.run_id == Run.id)
-         .where(Run.experiment_id == experiment_id, or_(*chosen), latest_score_only())
+         .where(Run.experiment_id == experiment_id, or_(*chosen))
          .group_by(Run.is_baseline, param, Run.concept_id, Score.metric))
     # key -> concept -> metric -> [n, sum, sum of squares]
     sums: dict[Any, dict[Any, dict[str, list[float]]]] = defaultdict(lambda: defaultdict(dict))

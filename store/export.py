@@ -21,7 +21,7 @@ from typing import Iterator
 
 from sqlalchemy import Integer, String, and_, case, cast, func, select, type_coerce
 
-from .aggregate import SCALES, AggregateRow, aggregate, check_by, image_metric, iter_rows, latest_score_only, scaled_sql
+from .aggregate import SCALES, AggregateRow, aggregate, check_by, image_metric, iter_rows, scaled_sql
 from .db import Store
 from .models import Experiment, Run, Score
 
@@ -152,7 +152,7 @@ def runs_query(store: Store, experiment_id: int, scale: str = "raw"):
     ]
     text = func.max(case((Score.metric == "clip_t", Score.scored_text))).label("scored_text")
     pivot = (select(Score.run_id, *pivot_cols, text)
-             .where(Score.run_id.in_(ids), latest_score_only()).group_by(Score.run_id).subquery("p"))
+             .where(Score.run_id.in_(ids)).group_by(Score.run_id).subquery("p"))
     cols = [_run_column(store, c) for c in table.columns]
     score_cols = [scaled_sql(pivot.c[f"s{i}"], scale).label(score_header(m, b)) for i, (m, b) in enumerate(pairs)]
     q = (select(*cols, *score_cols, pivot.c.scored_text)

@@ -143,7 +143,9 @@ class Run(SQLModel, table=True):
 
 
 class Score(SQLModel, table=True):
-    __table_args__ = (Index("ix_score_run_metric", "run_id", "metric", "backbone"),)
+    # One value per (run, metric, backbone): a rescore replaces (store.queue.complete_runs), so
+    # readers never need a "latest score" filter.
+    __table_args__ = (Index("ux_score_run_metric", "run_id", "metric", "backbone", unique=True),)
 
     id: Optional[int] = Field(default=None, primary_key=True)
     run_id: int = Field(foreign_key="run.id", index=True)

@@ -158,18 +158,21 @@ def test_backbone_choice(store):
     assert row.metrics["clip_t"].mean == pytest.approx(0.9) and row.metrics["clip_t"].n == 1
 
 
-def test_a_rescored_run_counts_once_with_its_latest_score(store, tmp_path):
+def test_a_run_holds_one_score_per_metric_and_backbone(store, tmp_path):
+    from sqlalchemy.exc import IntegrityError
+
     from store.export import export_runs_csv
 
     exp_id, _ = make_experiment(store, "rescored")
     ids = add_runs(store, exp_id, [dict(final_step=10), dict(final_step=10)], [{"clip_t": 0.2}, {"clip_t": 0.4}])
-    with store.write() as s:
-        s.add(Score(run_id=ids[0], metric="clip_t", backbone=B32, value=0.6))
+    with pytest.raises(IntegrityError):
+        with store.write() as s:
+            s.add(Score(run_id=ids[0], metric="clip_t", backbone=B32, value=0.6))
     (row,) = aggregate(store, exp_id, "final_step")
     assert row.n_runs == 2 and row.metrics["clip_t"].n == 2
-    assert row.metrics["clip_t"].mean == pytest.approx(0.5)
+    assert row.metrics["clip_t"].mean == pytest.approx(0.3)
     text = export_runs_csv(store, exp_id, "r.csv", folder=tmp_path).read_text()
-    assert "0.6" in text and ",0.2," not in text
+    assert ",0.2," in text and "0.6" not in text
 
 
 def test_stats_from_sql_sums_match_two_pass():

@@ -13,7 +13,7 @@ from textual.widgets import DataTable, Footer, Header, Input, Static
 from .. import keymap
 from ._common import Missing, StoreScreen, duration, fmt, optional
 
-PAGE = 100
+PAGE = 50  # more than a tall terminal shows; a smaller page paints faster
 SCORES = ("clip_t", "clip_i_ref", "dino_ref")
 # (column key, header, sort name)
 COLUMNS = [
@@ -144,7 +144,7 @@ class RunsScreen(StoreScreen):
             cells = []
             for key, _, _ in COLUMNS:
                 if key in SCORES:
-                    cells.append(f"{sc[key]:.3f}" if key in sc else "")
+                    cells.append(f"{sc[key]:.4f}" if key in sc else "")
                 elif key == "marked":
                     cells.append("*" if run.marked else "")
                 elif key == "duration_s":
