@@ -73,8 +73,11 @@ def _load_thumb(path, size: int):
     try:
         with Image.open(path) as im:
             im = im.convert("RGB")
-            im.thumbnail((size, size))
-            return im
+            scale = size / max(im.width, im.height)
+            # Small images (the demo's 64 px) are enlarged to fill the cell; nearest keeps
+            # their pixels honest instead of inventing detail.
+            resample = Image.Resampling.NEAREST if scale > 1 else Image.Resampling.LANCZOS
+            return im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))), resample)
     except (OSError, ValueError):
         return None
 

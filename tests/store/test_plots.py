@@ -127,6 +127,17 @@ def test_grid_rows_columns_labels_and_pixels(store):
                 assert (run.is_baseline, run.final_step) == ((True, 0) if cell.row == 0 else (False, 10 * cell.row))
 
 
+def test_small_images_fill_their_cells(store):
+    # 64x48 targets in 200 px cells: enlarged to the cell width, not left as a speck.
+    exp_id, colours = _grid_experiment(store, n_values=1, n_prompts=1, n_seeds=1)
+    layout = render_grid(store, exp_id, "final_step", thumb=200)
+    for cell in layout.cells:
+        if cell.col:
+            x0, y0, x1, y1 = cell.box
+            inset = (x0 + 3, (y0 + y1) // 2)  # near the left edge, where a centred 64 px image is not
+            assert layout.image.getpixel(inset) == colours[cell.run_id]
+
+
 def test_grid_by_seed_and_missing_images(store):
     exp_id, _ = _grid_experiment(store, n_prompts=1, n_seeds=3)
     with store.write() as s:
