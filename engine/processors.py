@@ -309,16 +309,20 @@ def _call_original(original, attn, hidden_states, encoder_hidden_states, attenti
     return original(attn, hidden_states, encoder_hidden_states=encoder_hidden_states, attention_mask=attention_mask, **kwargs)
 
 
-class MutualSelfAttnProcessor:
-    r"""
-    Self-attention (attn1) processor implementing mutual self-attention for the rows the
-    controller marks active at this (step, layer); defers to ``original`` otherwise.
-    """
+class _ControlledProcessor:
+    """A processor that wraps ``original`` for one layer and reads the shared controller."""
 
     def __init__(self, controller: MutualAttentionController, layer: int, original):
         self.controller = controller
         self.layer = layer
         self.original = original
+
+
+class MutualSelfAttnProcessor(_ControlledProcessor):
+    r"""
+    Self-attention (attn1) processor implementing mutual self-attention for the rows the
+    controller marks active at this (step, layer); defers to ``original`` otherwise.
+    """
 
     def __call__(
         self,
@@ -413,18 +417,13 @@ class MutualSelfAttnProcessor:
         return hidden_states
 
 
-class CrossAttnRecorder:
+class CrossAttnRecorder(_ControlledProcessor):
     r"""
     Cross-attention (attn2) wrapper: the output is always ``original``'s (so personalization
     processors such as IP-Adapter keep working); for the rows and layers a mask needs, the
     head-averaged attention probabilities are recomputed for those rows only and handed to
     the controller.
     """
-
-    def __init__(self, controller: MutualAttentionController, layer: int, original):
-        self.controller = controller
-        self.layer = layer
-        self.original = original
 
     def __call__(
         self,
