@@ -103,41 +103,28 @@ class MtpApp(App):
 
     # ------------------------------------------------------------------ queue and engine
     def toggle_pause(self) -> bool | None:
-        from .screens._common import Missing, optional
+        from store import queue
 
-        try:
-            queue = optional("store.queue")
-        except Missing as exc:
-            self.notify(str(exc), severity="error")
-            return None
         paused = not queue.is_paused(self.store)
         queue.set_paused(self.store, paused)
         self.notify("queue paused: engines finish their current run, then wait" if paused else "queue resumed")
         return paused
 
     def start_engine(self, device: str = "cpu") -> None:
-        from .screens._common import Missing, optional
+        from engine import launch
 
         try:
-            launch = optional("engine.launch")
             pid = launch.start_engine(self.store.home.root, device=device, demo=self.demo)
-        except Missing as exc:
-            self.notify(str(exc), severity="error")
-            return
         except Exception as exc:  # a failed launch is reported, the app keeps going
             self.notify(escape(f"engine did not start: {exc}"), severity="error", timeout=10)
             return
         self.notify(escape(f"engine started on {device} (pid {pid}); logs in {self.store.home.logs}"))
 
     def stop_engine(self) -> None:
-        from .screens._common import Missing, optional
+        from engine import launch
 
         try:
-            launch = optional("engine.launch")
             launch.stop_engine(self.store.home.root)
-        except Missing as exc:
-            self.notify(str(exc), severity="error")
-            return
         except Exception as exc:
             self.notify(escape(f"could not stop the engine: {exc}"), severity="error", timeout=10)
             return

@@ -1,25 +1,9 @@
-"""What every screen shares: access to the store, optional modules built by others, formatting."""
+"""What every screen shares: access to the store and value formatting."""
 from __future__ import annotations
 
-import importlib
 from datetime import datetime, timezone
-from types import ModuleType
 
 from textual.screen import Screen
-
-
-class Missing(RuntimeError):
-    """A module another part of mtp provides is not installed in this tree yet."""
-
-
-def optional(module: str) -> ModuleType:
-    """Import a sibling module lazily, turning its absence into a message fit for the screen."""
-    try:
-        return importlib.import_module(module)
-    except ModuleNotFoundError as exc:
-        if exc.name != module:
-            raise
-        raise Missing(f"{module} is not available in this installation yet") from None
 
 
 class StoreScreen(Screen):

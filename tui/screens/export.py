@@ -13,7 +13,6 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, Checkbox, Input, Label, Select, Static
 
 from .. import keymap
-from ._common import Missing, optional
 from .results import axes_for
 
 # (checkbox id, label, export function, file suffix, needs an axis)
@@ -27,7 +26,8 @@ KINDS = [
 
 def run_exports(store, experiment_id: int, folder: Path, by: str, kinds: list[str]) -> list[tuple[str, str, bool]]:
     """(kind, path or error, ok) per requested export; one failure does not stop the others."""
-    export = optional("store.export")
+    from store import export
+
     folder.mkdir(parents=True, exist_ok=True)
     out = []
     for kind, _, fn, suffix, needs_axis in KINDS:
@@ -112,9 +112,6 @@ class ExportScreen(ModalScreen):
     def _export(self, folder: Path, by: str, kinds: list[str]) -> None:
         try:
             results = run_exports(self.store, self.experiment_id, folder, by, kinds)
-        except Missing as exc:
-            self.post_message(self.Done([], str(exc)))
-            return
         except OSError as exc:
             self.post_message(self.Done([], f"folder {folder}: {exc}"))
             return

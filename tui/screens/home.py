@@ -11,7 +11,7 @@ from textual.message import Message
 from textual.widgets import DataTable, Footer, Header, Static
 
 from .. import keymap
-from ._common import Missing, StoreScreen, age, optional
+from ._common import StoreScreen, age
 
 REFRESH_S = 2.0
 
@@ -55,20 +55,15 @@ def best_points(store, experiment_ids: list[int]) -> dict[int, tuple[int, float,
 
 
 def collect(store) -> HomeData:
+    from engine import launch
+    from store import queue
     from store.queries import list_concepts, list_experiments
 
     data = HomeData(concepts=list_concepts(store), experiments=list_experiments(store))
+    data.workers = list(queue.list_workers(store))
+    data.paused = bool(queue.is_paused(store))
     try:
-        queue = optional("store.queue")
-        data.workers = list(queue.list_workers(store))
-        data.paused = bool(queue.is_paused(store))
-    except Missing as exc:
-        data.notes.append(str(exc))
-    try:
-        launch = optional("engine.launch")
         data.engines = list(launch.engine_running(store.home.root))
-    except Missing as exc:
-        data.notes.append(str(exc))
     except Exception as exc:  # a stale pid file must not break the home screen
         data.notes.append(f"engine status unknown: {exc}")
     return data
@@ -303,11 +298,9 @@ class HomeScreen(StoreScreen):
         exp_id = self._selected("#experiments")
         if exp_id is None:
             return
-        try:
-            n = getattr(optional("store.queue"), fn)(self.store, exp_id)
-        except Missing as exc:
-            self.notify(escape(str(exc)), severity="error")
-            return
+        from store import queue
+
+        n = getattr(queue, fn)(self.store, exp_id)
         self.notify(done.format(n=n if isinstance(n, int) else "the"))
         self.refresh_data()
 

@@ -12,7 +12,7 @@ from textual_plotext import PlotextPlot
 
 from .. import keymap
 from ..widgets.artifact_image import ArtifactImage
-from ._common import Missing, StoreScreen, optional
+from ._common import StoreScreen
 
 FALLBACK_AXES = ("final_step", "layers", "start_step", "skip_interval", "seed", "target_prompt")
 
@@ -30,26 +30,6 @@ def axes_for(spec_json: str) -> list[str]:
     swept = [rename.get(a, a) for a in swept]
     out = [a for a in swept if a not in ("seed", "target_prompt")] + [a for a in swept if a in ("seed", "target_prompt")]
     return out + [a for a in FALLBACK_AXES if a not in out]
-
-
-def draw_tradeoff(plt, rows, by: str) -> None:
-    """Fallback when store.plots is absent: CLIP-T on x, the image metric on y."""
-    plt.clear_figure()
-    image_metric = optional("store.aggregate").image_metric(rows)
-    plt.title(f"text vs image alignment by {by}")
-    plt.xlabel("clip_t (text)")
-    plt.ylabel(image_metric or "image")
-    if not rows or image_metric is None:
-        return
-    points = [(r, r.mean("clip_t"), r.mean(image_metric)) for r in rows]
-    points = [(r, x, y) for r, x, y in points if x is not None and y is not None]
-    line = [(x, y) for r, x, y in points if not r.is_baseline]
-    if line:
-        plt.plot([p[0] for p in line], [p[1] for p in line], marker="dot", color="cyan")
-    for r, x, y in points:
-        color = "red" if r.is_baseline else ("green" if r.pareto else "white")
-        plt.scatter([x], [y], marker="x" if r.is_baseline else "o", color=color)
-        plt.text(r.label + ("*" if r.pareto else ""), x, y, color=color)
 
 
 class ResultsScreen(StoreScreen):
@@ -105,21 +85,19 @@ class ResultsScreen(StoreScreen):
             return
         axes = axes_for(exp.spec_json)
         by = by if by in axes else axes[0]
+        from store.aggregate import aggregate
+        from store.grid_image import render_grid
+
         try:
-            rows = optional("store.aggregate").aggregate(self.store, experiment_id, by)
-        except Missing as exc:
-            self.post_message(self.Loaded(exp, axes, error=str(exc), by=by))
-            return
+            rows = aggregate(self.store, experiment_id, by)
         except Exception as exc:
             self.post_message(self.Loaded(exp, axes, error=f"aggregate failed: {exc}", by=by))
             return
         grid, note = None, "no finished runs yet: the grid appears as runs complete"
         if rows:
             try:
-                layout = optional("store.grid_image").render_grid(self.store, experiment_id, by)
+                layout = render_grid(self.store, experiment_id, by)
                 grid, note = layout.image, ""
-            except Missing as exc:
-                note = str(exc)
             except Exception as exc:  # a missing image or a run still running: the table still shows
                 note = f"no grid: {exc}"
         self.post_message(self.Loaded(exp, axes, rows, grid, note, by=by))
@@ -140,12 +118,11 @@ class ResultsScreen(StoreScreen):
                      + (f"  [red]{escape(message.error)}[/]" if message.error else ""))
         self._fill_table()
         plot = self.query_one(PlotextPlot)
+        from store.plots import draw_tradeoff
+
         try:
             plot.plt.clear_figure()
-            optional("store.plots").draw_tradeoff(plot.plt, self.rows, by=self.by,
-                                                  title=f"text vs image alignment by {self.by}")
-        except Missing:
-            draw_tradeoff(plot.plt, self.rows, self.by)
+            draw_tradeoff(plot.plt, self.rows, by=self.by, title=f"text vs image alignment by {self.by}")
         except Exception as exc:  # a plot failure leaves the table usable
             plot.plt.clear_figure()
             plot.plt.title(f"plot failed: {exc}")

@@ -11,7 +11,7 @@ from textual.message import Message
 from textual.widgets import DataTable, Footer, Header, Input, Static
 
 from .. import keymap
-from ._common import Missing, StoreScreen, duration, fmt, optional
+from ._common import StoreScreen, duration, fmt
 
 PAGE = 50  # more than a tall terminal shows; a smaller page paints faster
 SCORES = ("clip_t", "clip_i_ref", "dino_ref")
@@ -284,11 +284,9 @@ class RunsScreen(StoreScreen):
         run = self.current
         if run is None:
             return
-        try:
-            getattr(optional("store.queue"), fn)(self.store, [run.id])
-        except Missing as exc:
-            self.notify(escape(str(exc)), severity="error")
-            return
+        from store import queue
+
+        getattr(queue, fn)(self.store, [run.id])
         self.notify(f"{verb} run {run.id}")
         self.reload(keep_cursor=True)
 

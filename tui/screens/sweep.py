@@ -141,13 +141,9 @@ class SweepScreen(StoreScreen):
                 select(Run.duration_s).where(Run.status == "done", col(Run.duration_s).is_not(None))
                 .order_by(col(Run.id).desc()).limit(200))]
         spr = sorted(durations)[len(durations) // 2] if durations else None
-        workers = 1
-        try:
-            from ._common import optional
+        from store.queue import list_workers
 
-            workers = max(1, len([w for w in optional("store.queue").list_workers(store) if w.status != "stopped"]))
-        except Exception:
-            pass
+        workers = max(1, len([w for w in list_workers(store) if w.status != "stopped"]))
         exp = get_experiment(store, self.experiment_id) if self.experiment_id else None
         self.post_message(self.Context(list_concepts(store), exp, spr, workers))
 
