@@ -9,14 +9,12 @@ encoder, 6 mid, 7-15 decoder), written as layer-set expressions (see ``store.gra
 """
 from __future__ import annotations
 
-import string
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from store.grammar import SweepError, resolve_layer_set
+from store.grammar import SweepError, prompt_words, resolve_layer_set
+from store.sweep import MASK_MODES, MASK_TIMINGS
 
-MASK_MODES = ("off", "auto", "image")
-MASK_TIMINGS = ("current", "previous")
 
 # MasaCtrl's defaults: start_step=4, start_layer=10 of SD1.x's 16 blocks, to the end.
 DEFAULT_LAYERS = "10-15"
@@ -32,17 +30,6 @@ class ControlError(ValueError):
         self.field = field
         self.message = message
         super().__init__(f"{field}: {message}")
-
-
-def prompt_words(prompt: str) -> list[str]:
-    """Words a mask word may name: each whitespace word lowercased, as written and without
-    surrounding punctuation ("corgi," matches "corgi"; "<sks>" matches itself)."""
-    out: list[str] = []
-    for raw in prompt.split():
-        for w in (raw.lower(), raw.strip(string.punctuation).lower()):
-            if w and w not in out:
-                out.append(w)
-    return out
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-KINDS = ("none", "custom_diffusion", "textual_inversion", "lora", "full")
+from store.models import WEIGHT_KINDS as KINDS  # the store validates concepts against the same list
 CUSTOM_DIFFUSION_NAMES = (
     "pytorch_custom_diffusion_weights.safetensors",
     "pytorch_custom_diffusion_weights.bin",

@@ -21,7 +21,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from engine.control import ControlError, ControlSpec, prompt_words
+from engine.control import ControlError, ControlSpec
+from store.grammar import prompt_words
 from engine.inversion import invert, load_image
 from engine.processors import RowControl, block_paths, install_control
 

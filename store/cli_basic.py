@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from .models import WEIGHT_KINDS
 from .sweep import AXES, PRESETS, ExperimentSpec
 
 
@@ -23,7 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--image", action="append", default=[], help="reference image (repeatable)")
     p.add_argument("--weights", default=None, help="personalization weights file")
     p.add_argument("--weights-kind", default="none",
-                   choices=["none", "custom_diffusion", "textual_inversion", "lora", "full"])
+                   choices=WEIGHT_KINDS)
     p.add_argument("--model", default="runwayml/stable-diffusion-v1-5", help="hub id or local folder")
     p.add_argument("--notes", default="")
     p.set_defaults(func=cmd_concept_add)

@@ -19,6 +19,7 @@ in braces or is joined with '+'):
 from __future__ import annotations
 
 import math
+import string
 import re
 from dataclasses import dataclass
 from typing import Sequence
@@ -290,3 +291,14 @@ def resolve_layer_set(expr: str, blocks: Sequence[str], field: str = "layers") -
                     raise SweepError(field, expr, expr.find(term), f"no transformer block under {path!r} in this model")
                 found.update(hits)
     return tuple(sorted(found))
+
+
+def prompt_words(prompt: str) -> list[str]:
+    """Words a mask word may name: each whitespace word lowercased, as written and without
+    surrounding punctuation ("corgi," matches "corgi"; "<sks>" matches itself)."""
+    out: list[str] = []
+    for raw in prompt.split():
+        for w in (raw.lower(), raw.strip(string.punctuation).lower()):
+            if w and w not in out:
+                out.append(w)
+    return out

@@ -10,7 +10,7 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from .grammar import Axis, SweepError, blocks_for_model, parse_values, resolve_layer_set
+from .grammar import Axis, SweepError, blocks_for_model, parse_values, prompt_words, resolve_layer_set
 
 DEFAULT_MODEL = "runwayml/stable-diffusion-v1-5"
 MASK_MODES = ("off", "auto", "image")
@@ -134,16 +134,14 @@ def expand(spec: ExperimentSpec, concept: Any | None = None) -> list[dict[str, A
     if "image" in masks_on:
         raise SweepError("mask_mode", spec.mask_mode, spec.mask_mode.find("image"),
                          "mask_mode 'image' needs a mask file per run, which sweeps do not take yet; use auto or off")
-    if masks_on and axes["mask_words"] == ["-"]:
-        pass  # no words: the maps of every prompt token are averaged
     prompts = [" ".join(p.split()) for p in spec.target_prompts if p.strip()]
     for words in axes["mask_words"]:
         if words == "-" or not masks_on:
             continue
         for prompt in prompts:
-            lowered = prompt.lower().split()
+            known = prompt_words(prompt)
             for w in words.split():
-                if w.lower() not in lowered:
+                if w.lower() not in known:
                     raise SweepError("mask_words", spec.mask_words, spec.mask_words.find(w),
                                      f"word {w!r} is not in target prompt {prompt!r}")
 

@@ -74,3 +74,10 @@ def test_spec_json_round_trip():
     assert ExperimentSpec.from_json(s.to_json()) == s
     # unknown keys from a newer version are ignored rather than crashing
     assert ExperimentSpec.from_json(dict(s.__dict__, future_field=1)) == s
+
+
+def test_mask_words_match_like_the_engine_does():
+    # "corgi," in the prompt is the word "corgi" for the sweep check and for the engine alike.
+    rows = expand(spec(target_prompts=["a corgi, on the beach"], mask_mode="auto", mask_words="corgi",
+                       seeds="0", baseline=False))
+    assert rows and rows[0]["mask_words"] == "corgi"
