@@ -62,7 +62,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=100_000)
     parser.add_argument("--repeat", type=int, default=3, help="exports timed (the machine may be shared)")
     args = parser.parse_args()
-    from store.export import export_runs_csv
+    from store.report.export import export_runs_csv
 
     with tempfile.TemporaryDirectory() as tmp:
         store = Store(Home.resolve(Path(tmp) / "home"))

@@ -19,12 +19,13 @@ def main() -> None:
     ap.add_argument("--claims", type=int, default=50)
     args = ap.parse_args()
 
-    from engine.worker import FakeBackend, Worker, WorkerConfig, fake_score
+    from engine.backends.fake import FakeBackend, fake_score
+    from engine.worker import Worker, WorkerConfig
     from store import queue as q
     from store.db import Store
     from store.paths import Home
     from store.queries import save_experiment
-    from store.sweep import ExperimentSpec
+    from store.sweep.spec import ExperimentSpec
 
     with tempfile.TemporaryDirectory() as tmp:
         store = Store(Home.resolve(tmp))

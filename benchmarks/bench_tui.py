@@ -30,7 +30,7 @@ def build(home: Path, n_runs: int):
     from store.models import Run, Score
     from store.paths import Home
     from store.queries import save_experiment
-    from store.sweep import ExperimentSpec
+    from store.sweep.spec import ExperimentSpec
 
     store = Store(Home.resolve(home))
     with store.session() as s:

@@ -16,7 +16,9 @@ from pathlib import Path
 
 log = logging.getLogger("mtp.engine")
 
-BACKEND_ENV = "MTP_ENGINE_BACKEND"  # "fake": the torch-free FakeBackend (tests, benchmarks)
+# The generator backend, also settable for engines started by other tools (README, "Engine backends").
+BACKEND_ENV = "MTP_ENGINE_BACKEND"
+BACKENDS = ("diffusers", "fake")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a worker silent this long is dead and its runs are requeued (default 60)")
     p.add_argument("--max-attempts", type=int, default=3, help="claims per run before it is failed (default 3)")
     p.add_argument("--no-score", action="store_true", help="finish runs without computing scores")
+    p.add_argument("--backend", choices=BACKENDS, default=None,
+                   help="generator: diffusers (default), or fake = flat-colour images without torch or weights, "
+                        "to check a queue or multi-host setup (default: $MTP_ENGINE_BACKEND or diffusers)")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 
@@ -109,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     from .launch import DeviceLock, EngineAlreadyRunning, log_path
 
     home = Home.resolve(args.home)
-    fake = os.environ.get(BACKEND_ENV, "") == "fake"
+    fake = (args.backend or os.environ.get(BACKEND_ENV, "") or "diffusers") == "fake"
     device = args.device or ("cpu" if fake else _default_device())
     try:
         lock = DeviceLock(home, device).acquire()
@@ -126,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
 def _serve(args, home, device: str, fake: bool) -> int:
     from store.db import SchemaTooNew, Store
 
-    from .worker import FakeBackend, PipelineBackend, Worker, WorkerConfig, fake_score
+    from .worker import Worker, WorkerConfig
 
     try:
         store = Store(home, url=args.db)
@@ -136,6 +141,8 @@ def _serve(args, home, device: str, fake: bool) -> int:
     score = None
     scored_text = None
     if fake:
+        from .backends.fake import FakeBackend, fake_score
+
         backend = FakeBackend.from_env()
         score = None if args.no_score else fake_score
         scored_text = lambda prompt, token, class_word: prompt  # noqa: E731
@@ -147,6 +154,8 @@ def _serve(args, home, device: str, fake: bool) -> int:
             from .tiny import ensure_tiny_pipeline
 
             log.info("demo mode: tiny model at %s", ensure_tiny_pipeline(home.models))
+        from .backends.diffusion import PipelineBackend
+
         backend = PipelineBackend(device, home=home)
         if not args.no_score:
             score = LazyScorer(home, args.demo, device)
@@ -179,7 +188,7 @@ class LazyScorer:
         self._scorer = None
 
     def __call__(self, images, texts, source, refs):
-        from .worker import RunError
+        from .backends.base import RunError
 
         if self._scorer is None:
             try:

@@ -5,15 +5,15 @@ worker builds specs from Run rows, without paying for (or needing) torch.
 
 Steps are 0-based denoising steps (one UNet call each); ``final_step`` is exclusive.
 Layers are 0-based execution-order indices of the UNet's transformer blocks (SD1.x: 0-5
-encoder, 6 mid, 7-15 decoder), written as layer-set expressions (see ``store.grammar``).
+encoder, 6 mid, 7-15 decoder), written as layer-set expressions (see ``store.sweep.grammar``).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from store.grammar import SweepError, prompt_words, resolve_layer_set
-from store.sweep import MASK_MODES, MASK_TIMINGS
+from store.sweep.grammar import SweepError, prompt_words, resolve_layer_set
+from store.sweep.spec import MASK_MODES, MASK_TIMINGS
 
 
 # MasaCtrl's defaults: start_step=4, start_layer=10 of SD1.x's 16 blocks, to the end.

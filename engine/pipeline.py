@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from engine.control import ControlError, ControlSpec
-from store.grammar import prompt_words
+from store.sweep.grammar import prompt_words
 from engine.inversion import invert, load_image
 from engine.processors import RowControl, block_paths, install_control
 

@@ -5,21 +5,19 @@ source (equal group_key), generated as one batch of source + N targets. A run be
 in the single transaction that also stores its artifact paths and scores, so a crash at any
 point leaves it running-but-dead, which `store.queue.recover_stale` puts back in the queue.
 
-The generator is a backend object (`PipelineBackend` for diffusers, `FakeBackend` for tests and
-benchmarks) and scoring a plain callable, so the loop is testable without torch or weights.
+The generator is a backend object (`engine.backends`: diffusers, or the torch-free fake) and
+scoring a plain callable, so the loop is testable without torch or weights.
 """
 from __future__ import annotations
 
-import gc
 import logging
-import os
 import sys
 import threading
 import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable
 
 from store.db import Store
 from store.models import Concept, Run
@@ -29,6 +27,7 @@ from store.queue import (
 )
 
 from .artifacts import write_run_artifacts
+from .backends.base import Backend, LoadKey, ModelUnavailable, RunError, SourceJob, TargetJob
 from .control import ControlError, ControlSpec
 
 log = logging.getLogger("mtp.engine")
@@ -38,14 +37,6 @@ ScoreFn = Callable[[list, list[str], Any, list[Path]], list[list[dict]]]
 
 
 # ------------------------------------------------------------------ errors
-class RunError(Exception):
-    """An expected failure with a message fit for the Run's error column (no traceback needed)."""
-
-
-class ModelUnavailable(RunError):
-    """The model (or its personalization) cannot be loaded; every run needing it fails."""
-
-
 class Cancelled(Exception):
     """Every run of the batch was cancelled by the user."""
 
@@ -61,241 +52,6 @@ def is_oom(exc: BaseException) -> bool:
     return type(exc).__name__ == "OutOfMemoryError" or (
         isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
     )
-
-
-# ------------------------------------------------------------------ jobs
-@dataclass(frozen=True)
-class LoadKey:
-    """What a loaded pipeline is: base model plus personalization (token matters for TI)."""
-
-    model: str
-    weights_kind: str = "none"
-    weights_path: str | None = None
-    token: str = ""
-
-    @classmethod
-    def of(cls, run: Run) -> "LoadKey":
-        return cls(run.model, run.weights_kind or "none", run.weights_path, run.token or "")
-
-
-@dataclass
-class SourceJob:
-    prompt: str
-    image: str | None
-    invert: bool
-    seed: int
-    num_steps: int
-    guidance: float
-    width: int
-    height: int
-
-    @classmethod
-    def of(cls, run: Run, home_root: Path) -> "SourceJob":
-        image = run.source_image
-        if image and not Path(image).is_absolute():
-            image = str(home_root / image)
-        return cls(run.source_prompt, image, bool(run.invert and image), int(run.seed), int(run.num_steps),
-                   float(run.guidance), int(run.width), int(run.height))
-
-
-@dataclass
-class TargetJob:
-    run_id: int
-    prompt: str
-    control: ControlSpec | None  # None: the no-control baseline
-
-
-class Backend(Protocol):
-    def load(self, key: LoadKey) -> None: ...
-    def blocks(self) -> Sequence[str]: ...
-    def generate(self, source: SourceJob, targets: list[TargetJob], step_callback: Callable[[int, int], None]) -> Any: ...
-    def after_oom(self) -> None: ...
-
-
-# ------------------------------------------------------------------ backends
-class PipelineBackend:
-    """diffusers via engine.pipeline; keeps one pipeline loaded and switches only when needed."""
-
-    def __init__(self, device: str = "cpu", home=None, dtype=None):
-        self.device = device
-        self.home = home
-        self.dtype = dtype
-        self.pipe = None
-        self.key: LoadKey | None = None
-        self._blocks: list[str] | None = None
-
-    def _resolve_model(self, model: str) -> str:
-        if self.home is not None and model in ("tiny", "tiny-sd", "demo"):
-            return str(self.home.demo_model)
-        return model
-
-    def load(self, key: LoadKey) -> None:
-        if key == self.key and self.pipe is not None:
-            return
-        from engine.pipeline import ModelNotFound, block_paths, load_pipeline
-
-        _quiet_progress_bars()
-        self.pipe, self.key, self._blocks = None, None, None
-        self._free()
-        base = key.weights_path if key.weights_kind == "full" and key.weights_path else key.model
-        t0 = time.monotonic()
-        try:
-            pipe = load_pipeline(self._resolve_model(base), device=self.device, dtype=self.dtype)
-        except ModelNotFound as exc:
-            raise ModelUnavailable(str(exc)) from None
-        if key.weights_kind not in ("none", "full", ""):
-            if not key.weights_path or not Path(key.weights_path).exists():
-                raise ModelUnavailable(f"weights file {key.weights_path or '(empty)'} not found")
-            try:
-                from engine.personalize import apply_personalization
-            except ImportError as exc:
-                raise ModelUnavailable(f"personalization ({key.weights_kind}) is not available: {exc}") from None
-            try:
-                apply_personalization(pipe, key.weights_kind, key.weights_path, token=key.token or None)
-            except (OSError, ValueError, KeyError) as exc:
-                raise ModelUnavailable(f"cannot apply {key.weights_kind} weights {key.weights_path}: {exc}") from None
-        self.pipe, self.key = pipe, key
-        self._blocks = block_paths(pipe.unet)
-        log.info("loaded %s (%s %s) on %s in %.1fs", base, key.weights_kind, key.weights_path or "",
-                 self.device, time.monotonic() - t0)
-
-    def blocks(self) -> Sequence[str]:
-        return self._blocks or []
-
-    def generate(self, source: SourceJob, targets: list[TargetJob], step_callback):
-        from engine.control import ControlError as _CE
-        from engine.inversion import ImageError
-        from engine.pipeline import NonFiniteLatents, Source, Target, generate
-
-        try:
-            return generate(
-                self.pipe,
-                Source(source.prompt, image=source.image if source.invert else None, invert=source.invert),
-                [Target(t.prompt, t.control) for t in targets],
-                seed=source.seed, num_steps=source.num_steps, guidance=source.guidance,
-                height=source.height, width=source.width, step_callback=step_callback,
-            )
-        except (NonFiniteLatents, ImageError, _CE) as exc:
-            raise RunError(str(exc)) from None
-
-    def after_oom(self) -> None:
-        self._free()
-
-    def _free(self) -> None:
-        gc.collect()
-        torch = sys.modules.get("torch")
-        if torch is not None and torch.cuda.is_available():
-            torch.cuda.empty_cache()
-
-
-def _quiet_progress_bars() -> None:
-    # Loading bars would fill the engine log with carriage-return noise.
-    try:
-        from diffusers.utils import logging as diffusers_logging
-        from transformers.utils import logging as transformers_logging
-
-        diffusers_logging.disable_progress_bar()
-        transformers_logging.disable_progress_bar()
-    except ImportError:  # pragma: no cover
-        pass
-
-
-@dataclass
-class FakeResult:
-    source_image: Any
-    images: list
-    masks: list
-    maps: list
-
-
-class FakeBackend:
-    """A torch-free stand-in with the real backend's contract, for tests and queue benchmarks.
-
-    Images are flat colours derived from the seed and prompt; masks/maps appear for masked
-    targets. ``step_s`` sleeps per step so a test can kill a worker mid-batch; ``log_path``
-    gets one line per generate call (pid, batch size, run ids) for counting source passes
-    across processes. ``fail`` maps a prompt to an exception to raise for it.
-    """
-
-    def __init__(self, step_s: float = 0.0, log_path: str | os.PathLike | None = None,
-                 oom_above: int | None = None, fail: dict[str, BaseException] | None = None):
-        self.step_s = step_s
-        self.log_path = Path(log_path) if log_path else None
-        self.oom_above = oom_above
-        self.fail = fail or {}
-        self.loads: list[LoadKey] = []
-        self.calls: list[tuple[SourceJob, list[int]]] = []  # (source, run ids) per generate call
-        self.key: LoadKey | None = None
-
-    @classmethod
-    def from_env(cls) -> "FakeBackend":
-        return cls(step_s=float(os.environ.get("MTP_FAKE_STEP_S", "0") or 0),
-                   log_path=os.environ.get("MTP_FAKE_LOG") or None)
-
-    def load(self, key: LoadKey) -> None:
-        if key == self.key:
-            return
-        if "missing" in key.model:
-            raise ModelUnavailable(f"model folder {key.model} not found")
-        self.loads.append(key)
-        self.key = key
-
-    def blocks(self) -> Sequence[str]:
-        from store.grammar import blocks_for_model
-
-        return blocks_for_model(self.key.model if self.key else "")
-
-    def generate(self, source: SourceJob, targets: list[TargetJob], step_callback):
-        import numpy as np
-        from PIL import Image
-
-        prompts = [t.prompt for t in targets]
-        self.calls.append((source, [t.run_id for t in targets]))
-        if self.log_path:
-            with open(self.log_path, "a") as fh:
-                fh.write(f"{os.getpid()}\t{len(targets)}\t{','.join(str(t.run_id) for t in targets)}\n")
-        if self.oom_above is not None and len(targets) > self.oom_above:
-            raise _fake_oom(len(targets))
-        for p in prompts:
-            if p in self.fail:
-                raise self.fail[p]
-        for i in range(source.num_steps):
-            if self.step_s:
-                time.sleep(self.step_s)
-            step_callback(i, source.num_steps)
-
-        def colour(text: str) -> tuple[int, int, int]:
-            h = abs(hash((source.seed, text))) % (256 ** 3)
-            return (h & 255, (h >> 8) & 255, (h >> 16) & 255)
-
-        size = (source.width, source.height)
-        side = max(1, source.width // 32)
-        masks, maps = [], []
-        for t in targets:
-            masked = t.control is not None and t.control.mask.enabled
-            m = np.linspace(0, 1, side * side, dtype=np.float32).reshape(side, side)
-            masks.append({"source": m, "target": m[::-1].copy()} if masked else None)
-            maps.append({w: m for w in t.prompt.split()[:3]} if masked else {})
-        return FakeResult(Image.new("RGB", size, colour(source.prompt)),
-                          [Image.new("RGB", size, colour(t.prompt)) for t in targets], masks, maps)
-
-    def after_oom(self) -> None:
-        pass
-
-
-def _fake_oom(n: int) -> BaseException:
-    try:
-        import torch
-
-        return torch.cuda.OutOfMemoryError(f"CUDA out of memory (fake, batch of {n})")
-    except ImportError:  # pragma: no cover
-        return RuntimeError(f"CUDA out of memory (fake, batch of {n})")
-
-
-def fake_score(images, texts, source, refs) -> list[list[dict]]:
-    """Scores for FakeBackend runs: one deterministic number per image."""
-    return [[{"metric": "fake", "backbone": "none", "value": float(len(t)) / 100.0, "preprocess": "",
-              "scored_text": t}] for _img, t in zip(images, texts)]
 
 
 # ------------------------------------------------------------------ progress

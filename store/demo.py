@@ -9,7 +9,7 @@ from sqlmodel import select
 from .db import Store
 from .models import Concept, Experiment
 from .queries import save_concept, save_experiment
-from .sweep import ExperimentSpec
+from store.sweep.spec import ExperimentSpec
 
 DEMO_CONCEPT = "demo-corgi"
 DEMO_BANNER = (

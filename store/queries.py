@@ -13,7 +13,7 @@ from .db import Store
 from .models import (
     RUN_SORT_COLUMNS, WEIGHT_KINDS, Concept, Experiment, ExperimentStatus, Run, RunStatus, Score, utcnow,
 )
-from .sweep import ExperimentSpec, expand
+from store.sweep.spec import ExperimentSpec, expand
 
 
 class InputError(ValueError):

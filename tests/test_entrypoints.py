@@ -26,7 +26,7 @@ def test_help(script, words, tmp_path):
 
 def test_store_and_control_modules_never_import_torch():
     code = (
-        "import sys, store.cli, store.queries, store.sweep, store.queue, store.export, store.aggregate, "
+        "import sys, tui.cli.main, store.queries, store.sweep.spec, store.queue, store.report.export, store.report.aggregate, "
         "engine.control, engine.launch; "
         "bad = [m for m in ('torch', 'diffusers', 'transformers', 'open_clip') if m in sys.modules]; "
         "assert not bad, bad"

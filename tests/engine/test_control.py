@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from engine.control import ControlError, ControlSpec, MaskSpec
-from store.grammar import SD15_BLOCKS
+from store.sweep.grammar import SD15_BLOCKS
 
 
 def test_defaults_are_masactrl():

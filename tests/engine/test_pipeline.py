@@ -18,7 +18,7 @@ from engine.pipeline import (  # noqa: E402
 )
 from engine.processors import block_paths  # noqa: E402
 from engine.tiny import load_tiny_pipeline  # noqa: E402
-from store.grammar import SD15_BLOCKS  # noqa: E402
+from store.sweep.grammar import SD15_BLOCKS  # noqa: E402
 
 STEPS = 8
 SRC = "a photo of a corgi"

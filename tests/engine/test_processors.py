@@ -20,7 +20,7 @@ from engine.processors import (  # noqa: E402
     remove_control,
 )
 from engine.tiny import load_tiny_pipeline  # noqa: E402
-from store.grammar import SD15_BLOCKS  # noqa: E402
+from store.sweep.grammar import SD15_BLOCKS  # noqa: E402
 
 LAYER = 10  # up_blocks.2.attentions.0: latent 16x16 -> 8x8 tokens at this level
 
@@ -167,7 +167,7 @@ def test_otsu_splits_bimodal_values():
 def test_block_paths_cover_sdxl_topology():
     from diffusers import UNet2DConditionModel
 
-    from store.grammar import SDXL_BLOCKS
+    from store.sweep.grammar import SDXL_BLOCKS
 
     unet = UNet2DConditionModel(
         sample_size=8,

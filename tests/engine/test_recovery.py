@@ -19,7 +19,7 @@ from engine.launch import EngineAlreadyRunning, engine_running, log_path, start_
 from store import queue as q
 from store.models import Run, RunStatus, Score
 from store.queries import save_experiment
-from store.sweep import ExperimentSpec
+from store.sweep.spec import ExperimentSpec
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -144,7 +144,8 @@ def test_two_engine_processes_share_sixty_runs(store, tmp_path):
 def test_an_engine_process_and_an_in_process_worker_share_the_real_tiny_model(store, tiny_model_dir):
     # One subprocess, not two: importing torch + diffusers twice more would cost half a minute
     # here; this test process already holds torch for the second worker.
-    from engine.worker import PipelineBackend, Worker, WorkerConfig
+    from engine.backends.diffusion import PipelineBackend
+    from engine.worker import Worker, WorkerConfig
 
     make_exp(store, "a", model=str(tiny_model_dir), num_steps=3, seeds="0-5", start_step="0",
              final_step="2", skip_interval="1", baseline=True)  # 12 runs in 6 groups

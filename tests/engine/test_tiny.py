@@ -10,7 +10,7 @@ torch = pytest.importorskip("torch")
 
 from engine.processors import block_paths  # noqa: E402
 from engine.tiny import build_tiny_pipeline, ensure_tiny_pipeline, load_tiny_pipeline  # noqa: E402
-from store.grammar import SD15_BLOCKS  # noqa: E402
+from store.sweep.grammar import SD15_BLOCKS  # noqa: E402
 
 
 @pytest.fixture(scope="module")

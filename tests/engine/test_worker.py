@@ -10,11 +10,14 @@ import numpy as np
 from PIL import Image
 from sqlmodel import select
 
-from engine.worker import FakeBackend, PipelineBackend, RunError, Worker, WorkerConfig, fake_score
+from engine.backends.base import RunError
+from engine.backends.diffusion import PipelineBackend
+from engine.backends.fake import FakeBackend, fake_score
+from engine.worker import Worker, WorkerConfig
 from store import queue as q
 from store.models import Experiment, ExperimentStatus, Run, RunStatus, Score
 from store.queries import save_experiment
-from store.sweep import ExperimentSpec
+from store.sweep.spec import ExperimentSpec
 
 
 def make_exp(store, name="exp", model="fake-model", **kw) -> Experiment:

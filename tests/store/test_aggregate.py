@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from store.aggregate import AggregateRow, Stat, aggregate, mark_pareto, scale_value, stat
+from store.report.aggregate import AggregateRow, Stat, aggregate, mark_pareto, scale_value, stat
 from store.models import Concept, Experiment, Run, Score
 from store.queries import InputError
 
@@ -161,7 +161,7 @@ def test_backbone_choice(store):
 def test_a_run_holds_one_score_per_metric_and_backbone(store, tmp_path):
     from sqlalchemy.exc import IntegrityError
 
-    from store.export import export_runs_csv
+    from store.report.export import export_runs_csv
 
     exp_id, _ = make_experiment(store, "rescored")
     ids = add_runs(store, exp_id, [dict(final_step=10), dict(final_step=10)], [{"clip_t": 0.2}, {"clip_t": 0.4}])
@@ -176,7 +176,7 @@ def test_a_run_holds_one_score_per_metric_and_backbone(store, tmp_path):
 
 
 def test_stats_from_sql_sums_match_two_pass():
-    from store.aggregate import stat_from_sums
+    from store.report.aggregate import stat_from_sums
 
     values = [0.31, 0.29, 0.35, 0.27, 0.33]
     exact, summed = stat(values), stat_from_sums(len(values), sum(values), sum(v * v for v in values))

@@ -1,8 +1,8 @@
-"""The `mtp` headless commands, run in-process through store.cli.main."""
+"""The `mtp` headless commands, run in-process through tui.cli.main."""
 import numpy as np
 from PIL import Image
 
-from store.cli import main
+from tui.cli.main import main
 
 
 def run(capsys, *argv):

@@ -9,7 +9,7 @@ from store.db import SCHEMA_VERSION, SchemaTooNew, Store
 from store.models import Experiment, Meta, Run
 from store.paths import Home
 from store.queries import list_runs, save_experiment
-from store.sweep import ExperimentSpec
+from store.sweep.spec import ExperimentSpec
 
 
 def test_pragmas_and_schema_version(store):

@@ -7,8 +7,8 @@ from datetime import datetime, timezone
 import pytest
 from sqlmodel import select
 
-from store.aggregate import aggregate
-from store.export import (
+from store.report.aggregate import aggregate
+from store.report.export import (
     export_grid_png, export_plot_png, export_runs_csv, export_summary_csv, resolve_output, safe_filename,
 )
 from store.models import Run, Score
@@ -159,7 +159,7 @@ def test_default_folder_is_home_exports(store):
 
 
 def test_cli_exports(store, home, tmp_path, monkeypatch, capsys):
-    from store.cli import main
+    from tui.cli.main import main
 
     seed_sweep(store, name="corgi final step")
     work = tmp_path / "work"
@@ -183,7 +183,7 @@ def test_cli_exports(store, home, tmp_path, monkeypatch, capsys):
 
 
 def test_prefetch_hands_on_errors():
-    from store.export import _prefetch
+    from store.report.export import _prefetch
 
     def chunks():
         yield [1]

@@ -1,6 +1,6 @@
 import pytest
 
-from store.grammar import (
+from store.sweep.grammar import (
     SD15_BLOCKS, SDXL_BLOCKS, Axis, SweepError, blocks_for_model, parse_layer_set, parse_values,
     resolve_layer_set,
 )

@@ -6,18 +6,18 @@ import sys
 import pytest
 from PIL import Image
 
-from store.aggregate import aggregate
-from store.export import export_grid_png, export_plot_png
-from store.grid_image import render_grid
+from store.report.aggregate import aggregate
+from store.report.export import export_grid_png, export_plot_png
+from store.report.grid_image import render_grid
 from store.models import Run
-from store.plots import draw_tradeoff, render_tradeoff_png, tradeoff_text
+from store.report.plots import draw_tradeoff, render_tradeoff_png, tradeoff_text
 from tests.store.test_aggregate import add_runs, make_experiment, seed_sweep
 
 
 def test_store_modules_stay_light():
     import subprocess
 
-    code = ("import sys, store.aggregate, store.export, store.plots, store.grid_image, store.cli_export;"
+    code = ("import sys, store.report.aggregate, store.report.export, store.report.plots, store.report.grid_image, tui.cli.export;"
             "bad = [m for m in ('torch', 'matplotlib', 'open_clip', 'transformers') if m in sys.modules];"
             "print(','.join(bad))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()

@@ -9,7 +9,7 @@ from store.queries import (
     get_run, list_experiments, list_runs, neighbour_run, queue_experiment, save_concept, save_experiment,
     update_runs,
 )
-from store.sweep import ExperimentSpec
+from store.sweep.spec import ExperimentSpec
 
 
 def _png(path, size=16):
@@ -70,7 +70,7 @@ def test_draft_then_queue_then_duplicate(store):
 
 
 def test_bad_sweep_writes_nothing(store):
-    from store.grammar import SweepError
+    from store.sweep.grammar import SweepError
 
     with pytest.raises(SweepError):
         save_experiment(store, "bad", ExperimentSpec(final_step="4-"), queue=True)

@@ -10,7 +10,7 @@ from sqlmodel import select
 from store import queue as q
 from store.models import Experiment, ExperimentStatus, Run, RunStatus, Score, Worker, utcnow
 from store.queries import save_experiment
-from store.sweep import ExperimentSpec
+from store.sweep.spec import ExperimentSpec
 
 
 def make_exp(store, name="exp", model="tiny-model", seeds="0", final_step="2,3,end", priority=0, **kw):
@@ -246,7 +246,7 @@ def test_claim_sql_locks_rows_on_postgresql():
 
 
 def test_queue_commands(store, capsys):
-    from store.cli import main
+    from tui.cli.main import main
 
     exp = make_exp(store, "cli-exp")
     home = ["--home", str(store.home.root)]
@@ -273,6 +273,6 @@ def test_queue_and_launch_stay_torch_free():
     import subprocess
     import sys
 
-    code = ("import sys, engine.cli, engine.launch, store.queue, store.cli_queue; engine.cli.build_parser(); "
+    code = ("import sys, engine.cli, engine.launch, store.queue, tui.cli.queue; engine.cli.build_parser(); "
             "sys.exit(1 if {'torch', 'diffusers', 'transformers'} & set(sys.modules) else 0)")
     assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0

@@ -1,7 +1,7 @@
 import pytest
 
-from store.grammar import SweepError
-from store.sweep import PRESETS, ExperimentSpec, count_runs, expand, group_key, swept_axes
+from store.sweep.grammar import SweepError
+from store.sweep.spec import PRESETS, ExperimentSpec, count_runs, expand, group_key, swept_axes
 
 
 def spec(**kw):

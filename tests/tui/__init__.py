@@ -33,7 +33,7 @@ def write_png(path, color=(200, 120, 40), size=32):
 def seed_experiment(store, name="exp", **axes):
     """A queued experiment on a fake local model folder (nothing here runs it)."""
     from store.queries import save_experiment
-    from store.sweep import ExperimentSpec
+    from store.sweep.spec import ExperimentSpec
 
     model = store.home.models / "fake-sd"
     model.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,7 @@
 """`mtp show RUN` prints a run's images, scores and parameters outside the TUI."""
 from __future__ import annotations
 
-from store.cli import main
+from tui.cli.main import main
 from tests.tui import add_scores, seed_experiment, write_png
 
 

@@ -106,7 +106,7 @@ async def test_bad_grammar_shows_error_at_field_and_queues_nothing(store):
 
 
 async def test_preset_fills_axes(store):
-    from store.sweep import PRESETS
+    from store.sweep.spec import PRESETS
 
     app = MtpApp(store)
     async with app.run_test(size=SIZE) as pilot:

@@ -30,7 +30,7 @@ async def test_results_table_and_plot(store):
         await wait_for(pilot, lambda: screen.by != "final_step" and screen.rows, what="next axis")
 
 
-@pytest.mark.skipif(importlib.util.find_spec("store.export") is None, reason="store.export not integrated yet")
+@pytest.mark.skipif(importlib.util.find_spec("store.report.export") is None, reason="store.report.export not integrated yet")
 async def test_export_writes_files(store, tmp_path):
     exp = seed_experiment(store)
     add_scores(store, exp.id)

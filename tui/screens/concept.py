@@ -41,7 +41,7 @@ class ConceptScreen(StoreScreen):
 
     def compose(self) -> ComposeResult:
         from store.models import WEIGHT_KINDS
-        from store.sweep import DEFAULT_MODEL
+        from store.sweep.spec import DEFAULT_MODEL
 
         yield Header()
         with Horizontal():

@@ -26,7 +26,7 @@ KINDS = [
 
 def run_exports(store, experiment_id: int, folder: Path, by: str, kinds: list[str]) -> list[tuple[str, str, bool]]:
     """(kind, path or error, ok) per requested export; one failure does not stop the others."""
-    from store import export
+    from store.report import export
 
     folder.mkdir(parents=True, exist_ok=True)
     out = []

@@ -283,7 +283,7 @@ class HomeScreen(StoreScreen):
         exp_id = self._selected("#experiments")
         if exp_id is None:
             return
-        from store.grammar import SweepError
+        from store.sweep.grammar import SweepError
         from store.queries import InputError, queue_experiment
 
         try:

@@ -19,7 +19,7 @@ FALLBACK_AXES = ("final_step", "layers", "start_step", "skip_interval", "seed", 
 
 def axes_for(spec_json: str) -> list[str]:
     """The swept axes first (what the researcher varied), then the other groupable columns."""
-    from store.sweep import ExperimentSpec, swept_axes
+    from store.sweep.spec import ExperimentSpec, swept_axes
 
     try:
         swept = swept_axes(ExperimentSpec.from_json(spec_json))
@@ -85,8 +85,8 @@ class ResultsScreen(StoreScreen):
             return
         axes = axes_for(exp.spec_json)
         by = by if by in axes else axes[0]
-        from store.aggregate import aggregate
-        from store.grid_image import render_grid
+        from store.report.aggregate import aggregate
+        from store.report.grid_image import render_grid
 
         try:
             rows = aggregate(self.store, experiment_id, by)
@@ -118,7 +118,7 @@ class ResultsScreen(StoreScreen):
                      + (f"  [red]{escape(message.error)}[/]" if message.error else ""))
         self._fill_table()
         plot = self.query_one(PlotextPlot)
-        from store.plots import draw_tradeoff
+        from store.report.plots import draw_tradeoff
 
         try:
             plot.plt.clear_figure()

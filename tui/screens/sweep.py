@@ -43,7 +43,7 @@ class BaseFieldError(ValueError):
 
 def check_source_image(path: str) -> None:
     """The image to invert must be readable now, not when an engine reaches the run."""
-    from store.grammar import SweepError
+    from store.sweep.grammar import SweepError
     from store.queries import InputError, check_image
 
     try:
@@ -73,7 +73,7 @@ class SweepScreen(StoreScreen):
 
     def __init__(self, experiment_id: int | None = None, concept_id: int | None = None):
         super().__init__(id="sweep")
-        from store.sweep import ExperimentSpec
+        from store.sweep.spec import ExperimentSpec
 
         self.experiment_id = experiment_id
         self.concept_id = concept_id
@@ -87,7 +87,7 @@ class SweepScreen(StoreScreen):
 
     # ------------------------------------------------------------------ layout
     def compose(self) -> ComposeResult:
-        from store.sweep import AXES, PRESETS
+        from store.sweep.spec import AXES, PRESETS
 
         s = self.spec
         yield Header()
@@ -148,7 +148,7 @@ class SweepScreen(StoreScreen):
         self.post_message(self.Context(list_concepts(store), exp, spr, workers))
 
     def on_sweep_screen_context(self, message: Context) -> None:
-        from store.sweep import ExperimentSpec
+        from store.sweep.spec import ExperimentSpec
 
         self._seconds_per_run, self._workers = message.seconds_per_run, message.workers
         select = self.query_one("#concept", Select)
@@ -177,7 +177,7 @@ class SweepScreen(StoreScreen):
 
     def read_spec(self):
         """The form as an ExperimentSpec; a non-number in a base field raises BaseFieldError."""
-        from store.sweep import AXES, ExperimentSpec
+        from store.sweep.spec import AXES, ExperimentSpec
 
         values = {f.field_name: f.value for f in self.query(Field)}
         spec = ExperimentSpec()
@@ -221,7 +221,7 @@ class SweepScreen(StoreScreen):
 
     @on(Select.Changed, "#preset")
     def _preset(self, event: Select.Changed) -> None:
-        from store.sweep import PRESETS
+        from store.sweep.spec import PRESETS
 
         if event.value in PRESETS:
             for name, text in PRESETS[event.value].items():
@@ -230,7 +230,7 @@ class SweepScreen(StoreScreen):
     @on(Select.Changed, "#concept")
     def _concept(self, event: Select.Changed) -> None:
         """A concept brings its base model unless the user already chose one."""
-        from store.sweep import DEFAULT_MODEL
+        from store.sweep.spec import DEFAULT_MODEL
 
         concept = self._concepts.get(event.value)
         model = self.query_one("#field-model", Field)
@@ -239,7 +239,7 @@ class SweepScreen(StoreScreen):
         self.recheck()
 
     def action_next_preset(self) -> None:
-        from store.sweep import PRESETS
+        from store.sweep.spec import PRESETS
 
         select = self.query_one("#preset", Select)
         names = list(PRESETS)
@@ -259,8 +259,8 @@ class SweepScreen(StoreScreen):
 
     @work(thread=True, exclusive=True, group="sweep-check")
     def _expand(self, spec, token: int) -> None:
-        from store.grammar import SweepError
-        from store.sweep import expand
+        from store.sweep.grammar import SweepError
+        from store.sweep.spec import expand
 
         try:
             if spec.source_image:
@@ -330,7 +330,7 @@ class SweepScreen(StoreScreen):
 
     @work(thread=True, exclusive=True, group="sweep-save")
     def _save_worker(self, spec, name: str, concept_id, queue: bool) -> None:
-        from store.grammar import SweepError
+        from store.sweep.grammar import SweepError
         from store.queries import InputError, save_experiment
 
         try:

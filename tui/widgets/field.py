@@ -51,7 +51,7 @@ class Field(Vertical):
         """Parse an axis field on its own (instant); cross-field checks come from the builder."""
         if self.axis is None:
             return None
-        from store.grammar import SweepError, parse_values
+        from store.sweep.grammar import SweepError, parse_values
 
         try:
             values = parse_values(self.axis, self.value)

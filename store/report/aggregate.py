@@ -15,8 +15,8 @@ from typing import Any, Iterable, Iterator, Sequence
 
 from sqlalchemy import case, func, literal, or_, select
 
-from .db import Store
-from .models import RUN_PARAM_COLUMNS, Run, Score
+from store.db import Store
+from store.models import RUN_PARAM_COLUMNS, Run, Score
 
 TEXT_METRIC = "clip_t"
 IMAGE_METRICS = ("clip_i_ref", "clip_i_src")  # the first one present is the image-alignment axis
@@ -98,7 +98,7 @@ def scaled_sql(expr, scale: str):
 
 
 def check_by(by: str) -> None:
-    from .queries import InputError
+    from store.queries import InputError
 
     if by not in GROUPABLE:
         raise InputError(f"--by: cannot group by {by!r}; choose one of {', '.join(GROUPABLE)}")

@@ -4,8 +4,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from .models import WEIGHT_KINDS
-from .sweep import AXES, PRESETS, ExperimentSpec
+from store.models import WEIGHT_KINDS
+from store.sweep.spec import AXES, PRESETS, ExperimentSpec
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -86,7 +86,7 @@ def cmd_init(args, store) -> int:
 
 
 def cmd_demo(args, store) -> int:
-    from .demo import DEMO_BANNER, seed_demo
+    from store.demo import DEMO_BANNER, seed_demo
 
     concept, exp = seed_demo(store)
     print(DEMO_BANNER)
@@ -96,7 +96,7 @@ def cmd_demo(args, store) -> int:
 
 
 def cmd_concept_add(args, store) -> int:
-    from .queries import save_concept
+    from store.queries import save_concept
 
     c = save_concept(store, args.name, token=args.token, class_word=args.class_word, ref_images=args.image,
                      weights_path=args.weights, weights_kind=args.weights_kind, base_model=args.model,
@@ -106,7 +106,7 @@ def cmd_concept_add(args, store) -> int:
 
 
 def cmd_concept_list(args, store) -> int:
-    from .queries import list_concepts
+    from store.queries import list_concepts
 
     for c in list_concepts(store):
         print(f"{c.id:>4}  {c.name:<24} token={c.token!r:<12} class={c.class_word!r:<10} "
@@ -115,7 +115,7 @@ def cmd_concept_list(args, store) -> int:
 
 
 def _concept_id(store, ref) -> int | None:
-    from .queries import InputError, concept_by_name, get_concept
+    from store.queries import InputError, concept_by_name, get_concept
 
     if ref is None:
         return None
@@ -126,7 +126,7 @@ def _concept_id(store, ref) -> int | None:
 
 
 def _experiment(store, ref):
-    from .queries import InputError, experiment_by_ref
+    from store.queries import InputError, experiment_by_ref
 
     exp = experiment_by_ref(store, ref)
     if exp is None:
@@ -135,8 +135,8 @@ def _experiment(store, ref):
 
 
 def cmd_experiment_create(args, store) -> int:
-    from .queries import get_concept, save_experiment
-    from .sweep import expand
+    from store.queries import get_concept, save_experiment
+    from store.sweep.spec import expand
 
     concept_id = _concept_id(store, args.concept)
     spec = ExperimentSpec()
@@ -169,7 +169,7 @@ def cmd_experiment_create(args, store) -> int:
 
 
 def cmd_experiment_list(args, store) -> int:
-    from .queries import list_experiments
+    from store.queries import list_experiments
 
     for row in list_experiments(store):
         e = row.experiment
@@ -179,7 +179,7 @@ def cmd_experiment_list(args, store) -> int:
 
 
 def cmd_experiment_show(args, store) -> int:
-    from .queries import counts_by_status
+    from store.queries import counts_by_status
 
     exp = _experiment(store, args.experiment)
     print(f"experiment {exp.id}: {exp.name} [{exp.status}] {exp.run_count} runs")
@@ -189,7 +189,7 @@ def cmd_experiment_show(args, store) -> int:
 
 
 def cmd_experiment_queue(args, store) -> int:
-    from .queries import queue_experiment
+    from store.queries import queue_experiment
 
     exp = queue_experiment(store, _experiment(store, args.experiment).id)
     print(f"experiment {exp.id}: {exp.run_count} runs queued")
@@ -197,7 +197,7 @@ def cmd_experiment_queue(args, store) -> int:
 
 
 def cmd_experiment_duplicate(args, store) -> int:
-    from .queries import duplicate_experiment
+    from store.queries import duplicate_experiment
 
     exp = duplicate_experiment(store, _experiment(store, args.experiment).id, args.name)
     print(f"experiment {exp.id}: {exp.name} (draft)")
@@ -205,7 +205,7 @@ def cmd_experiment_duplicate(args, store) -> int:
 
 
 def cmd_runs(args, store) -> int:
-    from .queries import InputError, RunFilter, list_runs
+    from store.queries import InputError, RunFilter, list_runs
 
     equals = {}
     for item in args.where:

@@ -6,9 +6,9 @@ import argparse
 import sys
 from datetime import timezone
 
-from . import queue as q
-from .models import RunStatus, utcnow
-from .queries import InputError, experiment_by_ref
+from store import queue as q
+from store.models import RunStatus, utcnow
+from store.queries import InputError, experiment_by_ref
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -15,8 +15,8 @@ from typing import Any
 from sqlalchemy import select
 
 from .aggregate import _fmt, check_by
-from .db import Store
-from .models import Run
+from store.db import Store
+from store.models import Run
 
 MAX_CELLS = 400
 MAX_SIDE = 4096  # 4096^2 RGB is 50 MB in memory; the PNG is far smaller
@@ -96,7 +96,7 @@ def grid_runs(store: Store, experiment_id: int, by: str, columns: str | None = N
     prompts = {r["prompt_index"] for r in runs}
     columns = columns or ("target_prompt" if len(prompts) > 1 else "seed")
     if columns not in ("target_prompt", "seed"):
-        from .queries import InputError
+        from store.queries import InputError
 
         raise InputError(f"grid columns: {columns!r} is neither target_prompt nor seed")
     col_field = "prompt_index" if columns == "target_prompt" else "seed"

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .aggregate import SCALES
+from store.report.aggregate import SCALES
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -50,7 +50,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _experiment(store, ref):
-    from .queries import InputError, experiment_by_ref
+    from store.queries import InputError, experiment_by_ref
 
     exp = experiment_by_ref(store, ref)
     if exp is None:
@@ -60,7 +60,7 @@ def _experiment(store, ref):
 
 def _where(store, exp, given: str | None, kind: str, suffix: str, by: str | None = None):
     """(path, folder) for the export functions: the user's path inside cwd, or a default name."""
-    from .export import default_name
+    from store.report.export import default_name
 
     if given:
         # An absolute path on the command line is the user's own choice of folder.
@@ -69,7 +69,7 @@ def _where(store, exp, given: str | None, kind: str, suffix: str, by: str | None
 
 
 def cmd_runs(args, store) -> int:
-    from .export import export_runs_csv
+    from store.report.export import export_runs_csv
 
     exp = _experiment(store, args.experiment)
     path, folder = _where(store, exp, args.csv, "runs", ".csv")
@@ -78,7 +78,7 @@ def cmd_runs(args, store) -> int:
 
 
 def cmd_summary(args, store) -> int:
-    from .export import export_summary_csv
+    from store.report.export import export_summary_csv
 
     exp = _experiment(store, args.experiment)
     path, folder = _where(store, exp, args.csv, "summary", ".csv", args.by)
@@ -87,14 +87,14 @@ def cmd_summary(args, store) -> int:
 
 
 def cmd_plot(args, store) -> int:
-    from .export import export_plot_png
+    from store.report.export import export_plot_png
 
     exp = _experiment(store, args.experiment)
     path, folder = _where(store, exp, args.png, "plot", ".png", args.by)
     out = export_plot_png(store, exp.id, args.by, path, scale=args.scale, folder=folder)
     if args.text:
-        from .aggregate import aggregate
-        from .plots import tradeoff_text
+        from store.report.aggregate import aggregate
+        from store.report.plots import tradeoff_text
 
         print(tradeoff_text(aggregate(store, exp.id, args.by, scale=args.scale), by=args.by,
                             title=f"{exp.name} by {args.by}"))
@@ -103,7 +103,7 @@ def cmd_plot(args, store) -> int:
 
 
 def cmd_grid(args, store) -> int:
-    from .export import export_grid_png
+    from store.report.export import export_grid_png
 
     exp = _experiment(store, args.experiment)
     path, folder = _where(store, exp, args.png, "grid", ".png", args.by)

@@ -22,8 +22,8 @@ from typing import Iterator
 from sqlalchemy import Integer, String, and_, case, cast, func, select, type_coerce
 
 from .aggregate import SCALES, AggregateRow, aggregate, check_by, image_metric, iter_rows, scaled_sql
-from .db import Store
-from .models import Experiment, Run, Score
+from store.db import Store
+from store.models import Experiment, Run, Score
 
 _UNSAFE = re.compile(r"[^\w.\- ]+")
 
@@ -31,7 +31,7 @@ _UNSAFE = re.compile(r"[^\w.\- ]+")
 # ------------------------------------------------------------------ paths
 def safe_filename(name: str, suffix: str) -> str:
     """A file name with no separators or control characters, not hidden, ending in ``suffix``."""
-    from .queries import InputError
+    from store.queries import InputError
 
     cleaned = _UNSAFE.sub("_", name).strip(" .")
     if not cleaned or cleaned.strip("_") == "":
@@ -45,7 +45,7 @@ def resolve_output(path: str | os.PathLike, suffix: str, folder: str | os.PathLi
     """Where an export goes: ``path`` must resolve inside ``folder`` (``..`` or an absolute path
     elsewhere is refused). ``folder=None`` means the path itself is the user's explicit choice.
     The file name is sanitised either way."""
-    from .queries import InputError
+    from store.queries import InputError
 
     raw = Path(os.fspath(path)).expanduser()
     name = safe_filename(raw.name, suffix)
@@ -89,7 +89,7 @@ def _target(store: Store, path, suffix: str, folder) -> Path:
 
 
 def _require_experiment(store: Store, experiment_id: int) -> Experiment:
-    from .queries import InputError
+    from store.queries import InputError
 
     with store.session() as s:
         exp = s.get(Experiment, experiment_id)
@@ -137,7 +137,7 @@ def _run_column(store: Store, column):
 
 def runs_query(store: Store, experiment_id: int, scale: str = "raw"):
     """The runs of an experiment with one column per (metric, backbone); returns (query, header)."""
-    from .queries import InputError
+    from store.queries import InputError
 
     if scale not in SCALES:
         raise InputError(f"--scale: {scale!r} is not one of {', '.join(SCALES)}")

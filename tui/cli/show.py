@@ -62,7 +62,7 @@ def draw(path, width: int) -> str:
 
 
 def cmd_show(args, store) -> int:
-    from .queries import get_run, run_scores
+    from store.queries import get_run, run_scores
 
     run = get_run(store, args.run)
     if run is None:

@@ -11,10 +11,10 @@ import sys
 
 # Modules that add subcommands; one line each.
 COMMAND_MODULES = [
-    "store.cli_basic",
-    "store.cli_export",
-    "store.cli_queue",
-    "store.cli_show",
+    "tui.cli.basic",
+    "tui.cli.export",
+    "tui.cli.queue",
+    "tui.cli.show",
 ]
 
 
@@ -36,9 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0 if args.command is None else 2
-    from .db import SchemaTooNew, open_store
-    from .grammar import SweepError
-    from .queries import InputError
+    from store.db import SchemaTooNew, open_store
+    from store.sweep.grammar import SweepError
+    from store.queries import InputError
 
     try:
         store = open_store(args.home)

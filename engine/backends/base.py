@@ -1,0 +1,73 @@
+"""What the engine loop asks of a generator backend, and what it hands one.
+
+A backend loads a model (`LoadKey`) and generates one shared-source batch (`SourceJob` plus
+`TargetJob`s). It raises `RunError` for failures that belong to the runs (bad input) and
+`ModelUnavailable` when the model itself cannot be had.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Protocol, Sequence
+
+from store.models import Run
+
+from engine.control import ControlSpec
+
+
+# ------------------------------------------------------------------ errors
+class RunError(Exception):
+    """An expected failure with a message fit for the Run's error column (no traceback needed)."""
+
+
+class ModelUnavailable(RunError):
+    """The model (or its personalization) cannot be loaded; every run needing it fails."""
+
+
+# ------------------------------------------------------------------ jobs
+@dataclass(frozen=True)
+class LoadKey:
+    """What a loaded pipeline is: base model plus personalization (token matters for TI)."""
+
+    model: str
+    weights_kind: str = "none"
+    weights_path: str | None = None
+    token: str = ""
+
+    @classmethod
+    def of(cls, run: Run) -> "LoadKey":
+        return cls(run.model, run.weights_kind or "none", run.weights_path, run.token or "")
+
+
+@dataclass
+class SourceJob:
+    prompt: str
+    image: str | None
+    invert: bool
+    seed: int
+    num_steps: int
+    guidance: float
+    width: int
+    height: int
+
+    @classmethod
+    def of(cls, run: Run, home_root: Path) -> "SourceJob":
+        image = run.source_image
+        if image and not Path(image).is_absolute():
+            image = str(home_root / image)
+        return cls(run.source_prompt, image, bool(run.invert and image), int(run.seed), int(run.num_steps),
+                   float(run.guidance), int(run.width), int(run.height))
+
+
+@dataclass
+class TargetJob:
+    run_id: int
+    prompt: str
+    control: ControlSpec | None  # None: the no-control baseline
+
+
+class Backend(Protocol):
+    def load(self, key: LoadKey) -> None: ...
+    def blocks(self) -> Sequence[str]: ...
+    def generate(self, source: SourceJob, targets: list[TargetJob], step_callback: Callable[[int, int], None]) -> Any: ...
+    def after_oom(self) -> None: ...

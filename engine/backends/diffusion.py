@@ -1,0 +1,100 @@
+"""The diffusers backend: engine.pipeline with one pipeline kept loaded, switched only when needed."""
+from __future__ import annotations
+
+import gc
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+from .base import LoadKey, ModelUnavailable, RunError, SourceJob, TargetJob
+
+log = logging.getLogger("mtp.engine")
+
+
+class PipelineBackend:
+    """diffusers via engine.pipeline; keeps one pipeline loaded and switches only when needed."""
+
+    def __init__(self, device: str = "cpu", home=None, dtype=None):
+        self.device = device
+        self.home = home
+        self.dtype = dtype
+        self.pipe = None
+        self.key: LoadKey | None = None
+        self._blocks: list[str] | None = None
+
+    def _resolve_model(self, model: str) -> str:
+        if self.home is not None and model in ("tiny", "tiny-sd", "demo"):
+            return str(self.home.demo_model)
+        return model
+
+    def load(self, key: LoadKey) -> None:
+        if key == self.key and self.pipe is not None:
+            return
+        from engine.pipeline import ModelNotFound, block_paths, load_pipeline
+
+        _quiet_progress_bars()
+        self.pipe, self.key, self._blocks = None, None, None
+        self._free()
+        base = key.weights_path if key.weights_kind == "full" and key.weights_path else key.model
+        t0 = time.monotonic()
+        try:
+            pipe = load_pipeline(self._resolve_model(base), device=self.device, dtype=self.dtype)
+        except ModelNotFound as exc:
+            raise ModelUnavailable(str(exc)) from None
+        if key.weights_kind not in ("none", "full", ""):
+            if not key.weights_path or not Path(key.weights_path).exists():
+                raise ModelUnavailable(f"weights file {key.weights_path or '(empty)'} not found")
+            try:
+                from engine.personalize import apply_personalization
+            except ImportError as exc:
+                raise ModelUnavailable(f"personalization ({key.weights_kind}) is not available: {exc}") from None
+            try:
+                apply_personalization(pipe, key.weights_kind, key.weights_path, token=key.token or None)
+            except (OSError, ValueError, KeyError) as exc:
+                raise ModelUnavailable(f"cannot apply {key.weights_kind} weights {key.weights_path}: {exc}") from None
+        self.pipe, self.key = pipe, key
+        self._blocks = block_paths(pipe.unet)
+        log.info("loaded %s (%s %s) on %s in %.1fs", base, key.weights_kind, key.weights_path or "",
+                 self.device, time.monotonic() - t0)
+
+    def blocks(self) -> Sequence[str]:
+        return self._blocks or []
+
+    def generate(self, source: SourceJob, targets: list[TargetJob], step_callback):
+        from engine.control import ControlError as _CE
+        from engine.inversion import ImageError
+        from engine.pipeline import NonFiniteLatents, Source, Target, generate
+
+        try:
+            return generate(
+                self.pipe,
+                Source(source.prompt, image=source.image if source.invert else None, invert=source.invert),
+                [Target(t.prompt, t.control) for t in targets],
+                seed=source.seed, num_steps=source.num_steps, guidance=source.guidance,
+                height=source.height, width=source.width, step_callback=step_callback,
+            )
+        except (NonFiniteLatents, ImageError, _CE) as exc:
+            raise RunError(str(exc)) from None
+
+    def after_oom(self) -> None:
+        self._free()
+
+    def _free(self) -> None:
+        gc.collect()
+        torch = sys.modules.get("torch")
+        if torch is not None and torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def _quiet_progress_bars() -> None:
+    # Loading bars would fill the engine log with carriage-return noise.
+    try:
+        from diffusers.utils import logging as diffusers_logging
+        from transformers.utils import logging as transformers_logging
+
+        diffusers_logging.disable_progress_bar()
+        transformers_logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover
+        pass
