@@ -241,6 +241,8 @@ def cmd_runs(args, store) -> int:
     for r in rows:
         control = "baseline" if r.is_baseline else (
             f"layers={r.layers} steps={r.start_step}..{r.final_step}/{r.skip_interval} mask={r.mask_mode}")
+        if r.invert and r.inversion_guidance is not None:
+            control += f" inversion_guidance={r.inversion_guidance:g}"
         err = f"  error: {r.error.splitlines()[-1]}" if r.error else ""
         print(f"{r.id:>6} {r.status:<9} seed={r.seed} {control}  {r.target_prompt!r}{err}")
     return 0
