@@ -254,3 +254,31 @@ def test_inversion_guidance_one_vs_seven_and_a_half_through_the_worker(store, ti
     with open(path, newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert sorted(float(r["inversion_guidance"]) for r in rows) == [1.0, 1.0, 7.5, 7.5]
+
+
+def test_demo_has_an_sdxl_inversion_experiment_that_runs(store, tiny_sdxl_dir):
+    import shutil
+
+    from sqlmodel import select
+
+    from engine.backends.diffusion import PipelineBackend
+    from engine.worker import Worker, WorkerConfig
+    from store.demo import SDXL_DEMO, seed_demo
+    from store.models import Experiment, Run
+    from store.queries import queue_experiment
+
+    seed_demo(store)
+    with store.session() as s:
+        exp = s.exec(select(Experiment).where(Experiment.name == SDXL_DEMO)).one()
+    assert exp.status == "draft"
+    # The engine builds home/models/tiny-sdxl on first use; a copy of the session's build stands in.
+    shutil.copytree(tiny_sdxl_dir, store.home.demo_sdxl_model)
+    backend = PipelineBackend("cpu", home=store.home)
+    assert backend._resolve_model("tiny-sdxl") == str(store.home.demo_sdxl_model)
+    queue_experiment(store, exp.id)
+    Worker(store, backend, WorkerConfig(once=True, heartbeat_s=0.2), worker_id="demo").run()
+    with store.session() as s:
+        runs = list(s.exec(select(Run).where(Run.experiment_id == exp.id)))
+    assert runs and {r.status for r in runs} == {"done"}, {r.error for r in runs}
+    assert {r.inversion_guidance for r in runs} == {1.0, 7.5}
+    assert block_paths(backend.pipe.unet) == SDXL_BLOCKS
