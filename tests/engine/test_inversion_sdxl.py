@@ -282,3 +282,15 @@ def test_demo_has_an_sdxl_inversion_experiment_that_runs(store, tiny_sdxl_dir):
     assert runs and {r.status for r in runs} == {"done"}, {r.error for r in runs}
     assert {r.inversion_guidance for r in runs} == {1.0, 7.5}
     assert block_paths(backend.pipe.unet) == SDXL_BLOCKS
+
+
+def test_sd_inversion_guidance_reaches_the_inversion_too(tiny_model_dir, reference_image):
+    from engine.tiny import load_tiny_pipeline
+
+    sd = load_tiny_pipeline(tiny_model_dir)
+    kw = dict(seed=0, num_steps=STEPS, height=64, width=64, decode=False)
+    res = generate(sd, Source(PROMPT, image=reference_image, invert=True, inversion_guidance=7.5), [], **kw)
+    guided = invert(sd, reference_image, PROMPT, STEPS, guidance=7.5, height=64, width=64)
+    plain = invert(sd, reference_image, PROMPT, STEPS, guidance=1.0, height=64, width=64)
+    assert torch.equal(res.inversion.latent, guided.latent)
+    assert (guided.latent - plain.latent).abs().max() > 1e-3
