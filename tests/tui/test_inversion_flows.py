@@ -39,7 +39,8 @@ async def test_sweep_builder_inverts_an_image_at_two_guidances(store, tmp_path):
         sweep.query_one("#input-source_image").value = str(image)
         # 1 prompt x 1 seed x 2 inversion guidances x (baseline + 1 control)
         await wait_for(pilot, lambda: sweep.last_count == 4 and not field.has_class("invalid"), what="4 runs")
-        assert "2 values: 1.0, 7.5" in str(field.query_one(".field-info").content)
+        info = str(field.query_one(".field-info").content)
+        assert "1.0" in info and "7.5" in info
 
         sweep.query_one("#input-inversion_guidance").value = "0.5"
         await wait_for(pilot, lambda: field.has_class("invalid"), what="below 1")
