@@ -147,18 +147,16 @@ def load_tiny_pipeline(path: str | os.PathLike):
     return pipe
 
 
-def ensure_tiny_pipeline(models_dir: str | os.PathLike) -> Path:
-    """Build ``models_dir/tiny-sd`` once; a crash mid-build never leaves a half model there."""
-    models_dir = Path(models_dir)
-    final = models_dir / TINY_DIRNAME
+def ensure_built(final: Path, build) -> Path:
+    """Run ``build(folder)`` once into ``final``; a crash mid-build never leaves a half model there."""
     if (final / "model_index.json").is_file():
         return final
-    models_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tiny-sd-", dir=models_dir))
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
     try:
-        build_tiny_pipeline(tmp / TINY_DIRNAME)
+        build(tmp / final.name)
         try:
-            os.rename(tmp / TINY_DIRNAME, final)
+            os.rename(tmp / final.name, final)
         except OSError:
             # Another process finished first; its copy is equally valid.
             if not (final / "model_index.json").is_file():
@@ -166,3 +164,8 @@ def ensure_tiny_pipeline(models_dir: str | os.PathLike) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return final
+
+
+def ensure_tiny_pipeline(models_dir: str | os.PathLike) -> Path:
+    """Build ``models_dir/tiny-sd`` once; a crash mid-build never leaves a half model there."""
+    return ensure_built(Path(models_dir) / TINY_DIRNAME, build_tiny_pipeline)

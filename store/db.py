@@ -18,7 +18,7 @@ from . import models  # noqa: F401  (registers the tables)
 from .models import Meta
 from .paths import Home
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 BUSY_TIMEOUT_MS = 30_000
 
 
@@ -49,7 +49,13 @@ def _sqlite_engine(url: str) -> Engine:
 
 
 # Each migration upgrades from version N-1 to N; keep them additive so no data is lost.
-MIGRATIONS: dict[int, list[str]] = {}
+MIGRATIONS: dict[int, list[str]] = {
+    2: [
+        # issue 14: the inversion guidance of each run; every inversion before it ran at 1.0
+        "ALTER TABLE run ADD COLUMN inversion_guidance FLOAT",
+        "UPDATE run SET inversion_guidance = 1.0 WHERE invert AND source_image IS NOT NULL",
+    ],
+}
 
 
 class Store:

@@ -12,6 +12,7 @@ from .queries import save_concept, save_experiment
 from store.sweep.spec import ExperimentSpec
 
 DEMO_CONCEPT = "demo-corgi"
+SDXL_DEMO = "demo: SDXL real-image inversion"
 DEMO_BANNER = (
     "DEMO MODE: images come from a randomly initialised tiny model, so they are noise. "
     "Everything else (sweeps, queue, masks, scores, plots, export) is real."
@@ -58,6 +59,41 @@ def demo_spec(home_model: Path, **axes: str) -> ExperimentSpec:
     return spec
 
 
+def sdxl_demo_spec(home_model: Path, source_image: Path) -> ExperimentSpec:
+    """A real-image source on SDXL topology: the reference is DDIM-inverted at guidance 1 and 7.5."""
+    return ExperimentSpec(
+        model=str(home_model),
+        source_prompt="a photo of a corgi",
+        source_image=str(source_image),
+        invert=True,
+        inversion_guidance="1,7.5",
+        target_prompts=["a photo of a corgi on the beach"],
+        num_steps=10,
+        guidance=7.5,
+        width=64,
+        height=64,
+        seeds="0",
+        layers="decoder",
+        start_step="2",
+        final_step="6,end",
+        skip_interval="1",
+    )
+
+
+def _ensure_sdxl_demo(store: Store, concept: Concept) -> None:
+    # Added to older demo folders too, as long as their reference images are still there.
+    with store.session() as s:
+        if s.exec(select(Experiment).where(Experiment.name == SDXL_DEMO)).first() is not None:
+            return
+    source = store.home.root / "demo-refs" / "corgi-0.png"
+    if not source.is_file():
+        return
+    save_experiment(store, SDXL_DEMO, sdxl_demo_spec(store.home.demo_sdxl_model, source), concept.id,
+                    queue=False, tags="demo",
+                    notes="Tiny SDXL-topology model (70 blocks, two text encoders); the source is the "
+                          "first reference image inverted at inversion guidance 1 and 7.5 (draft).")
+
+
 def seed_demo(store: Store) -> tuple[Concept, Experiment]:
     """Create the demo concept and experiments once; later calls return the existing ones."""
     with store.session() as s:
@@ -65,6 +101,7 @@ def seed_demo(store: Store) -> tuple[Concept, Experiment]:
         if concept is not None:
             exp = s.exec(select(Experiment).where(Experiment.concept_id == concept.id).order_by(Experiment.id)).first()
             if exp is not None:
+                _ensure_sdxl_demo(store, concept)
                 return concept, exp
     model = store.home.demo_model
     if concept is None:
@@ -77,4 +114,5 @@ def seed_demo(store: Store) -> tuple[Concept, Experiment]:
                           tags="demo", notes="The seed's final-step sweep, on the tiny model.")
     save_experiment(store, "demo: layer type", demo_spec(model, layers="encoder,decoder", final_step="end"),
                     concept.id, queue=False, tags="demo", notes="Encoder vs decoder control (draft).")
+    _ensure_sdxl_demo(store, concept)
     return concept, exp

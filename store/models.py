@@ -97,6 +97,8 @@ class Run(SQLModel, table=True):
     source_prompt: str = ""
     source_image: Optional[str] = None
     invert: bool = False
+    # classifier-free guidance of the DDIM inversion (issue 14); NULL when the source is generated
+    inversion_guidance: Optional[float] = None
     seed: int = Field(default=0, index=True)
     num_steps: int = 50
     guidance: float = 7.5
@@ -177,5 +179,6 @@ RUN_PARAM_COLUMNS = (
     "target_prompt", "seed", "layers", "start_step", "final_step", "skip_interval",
     "mask_mode", "mask_layers", "mask_words", "mask_threshold", "mask_timing",
     "source_prompt", "num_steps", "guidance", "width", "height", "model", "is_baseline",
+    "inversion_guidance",
 )
 RUN_SORT_COLUMNS = ("id", "status", "created_at", "finished_at", "duration_s", "attempts") + RUN_PARAM_COLUMNS

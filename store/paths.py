@@ -67,6 +67,10 @@ class Home:
     def demo_model(self) -> Path:
         return self.models / "tiny-sd"
 
+    @property
+    def demo_sdxl_model(self) -> Path:
+        return self.models / "tiny-sdxl"
+
     def run_dir(self, run_id: int) -> Path:
         return self.artifacts / f"run-{run_id}"
 

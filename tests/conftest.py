@@ -47,3 +47,25 @@ def tiny_model_dir(tmp_path_factory):
     from engine.tiny import build_tiny_pipeline
 
     return build_tiny_pipeline(tmp_path_factory.mktemp("models") / "tiny-sd")
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_dir(tmp_path_factory):
+    """The offline tiny SDXL pipeline (SDXL's 70-block topology), built once per test session."""
+    import torch
+
+    torch.set_num_threads(1)
+    from engine.tiny_sdxl import build_tiny_sdxl_pipeline
+
+    return build_tiny_sdxl_pipeline(tmp_path_factory.mktemp("models") / "tiny-sdxl")
+
+
+@pytest.fixture
+def reference_image(tmp_path):
+    """A 64x64 random RGB image to invert."""
+    import numpy as np
+    from PIL import Image
+
+    path = tmp_path / "reference.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(path)
+    return path

@@ -49,14 +49,18 @@ class SourceJob:
     guidance: float
     width: int
     height: int
+    inversion_guidance: float = 1.0  # classifier-free guidance of the inversion (with invert)
 
     @classmethod
     def of(cls, run: Run, home_root: Path) -> "SourceJob":
         image = run.source_image
         if image and not Path(image).is_absolute():
             image = str(home_root / image)
-        return cls(run.source_prompt, image, bool(run.invert and image), int(run.seed), int(run.num_steps),
-                   float(run.guidance), int(run.width), int(run.height))
+        invert = bool(run.invert and image)
+        # NULL: a run from before the column existed, when every inversion ran at 1.0
+        inversion_guidance = 1.0 if run.inversion_guidance is None or not invert else float(run.inversion_guidance)
+        return cls(run.source_prompt, image, invert, int(run.seed), int(run.num_steps),
+                   float(run.guidance), int(run.width), int(run.height), inversion_guidance)
 
 
 @dataclass

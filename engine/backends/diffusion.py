@@ -25,8 +25,19 @@ class PipelineBackend:
         self._blocks: list[str] | None = None
 
     def _resolve_model(self, model: str) -> str:
-        if self.home is not None and model in ("tiny", "tiny-sd", "demo"):
-            return str(self.home.demo_model)
+        """The demo names (and the demo models' own folders) resolve under home/models, where the
+        tiny model is built on first use."""
+        if self.home is None:
+            return model
+        from engine.tiny import ensure_tiny_pipeline
+        from engine.tiny_sdxl import ensure_tiny_sdxl_pipeline
+
+        for names, folder, ensure in (
+            (("tiny", "tiny-sd", "demo"), self.home.demo_model, ensure_tiny_pipeline),
+            (("tiny-sdxl", "demo-sdxl"), self.home.demo_sdxl_model, ensure_tiny_sdxl_pipeline),
+        ):
+            if model in names or _same_path(model, folder):
+                return str(ensure(self.home.models))
         return model
 
     def load(self, key: LoadKey) -> None:
@@ -70,7 +81,8 @@ class PipelineBackend:
         try:
             return generate(
                 self.pipe,
-                Source(source.prompt, image=source.image if source.invert else None, invert=source.invert),
+                Source(source.prompt, image=source.image if source.invert else None, invert=source.invert,
+                       inversion_guidance=source.inversion_guidance if source.invert else 1.0),
                 [Target(t.prompt, t.control) for t in targets],
                 seed=source.seed, num_steps=source.num_steps, guidance=source.guidance,
                 height=source.height, width=source.width, step_callback=step_callback,
@@ -86,6 +98,13 @@ class PipelineBackend:
         torch = sys.modules.get("torch")
         if torch is not None and torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+
+def _same_path(model: str, folder: Path) -> bool:
+    try:
+        return Path(model).expanduser().resolve() == folder.resolve()
+    except (OSError, RuntimeError, ValueError):
+        return False
 
 
 def _quiet_progress_bars() -> None:

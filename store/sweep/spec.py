@@ -19,6 +19,8 @@ MASK_TIMINGS = ("current", "previous")
 # The swept fields, in the order the grid nests them (first = outermost).
 AXES: dict[str, Axis] = {
     "seeds": Axis("seeds", "int", minimum=0, maximum=2**63 - 1),
+    # A source setting like the seed: each value is its own source pass (group_key).
+    "inversion_guidance": Axis("inversion_guidance", "float", minimum=1.0),
     "layers": Axis("layers", "layers"),
     "start_step": Axis("start_step", "int", minimum=0),
     "final_step": Axis("final_step", "int", minimum=1, specials=("end",)),
@@ -30,6 +32,10 @@ AXES: dict[str, Axis] = {
     "mask_timing": Axis("mask_timing", "enum", choices=MASK_TIMINGS),
 }
 MASK_AXES = ("mask_layers", "mask_words", "mask_threshold", "mask_timing")
+# 1.0 inverts without classifier-free guidance: DDIM inversion error grows with guidance
+# (Mokady et al., Null-text Inversion, 2023), so it is the better-behaved default; MasaCtrl's
+# real-image notebook inverts at 7.5.
+DEFAULT_INVERSION_GUIDANCE = "1"
 
 
 @dataclass
@@ -40,6 +46,7 @@ class ExperimentSpec:
     source_prompt: str = "a photo of a dog"
     source_image: str | None = None  # a real image to invert instead of generating the source
     invert: bool = False
+    inversion_guidance: str = DEFAULT_INVERSION_GUIDANCE  # sweep grammar; used only with source_image
     target_prompts: list[str] = field(default_factory=lambda: ["a photo of a dog on the beach"])
     num_steps: int = 50
     guidance: float = 7.5
@@ -98,6 +105,8 @@ def validate_base(spec: ExperimentSpec) -> None:
             raise SweepError(name, str(v), 0, "must be a positive multiple of 8")
     if spec.guidance < 0:
         raise SweepError("guidance", str(spec.guidance), 0, "cannot be negative")
+    if spec.invert and not spec.source_image:
+        raise SweepError("source_image", "", 0, "inverting needs an image to invert")
 
 
 def group_key(row: dict[str, Any]) -> str:
@@ -106,6 +115,9 @@ def group_key(row: dict[str, Any]) -> str:
         "model", "weights_path", "weights_kind", "source_prompt", "source_image", "invert",
         "seed", "num_steps", "guidance", "width", "height",
     )]
+    # Appended only when set, so keys of runs without inversion stay what they were.
+    if row.get("inversion_guidance") is not None:
+        parts.append(row["inversion_guidance"])
     return hashlib.sha1(json.dumps(parts, default=str).encode()).hexdigest()[:16]
 
 
@@ -130,6 +142,11 @@ def expand(spec: ExperimentSpec, concept: Any | None = None) -> list[dict[str, A
         if s >= f:
             raise SweepError("start_step", spec.start_step, spec.start_step.find(str(s)),
                              f"start step {s} is not before final step {f} (final is exclusive)")
+    inverting = bool(spec.invert or spec.source_image)
+    if len(axes["inversion_guidance"]) > 1 and not inverting:
+        raise SweepError("inversion_guidance", spec.inversion_guidance, 0,
+                         "several values only make sense with an image to invert")
+    inversion_guidances = [float(g) for g in axes["inversion_guidance"]] if inverting else [None]
     masks_on = [m for m in axes["mask_mode"] if m != "off"]
     if "image" in masks_on:
         raise SweepError("mask_mode", spec.mask_mode, spec.mask_mode.find("image"),
@@ -154,7 +171,7 @@ def expand(spec: ExperimentSpec, concept: Any | None = None) -> list[dict[str, A
         "concept_id": getattr(concept, "id", None),
         "source_prompt": spec.source_prompt.strip(),
         "source_image": spec.source_image or None,
-        "invert": bool(spec.invert or spec.source_image),
+        "invert": inverting,
         "num_steps": spec.num_steps,
         "guidance": float(spec.guidance),
         "width": spec.width,
@@ -174,8 +191,9 @@ def expand(spec: ExperimentSpec, concept: Any | None = None) -> list[dict[str, A
 
     rows: list[dict[str, Any]] = []
     for p_index, prompt in enumerate(prompts):
-        for seed in axes["seeds"]:
-            shared = dict(base, seed=seed, target_prompt=prompt, prompt_index=p_index)
+        for seed, inv_guidance in itertools.product(axes["seeds"], inversion_guidances):
+            shared = dict(base, seed=seed, inversion_guidance=inv_guidance, target_prompt=prompt,
+                          prompt_index=p_index)
             shared["group_key"] = group_key(shared)
             if spec.baseline:
                 rows.append(dict(shared, is_baseline=True, layers="", start_step=0, final_step=0,

@@ -40,14 +40,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--spec", help="a JSON file with ExperimentSpec fields")
     p.add_argument("--model")
     p.add_argument("--source-prompt")
-    p.add_argument("--source-image", help="a real image to invert as the source")
+    p.add_argument("--source-image", help="a real image to invert as the source (DDIM inversion)")
+    p.add_argument("--invert", action="store_true", default=None,
+                   help="invert --source-image (implied by it; stated for clarity)")
     p.add_argument("--prompt", action="append", help="target prompt (repeatable)")
     p.add_argument("--steps", type=int, dest="num_steps")
     p.add_argument("--guidance", type=float)
     p.add_argument("--size", type=int, help="width and height")
     p.add_argument("--no-baseline", action="store_true", help="do not add no-control baseline runs")
+    helps = {"inversion_guidance": "classifier-free guidance while inverting --source-image, sweep grammar "
+                                   "(default 1 = none, the better-behaved choice; MasaCtrl's notebook: 7.5)"}
     for name in AXES:
-        p.add_argument("--" + name.replace("_", "-"), dest=name, help=f"sweep grammar for {name}")
+        p.add_argument("--" + name.replace("_", "-"), dest=name, help=helps.get(name, f"sweep grammar for {name}"))
     p.add_argument("--queue", action="store_true", help="queue the runs now")
     p.add_argument("--dry-run", action="store_true", help="print the run count and write nothing")
     p.add_argument("--tags", default="")
@@ -148,10 +152,22 @@ def cmd_experiment_create(args, store) -> int:
     if args.preset:
         for k, v in PRESETS[args.preset].items():
             setattr(spec, k, v)
-    for name in ("model", "source_prompt", "source_image", "num_steps", "guidance", *AXES):
+    for name in ("model", "source_prompt", "source_image", "invert", "num_steps", "guidance", *AXES):
         value = getattr(args, name)
         if value is not None:
             setattr(spec, name, value)
+    if spec.source_image:
+        from pathlib import Path
+
+        from store.queries import InputError, check_image
+
+        # The engine reads it later, maybe from another folder: refuse a bad file now and keep
+        # the path absolute (a relative one would be taken as relative to the data folder).
+        try:
+            check_image(spec.source_image)
+        except InputError as exc:
+            raise InputError(f"source image: {exc}") from None
+        spec.source_image = str(Path(spec.source_image).expanduser().resolve())
     if args.prompt:
         spec.target_prompts = args.prompt
     if args.size:
@@ -225,6 +241,8 @@ def cmd_runs(args, store) -> int:
     for r in rows:
         control = "baseline" if r.is_baseline else (
             f"layers={r.layers} steps={r.start_step}..{r.final_step}/{r.skip_interval} mask={r.mask_mode}")
+        if r.invert and r.inversion_guidance is not None:
+            control += f" inversion_guidance={r.inversion_guidance:g}"
         err = f"  error: {r.error.splitlines()[-1]}" if r.error else ""
         print(f"{r.id:>6} {r.status:<9} seed={r.seed} {control}  {r.target_prompt!r}{err}")
     return 0

@@ -19,7 +19,7 @@ from ..widgets.artifact_image import ArtifactImage, array_to_image
 from ._common import StoreScreen, duration, fmt
 
 PARAMS = ("experiment_id", "grid_index", "status", "is_baseline", "model", "source_prompt", "source_image",
-          "invert", "target_prompt", "seed", "num_steps", "guidance", "width", "height", "layers",
+          "invert", "inversion_guidance", "target_prompt", "seed", "num_steps", "guidance", "width", "height", "layers",
           "start_step", "final_step", "skip_interval", "mask_mode", "mask_layers", "mask_words",
           "mask_threshold", "mask_timing", "weights_kind", "weights_path", "token", "class_word",
           "attempts", "worker_id", "duration_s", "tags", "notes", "marked")

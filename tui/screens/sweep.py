@@ -102,6 +102,12 @@ class SweepScreen(StoreScreen):
                 yield Field("source_prompt", "Source prompt", s.source_prompt)
                 yield Field("source_image", "...or image to invert", "",
                             placeholder="path of a real source image (empty: generate from the prompt)")
+                yield Field("inversion_guidance", "Inversion guidance", s.inversion_guidance,
+                            placeholder="1 = none, the better-behaved default; MasaCtrl's notebook: 7.5; 1,7.5 compares",
+                            axis=AXES["inversion_guidance"])
+                yield Static("inversion guidance: 1 (no guidance while inverting) is the better-behaved default, "
+                             "as inversion error grows with guidance; MasaCtrl's notebook uses 7.5",
+                             classes="field-info")
                 yield Label("Target prompts, one per line (may use the concept's token)", classes="field-label")
                 yield TextArea("\n".join(s.target_prompts), id="target_prompts")
                 yield Static("", id="error-target_prompts", classes="field-info")
