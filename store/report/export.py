@@ -281,11 +281,13 @@ def summary_rows(rows: list[AggregateRow]) -> Iterator[list]:
 
 
 def export_summary_csv(store: Store, experiment_id: int, by: str, path: str | os.PathLike, scale: str = "raw",
-                       folder: str | os.PathLike | None = None) -> Path:
+                       folder: str | os.PathLike | None = None, rows: Aggregate | None = None) -> Path:
+    """``rows``: this experiment's ``aggregate(by, scale)`` when the caller already has it."""
     _require_experiment(store, experiment_id)
     check_by(by)
     target = _target(store, path, ".csv", folder)
-    rows = aggregate(store, experiment_id, by, scale=scale)
+    if rows is None:
+        rows = aggregate(store, experiment_id, by, scale=scale)
     with _atomic(target) as fh:
         writer = csv.writer(fh)
         writer.writerow(summary_header(rows))
@@ -308,13 +310,17 @@ def export_plot_png(store: Store, experiment_id: int, by: str, path: str | os.Pa
 
 
 def export_grid_png(store: Store, experiment_id: int, by: str, path: str | os.PathLike,
-                    folder: str | os.PathLike | None = None, **grid_options) -> Path:
+                    folder: str | os.PathLike | None = None, on_layout=None, **grid_options) -> Path:
+    """``by`` is the Y axis; ``grid_options`` go to ``render_grid`` (x, z, pins, seeds, caps).
+    ``on_layout`` receives the rendered layout (caption, missing images) for the caller to report."""
     from .grid_image import render_grid
 
     _require_experiment(store, experiment_id)
     check_by(by)
     target = _target(store, path, ".png", folder)
     layout = render_grid(store, experiment_id, by, **grid_options)
+    if on_layout is not None:
+        on_layout(layout)
     with _atomic(target, "wb") as fh:
         layout.image.save(fh, format="PNG", optimize=False)
     return target
