@@ -56,6 +56,8 @@ class GridLayout:
     pins: dict[str, str] = field(default_factory=dict)  # axis -> pinned value as printed
     caption: list[str] = field(default_factory=list)  # the lines printed above the grid
     missing: Counter = field(default_factory=Counter)  # reason -> cells without an image
+    pin_choices: dict[str, list[str]] = field(default_factory=dict)  # pinnable axis -> its values
+    axes: list[str] = field(default_factory=list)  # every axis the experiment varies
 
     @property
     def n_images(self) -> int:
@@ -176,7 +178,10 @@ def render_grid(store: Store, experiment_id: int, by: str, columns: str | None =
                         truncated_rows=len(plan.row_keys) - len(rows), truncated_cols=len(plan.col_keys) - len(cols),
                         z=plan.z.name if plan.z else None, panel_titles=[p.title for p in panels],
                         truncated_panels=n_panels - len(panels),
-                        pins={a: plan.axes[a].label(k) for a, k in plan.pins.items()})
+                        pins={a: plan.axes[a].label(k) for a, k in plan.pins.items()},
+                        pin_choices={a: [plan.axes[a].label(v) for v in plan.axes[a].values] for a in plan.swept
+                                     if a not in (plan.x.name, plan.y.name, plan.z.name if plan.z else None)},
+                        axes=list(plan.swept))
     top = PAD + len(caption) * line_h + PAD
     for p_index, panel in enumerate(panels):
         if plan.z:

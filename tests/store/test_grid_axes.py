@@ -20,6 +20,10 @@ def colour(run_id: int) -> tuple[int, int, int]:
 
 @pytest.fixture
 def sweep(store):
+    return make_axes_sweep(store)
+
+
+def make_axes_sweep(store) -> int:
     """Prompts x seeds 0,1,2 x layers x start_step x final_step x mask_threshold (mask auto), every
     run done with a solid image in its own colour and a grey source."""
     exp = seed_experiment(store, "axes", seeds="0,1,2", layers="decoder,encoder", start_step="2,4",
