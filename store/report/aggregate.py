@@ -176,7 +176,7 @@ class Aggregate(list):
         scaled = [m for m in self.metrics if self.scale_of(m) != "raw"]
         if self.scale != "raw":
             lines.append(f"scale {self.scale} ({SCALE_DEFS[self.scale].formula}) on "
-                         f"{', '.join(scaled) or 'no metric'}; other metrics raw cosine")
+                         f"{', '.join(scaled) or 'no metric'}; other metrics unscaled")
         else:
             lines.append("scale: raw cosine")
         img = self.image_metric

@@ -239,7 +239,7 @@ def _stream(store: Store, q, size: int = 5000) -> Iterator[list]:
 # of the file, or a file read without its header comment, still says what its numbers mean.
 def summary_header(rows: list[AggregateRow]) -> list[str]:
     metrics = _summary_metrics(rows)
-    head = ["by", "value", "is_baseline", "n_runs", "n_concepts", "pareto", "unit", "unit_definition",
+    head = ["by", "value", "is_baseline", "n_runs", "n_concepts", "pareto", "unit", "n_unit", "unit_definition",
             "incomplete", "scale", "image_alignment"]
     for m in metrics:
         head += [f"{m}_backbone", f"{m}_n", f"{m}_mean", f"{m}_std", f"{m}_sem", f"{m}_scale", f"{m}_compares",
@@ -268,7 +268,8 @@ def summary_rows(rows: list[AggregateRow]) -> Iterator[list]:
     img_text = f"{img}: {metric_def(img).compares}" if img else ""
     for r in rows:
         line = [r.by, "" if r.value is None else r.value, r.is_baseline, r.n_runs, r.n_concepts, r.pareto,
-                table.unit, table.unit_text, r.incomplete, table.scale, img_text]
+                table.unit, r.n_concepts if table.unit == "concepts" else r.n_runs, table.unit_text, r.incomplete,
+                table.scale, img_text]
         for m in metrics:
             st = r.metrics.get(m)
             scale = table.scale_of(m)

@@ -259,6 +259,8 @@ def _place(runs, axes, x, y, z, pins, user_pins, swept, each) -> GridPlan:
     y_control, x_control = y in CONTROL_AXES, x in CONTROL_AXES
     baseline_mode = "row" if y_control else ("column" if x_control else "none")
     note = "" if baseline_mode != "none" else "baselines not shown (both axes are base settings)"
+    if not any(r["is_baseline"] for r in runs):
+        baseline_mode, note = "none", ""  # the sweep made none: no empty baseline row to count
     seed_values = axes["seed"].values if each else [None]
     row_keys = ([BASELINE + ((s,) if each else ()) for s in seed_values] if baseline_mode == "row" else [])
     row_keys += [("value", v) + ((s,) if each else ()) for v in axes[y].values for s in seed_values]

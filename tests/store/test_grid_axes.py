@@ -162,3 +162,11 @@ def test_cli_grid_with_axes_and_pins(store, home, sweep, tmp_path, monkeypatch, 
     assert main(h + ["export", "grid", str(sweep), "--by", "final_step", "--pin", "seed", "--png", "x.png"]) == 2
     assert main(h + ["export", "grid", str(sweep), "--by", "final_step", "--pin", "seed=9", "--png", "x.png"]) == 2
     assert not (tmp_path / "x.png").exists()
+
+
+def test_no_baseline_row_when_the_sweep_made_none(store):
+    exp = seed_experiment(store, "nobase", seeds="0,1", final_step="10,15", baseline=False)
+    layout = render_grid(store, exp.id, "final_step", thumb=16)
+    assert layout.row_labels == ["final_step=10", "final_step=15"]
+    # Nothing ran yet: every target cell is a counted "no image" cell, none silently dropped.
+    assert layout.missing == {"queued": 4} and "4 cells without image (queued 4)" in layout.caption_text
