@@ -14,7 +14,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from .grid_plan import GridPlan, canonical_axis, plan_grid
+from .grid_plan import CONTROL_AXES, GridPlan, canonical_axis, plan_grid
 from store.db import Store
 
 MAX_CELLS = 400
@@ -236,15 +236,9 @@ def _cell(plan: GridPlan, panel, rows, cols, r: int, c: int, col_side: bool, row
     row, col = rows[r - row_side], cols[c - col_side]
     run = panel.cells.get((row, col))
     kind = "baseline" if row[0] == "baseline" or col[0] == "baseline" else "target"
-    if run is None and row[0] == "baseline" and plan.x.name in _control() and c - col_side > 0:
+    if run is None and row[0] == "baseline" and plan.x.name in CONTROL_AXES and c - col_side > 0:
         return None, "blank", None  # one baseline per row when both axes are control settings
     return run, kind, run["image_path"] if run else None
-
-
-def _control():
-    from .grid_plan import CONTROL_AXES
-
-    return CONTROL_AXES
 
 
 def _draw_cell(store, sheet, draw, layout, box, run, kind, rel, font, line_h, panel, r, c) -> None:
