@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import os
 import queue
 import re
@@ -21,7 +22,9 @@ from typing import Iterator
 
 from sqlalchemy import Integer, String, and_, case, cast, func, select, type_coerce
 
-from .aggregate import SCALES, AggregateRow, aggregate, check_by, image_metric, iter_rows, scaled_sql
+from .aggregate import (
+    SCALE_DEFS, SCALES, Aggregate, AggregateRow, aggregate, check_by, image_metric, iter_rows, metric_def, scaled_sql,
+)
 from store.db import Store
 from store.models import Experiment, Run, Score
 
@@ -232,33 +235,60 @@ def _stream(store: Store, q, size: int = 5000) -> Iterator[list]:
 
 
 # ------------------------------------------------------------------ summary CSV
+# Every row repeats the table's unit, scale and image-alignment reference, so a row copied out
+# of the file, or a file read without its header comment, still says what its numbers mean.
 def summary_header(rows: list[AggregateRow]) -> list[str]:
-    metrics: list[str] = []
-    for r in rows:
-        metrics += [m for m in r.metrics if m not in metrics]
-    head = ["by", "value", "is_baseline", "n_runs", "n_concepts", "pareto"]
+    metrics = _summary_metrics(rows)
+    head = ["by", "value", "is_baseline", "n_runs", "n_concepts", "pareto", "unit", "n_unit", "unit_definition",
+            "incomplete", "scale", "image_alignment"]
     for m in metrics:
-        head += [f"{m}_backbone", f"{m}_n", f"{m}_mean", f"{m}_std", f"{m}_sem"]
+        head += [f"{m}_backbone", f"{m}_n", f"{m}_mean", f"{m}_std", f"{m}_sem", f"{m}_scale", f"{m}_compares",
+                 f"{m}_missing"]
     return head
 
 
-def summary_rows(rows: list[AggregateRow]) -> Iterator[list]:
-    head = summary_header(rows)
-    metrics = [h[: -len("_backbone")] for h in head if h.endswith("_backbone")]
+def _summary_metrics(rows) -> list[str]:
+    if isinstance(rows, Aggregate):
+        return rows.metrics
+    metrics: list[str] = []
     for r in rows:
-        line = [r.by, "" if r.value is None else r.value, r.is_baseline, r.n_runs, r.n_concepts, r.pareto]
+        metrics += [m for m in list(r.metrics) + list(getattr(r, "missing", {})) if m not in metrics]
+    return metrics
+
+
+def _number(value: float) -> float | str:
+    # An undefined std/SEM (n = 1) is an empty cell, which pandas reads as NaN.
+    return "" if math.isnan(value) else value
+
+
+def summary_rows(rows: list[AggregateRow]) -> Iterator[list]:
+    table = rows if isinstance(rows, Aggregate) else Aggregate(rows)
+    metrics = _summary_metrics(rows)
+    img = table.image_metric
+    img_text = f"{img}: {metric_def(img).compares}" if img else ""
+    for r in rows:
+        line = [r.by, "" if r.value is None else r.value, r.is_baseline, r.n_runs, r.n_concepts, r.pareto,
+                table.unit, r.n_concepts if table.unit == "concepts" else r.n_runs, table.unit_text, r.incomplete,
+                table.scale, img_text]
         for m in metrics:
             st = r.metrics.get(m)
-            line += [r.backbones.get(m, ""), st.n, st.mean, st.std, st.sem] if st else ["", "", "", "", ""]
+            scale = table.scale_of(m)
+            tail = [f"{scale} ({SCALE_DEFS[scale].formula})", metric_def(m).compares, "; ".join(r.missing.get(m, []))]
+            if st:
+                line += [r.backbones.get(m, ""), st.n, st.mean, _number(st.std), _number(st.sem)] + tail
+            else:
+                line += ["", 0, "", "", ""] + tail
         yield line
 
 
 def export_summary_csv(store: Store, experiment_id: int, by: str, path: str | os.PathLike, scale: str = "raw",
-                       folder: str | os.PathLike | None = None) -> Path:
+                       folder: str | os.PathLike | None = None, rows: Aggregate | None = None) -> Path:
+    """``rows``: this experiment's ``aggregate(by, scale)`` when the caller already has it."""
     _require_experiment(store, experiment_id)
     check_by(by)
     target = _target(store, path, ".csv", folder)
-    rows = aggregate(store, experiment_id, by, scale=scale)
+    if rows is None:
+        rows = aggregate(store, experiment_id, by, scale=scale)
     with _atomic(target) as fh:
         writer = csv.writer(fh)
         writer.writerow(summary_header(rows))
@@ -281,13 +311,17 @@ def export_plot_png(store: Store, experiment_id: int, by: str, path: str | os.Pa
 
 
 def export_grid_png(store: Store, experiment_id: int, by: str, path: str | os.PathLike,
-                    folder: str | os.PathLike | None = None, **grid_options) -> Path:
+                    folder: str | os.PathLike | None = None, on_layout=None, **grid_options) -> Path:
+    """``by`` is the Y axis; ``grid_options`` go to ``render_grid`` (x, z, pins, seeds, caps).
+    ``on_layout`` receives the rendered layout (caption, missing images) for the caller to report."""
     from .grid_image import render_grid
 
     _require_experiment(store, experiment_id)
     check_by(by)
     target = _target(store, path, ".png", folder)
     layout = render_grid(store, experiment_id, by, **grid_options)
+    if on_layout is not None:
+        on_layout(layout)
     with _atomic(target, "wb") as fh:
         layout.image.save(fh, format="PNG", optimize=False)
     return target

@@ -6,10 +6,11 @@ matplotlib is imported inside the functions so the TUI starts without it.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-from .aggregate import TEXT_METRIC, AggregateRow, image_metric
+from .aggregate import TEXT_METRIC, Aggregate, AggregateRow, image_metric
 
 AXIS_NAMES = {"clip_t": "text alignment (CLIP-T)", "clip_i_ref": "image alignment (CLIP-I, references)",
               "clip_i_src": "image alignment (CLIP-I, source)"}
@@ -48,6 +49,20 @@ class PlotInfo:
     def baseline(self) -> Point | None:
         return next((p for p in self.points if p.is_baseline), None)
 
+    @property
+    def baselines(self) -> list[Point]:
+        """One pooled baseline, or one per value when grouped by a base setting (seed, prompt...)."""
+        return [p for p in self.points if p.is_baseline]
+
+
+def _scale_note(rows, metric: str | None) -> str:
+    scale = rows.scale_of(metric) if isinstance(rows, Aggregate) and metric else "raw"
+    return "" if scale == "raw" else f" [{scale}]"
+
+
+def _bar(sem: float) -> float:
+    return 0.0 if math.isnan(sem) else sem
+
 
 def tradeoff_points(rows: list[AggregateRow], x_metric: str = TEXT_METRIC, y_metric: str | None = None) -> PlotInfo:
     """The points to draw: rows having both metrics, baseline included, in sweep order."""
@@ -57,7 +72,8 @@ def tradeoff_points(rows: list[AggregateRow], x_metric: str = TEXT_METRIC, y_met
         x, y = r.metrics.get(x_metric), r.metrics.get(y_metric) if y_metric else None
         if x is None or y is None:
             continue
-        info.points.append(Point(r.label, x.mean, y.mean, x.sem, y.sem, r.pareto, r.is_baseline))
+        # An undefined SEM (n = 1) draws no bar rather than failing or faking one.
+        info.points.append(Point(r.label, x.mean, y.mean, _bar(x.sem), _bar(y.sem), r.pareto, r.is_baseline))
     return info
 
 
@@ -82,21 +98,24 @@ def render_tradeoff_png(rows: list[AggregateRow], out: str | IO[bytes], by: str 
                    edgecolors="tab:red", linewidths=1.5, label="Pareto front", zorder=3)
         for p in sweep:
             ax.annotate(p.label, (p.x, p.y), textcoords="offset points", xytext=(5, 5), fontsize=8)
-    base = info.baseline
-    if base:
+    for i, base in enumerate(info.baselines):
         ax.errorbar([base.x], [base.y], xerr=[base.xerr], yerr=[base.yerr], fmt="s", color="black",
-                    capsize=3, label="baseline (no control)")
-        ax.annotate("baseline", (base.x, base.y), textcoords="offset points", xytext=(5, -12), fontsize=8)
+                    capsize=3, label="baseline (no control)" if i == 0 else None)
+        ax.annotate(base.label, (base.x, base.y), textcoords="offset points", xytext=(5, -12), fontsize=8)
     if not info.points:
         ax.text(0.5, 0.5, "no scored runs yet", ha="center", va="center", transform=ax.transAxes)
-    ax.set_xlabel(AXIS_NAMES.get(info.x_metric, info.x_metric))
-    ax.set_ylabel(AXIS_NAMES.get(info.y_metric or "", info.y_metric or "image alignment"))
+    ax.set_xlabel(AXIS_NAMES.get(info.x_metric, info.x_metric) + _scale_note(rows, info.x_metric))
+    ax.set_ylabel(AXIS_NAMES.get(info.y_metric or "", info.y_metric or "image alignment")
+                  + _scale_note(rows, info.y_metric))
+    if isinstance(rows, Aggregate) and rows.unit_text:
+        # Error bars mean different things per unit; the figure carries its own definition.
+        fig.text(0.01, 0.005, f"error bars: SEM; {rows.unit_text}", fontsize=6, ha="left", va="bottom")
     if title:
         ax.set_title(title, fontsize=10)
     if info.points:
         ax.legend(fontsize=8, loc="best")
     ax.grid(True, alpha=0.3)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
     fig.savefig(out, format="png", dpi=dpi)
     info.width, info.height = int(round(size[0] * dpi)), int(round(size[1] * dpi))
     return info
@@ -131,10 +150,9 @@ def draw_tradeoff(plt: Any, rows: list[AggregateRow], by: str = "", title: str =
             plt.scatter([p.x for p in front], [p.y for p in front], marker="*", color="red")
         for p in sweep:
             label(p.label, p.x, p.y, "blue")
-    base = info.baseline
-    if base:
+    for base in info.baselines:
         plt.scatter([base.x], [base.y], marker="x")
-        label("baseline", base.x, base.y)
+        label(base.label, base.x, base.y)
     plt.xlabel(SHORT_AXIS.get(info.x_metric, info.x_metric))
     plt.ylabel(SHORT_AXIS.get(info.y_metric or "", info.y_metric or "image"))
     plt.title(f"{title}   {TERMINAL_KEY}" if title else TERMINAL_KEY)

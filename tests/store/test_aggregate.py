@@ -72,7 +72,9 @@ def test_stat_matches_hand_computation():
     assert st.mean == pytest.approx(0.30)
     assert st.std == pytest.approx(math.sqrt(0.0008 / 3))
     assert st.sem == pytest.approx(math.sqrt(0.0008 / 3) / 2)
-    assert stat([0.5]) == Stat(1, 0.5, 0.0, 0.0)
+    # Issue 10 item 5: with one value std/SEM are undefined (NaN, shown as "–"), not a real-looking 0.
+    one = stat([0.5])
+    assert (one.n, one.mean) == (1, 0.5) and math.isnan(one.std) and math.isnan(one.sem)
 
 
 def test_aggregate_per_value_in_sweep_order_with_baseline_first(store):
@@ -189,3 +191,117 @@ def test_unknown_parameter_and_empty_experiment(store):
     assert aggregate(store, exp_id, "final_step") == []
     with pytest.raises(InputError):
         aggregate(store, exp_id, "id; drop table run")
+
+
+# ---------------------------------------------------------------- issue 10 item 5: honest aggregates
+def unbalanced(store):
+    """Two concepts; final_step 20 reached by concept A only; clip_i_ref missing for concept B
+    (no reference images). Two seeds per cell, one baseline per concept and seed."""
+    exp_id, (a, b) = make_experiment(store, "unbalanced", concepts=2)
+    runs, scores = [], []
+
+    def add(concept, seed, values, final_step=None):
+        cols = dict(concept_id=concept, seed=seed, prompt_index=0, target_prompt="a dog")
+        cols.update(dict(is_baseline=True, final_step=0) if final_step is None else dict(final_step=final_step))
+        runs.append(cols)
+        scores.append(values)
+
+    add(a, 0, {"clip_t": 0.40, "clip_i_ref": 0.60})
+    add(a, 1, {"clip_t": 0.36, "clip_i_ref": 0.62})
+    add(b, 0, {"clip_t": 0.30})
+    add(b, 1, {"clip_t": 0.28})
+    add(a, 0, {"clip_t": 0.30, "clip_i_ref": 0.80, "dino_ref": 0.50}, 10)
+    add(a, 1, {"clip_t": 0.34, "clip_i_ref": 0.84, "dino_ref": 0.60}, 10)
+    add(b, 0, {"clip_t": 0.26}, 10)
+    add(b, 1, {"clip_t": 0.22}, 10)
+    add(a, 0, {"clip_t": 0.20, "clip_i_ref": 0.90}, 20)
+    add(a, 1, {"clip_t": 0.24, "clip_i_ref": 0.86}, 20)
+    add_runs(store, exp_id, runs, scores)
+    return exp_id
+
+
+def test_unbalanced_concepts_keep_one_unit_and_flag_gaps(store):
+    rows = aggregate(store, unbalanced(store), "final_step")
+    assert rows.unit == "concepts" and "mean over concepts of per-concept means" in rows.unit_text
+    assert "n = concepts" in rows.unit_text
+    base, r10, r20 = rows
+    assert [r.label for r in rows] == ["baseline", "10", "20"]
+    # Baseline clip_t: concept means A (0.40+0.36)/2 = 0.38, B (0.30+0.28)/2 = 0.29 -> mean 0.335,
+    # std = sqrt(2 * 0.045^2 / 1) = 0.0636396, SEM = std / sqrt(2) = 0.045.
+    assert base.metrics["clip_t"].n == 2
+    assert base.metrics["clip_t"].mean == pytest.approx(0.335)
+    assert base.metrics["clip_t"].std == pytest.approx(math.sqrt(2 * 0.045 ** 2))
+    assert base.metrics["clip_t"].sem == pytest.approx(0.045)
+    # final_step 10, clip_t: A 0.32, B 0.24 -> 0.28, SEM 0.04 over the two concepts (not over 4 runs:
+    # run-level SEM would be std(0.30, 0.34, 0.26, 0.22) / 2 = 0.0258).
+    assert r10.metrics["clip_t"].n == 2 and r10.n_runs == 4 and r10.n_concepts == 2
+    assert r10.metrics["clip_t"].mean == pytest.approx(0.28)
+    assert r10.metrics["clip_t"].sem == pytest.approx(0.04)
+    # clip_i_ref exists for A only: its mean over one concept, SEM undefined, B named as missing.
+    ci = r10.metrics["clip_i_ref"]
+    assert ci.n == 1 and ci.mean == pytest.approx(0.82) and math.isnan(ci.sem) and math.isnan(ci.std)
+    assert r10.missing["clip_i_ref"] == ["unbalanced-concept1"] and "clip_t" not in r10.missing
+    assert "unbalanced-concept1" in r10.incomplete and "clip_i_ref" in r10.incomplete
+    # final_step 20 reached by A only: still concept unit (n = 1, SEM undefined), not a run-level
+    # SEM of 0.02 over A's two seeds; every metric flags B.
+    t20 = r20.metrics["clip_t"]
+    assert t20.n == 1 and t20.mean == pytest.approx(0.22) and math.isnan(t20.sem)
+    assert r20.missing["clip_t"] == r20.missing["clip_i_ref"] == ["unbalanced-concept1"]
+    assert r20.missing["dino_ref"] == ["unbalanced-concept0", "unbalanced-concept1"]
+    # Incomplete rows are not ranked against complete ones.
+    assert not r20.pareto and not r10.pareto
+
+
+def test_clipscore_scales_text_alignment_only(store):
+    exp_id = unbalanced(store)
+    raw = aggregate(store, exp_id, "final_step")
+    rows = aggregate(store, exp_id, "final_step", scale="clipscore")
+    r10 = rows[1]
+    # clip_t: A 2.5 * (0.30, 0.34) -> 0.80, B 2.5 * (0.26, 0.22) -> 0.60; mean 0.70, SEM 0.10.
+    assert r10.metrics["clip_t"].mean == pytest.approx(0.70)
+    assert r10.metrics["clip_t"].sem == pytest.approx(0.10)
+    # CLIP-I and DINO keep their raw cosines.
+    assert r10.metrics["clip_i_ref"].mean == pytest.approx(0.82)
+    assert r10.metrics["dino_ref"].mean == pytest.approx(0.55)
+    for old, new in zip(raw, rows):
+        for m in ("clip_i_ref", "dino_ref"):
+            if m in old.metrics:
+                assert new.metrics[m].mean == pytest.approx(old.metrics[m].mean)
+    assert rows.scale_of("clip_t") == "clipscore" and rows.scale_of("clip_i_ref") == "raw"
+    assert rows.scale_of("dino_ref") == "raw" and rows.scale_of("dreamsim") == "raw"
+    assert scale_value(0.4, "clipscore", metric="clip_i_ref") == 0.4
+    assert scale_value(0.4, "clipscore", metric="dreamsim") == 0.4
+    assert scale_value(0.4, "clipscore", metric="clip_t") == pytest.approx(1.0)
+    assert any("clipscore" in line and "clip_t" in line for line in rows.describe())
+
+
+def test_baseline_split_by_base_setting(store):
+    rows = aggregate(store, unbalanced(store), "seed")
+    bases = [r for r in rows if r.is_baseline]
+    assert [r.label for r in bases] == ["baseline seed=0", "baseline seed=1"]
+    # seed 0: A 0.40, B 0.30 -> 0.35; seed 1: A 0.36, B 0.28 -> 0.32 (pooled it would be 0.335).
+    assert bases[0].metrics["clip_t"].mean == pytest.approx(0.35)
+    assert bases[1].metrics["clip_t"].mean == pytest.approx(0.32)
+    assert all(r.n_runs == 2 for r in bases)
+    # Grouping by a control axis keeps one pooled baseline.
+    assert [r.label for r in aggregate(store, seed_sweep(store, "other"), "final_step") if r.is_baseline] == ["baseline"]
+
+
+def test_one_concept_states_runs_as_the_unit(store):
+    rows = aggregate(store, seed_sweep(store), "final_step")
+    assert rows.unit == "runs" and "one concept" in rows.unit_text and "n = runs" in rows.unit_text
+    assert all(not r.missing for r in rows)
+    by_concept = aggregate(store, unbalanced(store), "concept_id")
+    assert by_concept.unit == "runs" and "per concept" in by_concept.unit_text
+    # Concept B has no clip_i_ref at all: flagged; its clip_t is over its 4 runs.
+    b = next(r for r in by_concept if not r.is_baseline and r.metrics["clip_t"].n == 2)
+    assert b.missing["clip_i_ref"] == ["no runs"]
+
+
+def test_runs_unit_flags_values_with_fewer_runs(store):
+    exp_id, _ = make_experiment(store, "short")
+    add_runs(store, exp_id, [dict(final_step=10), dict(final_step=10), dict(final_step=20)],
+             [{"clip_t": 0.2}, {"clip_t": 0.4}, {"clip_t": 0.5}])
+    r10, r20 = aggregate(store, exp_id, "final_step")
+    assert not r10.missing and r20.missing == {"clip_t": ["1 of 2 runs"]}
+    assert math.isnan(r20.metrics["clip_t"].sem)

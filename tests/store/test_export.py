@@ -195,3 +195,43 @@ def test_prefetch_hands_on_errors():
             got.append(c)
     assert got == [[1]]
     assert list(_prefetch(iter([[1], [2], [3]] * 5), depth=2)) == [[1], [2], [3]] * 5
+
+
+def test_summary_csv_states_unit_scale_references_and_gaps(store, tmp_path):
+    from tests.store.test_aggregate import unbalanced
+
+    exp_id = unbalanced(store)
+    out = export_summary_csv(store, exp_id, "final_step", "u.csv", scale="clipscore", folder=tmp_path)
+    with open(out, newline="") as fh:
+        base, r10, r20 = list(csv.DictReader(fh))
+    for line in (base, r10, r20):
+        assert line["unit"] == "concepts" and "SEM over concepts" in line["unit_definition"]
+        assert line["scale"] == "clipscore"
+        assert line["clip_t_scale"].startswith("clipscore") and line["clip_i_ref_scale"].startswith("raw")
+        assert line["dino_ref_scale"].startswith("raw")
+        assert line["image_alignment"].startswith("clip_i_ref") and "reference images" in line["image_alignment"]
+    assert [line["n_unit"] for line in (base, r10, r20)] == ["2", "2", "1"]  # concepts in each row
+    assert float(r10["clip_t_mean"]) == pytest.approx(0.70)  # 2.5 x (0.32 + 0.24) / 2
+    assert float(r10["clip_i_ref_mean"]) == pytest.approx(0.82)  # unscaled
+    # One concept: n = 1, std and SEM empty (undefined), the missing concept named.
+    assert r10["clip_i_ref_n"] == "1" and r10["clip_i_ref_sem"] == r10["clip_i_ref_std"] == ""
+    assert r10["clip_i_ref_missing"] == "unbalanced-concept1" and "unbalanced-concept1" in r10["incomplete"]
+    assert r20["clip_t_sem"] == "" and "unbalanced-concept1" in r20["incomplete"]
+    # The baseline has no DINO at all and no CLIP-I for B.
+    assert base["incomplete"] == ("clip_i_ref: unbalanced-concept1 | "
+                                  "dino_ref: unbalanced-concept0, unbalanced-concept1")
+    assert r10["clip_t_missing"] == "" and r10["clip_t_sem"] != ""
+
+
+def test_cli_summary_states_unit_and_warns_of_gaps(store, home, tmp_path, monkeypatch, capsys):
+    from tests.store.test_aggregate import unbalanced
+    from tui.cli.main import main
+
+    exp_id = unbalanced(store)
+    monkeypatch.chdir(tmp_path)
+    assert main(["--home", str(home.root), "export", "summary", str(exp_id), "--by", "final_step",
+                 "--scale", "clipscore", "--csv", "s.csv"]) == 0
+    out = capsys.readouterr()
+    assert out.out.strip().endswith("s.csv")  # stdout stays the path
+    assert "SEM over concepts" in out.err and "clipscore (2.5*max(cos,0)) on clip_t" in out.err
+    assert "warning: 20: missing" in out.err and "unbalanced-concept1" in out.err

@@ -1,6 +1,7 @@
 """Trade-off plots (PNG and terminal) and the annotated image grid."""
 from __future__ import annotations
 
+import math
 import sys
 
 import pytest
@@ -10,7 +11,7 @@ from store.report.aggregate import aggregate
 from store.report.export import export_grid_png, export_plot_png
 from store.report.grid_image import render_grid
 from store.models import Run
-from store.report.plots import draw_tradeoff, render_tradeoff_png, tradeoff_text
+from store.report.plots import draw_tradeoff, render_tradeoff_png, tradeoff_points, tradeoff_text
 from tests.store.test_aggregate import add_runs, make_experiment, seed_sweep
 
 
@@ -161,3 +162,21 @@ def test_grid_caps_cells_and_pixels(store, tmp_path):
     out = export_grid_png(store, exp_id, "final_step", "g.png", folder=tmp_path, max_side=400)
     with Image.open(out) as im:
         assert max(im.size) <= 400
+
+
+def test_plot_with_split_baselines_and_undefined_sem(store, tmp_path):
+    from tests.store.test_aggregate import unbalanced
+
+    exp_id = unbalanced(store)
+    rows = aggregate(store, exp_id, "seed", scale="clipscore")
+    out = tmp_path / "p.png"
+    info = render_tradeoff_png(rows, out, by="seed")
+    # One baseline point per seed, labelled with its seed.
+    assert [p.label for p in info.baselines] == ["baseline seed=0", "baseline seed=1"]
+    with Image.open(out) as im:
+        assert im.size == (info.width, info.height)
+    # final_step 20 has one concept: its SEM is undefined and draws no bar (not a fake 0 SEM).
+    rows = aggregate(store, exp_id, "final_step")
+    point = next(p for p in tradeoff_points(rows).points if p.label == "20")
+    assert point.xerr == 0.0 and math.isnan(rows[2].metrics["clip_t"].sem)
+    assert "20" in tradeoff_text(rows, by="final_step")

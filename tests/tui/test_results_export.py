@@ -52,3 +52,68 @@ async def test_export_writes_files(store, tmp_path):
     assert "baseline" in (out / results["summary"][0].split("/")[-1]).read_text()
     # The grid needs run images; with none on disk it may fail, but it must report, not crash.
     assert results["grid"][0]
+
+
+async def test_results_state_unit_and_grid_pins(store):
+    from textual.widgets import Select
+
+    from tests.store.test_grid_axes import make_axes_sweep
+
+    exp_id = make_axes_sweep(store)
+    add_scores(store, exp_id)
+    app = MtpApp(store)
+    async with app.run_test(size=SIZE) as pilot:
+        app.experiment_id = exp_id
+        await pilot.press("e")
+        await wait_for(pilot, lambda: isinstance(app.screen, ResultsScreen) and app.screen.grid_layout,
+                       timeout=20, what="results with grid")
+        screen = app.screen
+        unit = str(screen.query_one("#results-unit").content)
+        assert "one concept" in unit and "n = runs" in unit and "scale: raw" in unit
+        assert "n runs" in [str(c.label) for c in screen.query_one("DataTable").columns.values()]
+        assert screen.grid_layout.pins["seed"] == "0"  # the default pin, and it is shown
+        assert "seed=0" in str(screen.query_one("#results-grid-caption").content)
+        screen.query_one("#grid-pin-axis", Select).value = "seed"
+        await pilot.pause(0.1)
+        screen.query_one("#grid-pin-value", Select).value = "2"
+        await wait_for(pilot, lambda: screen.grid_layout.pins.get("seed") == "2", timeout=20, what="seed pinned")
+        assert "seed=2" in str(screen.query_one("#results-grid-caption").content)
+        screen.query_one("#grid-seeds", Select).value = "each"
+        await wait_for(pilot, lambda: "seed" not in screen.grid_layout.pins, timeout=20, what="row per seed")
+        assert "one row per seed" in str(screen.query_one("#results-grid-caption").content)
+        screen.query_one("#grid-z", Select).value = "start_step"
+        await wait_for(pilot, lambda: screen.grid_layout.z == "start_step", timeout=20, what="z axis")
+
+
+async def test_export_dialog_takes_the_grid_choices_of_results(store, tmp_path):
+    from textual.widgets import Select
+
+    from tests.store.test_grid_axes import make_axes_sweep
+
+    exp_id = make_axes_sweep(store)
+    add_scores(store, exp_id)
+    out = tmp_path / "exports"
+    app = MtpApp(store)
+    async with app.run_test(size=SIZE) as pilot:
+        app.experiment_id = exp_id
+        await pilot.press("e")
+        await wait_for(pilot, lambda: isinstance(app.screen, ResultsScreen) and app.screen.grid_layout,
+                       timeout=20, what="results with grid")
+        results = app.screen
+        results.query_one("#grid-pin-axis", Select).value = "seed"
+        await pilot.pause(0.1)
+        results.query_one("#grid-pin-value", Select).value = "1"
+        await wait_for(pilot, lambda: results.grid_layout.pins.get("seed") == "1", timeout=20, what="pin")
+        await pilot.press("x")
+        await wait_for(pilot, lambda: isinstance(app.screen, ExportScreen))
+        screen = app.screen
+        assert screen.grid_options["pins"]["seed"] == "1"
+        assert "seed=1" in str(screen.query_one("#export-grid-note").content)
+        screen.query_one("#export-folder").value = str(out)
+        for kind in ("runs", "summary", "plot"):
+            screen.query_one(f"#kind-{kind}").value = False
+        await pilot.press("ctrl+s")
+        await wait_for(pilot, lambda: len(screen.results) == 1, timeout=30, what="grid export")
+    (kind, path, ok), = screen.results
+    assert kind == "grid" and ok, path
+    assert (out / path.split("/")[-1]).is_file()

@@ -6,6 +6,7 @@ one, the file goes to the data folder's exports/ under a name made from the expe
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from store.report.aggregate import SCALES
@@ -30,7 +31,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = export.add_parser("summary", help="n, mean, std and SEM of every metric per parameter value (CSV)")
     common(p, by=True)
     p.add_argument("--csv", help="output file")
-    p.add_argument("--scale", choices=SCALES, default="raw")
+    p.add_argument("--scale", choices=SCALES, default="raw",
+                   help="raw cosine, 100*cos, or clipscore = 2.5*max(cos,0) on text alignment only")
     p.set_defaults(func=cmd_summary)
 
     p = export.add_parser("plot", help="text vs image alignment trade-off plot (PNG)")
@@ -40,10 +42,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--text", action="store_true", help="also print the plot in the terminal")
     p.set_defaults(func=cmd_plot)
 
-    p = export.add_parser("grid", help="annotated image grid: rows = values, columns = prompts or seeds (PNG)")
-    common(p, by=True)
+    p = export.add_parser("grid", help="annotated image grid: rows = --y values, columns = --x values, one panel "
+                                        "per --z value, every other swept axis pinned (PNG)")
+    p.add_argument("experiment", help="experiment id or name")
+    p.add_argument("--y", "--by", dest="by", required=True, help="rows, e.g. layers")
+    p.add_argument("--x", "--columns", dest="x", help="columns (default: prompts when several, else seeds)")
+    p.add_argument("--z", help="one panel per value of this axis, e.g. start_step")
+    p.add_argument("--pin", action="append", default=[], metavar="AXIS=VALUE",
+                   help="hold an axis at a value, e.g. --pin seed=1 --pin mask_threshold=0.2 "
+                        "(unpinned axes take the first run's value; all pins are printed on the grid)")
+    p.add_argument("--seeds", metavar="each|SEED", help="'each': one row per seed; a number: that seed")
     p.add_argument("--png", help="output file")
-    p.add_argument("--columns", choices=["target_prompt", "seed"], help="default: prompts when several")
     p.add_argument("--max-cells", type=int, default=400)
     p.add_argument("--thumb", type=int, default=256, help="thumbnail size in pixels")
     p.set_defaults(func=cmd_grid)
@@ -78,11 +87,20 @@ def cmd_runs(args, store) -> int:
 
 
 def cmd_summary(args, store) -> int:
+    from store.report.aggregate import aggregate, check_by
     from store.report.export import export_summary_csv
 
     exp = _experiment(store, args.experiment)
+    check_by(args.by)
     path, folder = _where(store, exp, args.csv, "summary", ".csv", args.by)
-    print(export_summary_csv(store, exp.id, args.by, path, scale=args.scale, folder=folder))
+    rows = aggregate(store, exp.id, args.by, scale=args.scale)
+    print(export_summary_csv(store, exp.id, args.by, path, scale=args.scale, folder=folder, rows=rows))
+    # What the numbers mean goes to stderr: stdout stays the path, for scripts.
+    for line in rows.describe():
+        print(line, file=sys.stderr)
+    for r in rows:
+        if r.incomplete:
+            print(f"warning: {r.label}: missing {r.incomplete}", file=sys.stderr)
     return 0
 
 
@@ -102,11 +120,30 @@ def cmd_plot(args, store) -> int:
     return 0
 
 
+def parse_pins(given: list[str]) -> dict[str, str]:
+    from store.queries import InputError
+
+    pins: dict[str, str] = {}
+    for item in given:
+        axis, sep, value = item.partition("=")
+        if not sep or not axis.strip():
+            raise InputError(f"--pin: {item!r} is not AXIS=VALUE (e.g. seed=1)")
+        if axis.strip() in pins:
+            raise InputError(f"--pin: {axis.strip()} is pinned twice")
+        pins[axis.strip()] = value.strip()
+    return pins
+
+
 def cmd_grid(args, store) -> int:
     from store.report.export import export_grid_png
 
     exp = _experiment(store, args.experiment)
+    pins = parse_pins(args.pin)
     path, folder = _where(store, exp, args.png, "grid", ".png", args.by)
-    print(export_grid_png(store, exp.id, args.by, path, folder=folder, columns=args.columns,
-                          max_cells=args.max_cells, thumb=args.thumb))
+    layouts = []
+    print(export_grid_png(store, exp.id, args.by, path, folder=folder, x=args.x, z=args.z, pins=pins,
+                          seeds=args.seeds, max_cells=args.max_cells, thumb=args.thumb, on_layout=layouts.append))
+    # The caption printed on the grid, repeated here: what was pinned, what is missing.
+    for line in layouts[0].caption if layouts else []:
+        print(line, file=sys.stderr)
     return 0

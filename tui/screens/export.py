@@ -24,8 +24,10 @@ KINDS = [
 ]
 
 
-def run_exports(store, experiment_id: int, folder: Path, by: str, kinds: list[str]) -> list[tuple[str, str, bool]]:
-    """(kind, path or error, ok) per requested export; one failure does not stop the others."""
+def run_exports(store, experiment_id: int, folder: Path, by: str, kinds: list[str],
+                grid_options: dict | None = None) -> list[tuple[str, str, bool]]:
+    """(kind, path or error, ok) per requested export; one failure does not stop the others.
+    ``grid_options``: x, z, pins, seeds of the image grid (as chosen on the Results screen)."""
     from store.report import export
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -36,8 +38,15 @@ def run_exports(store, experiment_id: int, folder: Path, by: str, kinds: list[st
         try:
             name = export.default_name(store, experiment_id, kind, suffix, by if needs_axis else None)
             args = (store, experiment_id, by, name) if needs_axis else (store, experiment_id, name)
-            path = getattr(export, fn)(*args, folder=folder)
-            out.append((kind, str(path), True))
+            extra: dict = {}
+            layouts: list = []
+            if kind == "grid":
+                extra = dict(grid_options or {}, on_layout=layouts.append)
+            path = getattr(export, fn)(*args, folder=folder, **extra)
+            note = ""
+            if layouts and layouts[0].n_missing:
+                note = f" ({layouts[0].n_missing} cells without image)"
+            out.append((kind, str(path) + note, True))
         except Exception as exc:  # report per file: a grid may fail while the CSVs succeed
             out.append((kind, f"{type(exc).__name__}: {exc}", False))
     return out
@@ -59,6 +68,8 @@ class ExportScreen(ModalScreen):
         super().__init__(id="export")
         self.experiment_id = experiment_id
         self.results: list[tuple[str, str, bool]] = []
+        self.grid_options: dict = {}
+        self.results_axis: str | None = None
 
     @property
     def store(self):
@@ -72,6 +83,7 @@ class ExportScreen(ModalScreen):
             yield Input(str(self.store.home.exports), id="export-folder", compact=True)
             yield Label("Group by (summary, plot, grid)")
             yield Select([], id="export-axis", allow_blank=True, prompt="axis", compact=True)
+            yield Static("", id="export-grid-note")
             for kind, label, *_ in KINDS:
                 yield Checkbox(label, True, id=f"kind-{kind}", compact=True)
             with Horizontal(id="export-buttons"):
@@ -86,11 +98,37 @@ class ExportScreen(ModalScreen):
             exp = get_experiment(self.store, self.experiment_id)
             if exp is not None:
                 axes = axes_for(exp.spec_json)
+                self._take_results_choices()
                 select = self.query_one("#export-axis", Select)
                 select.set_options([(a, a) for a in axes])
-                select.value = axes[0]
+                select.value = self.results_axis if self.results_axis in axes else axes[0]
+                self._show_grid_note()
                 self.query_one("#export-title", Label).update(f"Export [b]{escape(exp.name)}[/] (#{exp.id})")
         self.query_one("#export-go", Button).focus()
+
+    def _take_results_choices(self) -> None:
+        """Opened over Results for the same experiment: export the grid as shown there."""
+        from .results import ResultsScreen
+
+        below = next((s for s in reversed(self.app.screen_stack[:-1]) if isinstance(s, ResultsScreen)), None)
+        if below is not None and below.experiment_id == self.experiment_id:
+            self.results_axis = below.by
+            self.grid_options = below._grid_options()
+
+    def _show_grid_note(self) -> None:
+        o = self.grid_options
+        parts = [f"{k}={o[k]}" for k in ("x", "z", "seeds") if o.get(k)]
+        pins = ", ".join(f"{a}={v}" for a, v in (o.get("pins") or {}).items())
+        text = ("Grid as chosen on Results: " + ", ".join(parts + ([f"pinned {pins}"] if pins else []))
+                if parts or pins else "Grid: rows = the axis above; other axes pinned to the first run's values")
+        self.query_one("#export-grid-note", Static).update(escape(text + " (pins are printed on the grid)"))
+
+    @on(Select.Changed, "#export-axis")
+    def _axis_changed(self, event: Select.Changed) -> None:
+        # Results' grid choices belong to its axis; another axis starts from the defaults.
+        if self.results_axis is not None and event.value != self.results_axis and self.grid_options:
+            self.grid_options = {}
+            self._show_grid_note()
 
     @on(Button.Pressed, "#export-close")
     def _close(self) -> None:
@@ -111,7 +149,7 @@ class ExportScreen(ModalScreen):
     @work(thread=True, exclusive=True, group="export")
     def _export(self, folder: Path, by: str, kinds: list[str]) -> None:
         try:
-            results = run_exports(self.store, self.experiment_id, folder, by, kinds)
+            results = run_exports(self.store, self.experiment_id, folder, by, kinds, self.grid_options)
         except OSError as exc:
             self.post_message(self.Done([], f"folder {folder}: {exc}"))
             return

@@ -1,5 +1,10 @@
 """Results: for one experiment and one swept axis, mean ± SEM per value with Pareto flags, the
-text-vs-image alignment trade-off plotted in the terminal, and the image grid preview."""
+text-vs-image alignment trade-off plotted in the terminal, and the image grid preview.
+
+The line under the title states the table's statistical unit, the scale and what image alignment
+compares against; rows missing a concept or runs are marked. The grid's rows follow the table's
+axis; its columns, optional panels (z), pinned values and seed layout are chosen in the selects
+above it, and the pins it used are printed with it."""
 from __future__ import annotations
 
 from rich.markup import escape
@@ -36,10 +41,10 @@ class ResultsScreen(StoreScreen):
     BINDINGS = keymap.bindings("results")
 
     class Loaded(Message):
-        def __init__(self, experiment=None, axes=(), rows=(), grid=None, grid_note="", error="", by=""):
+        def __init__(self, experiment=None, axes=(), rows=(), grid=None, grid_note="", error="", by="", layout=None):
             super().__init__()
-            self.experiment, self.axes, self.rows, self.by = experiment, list(axes), list(rows), by
-            self.grid, self.grid_note, self.error = grid, grid_note, error
+            self.experiment, self.axes, self.rows, self.by = experiment, list(axes), rows, by
+            self.grid, self.grid_note, self.error, self.grid_layout = grid, grid_note, error, layout
 
     def __init__(self, experiment_id: int | None = None, by: str | None = None):
         super().__init__(id="results")
@@ -47,15 +52,36 @@ class ResultsScreen(StoreScreen):
         self.by = by
         self.axes: list[str] = []
         self.rows: list = []
+        # The grid's own choices; its rows are always the table's axis (self.by).
+        self.grid_x: str | None = None
+        self.grid_z: str | None = None
+        self.pins: dict[str, str] = {}
+        self.seeds: str | None = None
+        self.pin_axis: str | None = None
+        self.grid_layout = None
 
     def compose(self) -> ComposeResult:
         yield Header()
         with Horizontal(id="results-head"):
             yield Static("", id="results-title")
             yield Select([], prompt="axis", id="axis", allow_blank=True, compact=True)
+        yield Static("", id="results-unit")
         with Horizontal():
             with Vertical(id="results-left"):
                 yield DataTable(id="results-table", cursor_type="row", zebra_stripes=True)
+                with Horizontal(classes="grid-controls"):
+                    yield Static("grid x", classes="grid-label")
+                    yield Select([], prompt="default", id="grid-x", compact=True)
+                    yield Static("z", classes="grid-label")
+                    yield Select([], prompt="none", id="grid-z", compact=True)
+                    yield Select([("seed pinned", "pinned"), ("row per seed", "each")], id="grid-seeds",
+                                 value="pinned", allow_blank=False, compact=True)
+                with Horizontal(classes="grid-controls"):
+                    yield Static("pin", classes="grid-label")
+                    yield Select([], prompt="axis", id="grid-pin-axis", compact=True)
+                    yield Static("=", classes="grid-label")
+                    yield Select([], prompt="value", id="grid-pin-value", compact=True)
+                yield Static("", id="results-grid-caption")
                 yield ArtifactImage("image grid", id="results-grid")
             with Vertical(id="results-right"):
                 yield PlotextPlot(id="results-plot")
@@ -73,10 +99,19 @@ class ResultsScreen(StoreScreen):
             title.update("[yellow]No experiment selected: pick one on Home (h), then press e.[/]")
             return
         title.update(f"experiment {self.experiment_id}: loading...")
-        self._load(self.experiment_id, self.by)
+        self._load(self.experiment_id, self.by, self._grid_options())
+
+    def _grid_options(self) -> dict:
+        """The grid choices, less any that collide with the table's axis (then the default applies)."""
+        taken = {self.by, self.grid_x, self.grid_z}
+        x = self.grid_x if self.grid_x != self.by else None
+        z = self.grid_z if self.grid_z not in (self.by, x) else None
+        pins = {a: v for a, v in self.pins.items() if a not in taken and not (a == "seed" and self.seeds == "each")}
+        seeds = self.seeds if "seed" not in taken else None
+        return dict(x=x, z=z, pins=pins, seeds=seeds)
 
     @work(thread=True, exclusive=True, group="results")
-    def _load(self, experiment_id: int, by: str | None) -> None:
+    def _load(self, experiment_id: int, by: str | None, grid_options: dict | None = None) -> None:
         from store.queries import get_experiment
 
         exp = get_experiment(self.store, experiment_id)
@@ -93,14 +128,22 @@ class ResultsScreen(StoreScreen):
         except Exception as exc:
             self.post_message(self.Loaded(exp, axes, error=f"aggregate failed: {exc}", by=by))
             return
-        grid, note = None, "no finished runs yet: the grid appears as runs complete"
+        from store.queries import InputError
+
+        grid, note, layout = None, "no finished runs yet: the grid appears as runs complete", None
         if rows:
+            options = dict(grid_options or {})
             try:
-                layout = render_grid(self.store, experiment_id, by)
-                grid, note = layout.image, ""
+                try:
+                    layout = render_grid(self.store, experiment_id, by, **options)
+                except InputError as exc:  # a pin from another axis choice: show the defaults, say why
+                    layout = render_grid(self.store, experiment_id, by, x=options.get("x"), z=options.get("z"))
+                    note = f"grid choices reset: {exc}"
+                grid = layout.image
+                note = "" if grid is not None and not note.startswith("grid choices") else note
             except Exception as exc:  # a missing image or a run still running: the table still shows
                 note = f"no grid: {exc}"
-        self.post_message(self.Loaded(exp, axes, rows, grid, note, by=by))
+        self.post_message(self.Loaded(exp, axes, rows, grid, note, by=by, layout=layout))
 
     def on_results_screen_loaded(self, message: Loaded) -> None:
         title = self.query_one("#results-title", Static)
@@ -117,6 +160,13 @@ class ResultsScreen(StoreScreen):
         title.update(f"[b]{escape(exp.name)}[/] (#{exp.id}) by [b]{self.by}[/]: {done}"
                      + (f"  [red]{escape(message.error)}[/]" if message.error else ""))
         self._fill_table()
+        self._show_unit()
+        self._fill_grid_controls(message.grid_layout)
+        caption = list(message.grid_layout.caption) if message.grid_layout else []
+        if message.grid_note and message.grid is not None:
+            caption.append(f"[yellow]{escape(message.grid_note)}[/]")
+        self.query_one("#results-grid-caption", Static).update(
+            "\n".join(c if c.startswith("[yellow]") else escape(c) for c in caption))
         plot = self.query_one(PlotextPlot)
         from store.report.plots import draw_tradeoff
 
@@ -130,19 +180,96 @@ class ResultsScreen(StoreScreen):
         self.query_one("#results-grid", ArtifactImage).show_image(message.grid, message.grid_note or "no grid yet")
 
     def _fill_table(self) -> None:
+        from store.report.aggregate import fmt_number
+
         table = self.query_one(DataTable)
         table.clear(columns=True)
-        metrics: list[str] = []
+        metrics: list[str] = getattr(self.rows, "metrics", None) or []
+        unit = getattr(self.rows, "unit", "runs")
+        scale = getattr(self.rows, "scale_of", lambda m: "raw")
+        heads = [f"{m} mean±sem" + ("" if scale(m) == "raw" else f" [{scale(m)}]") for m in metrics]
+        # "n" counts the unit the SEM is over (concepts or runs), so the two always agree.
+        table.add_columns(self.by, f"n {unit}", *heads, "missing", "pareto")
         for r in self.rows:
-            metrics += [m for m in r.metrics if m not in metrics]
-        table.add_columns(self.by, "n", *[f"{m} mean±sem" for m in metrics], "pareto")
-        for r in self.rows:
-            cells = [r.label, str(r.n_runs)]
+            cells = [r.label, str(r.n_concepts if unit == "concepts" else r.n_runs)]
             for m in metrics:
                 st = r.metrics.get(m)
-                cells.append(f"{st.mean:.4f} ± {st.sem:.4f}" if st else "-")
+                cells.append(f"{fmt_number(st.mean)} ± {fmt_number(st.sem)}" if st else "–")
+            cells.append(f"! {r.incomplete}" if r.incomplete else "")
             cells.append("*" if r.pareto else "")
             table.add_row(*cells)
+
+    def _show_unit(self) -> None:
+        describe = getattr(self.rows, "describe", None)
+        lines = describe() if describe and self.rows else []
+        flagged = sum(1 for r in self.rows if r.incomplete)
+        if flagged:
+            lines.append(f"[yellow]{flagged} rows incomplete (see 'missing')[/]")
+        self.query_one("#results-unit", Static).update(
+            " · ".join(line if line.startswith("[yellow]") else escape(line) for line in lines))
+
+    def _fill_grid_controls(self, layout) -> None:
+        self.grid_layout = layout
+        if layout is None:
+            return
+        axes = list(dict.fromkeys(list(layout.axes) + [layout.columns]))
+        self.grid_x = layout.columns
+        self._set_select("#grid-x", [a for a in axes if a != self.by], layout.columns)
+        self._set_select("#grid-z", [a for a in layout.axes if a not in (self.by, layout.columns)], layout.z)
+        pinnable = list(layout.pin_choices)
+        if self.pin_axis not in pinnable:
+            self.pin_axis = pinnable[0] if pinnable else None
+        self._set_select("#grid-pin-axis", pinnable, self.pin_axis)
+        self._fill_pin_values()
+
+    def _fill_pin_values(self) -> None:
+        layout = self.grid_layout
+        values = layout.pin_choices.get(self.pin_axis, []) if layout and self.pin_axis else []
+        current = layout.pins.get(self.pin_axis) if layout and self.pin_axis else None
+        self._set_select("#grid-pin-value", values, current)
+
+    def _set_select(self, selector: str, options: list[str], value: str | None) -> None:
+        select = self.query_one(selector, Select)
+        with select.prevent(Select.Changed):
+            select.set_options([(o, o) for o in options])
+            if value in options:
+                select.value = value
+            else:
+                select.clear()
+
+    @on(Select.Changed, "#grid-x")
+    def _grid_x(self, event: Select.Changed) -> None:
+        if isinstance(event.value, str) and event.value != self.grid_x:
+            self.grid_x = event.value
+            self.reload()
+
+    @on(Select.Changed, "#grid-z")
+    def _grid_z(self, event: Select.Changed) -> None:
+        value = event.value if isinstance(event.value, str) else None
+        if value != self.grid_z:
+            self.grid_z = value
+            self.reload()
+
+    @on(Select.Changed, "#grid-pin-axis")
+    def _grid_pin_axis(self, event: Select.Changed) -> None:
+        if isinstance(event.value, str):
+            self.pin_axis = event.value
+            self._fill_pin_values()
+
+    @on(Select.Changed, "#grid-pin-value")
+    def _grid_pin_value(self, event: Select.Changed) -> None:
+        if self.pin_axis and isinstance(event.value, str) and self.pins.get(self.pin_axis) != event.value:
+            self.pins[self.pin_axis] = event.value
+            if self.pin_axis == "seed":
+                self.seeds = None
+            self.reload()
+
+    @on(Select.Changed, "#grid-seeds")
+    def _grid_seeds(self, event: Select.Changed) -> None:
+        seeds = "each" if event.value == "each" else None
+        if seeds != self.seeds:
+            self.seeds = seeds
+            self.reload()
 
     @on(Select.Changed, "#axis")
     def _axis(self, event: Select.Changed) -> None:

@@ -1,0 +1,328 @@
+"""Which run goes in which cell of an image grid (A1111 X/Y/Z style), before any pixels.
+
+Rows are the values of the Y axis, columns those of X, and an optional Z axis makes one panel
+per value. Every other axis that the experiment varies is *pinned* to one value: the user's
+(``pins``), else the value of the first run in sweep order that fits the user's pins and the
+chosen axes. The pins are part of the plan and printed on the grid, so a grid by final step
+never silently shows "seed 0 only". Seeds may instead be laid out as one row per seed
+(``seeds="each"``).
+
+An axis only constrains the runs it applies to: control settings (layers, steps, masks) do not
+apply to baselines, and the mask details (layers, words, threshold, timing) do not apply to runs
+with the mask off. So pinning ``mask_threshold=0.2`` keeps the baselines, and a grid across
+``mask_mode`` still shows its ``off`` column.
+
+Baselines (control off) appear as the first row when Y is a control axis, as a column after the
+source when only X is, and not at all when both axes are base settings (the caption says so).
+The source the targets attended to is a column when each row shares one source pass, a row when
+each column does, and left out (with a note) when sources differ cell by cell.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from sqlalchemy import select
+
+from .aggregate import GROUPABLE, _fmt, iter_rows
+from store.db import Store
+from store.models import Concept, Run
+
+CONTROL_AXES = ("layers", "start_step", "final_step", "skip_interval", "mask_mode", "mask_layers", "mask_words",
+                "mask_threshold", "mask_timing")
+MASK_DETAIL = ("mask_layers", "mask_words", "mask_threshold", "mask_timing")
+# prompt_index and target_prompt are one axis: the index keys it, the text labels it.
+ALIASES = {"prompt_index": "target_prompt", "prompt": "target_prompt", "concept": "concept_id", "seeds": "seed"}
+GRID_AXES = tuple(a for a in GROUPABLE if a != "prompt_index")
+_KEY_COLUMN = {"target_prompt": "prompt_index"}
+_COLUMNS = ("id", "is_baseline", "grid_index", "status", "image_path", "source_image_path", "group_key",
+            "target_prompt", "prompt_index", "concept_id") + GRID_AXES
+
+BASELINE = ("baseline",)
+
+
+def _input_error(message: str):
+    from store.queries import InputError
+
+    return InputError(message)
+
+
+def canonical_axis(name: str, option: str = "axis") -> str:
+    axis = ALIASES.get(name.strip(), name.strip())
+    if axis not in GRID_AXES:
+        raise _input_error(f"{option}: {name!r} is not a grid axis; choose one of {', '.join(GRID_AXES)}")
+    return axis
+
+
+def applies(axis: str, run: Mapping[str, Any]) -> bool:
+    """Whether ``axis`` means anything for ``run`` (see the module docstring)."""
+    if axis in CONTROL_AXES and run["is_baseline"]:
+        return False
+    if axis in MASK_DETAIL and run["mask_mode"] == "off":
+        return False
+    return True
+
+
+def key_of(axis: str, run: Mapping[str, Any]) -> Any:
+    return run[_KEY_COLUMN.get(axis, axis)]
+
+
+@dataclass
+class Axis:
+    name: str
+    values: list[Any]  # keys in sweep order
+    labels: dict[Any, str]  # key -> value as written on the grid
+
+    def label(self, key: Any) -> str:
+        return self.labels.get(key, _fmt(key))
+
+    def named(self, key: Any) -> str:
+        """``axis=value``, or the bare prompt text for prompts."""
+        text = self.label(key)
+        return text if self.name == "target_prompt" else f"{self.name}={text}"
+
+    def find(self, given: Any, option: str) -> Any:
+        """The key of a value given on the command line or in the TUI (text, number, prompt index)."""
+        if any(given == v and type(given) is type(v) for v in self.values):
+            return given
+        text = str(given).strip()
+        for v in self.values:
+            if text in (self.label(v), str(v), _fmt(v)):
+                return v
+        for v in self.values:
+            if v is None and text.lower() in ("none", "otsu", "-", ""):
+                return v
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                try:
+                    if math.isclose(float(text), float(v)):
+                        return v
+                except ValueError:
+                    pass
+        shown = ", ".join(self.label(v) for v in self.values[:12]) + (" ..." if len(self.values) > 12 else "")
+        raise _input_error(f"{option}: {self.name} has no value {text!r}; it takes {shown}")
+
+
+@dataclass
+class Panel:
+    z: Any  # the Z key, or None without a Z axis
+    title: str
+    cells: dict[tuple[Any, Any], dict] = field(default_factory=dict)  # (row key, col key) -> run
+    sources: dict[Any, dict] = field(default_factory=dict)  # row or column key -> run whose source to show
+
+
+@dataclass
+class GridPlan:
+    x: Axis
+    y: Axis
+    z: Axis | None
+    seeds: str | None  # "each" when seeds are rows, else None
+    pins: dict[str, Any]  # axis -> key, user's and defaulted
+    user_pins: set[str]
+    swept: list[str]  # every axis the experiment varies
+    row_keys: list[tuple]  # ("baseline"[, seed]) or ("value", y key[, seed])
+    col_keys: list[tuple]  # ("baseline",) or ("value", x key)
+    panels: list[Panel]
+    source_mode: str  # "column" | "row" | "none"
+    baseline_note: str = ""
+    ambiguous: int = 0  # cells where several runs fit (lowest grid index shown)
+    axes: dict[str, Axis] = field(default_factory=dict)
+
+    def row_label(self, key: tuple) -> str:
+        head = "baseline" if key[0] == "baseline" else self.y.named(key[1])
+        return f"{head}, seed {key[-1]}" if self.seeds == "each" else head
+
+    def col_label(self, key: tuple) -> str:
+        if key[0] == "baseline":
+            return "baseline"
+        if self.x.name == "seed":
+            return f"seed {self.x.label(key[1])}"
+        return self.x.named(key[1])
+
+    @property
+    def pin_text(self) -> str:
+        return ", ".join(f"{a}={self.axes[a].label(k)}" for a, k in self.pins.items())
+
+    def caption(self) -> list[str]:
+        """What the grid shows, in words: axes, pins, how seeds and baselines appear."""
+        head = f"rows: {self.y.name}, columns: {self.x.name}" + (f", one panel per {self.z.name}" if self.z else "")
+        lines = [head]
+        lines.append(f"pinned: {self.pin_text}" if self.pins else "pinned: nothing (no other axis varies)")
+        if self.seeds == "each":
+            lines.append("one row per seed")
+        notes = [self.baseline_note] if self.baseline_note else []
+        if self.source_mode == "none":
+            notes.append("sources differ cell by cell: not shown")
+        if self.ambiguous:
+            notes.append(f"{self.ambiguous} cells fit several runs: lowest grid index shown")
+        if notes:
+            lines.append("; ".join(notes))
+        return lines
+
+
+def _load_runs(store: Store, experiment_id: int) -> list[dict]:
+    t = Run.__table__
+    names = list(dict.fromkeys(_COLUMNS))
+    q = select(*(t.c[c] for c in names)).where(t.c.experiment_id == experiment_id).order_by(t.c.grid_index, t.c.id)
+    # The raw cursor path of iter_rows: ORM result processing doubled the time of a 100k-run plan.
+    # SQLite hands booleans back as 0/1, which is all the plan needs of them.
+    return [dict(zip(names, row)) for chunk in iter_rows(store, q) for row in chunk]
+
+
+def _axes(store: Store, runs: list[dict]) -> dict[str, Axis]:
+    names: dict[Any, str] = {}
+    if any(r["concept_id"] is not None for r in runs):
+        with store.session() as s:
+            names = dict(s.execute(select(Concept.id, Concept.name)).all())
+    out = {}
+    # Runs come in sweep order, so first occurrences give each axis its sweep order; plain
+    # generator passes keep a 100k-run experiment to a fraction of a second.
+    for axis in GRID_AXES:
+        col = _KEY_COLUMN.get(axis, axis)
+        if axis in MASK_DETAIL:
+            keys = (r[col] for r in runs if not r["is_baseline"] and r["mask_mode"] != "off")
+        elif axis in CONTROL_AXES:
+            keys = (r[col] for r in runs if not r["is_baseline"])
+        else:
+            keys = (r[col] for r in runs)
+        values = list(dict.fromkeys(keys))
+        labels: dict[Any, str] = {}
+        if axis == "target_prompt":
+            labels = {r["prompt_index"]: r["target_prompt"] for r in reversed(runs)}
+        elif axis == "concept_id":
+            labels = {v: names.get(v, _fmt(v)) for v in values}
+        out[axis] = Axis(axis, values, labels)
+    return out
+
+
+def _matches(run: dict, fixed: Mapping[str, Any]) -> bool:
+    return all(not applies(a, run) or key_of(a, run) == k for a, k in fixed.items())
+
+
+def plan_grid(store: Store, experiment_id: int, y: str, x: str | None = None, z: str | None = None,
+              pins: Mapping[str, Any] | None = None, seeds: str | int | None = None) -> GridPlan | None:
+    """The plan of a grid, or None when the experiment has no runs. Raises InputError on an
+    unknown axis, an axis used twice, or a pinned value the experiment does not have."""
+    y = canonical_axis(y, "--y")
+    runs = _load_runs(store, experiment_id)
+    if not runs:
+        return None
+    axes = _axes(store, runs)
+    swept = [a for a in GRID_AXES if len(axes[a].values) > 1]
+    if x is None:
+        x = next((a for a in ("target_prompt", "seed") if a != y and a != z and a in swept),
+                 next((a for a in swept if a not in (y, z)), "seed" if y != "seed" else "target_prompt"))
+    x = canonical_axis(x, "--x")
+    z = canonical_axis(z, "--z") if z else None
+    chosen = [a for a in (x, y, z) if a]
+    if len(set(chosen)) != len(chosen):
+        raise _input_error(f"grid axes must differ: x={x}, y={y}" + (f", z={z}" if z else ""))
+
+    user: dict[str, Any] = {}
+    for name, given in (pins or {}).items():
+        axis = canonical_axis(name, "--pin")
+        if axis in chosen:
+            raise _input_error(f"--pin: {axis} is already the grid's {'xyz'[[x, y, z].index(axis)]} axis")
+        user[axis] = axes[axis].find(given, "--pin")
+    each = False
+    if seeds is not None and str(seeds).strip() != "":
+        if "seed" in chosen:
+            raise _input_error("--seeds: seed is already a grid axis")
+        if str(seeds).strip() == "each":
+            if "seed" in user:
+                raise _input_error("--seeds each: seed is also pinned")
+            each = True
+        else:
+            key = axes["seed"].find(seeds, "--seeds")
+            if "seed" in user and user["seed"] != key:
+                raise _input_error(f"--seeds {seeds} contradicts --pin seed={axes['seed'].label(user['seed'])}")
+            user["seed"] = key
+
+    # Default pins come from one real run, so jointly varying settings (a mask mode and its
+    # threshold) stay a combination the sweep made.
+    free = [a for a in swept if a not in chosen and a not in user and not (each and a == "seed")]
+    fitting = [r for r in runs if not r["is_baseline"] and _matches(r, user) and all(applies(a, r) for a in chosen)]
+    fitting = fitting or [r for r in runs if _matches(r, user)]
+    resolved = dict(user)
+    for axis in free:
+        donor = next((r for r in fitting if applies(axis, r) and _matches(r, resolved)), None)
+        if donor is not None:
+            resolved[axis] = key_of(axis, donor)
+    pins_out = {a: resolved[a] for a in swept if a in resolved}
+    for a in user:  # a pin on an axis that does not vary is still the user's statement: keep it
+        pins_out.setdefault(a, user[a])
+
+    return _place(runs, axes, x, y, z, pins_out, set(user), swept, each)
+
+
+def _place(runs, axes, x, y, z, pins, user_pins, swept, each) -> GridPlan:
+    y_control, x_control = y in CONTROL_AXES, x in CONTROL_AXES
+    baseline_mode = "row" if y_control else ("column" if x_control else "none")
+    note = "" if baseline_mode != "none" else "baselines not shown (both axes are base settings)"
+    if not any(r["is_baseline"] for r in runs):
+        baseline_mode, note = "none", ""  # the sweep made none: no empty baseline row to count
+    seed_values = axes["seed"].values if each else [None]
+    row_keys = ([BASELINE + ((s,) if each else ()) for s in seed_values] if baseline_mode == "row" else [])
+    row_keys += [("value", v) + ((s,) if each else ()) for v in axes[y].values for s in seed_values]
+    col_keys = ([BASELINE] if baseline_mode == "column" else []) + [("value", v) for v in axes[x].values]
+    z_values = axes[z].values if z else [None]
+    panels = [Panel(zv, axes[z].named(zv) if z else "") for zv in z_values]
+
+    ambiguous = 0
+    pinned = [r for r in runs if _matches(r, pins)]
+    for panel in panels:
+        fixed = {z: panel.z} if z else {}
+        for r in pinned:
+            if not _matches(r, fixed):
+                continue
+            seed = (r["seed"],) if each else ()
+            if r["is_baseline"]:
+                if baseline_mode == "none":
+                    continue
+                if baseline_mode == "row":
+                    row = BASELINE + seed
+                    # With two control axes the baseline belongs to no column: it goes in the first.
+                    col = ("value", key_of(x, r)) if not x_control else col_keys[0]
+                else:
+                    row, col = ("value", key_of(y, r)) + seed, BASELINE
+            else:
+                if not (applies(x, r) and applies(y, r)):
+                    continue
+                row, col = ("value", key_of(y, r)) + seed, ("value", key_of(x, r))
+            current = panel.cells.get((row, col))
+            if current is not None:
+                ambiguous += 1
+                # Deterministic, and an image beats none: never "whichever came back first".
+                if current["image_path"] or not r["image_path"]:
+                    continue
+            panel.cells[(row, col)] = r
+
+    source_mode = _source_mode(panels, row_keys, col_keys)
+    for panel in panels:
+        along = row_keys if source_mode == "column" else col_keys if source_mode == "row" else []
+        for k in along:
+            members = [panel.cells.get((k, c) if source_mode == "column" else (c, k)) for c in
+                       (col_keys if source_mode == "column" else row_keys)]
+            first = next((m for m in members if m and m["source_image_path"]), None)
+            if first:
+                panel.sources[k] = first
+    return GridPlan(axes[x], axes[y], axes[z] if z else None, "each" if each else None, pins, user_pins, swept,
+                    row_keys, col_keys, panels, source_mode, note, ambiguous, axes)
+
+
+def _source_mode(panels: list[Panel], row_keys, col_keys) -> str:
+    """Where the source image can be shown without pretending: per row, per column, or nowhere."""
+    def shared(line_keys, cell_of) -> bool:
+        for panel in panels:
+            for k in line_keys:
+                groups = {m["group_key"] for m in (panel.cells.get(cell_of(k, o)) for o in
+                          (col_keys if line_keys is row_keys else row_keys)) if m}
+                if len(groups) > 1:
+                    return False
+        return True
+
+    if shared(row_keys, lambda k, o: (k, o)):
+        return "column"
+    if shared(col_keys, lambda k, o: (o, k)):
+        return "row"
+    return "none"
