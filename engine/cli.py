@@ -28,7 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "write artifacts, score, commit. Stops cleanly on SIGTERM/SIGINT.",
     )
     p.add_argument("--home", help="data folder (default: $MTP_HOME or the platform data dir)")
-    p.add_argument("--db", help="database URL (default: the SQLite file in the data folder; or $MTP_DB_URL)")
+    p.add_argument("--db", help="database URL, e.g. postgresql+psycopg://user@host/mtp "
+                                "(default: $MTP_DB_URL, else the SQLite file in the data folder)")
     p.add_argument("--device", default=None, help="torch device, e.g. cuda:0 or cpu (default: cuda:0 if available)")
     p.add_argument("--devices", help="comma separated GPU indices, e.g. 0,1,2,3: one worker process per GPU")
     p.add_argument("--max-batch", type=int, default=8, help="targets per shared-source batch (default 8)")
@@ -129,14 +130,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _serve(args, home, device: str, fake: bool) -> int:
-    from store.db import SchemaTooNew, Store
+    from store.db import SchemaTooNew, Store, WrongHome
 
     from .worker import Worker, WorkerConfig
 
     try:
         store = Store(home, url=args.db)
-    except SchemaTooNew as exc:
-        log.error("%s", exc)
+    except (SchemaTooNew, WrongHome) as exc:
+        log.error("refusing to start: %s", exc)
         return 2
     score = None
     scored_text = None
@@ -172,7 +173,8 @@ def _serve(args, home, device: str, fake: bool) -> int:
     signal.signal(signal.SIGINT, on_signal)
     if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:  # respect nohup
         signal.signal(signal.SIGHUP, on_signal)
-    log.info("mtp-engine pid %d on %s, home %s%s", os.getpid(), device, home.root, " (fake backend)" if fake else "")
+    log.info("mtp-engine pid %d on %s, home %s, database %s%s", os.getpid(), device, home.root, store.display_url,
+             " (fake backend)" if fake else "")
     try:
         worker.run()
     finally:

@@ -50,6 +50,13 @@ def mask_url(url: str) -> str:
         return url.split("@")[-1]
 
 
+def use_db_url(arg: str | None) -> None:
+    """`--db` of mtp / mtp-tui: the same as $MTP_DB_URL for this process and the engines it starts
+    (through the environment, so a password never shows in `ps`)."""
+    if arg:
+        os.environ[ENV_DB_URL] = arg
+
+
 def db_url_from(arg: str | None = None) -> str | None:
     """`--db` wins over $MTP_DB_URL; None means the SQLite file in the data folder."""
     return arg or os.environ.get(ENV_DB_URL) or None
