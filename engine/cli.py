@@ -31,7 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--db", help="database URL, e.g. postgresql+psycopg://user@host/mtp "
                                 "(default: $MTP_DB_URL, else the SQLite file in the data folder)")
     p.add_argument("--device", default=None, help="torch device, e.g. cuda:0 or cpu (default: cuda:0 if available)")
-    p.add_argument("--devices", help="comma separated GPU indices, e.g. 0,1,2,3: one worker process per GPU")
+    p.add_argument("--devices", help="one worker process per device, in the foreground: cuda:0,cuda:1, 0,1 or all "
+                                     "(`mtp engine start --devices` starts them detached)")
     p.add_argument("--max-batch", type=int, default=8, help="targets per shared-source batch (default 8)")
     p.add_argument("--once", action="store_true", help="drain the queue and exit")
     p.add_argument("--demo", action="store_true", help="use the offline tiny model (built under home/models) and tiny scorer")
@@ -77,7 +78,13 @@ def _default_device() -> str:
 
 def _run_many(args, argv: list[str]) -> int:
     """Parent of one engine process per GPU; forwards SIGTERM/SIGINT and waits for all."""
-    indices = [d.strip() for d in args.devices.split(",") if d.strip()]
+    from .launch import EngineError, parse_devices
+
+    try:
+        devices = parse_devices(args.devices)
+    except EngineError as exc:
+        print(f"mtp-engine: {exc}", file=sys.stderr)
+        return 2
     base = []
     skip = False
     for a in argv:
@@ -90,7 +97,7 @@ def _run_many(args, argv: list[str]) -> int:
         if a.startswith(("--devices=", "--device=")):
             continue
         base.append(a)
-    procs = [subprocess.Popen([sys.executable, "-m", "engine.cli", *base, "--device", f"cuda:{i}"]) for i in indices]
+    procs = [subprocess.Popen([sys.executable, "-m", "engine.cli", *base, "--device", dev]) for dev in devices]
 
     def forward(signum, _frame):
         for p in procs:

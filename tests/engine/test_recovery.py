@@ -221,3 +221,45 @@ def test_detached_engine_survives_sighup_of_its_parent(store, tmp_path):
         assert stop_engine(store.home, wait_s=20) == [pid]
     assert engine_running(store.home) == []
     assert any(w.pid == pid and w.status == q.WorkerStatus.STOPPED for w in q.list_workers(store))
+
+
+def test_engine_start_devices_starts_one_detached_engine_per_device(store, tmp_path, monkeypatch):
+    import socket
+
+    from tui.cli.main import main as mtp_main
+
+    for key, value in fake_env(tmp_path, step_s=0.01).items():
+        monkeypatch.setenv(key, value)
+    make_exp(store)  # 8 runs
+    started = []
+    try:
+        assert mtp_main(["--home", str(store.home.root), "engine", "start", "--devices", "cpu,cpu:1"]) == 0
+        started = engine_running(store.home)
+        assert sorted(e["device"] for e in started) == ["cpu", "cpu:1"]
+        assert len({e["pid"] for e in started}) == 2
+        wait_for(lambda: {r.status for r in runs_of(store)} == {RunStatus.DONE}, what="the queue to drain")
+
+        def workers():
+            return [w for w in q.list_workers(store) if w.pid in {e["pid"] for e in started}]
+
+        wait_for(lambda: len(workers()) == 2, what="both engines to register")
+        assert sorted(w.device for w in workers()) == ["cpu", "cpu:1"]
+        assert all(w.host == socket.gethostname() and w.id.startswith(w.host + ":") for w in workers())
+        # A second start on a busy device is refused; the other device is named as started.
+        assert mtp_main(["--home", str(store.home.root), "engine", "start", "--devices", "cpu"]) == 1
+    finally:
+        stop_engine(store.home, wait_s=20)
+    assert engine_running(store.home) == []
+
+
+def test_devices_are_parsed_and_all_means_every_visible_gpu(monkeypatch):
+    from engine.launch import EngineError, parse_devices
+
+    assert parse_devices("cuda:0, 1,cuda:1") == ["cuda:0", "cuda:1"]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5,6")
+    assert parse_devices("all") == ["cuda:0", "cuda:1", "cuda:2"]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    with pytest.raises(EngineError, match="no CUDA device"):
+        parse_devices("all")
+    with pytest.raises(EngineError, match="not a device"):
+        parse_devices("gpu0")

@@ -146,3 +146,11 @@ def test_every_command_takes_the_database_the_same_way(home, tmp_path, monkeypat
 def test_passwords_are_masked():
     masked = mask_url("postgresql+psycopg://lab:s3cret@db.example:5432/mtp")
     assert "s3cret" not in masked and "lab" in masked and "db.example" in masked
+
+
+def test_workers_are_listed_grouped_by_host(store):
+    for host, dev in (("gpu-b", "cuda:0"), ("gpu-a", "cuda:1"), ("gpu-b", "cuda:1"), ("gpu-a", "cuda:0")):
+        q.register_worker(store, dev, host=host, pid=100)
+    listed = [(w.host, w.device) for w in q.list_workers(store)]
+    assert listed == [("gpu-a", "cuda:0"), ("gpu-a", "cuda:1"), ("gpu-b", "cuda:0"), ("gpu-b", "cuda:1")]
+    assert all(w.id.startswith(f"{w.host}:100:") for w in q.list_workers(store))
