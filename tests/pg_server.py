@@ -45,15 +45,20 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _sbin(name: str) -> str:
+    # root's tools live in sbin, which a minimal PATH may leave out.
+    return shutil.which(name) or next((p for p in (f"/usr/sbin/{name}", f"/sbin/{name}") if os.path.exists(p)), name)
+
+
 def _run_as() -> list[str]:
     if os.geteuid() != 0:
         return []
     try:
         pwd.getpwnam("postgres")
     except KeyError:
-        subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "postgres"],
+        subprocess.run([_sbin("useradd"), "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "postgres"],
                        check=True, capture_output=True)
-    return ["runuser", "-u", "postgres", "--"]
+    return [_sbin("runuser"), "-u", "postgres", "--"]
 
 
 class PgServer:
@@ -71,23 +76,24 @@ class PgServer:
         bindir = find_bin()
         # A short path: the unix socket path must stay under ~100 characters.
         self.folder = Path(tempfile.mkdtemp(prefix="mtp-pg-", dir="/tmp"))
-        prefix = _run_as()
-        if prefix:
-            shutil.chown(self.folder, "postgres")
         data = self.folder / "data"
         self.port = _free_port()
         run = dict(check=True, capture_output=True, text=True)
         try:
+            prefix = _run_as()
+            if prefix:
+                shutil.chown(self.folder, "postgres")
             subprocess.run(prefix + [str(bindir / "initdb"), "-D", str(data), "-U", SUPERUSER, "--auth=trust",
                                      "-E", "UTF8", "--no-sync"], **run)
             opts = (f"-p {self.port} -k {self.folder} -c listen_addresses='' -c fsync=off "
                     f"-c synchronous_commit=off -c full_page_writes=off -c max_connections=300")
             subprocess.run(prefix + [str(bindir / "pg_ctl"), "-D", str(data), "-o", opts, "-l",
                                      str(self.folder / "server.log"), "-w", "-t", "60", "start"], **run)
-        except subprocess.CalledProcessError as exc:
+        except (OSError, subprocess.CalledProcessError) as exc:
             log = (self.folder / "server.log").read_text() if (self.folder / "server.log").exists() else ""
             shutil.rmtree(self.folder, ignore_errors=True)
-            raise NoServer(f"PostgreSQL did not start: {exc.stderr or exc.stdout}{log[-2000:]}") from None
+            detail = getattr(exc, "stderr", None) or getattr(exc, "stdout", None) or exc
+            raise NoServer(f"PostgreSQL did not start: {detail} {log[-2000:]}") from None
         self._bindir, self._prefix = bindir, prefix
         self.url = f"postgresql+psycopg://{SUPERUSER}@/postgres?host={self.folder}&port={self.port}"
         return self
