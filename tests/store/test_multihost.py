@@ -154,3 +154,26 @@ def test_workers_are_listed_grouped_by_host(store):
     listed = [(w.host, w.device) for w in q.list_workers(store)]
     assert listed == [("gpu-a", "cuda:0"), ("gpu-a", "cuda:1"), ("gpu-b", "cuda:0"), ("gpu-b", "cuda:1")]
     assert all(w.id.startswith(f"{w.host}:100:") for w in q.list_workers(store))
+
+
+def test_grid_export_warns_when_done_runs_have_no_image_here(store, tmp_path, capsys, monkeypatch):
+    from PIL import Image
+
+    from tui.cli.main import main as mtp_main
+
+    spec = ExperimentSpec(model="m", source_prompt="a dog", target_prompts=["a dog"], num_steps=4, width=64,
+                          height=64, seeds="0", start_step="1", final_step="2,3", baseline=False)
+    exp = save_experiment(store, "g", spec, queue=True)
+    runs = q.claim_group(store, "w", max_batch=8)
+    here = store.home.run_dir(runs[0].id)
+    here.mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(here / "target.png")
+    q.complete_runs(store, "w", [
+        {"run_id": runs[0].id, "image_path": f"artifacts/run-{runs[0].id}/target.png"},
+        {"run_id": runs[1].id, "image_path": f"artifacts/run-{runs[1].id}/target.png"},  # written elsewhere
+    ])
+    monkeypatch.chdir(tmp_path)
+    assert mtp_main(["--home", str(store.home.root), "export", "grid", str(exp.id), "--by", "final_step",
+                     "--png", "g.png"]) == 0
+    err = capsys.readouterr().err
+    assert f"1 done run(s) have no image file under {store.home.root}" in err and f"run {runs[1].id}" in err
