@@ -177,3 +177,16 @@ def test_grid_export_warns_when_done_runs_have_no_image_here(store, tmp_path, ca
                      "--png", "g.png"]) == 0
     err = capsys.readouterr().err
     assert f"1 done run(s) have no image file under {store.home.root}" in err and f"run {runs[1].id}" in err
+
+
+def test_a_source_image_inside_the_data_folder_is_recorded_relative_to_it(store):
+    from PIL import Image
+
+    img = store.home.root / "inputs" / "cat.png"
+    img.parent.mkdir()
+    Image.new("RGB", (8, 8)).save(img)
+    spec = ExperimentSpec(model="m", source_image=str(img), target_prompts=["a cat"], num_steps=4, width=64,
+                          height=64, seeds="0", start_step="1", baseline=False)
+    save_experiment(store, "real", spec, queue=True)
+    (run,) = q.claim_group(store, "w")
+    assert run.source_image == "inputs/cat.png"
