@@ -263,3 +263,16 @@ def test_devices_are_parsed_and_all_means_every_visible_gpu(monkeypatch):
         parse_devices("all")
     with pytest.raises(EngineError, match="not a device"):
         parse_devices("gpu0")
+
+
+def test_an_engine_on_a_folder_that_is_not_the_databases_refuses_to_start(store, tmp_path):
+    make_exp(store)
+    wrong = tmp_path / "mount-point-without-the-share"
+    wrong.mkdir()
+    # The same database (on SQLite: the file in the right folder), a folder that is not its own.
+    env = dict(fake_env(tmp_path, step_s=0.0), MTP_DB_URL=store.url)
+    proc = subprocess.run([sys.executable, "-m", "engine.cli", "--home", str(wrong), "--device", "cpu", "--once"],
+                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "refusing to start" in proc.stderr and str(wrong) in proc.stderr and "mount" in proc.stderr
+    assert {r.status for r in runs_of(store)} == {RunStatus.QUEUED}  # it took nothing
