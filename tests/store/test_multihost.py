@@ -190,3 +190,15 @@ def test_a_source_image_inside_the_data_folder_is_recorded_relative_to_it(store)
     save_experiment(store, "real", spec, queue=True)
     (run,) = q.claim_group(store, "w")
     assert run.source_image == "inputs/cat.png"
+
+
+def test_seed_text_is_read_as_whole_numbers_never_through_float():
+    from store.sweep.grammar import SweepError, parse_values
+    from store.sweep.spec import AXES
+
+    seeds = AXES["seeds"]
+    assert parse_values(seeds, str(BIG_SEED)) == [BIG_SEED]
+    assert parse_values(seeds, f"{BIG_SEED - 2}-{BIG_SEED}") == [BIG_SEED - 2, BIG_SEED - 1, BIG_SEED]
+    assert parse_values(seeds, f"{BIG_SEED - 6}-{BIG_SEED} [3]") == [BIG_SEED - 6, BIG_SEED - 3, BIG_SEED]
+    with pytest.raises(SweepError, match="above the maximum 9223372036854775807"):
+        parse_values(seeds, str(2**63))
