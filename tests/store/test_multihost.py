@@ -202,3 +202,10 @@ def test_seed_text_is_read_as_whole_numbers_never_through_float():
     assert parse_values(seeds, f"{BIG_SEED - 6}-{BIG_SEED} [3]") == [BIG_SEED - 6, BIG_SEED - 3, BIG_SEED]
     with pytest.raises(SweepError, match="above the maximum 9223372036854775807"):
         parse_values(seeds, str(2**63))
+
+
+# The runs-CSV round trip of tests/store/test_export.py, collected here so it also runs on
+# PostgreSQL: booleans as 0/1 and timestamps as ISO 8601 UTC with "Z" on both backends.
+from tests.store.test_export import (  # noqa: E402
+    test_runs_csv_round_trip_preserves_every_field as test_runs_csv_is_the_same_on_each_backend,
+)
