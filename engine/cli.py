@@ -28,9 +28,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "write artifacts, score, commit. Stops cleanly on SIGTERM/SIGINT.",
     )
     p.add_argument("--home", help="data folder (default: $MTP_HOME or the platform data dir)")
-    p.add_argument("--db", help="database URL (default: the SQLite file in the data folder; or $MTP_DB_URL)")
+    p.add_argument("--db", help="database URL, e.g. postgresql+psycopg://user@host/mtp "
+                                "(default: $MTP_DB_URL, else the SQLite file in the data folder)")
     p.add_argument("--device", default=None, help="torch device, e.g. cuda:0 or cpu (default: cuda:0 if available)")
-    p.add_argument("--devices", help="comma separated GPU indices, e.g. 0,1,2,3: one worker process per GPU")
+    p.add_argument("--devices", help="one worker process per device, in the foreground: cuda:0,cuda:1, 0,1 or all "
+                                     "(`mtp engine start --devices` starts them detached)")
     p.add_argument("--max-batch", type=int, default=8, help="targets per shared-source batch (default 8)")
     p.add_argument("--once", action="store_true", help="drain the queue and exit")
     p.add_argument("--demo", action="store_true", help="use the offline tiny model (built under home/models) and tiny scorer")
@@ -76,7 +78,13 @@ def _default_device() -> str:
 
 def _run_many(args, argv: list[str]) -> int:
     """Parent of one engine process per GPU; forwards SIGTERM/SIGINT and waits for all."""
-    indices = [d.strip() for d in args.devices.split(",") if d.strip()]
+    from .launch import EngineError, parse_devices
+
+    try:
+        devices = parse_devices(args.devices)
+    except EngineError as exc:
+        print(f"mtp-engine: {exc}", file=sys.stderr)
+        return 2
     base = []
     skip = False
     for a in argv:
@@ -89,7 +97,7 @@ def _run_many(args, argv: list[str]) -> int:
         if a.startswith(("--devices=", "--device=")):
             continue
         base.append(a)
-    procs = [subprocess.Popen([sys.executable, "-m", "engine.cli", *base, "--device", f"cuda:{i}"]) for i in indices]
+    procs = [subprocess.Popen([sys.executable, "-m", "engine.cli", *base, "--device", dev]) for dev in devices]
 
     def forward(signum, _frame):
         for p in procs:
@@ -129,14 +137,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _serve(args, home, device: str, fake: bool) -> int:
-    from store.db import SchemaTooNew, Store
+    from store.db import SchemaTooNew, Store, WrongHome
 
     from .worker import Worker, WorkerConfig
 
     try:
         store = Store(home, url=args.db)
-    except SchemaTooNew as exc:
-        log.error("%s", exc)
+    except (SchemaTooNew, WrongHome) as exc:
+        log.error("refusing to start: %s", exc)
         return 2
     score = None
     scored_text = None
@@ -172,7 +180,8 @@ def _serve(args, home, device: str, fake: bool) -> int:
     signal.signal(signal.SIGINT, on_signal)
     if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:  # respect nohup
         signal.signal(signal.SIGHUP, on_signal)
-    log.info("mtp-engine pid %d on %s, home %s%s", os.getpid(), device, home.root, " (fake backend)" if fake else "")
+    log.info("mtp-engine pid %d on %s, home %s, database %s%s", os.getpid(), device, home.root, store.display_url,
+             " (fake backend)" if fake else "")
     try:
         worker.run()
     finally:

@@ -202,3 +202,60 @@ def tail(path: str | os.PathLike, lines: int = 20) -> str:
     except OSError:
         return ""
     return "\n".join(text.splitlines()[-lines:])
+
+
+# ------------------------------------------------------------------ one engine per GPU
+def visible_gpus() -> list[str]:
+    """The CUDA devices of this host, found without torch: $CUDA_VISIBLE_DEVICES if set, else
+    nvidia-smi, else the driver's /proc entries."""
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        # CUDA renumbers visible devices from 0 whatever their physical ids.
+        n = len([d for d in env.split(",") if d.strip() and d.strip() != "-1"])
+        return [f"cuda:{i}" for i in range(n)]
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"], capture_output=True,
+                             text=True, timeout=20)
+        if out.returncode == 0:
+            return [f"cuda:{i}" for i, line in enumerate(out.stdout.splitlines()) if line.strip()]
+    except (OSError, subprocess.SubprocessError):
+        pass
+    gpus = Path("/proc/driver/nvidia/gpus")
+    return [f"cuda:{i}" for i in range(len(list(gpus.iterdir())))] if gpus.is_dir() else []
+
+
+def parse_devices(text: str) -> list[str]:
+    """`all`, or a comma list of devices (`cuda:0,cuda:1`, `0,1`, `cpu`), duplicates dropped."""
+    items = [t.strip().lower() for t in (text or "").split(",") if t.strip()]
+    if not items:
+        raise EngineError("--devices: name at least one device (cuda:0,cuda:1) or `all`")
+    if items == ["all"]:
+        found = visible_gpus()
+        if not found:
+            raise EngineError("--devices all: no CUDA device found on this host (no nvidia-smi, "
+                              "no /proc/driver/nvidia); name the devices, e.g. --devices cpu")
+        return found
+    out: list[str] = []
+    for item in items:
+        dev = f"cuda:{item}" if item.isdigit() else item
+        if not re.fullmatch(r"cuda(:\d+)?|cpu(:\d+)?|mps", dev):
+            raise EngineError(f"--devices: {item!r} is not a device (cuda:0, 1, cpu or all)")
+        dev = "cuda:0" if dev == "cuda" else dev
+        if dev not in out:
+            out.append(dev)
+    return out
+
+
+def start_engines(home: Home | str | os.PathLike | None, devices: Sequence[str], demo: bool = False,
+                  extra_args: Sequence[str] = ()) -> tuple[dict[str, int], dict[str, str]]:
+    """Start one detached engine per device; a device that fails does not stop the others.
+
+    Returns ({device: pid} started, {device: why} not started)."""
+    started: dict[str, int] = {}
+    failed: dict[str, str] = {}
+    for dev in devices:
+        try:
+            started[dev] = start_engine(home, device=dev, demo=demo, extra_args=extra_args)
+        except EngineError as exc:
+            failed[dev] = str(exc)
+    return started, failed

@@ -1,17 +1,24 @@
-"""Database setup: SQLite in WAL mode shared by the app and any number of engines.
+"""Database setup: SQLite in WAL mode shared by the app and any number of engines, or PostgreSQL
+(`MTP_DB_URL` / `--db`) shared by engines on several hosts.
 
-Writers use `Store.write()`, which begins with BEGIN IMMEDIATE: a deferred transaction that
-reads and then writes can fail at once with "database is locked" when another process
+Writers use `Store.write()`, which begins with BEGIN IMMEDIATE on SQLite: a deferred transaction
+that reads and then writes can fail at once with "database is locked" when another process
 committed in between (WAL snapshot upgrade), without waiting on the busy timeout.
+
+The database and its data folder belong together (artifact paths in the record are relative to
+the folder): the first start writes one random id into both, and a Store whose folder carries
+another id, or none, refuses to open (`WrongHome`) instead of writing images nobody else sees.
 """
 from __future__ import annotations
 
 import os
+import secrets
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Iterator
 
 from sqlalchemy import event, inspect, text
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
 from sqlmodel import Session, SQLModel, create_engine, select
 
 from . import models  # noqa: F401  (registers the tables)
@@ -20,10 +27,39 @@ from .paths import Home
 
 SCHEMA_VERSION = 2
 BUSY_TIMEOUT_MS = 30_000
+ENV_DB_URL = "MTP_DB_URL"
+HOME_ID_KEY = "home_id"
+HOME_PATH_KEY = "home_path"  # where the folder was when the id was written: a hint for messages
+# pg_advisory_xact_lock key for schema creation and migrations (any constant bigint; "mtp-schema").
+SCHEMA_LOCK_KEY = 0x6D74702D736368
 
 
 class SchemaTooNew(RuntimeError):
     pass
+
+
+class WrongHome(RuntimeError):
+    """The data folder is not the one this database records its artifacts in."""
+
+
+def mask_url(url: str) -> str:
+    """The URL with its password hidden, for titles, logs and messages."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a URL SQLAlchemy can parse: show nothing secret
+        return url.split("@")[-1]
+
+
+def use_db_url(arg: str | None) -> None:
+    """`--db` of mtp / mtp-tui: the same as $MTP_DB_URL for this process and the engines it starts
+    (through the environment, so a password never shows in `ps`)."""
+    if arg:
+        os.environ[ENV_DB_URL] = arg
+
+
+def db_url_from(arg: str | None = None) -> str | None:
+    """`--db` wins over $MTP_DB_URL; None means the SQLite file in the data folder."""
+    return arg or os.environ.get(ENV_DB_URL) or None
 
 
 def _sqlite_engine(url: str) -> Engine:
@@ -48,14 +84,43 @@ def _sqlite_engine(url: str) -> Engine:
     return engine
 
 
+@dataclass(frozen=True)
+class Only:
+    """A migration statement for one SQL dialect ("postgresql", "sqlite") only."""
+
+    dialect: str
+    sql: str
+
+
+@dataclass(frozen=True)
+class AddColumn:
+    """ALTER TABLE ... ADD COLUMN, skipped when the column is there (SQLite has no IF NOT EXISTS)."""
+
+    table: str
+    column: str
+    ddl: str  # the column's type and default, e.g. "INTEGER NOT NULL DEFAULT 0"
+
+    @property
+    def sql(self) -> str:
+        return f"ALTER TABLE {self.table} ADD COLUMN {self.column} {self.ddl}"
+
+
 # Each migration upgrades from version N-1 to N; keep them additive so no data is lost.
-MIGRATIONS: dict[int, list[str]] = {
+MIGRATIONS: dict[int, list[str | Only | AddColumn]] = {
     2: [
         # issue 14: the inversion guidance of each run; every inversion before it ran at 1.0
-        "ALTER TABLE run ADD COLUMN inversion_guidance FLOAT",
+        AddColumn("run", "inversion_guidance", "FLOAT"),
         "UPDATE run SET inversion_guidance = 1.0 WHERE invert AND source_image IS NOT NULL",
+        # issue 12: seeds are 64-bit (SQLite's INTEGER already is; PostgreSQL made it int4).
+        Only("postgresql", "ALTER TABLE run ALTER COLUMN seed TYPE BIGINT"),
     ],
 }
+
+
+def _pg_engine(url: str) -> Engine:
+    # Timestamps are stored without a zone and read back as UTC (store.queue._aware), so the
+    # session zone must be UTC whatever the server's default is.
+    return create_engine(url, pool_pre_ping=True, connect_args={"options": "-c timezone=UTC"})
 
 
 class Store:
@@ -63,11 +128,24 @@ class Store:
 
     def __init__(self, home: Home | None = None, url: str | None = None):
         self.home = home or Home.resolve()
-        self.url = url or os.environ.get("MTP_DB_URL") or self.home.db_url
+        self.url = db_url_from(url) or self.home.db_url
         self.is_sqlite = self.url.startswith("sqlite")
-        self.engine = _sqlite_engine(self.url) if self.is_sqlite else create_engine(self.url, pool_pre_ping=True)
+        self.engine = _sqlite_engine(self.url) if self.is_sqlite else _pg_engine(self.url)
         self._write_engine = self.engine.execution_options(sqlite_immediate=True) if self.is_sqlite else self.engine
-        self._migrate()
+        try:
+            self._migrate()
+        except BaseException:
+            self.engine.dispose()
+            raise
+
+    @property
+    def display_url(self) -> str:
+        return mask_url(self.url)
+
+    @property
+    def owns_folder(self) -> bool:
+        """The database is the SQLite file inside its data folder (they cannot be mismatched)."""
+        return self.url == self.home.db_url
 
     # ------------------------------------------------------------------ sessions
     def session(self) -> Session:
@@ -87,24 +165,77 @@ class Store:
 
     # ------------------------------------------------------------------ schema
     def _migrate(self) -> None:
-        existing = set(inspect(self.engine).get_table_names())
+        # One code path for both databases: the first statement takes a database-wide lock (BEGIN
+        # IMMEDIATE on SQLite, an advisory lock on PostgreSQL), so engines starting together on
+        # an empty database create the schema once and the others see it, instead of racing.
         with self.write() as s:
+            conn = s.connection()
+            if conn.dialect.name == "postgresql":
+                conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": SCHEMA_LOCK_KEY})
+            existing = set(inspect(conn).get_table_names())
             if "meta" not in existing:
-                SQLModel.metadata.create_all(s.connection())
+                SQLModel.metadata.create_all(conn)
                 s.merge(Meta(key="schema_version", value=str(SCHEMA_VERSION)))
-                return
-            row = s.get(Meta, "schema_version")
-            version = int(row.value) if row else 1
-            if version > SCHEMA_VERSION:
-                raise SchemaTooNew(
-                    f"{self.url} has schema version {version}, newer than this mtp ({SCHEMA_VERSION}); upgrade mtp"
-                )
-            for v in range(version + 1, SCHEMA_VERSION + 1):
-                for stmt in MIGRATIONS.get(v, []):
-                    s.exec(text(stmt))
-            # New tables (never columns) can simply be created.
-            SQLModel.metadata.create_all(s.connection())
-            s.merge(Meta(key="schema_version", value=str(SCHEMA_VERSION)))
+            else:
+                row = s.get(Meta, "schema_version")
+                version = int(row.value) if row else 1
+                if version > SCHEMA_VERSION:
+                    raise SchemaTooNew(
+                        f"{self.display_url} has schema version {version}, newer than this mtp "
+                        f"({SCHEMA_VERSION}); upgrade mtp"
+                    )
+                for v in range(version + 1, SCHEMA_VERSION + 1):
+                    for stmt in MIGRATIONS.get(v, []):
+                        if isinstance(stmt, Only):
+                            if stmt.dialect != conn.dialect.name:
+                                continue
+                            stmt = stmt.sql
+                        elif isinstance(stmt, AddColumn):
+                            if stmt.column in {c["name"] for c in inspect(conn).get_columns(stmt.table)}:
+                                continue
+                            stmt = stmt.sql
+                        s.exec(text(stmt))
+                # New tables (never columns) can simply be created.
+                SQLModel.metadata.create_all(conn)
+                s.merge(Meta(key="schema_version", value=str(SCHEMA_VERSION)))
+            self._check_home(s)
+
+    def _check_home(self, s: Session) -> None:
+        """Tie the database to its data folder, or refuse a folder that is not it (see module doc)."""
+        row = s.get(Meta, HOME_ID_KEY)
+        db_id = row.value if row else None
+        file_id = self.home.read_id()
+        if db_id and db_id == file_id:
+            return
+        if db_id is None and (file_id is None or self.owns_folder):
+            new_id = file_id or secrets.token_hex(16)
+            s.merge(Meta(key=HOME_ID_KEY, value=new_id))
+            s.merge(Meta(key=HOME_PATH_KEY, value=str(self.home.root)))
+            # Written before the commit: if it cannot be written, nothing claims this folder.
+            self.home.write_id(new_id)
+            return
+        if db_id and file_id is None and self.owns_folder:
+            self.home.write_id(db_id)  # an older copy of mtp made this folder
+            return
+        seen = s.get(Meta, HOME_PATH_KEY)
+        where = f" (first set up at {seen.value})" if seen and seen.value else ""
+        if db_id is None:
+            raise WrongHome(
+                f"the data folder {self.home.root} belongs to another database (id {file_id} in "
+                f"{self.home.id_path}), not to {self.display_url}: give this database its own data folder "
+                f"(--home / $MTP_HOME), or point --db / $MTP_DB_URL at the database of that folder"
+            )
+        if file_id is None:
+            raise WrongHome(
+                f"{self.display_url} keeps its images in the data folder with id {db_id}{where}, but "
+                f"{self.home.root} has no {self.home.id_path.name}: mount that shared folder here (it may be at "
+                f"another path on this host) and pass its path with --home or $MTP_HOME"
+            )
+        raise WrongHome(
+            f"{self.home.root} is the data folder of another database (id {file_id}); {self.display_url} "
+            f"keeps its images in the folder with id {db_id}{where}: mount that folder and pass its path "
+            f"with --home or $MTP_HOME, or use --db / $MTP_DB_URL of the database this folder belongs to"
+        )
 
     def schema_version(self) -> int:
         with self.session() as s:
@@ -125,5 +256,5 @@ class Store:
         self.engine.dispose()
 
 
-def open_store(home: str | os.PathLike | None = None) -> Store:
-    return Store(Home.resolve(home))
+def open_store(home: str | os.PathLike | None = None, url: str | None = None) -> Store:
+    return Store(Home.resolve(home), url=url)

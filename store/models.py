@@ -5,7 +5,7 @@ import json
 from datetime import datetime, timezone
 from typing import Optional
 
-from sqlalchemy import Column, Index, Text
+from sqlalchemy import BigInteger, Column, Index, Text
 from sqlmodel import Field, SQLModel
 
 
@@ -99,7 +99,7 @@ class Run(SQLModel, table=True):
     invert: bool = False
     # classifier-free guidance of the DDIM inversion (issue 14); NULL when the source is generated
     inversion_guidance: Optional[float] = None
-    seed: int = Field(default=0, index=True)
+    seed: int = Field(default=0, index=True, sa_type=BigInteger)  # 64-bit: 0 .. 2**63-1
     num_steps: int = 50
     guidance: float = 7.5
     width: int = 512

@@ -36,6 +36,26 @@ class Home:
             p.mkdir(parents=True, exist_ok=True)
 
     @property
+    def id_path(self) -> Path:
+        """The folder's identity, also recorded in its database (store.db: WrongHome)."""
+        return self.root / ".mtp-id"
+
+    def read_id(self) -> str | None:
+        try:
+            return self.id_path.read_text().strip() or None
+        except FileNotFoundError:
+            return None
+
+    def write_id(self, value: str) -> None:
+        # Temp name then rename: a reader on another host never sees half an id.
+        tmp = self.root / f".mtp-id.{os.getpid()}.tmp"
+        with open(tmp, "w") as fh:
+            fh.write(value + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.id_path)
+
+    @property
     def db_path(self) -> Path:
         return self.root / "mtp.db"
 

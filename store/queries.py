@@ -1,6 +1,7 @@
 """Queries the app, the CLI and the engine share: concepts, experiments, paged runs, counts."""
 from __future__ import annotations
 
+import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -121,6 +122,17 @@ def concept_by_name(store: Store, name: str) -> Concept | None:
 
 
 # ------------------------------------------------------------------ experiments
+def _relative_to_home(store: Store, path: str | None) -> str | None:
+    """A source image inside the data folder is recorded relative to it, so engines on hosts that
+    mount the folder elsewhere find it too."""
+    if not path or not os.path.isabs(path):
+        return path
+    try:
+        return str(Path(path).resolve().relative_to(store.home.root))
+    except ValueError:
+        return path
+
+
 def save_experiment(
     store: Store,
     name: str,
@@ -140,6 +152,8 @@ def save_experiment(
     if concept_id and concept is None:
         raise InputError(f"concept {concept_id} does not exist")
     rows = expand(spec, concept)  # raises SweepError before anything is written
+    for row in rows:
+        row["source_image"] = _relative_to_home(store, row.get("source_image"))
     with store.write() as s:
         exp = s.get(Experiment, experiment_id) if experiment_id else Experiment(name=name)
         if exp is None:

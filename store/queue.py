@@ -288,7 +288,8 @@ def heartbeat(
 
 def list_workers(store: Store, include_stopped: bool = True) -> list[Worker]:
     with store.session() as s:
-        q = select(Worker).order_by(Worker.device, Worker.id)
+        # Grouped by host: engines of one machine sit together in the app and `mtp workers`.
+        q = select(Worker).order_by(Worker.host, Worker.device, Worker.id)
         if not include_stopped:
             q = q.where(col(Worker.status).in_([WorkerStatus.IDLE, WorkerStatus.RUNNING]))
         return list(s.exec(q))

@@ -21,11 +21,54 @@ def pytest_configure(config):
         sys.modules["torch"].set_num_threads(1)
 
 
+# Test modules that set DB_BACKENDS = ("sqlite", "postgresql") run each test using `home` or
+# `store` once per backend; every other module stays on SQLite.
+def pytest_generate_tests(metafunc):
+    backends = getattr(metafunc.module, "DB_BACKENDS", None)
+    own = any("db_backend" in str(m.args[0]) for m in metafunc.definition.iter_markers("parametrize"))
+    if backends and "db_backend" in metafunc.fixturenames and not own:
+        metafunc.parametrize("db_backend", backends, indirect=True)
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """A throwaway PostgreSQL server for the session. On CI a missing server fails the tests."""
+    from tests.pg_server import NoServer, PgServer
+
+    try:
+        server = PgServer().start()
+    except NoServer as exc:
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(f"CI must test PostgreSQL: {exc}", pytrace=False)
+        pytest.skip(f"PostgreSQL tests skipped: {exc}")
+    yield server
+    server.stop()
+
+
 @pytest.fixture
-def home(tmp_path, monkeypatch):
+def pg_url(pg_server):
+    """A fresh, empty PostgreSQL database, dropped afterwards."""
+    url = pg_server.new_database()
+    yield url
+    pg_server.drop_database(url)
+
+
+@pytest.fixture
+def db_backend(request):
+    return getattr(request, "param", "sqlite")
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch, db_backend, request):
+    """The data folder; on the PostgreSQL backend $MTP_DB_URL names a fresh database, so every
+    Store(home) of the test, and every engine process it starts, uses that database."""
     from store.paths import Home
 
     monkeypatch.setenv("MTP_HOME", str(tmp_path / "home"))
+    if db_backend == "postgresql":
+        monkeypatch.setenv("MTP_DB_URL", request.getfixturevalue("pg_url"))
+    else:
+        monkeypatch.delenv("MTP_DB_URL", raising=False)
     return Home.resolve(tmp_path / "home")
 
 

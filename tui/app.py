@@ -4,6 +4,7 @@ while engines keep running."""
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 
@@ -43,7 +44,7 @@ class MtpApp(App):
         import gc
 
         gc.freeze()
-        self.sub_title = str(self.store.home.root)
+        self.sub_title = where_label(self.store)
         try:
             overrides = keymap.load_overrides(self.store.home.root)
             if overrides:
@@ -131,6 +132,12 @@ class MtpApp(App):
         self.notify("engine asked to stop after its current run")
 
 
+def where_label(store) -> str:
+    """Which record and which data folder this app is on (the password masked)."""
+    db = "SQLite in the data folder" if store.owns_folder else store.display_url
+    return f"{db} · data {store.home.root}"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mtp-tui",
@@ -138,6 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--home", help="data folder (default: $MTP_HOME or the platform data dir; "
                                        "with --demo: <data dir>/demo)")
+    parser.add_argument("--db", help="database URL, e.g. postgresql+psycopg://user@host/mtp "
+                                     "(default: $MTP_DB_URL, else the SQLite file in the data folder)")
     parser.add_argument("--demo", action="store_true",
                         help="use a demo data folder seeded with a concept and a small sweep on the random tiny model")
     return parser
@@ -166,11 +175,15 @@ def open_store(home: str | None, demo: bool):
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from store.db import SchemaTooNew
+    from store.db import SchemaTooNew, WrongHome, use_db_url
 
+    if args.demo and not args.db:
+        # The demo keeps its own SQLite record in its own folder, and so do engines it starts.
+        os.environ.pop("MTP_DB_URL", None)
+    use_db_url(args.db)
     try:
         store = open_store(args.home, args.demo)
-    except SchemaTooNew as exc:
+    except (SchemaTooNew, WrongHome) as exc:
         print(f"mtp-tui: {exc}", file=sys.stderr)
         return 2
     # textual-image must query the terminal before Textual takes it over (see artifact_image).

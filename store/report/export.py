@@ -16,7 +16,7 @@ import re
 import tempfile
 import threading
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
 
@@ -129,8 +129,9 @@ def _python_type(column):
 def _run_column(store: Store, column):
     kind = _python_type(column)
     if kind is bool:
-        # 0/1 on every backend, and no per-value conversion on the way out.
-        return type_coerce(column, Integer).label(column.name)
+        # 0/1 on every backend, and no per-value conversion on the way out (SQLite already
+        # stores 0/1; PostgreSQL has a real boolean that must be cast).
+        return (type_coerce(column, Integer) if store.is_sqlite else cast(column, Integer)).label(column.name)
     if kind is datetime and store.is_sqlite:
         # SQLite keeps naive UTC text "YYYY-MM-DD HH:MM:SS.ffffff"; make it ISO 8601 in SQL
         # instead of parsing 400k datetimes in Python.
@@ -166,7 +167,12 @@ def runs_query(store: Store, experiment_id: int, scale: str = "raw"):
 
 
 def _csv_value(v):
-    # Python datetimes only appear off SQLite; keep them ISO 8601 like the SQLite path.
+    # Python datetimes only appear off SQLite; write them as the SQLite path does: naive UTC,
+    # ISO 8601, "Z" (PostgreSQL sessions run in UTC, store.db).
+    if isinstance(v, datetime):
+        if v.tzinfo is not None:
+            v = v.astimezone(timezone.utc).replace(tzinfo=None)
+        return v.isoformat() + "Z"
     if hasattr(v, "isoformat"):
         return v.isoformat()
     return v

@@ -22,6 +22,8 @@ import math
 import string
 import re
 from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from fractions import Fraction
 from typing import Sequence
 
 
@@ -116,16 +118,25 @@ def split_items(text: str, field: str) -> list[tuple[str, int]]:
 
 def _number(raw: str, kind: str, field: str, text: str, pos: int) -> float | int:
     raw = raw.replace(" ", "").lstrip("+")
+    if kind == "int":
+        # Decimal, never float: seeds are 64-bit and a float keeps only 53 bits of them.
+        try:
+            value = Decimal(raw)
+        except InvalidOperation:
+            raise SweepError(field, text, pos, f"{raw!r} is not a number") from None
+        if not value.is_finite():
+            raise SweepError(field, text, pos, f"{raw!r} is not a finite number")
+        if value.adjusted() > 40:  # '1e999999' would build a huge int before any bound check
+            raise SweepError(field, text, pos, f"{raw!r} is far too large")
+        if value != value.to_integral_value():
+            raise SweepError(field, text, pos, f"{raw!r} is not a whole number")
+        return int(value)
     try:
         value = float(raw)
     except ValueError:
         raise SweepError(field, text, pos, f"{raw!r} is not a number") from None
     if not math.isfinite(value):
         raise SweepError(field, text, pos, f"{raw!r} is not a finite number")
-    if kind == "int":
-        if value != int(value):
-            raise SweepError(field, text, pos, f"{raw!r} is not a whole number")
-        return int(value)
     return value
 
 
@@ -136,15 +147,13 @@ def _expand_range(m: re.Match, kind: str, field: str, text: str, pos: int) -> li
         count = int(m["count"])
         if count < 1:
             raise SweepError(field, text, pos, "a count range needs at least 1 value")
-        if count == 1:
-            values = [a]
-        else:
-            values = [a + (b - a) * i / (count - 1) for i in range(count)]
         if kind == "int":
-            ints = [int(round(v)) for v in values]
+            # Exact fractions: large whole numbers stay exact.
+            ints = [a] if count == 1 else [int(round(a + Fraction(b - a) * i / (count - 1))) for i in range(count)]
             if len(set(ints)) != len(ints):
                 raise SweepError(field, text, pos, f"{count} whole numbers do not fit between {a} and {b}")
             return ints
+        values = [a] if count == 1 else [a + (b - a) * i / (count - 1) for i in range(count)]
         return [round(v, 10) for v in values]
     step_raw = m["step"]
     if step_raw is None:
@@ -159,11 +168,15 @@ def _expand_range(m: re.Match, kind: str, field: str, text: str, pos: int) -> li
         raise SweepError(field, text, pos, "the step of a range cannot be 0")
     if (b - a) * step < 0:
         raise SweepError(field, text, pos, f"a step of {step} never goes from {a} to {b}")
-    n = int(math.floor((b - a) / step + 1e-9)) + 1
+    n = (b - a) // step + 1 if kind == "int" else int(math.floor((b - a) / step + 1e-9)) + 1
     if n > _MAX_VALUES:
         raise SweepError(field, text, pos, f"range has {n} values (more than {_MAX_VALUES})")
     values = [a + i * step for i in range(n)]
-    return [int(v) for v in values] if kind == "int" else [round(v, 10) for v in values]
+    return values if kind == "int" else [round(v, 10) for v in values]
+
+
+def _show(bound: float | int) -> str:
+    return f"{bound:g}" if isinstance(bound, float) else str(bound)
 
 
 @dataclass(frozen=True)
@@ -212,9 +225,9 @@ def parse_values(axis: Axis, text: str) -> list:
         if isinstance(v, str):
             continue
         if axis.minimum is not None and v < axis.minimum:
-            raise SweepError(field, text, pos, f"{v} is below the minimum {axis.minimum:g}")
+            raise SweepError(field, text, pos, f"{v} is below the minimum {_show(axis.minimum)}")
         if axis.maximum is not None and v > axis.maximum:
-            raise SweepError(field, text, pos, f"{v} is above the maximum {axis.maximum:g}")
+            raise SweepError(field, text, pos, f"{v} is above the maximum {_show(axis.maximum)}")
     seen = []
     for v in values:
         if v not in seen:

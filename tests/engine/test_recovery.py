@@ -24,6 +24,9 @@ from store.sweep.spec import ExperimentSpec
 ROOT = Path(__file__).resolve().parents[2]
 
 
+# Each test that uses `home` or `store` runs on SQLite and on a real PostgreSQL server (tests/conftest.py).
+DB_BACKENDS = ("sqlite", "postgresql")
+
 def make_exp(store, name="exp", model="fake-model", **kw):
     base = dict(model=model, source_prompt="a photo of a dog", target_prompts=["a dog on the beach"],
                 num_steps=4, width=64, height=64, seeds="0", layers="decoder", start_step="0,1",
@@ -218,3 +221,58 @@ def test_detached_engine_survives_sighup_of_its_parent(store, tmp_path):
         assert stop_engine(store.home, wait_s=20) == [pid]
     assert engine_running(store.home) == []
     assert any(w.pid == pid and w.status == q.WorkerStatus.STOPPED for w in q.list_workers(store))
+
+
+def test_engine_start_devices_starts_one_detached_engine_per_device(store, tmp_path, monkeypatch):
+    import socket
+
+    from tui.cli.main import main as mtp_main
+
+    for key, value in fake_env(tmp_path, step_s=0.01).items():
+        monkeypatch.setenv(key, value)
+    make_exp(store)  # 8 runs
+    started = []
+    try:
+        assert mtp_main(["--home", str(store.home.root), "engine", "start", "--devices", "cpu,cpu:1"]) == 0
+        started = engine_running(store.home)
+        assert sorted(e["device"] for e in started) == ["cpu", "cpu:1"]
+        assert len({e["pid"] for e in started}) == 2
+        wait_for(lambda: {r.status for r in runs_of(store)} == {RunStatus.DONE}, what="the queue to drain")
+
+        def workers():
+            return [w for w in q.list_workers(store) if w.pid in {e["pid"] for e in started}]
+
+        wait_for(lambda: len(workers()) == 2, what="both engines to register")
+        assert sorted(w.device for w in workers()) == ["cpu", "cpu:1"]
+        assert all(w.host == socket.gethostname() and w.id.startswith(w.host + ":") for w in workers())
+        # A second start on a busy device is refused; the other device is named as started.
+        assert mtp_main(["--home", str(store.home.root), "engine", "start", "--devices", "cpu"]) == 1
+    finally:
+        stop_engine(store.home, wait_s=20)
+    assert engine_running(store.home) == []
+
+
+def test_devices_are_parsed_and_all_means_every_visible_gpu(monkeypatch):
+    from engine.launch import EngineError, parse_devices
+
+    assert parse_devices("cuda:0, 1,cuda:1") == ["cuda:0", "cuda:1"]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5,6")
+    assert parse_devices("all") == ["cuda:0", "cuda:1", "cuda:2"]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    with pytest.raises(EngineError, match="no CUDA device"):
+        parse_devices("all")
+    with pytest.raises(EngineError, match="not a device"):
+        parse_devices("gpu0")
+
+
+def test_an_engine_on_a_folder_that_is_not_the_databases_refuses_to_start(store, tmp_path):
+    make_exp(store)
+    wrong = tmp_path / "mount-point-without-the-share"
+    wrong.mkdir()
+    # The same database (on SQLite: the file in the right folder), a folder that is not its own.
+    env = dict(fake_env(tmp_path, step_s=0.0), MTP_DB_URL=store.url)
+    proc = subprocess.run([sys.executable, "-m", "engine.cli", "--home", str(wrong), "--device", "cpu", "--once"],
+                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "refusing to start" in proc.stderr and str(wrong) in proc.stderr and "mount" in proc.stderr
+    assert {r.status for r in runs_of(store)} == {RunStatus.QUEUED}  # it took nothing

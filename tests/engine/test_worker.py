@@ -20,6 +20,9 @@ from store.queries import save_experiment
 from store.sweep.spec import ExperimentSpec
 
 
+# Each test that uses `home` or `store` runs on SQLite and on a real PostgreSQL server (tests/conftest.py).
+DB_BACKENDS = ("sqlite", "postgresql")
+
 def make_exp(store, name="exp", model="fake-model", **kw) -> Experiment:
     base = dict(model=model, source_prompt="a photo of a dog", target_prompts=["a dog on the beach"],
                 num_steps=4, width=64, height=64, seeds="0", layers="decoder", start_step="1",

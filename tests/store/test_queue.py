@@ -5,6 +5,7 @@ import os
 import threading
 from datetime import timedelta
 
+import pytest
 from sqlmodel import select
 
 from store import queue as q
@@ -12,6 +13,9 @@ from store.models import Experiment, ExperimentStatus, Run, RunStatus, Score, Wo
 from store.queries import save_experiment
 from store.sweep.spec import ExperimentSpec
 
+
+# Each test that uses `home` or `store` runs on SQLite and on a real PostgreSQL server (tests/conftest.py).
+DB_BACKENDS = ("sqlite", "postgresql")
 
 def make_exp(store, name="exp", model="tiny-model", seeds="0", final_step="2,3,end", priority=0, **kw):
     spec = ExperimentSpec(model=model, source_prompt="a photo of a dog", target_prompts=["a dog on the beach"],
@@ -236,13 +240,67 @@ def test_heartbeat_updates_progress(store):
     assert st.workers[0].id == wid and not st.paused
 
 
-def test_claim_sql_locks_rows_on_postgresql():
-    from sqlalchemy.dialects import postgresql
+def _claim_until_empty(home_root, db_url, name, out):
+    # A separate process, as an engine on another host would be.
+    from store.db import Store
+    from store.paths import Home
 
-    from store.models import Run as R
+    st = Store(Home.resolve(home_root), url=db_url)
+    mine = []
+    try:
+        while runs := q.claim_group(st, name, max_batch=2):
+            mine += [r.id for r in runs]
+    finally:
+        st.close()
+    out.put((name, mine))
 
-    stmt = select(R.id).where(R.status == "queued").limit(1).with_for_update(skip_locked=True)
-    assert "FOR UPDATE SKIP LOCKED" in str(stmt.compile(dialect=postgresql.dialect()))
+
+def test_claims_from_four_processes_take_each_run_once(home):
+    import multiprocessing as mp
+
+    from store.db import Store
+
+    setup = Store(home)
+    for i in range(6):
+        make_exp(setup, f"e{i}", seeds="0,1,2")  # 18 groups, 72 runs
+    setup.close()
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    procs = [ctx.Process(target=_claim_until_empty, args=(str(home.root), os.environ.get("MTP_DB_URL"), f"p{i}", out))
+             for i in range(4)]
+    for p in procs:
+        p.start()
+    claimed = dict(out.get(timeout=120) for _ in procs)
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0] * 4
+    all_ids = [i for ids in claimed.values() for i in ids]
+    assert len(all_ids) == len(set(all_ids)) == 72
+    st = Store(home)
+    try:  # the record agrees with what each process was handed
+        owner = {r.id: r.worker_id for r in runs_of(st)}
+        assert all(owner[i] == name for name, ids in claimed.items() for i in ids)
+        assert {r.attempts for r in runs_of(st)} == {1}
+    finally:
+        st.close()
+
+
+@pytest.mark.parametrize("db_backend", ["postgresql"], indirect=True)
+def test_a_claim_skips_runs_locked_by_a_claim_in_progress(store):
+    """PostgreSQL: while one engine's claim transaction holds its runs, another engine's claim
+    takes the next group at once instead of waiting for (or double-claiming) the locked one."""
+    a = make_exp(store, "a", seeds="0")
+    b = make_exp(store, "b", seeds="1")
+    with store.write() as held:
+        locked = held.exec(select(Run).where(Run.experiment_id == a.id).with_for_update()).all()
+        result: list = []
+        t = threading.Thread(target=lambda: result.append(q.claim_group(store, "other", max_batch=8)))
+        t.start()
+        t.join(60)
+        assert not t.is_alive(), "the claim waited on the locked rows (no SKIP LOCKED)"
+    assert {r.experiment_id for r in result[0]} == {b.id}
+    assert not {r.id for r in result[0]} & {r.id for r in locked}
+    assert {r.experiment_id for r in q.claim_group(store, "again", max_batch=8)} == {a.id}
 
 
 def test_queue_commands(store, capsys):

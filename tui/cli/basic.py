@@ -85,7 +85,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def cmd_init(args, store) -> int:
     print(f"data folder: {store.home.root}")
-    print(f"database:    {store.url} (schema {store.schema_version()})")
+    print(f"database:    {store.display_url} (schema {store.schema_version()})")
     return 0
 
 

@@ -146,4 +146,21 @@ def cmd_grid(args, store) -> int:
     # The caption printed on the grid, repeated here: what was pinned, what is missing.
     for line in layouts[0].caption if layouts else []:
         print(line, file=sys.stderr)
+    missing = _missing_images(store, exp.id)
+    if missing:
+        print(f"mtp: warning: {len(missing)} done run(s) have no image file under {store.home.root} "
+              f"(e.g. run {missing[0]}); their cells are grey. Is this the data folder the engines write to?",
+              file=sys.stderr)
     return 0
+
+
+def _missing_images(store, experiment_id: int) -> list[int]:
+    """Done runs whose target image is not in this data folder (an engine wrote elsewhere)."""
+    from sqlmodel import select
+
+    from store.models import Run, RunStatus
+
+    with store.session() as s:
+        rows = s.exec(select(Run.id, Run.image_path).where(Run.experiment_id == experiment_id,
+                                                           Run.status == RunStatus.DONE)).all()
+    return [rid for rid, rel in rows if not (rel and store.home.resolve_artifact(rel).is_file())]

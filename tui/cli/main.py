@@ -24,6 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="mtp headless commands: concepts, experiments, runs, queue control and export.",
     )
     parser.add_argument("--home", help="data folder (default: $MTP_HOME or the platform data dir)")
+    parser.add_argument("--db", help="database URL, e.g. postgresql+psycopg://user@host/mtp "
+                                     "(default: $MTP_DB_URL, else the SQLite file in the data folder)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
@@ -36,13 +38,14 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0 if args.command is None else 2
-    from store.db import SchemaTooNew, open_store
+    from store.db import SchemaTooNew, WrongHome, open_store, use_db_url
     from store.sweep.grammar import SweepError
     from store.queries import InputError
 
+    use_db_url(args.db)
     try:
         store = open_store(args.home)
-    except SchemaTooNew as exc:
+    except (SchemaTooNew, WrongHome) as exc:
         print(f"mtp: {exc}", file=sys.stderr)
         return 2
     try:

@@ -39,6 +39,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("engine", help="start, stop or show detached engines on this machine")
     p.add_argument("action", choices=["start", "stop", "status"])
     p.add_argument("--device", default=None, help="cuda:0, cpu, ... (start default: cpu; stop/status default: all)")
+    p.add_argument("--devices", default=None,
+                   help="start: one detached engine per device, e.g. cuda:0,cuda:1 or `all` (every GPU of this host)")
     p.add_argument("--demo", action="store_true", help="use the offline tiny model")
     p.add_argument("--max-batch", type=int, default=None)
     p.set_defaults(func=cmd_engine)
@@ -128,6 +130,8 @@ def cmd_engine(args, store) -> int:
     from engine.launch import EngineError, engine_running, start_engine, stop_engine
 
     home = store.home
+    if args.action == "start" and args.devices:
+        return _start_many(args, home)
     if args.action == "start":
         device = args.device or "cpu"
         extra = ["--max-batch", str(args.max_batch)] if args.max_batch else []
@@ -153,3 +157,22 @@ def cmd_engine(args, store) -> int:
     for e in running:
         print(f"{e['device']}: pid {e['pid']}, log {e['log']}")
     return 0
+
+
+def _start_many(args, home) -> int:
+    from engine.launch import EngineError, parse_devices, start_engines
+
+    if args.device:
+        raise InputError("engine start: give --device or --devices, not both")
+    try:
+        devices = parse_devices(args.devices)
+    except EngineError as exc:
+        raise InputError(str(exc)) from None
+    extra = ["--max-batch", str(args.max_batch)] if args.max_batch else []
+    started, failed = start_engines(home, devices, demo=args.demo, extra_args=extra)
+    for dev, pid in started.items():
+        print(f"engine started on {dev}: pid {pid}")
+    for dev, why in failed.items():
+        print(f"mtp: {dev}: {why}", file=sys.stderr)
+    print(f"{len(started)} of {len(devices)} engine(s) started; logs in {home.logs}")
+    return 0 if not failed else 1

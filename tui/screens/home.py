@@ -95,6 +95,9 @@ class HomeScreen(StoreScreen):
 
             yield Static(DEMO_BANNER + "  Press S to start the demo engine.", id="demo-banner")
         yield Static("loading...", id="queue-status")
+        from ..app import where_label
+
+        yield Static(escape(where_label(self.app.store)), id="where-label")
         with Horizontal(id="home-top"):
             with Vertical(id="concepts-pane"):
                 yield Static("Concepts  [dim](enter: edit, c: new)[/]", classes="pane-title")
@@ -112,7 +115,7 @@ class HomeScreen(StoreScreen):
         self.query_one("#experiments", DataTable).add_columns(
             "id", "name", "status", "done/N", "failed", "running", "best (T, I)", "tags")
         self.query_one("#workers", DataTable).add_columns(
-            "device", "status", "run", "step", "it/s", "heartbeat", "id")
+            "host", "device", "status", "run", "step", "it/s", "heartbeat", "id")
         self.query_one("#experiments", DataTable).focus()
         # The first load is synchronous (tens of ms even on 100k runs, and WAL reads never wait
         # on an engine's writes) so the first frame already has data; a worker would be starved
@@ -170,12 +173,16 @@ class HomeScreen(StoreScreen):
                                      r.counts.get("running", 0) or "", best_txt, e.tags)))
         self._fill("#experiments", rows)
         wrows = []
-        for w in data.workers or []:
+        prev_host = None
+        for w in data.workers or []:  # sorted by host: the host is named once per group
             step = f"{w.step}/{w.total_steps}" if w.total_steps else "-"
             its = f"{w.its_per_s:.2f}" if w.its_per_s else "-"
-            wrows.append((w.id, (w.device, w.status, w.current_run_id or "-", step, its, age(w.heartbeat_at), w.id)))
+            host = w.host if w.host != prev_host else ""
+            prev_host = w.host
+            wrows.append((w.id, (host, w.device, w.status, w.current_run_id or "-", step, its, age(w.heartbeat_at),
+                                 w.id)))
         if data.workers is None:
-            wrows = [("-", ("store.queue not available", "", "", "", "", "", ""))]
+            wrows = [("-", ("store.queue not available", "", "", "", "", "", "", ""))]
         self._fill("#workers", wrows)
         self._sync_experiment()
 
