@@ -30,17 +30,46 @@ class ScorerUnavailable(RuntimeError):
     """A scoring backbone could not be loaded (usually: weights not available offline)."""
 
 
+def _token_pattern(token: str) -> str:
+    """``token`` as a whole token: a side that is a word character must not touch another one.
+
+    ``\\b`` cannot be used: tokens such as ``<new1>`` start and end with non-word characters,
+    where ``\\b`` would demand a word character next to them."""
+    head = r"(?<!\w)" if re.match(r"\w", token[0]) else ""
+    tail = r"(?!\w)" if re.match(r"\w", token[-1]) else ""
+    return head + re.escape(token) + tail
+
+
+def _class_forms(class_word: str) -> str:
+    """The class word as written, plural or possessive ("dog", "dogs", "dog's", "dogs'", "puppies")."""
+    words = class_word.split()
+    stem = r"\s+".join(re.escape(w) for w in words)
+    forms = [stem + r"(?:s|es)?(?:['\u2019]s?)?"]
+    if words[-1][-1:].lower() == "y" and len(words[-1]) > 1:
+        forms.append(r"\s+".join([*map(re.escape, words[:-1]), re.escape(words[-1][:-1]) + "ies"]) + r"(?:['\u2019])?")
+    return "(?i:" + "|".join(forms) + r")(?!\w)"
+
+
 def scored_text(prompt: str, token: str, class_word: str) -> str:
-    """The prompt CLIP-T scores: the modifier token replaced by the class word, or dropped."""
+    """The prompt CLIP-T scores: the modifier token replaced by the class word, or dropped.
+
+    The token is replaced only where it stands as a whole token, matched with its case as
+    written ("a sks dog doing tasks" keeps "tasks", "who asks" is left alone). A token already
+    followed by its class word is dropped so the class word stays once and keeps its form:
+    "<new1> dogs" -> "dogs", "sks dog's" -> "dog's" (the class word matched in any case).
+    """
     text = prompt or ""
     token = (token or "").strip()
     if token:
-        replacement = (class_word or "").strip()
-        # "<new1> dog" with class word "dog" must not become "dog dog".
+        replacement = " ".join((class_word or "").split())
+        tok = _token_pattern(token)
         if replacement:
-            text = re.sub(re.escape(token) + r"(\s+" + re.escape(replacement) + r"\b)?", replacement, text)
+            # "<new1>dog" is two tokens to CLIP's tokenizer too, so no space is needed there.
+            gap = r"\s+" if re.match(r"\w", token[-1]) else r"\s*"
+            text = re.sub(tok + gap + r"(?=" + _class_forms(replacement) + ")", "", text)
+            text = re.sub(tok, lambda _m: replacement, text)
         else:
-            text = text.replace(token, "")
+            text = re.sub(tok, "", text)
     return " ".join(text.split())
 
 
