@@ -138,14 +138,11 @@ DEFAULT_CLIP_MODEL = "ViT-B-32-quickgelu"  # OpenAI's ViT-B/32 as clip.load("ViT
 DEFAULT_CLIP_PRETRAINED = "openai"
 DEFAULT_DINO_MODEL = "facebook/dino-vits16"
 
-# Metric families a scorer can compute, and the Score metrics each writes.
-FAMILY_METRICS = {
-    "clip": ("clip_t", "clip_i_ref", "clip_i_src"),
-    "dino": ("dino_ref", "dino_src"),
-    "dreamsim": ("dreamsim_ref", "dreamsim_src"),
-}
+# Metric families a scorer can compute and the Score metrics each writes (one list for the
+# engine and the torch-free `mtp score`).
+from store.scoring import DEFAULT_FAMILIES, FAMILY_METRICS  # noqa: E402
+
 FAMILIES = tuple(FAMILY_METRICS)
-DEFAULT_FAMILIES = ("clip", "dino")
 
 
 def _package_version(dist: str) -> str:

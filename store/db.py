@@ -18,7 +18,7 @@ from . import models  # noqa: F401  (registers the tables)
 from .models import Meta
 from .paths import Home
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 BUSY_TIMEOUT_MS = 30_000
 
 
@@ -49,7 +49,14 @@ def _sqlite_engine(url: str) -> Engine:
 
 
 # Each migration upgrades from version N-1 to N; keep them additive so no data is lost.
-MIGRATIONS: dict[int, list[str]] = {}
+MIGRATIONS: dict[int, list[str]] = {
+    2: [
+        # issue 10: "not scored" reason and the engine session of a run (the new tables
+        # enginesession and scorerequest are created by create_all below).
+        "ALTER TABLE run ADD COLUMN score_error TEXT",
+        "ALTER TABLE run ADD COLUMN session_id INTEGER",
+    ],
+}
 
 
 class Store:
