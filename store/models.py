@@ -179,6 +179,12 @@ class EngineSession(SQLModel, table=True):
     weights_kind: str = "none"
     weights_path: Optional[str] = None
     weights_hash: Optional[str] = None  # sha256 of the personalization weights file
+    # The libraries that decide the pixels and the scores; versions_json holds these and more.
+    torch_version: str = ""
+    diffusers_version: str = ""
+    transformers_version: str = ""
+    open_clip_version: str = ""
+    mtp_version: str = ""  # package version, plus "+git <commit>" when run from a checkout
     versions_json: str = Field(default="{}", sa_column=Column(Text, nullable=False, default="{}"))
     scorers_json: str = Field(default="{}", sa_column=Column(Text, nullable=False, default="{}"))
 

@@ -49,10 +49,20 @@ def parse_families(text: str | Sequence[str] | None) -> tuple[str, ...]:
 
 
 # ------------------------------------------------------------------ engine sessions
+SESSION_VERSION_COLUMNS = {"torch_version": "torch", "diffusers_version": "diffusers",
+                           "transformers_version": "transformers", "open_clip_version": "open_clip_torch",
+                           "mtp_version": "mtp"}
+# EngineSession columns the runs CSV carries (as session_<name>).
+SESSION_EXPORT_COLUMNS = ("backend", "device", "dtype", "model", "model_revision", "model_hash", "weights_hash",
+                          *SESSION_VERSION_COLUMNS)
 def record_engine_session(store: Store, **fields: Any) -> int:
     """Insert one EngineSession row; ``versions``/``scorers`` dicts are stored as JSON."""
     versions = fields.pop("versions", {}) or {}
     scorers = fields.pop("scorers", {}) or {}
+    for column, package in SESSION_VERSION_COLUMNS.items():
+        fields.setdefault(column, versions.get(package, ""))
+    if versions.get("mtp_git"):
+        fields["mtp_version"] = f"{fields['mtp_version']}+git {versions['mtp_git']}"
     with store.write() as s:
         row = EngineSession(versions_json=json.dumps(versions, sort_keys=True),
                             scorers_json=json.dumps(scorers, sort_keys=True), **fields)

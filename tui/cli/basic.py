@@ -226,6 +226,8 @@ def cmd_runs(args, store) -> int:
         control = "baseline" if r.is_baseline else (
             f"layers={r.layers} steps={r.start_step}..{r.final_step}/{r.skip_interval} mask={r.mask_mode}")
         err = f"  error: {r.error.splitlines()[-1]}" if r.error else ""
+        if r.score_error:
+            err += f"  not scored: {r.score_error.splitlines()[-1]}"
         print(f"{r.id:>6} {r.status:<9} seed={r.seed} {control}  {r.target_prompt!r}{err}")
     return 0
 
