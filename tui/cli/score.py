@@ -60,17 +60,23 @@ def cmd_score(args, store) -> int:
     print(f"score request #{req.id} for experiment {exp.id} ({exp.name}): {what}"
           + ("" if created else " (already queued)"))
     home = store.home
-    started = False
-    if not engine_running(home) and not _live_engines(store):
-        demo = args.demo or _on_demo_model(store, exp.id)
-        extra = ["--score-only", "--once", "--metrics", ",".join(families)]
+    demo = args.demo or _on_demo_model(store, exp.id)
+    extra = ["--score-only", "--once", "--metrics", ",".join(families)]
+
+    def start() -> bool:
         try:
             pid = start_engine(home, device=args.device, demo=demo, extra_args=extra)
         except EngineError as exc:
             print(f"mtp: {exc}", file=sys.stderr)
+            return False
+        print(f"started a score-only engine on {args.device}{' (demo scorer)' if demo else ''}: pid {pid}")
+        return True
+
+    started = False
+    if not engine_running(home) and not _live_engines(store):
+        if not start():
             return 1
         started = True
-        print(f"started a score-only engine on {args.device}{' (demo scorer)' if demo else ''}: pid {pid}")
     else:
         print("a running engine will pick it up when it has nothing to generate")
     if args.no_wait:
@@ -93,6 +99,13 @@ def cmd_score(args, store) -> int:
             print(f"mtp: scoring failed: {cur.error}", file=sys.stderr)
             return 1
         if cur.status == ScoreRequestStatus.QUEUED and not engine_running(home) and not _live_engines(store):
+            if not started:
+                # The engine seen running at first has exited (e.g. a --once engine finishing).
+                if not start():
+                    return 1
+                started = True
+                time.sleep(0.5)
+                continue
             if started:
                 log = tail(home.logs / f"engine-{args.device.replace(':', '')}.log", 8)
                 print(f"mtp: the score-only engine exited without taking the request:\n{log}", file=sys.stderr)
