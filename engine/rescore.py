@@ -89,11 +89,20 @@ class Rescorer:
 
         home = self.store.home
         results: dict[int, dict] = {r.id: {"run_id": r.id, "scores": [], "score_error": None} for r in runs}
-        # Runs sharing a source image and a concept are scored in one call (refs and source cached).
+        # Runs of one concept whose source pixels are equal (a shared-source batch writes the same
+        # source into each run's folder) are scored in one call, so the encoders see real batches.
+        from .scoring import _file_digest
+
         groups: dict[tuple, list[Run]] = {}
         for r in runs:
-            groups.setdefault((r.concept_id, r.source_image_path), []).append(r)
-        for (concept_id, source_rel), members in groups.items():
+            src = home.resolve_artifact(r.source_image_path) if r.source_image_path else None
+            try:
+                key = _file_digest(src) if src is not None else None
+            except OSError:
+                key = ("unreadable", r.source_image_path)  # reported below, run by run
+            groups.setdefault((r.concept_id, key), []).append(r)
+        for (concept_id, _source_key), members in groups.items():
+            source_rel = members[0].source_image_path
             refs = self._refs(concept_id, refs_cache)
             if isinstance(refs, str):
                 for r in members:
