@@ -153,8 +153,8 @@ class Score(SQLModel, table=True):
 
     id: Optional[int] = Field(default=None, primary_key=True)
     run_id: int = Field(foreign_key="run.id", index=True)
-    metric: str  # clip_t, clip_i_ref, clip_i_src, dino_ref, dino_src
-    backbone: str  # e.g. "ViT-B-32/openai"
+    metric: str  # clip_t, clip_i_ref, clip_i_src, dino_ref, dino_src, dreamsim_ref, dreamsim_src
+    backbone: str  # e.g. "open_clip:ViT-B-32-quickgelu:openai@open_clip_torch-3.3.0" (engine.scoring.backbone_id)
     value: float  # raw cosine
     preprocess: str = ""
     scored_text: Optional[str] = None  # the exact text for text-alignment metrics
