@@ -128,12 +128,12 @@ def main(argv: list[str] | None = None) -> int:
         return 3
     try:
         _setup_logging(log_path(home, device), args.verbose)
-        return _serve(args, home, device, fake)
+        return _serve(args, home, device, fake, ready=lock.mark_ready)
     finally:
         lock.release()
 
 
-def _serve(args, home, device: str, fake: bool) -> int:
+def _serve(args, home, device: str, fake: bool, ready=lambda: None) -> int:
     from store.db import SchemaTooNew, Store
 
     from .worker import Worker, WorkerConfig
@@ -210,6 +210,7 @@ def _serve(args, home, device: str, fake: bool) -> int:
     signal.signal(signal.SIGINT, on_signal)
     if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:  # respect nohup
         signal.signal(signal.SIGHUP, on_signal)
+    ready()
     log.info("mtp-engine pid %d on %s, home %s%s%s", os.getpid(), device, home.root,
              " (fake backend)" if fake else "", " (score only)" if args.score_only else "")
     try:

@@ -289,3 +289,15 @@ def test_engine_refuses_at_start_without_scoring_weights_and_keeps_the_queue(sto
     runs = _runs(store, exp.id)
     assert {r.status for r in runs} == {RunStatus.QUEUED}  # nothing generated, nothing failed
     assert all(r.image_path is None for r in runs)
+
+
+def test_detached_start_reports_the_refusal(store, tmp_path, monkeypatch):
+    from engine.launch import EngineError, engine_running, start_engine
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-hf"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("MTP_ENGINE_BACKEND", raising=False)
+    with pytest.raises(EngineError) as err:
+        start_engine(store.home, device="cpu", wait_s=240)
+    assert "--no-score" in str(err.value)
+    assert not engine_running(store.home)

@@ -65,7 +65,8 @@ def cmd_score(args, store) -> int:
 
     def start() -> bool:
         try:
-            pid = start_engine(home, device=args.device, demo=demo, extra_args=extra)
+            # Long enough for the engine to load its scorer, so a refusal comes back as a message.
+            pid = start_engine(home, device=args.device, demo=demo, extra_args=extra, wait_s=120)
         except EngineError as exc:
             print(f"mtp: {exc}", file=sys.stderr)
             return False
