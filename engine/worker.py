@@ -377,12 +377,17 @@ class Worker:
 
             from .provenance import library_versions
 
-            identity = getattr(self.backend, "identity", None)
-            fields = dict(identity() if identity else {"model": self.loaded.model})
-            fields.setdefault("device", self.config.device)
-            sid = record_engine_session(self.store, worker_id=self.worker_id, host=socket.gethostname(),
-                                        pid=os.getpid(), versions=library_versions(), scorers=self.scorers,
-                                        **fields)
+            try:
+                identity = getattr(self.backend, "identity", None)
+                fields = dict(identity() if identity else {"model": self.loaded.model})
+                fields.setdefault("device", self.config.device)
+                sid = record_engine_session(self.store, worker_id=self.worker_id, host=socket.gethostname(),
+                                            pid=os.getpid(), versions=library_versions(), scorers=self.scorers,
+                                            **fields)
+            except Exception:
+                # The record is worth less than the images: go on without it, try again next batch.
+                log.warning("could not record the engine session:\n%s", traceback.format_exc())
+                return None
             self._session = (self.loaded, sid)
         return self._session[1]
 

@@ -301,3 +301,17 @@ def test_detached_start_reports_the_refusal(store, tmp_path, monkeypatch):
         start_engine(store.home, device="cpu", wait_s=240)
     assert "--no-score" in str(err.value)
     assert not engine_running(store.home)
+
+
+def test_a_failed_session_record_never_costs_the_images(store, tmp_path, monkeypatch):
+    import store.scoring as scoring
+
+    def broken(*a, **k):
+        raise RuntimeError("database hiccup")
+
+    monkeypatch.setattr(scoring, "record_engine_session", broken)
+    exp = _experiment(store, tmp_path, seeds="0")
+    _generate(store)
+    runs = _runs(store, exp.id)
+    assert {r.status for r in runs} == {RunStatus.DONE} and all(r.session_id is None for r in runs)
+    assert all((store.home.root / r.image_path).is_file() for r in runs)

@@ -105,7 +105,7 @@ def cmd_show(args, store) -> int:
         print(f"(score it without regenerating: mtp score {run.experiment_id})")
     rows = _score_rows(store, run.id)
     if not rows and not run.score_error:
-        print("(none yet)")
+        print("(none yet)" if run.status != "done" else f"(none: score it with `mtp score {run.experiment_id}`)")
     for metric, backbone, value in rows:
         print(f"{metric:12s} {value:.4f}  {backbone}")
     print("--- parameters")
