@@ -111,10 +111,13 @@ def open_requests(store: Store, experiment_id: int | None = None) -> list[ScoreR
 
 
 def claim_score_request(store: Store, worker_id: str, stale_after_s: float = 60.0) -> ScoreRequest | None:
-    """The oldest queued request (or one held by a dead engine), now running for ``worker_id``."""
-    from .queue import worker_is_stale
+    """The oldest queued request (or one held by a dead engine), now running for ``worker_id``;
+    None while the queue is paused."""
+    from .queue import _paused_in, worker_is_stale
 
     with store.write() as s:
+        if _paused_in(s):  # a paused queue pauses scoring too: engines take nothing new
+            return None
         candidates = list(s.exec(select(ScoreRequest).where(col(ScoreRequest.status).in_(ScoreRequestStatus.OPEN))
                                  .order_by(ScoreRequest.id).with_for_update(skip_locked=True)))
         for req in candidates:

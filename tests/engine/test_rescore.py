@@ -193,6 +193,15 @@ def test_a_request_held_by_a_dead_engine_is_taken_over(store, tmp_path):
     assert claim_score_request(store, "alive", stale_after_s=3600).id == req.id
 
 
+def test_a_paused_queue_pauses_scoring(store, tmp_path):
+    exp = _experiment(store, tmp_path, seeds="0")
+    req, _ = request_scoring(store, exp.id)
+    q.set_paused(store, True)
+    assert claim_score_request(store, "w") is None
+    q.set_paused(store, False)
+    assert claim_score_request(store, "w").id == req.id
+
+
 def test_scorer_that_cannot_load_fails_the_request_with_its_message(store, tmp_path):
     from engine.scoring import ScorerUnavailable, scored_text
 

@@ -49,6 +49,7 @@ def _live_engines(store) -> int:
 
 def cmd_score(args, store) -> int:
     from engine.launch import EngineError, engine_running, start_engine, tail
+    from store.queue import is_paused
     from store.scoring import get_request, parse_families, request_scoring
 
     exp = experiment_by_ref(store, args.experiment)
@@ -86,8 +87,10 @@ def cmd_score(args, store) -> int:
     last = None
     while True:
         cur = get_request(store, req.id)
-        line = (f"waiting for an engine" if cur.status == ScoreRequestStatus.QUEUED
-                else f"scored {cur.scored + cur.failed}/{cur.total} run(s)")
+        if cur.status == ScoreRequestStatus.QUEUED:
+            line = "waiting for an engine" + (" (the queue is paused: mtp queue resume)" if is_paused(store) else "")
+        else:
+            line = f"scored {cur.scored + cur.failed}/{cur.total} run(s)"
         if line != last:
             print(line, flush=True)
             last = line
