@@ -189,9 +189,10 @@ def backbone_id(library: str, architecture: str, checkpoint: str) -> str:
 
     Two score rows are comparable only when these strings are equal: the architecture names
     every choice that changes the numbers (``ViT-B-32-quickgelu``, not ``ViT-B-32``), the
-    checkpoint is the pretrained tag or hub id, followed by ``#rev:<commit>`` when it came from
-    the hub cache or ``#sha256:<16 hex>`` of the weights file for local files, and the library
-    version closes it (a new open_clip may preprocess differently)."""
+    checkpoint is the open_clip pretrained tag (pinned to one file per open_clip version) or the
+    hub id followed by ``#rev:<commit>`` of the snapshot loaded, or for local files their stem and
+    ``#sha256:<16 hex>`` of the weights, and the library version closes it (a new open_clip may
+    preprocess differently)."""
     package = {"open_clip": "open_clip_torch"}.get(library, library)
     return f"{library}:{architecture}:{checkpoint}@{package}-{_package_version(package)}"
 
@@ -245,19 +246,9 @@ class Scorer:
         if is_file and (weights.parent / f"{name}.json").is_file():
             # A local architecture travels next to its weights (the tiny CLIP does).
             register_clip_config(weights.parent / f"{name}.json")
-        if is_file:
-            checkpoint = f"{weights.stem}#sha256:{weights_digest(weights)}"
-        else:
-            checkpoint = pretrained
-            try:
-                hub = (open_clip.get_pretrained_cfg(name, pretrained) or {}).get("hf_hub")
-            except Exception:  # an unknown tag: open_clip's own error below says so
-                hub = None
-            if hub:
-                repo = hub.rstrip("/")
-                rev = hub_revision(repo, "open_clip_model.safetensors") or hub_revision(repo, "open_clip_pytorch_model.bin")
-                if rev:
-                    checkpoint += f"#rev:{rev}"
+        # A pretrained tag names one file per open_clip version (open_clip pins its URL or hub
+        # file per tag), so tag + version is exact; a local file is named by its content.
+        checkpoint = f"{weights.stem}#sha256:{weights_digest(weights)}" if is_file else pretrained
         self.clip_backbone = backbone_id("open_clip", name, checkpoint)
         try:
             model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=pretrained, device=self.device)
@@ -280,13 +271,6 @@ class Scorer:
         from transformers import ViTModel
 
         folder = Path(name)
-        if folder.is_dir():
-            files = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("*.bin"))
-            checkpoint = folder.name + (f"#sha256:{weights_digest(files[0])}" if files else "")
-        else:
-            rev = hub_revision(name, "config.json")
-            checkpoint = name + (f"#rev:{rev}" if rev else "")
-        self.dino_backbone = backbone_id("transformers", "ViTModel-cls", checkpoint)
         try:
             model = ViTModel.from_pretrained(name, add_pooling_layer=False)
         except Exception as exc:
@@ -296,6 +280,14 @@ class Scorer:
                 f"`huggingface-cli download {name}` on a machine with network and copy the cache, or start "
                 f"the engine with --no-score"
             ) from exc
+        if folder.is_dir():
+            files = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("*.bin"))
+            checkpoint = folder.name + (f"#sha256:{weights_digest(files[0])}" if files else "")
+        else:
+            # Looked up after loading, so the snapshot just loaded (or downloaded) is the one named.
+            rev = hub_revision(name, "config.json")
+            checkpoint = name + (f"#rev:{rev}" if rev else "")
+        self.dino_backbone = backbone_id("transformers", "ViTModel-cls", checkpoint)
         self.dino = model.to(self.device).eval()
         self.dino_preprocess = transforms.Compose([
             transforms.Resize(256, interpolation=transforms.InterpolationMode.BICUBIC),
