@@ -91,7 +91,7 @@ def main() -> None:
 
         q.register_worker(store, "cpu", "bench-scorer")
         rescorer = Rescorer(store, "bench-scorer", lambda families: scorer, scored_text)
-        req, _ = request_scoring(store, exp.id)
+        request_scoring(store, exp.id)
         t = time.perf_counter()
         rescorer.run_one()
         rescore_s = time.perf_counter() - t

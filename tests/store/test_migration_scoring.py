@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sqlite3
 
+from sqlmodel import select
+
 from store.db import Store
 from store.models import Run, ScoreRequest
 from store.scoring import record_engine_session, request_scoring
@@ -33,7 +35,7 @@ def test_version_1_database_is_upgraded_in_place(home):
     try:
         assert store.schema_version() == 2
         with store.session() as s:
-            runs = list(s.exec(__import__("sqlmodel").select(Run)))
+            runs = list(s.exec(select(Run)))
         assert len(runs) == n_runs and all(r.score_error is None and r.session_id is None for r in runs)
         sid = record_engine_session(store, model="m", versions={"torch": "9"})
         req, created = request_scoring(store, exp.id)
