@@ -60,3 +60,15 @@ def test_missing_weights_are_named_with_the_fix(tmp_path):
     assert str(tmp_path / "empty") in msg and "ensemble_lora" in msg and "MTP_DREAMSIM_DIR" in msg
     assert "https://" in msg  # where to download the checkpoint from
     assert not (tmp_path / "empty").exists()  # no download was attempted into it
+
+
+def test_weights_folder_comes_from_the_environment_or_the_data_folder(tmp_path, monkeypatch):
+    from store.paths import Home
+
+    home = Home.resolve(tmp_path / "home")
+    monkeypatch.delenv("MTP_DREAMSIM_DIR", raising=False)
+    assert DreamSimSpec.for_home(home, demo=False) == DreamSimSpec(home.models / "dreamsim", "ensemble")
+    monkeypatch.setenv("MTP_DREAMSIM_DIR", str(tmp_path / "ds"))
+    assert DreamSimSpec.for_home(home, demo=False).cache_dir == tmp_path / "ds"
+    with pytest.raises(ScorerUnavailable, match=str(tmp_path / "ds")):
+        Scorer.for_home(home, demo=False, families=("dreamsim",))

@@ -54,3 +54,13 @@ def test_scored_text(prompt, token, class_word, expected):
 def test_token_is_stripped_and_class_words_normalised():
     assert scored_text("a sks dog", " sks ", " dog ") == "a dog"
     assert scored_text("a [V] thing", "[V]", "teddy   bear") == "a teddy bear thing"
+
+
+def test_metric_families_parse_names_and_refuse_unknown_ones():
+    from store.queries import InputError
+    from store.scoring import parse_families
+
+    assert parse_families(None) == ("clip", "dino")
+    assert parse_families("dino, clip_t,dreamsim") == ("clip", "dino", "dreamsim")
+    with pytest.raises(InputError, match="lpips"):
+        parse_families("clip,lpips")
