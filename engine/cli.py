@@ -41,7 +41,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stale-after", type=float, default=60.0,
                    help="a worker silent this long is dead and its runs are requeued (default 60)")
     p.add_argument("--max-attempts", type=int, default=3, help="claims per run before it is failed (default 3)")
-    p.add_argument("--no-score", action="store_true", help="finish runs without computing scores")
+    p.add_argument("--no-score", action="store_true",
+                   help="finish runs without computing scores (score them later with `mtp score`)")
+    p.add_argument("--metrics", default="clip,dino",
+                   help="metric families scored for new runs: clip, dino, dreamsim (default clip,dino)")
+    p.add_argument("--score-only", action="store_true",
+                   help="only score existing images (`mtp score` requests); generate nothing")
     p.add_argument("--backend", choices=BACKENDS, default=None,
                    help="generator: diffusers (default), or fake = flat-colour images without torch or weights, "
                         "to check a queue or multi-host setup (default: $MTP_ENGINE_BACKEND or diffusers)")
@@ -131,12 +136,12 @@ def main(argv: list[str] | None = None) -> int:
         return 3
     try:
         _setup_logging(log_path(home, device), args.verbose)
-        return _serve(args, home, device, fake)
+        return _serve(args, home, device, fake, ready=lock.mark_ready)
     finally:
         lock.release()
 
 
-def _serve(args, home, device: str, fake: bool) -> int:
+def _serve(args, home, device: str, fake: bool, ready=lambda: None) -> int:
     from store.db import SchemaTooNew, Store, WrongHome
 
     from .worker import Worker, WorkerConfig
@@ -148,6 +153,11 @@ def _serve(args, home, device: str, fake: bool) -> int:
         return 2
     score = None
     scored_text = None
+    scorer = None
+    if args.score_only and (fake or args.no_score):
+        log.error("--score-only needs the real scorer (not --backend fake or --no-score)")
+        store.close()
+        return 2
     if fake:
         from .backends.fake import FakeBackend, fake_score
 
@@ -158,19 +168,47 @@ def _serve(args, home, device: str, fake: bool) -> int:
         import torch
 
         torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1") or 1))
-        if args.demo:
+        if not args.no_score:
+            # Checked once, here: an engine that cannot score says so now, instead of generating
+            # images and then failing every run.
+            from store.queries import InputError
+            from store.scoring import parse_families
+
+            try:
+                families = parse_families(args.metrics)
+            except InputError as exc:
+                log.error("%s", exc)
+                store.close()
+                return 2
+            scorer = LazyScorer(home, args.demo, device, families)
+            try:
+                scorer.load()
+            except Exception as exc:
+                msg = (f"mtp-engine: cannot score: {exc}\nFix: put the weights where the message says "
+                       f"(the Hugging Face cache is $HF_HOME, default ~/.cache/huggingface), or start the engine "
+                       f"with --no-score and score later with `mtp score EXPERIMENT`.")
+                log.error("%s", msg)  # the log handler prints it on stderr too when run in a terminal
+                store.close()
+                return 4
+            score = scorer
+        if args.demo and not args.score_only:
             from .tiny import ensure_tiny_pipeline
 
             log.info("demo mode: tiny model at %s", ensure_tiny_pipeline(home.models))
         from .backends.diffusion import PipelineBackend
 
         backend = PipelineBackend(device, home=home)
-        if not args.no_score:
-            score = LazyScorer(home, args.demo, device)
     config = WorkerConfig(device=device, max_batch=max(1, args.max_batch), poll_s=args.poll, once=args.once,
                           heartbeat_s=args.heartbeat, stale_after_s=args.stale_after,
                           max_attempts=args.max_attempts)
     worker = Worker(store, backend, config, score=score, scored_text=scored_text)
+    if scorer is not None:
+        from .rescore import Rescorer
+
+        worker.scorers = scorer.backbones()
+        worker.rescorer = Rescorer(store, worker.worker_id, scorer.for_families, worker.scored_text,
+                                   stop_event=worker.stop_event, stale_after_s=args.stale_after,
+                                   on_progress=lambda m: setattr(worker.progress, "message", m))
 
     def on_signal(signum, _frame):
         log.info("signal %d: finishing up and releasing claimed runs", signum)
@@ -180,35 +218,58 @@ def _serve(args, home, device: str, fake: bool) -> int:
     signal.signal(signal.SIGINT, on_signal)
     if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:  # respect nohup
         signal.signal(signal.SIGHUP, on_signal)
-    log.info("mtp-engine pid %d on %s, home %s, database %s%s", os.getpid(), device, home.root, store.display_url,
-             " (fake backend)" if fake else "")
+    ready()
+    log.info("mtp-engine pid %d on %s, home %s, database %s%s%s", os.getpid(), device, home.root, store.display_url,
+             " (fake backend)" if fake else "", " (score only)" if args.score_only else "")
     try:
-        worker.run()
+        if args.score_only:
+            from .rescore import serve_score_only
+
+            stats = serve_score_only(store, worker.rescorer, device, once=args.once, poll_s=args.poll,
+                                     heartbeat_s=args.heartbeat)
+            log.info("score-only engine stopped: %s", stats)
+        else:
+            worker.run()
     finally:
         store.close()
     return 0
 
 
 class LazyScorer:
-    """engine.scoring's Scorer, created on the first batch that needs it."""
+    """engine.scoring's Scorer for the engine: ``load()`` at start (engine.cli checks it there),
+    then called per batch; scorers for other metric families (`mtp score --metric dreamsim`)
+    are built on first request and kept."""
 
-    def __init__(self, home, demo: bool, device: str):
-        self.home, self.demo, self.device = home, demo, device
+    def __init__(self, home, demo: bool, device: str, families=("clip", "dino")):
+        self.home, self.demo, self.device, self.families = home, demo, device, tuple(families)
         self._scorer = None
+        self._extra: dict[tuple, object] = {}
+
+    def load(self):
+        if self._scorer is None:
+            from .scoring import Scorer
+
+            self._scorer = Scorer.for_home(self.home, demo=self.demo, device=self.device, families=self.families)
+        return self._scorer
+
+    def backbones(self) -> dict[str, str]:
+        return dict(self.load().backbones)
+
+    def for_families(self, families):
+        """A scorer that has every family in ``families`` (raises ScorerUnavailable if one cannot load)."""
+        want = tuple(sorted(set(families)))
+        if set(want) <= set(self.families):
+            return self.load()
+        if want not in self._extra:
+            from .scoring import Scorer
+
+            self._extra[want] = Scorer.for_home(self.home, demo=self.demo, device=self.device, families=want)
+        return self._extra[want]
 
     def __call__(self, images, texts, source, refs):
-        from .backends.base import RunError
-
-        if self._scorer is None:
-            try:
-                from .scoring import Scorer
-
-                self._scorer = Scorer.for_home(self.home, demo=self.demo, device=self.device)
-            except Exception as exc:
-                log.exception("cannot create the scorer")
-                raise RunError(f"scoring is unavailable ({type(exc).__name__}: {exc}); "
-                               f"start the engine with --no-score to finish runs without scores") from None
-        return self._scorer.score(images, texts, source, refs)
+        # A load failure here (after a successful start check) reaches the worker, which keeps
+        # the runs done with their images and records why they are not scored.
+        return self.load().score(images, texts, source, refs)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -76,6 +76,17 @@ class DeviceLock:
         self.fd = fd
         return self
 
+    def mark_ready(self) -> None:
+        """Say in the lock file that the engine passed its start checks (scorer loaded), so
+        start_engine can tell a started engine from one about to refuse."""
+        if self.fd is None:
+            return
+        info = {"pid": os.getpid(), "device": self.device, "started": time.time(), "ready": True}
+        os.lseek(self.fd, 0, os.SEEK_SET)
+        os.ftruncate(self.fd, 0)
+        os.write(self.fd, json.dumps(info).encode())
+        os.fsync(self.fd)
+
     def release(self) -> None:
         if self.fd is not None:
             try:
@@ -140,9 +151,10 @@ def start_engine(home: Home | str | os.PathLike | None = None, device: str = "cp
                  extra_args: Sequence[str] = (), wait_s: float = 10.0) -> int:
     """Start a detached engine on ``device`` and return its pid.
 
-    Waits (up to ``wait_s``) until the engine holds its device lock, so a caller that checks
+    Waits (up to ``wait_s``) until the engine holds its device lock and has passed its start
+    checks (it marks the lock ready once its scorer loaded), so a caller that checks
     `engine_running` right after sees it; raises EngineError if it exits first (the log tail
-    says why) or EngineAlreadyRunning if one already runs on that device.
+    says why, e.g. missing scoring weights) or EngineAlreadyRunning if one already runs there.
     """
     h = _home(home)
     running = engine_running(h, device)
@@ -167,7 +179,8 @@ def start_engine(home: Home | str | os.PathLike | None = None, device: str = "cp
     deadline = time.monotonic() + wait_s
     lock = lock_path(h, device)
     while time.monotonic() < deadline:
-        if _is_locked(lock) and _read_info(lock).get("pid") == proc.pid:
+        info = _read_info(lock) if _is_locked(lock) else {}
+        if info.get("pid") == proc.pid and info.get("ready"):
             return proc.pid
         if proc.poll() is not None:
             raise EngineError(f"the engine on {device} exited at once (code {proc.returncode}): "

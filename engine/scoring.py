@@ -30,17 +30,46 @@ class ScorerUnavailable(RuntimeError):
     """A scoring backbone could not be loaded (usually: weights not available offline)."""
 
 
+def _token_pattern(token: str) -> str:
+    """``token`` as a whole token: a side that is a word character must not touch another one.
+
+    ``\\b`` cannot be used: tokens such as ``<new1>`` start and end with non-word characters,
+    where ``\\b`` would demand a word character next to them."""
+    head = r"(?<!\w)" if re.match(r"\w", token[0]) else ""
+    tail = r"(?!\w)" if re.match(r"\w", token[-1]) else ""
+    return head + re.escape(token) + tail
+
+
+def _class_forms(class_word: str) -> str:
+    """The class word as written, plural or possessive ("dog", "dogs", "dog's", "dogs'", "puppies")."""
+    words = class_word.split()
+    stem = r"\s+".join(re.escape(w) for w in words)
+    forms = [stem + r"(?:s|es)?(?:['\u2019]s?)?"]
+    if words[-1][-1:].lower() == "y" and len(words[-1]) > 1:
+        forms.append(r"\s+".join([*map(re.escape, words[:-1]), re.escape(words[-1][:-1]) + "ies"]) + r"(?:['\u2019])?")
+    return "(?i:" + "|".join(forms) + r")(?!\w)"
+
+
 def scored_text(prompt: str, token: str, class_word: str) -> str:
-    """The prompt CLIP-T scores: the modifier token replaced by the class word, or dropped."""
+    """The prompt CLIP-T scores: the modifier token replaced by the class word, or dropped.
+
+    The token is replaced only where it stands as a whole token, matched with its case as
+    written ("a sks dog doing tasks" keeps "tasks", "who asks" is left alone). A token already
+    followed by its class word is dropped so the class word stays once and keeps its form:
+    "<new1> dogs" -> "dogs", "sks dog's" -> "dog's" (the class word matched in any case).
+    """
     text = prompt or ""
     token = (token or "").strip()
     if token:
-        replacement = (class_word or "").strip()
-        # "<new1> dog" with class word "dog" must not become "dog dog".
+        replacement = " ".join((class_word or "").split())
+        tok = _token_pattern(token)
         if replacement:
-            text = re.sub(re.escape(token) + r"(\s+" + re.escape(replacement) + r"\b)?", replacement, text)
+            # "<new1>dog" is two tokens to CLIP's tokenizer too, so no space is needed there.
+            gap = r"\s+" if re.match(r"\w", token[-1]) else r"\s*"
+            text = re.sub(tok + gap + r"(?=" + _class_forms(replacement) + ")", "", text)
+            text = re.sub(tok, lambda _m: replacement, text)
         else:
-            text = text.replace(token, "")
+            text = re.sub(tok, "", text)
     return " ".join(text.split())
 
 
@@ -105,23 +134,106 @@ class _Cache:
         return out
 
 
-class Scorer:
-    """Loads the backbones once; ``score`` returns Score-row dicts per image."""
+DEFAULT_CLIP_MODEL = "ViT-B-32-quickgelu"  # OpenAI's ViT-B/32 as clip.load("ViT-B/32") builds it
+DEFAULT_CLIP_PRETRAINED = "openai"
+DEFAULT_DINO_MODEL = "facebook/dino-vits16"
 
-    def __init__(self, device: str = "cpu", clip_model: str = "ViT-B-32", clip_pretrained: str = "openai",
-                 dino_model: str | None = "facebook/dino-vits16"):
+# Metric families a scorer can compute and the Score metrics each writes (one list for the
+# engine and the torch-free `mtp score`).
+from store.scoring import DEFAULT_FAMILIES, FAMILY_METRICS  # noqa: E402
+
+FAMILIES = tuple(FAMILY_METRICS)
+
+
+def _package_version(dist: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def weights_digest(path: str | os.PathLike, length: int = 16) -> str:
+    """sha256 of a weights file (first ``length`` hex digits), cached by path, size and mtime."""
+    path = Path(path)
+    st = path.stat()
+    key = (str(path.resolve()), st.st_mtime_ns, st.st_size)
+    if key not in _WEIGHT_DIGESTS:
+        h = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 22), b""):
+                h.update(block)
+        _WEIGHT_DIGESTS[key] = h.hexdigest()
+    return _WEIGHT_DIGESTS[key][:length]
+
+
+_WEIGHT_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
+def hub_revision(repo_id: str, filename: str) -> str | None:
+    """The commit of ``repo_id`` whose ``filename`` sits in the local hub cache, if any."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(repo_id, filename)
+    except Exception:  # an id that is not a hub id, or no huggingface_hub: no revision to name
+        return None
+    if isinstance(found, str) and "/snapshots/" in found:
+        return found.split("/snapshots/", 1)[1].split("/", 1)[0]
+    return None
+
+
+def backbone_id(library: str, architecture: str, checkpoint: str) -> str:
+    """The Score.backbone string: ``<library>:<architecture>:<checkpoint>@<package>-<version>``.
+
+    Two score rows are comparable only when these strings are equal: the architecture names
+    every choice that changes the numbers (``ViT-B-32-quickgelu``, not ``ViT-B-32``), the
+    checkpoint is the open_clip pretrained tag (pinned to one file per open_clip version) or the
+    hub id followed by ``#rev:<commit>`` of the snapshot loaded, or for local files their stem and
+    ``#sha256:<16 hex>`` of the weights, and the library version closes it (a new open_clip may
+    preprocess differently)."""
+    package = {"open_clip": "open_clip_torch"}.get(library, library)
+    return f"{library}:{architecture}:{checkpoint}@{package}-{_package_version(package)}"
+
+
+class Scorer:
+    """Loads the backbones once; ``score`` returns Score-row dicts per image.
+
+    ``clip_model=None`` / ``dino_model=None`` leave that family out; ``dreamsim`` is an
+    ``engine.dreamsim_metric.DreamSimSpec`` (or None)."""
+
+    def __init__(self, device: str = "cpu", clip_model: str | None = DEFAULT_CLIP_MODEL,
+                 clip_pretrained: str = DEFAULT_CLIP_PRETRAINED, dino_model: str | None = DEFAULT_DINO_MODEL,
+                 dreamsim=None):
         import torch
 
         self.device = device
         self.torch = torch
-        self._load_clip(clip_model, clip_pretrained)
-        self.dino = None
-        self.dino_backbone = None
+        self.clip = self.dino = self.dreamsim = None
+        self.clip_backbone = self.dino_backbone = self.dreamsim_backbone = None
+        if clip_model:
+            self._load_clip(clip_model, clip_pretrained)
         if dino_model:
             self._load_dino(dino_model)
+        if dreamsim is not None:
+            from .dreamsim_metric import load_dreamsim
+
+            self.dreamsim = load_dreamsim(dreamsim, device)
+            self.dreamsim_backbone = self.dreamsim.backbone
         self._clip_images = _Cache(self._encode_clip_images)
         self._clip_texts = _Cache(self._encode_clip_texts)
         self._dino_images = _Cache(self._encode_dino_images)
+        self._dreamsim_images = _Cache(self._encode_dreamsim_images)
+
+    @property
+    def families(self) -> tuple[str, ...]:
+        return tuple(f for f in FAMILIES if getattr(self, f) is not None)
+
+    @property
+    def backbones(self) -> dict[str, str]:
+        """Family -> backbone string of what is loaded."""
+        return {f: getattr(self, f"{f}_backbone") for f in self.families}
 
     # ------------------------------------------------------------------ loading
     def _load_clip(self, name: str, pretrained: str) -> None:
@@ -134,14 +246,21 @@ class Scorer:
         if is_file and (weights.parent / f"{name}.json").is_file():
             # A local architecture travels next to its weights (the tiny CLIP does).
             register_clip_config(weights.parent / f"{name}.json")
-        self.clip_backbone = f"{name}/{weights.stem if is_file else pretrained}"
+        # A pretrained tag names one file per open_clip version (open_clip pins its URL or hub
+        # file per tag), so tag + version is exact; a local file is named by its content.
+        checkpoint = f"{weights.stem}#sha256:{weights_digest(weights)}" if is_file else pretrained
+        self.clip_backbone = backbone_id("open_clip", name, checkpoint)
         try:
             model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=pretrained, device=self.device)
             self.tokenizer = open_clip.get_tokenizer(name)
         except Exception as exc:  # open_clip raises RuntimeError/OSError/ValueError depending on the cause
+            where = f"the file {pretrained}" if weights is not None and (is_file or weights.suffix) else \
+                f"open_clip's cache ($HF_HOME, default ~/.cache/huggingface/hub) for {name}/{pretrained}"
             raise ScorerUnavailable(
-                f"CLIP backbone {self.clip_backbone} could not be loaded ({exc}); weights must be in the "
-                f"local cache when offline, or use the demo scorer"
+                f"CLIP backbone {name}/{pretrained} could not be loaded ({type(exc).__name__}: {exc}). "
+                f"Its weights must be in {where} when offline: load it once on a machine with network "
+                f"(python -c \"import open_clip; open_clip.create_model_and_transforms('{name}', "
+                f"pretrained='{pretrained}')\") and copy the cache, or start the engine with --no-score"
             ) from exc
         self.clip = model.eval()
         self.clip_preprocess = preprocess
@@ -151,14 +270,24 @@ class Scorer:
         from torchvision import transforms
         from transformers import ViTModel
 
-        self.dino_backbone = Path(name).name if Path(name).is_dir() else name
+        folder = Path(name)
         try:
             model = ViTModel.from_pretrained(name, add_pooling_layer=False)
         except Exception as exc:
             raise ScorerUnavailable(
-                f"DINO backbone {name} could not be loaded ({exc}); weights must be in the local cache "
-                f"when offline, or pass dino_model=None"
+                f"DINO backbone {name} could not be loaded ({type(exc).__name__}: {exc}). Its weights must be "
+                f"in the Hugging Face cache ($HF_HOME, default ~/.cache/huggingface/hub) when offline: run "
+                f"`huggingface-cli download {name}` on a machine with network and copy the cache, or start "
+                f"the engine with --no-score"
             ) from exc
+        if folder.is_dir():
+            files = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("*.bin"))
+            checkpoint = folder.name + (f"#sha256:{weights_digest(files[0])}" if files else "")
+        else:
+            # Looked up after loading, so the snapshot just loaded (or downloaded) is the one named.
+            rev = hub_revision(name, "config.json")
+            checkpoint = name + (f"#rev:{rev}" if rev else "")
+        self.dino_backbone = backbone_id("transformers", "ViTModel-cls", checkpoint)
         self.dino = model.to(self.device).eval()
         self.dino_preprocess = transforms.Compose([
             transforms.Resize(256, interpolation=transforms.InterpolationMode.BICUBIC),
@@ -168,15 +297,23 @@ class Scorer:
         ])
 
     @classmethod
-    def for_home(cls, home, demo: bool, device: str = "cpu") -> "Scorer":
+    def for_home(cls, home, demo: bool, device: str = "cpu", families: Sequence[str] = DEFAULT_FAMILIES) -> "Scorer":
         """The real backbones, or for ``demo`` the tiny offline ones kept under ``home.models``."""
+        from .dreamsim_metric import DreamSimSpec
+
+        unknown = sorted(set(families) - set(FAMILIES))
+        if unknown:
+            raise ValueError(f"unknown metric(s) {', '.join(unknown)}; known: {', '.join(FAMILIES)}")
+        dreamsim = DreamSimSpec.for_home(home, demo) if "dreamsim" in families else None
         if not demo:
-            return cls(device=device)
+            return cls(device=device, clip_model=DEFAULT_CLIP_MODEL if "clip" in families else None,
+                       dino_model=DEFAULT_DINO_MODEL if "dino" in families else None, dreamsim=dreamsim)
         from .tiny_clip import ensure_tiny_clip, ensure_tiny_dino
 
-        name, weights = ensure_tiny_clip(home.models)
+        name, weights = ensure_tiny_clip(home.models) if "clip" in families else (None, "")
         return cls(device=device, clip_model=name, clip_pretrained=str(weights),
-                   dino_model=str(ensure_tiny_dino(home.models)))
+                   dino_model=str(ensure_tiny_dino(home.models)) if "dino" in families else None,
+                   dreamsim=dreamsim)
 
     # ------------------------------------------------------------------ encoders (normalised)
     def _normalise(self, x):
@@ -196,6 +333,9 @@ class Scorer:
             batch = self.torch.stack([self.dino_preprocess(im.convert("RGB")) for im in images]).to(self.device)
             return self._normalise(self.dino(pixel_values=batch).last_hidden_state[:, 0])
 
+    def _encode_dreamsim_images(self, images: list) -> Any:
+        return self._normalise(self.dreamsim.embed(images))
+
     @property
     def encode_counts(self) -> dict[str, int]:
         """Items encoded so far per cache (tests and logs use it to see the cache working)."""
@@ -203,11 +343,14 @@ class Scorer:
                 "dino_image": self._dino_images.misses}
 
     # ------------------------------------------------------------------ scoring
-    def score(self, images: list, texts: list[str], source=None, refs: Sequence[str | Path] = ()) -> list[list[dict]]:
+    def score(self, images: list, texts: list[str], source=None, refs: Sequence[str | Path] = (),
+              families: Sequence[str] | None = None) -> list[list[dict]]:
         """Per image, a list of {metric, backbone, value, preprocess, scored_text} dicts.
 
         ``texts`` holds the already-substituted text for each image (see ``scored_text``);
-        an empty text skips CLIP-T for that image.
+        an empty text skips CLIP-T for that image. ``families`` limits the work to those of the
+        loaded families (default: all loaded). DreamSim values are distances (1 - cosine of
+        its embeddings, lower = more alike), the others cosines.
         """
         from PIL import Image
 
@@ -233,9 +376,16 @@ class Scorer:
                 out[i].append({"metric": metric, "backbone": backbone, "value": float(v),
                                "preprocess": preprocess, "scored_text": text[i] if text else None})
 
-        towers = [("clip", self.clip_backbone, self.clip_preprocess_text, self._encode_clip_images, self._clip_images)]
-        if self.dino is not None:
+        wanted_families = set(self.families if families is None else families)
+        towers = []
+        if self.clip is not None and "clip" in wanted_families:
+            towers.append(("clip", self.clip_backbone, self.clip_preprocess_text, self._encode_clip_images,
+                           self._clip_images))
+        if self.dino is not None and "dino" in wanted_families:
             towers.append(("dino", self.dino_backbone, DINO_PREPROCESS, self._encode_dino_images, self._dino_images))
+        if self.dreamsim is not None and "dreamsim" in wanted_families:
+            towers.append(("dreamsim", self.dreamsim_backbone, self.dreamsim.preprocess_text,
+                           self._encode_dreamsim_images, self._dreamsim_images))
         for prefix, backbone, pre, encode, cache in towers:
             # Generated images are new every call, so they bypass the cache (but are counted).
             gen = self.torch.cat([encode(list(images[k:k + BATCH])) for k in range(0, len(images), BATCH)])
@@ -248,11 +398,13 @@ class Scorer:
                     for j, i in enumerate(wanted):
                         sims[i] = float(gen[i] @ tfeat[j])
                     add("clip_t", backbone, sims, pre, texts)
-            i_metric = "clip_i" if prefix == "clip" else "dino"
+            i_metric = {"clip": "clip_i", "dino": "dino", "dreamsim": "dreamsim"}[prefix]
+            # DreamSim is reported as its distance, as the package's model(a, b) returns it.
+            as_value = (lambda cos: 1.0 - cos) if prefix == "dreamsim" else (lambda cos: cos)
             if refs:
                 rfeat = cache.get(ref_keys, load_ref)
-                add(f"{i_metric}_ref", backbone, (gen @ rfeat.T).mean(dim=1).tolist(), pre)
+                add(f"{i_metric}_ref", backbone, as_value(gen @ rfeat.T).mean(dim=1).tolist(), pre)
             if source is not None:
                 sfeat = cache.get([f"src:{_image_digest(source)}"], lambda i: source)
-                add(f"{i_metric}_src", backbone, (gen @ sfeat[0]).tolist(), pre)
+                add(f"{i_metric}_src", backbone, as_value(gen @ sfeat[0]).tolist(), pre)
         return out

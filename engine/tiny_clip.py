@@ -23,6 +23,8 @@ TINY_DINO_DIRNAME = "tiny-dino"
 
 TINY_CLIP_CONFIG = {
     "embed_dim": 32,
+    # As the default scorer (ViT-B-32-quickgelu + OpenAI weights), so tests run that code path.
+    "quick_gelu": True,
     "vision_cfg": {"image_size": 64, "layers": 2, "width": 32, "head_width": 16, "patch_size": 16},
     "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
 }
@@ -100,6 +102,12 @@ def _ensure(final: Path, marker: str, build) -> Path:
 def ensure_tiny_clip(models_dir: str | os.PathLike) -> tuple[str, Path]:
     """(open_clip model name, weights file) of the tiny CLIP under ``models_dir``, built if missing."""
     folder = _ensure(Path(models_dir) / TINY_CLIP_DIRNAME, TINY_CLIP_WEIGHTS, build_tiny_clip)
+    config = clip_config_path(folder)
+    if json.loads(config.read_text()) != TINY_CLIP_CONFIG:
+        # A demo folder built before the config gained quick_gelu: same weights, new activation.
+        tmp = config.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(TINY_CLIP_CONFIG, indent=1))
+        os.replace(tmp, config)
     return register_clip_config(clip_config_path(folder)), clip_weights_path(folder)
 
 

@@ -11,6 +11,8 @@ scoring a plain callable, so the loop is testable without torch or weights.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import sys
 import threading
 import time
@@ -109,6 +111,9 @@ class Worker:
         self.config = config or WorkerConfig()
         self.score = score
         self.scored_text = scored_text or _default_scored_text
+        self.rescorer = None  # engine.rescore.Rescorer, set by engine.cli when scoring is on
+        self.scorers: dict[str, str] = {}  # family -> backbone, recorded in the engine session
+        self._session: tuple[LoadKey, int] | None = None
         self.worker_id = worker_id or make_worker_id(self.config.device)
         self.stop_event = threading.Event()
         self.progress = Progress()
@@ -156,6 +161,8 @@ class Worker:
         if time.monotonic() - self._last_recover > self.config.recover_every_s:
             self._recover()
         runs = claim_group(self.store, self.worker_id, self.config.max_batch, self._model_key())
+        if not runs and self.rescorer is not None and self.rescorer.run_one():
+            return True  # scoring existing images (`mtp score`) only when nothing waits to be generated
         if not runs:
             # Before --once gives up, runs held by a dead worker may come back.
             if self.config.once:
@@ -323,7 +330,8 @@ class Worker:
             paths = write_run_artifacts(self.home, run.id, result.images[k], result.source_image,
                                         result.masks[k] if k < len(result.masks) else None,
                                         result.maps[k] if k < len(result.maps) else None)
-            results.append(dict(paths, run_id=run.id, duration_s=elapsed / len(runs), scores=[]))
+            results.append(dict(paths, run_id=run.id, duration_s=elapsed / len(runs), scores=[],
+                                session_id=self._session_id()))
         if self.score is not None:
             self.progress.message = f"scoring runs {ids[0]}..{ids[-1]}"
             self._score(runs, result, results)
@@ -342,11 +350,46 @@ class Worker:
         for k, run in enumerate(runs):
             by_concept.setdefault(run.concept_id, []).append(k)
         for concept_id, idx in by_concept.items():
-            refs = self._refs(concept_id)
-            texts = [self.scored_text(runs[k].target_prompt, runs[k].token or "", runs[k].class_word or "") for k in idx]
-            scores = self.score([result.images[k] for k in idx], texts, result.source_image, refs)
+            try:
+                refs = self._refs(concept_id)
+                texts = [self.scored_text(runs[k].target_prompt, runs[k].token or "", runs[k].class_word or "")
+                         for k in idx]
+                scores = self.score([result.images[k] for k in idx], texts, result.source_image, refs)
+            except Exception as exc:
+                if is_oom(exc):
+                    raise  # the batch is retried smaller; scoring is part of it
+                # The images are good: the runs end done with them, marked not scored and why
+                # (`mtp score` scores them later).
+                reason = str(exc) if isinstance(exc, RunError) else f"{type(exc).__name__}: {exc}"
+                log.warning("runs %s not scored: %s", [runs[k].id for k in idx], reason)
+                for k in idx:
+                    results[k]["score_error"] = reason
+                continue
             for k, sc in zip(idx, scores):
                 results[k]["scores"] = list(sc)
+
+    def _session_id(self) -> int | None:
+        """The EngineSession row of the loaded model, written once per model load."""
+        if self.loaded is None:
+            return None
+        if self._session is None or self._session[0] != self.loaded:
+            from store.scoring import record_engine_session
+
+            from .provenance import library_versions
+
+            try:
+                identity = getattr(self.backend, "identity", None)
+                fields = dict(identity() if identity else {"model": self.loaded.model})
+                fields.setdefault("device", self.config.device)
+                sid = record_engine_session(self.store, worker_id=self.worker_id, host=socket.gethostname(),
+                                            pid=os.getpid(), versions=library_versions(), scorers=self.scorers,
+                                            **fields)
+            except Exception:
+                # The record is worth less than the images: go on without it, try again next batch.
+                log.warning("could not record the engine session:\n%s", traceback.format_exc())
+                return None
+            self._session = (self.loaded, sid)
+        return self._session[1]
 
     def _refs(self, concept_id: int | None) -> list[Path]:
         if concept_id is None:

@@ -113,6 +113,10 @@ MIGRATIONS: dict[int, list[str | Only | AddColumn]] = {
         "UPDATE run SET inversion_guidance = 1.0 WHERE invert AND source_image IS NOT NULL",
         # issue 12: seeds are 64-bit (SQLite's INTEGER already is; PostgreSQL made it int4).
         Only("postgresql", "ALTER TABLE run ALTER COLUMN seed TYPE BIGINT"),
+        # issue 10: "not scored" reason and the engine session of a run (the new tables
+        # enginesession and scorerequest are created by create_all below).
+        AddColumn("run", "score_error", "TEXT"),
+        AddColumn("run", "session_id", "INTEGER"),
     ],
 }
 

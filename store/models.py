@@ -130,6 +130,10 @@ class Run(SQLModel, table=True):
     finished_at: Optional[datetime] = None
     duration_s: Optional[float] = None
     error: Optional[str] = Field(default=None, sa_column=Column(Text, nullable=True))
+    # Set when the run is done (images kept) but scoring it failed; NULL once it is scored.
+    score_error: Optional[str] = Field(default=None, sa_column=Column(Text, nullable=True))
+    # The engine session (library versions, model identity, dtype, device) that generated it.
+    session_id: Optional[int] = Field(default=None, foreign_key="enginesession.id")
 
     # artifacts, relative to the data folder
     image_path: Optional[str] = None
@@ -151,12 +155,77 @@ class Score(SQLModel, table=True):
 
     id: Optional[int] = Field(default=None, primary_key=True)
     run_id: int = Field(foreign_key="run.id", index=True)
-    metric: str  # clip_t, clip_i_ref, clip_i_src, dino_ref, dino_src
-    backbone: str  # e.g. "ViT-B-32/openai"
+    metric: str  # clip_t, clip_i_ref, clip_i_src, dino_ref, dino_src, dreamsim_ref, dreamsim_src
+    backbone: str  # e.g. "open_clip:ViT-B-32-quickgelu:openai@open_clip_torch-3.3.0" (engine.scoring.backbone_id)
     value: float  # raw cosine
     preprocess: str = ""
     scored_text: Optional[str] = None  # the exact text for text-alignment metrics
     created_at: datetime = Field(default_factory=utcnow)
+
+
+class EngineSession(SQLModel, table=True):
+    """What generated a run, stored once per engine process and loaded model: enough to say
+    which code, weights and numeric settings produced an image (Run.session_id points here)."""
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    created_at: datetime = Field(default_factory=utcnow)
+    worker_id: str = ""
+    host: str = ""
+    pid: int = 0
+    backend: str = ""  # diffusers | fake
+    device: str = ""
+    dtype: str = ""  # e.g. torch.float16
+    model: str = ""  # hub id or folder, as the run names it
+    model_revision: Optional[str] = None  # hub commit when loaded from the hub cache
+    model_hash: Optional[str] = None  # sha256 of the UNet weights file when loaded from a folder
+    weights_kind: str = "none"
+    weights_path: Optional[str] = None
+    weights_hash: Optional[str] = None  # sha256 of the personalization weights file
+    # The libraries that decide the pixels and the scores; versions_json holds these and more.
+    torch_version: str = ""
+    diffusers_version: str = ""
+    transformers_version: str = ""
+    open_clip_version: str = ""
+    mtp_version: str = ""  # package version, plus "+git <commit>" when run from a checkout
+    versions_json: str = Field(default="{}", sa_column=Column(Text, nullable=False, default="{}"))
+    scorers_json: str = Field(default="{}", sa_column=Column(Text, nullable=False, default="{}"))
+
+    @property
+    def versions(self) -> dict[str, str]:
+        return json.loads(self.versions_json or "{}")
+
+    @property
+    def scorers(self) -> dict[str, str]:
+        return json.loads(self.scorers_json or "{}")
+
+
+class ScoreRequestStatus:
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    OPEN = (QUEUED, RUNNING)
+
+
+class ScoreRequest(SQLModel, table=True):
+    """`mtp score`: score an experiment's existing images, picked up by an idle engine.
+
+    Idempotent by construction: the engine scores only done runs that lack a score from its
+    backbone for a requested family (with ``rescore``: lack one made after ``created_at``)."""
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    experiment_id: int = Field(foreign_key="experiment.id", index=True)
+    metrics: str = "clip,dino"  # comma separated families: clip, dino, dreamsim
+    rescore: bool = False
+    status: str = Field(default=ScoreRequestStatus.QUEUED, index=True)
+    worker_id: Optional[str] = None
+    created_at: datetime = Field(default_factory=utcnow)
+    started_at: Optional[datetime] = None
+    finished_at: Optional[datetime] = None
+    total: int = 0  # runs that needed scoring when the engine started on it
+    scored: int = 0
+    failed: int = 0  # runs whose images could not be scored (their score_error says why)
+    error: Optional[str] = Field(default=None, sa_column=Column(Text, nullable=True))
 
 
 class Worker(SQLModel, table=True):

@@ -176,6 +176,9 @@ def complete_runs(store: Store, worker_id: str, results: Sequence[dict[str, Any]
                 continue
             run.status = RunStatus.DONE
             run.error = None
+            # issue 10: why a done run has no scores (NULL when scored), and what generated it
+            run.score_error = r.get("score_error")
+            run.session_id = r.get("session_id", run.session_id)
             for name in ("image_path", "source_image_path", "mask_path", "source_mask_path", "maps_path"):
                 setattr(run, name, r.get(name))
             s.add(run)
@@ -400,7 +403,8 @@ def cancel_experiment(store: Store, experiment_id: int) -> dict[str, int]:
     return {"cancelled": res.rowcount, "requested": req.rowcount}
 
 
-_RESET = dict(status=RunStatus.QUEUED, attempts=0, error=None, worker_id=None, cancel_requested=False,
+_RESET = dict(status=RunStatus.QUEUED, attempts=0, error=None, score_error=None, session_id=None,
+              worker_id=None, cancel_requested=False,
               claimed_at=None, started_at=None, finished_at=None, duration_s=None, image_path=None,
               source_image_path=None, mask_path=None, source_mask_path=None, maps_path=None)
 

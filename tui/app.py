@@ -121,6 +121,53 @@ class MtpApp(App):
             return
         self.notify(escape(f"engine started on {device} (pid {pid}); logs in {self.store.home.logs}"))
 
+    def score_experiment(self, experiment_id: int | None = None) -> None:
+        """`mtp score` from the app: queue a score request for an engine (the app never imports
+        torch); start a score-only engine when none runs here; show progress in the header."""
+        from engine import launch
+        from store.scoring import request_scoring
+
+        exp_id = experiment_id if experiment_id is not None else self.experiment_id
+        if exp_id is None:
+            self.notify("select an experiment first", severity="warning")
+            return
+        req, created = request_scoring(self.store, exp_id)
+        note = "" if created else " (already queued)"
+        if not launch.engine_running(self.store.home.root):
+            try:
+                launch.start_engine(self.store.home.root, device="cpu", demo=self.demo,
+                                    extra_args=["--score-only", "--once"])
+            except Exception as exc:
+                self.notify(escape(f"scoring queued{note}, but the engine did not start: {exc}"),
+                            severity="error", timeout=10)
+                return
+        self.notify(f"scoring of experiment {exp_id} queued{note}")
+        self._score_watch = getattr(self, "_score_watch", set()) | {req.id}
+        if getattr(self, "_score_timer", None) is None:
+            self._score_timer = self.set_interval(1.0, self._score_progress)
+
+    def _score_progress(self) -> None:
+        from store.models import ScoreRequestStatus
+        from store.scoring import get_request
+
+        lines = []
+        for rid in sorted(self._score_watch):
+            req = get_request(self.store, rid)
+            if req is None or req.status in (ScoreRequestStatus.DONE, ScoreRequestStatus.FAILED):
+                self._score_watch.discard(rid)
+                if req is not None and req.status == ScoreRequestStatus.FAILED:
+                    self.notify(escape(f"scoring failed: {req.error}"), severity="error", timeout=15)
+                elif req is not None:
+                    self.notify(f"scoring done: {req.scored} run(s) scored" + (
+                        f", {req.failed} not scorable" if req.failed else ""))
+                continue
+            lines.append("scoring: waiting for an engine" if req.status == ScoreRequestStatus.QUEUED
+                         else f"scoring {req.scored + req.failed}/{req.total}")
+        self.sub_title = str(self.store.home.root) + (f"  [{'; '.join(lines)}]" if lines else "")
+        if not self._score_watch and self._score_timer is not None:
+            self._score_timer.stop()
+            self._score_timer = None
+
     def stop_engine(self) -> None:
         from engine import launch
 

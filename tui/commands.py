@@ -16,6 +16,8 @@ COMMANDS: list[tuple[str, str, str, tuple]] = [
     ("Pause / resume queue", "Engines finish their current run, then wait", "toggle_pause", ()),
     ("Start engine (cpu)", "Start a detached engine on this machine", "start_engine", ("cpu",)),
     ("Start engine (cuda)", "Start a detached engine on the GPU", "start_engine", ("cuda",)),
+    ("Score experiment", "Score the current experiment's images without regenerating (mtp score)",
+     "score_experiment", ()),
     ("Stop engine", "Ask running engines to stop after their current run", "stop_engine", ()),
     ("Help", "Every key binding on this screen and globally", "action_help", ()),
 ]

@@ -69,6 +69,7 @@ KEYMAP: dict[str, list[Key]] = {
         Key("runs.requeue", "R", "requeue", "Requeue"),
         Key("runs.cancel", "X", "cancel", "Cancel"),
         Key("runs.compare", "v", "compare", "Compare"),
+        Key("runs.score", "S", "score", "Score"),
         Key("runs.next_page", "greater_than_sign,pagedown", "page(1)", "Page>"),
         Key("runs.prev_page", "less_than_sign,pageup", "page(-1)", "<Page"),
         Key("runs.refresh", "f5", "refresh", "Refresh", show=False),
@@ -87,6 +88,7 @@ KEYMAP: dict[str, list[Key]] = {
     "results": [
         Key("results.axis", "a", "next_axis", "Axis"),
         Key("results.refresh", "f5", "refresh", "Refresh"),
+        Key("results.score", "S", "score", "Score"),
         Key("results.down", "j", "cursor_down", "Down", show=False),
         Key("results.up", "k", "cursor_up", "Up", show=False),
         Key("results.top", "g", "top", "Top", show=False),

@@ -73,6 +73,18 @@ class PipelineBackend:
     def blocks(self) -> Sequence[str]:
         return self._blocks or []
 
+    def identity(self) -> dict:
+        """EngineSession fields of what is loaded (engine.provenance)."""
+        from engine.provenance import file_identity, model_identity
+
+        key = self.key
+        base = key.weights_path if key.weights_kind == "full" and key.weights_path else key.model
+        out = model_identity(base, self._resolve_model(base))
+        out.update(backend="diffusers", device=self.device, dtype=str(self.pipe.unet.dtype),
+                   weights_kind=key.weights_kind, weights_path=key.weights_path,
+                   weights_hash=file_identity(key.weights_path) if key.weights_kind not in ("none", "full", "") else None)
+        return out
+
     def generate(self, source: SourceJob, targets: list[TargetJob], step_callback):
         from engine.control import ControlError as _CE
         from engine.inversion import ImageError

@@ -55,6 +55,11 @@ class FakeBackend:
         self.loads.append(key)
         self.key = key
 
+    def identity(self) -> dict:
+        key = self.key
+        return {"backend": "fake", "model": key.model if key else "", "device": "cpu", "dtype": "uint8",
+                "weights_kind": key.weights_kind if key else "none", "weights_path": key.weights_path if key else None}
+
     def blocks(self) -> Sequence[str]:
         from store.sweep.grammar import blocks_for_model
 

@@ -26,7 +26,7 @@ from .aggregate import (
     SCALE_DEFS, SCALES, Aggregate, AggregateRow, aggregate, check_by, image_metric, iter_rows, metric_def, scaled_sql,
 )
 from store.db import Store
-from store.models import Experiment, Run, Score
+from store.models import EngineSession, Experiment, Run, Score
 
 _UNSAFE = re.compile(r"[^\w.\- ]+")
 
@@ -158,11 +158,18 @@ def runs_query(store: Store, experiment_id: int, scale: str = "raw"):
     pivot = (select(Score.run_id, *pivot_cols, text)
              .where(Score.run_id.in_(ids)).group_by(Score.run_id).subquery("p"))
     cols = [_run_column(store, c) for c in table.columns]
-    score_cols = [scaled_sql(pivot.c[f"s{i}"], scale).label(score_header(m, b)) for i, (m, b) in enumerate(pairs)]
-    q = (select(*cols, *score_cols, pivot.c.scored_text)
-         .select_from(table.outerjoin(pivot, pivot.c.run_id == table.c.id))
+    score_cols = [scaled_sql(pivot.c[f"s{i}"], scale, metric=m).label(score_header(m, b)) for i, (m, b) in enumerate(pairs)]
+    # issue 10: what generated each run (library versions, model identity, dtype, device).
+    from store.scoring import SESSION_EXPORT_COLUMNS
+
+    sess = EngineSession.__table__
+    session_cols = [sess.c[name].label(f"session_{name}") for name in SESSION_EXPORT_COLUMNS]
+    q = (select(*cols, *score_cols, pivot.c.scored_text, *session_cols)
+         .select_from(table.outerjoin(pivot, pivot.c.run_id == table.c.id)
+                      .outerjoin(sess, sess.c.id == table.c.session_id))
          .where(table.c.experiment_id == experiment_id).order_by(table.c.id))
-    header = [c.name for c in table.columns] + [score_header(m, b) for m, b in pairs] + ["scored_text"]
+    header = ([c.name for c in table.columns] + [score_header(m, b) for m, b in pairs] + ["scored_text"]
+              + [f"session_{name}" for name in SESSION_EXPORT_COLUMNS])
     return q, header
 
 

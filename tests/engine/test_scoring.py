@@ -101,8 +101,8 @@ def test_clip_and_dino_equal_direct_computation(scorer, scoring_home, refs):
         assert m["clip_i_src"]["value"] == pytest.approx(float(src[0] @ img[i]), abs=1e-5)
         assert m["dino_ref"]["value"] == pytest.approx(float((d_ref @ d_img[i]).mean()), abs=1e-5)
         assert m["dino_src"]["value"] == pytest.approx(float(d_src[0] @ d_img[i]), abs=1e-5)
-        assert m["clip_t"]["backbone"] == "mtp-tiny-clip/tiny-random"
-        assert m["dino_ref"]["backbone"] == "tiny-dino"
+        assert m["clip_t"]["backbone"] == scorer.clip_backbone
+        assert m["dino_ref"]["backbone"] == scorer.dino_backbone
         assert "224" in m["dino_src"]["preprocess"] and "bicubic" in m["clip_i_ref"]["preprocess"]
         assert m["clip_i_ref"]["scored_text"] is None
         assert all(isinstance(s["value"], float) for s in scores)
@@ -143,8 +143,11 @@ def test_unavailable_weights_raise_a_clear_error(tmp_path, monkeypatch):
     with pytest.raises(ScorerUnavailable, match="ViT-B-32"):
         Scorer(clip_model="ViT-B-32", clip_pretrained=str(tmp_path / "missing.safetensors"), dino_model=None)
     if os.environ.get("HF_HUB_OFFLINE") == "1":
-        with pytest.raises(ScorerUnavailable, match="ViT-B-32/openai"):
-            Scorer(clip_model="ViT-B-32", clip_pretrained="openai", dino_model=None)
+        # The default scorer, offline without its weights: the message names it, where the
+        # weights are looked for, and how to go on without them.
+        with pytest.raises(ScorerUnavailable, match="ViT-B-32-quickgelu/openai") as err:
+            Scorer(dino_model=None)
+        assert "--no-score" in str(err.value) and "cache" in str(err.value)
 
 
 def test_unavailable_dino_names_it(scoring_home, monkeypatch):
@@ -152,8 +155,9 @@ def test_unavailable_dino_names_it(scoring_home, monkeypatch):
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     name, weights = ensure_tiny_clip(scoring_home.models)
-    with pytest.raises(ScorerUnavailable, match="facebook/dino-vits16"):
+    with pytest.raises(ScorerUnavailable, match="facebook/dino-vits16") as err:
         Scorer(clip_model=name, clip_pretrained=str(weights), dino_model="facebook/dino-vits16")
+    assert "--no-score" in str(err.value)
 
 
 def test_embedding_cache_is_bounded_and_batched():
@@ -174,3 +178,65 @@ def test_embedding_cache_is_bounded_and_batched():
     assert cache.misses == 3
     cache.get(["b"], lambda i: 98)
     assert cache.misses == 4 and calls[-1] == [98]
+
+
+# ---------------------------------------------------------------- backbone identity (issue 10, item 2)
+def _activations(model) -> set[str]:
+    return {type(blk.mlp.gelu).__name__ for blk in model.visual.transformer.resblocks}
+
+
+def test_default_clip_is_openai_clip_with_quickgelu():
+    import open_clip
+
+    from engine.scoring import DEFAULT_CLIP_MODEL, DEFAULT_CLIP_PRETRAINED
+
+    # The architecture open_clip builds for the default name (random weights: none can be
+    # downloaded here) uses QuickGELU in every block, as OpenAI's weights were trained with.
+    model = open_clip.create_model(DEFAULT_CLIP_MODEL, pretrained=None)
+    assert _activations(model) == {"QuickGELU"}
+    assert open_clip.get_pretrained_cfg(DEFAULT_CLIP_MODEL, DEFAULT_CLIP_PRETRAINED)["quick_gelu"] is True
+    assert DEFAULT_CLIP_PRETRAINED == "openai"
+
+
+def test_tiny_clip_takes_the_quickgelu_path_and_records_it(scorer, scoring_home):
+    import open_clip
+
+    from engine.tiny_clip import TINY_CLIP_WEIGHTS
+
+    assert _activations(scorer.clip) == {"QuickGELU"}
+    weights = scoring_home.models / TINY_CLIP_DIRNAME / TINY_CLIP_WEIGHTS
+    from engine.scoring import weights_digest
+
+    assert scorer.clip_backbone == (f"open_clip:mtp-tiny-clip:tiny-random#sha256:{weights_digest(weights)}"
+                                    f"@open_clip_torch-{open_clip.__version__}")
+    import transformers
+
+    assert scorer.dino_backbone.startswith("transformers:ViTModel-cls:tiny-dino#sha256:")
+    assert scorer.dino_backbone.endswith(f"@transformers-{transformers.__version__}")
+
+
+def test_backbone_changes_with_the_weights(tmp_path):
+    from engine.tiny_clip import build_tiny_clip
+
+    a = build_tiny_clip(tmp_path / "a", seed=0)
+    b = build_tiny_clip(tmp_path / "b", seed=1)
+    from engine.tiny_clip import TINY_CLIP_NAME
+
+    sa = Scorer(clip_model=TINY_CLIP_NAME, clip_pretrained=str(a), dino_model=None)
+    sb = Scorer(clip_model=TINY_CLIP_NAME, clip_pretrained=str(b), dino_model=None)
+    assert sa.clip_backbone != sb.clip_backbone
+    assert sa.score([_noise(1)], ["a dog"])[0][0]["backbone"] == sa.clip_backbone
+
+
+def test_old_demo_clip_config_gains_quickgelu(tmp_path):
+    import json
+
+    from engine.tiny_clip import clip_config_path, ensure_tiny_clip
+
+    ensure_tiny_clip(tmp_path)
+    cfg = clip_config_path(tmp_path / TINY_CLIP_DIRNAME)
+    old = json.loads(cfg.read_text())
+    del old["quick_gelu"]
+    cfg.write_text(json.dumps(old))
+    ensure_tiny_clip(tmp_path)
+    assert json.loads(cfg.read_text())["quick_gelu"] is True

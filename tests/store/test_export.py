@@ -82,8 +82,10 @@ def test_runs_csv_scales(store, tmp_path):
     exp_id, _ = _odd_experiment(store)
     with open(export_runs_csv(store, exp_id, "s.csv", scale="clipscore", folder=tmp_path), newline="") as fh:
         first = next(csv.DictReader(fh))
-    assert float(first[f"clip_i_ref@{B32}"]) == 0.0
-    assert float(first[f"dino_ref@{B32}"]) == pytest.approx(0.625)
+    # Custom Diffusion's clipscore scales text alignment only; image metrics stay raw.
+    assert float(first[f"clip_t@{B32}"]) == pytest.approx(2.5 * 0.123456789012345678)
+    assert float(first[f"clip_i_ref@{B32}"]) == pytest.approx(-0.5)
+    assert float(first[f"dino_ref@{B32}"]) == pytest.approx(0.25)
     with open(export_runs_csv(store, exp_id, "h.csv", scale="100", folder=tmp_path), newline="") as fh:
         first = next(csv.DictReader(fh))
     assert float(first[f"clip_i_ref@{B32}"]) == pytest.approx(-50.0)

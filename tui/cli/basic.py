@@ -244,6 +244,8 @@ def cmd_runs(args, store) -> int:
         if r.invert and r.inversion_guidance is not None:
             control += f" inversion_guidance={r.inversion_guidance:g}"
         err = f"  error: {r.error.splitlines()[-1]}" if r.error else ""
+        if r.score_error:
+            err += f"  not scored: {r.score_error.splitlines()[-1]}"
         print(f"{r.id:>6} {r.status:<9} seed={r.seed} {control}  {r.target_prompt!r}{err}")
     return 0
 

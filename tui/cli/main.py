@@ -14,6 +14,7 @@ COMMAND_MODULES = [
     "tui.cli.basic",
     "tui.cli.export",
     "tui.cli.queue",
+    "tui.cli.score",
     "tui.cli.show",
 ]
 

@@ -283,6 +283,9 @@ class ResultsScreen(StoreScreen):
             self.by = self.axes[(i + 1) % len(self.axes)]
             self.reload()
 
+    def action_score(self) -> None:
+        self.app.score_experiment(self.experiment_id)
+
     def action_refresh(self) -> None:
         self.reload()
 

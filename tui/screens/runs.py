@@ -209,6 +209,10 @@ class RunsScreen(StoreScreen):
             self.page_offset = new
             self.reload()
 
+    def action_score(self) -> None:
+        run = self.current if self.experiment_id is None else None
+        self.app.score_experiment(self.experiment_id if run is None else run.experiment_id)
+
     def action_refresh(self) -> None:
         self.reload(keep_cursor=True)
 

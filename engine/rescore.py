@@ -1,0 +1,196 @@
+"""Scoring existing images (`mtp score`): the engine side of store.scoring's ScoreRequest.
+
+An engine with nothing to generate claims a request and scores, in batches, the done runs that
+lack a score from its backbones; the images are only read. Each batch is committed on its own,
+so progress is visible and a killed engine loses at most one batch (the request goes back to the
+queue once its heartbeat is stale, and the next engine skips what is already scored).
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import traceback
+from pathlib import Path
+from typing import Callable, Sequence
+
+from store.db import Store
+from store.models import Concept, Run, ScoreRequest, ScoreRequestStatus
+from store.scoring import claim_score_request, finish_request, runs_to_score, save_scores, update_request
+
+log = logging.getLogger("mtp.engine")
+
+BATCH = 32
+
+
+class Rescorer:
+    """``scorer_for(families)`` returns an object with ``backbones`` and ``score(..., families=)``
+    (engine.scoring.Scorer) or raises; ``scored_text(prompt, token, class_word)`` as the worker's."""
+
+    def __init__(self, store: Store, worker_id: str, scorer_for: Callable[[Sequence[str]], object],
+                 scored_text: Callable[[str, str, str], str], stop_event: threading.Event | None = None,
+                 on_progress: Callable[[str], None] | None = None, stale_after_s: float = 60.0):
+        self.store, self.worker_id = store, worker_id
+        self.scorer_for, self.scored_text = scorer_for, scored_text
+        self.stop_event = stop_event or threading.Event()
+        self.on_progress = on_progress or (lambda message: None)
+        self.stale_after_s = stale_after_s
+        self.stats = {"requests": 0, "scored": 0, "failed": 0}
+
+    def run_one(self) -> bool:
+        """Claim and work one request; False when there was none."""
+        req = claim_score_request(self.store, self.worker_id, self.stale_after_s)
+        if req is None:
+            return False
+        self.stats["requests"] += 1
+        try:
+            self.process(req)
+        except Exception as exc:  # a bug or a database error: the request says so, the engine lives on
+            log.error("score request %d failed:\n%s", req.id, traceback.format_exc())
+            finish_request(self.store, req.id, f"{type(exc).__name__}: {exc}")
+        return True
+
+    def process(self, req: ScoreRequest) -> None:
+        families = [f for f in req.metrics.split(",") if f]
+        try:
+            scorer = self.scorer_for(families)
+        except Exception as exc:
+            log.error("score request %d: %s", req.id, exc)
+            finish_request(self.store, req.id, str(exc))
+            return
+        backbones = {f: b for f, b in scorer.backbones.items() if f in families}
+        todo = runs_to_score(self.store, req, backbones)
+        update_request(self.store, req.id, total=len(todo), scored=0, failed=0)
+        log.info("score request %d: experiment %d, %s%s: %d run(s) to score", req.id, req.experiment_id,
+                 req.metrics, " (rescore)" if req.rescore else "", len(todo))
+        scored = failed = 0
+        refs_cache: dict[int | None, list[Path] | str] = {}
+        for start in range(0, len(todo), BATCH):
+            if self.stop_event.is_set():
+                # Back to the queue for the next engine; what is scored stays scored.
+                update_request(self.store, req.id, status=ScoreRequestStatus.QUEUED, worker_id=None)
+                return
+            chunk = todo[start:start + BATCH]
+            results = self._score_chunk(scorer, families, chunk, refs_cache)
+            save_scores(self.store, results)
+            bad = sum(1 for r in results if r.get("score_error"))
+            scored, failed = scored + len(results) - bad, failed + bad
+            update_request(self.store, req.id, scored=scored, failed=failed)
+            self.on_progress(f"scoring experiment {req.experiment_id}: {scored + failed}/{len(todo)}")
+        self.stats["scored"] += scored
+        self.stats["failed"] += failed
+        finish_request(self.store, req.id, None)
+        log.info("score request %d done: %d scored, %d not scorable", req.id, scored, failed)
+
+    # ------------------------------------------------------------------ one batch
+    def _score_chunk(self, scorer, families, runs: list[Run], refs_cache) -> list[dict]:
+        from PIL import Image
+
+        from .worker import _image_problem
+
+        home = self.store.home
+        results: dict[int, dict] = {r.id: {"run_id": r.id, "scores": [], "score_error": None} for r in runs}
+        # Runs of one concept whose source pixels are equal (a shared-source batch writes the same
+        # source into each run's folder) are scored in one call, so the encoders see real batches.
+        from .scoring import _file_digest
+
+        groups: dict[tuple, list[Run]] = {}
+        for r in runs:
+            src = home.resolve_artifact(r.source_image_path) if r.source_image_path else None
+            try:
+                key = _file_digest(src) if src is not None else None
+            except OSError:
+                key = ("unreadable", r.source_image_path)  # reported below, run by run
+            groups.setdefault((r.concept_id, key), []).append(r)
+        for (concept_id, _source_key), members in groups.items():
+            source_rel = members[0].source_image_path
+            refs = self._refs(concept_id, refs_cache)
+            if isinstance(refs, str):
+                for r in members:
+                    results[r.id]["score_error"] = refs
+                continue
+            source = None
+            if source_rel:
+                problem = _image_problem(str(home.resolve_artifact(source_rel)))
+                if problem:
+                    for r in members:
+                        results[r.id]["score_error"] = f"source image {problem}"
+                    continue
+                with Image.open(home.resolve_artifact(source_rel)) as im:
+                    source = im.convert("RGB")
+            images, ok = [], []
+            for r in members:
+                path = home.resolve_artifact(r.image_path)
+                problem = _image_problem(str(path))
+                if problem:
+                    results[r.id]["score_error"] = f"image {problem}"
+                    continue
+                with Image.open(path) as im:
+                    images.append(im.convert("RGB"))
+                ok.append(r)
+            if not ok:
+                continue
+            texts = [self.scored_text(r.target_prompt, r.token or "", r.class_word or "") for r in ok]
+            try:
+                out = scorer.score(images, texts, source, refs, families=families)
+            except Exception as exc:
+                log.error("scoring runs %s failed:\n%s", [r.id for r in ok], traceback.format_exc())
+                for r in ok:
+                    results[r.id]["score_error"] = f"scoring failed: {type(exc).__name__}: {exc}"
+                continue
+            for r, sc in zip(ok, out):
+                results[r.id]["scores"] = list(sc)
+        return list(results.values())
+
+    def _refs(self, concept_id: int | None, cache) -> list[Path] | str:
+        """The concept's reference images, or a message naming the one that cannot be read."""
+        if concept_id in cache:
+            return cache[concept_id]
+        from .worker import _image_problem
+
+        refs: list[Path] | str = []
+        if concept_id is not None:
+            with self.store.session() as s:
+                concept = s.get(Concept, concept_id)
+            for rel in (concept.ref_images if concept else []):
+                path = self.store.home.resolve_artifact(rel)
+                problem = _image_problem(str(path))
+                if problem:
+                    refs = f"reference image {problem}"
+                    break
+                refs.append(path)
+        cache[concept_id] = refs
+        return refs
+
+
+def serve_score_only(store: Store, rescorer: Rescorer, device: str, once: bool, poll_s: float = 2.0,
+                     heartbeat_s: float = 5.0) -> dict:
+    """`mtp-engine --score-only`: work score requests only (never claims runs to generate)."""
+    from store.queue import WorkerStatus, heartbeat, register_worker
+
+    register_worker(store, device, rescorer.worker_id)
+    stop = rescorer.stop_event
+    progress = {"message": "scoring"}
+    rescorer.on_progress = lambda m: progress.__setitem__("message", m)
+
+    def beat() -> None:
+        while not stop.wait(heartbeat_s):
+            try:
+                heartbeat(store, rescorer.worker_id, status=WorkerStatus.RUNNING, message=progress["message"])
+            except Exception as exc:  # a busy database must not end the thread
+                log.warning("heartbeat failed: %s", exc)
+
+    thread = threading.Thread(target=beat, name="mtp-score-heartbeat", daemon=True)
+    thread.start()
+    try:
+        while not stop.is_set():
+            if rescorer.run_one():
+                continue
+            if once:
+                break
+            progress["message"] = "waiting for score requests"
+            stop.wait(poll_s)
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+        heartbeat(store, rescorer.worker_id, status=WorkerStatus.STOPPED, message="stopped")
+    return rescorer.stats

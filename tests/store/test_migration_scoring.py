@@ -1,0 +1,44 @@
+"""Schema version 2 (issue 10): a version-1 database gains Run.score_error, Run.session_id and
+the enginesession / scorerequest tables, keeping its rows."""
+from __future__ import annotations
+
+import sqlite3
+
+from sqlmodel import select
+
+from store.db import Store
+from store.models import Run, ScoreRequest
+from store.scoring import record_engine_session, request_scoring
+
+
+def test_version_1_database_is_upgraded_in_place(home):
+    from tests.tui import seed_experiment
+
+    store = Store(home)
+    exp = seed_experiment(store)
+    store.close()
+    con = sqlite3.connect(home.root / "mtp.db")
+    # Back to what version 1 had: no new columns, no new tables.
+    con.execute("DROP TABLE scorerequest")
+    con.execute("DROP TABLE enginesession")
+    # (SQLite cannot drop a column named in a foreign key: copy the table without them.)
+    cols = [r[1] for r in con.execute("PRAGMA table_info(run)") if r[1] not in ("score_error", "session_id")]
+    con.execute(f"CREATE TABLE run_v1 AS SELECT {', '.join(cols)} FROM run")
+    con.execute("DROP TABLE run")
+    con.execute("ALTER TABLE run_v1 RENAME TO run")
+    con.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    con.commit()
+    n_runs = con.execute("select count(*) from run").fetchone()[0]
+    con.close()
+
+    store = Store(home)
+    try:
+        assert store.schema_version() == 2
+        with store.session() as s:
+            runs = list(s.exec(select(Run)))
+        assert len(runs) == n_runs and all(r.score_error is None and r.session_id is None for r in runs)
+        sid = record_engine_session(store, model="m", versions={"torch": "9"})
+        req, created = request_scoring(store, exp.id)
+        assert created and isinstance(req, ScoreRequest) and sid >= 1
+    finally:
+        store.close()
