@@ -7,6 +7,7 @@ committed in between (WAL snapshot upgrade), without waiting on the busy timeout
 from __future__ import annotations
 
 import os
+import re
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -20,6 +21,14 @@ from .paths import Home
 
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_MS = 30_000
+
+# Screens showing runs poll this meta row and reload only when it moved. It is bumped in the
+# same transaction as any write to these tables, so it works for every process and on any
+# database (SQLite's PRAGMA data_version only sees other connections, PostgreSQL has none).
+CHANGE_KEY = "change_counter"
+_WATCHED_TABLES = {"run", "score", "experiment", "concept"}
+_WRITE_RE = re.compile(r'^\s*(?:INSERT\s+(?:OR\s+\w+\s+)?INTO|UPDATE|DELETE\s+FROM)\s+"?(\w+)"?', re.I)
+_CHANGED = "mtp_changed"
 
 
 class SchemaTooNew(RuntimeError):
@@ -48,6 +57,14 @@ def _sqlite_engine(url: str) -> Engine:
     return engine
 
 
+def _watch_writes(engine: Engine) -> None:
+    @event.listens_for(engine, "before_cursor_execute")
+    def _note_write(conn, _cursor, statement, _params, _context, _executemany):
+        m = _WRITE_RE.match(statement)
+        if m and m.group(1).lower() in _WATCHED_TABLES:
+            conn.info[_CHANGED] = True
+
+
 # Each migration upgrades from version N-1 to N; keep them additive so no data is lost.
 MIGRATIONS: dict[int, list[str]] = {}
 
@@ -61,6 +78,7 @@ class Store:
         self.is_sqlite = self.url.startswith("sqlite")
         self.engine = _sqlite_engine(self.url) if self.is_sqlite else create_engine(self.url, pool_pre_ping=True)
         self._write_engine = self.engine.execution_options(sqlite_immediate=True) if self.is_sqlite else self.engine
+        _watch_writes(self.engine)
         self._migrate()
 
     # ------------------------------------------------------------------ sessions
@@ -73,7 +91,11 @@ class Store:
         """A write transaction holding the write lock from its first statement; commits on exit."""
         with Session(self._write_engine, expire_on_commit=False) as s:
             try:
+                s.connection().info.pop(_CHANGED, None)
                 yield s
+                if s.connection().info.pop(_CHANGED, False):
+                    s.execute(text("UPDATE meta SET value = CAST(CAST(value AS INTEGER) + 1 AS VARCHAR) "
+                                   "WHERE key = :k"), {"k": CHANGE_KEY})
                 s.commit()
             except BaseException:
                 s.rollback()
@@ -86,6 +108,7 @@ class Store:
             if "meta" not in existing:
                 SQLModel.metadata.create_all(s.connection())
                 s.merge(Meta(key="schema_version", value=str(SCHEMA_VERSION)))
+                s.add(Meta(key=CHANGE_KEY, value="0"))
                 return
             row = s.get(Meta, "schema_version")
             version = int(row.value) if row else 1
@@ -99,6 +122,14 @@ class Store:
             # New tables (never columns) can simply be created.
             SQLModel.metadata.create_all(s.connection())
             s.merge(Meta(key="schema_version", value=str(SCHEMA_VERSION)))
+            if s.get(Meta, CHANGE_KEY) is None:
+                s.add(Meta(key=CHANGE_KEY, value="0"))
+
+    def change_token(self) -> str:
+        """Moves whenever runs, scores, experiments or concepts change (one indexed row read)."""
+        with self.engine.connect() as conn:
+            row = conn.execute(text("SELECT value FROM meta WHERE key = :k"), {"k": CHANGE_KEY}).first()
+        return row[0] if row else ""
 
     def schema_version(self) -> int:
         with self.session() as s:

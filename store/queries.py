@@ -40,12 +40,11 @@ def check_image(path: str | Path) -> None:
 # ------------------------------------------------------------------ concepts
 def check_model_ref(model: str) -> None:
     """A local-looking model reference must exist; a hub id is checked when the engine loads it."""
-    m = (model or "").strip()
-    if not m:
-        raise InputError("base model: needs a hub id (org/name) or a local folder")
-    looks_local = m.startswith(("/", ".", "~")) or Path(m).expanduser().exists() or m.count("/") != 1
-    if looks_local and not Path(m).expanduser().is_dir():
-        raise InputError(f"base model: folder {m} does not exist")
+    from store.sweep.spec import model_problem
+
+    problem = model_problem(model)
+    if problem:
+        raise InputError(f"base model: {problem}")
 
 
 def save_concept(

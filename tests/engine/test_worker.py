@@ -28,6 +28,16 @@ def make_exp(store, name="exp", model="fake-model", **kw) -> Experiment:
     return save_experiment(store, name, ExperimentSpec(**base), queue=True)
 
 
+def make_exp_model_gone(store, name, folder, **kw) -> Experiment:
+    """Queued while its model folder existed (the builder refuses a missing one), then removed."""
+    import shutil
+
+    folder.mkdir(parents=True)
+    exp = make_exp(store, name, model=str(folder), **kw)
+    shutil.rmtree(folder)
+    return exp
+
+
 def runs_of(store, exp_id=None) -> list[Run]:
     with store.session() as s:
         stmt = select(Run).order_by(Run.id)
@@ -98,7 +108,7 @@ def test_out_of_memory_at_batch_one_fails_with_a_clear_message(store):
 
 
 def test_missing_model_fails_its_runs_and_the_worker_goes_on(store):
-    bad = make_exp(store, "bad", model="/nowhere/missing-model", final_step="2,3")
+    bad = make_exp_model_gone(store, "bad", store.home.root / "nowhere" / "missing-model", final_step="2,3")
     good = make_exp(store, "good", model="model-ok")
     drain(store, FakeBackend())
     assert {r.status for r in runs_of(store, bad.id)} == {RunStatus.FAILED}
@@ -228,7 +238,7 @@ def test_two_workers_in_threads_run_each_of_sixty_runs_once(home):
 def test_real_tiny_pipeline_end_to_end(store, tiny_model_dir):
     ok = make_exp(store, "tiny", model=str(tiny_model_dir), num_steps=3, start_step="0", final_step="2,end",
                   mask_mode="off,auto", mask_threshold="0.5", baseline=True)
-    missing = make_exp(store, "missing", model=str(tiny_model_dir.parent / "no-such-model"), num_steps=3)
+    missing = make_exp_model_gone(store, "missing", tiny_model_dir.parent / "no-such-model", num_steps=3)
     from engine.cli import LazyScorer
 
     backend = PipelineBackend("cpu", home=store.home)

@@ -14,7 +14,7 @@ from textual.widgets import Button, DirectoryTree, Footer, Header, Input, Label,
 
 from .. import keymap
 from ..widgets.artifact_image import ArtifactImage
-from ..widgets.field import Field
+from ..widgets.field import Field, fields_by_name
 from ._common import StoreScreen
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
@@ -78,8 +78,9 @@ class ConceptScreen(StoreScreen):
     def _fill(self, concept) -> None:
         values = {"name": concept.name, "token": concept.token, "class_word": concept.class_word,
                   "base_model": concept.base_model, "weights": concept.weights_path or ""}
+        fields = fields_by_name(self)
         for name, value in values.items():
-            self.query_one(f"#field-{name}", Field).value = value
+            fields[name].value = value
         self.query_one("#weights_kind", Select).value = concept.weights_kind
         self.images = []
         self.query_one("#ref-images").remove_children()
@@ -177,8 +178,9 @@ class ConceptScreen(StoreScreen):
             text = str(message.error)
             prefix = text.split(":", 1)[0].strip()
             name = {"weights kind": "weights", "base model": "base_model"}.get(prefix, prefix)
-            if self.query(f"#field-{name}"):
-                self.query_one(f"#field-{name}", Field).show_error(message.error)
+            field = fields_by_name(self).get(name)
+            if field is not None:
+                field.show_error(message.error)
             status.update(f"[red]not saved: {escape(text)}[/]")
             return
         concept = message.concept

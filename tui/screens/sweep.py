@@ -13,7 +13,7 @@ from textual.message import Message
 from textual.widgets import Button, Checkbox, Footer, Header, Input, Label, Select, Static, TextArea
 
 from .. import keymap
-from ..widgets.field import Field
+from ..widgets.field import Field, fields_by_name
 from ._common import StoreScreen, duration
 
 # spec field -> (label, placeholder hint)
@@ -224,8 +224,9 @@ class SweepScreen(StoreScreen):
         from store.sweep.spec import PRESETS
 
         if event.value in PRESETS:
+            fields = fields_by_name(self)
             for name, text in PRESETS[event.value].items():
-                self.query_one(f"#field-{name}", Field).value = text
+                fields[name].value = text
 
     @on(Select.Changed, "#concept")
     def _concept(self, event: Select.Changed) -> None:
@@ -302,9 +303,9 @@ class SweepScreen(StoreScreen):
         if name == "target_prompts":
             self.query_one("#error-target_prompts", Static).update(f"[red]✗ {escape(str(getattr(exc, 'message', exc)))}[/]")
             return
-        matches = self.query(f"#field-{name}") if name else []
-        if matches:
-            matches.first(Field).show_error(exc)
+        field = fields_by_name(self).get(name) if name else None
+        if field is not None:
+            field.show_error(exc)
         else:
             self.query_one("#sweep-status", Static).update(f"[red]{escape(str(exc))}[/]")
 
