@@ -113,7 +113,12 @@ def main(argv: list[str] | None = None) -> int:
 
     from .launch import DeviceLock, EngineAlreadyRunning, log_path
 
-    home = Home.resolve(args.home)
+    if args.demo:
+        from store.paths import demo_home
+
+        home = Home.resolve(demo_home(args.home))
+    else:
+        home = Home.resolve(args.home)
     fake = (args.backend or os.environ.get(BACKEND_ENV, "") or "diffusers") == "fake"
     device = args.device or ("cpu" if fake else _default_device())
     try:
@@ -158,7 +163,7 @@ def _serve(args, home, device: str, fake: bool) -> int:
 
         backend = PipelineBackend(device, home=home)
         if not args.no_score:
-            score = LazyScorer(home, args.demo, device)
+            score = LazyScorer(home, args.demo, device, backend=backend)
     config = WorkerConfig(device=device, max_batch=max(1, args.max_batch), poll_s=args.poll, once=args.once,
                           heartbeat_s=args.heartbeat, stale_after_s=args.stale_after,
                           max_attempts=args.max_attempts)
@@ -181,25 +186,34 @@ def _serve(args, home, device: str, fake: bool) -> int:
 
 
 class LazyScorer:
-    """engine.scoring's Scorer, created on the first batch that needs it."""
+    """engine.scoring's Scorer, created on the first batch that needs it. Runs on the offline
+    tiny model are scored with the tiny offline backbones even without --demo: their images are
+    noise, and the real backbones may not be downloadable on that machine."""
 
-    def __init__(self, home, demo: bool, device: str):
-        self.home, self.demo, self.device = home, demo, device
-        self._scorer = None
+    def __init__(self, home, demo: bool, device: str, backend=None):
+        self.home, self.demo, self.device, self.backend = home, demo, device, backend
+        self._scorers: dict[bool, object] = {}
+
+    def _tiny(self) -> bool:
+        from store.sweep.spec import TINY_MODEL_NAMES
+
+        key = getattr(self.backend, "key", None)
+        return self.demo or (key is not None and key.model in TINY_MODEL_NAMES)
 
     def __call__(self, images, texts, source, refs):
         from .backends.base import RunError
 
-        if self._scorer is None:
+        tiny = self._tiny()
+        if tiny not in self._scorers:
             try:
                 from .scoring import Scorer
 
-                self._scorer = Scorer.for_home(self.home, demo=self.demo, device=self.device)
+                self._scorers[tiny] = Scorer.for_home(self.home, demo=tiny, device=self.device)
             except Exception as exc:
                 log.exception("cannot create the scorer")
                 raise RunError(f"scoring is unavailable ({type(exc).__name__}: {exc}); "
                                f"start the engine with --no-score to finish runs without scores") from None
-        return self._scorer.score(images, texts, source, refs)
+        return self._scorers[tiny].score(images, texts, source, refs)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -9,7 +9,11 @@ from sqlmodel import select
 from .db import Store
 from .models import Concept, Experiment
 from .queries import save_concept, save_experiment
-from store.sweep.spec import ExperimentSpec
+from store.sweep.spec import TINY_MODEL_NAMES, ExperimentSpec
+
+# A name, not a path: any engine resolves it to <its home>/models/tiny-sd and builds it there on
+# first use, with or without --demo (README's headless block relies on that).
+DEMO_MODEL = TINY_MODEL_NAMES[0]
 
 DEMO_CONCEPT = "demo-corgi"
 DEMO_BANNER = (
@@ -38,9 +42,9 @@ def _reference_images(folder: Path, count: int = 3, size: int = 64) -> list[Path
     return paths
 
 
-def demo_spec(home_model: Path, **axes: str) -> ExperimentSpec:
+def demo_spec(model: str = DEMO_MODEL, **axes: str) -> ExperimentSpec:
     spec = ExperimentSpec(
-        model=str(home_model),
+        model=str(model),
         source_prompt="a photo of a corgi",
         target_prompts=["a photo of a corgi on the beach", "a photo of a corgi jumping in the snow"],
         num_steps=10,
@@ -66,12 +70,12 @@ def seed_demo(store: Store) -> tuple[Concept, Experiment]:
             exp = s.exec(select(Experiment).where(Experiment.concept_id == concept.id).order_by(Experiment.id)).first()
             if exp is not None:
                 return concept, exp
-    model = store.home.demo_model
+    model = DEMO_MODEL
     if concept is None:
         refs = _reference_images(store.home.root / "demo-refs")
         concept = save_concept(
             store, DEMO_CONCEPT, token="corgi", class_word="dog", ref_images=refs,
-            base_model=str(model), notes="Demo concept on the random tiny model.", check_model=False,
+            base_model=model, notes="Demo concept on the random tiny model.",
         )
     exp = save_experiment(store, "demo: final step", demo_spec(model), concept.id, queue=True,
                           tags="demo", notes="The seed's final-step sweep, on the tiny model.")

@@ -27,7 +27,8 @@ class ExperimentStatus:
     DRAFT = "draft"
     QUEUED = "queued"  # has runs that are not finished
     DONE = "done"
-    ALL = (DRAFT, QUEUED, DONE)
+    ARCHIVED = "archived"  # hidden from Home and the queue; runs and artifacts kept
+    ALL = (DRAFT, QUEUED, DONE, ARCHIVED)
 
 
 WEIGHT_KINDS = ("none", "custom_diffusion", "textual_inversion", "lora", "full")

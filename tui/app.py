@@ -145,10 +145,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def open_store(home: str | None, demo: bool):
     from store.db import Store
-    from store.paths import Home, default_home
+    from store.paths import Home, demo_home
 
-    if demo and not home:
-        home = default_home() / "demo"
+    if demo:
+        home = demo_home(home)
     store = Store(Home.resolve(home))
     if demo:
         from sqlmodel import select

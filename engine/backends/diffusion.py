@@ -23,10 +23,17 @@ class PipelineBackend:
         self.pipe = None
         self.key: LoadKey | None = None
         self._blocks: list[str] | None = None
+        # A model that could not be loaded stays unavailable for this engine session: without
+        # this every batch of its runs asked the hub again (retries took ~24 s per batch).
+        self._unavailable: dict[str, str] = {}
 
     def _resolve_model(self, model: str) -> str:
-        if self.home is not None and model in ("tiny", "tiny-sd", "demo"):
-            return str(self.home.demo_model)
+        from store.sweep.spec import TINY_MODEL_NAMES
+
+        if self.home is not None and model in TINY_MODEL_NAMES:
+            from engine.tiny import ensure_tiny_pipeline
+
+            return str(ensure_tiny_pipeline(self.home.models))
         return model
 
     def load(self, key: LoadKey) -> None:
@@ -38,10 +45,13 @@ class PipelineBackend:
         self.pipe, self.key, self._blocks = None, None, None
         self._free()
         base = key.weights_path if key.weights_kind == "full" and key.weights_path else key.model
+        if base in self._unavailable:
+            raise ModelUnavailable(self._unavailable[base])
         t0 = time.monotonic()
         try:
             pipe = load_pipeline(self._resolve_model(base), device=self.device, dtype=self.dtype)
         except ModelNotFound as exc:
+            self._unavailable[base] = f"{exc} (not retried until this engine restarts)"
             raise ModelUnavailable(str(exc)) from None
         if key.weights_kind not in ("none", "full", ""):
             if not key.weights_path or not Path(key.weights_path).exists():

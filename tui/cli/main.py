@@ -24,6 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="mtp headless commands: concepts, experiments, runs, queue control and export.",
     )
     parser.add_argument("--home", help="data folder (default: $MTP_HOME or the platform data dir)")
+    parser.add_argument("--demo", action="store_true", dest="use_demo",
+                        help="use the demo data folder (<data folder>/demo, where `mtp demo` writes)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
@@ -37,11 +39,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0 if args.command is None else 2
     from store.db import SchemaTooNew, open_store
+    from store.paths import demo_home
     from store.sweep.grammar import SweepError
     from store.queries import InputError
 
+    # The demo lives in its own folder so it never mixes with real work.
+    home = demo_home(args.home) if args.use_demo or getattr(args, "uses_demo_home", False) else args.home
     try:
-        store = open_store(args.home)
+        store = open_store(home)
     except SchemaTooNew as exc:
         print(f"mtp: {exc}", file=sys.stderr)
         return 2
@@ -50,8 +55,23 @@ def main(argv: list[str] | None = None) -> int:
     except (InputError, SweepError) as exc:
         print(f"mtp: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # `mtp show 53 | head`: the reader left; that is not an error worth a traceback.
+        _silence_stdout()
+        return 0
     finally:
         store.close()
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush does not raise again."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 if __name__ == "__main__":  # pragma: no cover
