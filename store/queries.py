@@ -383,6 +383,22 @@ def list_runs(
     return rows, total
 
 
+def run_ids(store: Store, filt: RunFilter) -> list[int]:
+    """Every run id the filter selects, in id order (bulk actions on a marked set)."""
+    with store.session() as s:
+        return list(s.exec(select(Run.id).where(_filter_clause(filt)).order_by(col(Run.id))))
+
+
+def counts_by_run_status(store: Store, ids: Sequence[int]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    with store.session() as s:
+        for i in range(0, len(ids), 900):  # SQLite's bound-parameter limit
+            q = select(Run.status, func.count()).where(col(Run.id).in_(list(ids[i:i + 900]))).group_by(Run.status)
+            for status, n in s.exec(q):
+                out[status] = out.get(status, 0) + n
+    return out
+
+
 def get_run(store: Store, run_id: int) -> Run | None:
     with store.session() as s:
         return s.get(Run, run_id)

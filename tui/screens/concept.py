@@ -44,9 +44,11 @@ class ConceptScreen(StoreScreen):
         from store.sweep.spec import DEFAULT_MODEL
 
         yield Header()
-        with Horizontal():
+        with Horizontal(id="concept-body"):
             with Vertical(id="concept-tree"):
-                yield Label("Files (enter adds an image)", classes="field-label")
+                yield Label("Files (enter adds an image; ctrl+u: up; ctrl+l: type a path)", classes="field-label")
+                yield Input(str(self.start_dir), placeholder="a folder to browse or an image to add",
+                            id="tree-path", compact=True)
                 yield DirectoryTree(str(self.start_dir), id="tree")
             with VerticalScroll(id="concept-form"):
                 yield Field("name", "Name", placeholder="e.g. corgi")
@@ -87,6 +89,36 @@ class ConceptScreen(StoreScreen):
         for rel in concept.ref_images:
             self._add_thumb(self.store.home.resolve_artifact(rel))
         self.sub_title = f"editing concept #{concept.id}"
+
+    # ------------------------------------------------------------------ browsing
+    def browse(self, folder: Path) -> None:
+        """Re-root the file tree (any folder, not only below the working directory)."""
+        folder = folder.expanduser().resolve()
+        self.start_dir = folder
+        self.query_one("#tree", DirectoryTree).path = folder
+        self.query_one("#tree-path", Input).value = str(folder)
+
+    def action_tree_up(self) -> None:
+        self.browse(self.start_dir.parent)
+
+    def action_type_path(self) -> None:
+        self.query_one("#tree-path", Input).focus()
+
+    @on(Input.Submitted, "#tree-path")
+    def _path_typed(self, event: Input.Submitted) -> None:
+        path = Path(event.value.strip()).expanduser()
+        status = self.query_one("#concept-status", Static)
+        if path.is_dir():
+            self.browse(path)
+            self.query_one("#tree", DirectoryTree).focus()
+        elif path.is_file():
+            self.add_image(path)
+        else:
+            status.update(Text(f"no such file or folder: {path}", style="red"))
+
+    @on(DirectoryTree.DirectorySelected)
+    def _dir_selected(self, event: DirectoryTree.DirectorySelected) -> None:
+        self.query_one("#tree-path", Input).value = str(event.path)
 
     # ------------------------------------------------------------------ images
     @on(DirectoryTree.FileSelected)

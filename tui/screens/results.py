@@ -34,6 +34,7 @@ def axes_for(spec_json: str) -> list[str]:
 
 class ResultsScreen(StoreScreen):
     BINDINGS = keymap.bindings("results")
+    live = True  # new scores regroup the table, the plot and the grid by themselves
 
     class Loaded(Message):
         def __init__(self, experiment=None, axes=(), rows=(), grid=None, grid_note="", error="", by=""):
@@ -47,13 +48,14 @@ class ResultsScreen(StoreScreen):
         self.by = by
         self.axes: list[str] = []
         self.rows: list = []
+        self._counts: dict | None = None  # run counts by status at the last load
 
     def compose(self) -> ComposeResult:
         yield Header()
         with Horizontal(id="results-head"):
             yield Static("", id="results-title")
             yield Select([], prompt="axis", id="axis", allow_blank=True, compact=True)
-        with Horizontal():
+        with Horizontal(id="results-body"):
             with Vertical(id="results-left"):
                 yield DataTable(id="results-table", cursor_type="row", zebra_stripes=True)
                 yield ArtifactImage("image grid", id="results-grid")
@@ -70,14 +72,54 @@ class ResultsScreen(StoreScreen):
     def reload(self) -> None:
         title = self.query_one("#results-title", Static)
         if self.experiment_id is None:
-            title.update("[yellow]No experiment selected: pick one on Home (h), then press e.[/]")
+            title.update("[yellow]No experiment selected: press o to pick one.[/]")
             return
         title.update(f"experiment {self.experiment_id}: loading...")
         self._load(self.experiment_id, self.by)
 
+    def on_store_changed(self) -> None:
+        if self.experiment_id is not None:
+            self._reload_if_changed(self.experiment_id)
+
+    class Stale(Message):
+        pass
+
+    @work(thread=True, exclusive=True, group="results-watch")
+    def _reload_if_changed(self, experiment_id: int) -> None:
+        """Aggregating is the costly part: redo it only when this experiment's runs moved."""
+        from store.queries import counts_by_status
+
+        if counts_by_status(self.store, experiment_id) != self._counts:
+            self.post_message(self.Stale())
+
+    def on_results_screen_stale(self, _message) -> None:
+        self.reload()
+
+    def action_pick_experiment(self) -> None:
+        from store.queries import list_experiments
+
+        from .pick import PickScreen
+
+        items = [(str(r.experiment.id), f"#{r.experiment.id} {r.experiment.name}  [{r.state}, {r.done}/{r.total} done]")
+                 for r in list_experiments(self.store) if r.experiment.status != "draft"]
+        if not items:
+            self.notify("no queued experiments yet")
+            return
+
+        def done(value: str | None) -> None:
+            if value:
+                self.experiment_id = self.app.experiment_id = int(value)
+                self.by = None
+                self.reload()
+
+        current = str(self.experiment_id) if self.experiment_id is not None else None
+        self.app.push_screen(PickScreen("Results of experiment", items, current), done)
+
     @work(thread=True, exclusive=True, group="results")
     def _load(self, experiment_id: int, by: str | None) -> None:
-        from store.queries import get_experiment
+        from store.queries import counts_by_status, get_experiment
+
+        self._counts = counts_by_status(self.store, experiment_id)
 
         exp = get_experiment(self.store, experiment_id)
         if exp is None:
