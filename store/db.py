@@ -93,6 +93,7 @@ class Store:
             try:
                 s.connection().info.pop(_CHANGED, None)
                 yield s
+                s.flush()  # ORM changes reach the database here, so the check below sees them
                 if s.connection().info.pop(_CHANGED, False):
                     s.execute(text("UPDATE meta SET value = CAST(CAST(value AS INTEGER) + 1 AS VARCHAR) "
                                    "WHERE key = :k"), {"k": CHANGE_KEY})

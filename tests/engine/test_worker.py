@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 from sqlmodel import select
 
@@ -274,3 +275,32 @@ def test_unreadable_reference_image_fails_with_its_path(store, tmp_path):
     (run,) = runs_of(store, exp.id)
     assert run.status == RunStatus.FAILED
     assert str(copied) in run.error and run.error.startswith("reference image")
+
+
+def test_a_model_that_failed_to_load_is_not_retried_in_the_same_session(store, monkeypatch):
+    """Each batch of an unloadable hub model used to ask the hub again (~24 s of retries)."""
+    import engine.pipeline as pipeline
+    from engine.backends.base import LoadKey, ModelUnavailable
+
+    calls = []
+
+    def failing_load(model, **_kw):
+        calls.append(model)
+        raise pipeline.ModelNotFound(f"model {model!r} is neither a local folder nor a reachable hub model")
+
+    monkeypatch.setattr(pipeline, "load_pipeline", failing_load)
+    backend = PipelineBackend("cpu", home=store.home)
+    for _ in range(3):
+        with pytest.raises(ModelUnavailable, match="neither a local folder"):
+            backend.load(LoadKey("org/unreachable"))
+    assert calls == ["org/unreachable"]
+
+
+def test_tiny_model_name_resolves_under_home_without_demo(store, monkeypatch):
+    """Demo experiments name the model "tiny": any engine finds (or builds) it in home/models."""
+    import engine.tiny as tiny
+
+    monkeypatch.setattr(tiny, "ensure_tiny_pipeline", lambda models: models / "tiny-sd")
+    backend = PipelineBackend("cpu", home=store.home)
+    assert backend._resolve_model("tiny") == str(store.home.models / "tiny-sd")
+    assert backend._resolve_model("org/model") == "org/model"
