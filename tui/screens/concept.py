@@ -64,7 +64,7 @@ class ConceptScreen(StoreScreen):
                 yield Horizontal(id="ref-images")
                 yield Static("", id="concept-status")
                 yield Button("Save concept (ctrl+s)", id="save", variant="primary")
-        yield Footer(compact=True)
+        yield Footer(compact=True, show_command_palette=False)
 
     def on_mount(self) -> None:
         self.query_one("#input-name", Input).focus()

@@ -105,7 +105,7 @@ class HomeScreen(StoreScreen):
                 yield DataTable(id="experiments", cursor_type="row", zebra_stripes=True)
         yield Static("Workers", classes="pane-title")
         yield DataTable(id="workers", cursor_type="row")
-        yield Footer(compact=True)
+        yield Footer(compact=True, show_command_palette=False)
 
     def on_mount(self) -> None:
         self.query_one("#concepts", DataTable).add_columns("id", "name", "token", "refs")

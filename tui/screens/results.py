@@ -61,7 +61,7 @@ class ResultsScreen(StoreScreen):
                 yield ArtifactImage("image grid", id="results-grid")
             with Vertical(id="results-right"):
                 yield PlotextPlot(id="results-plot")
-        yield Footer(compact=True)
+        yield Footer(compact=True, show_command_palette=False)
 
     def on_mount(self) -> None:
         if self.experiment_id is None:

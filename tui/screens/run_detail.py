@@ -122,7 +122,7 @@ class RunDetailScreen(StoreScreen):
                 yield ArtifactImage("attention map", id="img-map")
             yield Static("", id="detail-error")
             yield Static("", id="detail-info")
-        yield Footer(compact=True)
+        yield Footer(compact=True, show_command_palette=False)
 
     def on_mount(self) -> None:
         self.load(self.run_id)
@@ -235,7 +235,7 @@ class CompareScreen(StoreScreen):
             with Horizontal(id="cmp-info"):
                 yield Static("", id="cmp-info-a")
                 yield Static("", id="cmp-info-b")
-        yield Footer(compact=True)
+        yield Footer(compact=True, show_command_palette=False)
 
     def on_mount(self) -> None:
         self.load()

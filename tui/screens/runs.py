@@ -102,7 +102,7 @@ class RunsScreen(StoreScreen):
                     "exp=all, final_step=20 ... (enter applies, escape closes)", id="filter-bar")
         yield Static("", id="runs-status")
         yield DataTable(id="runs-table", cursor_type="cell", zebra_stripes=True)
-        yield Footer(compact=True)
+        yield Footer(compact=True, show_command_palette=False)
 
     def on_mount(self) -> None:
         table = self.query_one(DataTable)

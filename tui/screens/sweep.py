@@ -121,7 +121,7 @@ class SweepScreen(StoreScreen):
                 yield Static("", id="sweep-status")
                 yield Button("Save draft (ctrl+s)", id="save-draft")
                 yield Button("Queue (ctrl+r)", id="queue", variant="primary")
-        yield Footer(compact=True)
+        yield Footer(compact=True, show_command_palette=False)
 
     def on_mount(self) -> None:
         for f in self.query(Field):
