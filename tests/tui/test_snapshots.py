@@ -84,7 +84,7 @@ async def _results(pilot):
     await _home(pilot)
     await pilot.press("j")  # the queued demo experiment (the draft is listed first)
     await pilot.press("f7")
-    await wait_for(pilot, lambda: _name(pilot.app) == "ResultsScreen" and pilot.app.screen.rows, what="results")
+    await wait_for(pilot, lambda: _name(pilot.app) == "ResultsScreen" and pilot.app.screen.grid_shown, what="results")
 
 
 async def _export(pilot):
@@ -113,4 +113,9 @@ SCREENS = {"home": _home, "concept": _concept, "sweep": _sweep, "runs": _runs, "
 @pytest.mark.parametrize("screen", list(SCREENS))
 def test_screen_snapshot(snap_compare, demo_app, screen, size):
     app, _exp = demo_app
-    assert snap_compare(app, terminal_size=SIZES[size], run_before=SCREENS[screen])
+
+    async def settled(pilot):
+        await SCREENS[screen](pilot)
+        await pilot.pause(0.3)  # let the last worker's message and any refresh land
+
+    assert snap_compare(app, terminal_size=SIZES[size], run_before=settled)

@@ -49,6 +49,7 @@ class ResultsScreen(StoreScreen):
         self.axes: list[str] = []
         self.rows: list = []
         self._counts: dict | None = None  # run counts by status at the last load
+        self.grid_shown = False
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -135,14 +136,27 @@ class ResultsScreen(StoreScreen):
         except Exception as exc:
             self.post_message(self.Loaded(exp, axes, error=f"aggregate failed: {exc}", by=by))
             return
-        grid, note = None, "no finished runs yet: the grid appears as runs complete"
-        if rows:
-            try:
-                layout = render_grid(self.store, experiment_id, by)
-                grid, note = layout.image, ""
-            except Exception as exc:  # a missing image or a run still running: the table still shows
-                note = f"no grid: {exc}"
-        self.post_message(self.Loaded(exp, axes, rows, grid, note, by=by))
+        # The table and the plot first: the image grid reads every image and comes after.
+        self.post_message(self.Loaded(exp, axes, rows, None, "rendering the image grid..." if rows else
+                                      "no finished runs yet: the grid appears as runs complete", by=by))
+        if not rows:
+            return
+        grid, note = None, ""
+        try:
+            grid = render_grid(self.store, experiment_id, by).image
+        except Exception as exc:  # a missing image or a run still running: the table still shows
+            note = f"no grid: {exc}"
+        self.post_message(self.Grid(experiment_id, by, grid, note))
+
+    class Grid(Message):
+        def __init__(self, experiment_id, by, grid, note):
+            super().__init__()
+            self.experiment_id, self.by, self.grid, self.note = experiment_id, by, grid, note
+
+    def on_results_screen_grid(self, message: Grid) -> None:
+        if (message.experiment_id, message.by) == (self.experiment_id, self.by):
+            self.grid_shown = True
+            self.query_one("#results-grid", ArtifactImage).show_image(message.grid, message.note or "no grid yet")
 
     def on_results_screen_loaded(self, message: Loaded) -> None:
         title = self.query_one("#results-title", Static)
