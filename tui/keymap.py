@@ -57,7 +57,7 @@ KEYMAP: dict[str, list[Key]] = {
         Key("concept.save", "ctrl+s", "save", "Save"),
         Key("concept.remove", "delete", "remove_image", "Remove"),
         Key("concept.next", "ctrl+n", "next_concept", "New"),
-        Key("concept.up", "ctrl+u", "tree_up", "Dir up"),
+        Key("concept.up", "ctrl+g", "tree_up", "Dir up"),
         Key("concept.path", "ctrl+l", "type_path", "Path"),
     ],
     "sweep": [

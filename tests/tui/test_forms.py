@@ -123,3 +123,44 @@ async def test_missing_model_folder_is_refused_by_the_builder_like_the_concept_s
         field = sweep.query_one("#field-model")
         await wait_for(pilot, lambda: field.has_class("invalid"), what="model refused")
         assert "does not exist" in str(field.query_one(".field-info").content)
+
+
+async def test_concept_file_tree_goes_up_and_takes_a_typed_path(store, tmp_path):
+    start = tmp_path / "a" / "b"
+    start.mkdir(parents=True)
+    image = write_png(tmp_path / "elsewhere" / "dog.png")
+    from tui.screens.concept import ConceptScreen
+
+    app = MtpApp(store)
+    async with app.run_test(size=SIZE) as pilot:
+        app.push_screen(ConceptScreen(start_dir=start))
+        await wait_for(pilot, lambda: name(app) == "ConceptScreen")
+        screen = app.screen
+        await pilot.press("ctrl+g")
+        await wait_for(pilot, lambda: screen.query_one("#tree").path == tmp_path / "a", what="one folder up")
+        await pilot.press("ctrl+l")
+        await pilot.press("ctrl+a", "ctrl+k")  # empty the path field, then type a folder
+        await pilot.press(*str(image.parent), "enter")
+        await wait_for(pilot, lambda: screen.query_one("#tree").path == image.parent, what="typed folder")
+        screen.query_one("#tree-path").value = str(image)
+        screen.query_one("#tree-path").focus()
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: screen.images == [image], what="typed image added")
+
+
+async def test_results_picks_its_experiment_by_name(store):
+    first = seed_experiment(store, name="first")
+    second = seed_experiment(store, name="second")
+    app = MtpApp(store)
+    app.experiment_id = first.id
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("f7")
+        await wait_for(pilot, lambda: name(app) == "ResultsScreen")
+        results = app.screen
+        await pilot.press("o")
+        await wait_for(pilot, lambda: name(app) == "PickScreen", what="experiment picker")
+        picker = app.screen
+        picker.query_one("OptionList").highlighted = [v for v, _ in picker.items].index(str(second.id))
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: app.screen is results and results.experiment_id == second.id)
+        assert app.experiment_id == second.id

@@ -46,7 +46,7 @@ class ConceptScreen(StoreScreen):
         yield Header()
         with Horizontal(id="concept-body"):
             with Vertical(id="concept-tree"):
-                yield Label("Files (enter adds an image; ctrl+u: up; ctrl+l: type a path)", classes="field-label")
+                yield Label("Files (enter adds an image; ctrl+g: folder up; ctrl+l: type a path)", classes="field-label")
                 yield Input(str(self.start_dir), placeholder="a folder to browse or an image to add",
                             id="tree-path", compact=True)
                 yield DirectoryTree(str(self.start_dir), id="tree")
