@@ -44,7 +44,11 @@ def main(argv: list[str] | None = None) -> int:
     from store.queries import InputError
 
     # The demo lives in its own folder so it never mixes with real work.
-    home = demo_home(args.home) if args.use_demo or getattr(args, "uses_demo_home", False) else args.home
+    # (`mtp engine start --demo` too: like `mtp-engine --demo`, it serves the demo folder.)
+    demo = args.use_demo or getattr(args, "uses_demo_home", False) or (
+        args.command == "engine" and getattr(args, "demo", False))
+    args.use_demo = demo
+    home = demo_home(args.home) if demo else args.home
     try:
         store = open_store(home)
     except SchemaTooNew as exc:
