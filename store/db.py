@@ -19,7 +19,7 @@ from . import models  # noqa: F401  (registers the tables)
 from .models import Meta
 from .paths import Home
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 BUSY_TIMEOUT_MS = 30_000
 
 # Screens showing runs poll this meta row and reload only when it moved. It is bumped in the
@@ -66,7 +66,12 @@ def _watch_writes(engine: Engine) -> None:
 
 
 # Each migration upgrades from version N-1 to N; keep them additive so no data is lost.
-MIGRATIONS: dict[int, list[str]] = {}
+MIGRATIONS: dict[int, list[str]] = {
+    2: [
+        # issue 13: the runs browser counts marked runs on every page load
+        "CREATE INDEX IF NOT EXISTS ix_run_marked ON run (marked)",
+    ],
+}
 
 
 class Store:

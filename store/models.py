@@ -80,6 +80,8 @@ class Run(SQLModel, table=True):
     __table_args__ = (
         Index("ix_run_exp_status", "experiment_id", "status"),
         Index("ix_run_queue", "status", "priority", "group_key", "id"),
+        # The runs browser counts the marked runs on every page (bulk actions act on them).
+        Index("ix_run_marked", "marked"),
     )
 
     id: Optional[int] = Field(default=None, primary_key=True)
