@@ -39,6 +39,7 @@ class MtpApp(App):
         # The sweep builder's unsaved form, kept when the screen is left (Esc, F-keys) so a
         # half-built sweep is never thrown away; cleared once it is queued or cleared by hand.
         self.sweep_draft: dict | None = None
+        self.concept_draft: dict | None = None  # the same for the concept editor
 
     def on_mount(self) -> None:
         # Textual, SQLAlchemy and pydantic leave ~1M long-lived objects; without freezing them

@@ -164,3 +164,27 @@ async def test_results_picks_its_experiment_by_name(store):
         await pilot.press("enter")
         await wait_for(pilot, lambda: app.screen is results and results.experiment_id == second.id)
         assert app.experiment_id == second.id
+
+
+async def test_concept_form_survives_escape_until_saved(store, tmp_path):
+    image = write_png(tmp_path / "dog.png")
+    model = store.home.models / "local-sd"
+    model.mkdir(parents=True)
+    app = MtpApp(store)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("c")
+        await wait_for(pilot, lambda: name(app) == "ConceptScreen")
+        screen = app.screen
+        screen.query_one("#input-name").value = "corgi"
+        screen.query_one("#input-base_model").value = str(model)
+        screen.add_image(image)
+        await wait_for(pilot, lambda: (app.concept_draft or {}).get("images") == [image], what="draft kept")
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: name(app) == "HomeScreen")
+        await pilot.press("c")
+        await wait_for(pilot, lambda: name(app) == "ConceptScreen" and app.screen is not screen)
+        again = app.screen
+        assert again.query_one("#input-name").value == "corgi" and again.images == [image]
+        await pilot.press("ctrl+s")
+        await wait_for(pilot, lambda: again.concept_id is not None, what="saved")
+        await wait_for(pilot, lambda: app.concept_draft is None, what="draft dropped once saved")

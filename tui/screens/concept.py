@@ -68,8 +68,38 @@ class ConceptScreen(StoreScreen):
 
     def on_mount(self) -> None:
         self.query_one("#input-name", Input).focus()
-        if self.concept_id is not None:
+        draft = self.app.concept_draft
+        if draft is not None and draft["concept_id"] == self.concept_id:
+            self._restore(draft)
+        elif self.concept_id is not None:
             self._load(self.concept_id)
+        self._ready = True
+
+    # ------------------------------------------------------------------ the unsaved form
+    def _snapshot(self) -> dict:
+        return {"concept_id": self.concept_id, "fields": {f.field_name: f.value for f in self.query(Field)},
+                "weights_kind": self.query_one("#weights_kind", Select).value, "images": list(self.images)}
+
+    def _restore(self, draft: dict) -> None:
+        fields = fields_by_name(self)
+        for name, value in draft["fields"].items():
+            if name in fields:
+                fields[name].value = value
+        self.query_one("#weights_kind", Select).value = draft["weights_kind"]
+        for path in draft["images"]:
+            self._add_thumb(path)
+        self.query_one("#concept-status", Static).update("your unsaved concept is back")
+
+    def _keep_draft(self) -> None:
+        # Kept until saved, so leaving the editor (Esc, F-keys) never throws typing away.
+        if getattr(self, "_ready", False):
+            snap = self._snapshot()
+            self.app.concept_draft = None if snap == getattr(self, "_saved", None) else snap
+
+    @on(Input.Changed)
+    @on(Select.Changed)
+    def _form_changed(self, _event) -> None:
+        self._keep_draft()
 
     @work(thread=True)
     def _load(self, concept_id: int) -> None:
@@ -149,6 +179,7 @@ class ConceptScreen(StoreScreen):
             status.update(Text(f"{message.path.name} is already in the list"))
             return
         self._add_thumb(message.path)
+        self._keep_draft()
         status.update(f"[green]added {escape(message.path.name)}[/] ({len(self.images)} images)")
 
     def _add_thumb(self, path: Path) -> None:
@@ -169,6 +200,7 @@ class ConceptScreen(StoreScreen):
             return
         self.images.pop(index)
         thumbs[index].remove()
+        self._keep_draft()
 
     # ------------------------------------------------------------------ model check and save
     @on(Input.Changed, "#input-base_model")
@@ -220,10 +252,14 @@ class ConceptScreen(StoreScreen):
             status.update("[red]that concept no longer exists[/]")
             return
         self.concept_id = concept.id
+        if not message.loaded:
+            self.app.concept_draft = None  # saved: nothing left to keep
         self._fill(concept)
+        self._saved = self._snapshot()  # what the database holds: not a draft
         verb = "editing" if message.loaded else "[green]saved[/]"
         status.update(f"{verb} concept #{concept.id} {escape(repr(concept.name))}")
 
     def action_next_concept(self) -> None:
         """Start a fresh concept (the saved one stays in the list on Home)."""
+        self.app.concept_draft = None
         self.app.switch_screen(ConceptScreen(start_dir=self.start_dir))
