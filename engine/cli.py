@@ -126,7 +126,12 @@ def main(argv: list[str] | None = None) -> int:
 
     from .launch import DeviceLock, EngineAlreadyRunning, log_path
 
-    home = Home.resolve(args.home)
+    if args.demo:
+        from store.paths import demo_home
+
+        home = Home.resolve(demo_home(args.home))
+    else:
+        home = Home.resolve(args.home)
     fake = (args.backend or os.environ.get(BACKEND_ENV, "") or "diffusers") == "fake"
     device = args.device or ("cpu" if fake else _default_device())
     try:
@@ -198,6 +203,8 @@ def _serve(args, home, device: str, fake: bool, ready=lambda: None) -> int:
         from .backends.diffusion import PipelineBackend
 
         backend = PipelineBackend(device, home=home)
+        if scorer is not None:
+            scorer.backend = backend  # runs on a tiny model get the tiny offline scorer
     config = WorkerConfig(device=device, max_batch=max(1, args.max_batch), poll_s=args.poll, once=args.once,
                           heartbeat_s=args.heartbeat, stale_after_s=args.stale_after,
                           max_attempts=args.max_attempts)
@@ -238,11 +245,15 @@ def _serve(args, home, device: str, fake: bool, ready=lambda: None) -> int:
 class LazyScorer:
     """engine.scoring's Scorer for the engine: ``load()`` at start (engine.cli checks it there),
     then called per batch; scorers for other metric families (`mtp score --metric dreamsim`)
-    are built on first request and kept."""
+    are built on first request and kept. Runs on the offline tiny model are scored with the tiny
+    offline backbones even without --demo: their images are noise, and the real backbones may not
+    be downloadable on that machine."""
 
-    def __init__(self, home, demo: bool, device: str, families=("clip", "dino")):
+    def __init__(self, home, demo: bool, device: str, families=("clip", "dino"), backend=None):
         self.home, self.demo, self.device, self.families = home, demo, device, tuple(families)
+        self.backend = backend
         self._scorer = None
+        self._tiny_scorer = None
         self._extra: dict[tuple, object] = {}
 
     def load(self):
@@ -266,9 +277,21 @@ class LazyScorer:
             self._extra[want] = Scorer.for_home(self.home, demo=self.demo, device=self.device, families=want)
         return self._extra[want]
 
+    def _on_tiny_model(self) -> bool:
+        from store.sweep.spec import TINY_MODEL_NAMES, TINY_SDXL_MODEL_NAMES
+
+        key = getattr(self.backend, "key", None)
+        return key is not None and (key.model in TINY_MODEL_NAMES or key.model in TINY_SDXL_MODEL_NAMES)
+
     def __call__(self, images, texts, source, refs):
         # A load failure here (after a successful start check) reaches the worker, which keeps
         # the runs done with their images and records why they are not scored.
+        if not self.demo and self._on_tiny_model():
+            if self._tiny_scorer is None:
+                from .scoring import Scorer
+
+                self._tiny_scorer = Scorer.for_home(self.home, demo=True, device=self.device, families=self.families)
+            return self._tiny_scorer.score(images, texts, source, refs)
         return self.load().score(images, texts, source, refs)
 
 

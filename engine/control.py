@@ -12,8 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from store.sweep.grammar import SweepError, prompt_words, resolve_layer_set
-from store.sweep.spec import MASK_MODES, MASK_TIMINGS
+from store.sweep.grammar import SweepError, resolve_layer_set
+from store.sweep.spec import MASK_MODES, MASK_TIMINGS, mask_word_problem
 
 
 # MasaCtrl's defaults: start_step=4, start_layer=10 of SD1.x's 16 blocks, to the end.
@@ -66,7 +66,8 @@ class MaskSpec:
         except SweepError as exc:
             raise ControlError("mask_layers", exc.message) from None
 
-    def validate(self, blocks: Sequence[str], prompt: str | None = None) -> None:
+    def validate(self, blocks: Sequence[str], prompt: str | None = None, source_prompt: str | None = None) -> None:
+        """`prompt` is the target prompt; with `source_prompt` too, mask words must be in both."""
         if self.mode not in MASK_MODES:
             raise ControlError("mask_mode", f"{self.mode!r} is not one of {', '.join(MASK_MODES)}")
         if not self.enabled:
@@ -82,15 +83,10 @@ class MaskSpec:
         if self.mode == "image" and not self.image:
             raise ControlError("mask_image", "mask mode 'image' needs a mask image path")
         self.layer_indices(blocks)
-        if prompt is not None and self.mode == "auto":
-            known = set(prompt_words(prompt))
-            missing = [w for w in self.words if w.lower() not in known]
-            if missing:
-                raise ControlError(
-                    "mask_words",
-                    f"{', '.join(repr(w) for w in missing)} not in the prompt {prompt!r} "
-                    f"(mask words must be whole words of the target prompt)",
-                )
+        if prompt is not None and self.mode == "auto" and self.words:
+            problem = mask_word_problem(self.words, prompt, source_prompt)
+            if problem:
+                raise ControlError("mask_words", problem)
 
 
 @dataclass(frozen=True)
@@ -119,7 +115,8 @@ class ControlSpec:
         except SweepError as exc:
             raise ControlError("layers", exc.message) from None
 
-    def validate(self, num_steps: int, blocks: Sequence[str], prompt: str | None = None) -> None:
+    def validate(self, num_steps: int, blocks: Sequence[str], prompt: str | None = None,
+                 source_prompt: str | None = None) -> None:
         """Raise ControlError naming the first bad field; ``prompt`` is the target prompt."""
         if int(num_steps) < 1:
             raise ControlError("num_steps", f"num_steps {num_steps} must be at least 1")
@@ -142,7 +139,7 @@ class ControlSpec:
             )
         if not self.layer_indices(blocks):
             raise ControlError("layers", f"layer set {self.layers!r} selects no transformer block")
-        self.mask.validate(blocks, prompt)
+        self.mask.validate(blocks, prompt, source_prompt)
 
     @classmethod
     def from_fields(

@@ -297,7 +297,7 @@ class Worker:
             "mask_threshold", "mask_timing")})
         blocks = self.backend.blocks()
         if blocks:
-            spec.validate(run.num_steps, blocks, run.target_prompt)
+            spec.validate(run.num_steps, blocks, run.target_prompt, run.source_prompt)
         return spec
 
     def _run_chunk(self, source: SourceJob, chunk: list[TargetJob], by_id: dict[int, Run]) -> None:

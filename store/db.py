@@ -12,6 +12,7 @@ another id, or none, refuses to open (`WrongHome`) instead of writing images nob
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -32,6 +33,14 @@ HOME_ID_KEY = "home_id"
 HOME_PATH_KEY = "home_path"  # where the folder was when the id was written: a hint for messages
 # pg_advisory_xact_lock key for schema creation and migrations (any constant bigint; "mtp-schema").
 SCHEMA_LOCK_KEY = 0x6D74702D736368
+
+# Screens showing runs poll this meta row and reload only when it moved. It is bumped in the
+# same transaction as any write to these tables, so it works for every process and on any
+# database (SQLite's PRAGMA data_version only sees other connections, PostgreSQL has none).
+CHANGE_KEY = "change_counter"
+_WATCHED_TABLES = {"run", "score", "experiment", "concept"}
+_WRITE_RE = re.compile(r'^\s*(?:INSERT\s+(?:OR\s+\w+\s+)?INTO|UPDATE|DELETE\s+FROM)\s+"?(\w+)"?', re.I)
+_CHANGED = "mtp_changed"
 
 
 class SchemaTooNew(RuntimeError):
@@ -84,6 +93,14 @@ def _sqlite_engine(url: str) -> Engine:
     return engine
 
 
+def _watch_writes(engine: Engine) -> None:
+    @event.listens_for(engine, "before_cursor_execute")
+    def _note_write(conn, _cursor, statement, _params, _context, _executemany):
+        m = _WRITE_RE.match(statement)
+        if m and m.group(1).lower() in _WATCHED_TABLES:
+            conn.info[_CHANGED] = True
+
+
 @dataclass(frozen=True)
 class Only:
     """A migration statement for one SQL dialect ("postgresql", "sqlite") only."""
@@ -117,6 +134,8 @@ MIGRATIONS: dict[int, list[str | Only | AddColumn]] = {
         # enginesession and scorerequest are created by create_all below).
         AddColumn("run", "score_error", "TEXT"),
         AddColumn("run", "session_id", "INTEGER"),
+        # issue 13: the runs browser counts marked runs on every page load
+        "CREATE INDEX IF NOT EXISTS ix_run_marked ON run (marked)",
     ],
 }
 
@@ -136,6 +155,7 @@ class Store:
         self.is_sqlite = self.url.startswith("sqlite")
         self.engine = _sqlite_engine(self.url) if self.is_sqlite else _pg_engine(self.url)
         self._write_engine = self.engine.execution_options(sqlite_immediate=True) if self.is_sqlite else self.engine
+        _watch_writes(self.engine)
         try:
             self._migrate()
         except BaseException:
@@ -161,7 +181,12 @@ class Store:
         """A write transaction holding the write lock from its first statement; commits on exit."""
         with Session(self._write_engine, expire_on_commit=False) as s:
             try:
+                s.connection().info.pop(_CHANGED, None)
                 yield s
+                s.flush()  # ORM changes reach the database here, so the check below sees them
+                if s.connection().info.pop(_CHANGED, False):
+                    s.execute(text("UPDATE meta SET value = CAST(CAST(value AS INTEGER) + 1 AS VARCHAR) "
+                                   "WHERE key = :k"), {"k": CHANGE_KEY})
                 s.commit()
             except BaseException:
                 s.rollback()
@@ -202,6 +227,8 @@ class Store:
                 # New tables (never columns) can simply be created.
                 SQLModel.metadata.create_all(conn)
                 s.merge(Meta(key="schema_version", value=str(SCHEMA_VERSION)))
+            if s.get(Meta, CHANGE_KEY) is None:
+                s.add(Meta(key=CHANGE_KEY, value="0"))
             self._check_home(s)
 
     def _check_home(self, s: Session) -> None:
@@ -240,6 +267,12 @@ class Store:
             f"keeps its images in the folder with id {db_id}{where}: mount that folder and pass its path "
             f"with --home or $MTP_HOME, or use --db / $MTP_DB_URL of the database this folder belongs to"
         )
+
+    def change_token(self) -> str:
+        """Moves whenever runs, scores, experiments or concepts change (one indexed row read)."""
+        with self.engine.connect() as conn:
+            row = conn.execute(text("SELECT value FROM meta WHERE key = :k"), {"k": CHANGE_KEY}).first()
+        return row[0] if row else ""
 
     def schema_version(self) -> int:
         with self.session() as s:

@@ -9,7 +9,12 @@ from sqlmodel import select
 from .db import Store
 from .models import Concept, Experiment
 from .queries import save_concept, save_experiment
-from store.sweep.spec import ExperimentSpec
+from store.sweep.spec import TINY_MODEL_NAMES, TINY_SDXL_MODEL_NAMES, ExperimentSpec
+
+# A name, not a path: any engine resolves it to <its home>/models/tiny-sd and builds it there on
+# first use, with or without --demo (README's headless block relies on that).
+DEMO_MODEL = TINY_MODEL_NAMES[0]
+DEMO_SDXL_MODEL = TINY_SDXL_MODEL_NAMES[0]
 
 DEMO_CONCEPT = "demo-corgi"
 SDXL_DEMO = "demo: SDXL real-image inversion"
@@ -39,9 +44,9 @@ def _reference_images(folder: Path, count: int = 3, size: int = 64) -> list[Path
     return paths
 
 
-def demo_spec(home_model: Path, **axes: str) -> ExperimentSpec:
+def demo_spec(model: str = DEMO_MODEL, **axes: str) -> ExperimentSpec:
     spec = ExperimentSpec(
-        model=str(home_model),
+        model=str(model),
         source_prompt="a photo of a corgi",
         target_prompts=["a photo of a corgi on the beach", "a photo of a corgi jumping in the snow"],
         num_steps=10,
@@ -59,10 +64,10 @@ def demo_spec(home_model: Path, **axes: str) -> ExperimentSpec:
     return spec
 
 
-def sdxl_demo_spec(home_model: Path, source_image: Path) -> ExperimentSpec:
+def sdxl_demo_spec(source_image: Path) -> ExperimentSpec:
     """A real-image source on SDXL topology: the reference is DDIM-inverted at guidance 1 and 7.5."""
     return ExperimentSpec(
-        model=str(home_model),
+        model=DEMO_SDXL_MODEL,
         source_prompt="a photo of a corgi",
         source_image=str(source_image),
         invert=True,
@@ -88,7 +93,7 @@ def _ensure_sdxl_demo(store: Store, concept: Concept) -> None:
     source = store.home.root / "demo-refs" / "corgi-0.png"
     if not source.is_file():
         return
-    save_experiment(store, SDXL_DEMO, sdxl_demo_spec(store.home.demo_sdxl_model, source), concept.id,
+    save_experiment(store, SDXL_DEMO, sdxl_demo_spec(source), concept.id,
                     queue=False, tags="demo",
                     notes="Tiny SDXL-topology model (70 blocks, two text encoders); the source is the "
                           "first reference image inverted at inversion guidance 1 and 7.5 (draft).")
@@ -103,12 +108,12 @@ def seed_demo(store: Store) -> tuple[Concept, Experiment]:
             if exp is not None:
                 _ensure_sdxl_demo(store, concept)
                 return concept, exp
-    model = store.home.demo_model
+    model = DEMO_MODEL
     if concept is None:
         refs = _reference_images(store.home.root / "demo-refs")
         concept = save_concept(
             store, DEMO_CONCEPT, token="corgi", class_word="dog", ref_images=refs,
-            base_model=str(model), notes="Demo concept on the random tiny model.", check_model=False,
+            base_model=model, notes="Demo concept on the random tiny model.",
         )
     exp = save_experiment(store, "demo: final step", demo_spec(model), concept.id, queue=True,
                           tags="demo", notes="The seed's final-step sweep, on the tiny model.")

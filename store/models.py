@@ -27,7 +27,8 @@ class ExperimentStatus:
     DRAFT = "draft"
     QUEUED = "queued"  # has runs that are not finished
     DONE = "done"
-    ALL = (DRAFT, QUEUED, DONE)
+    ARCHIVED = "archived"  # hidden from Home and the queue; runs and artifacts kept
+    ALL = (DRAFT, QUEUED, DONE, ARCHIVED)
 
 
 WEIGHT_KINDS = ("none", "custom_diffusion", "textual_inversion", "lora", "full")
@@ -79,6 +80,8 @@ class Run(SQLModel, table=True):
     __table_args__ = (
         Index("ix_run_exp_status", "experiment_id", "status"),
         Index("ix_run_queue", "status", "priority", "group_key", "id"),
+        # The runs browser counts the marked runs on every page (bulk actions act on them).
+        Index("ix_run_marked", "marked"),
     )
 
     id: Optional[int] = Field(default=None, primary_key=True)

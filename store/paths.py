@@ -17,6 +17,13 @@ def default_home() -> Path:
     return Path(platformdirs.user_data_dir("mtp", appauthor=False))
 
 
+def demo_home(home: str | os.PathLike | None = None) -> Path:
+    """The demo's data folder: `home` when given explicitly, else `<default home>/demo`, so the
+    demo never mixes with real work. `mtp demo`, `mtp --demo`, `mtp-tui --demo` and
+    `mtp-engine --demo` all resolve it here."""
+    return Path(home).expanduser() if home else default_home() / "demo"
+
+
 @dataclass(frozen=True)
 class Home:
     """Every path inside the data folder; build paths here, never by hand elsewhere."""

@@ -41,12 +41,11 @@ def check_image(path: str | Path) -> None:
 # ------------------------------------------------------------------ concepts
 def check_model_ref(model: str) -> None:
     """A local-looking model reference must exist; a hub id is checked when the engine loads it."""
-    m = (model or "").strip()
-    if not m:
-        raise InputError("base model: needs a hub id (org/name) or a local folder")
-    looks_local = m.startswith(("/", ".", "~")) or Path(m).expanduser().exists() or m.count("/") != 1
-    if looks_local and not Path(m).expanduser().is_dir():
-        raise InputError(f"base model: folder {m} does not exist")
+    from store.sweep.spec import model_problem
+
+    problem = model_problem(model)
+    if problem:
+        raise InputError(f"base model: {problem}")
 
 
 def save_concept(
@@ -205,6 +204,60 @@ def duplicate_experiment(store: Store, experiment_id: int, name: str | None = No
                            tags=exp.tags, notes=exp.notes, priority=exp.priority)
 
 
+def delete_experiment(store: Store, experiment_id: int) -> int:
+    """Delete an experiment with its runs, scores and artifact folders; returns the runs removed.
+
+    Refused while an engine holds one of its runs (it would write into a folder being removed):
+    cancel first, then delete once the engine let go."""
+    from .models import RunStatus
+
+    with store.write() as s:
+        exp = s.get(Experiment, experiment_id)
+        if exp is None:
+            raise InputError(f"experiment {experiment_id} does not exist")
+        running = s.exec(select(func.count()).select_from(Run).where(
+            Run.experiment_id == experiment_id, Run.status == RunStatus.RUNNING)).one()
+        if running:
+            raise InputError(f"experiment {exp.name!r} has {running} running run(s): cancel it and wait for "
+                             f"the engine to stop them, then delete")
+        run_ids = list(s.exec(select(Run.id).where(Run.experiment_id == experiment_id)))
+        for chunk in range(0, len(run_ids), 900):  # stay under SQLite's bound-parameter limit
+            ids = run_ids[chunk:chunk + 900]
+            s.execute(Score.__table__.delete().where(col(Score.run_id).in_(ids)))
+        s.execute(Run.__table__.delete().where(Run.experiment_id == experiment_id))
+        s.delete(exp)
+    # Files go after the commit: a failed transaction never leaves rows without their images.
+    for run_id in run_ids:
+        shutil.rmtree(store.home.run_dir(run_id), ignore_errors=True)
+    return len(run_ids)
+
+
+def archive_experiment(store: Store, experiment_id: int, archived: bool = True) -> Experiment:
+    """Hide an experiment from Home and the queue (queued runs are cancelled); runs, scores and
+    artifacts stay, and `archived=False` brings it back."""
+    from .models import RunStatus
+
+    with store.write() as s:
+        exp = s.get(Experiment, experiment_id)
+        if exp is None:
+            raise InputError(f"experiment {experiment_id} does not exist")
+        if archived:
+            running = s.exec(select(func.count()).select_from(Run).where(
+                Run.experiment_id == experiment_id, Run.status == RunStatus.RUNNING)).one()
+            if running:
+                raise InputError(f"experiment {exp.name!r} has {running} running run(s): cancel it first")
+            s.execute(Run.__table__.update().where(Run.experiment_id == experiment_id,
+                                                   Run.status == RunStatus.QUEUED)
+                      .values(status=RunStatus.CANCELLED, finished_at=utcnow()))
+            exp.status = ExperimentStatus.ARCHIVED
+        elif exp.status == ExperimentStatus.ARCHIVED:
+            has_runs = s.exec(select(func.count()).select_from(Run).where(Run.experiment_id == experiment_id)).one()
+            exp.status = ExperimentStatus.DONE if has_runs else ExperimentStatus.DRAFT
+        exp.updated_at = utcnow()
+        s.add(exp)
+    return exp
+
+
 def get_experiment(store: Store, experiment_id: int) -> Experiment | None:
     with store.session() as s:
         return s.get(Experiment, experiment_id)
@@ -226,6 +279,23 @@ class ExperimentRow:
     counts: dict[str, int]
 
     @property
+    def state(self) -> str:
+        """What the experiment is doing now, from its runs: draft, archived, running, queued,
+        done, partial (finished with some failed or cancelled), failed or cancelled."""
+        e, c = self.experiment, self.counts
+        if e.status in (ExperimentStatus.DRAFT, ExperimentStatus.ARCHIVED) or not self.total:
+            return e.status
+        if c.get(RunStatus.RUNNING):
+            return "running"
+        if c.get(RunStatus.QUEUED):
+            return "queued"
+        if self.done == self.total:
+            return "done"
+        if self.done:
+            return "partial"
+        return "cancelled" if c.get(RunStatus.CANCELLED, 0) == self.total else "failed"
+
+    @property
     def total(self) -> int:
         return sum(self.counts.values())
 
@@ -238,9 +308,12 @@ class ExperimentRow:
         return self.counts.get(RunStatus.FAILED, 0)
 
 
-def list_experiments(store: Store) -> list[ExperimentRow]:
+def list_experiments(store: Store, include_archived: bool = False) -> list[ExperimentRow]:
     with store.session() as s:
-        exps = list(s.exec(select(Experiment).order_by(col(Experiment.updated_at).desc())))
+        q = select(Experiment).order_by(col(Experiment.updated_at).desc())
+        if not include_archived:
+            q = q.where(Experiment.status != ExperimentStatus.ARCHIVED)
+        exps = list(s.exec(q))
         counts: dict[int, dict[str, int]] = {}
         for exp_id, status, n in s.exec(
             select(Run.experiment_id, Run.status, func.count()).group_by(Run.experiment_id, Run.status)
@@ -322,6 +395,22 @@ def list_runs(
         total = s.exec(select(func.count()).select_from(Run).where(where)).one()
         rows = list(s.exec(select(Run).where(where).order_by(*order_by).offset(offset).limit(limit)))
     return rows, total
+
+
+def run_ids(store: Store, filt: RunFilter) -> list[int]:
+    """Every run id the filter selects, in id order (bulk actions on a marked set)."""
+    with store.session() as s:
+        return list(s.exec(select(Run.id).where(_filter_clause(filt)).order_by(col(Run.id))))
+
+
+def counts_by_run_status(store: Store, ids: Sequence[int]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    with store.session() as s:
+        for i in range(0, len(ids), 900):  # SQLite's bound-parameter limit
+            q = select(Run.status, func.count()).where(col(Run.id).in_(list(ids[i:i + 900]))).group_by(Run.status)
+            for status, n in s.exec(q):
+                out[status] = out.get(status, 0) + n
+    return out
 
 
 def get_run(store: Store, run_id: int) -> Run | None:

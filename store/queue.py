@@ -68,7 +68,7 @@ def _refresh_experiments(session, experiment_ids: Iterable[int]) -> None:
     ))
     now = utcnow()
     for exp in session.exec(select(Experiment).where(col(Experiment.id).in_(ids))):
-        if exp.status == ExperimentStatus.DRAFT:
+        if exp.status in (ExperimentStatus.DRAFT, ExperimentStatus.ARCHIVED):
             continue
         new = ExperimentStatus.QUEUED if exp.id in open_ids else ExperimentStatus.DONE
         if exp.status != new:

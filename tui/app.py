@@ -37,6 +37,10 @@ class MtpApp(App):
         self.demo = demo
         # Which experiment the results/export/runs screens are about; Home's cursor sets it.
         self.experiment_id: int | None = None
+        # The sweep builder's unsaved form, kept when the screen is left (Esc, F-keys) so a
+        # half-built sweep is never thrown away; cleared once it is queued or cleared by hand.
+        self.sweep_draft: dict | None = None
+        self.concept_draft: dict | None = None  # the same for the concept editor
 
     def on_mount(self) -> None:
         # Textual, SQLAlchemy and pydantic leave ~1M long-lived objects; without freezing them
@@ -63,6 +67,24 @@ class MtpApp(App):
         from .screens.home import HomeScreen
 
         return HomeScreen()
+
+    # ------------------------------------------------------------------ keys
+    async def _check_bindings(self, key: str, priority: bool = False) -> bool:
+        # A letter typed while a form field (checkbox, select, button, input) has focus belongs
+        # to the form: "r" on the baseline checkbox must not throw a filled sweep away.
+        if not priority and keymap.is_character_key(key) and in_form(self.focused):
+            return False
+        return await super()._check_bindings(key, priority)
+
+    def confirm(self, question: str, on_yes, yes: str = "yes") -> None:
+        """Ask before anything destructive; `on_yes()` runs only after y/enter."""
+        from .screens.confirm import ConfirmScreen
+
+        def done(answer: bool | None) -> None:
+            if answer:
+                on_yes()
+
+        self.push_screen(ConfirmScreen(question, yes=yes), done)
 
     # ------------------------------------------------------------------ navigation
     def make_screen(self, name: str, **kwargs):
@@ -185,6 +207,16 @@ def where_label(store) -> str:
     return f"{db} · data {store.home.root}"
 
 
+def in_form(widget) -> bool:
+    """Is `widget` a form control (or inside one, like a Select's list)?"""
+    if widget is None:
+        return False
+    from textual.widgets import Button, Checkbox, Input, RadioButton, RadioSet, Select, Switch, TextArea
+
+    kinds = (Input, TextArea, Checkbox, Select, Button, RadioButton, RadioSet, Switch)
+    return isinstance(widget, kinds) or any(isinstance(a, kinds) for a in widget.ancestors)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mtp-tui",
@@ -201,10 +233,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def open_store(home: str | None, demo: bool):
     from store.db import Store
-    from store.paths import Home, default_home
+    from store.paths import Home, demo_home
 
-    if demo and not home:
-        home = default_home() / "demo"
+    if demo:
+        home = demo_home(home)
     store = Store(Home.resolve(home))
     if demo:
         from sqlmodel import select

@@ -25,24 +25,28 @@ class Key:
 KEYMAP: dict[str, list[Key]] = {
     "app": [
         Key("app.help", "f1,question_mark", "help", "Help"),
-        Key("app.home", "h,f2", "open('home')", "Home"),
-        Key("app.concept", "c,f3", "open('concept')", "Concept"),
-        Key("app.sweep", "n,f4", "open('sweep')", "Sweep"),
-        Key("app.runs", "r,f6", "open('runs')", "Runs"),
-        Key("app.results", "e,f7", "open('results')", "Results"),
-        Key("app.export", "x,f8", "open('export')", "Export"),
-        Key("app.back", "escape", "back", "Back"),
+        # Screens by F-key everywhere; their letters only where no form field has focus.
+        # Hidden from the footer (F1 lists them) so each screen's own keys fit 80 columns.
+        Key("app.home", "h,f2", "open('home')", "Home", show=False),
+        Key("app.concept", "c,f3", "open('concept')", "Concept", show=False),
+        Key("app.sweep", "n,f4", "open('sweep')", "Sweep", show=False),
+        Key("app.runs", "r,f6", "open('runs')", "Runs", show=False),
+        Key("app.results", "e,f7", "open('results')", "Results", show=False),
+        Key("app.export", "x,f8", "open('export')", "Export", show=False),
+        Key("app.back", "escape", "back", "Back", show=False),
         Key("app.quit", "ctrl+q", "quit", "Quit", show=False, priority=True),
     ],
     "home": [
         Key("home.pause", "p", "toggle_pause", "Pause"),
         Key("home.start_engine", "S", "start_engine", "Engine+"),
-        Key("home.stop_engine", "T", "stop_engine", "Engine-"),
+        Key("home.stop_engine", "T", "stop_engine", "Engine-", show=False),
         Key("home.open", "enter", "open_experiment", "Open runs", show=False),
         Key("home.edit", "E", "edit_experiment", "Edit"),
         Key("home.queue", "Q", "queue_experiment", "Queue"),
-        Key("home.requeue", "R", "requeue_experiment", "Requeue"),
+        Key("home.requeue", "R", "requeue_experiment", "Requeue", show=False),
         Key("home.cancel", "X", "cancel_experiment", "Cancel"),
+        Key("home.delete", "D", "delete_experiment", "Delete"),
+        Key("home.archive", "A", "archive_experiment", "Archive", show=False),
         Key("home.refresh", "f5", "refresh", "Refresh", show=False),
         Key("home.down", "j", "cursor_down", "Down", show=False),
         Key("home.up", "k", "cursor_up", "Up", show=False),
@@ -53,11 +57,14 @@ KEYMAP: dict[str, list[Key]] = {
         Key("concept.save", "ctrl+s", "save", "Save"),
         Key("concept.remove", "delete", "remove_image", "Remove"),
         Key("concept.next", "ctrl+n", "next_concept", "New"),
+        Key("concept.up", "ctrl+g", "tree_up", "Dir up"),
+        Key("concept.path", "ctrl+l", "type_path", "Path"),
     ],
     "sweep": [
         Key("sweep.save", "ctrl+s", "save_draft", "Save"),
         Key("sweep.queue", "ctrl+r", "queue", "Queue"),
         Key("sweep.preset", "ctrl+t", "next_preset", "Preset"),
+        Key("sweep.clear", "ctrl+n", "clear_form", "Clear"),
     ],
     "runs": [
         Key("runs.filter", "slash", "filter", "Filter"),
@@ -68,10 +75,12 @@ KEYMAP: dict[str, list[Key]] = {
         Key("runs.note", "N", "note", "Note"),
         Key("runs.requeue", "R", "requeue", "Requeue"),
         Key("runs.cancel", "X", "cancel", "Cancel"),
+        Key("runs.unmark", "U", "unmark_all", "Unmark", show=False),
         Key("runs.compare", "v", "compare", "Compare"),
         Key("runs.score", "S", "score", "Score"),
-        Key("runs.next_page", "greater_than_sign,pagedown", "page(1)", "Page>"),
-        Key("runs.prev_page", "less_than_sign,pageup", "page(-1)", "<Page"),
+        Key("runs.results", "e", "results", "Results", show=False),
+        Key("runs.next_page", "greater_than_sign,pagedown", "page(1)", "Page>", show=False),
+        Key("runs.prev_page", "less_than_sign,pageup", "page(-1)", "<Page", show=False),
         Key("runs.refresh", "f5", "refresh", "Refresh", show=False),
         Key("runs.down", "j", "cursor_down", "Down", show=False),
         Key("runs.up", "k", "cursor_up", "Up", show=False),
@@ -87,6 +96,7 @@ KEYMAP: dict[str, list[Key]] = {
     ],
     "results": [
         Key("results.axis", "a", "next_axis", "Axis"),
+        Key("results.experiment", "o", "pick_experiment", "Experiment"),
         Key("results.refresh", "f5", "refresh", "Refresh"),
         Key("results.score", "S", "score", "Score"),
         Key("results.down", "j", "cursor_down", "Down", show=False),
@@ -98,6 +108,15 @@ KEYMAP: dict[str, list[Key]] = {
         Key("export.go", "ctrl+s", "export", "Export"),
     ],
 }
+
+
+# Keys that type a character: in a form they belong to the field, never to navigation.
+CHARACTER_KEYS = {"question_mark", "left_square_bracket", "right_square_bracket", "slash",
+                  "greater_than_sign", "less_than_sign", "space"}
+
+
+def is_character_key(key: str) -> bool:
+    return len(key) == 1 or key in CHARACTER_KEYS
 
 
 def bindings(scope: str) -> list[Binding]:

@@ -23,18 +23,22 @@ class PipelineBackend:
         self.pipe = None
         self.key: LoadKey | None = None
         self._blocks: list[str] | None = None
+        # A model that could not be loaded stays unavailable for this engine session: without
+        # this every batch of its runs asked the hub again (retries took ~24 s per batch).
+        self._unavailable: dict[str, str] = {}
 
     def _resolve_model(self, model: str) -> str:
-        """The demo names (and the demo models' own folders) resolve under home/models, where the
-        tiny model is built on first use."""
+        """The tiny model names (and those models' own folders) resolve under home/models, where
+        the model is built on first use, with or without --demo."""
         if self.home is None:
             return model
         from engine.tiny import ensure_tiny_pipeline
         from engine.tiny_sdxl import ensure_tiny_sdxl_pipeline
+        from store.sweep.spec import TINY_MODEL_NAMES, TINY_SDXL_MODEL_NAMES
 
         for names, folder, ensure in (
-            (("tiny", "tiny-sd", "demo"), self.home.demo_model, ensure_tiny_pipeline),
-            (("tiny-sdxl", "demo-sdxl"), self.home.demo_sdxl_model, ensure_tiny_sdxl_pipeline),
+            (TINY_MODEL_NAMES, self.home.demo_model, ensure_tiny_pipeline),
+            (TINY_SDXL_MODEL_NAMES, self.home.demo_sdxl_model, ensure_tiny_sdxl_pipeline),
         ):
             if model in names or _same_path(model, folder):
                 return str(ensure(self.home.models))
@@ -49,10 +53,13 @@ class PipelineBackend:
         self.pipe, self.key, self._blocks = None, None, None
         self._free()
         base = key.weights_path if key.weights_kind == "full" and key.weights_path else key.model
+        if base in self._unavailable:
+            raise ModelUnavailable(self._unavailable[base])
         t0 = time.monotonic()
         try:
             pipe = load_pipeline(self._resolve_model(base), device=self.device, dtype=self.dtype)
         except ModelNotFound as exc:
+            self._unavailable[base] = f"{exc} (not retried until this engine restarts)"
             raise ModelUnavailable(str(exc)) from None
         if key.weights_kind not in ("none", "full", ""):
             if not key.weights_path or not Path(key.weights_path).exists():

@@ -13,6 +13,10 @@ from typing import Any
 from .grammar import Axis, SweepError, blocks_for_model, parse_values, prompt_words, resolve_layer_set
 
 DEFAULT_MODEL = "runwayml/stable-diffusion-v1-5"
+# The offline tiny model (engine/tiny.py), built by the engine under <home>/models on first use.
+# Offline tiny models any engine builds under <home>/models on first use (README, demo).
+TINY_MODEL_NAMES = ("tiny", "tiny-sd", "demo")
+TINY_SDXL_MODEL_NAMES = ("tiny-sdxl", "demo-sdxl")
 MASK_MODES = ("off", "auto", "image")
 MASK_TIMINGS = ("current", "previous")
 
@@ -89,9 +93,56 @@ def parse_axes(spec: ExperimentSpec) -> dict[str, list]:
     return {name: parse_values(axis, getattr(spec, name)) for name, axis in AXES.items()}
 
 
+def model_problem(model: str) -> str | None:
+    """Why `model` cannot be a base model, or None. A local-looking reference must be an existing
+    folder now; a hub id (org/name) is checked when an engine loads it. The sweep builder, the
+    concept editor, `mtp` and the engine all ask this one function."""
+    from pathlib import Path
+
+    m = (model or "").strip()
+    if not m:
+        return "needs a hub id (org/name) or a local folder"
+    if m in TINY_MODEL_NAMES or m in TINY_SDXL_MODEL_NAMES:
+        return None
+    # org/name (and a bare legacy name) is a hub id; anything path-like must be a folder here.
+    looks_local = m.startswith(("/", ".", "~")) or m.count("/") > 1 or "\\" in m
+    if Path(m).expanduser().exists() and not Path(m).expanduser().is_dir():
+        return f"{m} is a file, not a model folder"
+    if looks_local and not Path(m).expanduser().is_dir():
+        return f"folder {m} does not exist"
+    return None
+
+
+def mask_word_problem(words, target_prompt: str, source_prompt: str | None = None) -> str | None:
+    """Why these mask words cannot build a mask for this prompt pair, or None.
+
+    The mask is found from each word's cross-attention in the target and in the source, so every
+    word must be a whole word of both prompts (a source that is an inverted image still has its
+    prompt). One rule for the sweep builder, `mtp experiment create` and the engine."""
+    words = words.split() if isinstance(words, str) else list(words)
+    target = set(prompt_words(target_prompt))
+    missing = [w for w in words if w.lower() not in target]
+    if missing:
+        return (f"{', '.join(map(repr, missing))} not in the prompt {target_prompt!r} "
+                f"(mask words must be whole words of the target and the source prompt)")
+    if source_prompt is not None:
+        source = set(prompt_words(source_prompt))
+        missing = [w for w in words if w.lower() not in source]
+        if missing:
+            return (f"{', '.join(map(repr, missing))} not in the source prompt {source_prompt!r} "
+                    f"(mask words must be whole words of the target and the source prompt)")
+    return None
+
+
+def source_prompt_for(class_word: str) -> str:
+    """The source prompt a concept implies: its class word, so mask words like 'dog' match."""
+    return f"a photo of a {class_word.strip()}" if class_word and class_word.strip() else ""
+
+
 def validate_base(spec: ExperimentSpec) -> None:
-    if not spec.model or not spec.model.strip():
-        raise SweepError("model", spec.model or "", 0, "needs a hub id or a local folder")
+    problem = model_problem(spec.model)
+    if problem:
+        raise SweepError("model", spec.model or "", 0, problem)
     prompts = [p for p in spec.target_prompts if p.strip()]
     if not prompts:
         raise SweepError("target_prompts", "", 0, "needs at least one target prompt")
@@ -156,11 +207,10 @@ def expand(spec: ExperimentSpec, concept: Any | None = None) -> list[dict[str, A
         if words == "-" or not masks_on:
             continue
         for prompt in prompts:
-            known = prompt_words(prompt)
-            for w in words.split():
-                if w.lower() not in known:
-                    raise SweepError("mask_words", spec.mask_words, spec.mask_words.find(w),
-                                     f"word {w!r} is not in target prompt {prompt!r}")
+            problem = mask_word_problem(words, prompt, spec.source_prompt.strip())
+            if problem:
+                first = next(w for w in words.split() if repr(w) in problem)
+                raise SweepError("mask_words", spec.mask_words, spec.mask_words.find(first), problem)
 
     base = {
         "model": spec.model.strip(),

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 from sqlmodel import select
 
@@ -29,6 +30,16 @@ def make_exp(store, name="exp", model="fake-model", **kw) -> Experiment:
                 final_step="end", baseline=False)
     base.update(kw)
     return save_experiment(store, name, ExperimentSpec(**base), queue=True)
+
+
+def make_exp_model_gone(store, name, folder, **kw) -> Experiment:
+    """Queued while its model folder existed (the builder refuses a missing one), then removed."""
+    import shutil
+
+    folder.mkdir(parents=True)
+    exp = make_exp(store, name, model=str(folder), **kw)
+    shutil.rmtree(folder)
+    return exp
 
 
 def runs_of(store, exp_id=None) -> list[Run]:
@@ -101,7 +112,7 @@ def test_out_of_memory_at_batch_one_fails_with_a_clear_message(store):
 
 
 def test_missing_model_fails_its_runs_and_the_worker_goes_on(store):
-    bad = make_exp(store, "bad", model="/nowhere/missing-model", final_step="2,3")
+    bad = make_exp_model_gone(store, "bad", store.home.root / "nowhere" / "missing-model", final_step="2,3")
     good = make_exp(store, "good", model="model-ok")
     drain(store, FakeBackend())
     assert {r.status for r in runs_of(store, bad.id)} == {RunStatus.FAILED}
@@ -231,7 +242,7 @@ def test_two_workers_in_threads_run_each_of_sixty_runs_once(home):
 def test_real_tiny_pipeline_end_to_end(store, tiny_model_dir):
     ok = make_exp(store, "tiny", model=str(tiny_model_dir), num_steps=3, start_step="0", final_step="2,end",
                   mask_mode="off,auto", mask_threshold="0.5", baseline=True)
-    missing = make_exp(store, "missing", model=str(tiny_model_dir.parent / "no-such-model"), num_steps=3)
+    missing = make_exp_model_gone(store, "missing", tiny_model_dir.parent / "no-such-model", num_steps=3)
     from engine.cli import LazyScorer
 
     backend = PipelineBackend("cpu", home=store.home)
@@ -269,3 +280,32 @@ def test_unreadable_reference_image_leaves_the_run_done_and_not_scored(store, tm
     assert run.status == RunStatus.DONE and run.error is None
     assert (store.home.root / run.image_path).is_file()
     assert str(copied) in run.score_error and run.score_error.startswith("reference image")
+
+
+def test_a_model_that_failed_to_load_is_not_retried_in_the_same_session(store, monkeypatch):
+    """Each batch of an unloadable hub model used to ask the hub again (~24 s of retries)."""
+    import engine.pipeline as pipeline
+    from engine.backends.base import LoadKey, ModelUnavailable
+
+    calls = []
+
+    def failing_load(model, **_kw):
+        calls.append(model)
+        raise pipeline.ModelNotFound(f"model {model!r} is neither a local folder nor a reachable hub model")
+
+    monkeypatch.setattr(pipeline, "load_pipeline", failing_load)
+    backend = PipelineBackend("cpu", home=store.home)
+    for _ in range(3):
+        with pytest.raises(ModelUnavailable, match="neither a local folder"):
+            backend.load(LoadKey("org/unreachable"))
+    assert calls == ["org/unreachable"]
+
+
+def test_tiny_model_name_resolves_under_home_without_demo(store, monkeypatch):
+    """Demo experiments name the model "tiny": any engine finds (or builds) it in home/models."""
+    import engine.tiny as tiny
+
+    monkeypatch.setattr(tiny, "ensure_tiny_pipeline", lambda models: models / "tiny-sd")
+    backend = PipelineBackend("cpu", home=store.home)
+    assert backend._resolve_model("tiny") == str(store.home.models / "tiny-sd")
+    assert backend._resolve_model("org/model") == "org/model"

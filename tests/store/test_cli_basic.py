@@ -51,3 +51,63 @@ def test_bad_input_exits_2_with_the_field_and_writes_nothing(capsys, home):
     assert code == 2 and "no experiment 'nope'" in err
     code, _, err = run(capsys, "--home", str(home.root), "concept", "add", "m", "--model", "/no/such/folder")
     assert code == 2 and "/no/such/folder does not exist" in err
+
+
+def test_demo_writes_into_its_own_folder_and_mtp_demo_addresses_it(capsys, home):
+    code, out, _ = run(capsys, "demo")
+    assert code == 0 and str(home.root / "demo") in out
+    assert (home.root / "demo" / "mtp.db").is_file()
+    code, out, _ = run(capsys, "experiment", "list")
+    assert code == 0 and "demo" not in out  # the real data folder stays clean
+    code, out, _ = run(capsys, "--demo", "experiment", "list")
+    assert code == 0 and "demo: final step" in out
+
+
+def test_experiment_create_with_a_concept_uses_its_class_word_as_source(capsys, home):
+    from store.db import Store
+    from store.queries import experiment_by_ref
+    from store.sweep.spec import ExperimentSpec
+
+    run(capsys, "concept", "add", "corgi", "--token", "sks", "--class-word", "corgi", "--model", "org/model")
+    code, _, err = run(capsys, "experiment", "create", "fs", "--concept", "corgi", "--prompt",
+                       "a photo of sks corgi on the beach", "--mask-mode", "auto", "--mask-words", "corgi")
+    assert code == 0, err
+    store = Store(home)
+    try:
+        spec = ExperimentSpec.from_json(experiment_by_ref(store, "fs").spec_json)
+    finally:
+        store.close()
+    assert spec.source_prompt == "a photo of a corgi"
+    code, _, err = run(capsys, "experiment", "create", "bad", "--concept", "corgi", "--prompt",
+                       "a photo of sks corgi on the beach", "--mask-mode", "auto", "--mask-words", "beach")
+    assert code == 2 and "source prompt" in err
+
+
+def test_experiment_delete_and_archive(capsys, home):
+    run(capsys, "experiment", "create", "a", "--model", "org/model", "--queue")
+    run(capsys, "experiment", "create", "b", "--model", "org/model", "--queue")
+    code, _, err = run(capsys, "experiment", "delete", "a")  # stdin is not a terminal here
+    assert code == 2 and "--yes" in err
+    code, out, _ = run(capsys, "experiment", "delete", "a", "--yes")
+    assert code == 0 and "deleted" in out
+    code, out, _ = run(capsys, "experiment", "archive", "b")
+    assert code == 0 and "archived" in out
+    code, out, _ = run(capsys, "experiment", "list")
+    assert " a " not in out and " b " not in out
+    code, out, _ = run(capsys, "experiment", "list", "--archived")
+    assert "archived" in out and " a " not in out
+    code, out, _ = run(capsys, "experiment", "archive", "b", "--undo")
+    assert code == 0 and "done" in out
+
+
+def test_output_into_a_closed_pipe_is_not_a_traceback(home, tmp_path):
+    import subprocess
+    import sys
+
+    # 4000 runs print ~300 kB: far more than a pipe holds once `head` has gone.
+    subprocess.run([sys.executable, "-m", "tui.cli.main", "experiment", "create", "big", "--model", "org/m",
+                    "--seeds", "0-1999", "--queue"], check=True, capture_output=True)
+    res = subprocess.run(f"{sys.executable} -m tui.cli.main runs --limit 100000 | head -1",
+                         shell=True, capture_output=True, text=True)
+    assert res.returncode == 0
+    assert "Traceback" not in res.stderr and "BrokenPipe" not in res.stderr

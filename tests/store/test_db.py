@@ -92,3 +92,36 @@ def test_database_file_is_plain_sqlite(store):
     con = sqlite3.connect(store.home.db_path)
     assert ("schema_version", str(SCHEMA_VERSION)) in con.execute("select key, value from meta").fetchall()
     con.close()
+
+
+def test_change_token_moves_on_run_writes_from_any_connection_only(home):
+    """Screens poll this instead of reloading: it must move on every run/score/experiment
+    commit (other processes included) and stay put for heartbeats and flags."""
+    from store import queue
+    from store.db import Store
+    from store.queries import update_runs
+    from tests.tui import seed_experiment
+
+    app, engine = Store(home), Store(home)
+    try:
+        before = app.change_token()
+        exp = seed_experiment(engine)
+        after_queue = app.change_token()
+        assert after_queue != before
+        wid = queue.register_worker(engine, "cpu")
+        queue.heartbeat(engine, wid, status="idle")
+        queue.set_paused(engine, True)
+        queue.set_paused(engine, False)
+        assert app.change_token() == after_queue
+        (run,) = queue.claim_group(engine, wid, max_batch=1)
+        claimed = app.change_token()
+        assert claimed != after_queue
+        queue.complete_runs(engine, wid, [{"run_id": run.id, "scores": []}])
+        assert app.change_token() != claimed
+        done = app.change_token()
+        update_runs(app, [run.id], marked=True)
+        assert engine.change_token() != done
+        assert exp.id
+    finally:
+        app.close()
+        engine.close()

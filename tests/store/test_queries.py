@@ -139,3 +139,22 @@ def test_run_columns_hold_every_parameter(store):
     assert isinstance(run, Run)
     assert (run.mask_mode, run.mask_words, run.mask_threshold, run.layers) == ("auto", "dog", None, "decoder")
     assert (run.start_step, run.final_step, run.skip_interval, run.num_steps) == (4, 50, 1, 50)
+
+
+def test_experiment_state_says_what_its_runs_do():
+    """Home showed a running experiment as "queued" and a fully failed one as "done"."""
+    from store.models import Experiment
+    from store.queries import ExperimentRow
+
+    def state(status="queued", **counts):
+        return ExperimentRow(Experiment(name="x", status=status), counts).state
+
+    assert state(queued=3, running=1, done=2) == "running"
+    assert state(queued=3, done=2) == "queued"
+    assert state("done", done=4) == "done"
+    assert state("done", done=3, failed=1) == "partial"
+    assert state("done", failed=4) == "failed"
+    assert state("done", cancelled=4) == "cancelled"
+    assert state("done", failed=1, cancelled=3) == "failed"
+    assert state("draft") == "draft"
+    assert state("archived", done=4) == "archived"

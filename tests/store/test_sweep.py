@@ -50,7 +50,9 @@ def test_mask_axes_collapse_when_mask_is_off():
     (dict(layers="decoder,16"), "layers", "beyond this model's 16"),
     (dict(target_prompts=["  "]), "target_prompts", "at least one"),
     (dict(width=500), "width", "multiple of 8"),
-    (dict(mask_mode="auto", mask_words="cat"), "mask_words", "not in target prompt"),
+    (dict(mask_mode="auto", mask_words="cat"), "mask_words", "not in the prompt"),
+    (dict(mask_mode="auto", mask_words="beach"), "mask_words", "not in the source prompt"),
+    (dict(model="/no/such/model-folder"), "model", "does not exist"),
     (dict(skip_interval="0"), "skip_interval", "below the minimum"),
     (dict(seeds="a"), "seeds", "not a number"),
 ])
@@ -78,6 +80,27 @@ def test_spec_json_round_trip():
 
 def test_mask_words_match_like_the_engine_does():
     # "corgi," in the prompt is the word "corgi" for the sweep check and for the engine alike.
-    rows = expand(spec(target_prompts=["a corgi, on the beach"], mask_mode="auto", mask_words="corgi",
-                       seeds="0", baseline=False))
+    rows = expand(spec(target_prompts=["a corgi, on the beach"], source_prompt="a photo of a corgi.",
+                       mask_mode="auto", mask_words="corgi", seeds="0", baseline=False))
     assert rows and rows[0]["mask_words"] == "corgi"
+
+
+def test_mask_words_are_checked_against_source_and_target_by_one_rule():
+    """The builder, the CLI and the engine's ControlSpec refuse the same prompt pairs."""
+    from engine.control import ControlError, ControlSpec, MaskSpec
+    from store.sweep.grammar import blocks_for_model
+    from store.sweep.spec import mask_word_problem
+
+    ok = spec(source_prompt="a photo of a dog", target_prompts=["a dog on the beach"], mask_mode="auto",
+              mask_words="dog", seeds="0")
+    assert expand(ok)
+    control = ControlSpec(mask=MaskSpec(mode="auto", words=("beach",)))
+    blocks = blocks_for_model("")
+    with pytest.raises(SweepError) as info:
+        expand(spec(source_prompt="a photo of a dog", target_prompts=["a dog on the beach"], mask_mode="auto",
+                    mask_words="beach", seeds="0"))
+    with pytest.raises(ControlError) as cinfo:
+        control.validate(50, blocks, "a dog on the beach", "a photo of a dog")
+    assert info.value.message == cinfo.value.message
+    assert "source prompt" in info.value.message
+    assert mask_word_problem("dog", "a dog on the beach", "a photo of a dog") is None

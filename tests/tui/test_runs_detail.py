@@ -40,12 +40,14 @@ async def test_runs_browser_filter_sort_page(store):
         screen.set_sort("score:clip_t")  # again: ascending
         await wait_for(pilot, lambda: screen.runs[0].id == min(r.id for r in runs), what="ascending")
 
-        # Sort by the column under the cursor (final step), with `s`.
-        table = screen.query_one("DataTable")
-        from tui.screens.runs import COLUMNS
+        # Sort by a column picked by name with `s` (issue 13: no invisible column cursor).
+        from tui.screens.pick import PickScreen
 
-        table.move_cursor(row=0, column=[c[0] for c in COLUMNS].index("final_step"))
         await pilot.press("s")
+        await wait_for(pilot, lambda: isinstance(app.screen, PickScreen), what="sort picker")
+        picker = app.screen
+        picker.query_one("OptionList").highlighted = [v for v, _ in picker.items].index("final_step")
+        await pilot.press("enter")
         await wait_for(pilot, lambda: screen.sort == "final_step" and screen.runs[0].final_step == 0)
 
         # Mark and tag the row under the cursor.

@@ -12,8 +12,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("init", help="create the data folder and database, print where they are")
     p.set_defaults(func=cmd_init)
 
-    p = sub.add_parser("demo", help="add the demo concept and experiments (tiny random model)")
-    p.set_defaults(func=cmd_demo)
+    p = sub.add_parser("demo", help="add the demo concept and experiments (tiny random model) to the demo "
+                                    "data folder, <data folder>/demo (address it with mtp --demo ...)")
+    p.set_defaults(func=cmd_demo, uses_demo_home=True)
 
     concept = sub.add_parser("concept", help="concepts: a subject with reference images").add_subparsers(
         dest="concept_cmd", metavar="ACTION")
@@ -59,6 +60,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--priority", type=int, default=0)
     p.set_defaults(func=cmd_experiment_create)
     p = exp.add_parser("list", help="experiments with progress")
+    p.add_argument("--archived", action="store_true", help="include archived experiments")
     p.set_defaults(func=cmd_experiment_list)
     p = exp.add_parser("show", help="an experiment's spec and counts")
     p.add_argument("experiment")
@@ -70,6 +72,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("experiment")
     p.add_argument("--name")
     p.set_defaults(func=cmd_experiment_duplicate)
+    p = exp.add_parser("delete", help="delete an experiment with its runs, scores and artifact folders")
+    p.add_argument("experiment")
+    p.add_argument("--yes", action="store_true", help="do not ask (needed when stdin is not a terminal)")
+    p.set_defaults(func=cmd_experiment_delete)
+    p = exp.add_parser("archive", help="hide an experiment from Home and the queue, keeping its runs and files")
+    p.add_argument("experiment")
+    p.add_argument("--undo", action="store_true", help="bring an archived experiment back")
+    p.set_defaults(func=cmd_experiment_archive)
 
     p = sub.add_parser("runs", help="list runs (paged, filtered, sorted in SQL)")
     p.add_argument("experiment", nargs="?")
@@ -94,8 +104,11 @@ def cmd_demo(args, store) -> int:
 
     concept, exp = seed_demo(store)
     print(DEMO_BANNER)
+    print(f"demo data folder: {store.home.root}")
     print(f"concept {concept.name} (id {concept.id}); experiment {exp.name!r} (id {exp.id}, {exp.run_count} runs)")
-    print("start the engine with: mtp-engine --demo" + (f" --home {args.home}" if args.home else ""))
+    home = f" --home {args.home}" if args.home else ""
+    print(f"browse it with: mtp --demo{home} runs   or   mtp-tui --demo{home}")
+    print(f"run it with:    mtp-engine --demo{home} --once")
     return 0
 
 
@@ -142,10 +155,15 @@ def cmd_experiment_create(args, store) -> int:
     from store.queries import get_concept, save_experiment
     from store.sweep.spec import expand
 
+    from store.sweep.spec import source_prompt_for
+
     concept_id = _concept_id(store, args.concept)
     spec = ExperimentSpec()
     if concept_id:
-        spec.model = get_concept(store, concept_id).base_model
+        concept = get_concept(store, concept_id)
+        spec.model = concept.base_model
+        # Like the sweep builder: the source shows the concept's class, so mask words match it.
+        spec.source_prompt = source_prompt_for(concept.class_word) or spec.source_prompt
     if args.spec:
         with open(args.spec) as fh:
             spec = ExperimentSpec.from_json(json.load(fh))
@@ -187,9 +205,9 @@ def cmd_experiment_create(args, store) -> int:
 def cmd_experiment_list(args, store) -> int:
     from store.queries import list_experiments
 
-    for row in list_experiments(store):
+    for row in list_experiments(store, include_archived=args.archived):
         e = row.experiment
-        print(f"{e.id:>4}  {e.name:<32} {e.status:<7} {row.done}/{e.run_count} done, {row.failed} failed"
+        print(f"{e.id:>4}  {e.name:<32} {row.state:<9} {row.done}/{e.run_count} done, {row.failed} failed"
               f"  prio={e.priority} tags={e.tags}")
     return 0
 
@@ -217,6 +235,35 @@ def cmd_experiment_duplicate(args, store) -> int:
 
     exp = duplicate_experiment(store, _experiment(store, args.experiment).id, args.name)
     print(f"experiment {exp.id}: {exp.name} (draft)")
+    return 0
+
+
+def cmd_experiment_delete(args, store) -> int:
+    import sys
+
+    from store.queries import counts_by_status, delete_experiment
+
+    exp = _experiment(store, args.experiment)
+    n = sum(counts_by_status(store, exp.id).values())
+    if not args.yes:
+        if not sys.stdin.isatty():
+            print(f"mtp: deleting {exp.name!r} removes {n} runs and their files; pass --yes to confirm",
+                  file=sys.stderr)
+            return 2
+        answer = input(f"delete experiment {exp.id} {exp.name!r} with {n} runs, scores and images? [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            print("nothing deleted")
+            return 1
+    removed = delete_experiment(store, exp.id)
+    print(f"deleted experiment {exp.id} {exp.name!r} ({removed} runs)")
+    return 0
+
+
+def cmd_experiment_archive(args, store) -> int:
+    from store.queries import archive_experiment
+
+    exp = archive_experiment(store, _experiment(store, args.experiment).id, archived=not args.undo)
+    print(f"experiment {exp.id} {exp.name!r}: {exp.status}")
     return 0
 
 

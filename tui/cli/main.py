@@ -27,6 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--home", help="data folder (default: $MTP_HOME or the platform data dir)")
     parser.add_argument("--db", help="database URL, e.g. postgresql+psycopg://user@host/mtp "
                                      "(default: $MTP_DB_URL, else the SQLite file in the data folder)")
+    parser.add_argument("--demo", action="store_true", dest="use_demo",
+                        help="use the demo data folder (<data folder>/demo, where `mtp demo` writes)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
@@ -39,13 +41,25 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0 if args.command is None else 2
+    import os
+
     from store.db import SchemaTooNew, WrongHome, open_store, use_db_url
+    from store.paths import demo_home
     from store.sweep.grammar import SweepError
     from store.queries import InputError
 
+    # The demo lives in its own folder so it never mixes with real work.
+    # (`mtp engine start --demo` too: like `mtp-engine --demo`, it serves the demo folder.)
+    demo = args.use_demo or getattr(args, "uses_demo_home", False) or (
+        args.command == "engine" and getattr(args, "demo", False))
+    args.use_demo = demo
+    home = demo_home(args.home) if demo else args.home
+    if demo and not args.db:
+        # The demo keeps its own SQLite record in its own folder, and so do engines it starts.
+        os.environ.pop("MTP_DB_URL", None)
     use_db_url(args.db)
     try:
-        store = open_store(args.home)
+        store = open_store(home)
     except (SchemaTooNew, WrongHome) as exc:
         print(f"mtp: {exc}", file=sys.stderr)
         return 2
@@ -54,8 +68,23 @@ def main(argv: list[str] | None = None) -> int:
     except (InputError, SweepError) as exc:
         print(f"mtp: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # `mtp show 53 | head`: the reader left; that is not an error worth a traceback.
+        _silence_stdout()
+        return 0
     finally:
         store.close()
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush does not raise again."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 if __name__ == "__main__":  # pragma: no cover

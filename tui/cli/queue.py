@@ -41,7 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default=None, help="cuda:0, cpu, ... (start default: cpu; stop/status default: all)")
     p.add_argument("--devices", default=None,
                    help="start: one detached engine per device, e.g. cuda:0,cuda:1 or `all` (every GPU of this host)")
-    p.add_argument("--demo", action="store_true", help="use the offline tiny model")
+    p.add_argument("--demo", action="store_true", help="serve the demo data folder with the offline tiny model")
     p.add_argument("--max-batch", type=int, default=None)
     p.set_defaults(func=cmd_engine)
 
@@ -136,7 +136,7 @@ def cmd_engine(args, store) -> int:
         device = args.device or "cpu"
         extra = ["--max-batch", str(args.max_batch)] if args.max_batch else []
         try:
-            pid = start_engine(home, device=device, demo=args.demo, extra_args=extra)
+            pid = start_engine(home, device=device, demo=args.demo or args.use_demo, extra_args=extra)
         except EngineError as exc:
             print(f"mtp: {exc}", file=sys.stderr)
             return 1

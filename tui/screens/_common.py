@@ -3,15 +3,72 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
+from textual import work
+from textual.message import Message
 from textual.screen import Screen
+
+# Below this size side panes collapse and rows of fields stack (see app.tcss, `.narrow`).
+NARROW_WIDTH, SHORT_HEIGHT = 100, 30
+# How often screens that show runs ask the store whether anything changed (one row read).
+WATCH_S = 1.0
 
 
 class StoreScreen(Screen):
-    """A screen reading the app's store; subclasses fill their widgets from thread workers."""
+    """A screen reading the app's store; subclasses fill their widgets from thread workers.
+
+    A subclass that sets `live = True` gets `on_store_changed()` called whenever runs, scores
+    or experiments change in any process (engines included), found by polling the store's
+    change counter: a one-row read, so a screen reloads only when there is something new."""
+
+    live = False
+
+    class Changed(Message):
+        def __init__(self, token: str):
+            super().__init__()
+            self.token = token
 
     @property
     def store(self):
         return self.app.store
+
+    def on_mount(self) -> None:
+        self._change_token: str | None = None
+        if self.live:
+            try:  # the baseline, so a change between this screen's first load and the first tick counts
+                self._change_token = self.store.change_token()
+            except Exception:
+                pass
+            self.set_interval(WATCH_S, self._poll_changes)
+        self._apply_size(self.app.size)
+
+    def on_resize(self, event) -> None:
+        self._apply_size(event.size)
+
+    def _apply_size(self, size) -> None:
+        self.set_class(size.width < NARROW_WIDTH, "narrow")
+        self.set_class(size.height < SHORT_HEIGHT, "short")
+
+    def _poll_changes(self) -> None:
+        if self.is_current:
+            self._read_token()
+
+    @work(thread=True, exclusive=True, group="change-token")
+    def _read_token(self) -> None:
+        try:
+            token = self.store.change_token()
+        except Exception:  # a busy or vanished database: try again on the next tick
+            return
+        self.post_message(self.Changed(token))
+
+    def on_store_screen_changed(self, message: Changed) -> None:
+        first = self._change_token is None
+        changed = message.token != self._change_token
+        self._change_token = message.token
+        if changed and not first:
+            self.on_store_changed()
+
+    def on_store_changed(self) -> None:
+        """Reload what this screen shows; called only when the store changed."""
 
 
 def age(ts: datetime | None) -> str:

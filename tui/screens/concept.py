@@ -14,7 +14,7 @@ from textual.widgets import Button, DirectoryTree, Footer, Header, Input, Label,
 
 from .. import keymap
 from ..widgets.artifact_image import ArtifactImage
-from ..widgets.field import Field
+from ..widgets.field import Field, fields_by_name
 from ._common import StoreScreen
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
@@ -44,9 +44,11 @@ class ConceptScreen(StoreScreen):
         from store.sweep.spec import DEFAULT_MODEL
 
         yield Header()
-        with Horizontal():
+        with Horizontal(id="concept-body"):
             with Vertical(id="concept-tree"):
-                yield Label("Files (enter adds an image)", classes="field-label")
+                yield Label("Files (enter adds an image; ctrl+g: folder up; ctrl+l: type a path)", classes="field-label")
+                yield Input(str(self.start_dir), placeholder="a folder to browse or an image to add",
+                            id="tree-path", compact=True)
                 yield DirectoryTree(str(self.start_dir), id="tree")
             with VerticalScroll(id="concept-form"):
                 yield Field("name", "Name", placeholder="e.g. corgi")
@@ -62,12 +64,42 @@ class ConceptScreen(StoreScreen):
                 yield Horizontal(id="ref-images")
                 yield Static("", id="concept-status")
                 yield Button("Save concept (ctrl+s)", id="save", variant="primary")
-        yield Footer(compact=True)
+        yield Footer(compact=True, show_command_palette=False)
 
     def on_mount(self) -> None:
         self.query_one("#input-name", Input).focus()
-        if self.concept_id is not None:
+        draft = self.app.concept_draft
+        if draft is not None and draft["concept_id"] == self.concept_id:
+            self._restore(draft)
+        elif self.concept_id is not None:
             self._load(self.concept_id)
+        self._ready = True
+
+    # ------------------------------------------------------------------ the unsaved form
+    def _snapshot(self) -> dict:
+        return {"concept_id": self.concept_id, "fields": {f.field_name: f.value for f in self.query(Field)},
+                "weights_kind": self.query_one("#weights_kind", Select).value, "images": list(self.images)}
+
+    def _restore(self, draft: dict) -> None:
+        fields = fields_by_name(self)
+        for name, value in draft["fields"].items():
+            if name in fields:
+                fields[name].value = value
+        self.query_one("#weights_kind", Select).value = draft["weights_kind"]
+        for path in draft["images"]:
+            self._add_thumb(path)
+        self.query_one("#concept-status", Static).update("your unsaved concept is back")
+
+    def _keep_draft(self) -> None:
+        # Kept until saved, so leaving the editor (Esc, F-keys) never throws typing away.
+        if getattr(self, "_ready", False):
+            snap = self._snapshot()
+            self.app.concept_draft = None if snap == getattr(self, "_saved", None) else snap
+
+    @on(Input.Changed)
+    @on(Select.Changed)
+    def _form_changed(self, _event) -> None:
+        self._keep_draft()
 
     @work(thread=True)
     def _load(self, concept_id: int) -> None:
@@ -78,14 +110,45 @@ class ConceptScreen(StoreScreen):
     def _fill(self, concept) -> None:
         values = {"name": concept.name, "token": concept.token, "class_word": concept.class_word,
                   "base_model": concept.base_model, "weights": concept.weights_path or ""}
+        fields = fields_by_name(self)
         for name, value in values.items():
-            self.query_one(f"#field-{name}", Field).value = value
+            fields[name].value = value
         self.query_one("#weights_kind", Select).value = concept.weights_kind
         self.images = []
         self.query_one("#ref-images").remove_children()
         for rel in concept.ref_images:
             self._add_thumb(self.store.home.resolve_artifact(rel))
         self.sub_title = f"editing concept #{concept.id}"
+
+    # ------------------------------------------------------------------ browsing
+    def browse(self, folder: Path) -> None:
+        """Re-root the file tree (any folder, not only below the working directory)."""
+        folder = folder.expanduser().resolve()
+        self.start_dir = folder
+        self.query_one("#tree", DirectoryTree).path = folder
+        self.query_one("#tree-path", Input).value = str(folder)
+
+    def action_tree_up(self) -> None:
+        self.browse(self.start_dir.parent)
+
+    def action_type_path(self) -> None:
+        self.query_one("#tree-path", Input).focus()
+
+    @on(Input.Submitted, "#tree-path")
+    def _path_typed(self, event: Input.Submitted) -> None:
+        path = Path(event.value.strip()).expanduser()
+        status = self.query_one("#concept-status", Static)
+        if path.is_dir():
+            self.browse(path)
+            self.query_one("#tree", DirectoryTree).focus()
+        elif path.is_file():
+            self.add_image(path)
+        else:
+            status.update(Text(f"no such file or folder: {path}", style="red"))
+
+    @on(DirectoryTree.DirectorySelected)
+    def _dir_selected(self, event: DirectoryTree.DirectorySelected) -> None:
+        self.query_one("#tree-path", Input).value = str(event.path)
 
     # ------------------------------------------------------------------ images
     @on(DirectoryTree.FileSelected)
@@ -116,6 +179,7 @@ class ConceptScreen(StoreScreen):
             status.update(Text(f"{message.path.name} is already in the list"))
             return
         self._add_thumb(message.path)
+        self._keep_draft()
         status.update(f"[green]added {escape(message.path.name)}[/] ({len(self.images)} images)")
 
     def _add_thumb(self, path: Path) -> None:
@@ -136,6 +200,7 @@ class ConceptScreen(StoreScreen):
             return
         self.images.pop(index)
         thumbs[index].remove()
+        self._keep_draft()
 
     # ------------------------------------------------------------------ model check and save
     @on(Input.Changed, "#input-base_model")
@@ -177,8 +242,9 @@ class ConceptScreen(StoreScreen):
             text = str(message.error)
             prefix = text.split(":", 1)[0].strip()
             name = {"weights kind": "weights", "base model": "base_model"}.get(prefix, prefix)
-            if self.query(f"#field-{name}"):
-                self.query_one(f"#field-{name}", Field).show_error(message.error)
+            field = fields_by_name(self).get(name)
+            if field is not None:
+                field.show_error(message.error)
             status.update(f"[red]not saved: {escape(text)}[/]")
             return
         concept = message.concept
@@ -186,10 +252,14 @@ class ConceptScreen(StoreScreen):
             status.update("[red]that concept no longer exists[/]")
             return
         self.concept_id = concept.id
+        if not message.loaded:
+            self.app.concept_draft = None  # saved: nothing left to keep
         self._fill(concept)
+        self._saved = self._snapshot()  # what the database holds: not a draft
         verb = "editing" if message.loaded else "[green]saved[/]"
         status.update(f"{verb} concept #{concept.id} {escape(repr(concept.name))}")
 
     def action_next_concept(self) -> None:
         """Start a fresh concept (the saved one stays in the list on Home)."""
+        self.app.concept_draft = None
         self.app.switch_screen(ConceptScreen(start_dir=self.start_dir))

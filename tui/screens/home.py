@@ -93,7 +93,7 @@ class HomeScreen(StoreScreen):
         if self.app.demo:
             from store.demo import DEMO_BANNER
 
-            yield Static(DEMO_BANNER + "  Press S to start the demo engine.", id="demo-banner")
+            yield Static(DEMO_BANNER, id="demo-banner")
         yield Static("loading...", id="queue-status")
         from ..app import where_label
 
@@ -103,12 +103,12 @@ class HomeScreen(StoreScreen):
                 yield Static("Concepts  [dim](enter: edit, c: new)[/]", classes="pane-title")
                 yield DataTable(id="concepts", cursor_type="row", zebra_stripes=True)
             with Vertical(id="experiments-pane"):
-                yield Static("Experiments  [dim](enter: runs, e: results, E: edit/duplicate)[/]",
+                yield Static("Experiments  [dim](enter: runs, e: results, E: edit/duplicate, D: delete)[/]",
                              classes="pane-title")
                 yield DataTable(id="experiments", cursor_type="row", zebra_stripes=True)
         yield Static("Workers", classes="pane-title")
         yield DataTable(id="workers", cursor_type="row")
-        yield Footer(compact=True)
+        yield Footer(compact=True, show_command_palette=False)
 
     def on_mount(self) -> None:
         self.query_one("#concepts", DataTable).add_columns("id", "name", "token", "refs")
@@ -160,6 +160,12 @@ class HomeScreen(StoreScreen):
         parts.append(f"{queued} queued, {running} running")
         parts += [f"[yellow]{escape(n)}[/]" for n in data.notes]
         self.query_one("#queue-status", Static).update("  |  ".join(parts))
+        if self.app.demo:
+            from store.demo import DEMO_BANNER
+
+            hint = ("  The demo engine is running." if data.engines
+                    else "  Press S to start the demo engine.")
+            self.query_one("#demo-banner", Static).update(DEMO_BANNER + hint)
 
         self._fill("#concepts", [
             (str(c.id), (c.id, c.name, c.token, len(c.ref_images))) for c in data.concepts])
@@ -169,7 +175,7 @@ class HomeScreen(StoreScreen):
             best = data.best.get(e.id)
             best_txt = f"#{best[0]} {best[1]:.3f}, {best[2]:.3f}" if best else "-"
             total = r.total or e.run_count
-            rows.append((str(e.id), (e.id, e.name, e.status, f"{r.done}/{total}", r.failed or "",
+            rows.append((str(e.id), (e.id, e.name, r.state, f"{r.done}/{total}", r.failed or "",
                                      r.counts.get("running", 0) or "", best_txt, e.tags)))
         self._fill("#experiments", rows)
         wrows = []
@@ -314,8 +320,73 @@ class HomeScreen(StoreScreen):
     def action_requeue_experiment(self) -> None:
         self._queue_call("requeue", "re-queued {n} failed/cancelled runs")
 
+    def _selected_row(self):
+        exp_id = self._selected("#experiments")
+        rows = self.data.experiments if self.data else []
+        return next((r for r in rows if r.experiment.id == exp_id), None)
+
     def action_cancel_experiment(self) -> None:
-        self._queue_call("cancel_experiment", "cancelled {n} runs")
+        row = self._selected_row()
+        if row is None:
+            return
+        open_runs = row.counts.get("queued", 0) + row.counts.get("running", 0)
+        if not open_runs:
+            self.notify(escape(f"{row.experiment.name!r} has no queued or running runs"))
+            return
+
+        def cancel() -> None:
+            from store import queue
+
+            n = queue.cancel_experiment(self.store, row.experiment.id)
+            self.notify(f"cancelled {n['cancelled']} queued runs; {n['requested']} running runs stop after their step")
+            self.refresh_data()
+
+        self.app.confirm(f"Cancel experiment #{row.experiment.id} {row.experiment.name!r}?\n"
+                         f"{row.counts.get('queued', 0)} queued runs are cancelled now, "
+                         f"{row.counts.get('running', 0)} running runs stop after their current step.",
+                         cancel, yes="cancel them")
+
+    def action_delete_experiment(self) -> None:
+        row = self._selected_row()
+        if row is None:
+            return
+
+        def delete() -> None:
+            from store.queries import InputError, delete_experiment
+
+            try:
+                n = delete_experiment(self.store, row.experiment.id)
+            except InputError as exc:
+                self.notify(escape(str(exc)), severity="error", timeout=8)
+                return
+            self.notify(escape(f"deleted {row.experiment.name!r} and its {n} runs"))
+            self.refresh_data()
+
+        self.app.confirm(f"Delete experiment #{row.experiment.id} {row.experiment.name!r}?\n"
+                         f"Its {row.total} runs, their scores and their images are removed for good. "
+                         f"(A: archive hides it and keeps everything.)", delete, yes="delete")
+
+    def action_archive_experiment(self) -> None:
+        row = self._selected_row()
+        if row is None:
+            return
+
+        def archive() -> None:
+            from store.queries import InputError, archive_experiment
+
+            try:
+                archive_experiment(self.store, row.experiment.id)
+            except InputError as exc:
+                self.notify(escape(str(exc)), severity="error", timeout=8)
+                return
+            self.notify(escape(f"archived {row.experiment.name!r} (mtp experiment archive --undo brings it back)"))
+            self.refresh_data()
+
+        queued = row.counts.get("queued", 0)
+        self.app.confirm(f"Archive experiment #{row.experiment.id} {row.experiment.name!r}?\n"
+                         f"It leaves Home; runs, scores and images stay"
+                         + (f", and its {queued} queued runs are cancelled." if queued else "."),
+                         archive, yes="archive")
 
 
 def _default_device() -> str:

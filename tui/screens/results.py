@@ -39,12 +39,13 @@ def axes_for(spec_json: str) -> list[str]:
 
 class ResultsScreen(StoreScreen):
     BINDINGS = keymap.bindings("results")
+    live = True  # new scores regroup the table, the plot and the grid by themselves
 
     class Loaded(Message):
-        def __init__(self, experiment=None, axes=(), rows=(), grid=None, grid_note="", error="", by="", layout=None):
+        def __init__(self, experiment=None, axes=(), rows=(), grid=None, grid_note="", error="", by=""):
             super().__init__()
             self.experiment, self.axes, self.rows, self.by = experiment, list(axes), rows, by
-            self.grid, self.grid_note, self.error, self.grid_layout = grid, grid_note, error, layout
+            self.grid, self.grid_note, self.error = grid, grid_note, error
 
     def __init__(self, experiment_id: int | None = None, by: str | None = None):
         super().__init__(id="results")
@@ -59,6 +60,8 @@ class ResultsScreen(StoreScreen):
         self.seeds: str | None = None
         self.pin_axis: str | None = None
         self.grid_layout = None
+        self._counts: dict | None = None  # run counts by status at the last load
+        self.grid_shown = False
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -66,7 +69,7 @@ class ResultsScreen(StoreScreen):
             yield Static("", id="results-title")
             yield Select([], prompt="axis", id="axis", allow_blank=True, compact=True)
         yield Static("", id="results-unit")
-        with Horizontal():
+        with Horizontal(id="results-body"):
             with Vertical(id="results-left"):
                 yield DataTable(id="results-table", cursor_type="row", zebra_stripes=True)
                 with Horizontal(classes="grid-controls"):
@@ -85,7 +88,7 @@ class ResultsScreen(StoreScreen):
                 yield ArtifactImage("image grid", id="results-grid")
             with Vertical(id="results-right"):
                 yield PlotextPlot(id="results-plot")
-        yield Footer(compact=True)
+        yield Footer(compact=True, show_command_palette=False)
 
     def on_mount(self) -> None:
         if self.experiment_id is None:
@@ -96,7 +99,7 @@ class ResultsScreen(StoreScreen):
     def reload(self) -> None:
         title = self.query_one("#results-title", Static)
         if self.experiment_id is None:
-            title.update("[yellow]No experiment selected: pick one on Home (h), then press e.[/]")
+            title.update("[yellow]No experiment selected: press o to pick one.[/]")
             return
         title.update(f"experiment {self.experiment_id}: loading...")
         self._load(self.experiment_id, self.by, self._grid_options())
@@ -110,9 +113,49 @@ class ResultsScreen(StoreScreen):
         seeds = self.seeds if "seed" not in taken else None
         return dict(x=x, z=z, pins=pins, seeds=seeds)
 
+    def on_store_changed(self) -> None:
+        if self.experiment_id is not None:
+            self._reload_if_changed(self.experiment_id)
+
+    class Stale(Message):
+        pass
+
+    @work(thread=True, exclusive=True, group="results-watch")
+    def _reload_if_changed(self, experiment_id: int) -> None:
+        """Aggregating is the costly part: redo it only when this experiment's runs moved."""
+        from store.queries import counts_by_status
+
+        if counts_by_status(self.store, experiment_id) != self._counts:
+            self.post_message(self.Stale())
+
+    def on_results_screen_stale(self, _message) -> None:
+        self.reload()
+
+    def action_pick_experiment(self) -> None:
+        from store.queries import list_experiments
+
+        from .pick import PickScreen
+
+        items = [(str(r.experiment.id), f"#{r.experiment.id} {r.experiment.name}  [{r.state}, {r.done}/{r.total} done]")
+                 for r in list_experiments(self.store) if r.experiment.status != "draft"]
+        if not items:
+            self.notify("no queued experiments yet")
+            return
+
+        def done(value: str | None) -> None:
+            if value:
+                self.experiment_id = self.app.experiment_id = int(value)
+                self.by = None
+                self.reload()
+
+        current = str(self.experiment_id) if self.experiment_id is not None else None
+        self.app.push_screen(PickScreen("Results of experiment", items, current), done)
+
     @work(thread=True, exclusive=True, group="results")
     def _load(self, experiment_id: int, by: str | None, grid_options: dict | None = None) -> None:
-        from store.queries import get_experiment
+        from store.queries import counts_by_status, get_experiment
+
+        self._counts = counts_by_status(self.store, experiment_id)
 
         exp = get_experiment(self.store, experiment_id)
         if exp is None:
@@ -128,22 +171,42 @@ class ResultsScreen(StoreScreen):
         except Exception as exc:
             self.post_message(self.Loaded(exp, axes, error=f"aggregate failed: {exc}", by=by))
             return
+        # The table and the plot first: the image grid reads every image and comes after.
+        self.post_message(self.Loaded(exp, axes, rows, None, "rendering the image grid..." if rows else
+                                      "no finished runs yet: the grid appears as runs complete", by=by))
+        if not rows:
+            return
         from store.queries import InputError
 
-        grid, note, layout = None, "no finished runs yet: the grid appears as runs complete", None
-        if rows:
-            options = dict(grid_options or {})
+        grid, note, layout = None, "", None
+        options = dict(grid_options or {})
+        try:
             try:
-                try:
-                    layout = render_grid(self.store, experiment_id, by, **options)
-                except InputError as exc:  # a pin from another axis choice: show the defaults, say why
-                    layout = render_grid(self.store, experiment_id, by, x=options.get("x"), z=options.get("z"))
-                    note = f"grid choices reset: {exc}"
-                grid = layout.image
-                note = "" if grid is not None and not note.startswith("grid choices") else note
-            except Exception as exc:  # a missing image or a run still running: the table still shows
-                note = f"no grid: {exc}"
-        self.post_message(self.Loaded(exp, axes, rows, grid, note, by=by, layout=layout))
+                layout = render_grid(self.store, experiment_id, by, **options)
+            except InputError as exc:  # a pin from another axis choice: show the defaults, say why
+                layout = render_grid(self.store, experiment_id, by, x=options.get("x"), z=options.get("z"))
+                note = f"grid choices reset: {exc}"
+            grid = layout.image
+        except Exception as exc:  # a missing image or a run still running: the table still shows
+            note = f"no grid: {exc}"
+        self.post_message(self.Grid(experiment_id, by, grid, note, layout))
+
+    class Grid(Message):
+        def __init__(self, experiment_id, by, grid, note, layout):
+            super().__init__()
+            self.experiment_id, self.by, self.grid, self.note, self.layout = experiment_id, by, grid, note, layout
+
+    def on_results_screen_grid(self, message: Grid) -> None:
+        if (message.experiment_id, message.by) != (self.experiment_id, self.by):
+            return
+        self.grid_shown = True
+        self._fill_grid_controls(message.layout)
+        caption = list(message.layout.caption) if message.layout else []
+        if message.note and message.grid is not None:
+            caption.append(f"[yellow]{escape(message.note)}[/]")
+        self.query_one("#results-grid-caption", Static).update(
+            "\n".join(c if c.startswith("[yellow]") else escape(c) for c in caption))
+        self.query_one("#results-grid", ArtifactImage).show_image(message.grid, message.note or "no grid yet")
 
     def on_results_screen_loaded(self, message: Loaded) -> None:
         title = self.query_one("#results-title", Static)
@@ -161,12 +224,8 @@ class ResultsScreen(StoreScreen):
                      + (f"  [red]{escape(message.error)}[/]" if message.error else ""))
         self._fill_table()
         self._show_unit()
-        self._fill_grid_controls(message.grid_layout)
-        caption = list(message.grid_layout.caption) if message.grid_layout else []
-        if message.grid_note and message.grid is not None:
-            caption.append(f"[yellow]{escape(message.grid_note)}[/]")
-        self.query_one("#results-grid-caption", Static).update(
-            "\n".join(c if c.startswith("[yellow]") else escape(c) for c in caption))
+        if not self.rows:
+            self.query_one("#results-grid-caption", Static).update("")
         plot = self.query_one(PlotextPlot)
         from store.report.plots import draw_tradeoff
 

@@ -26,6 +26,16 @@ PARAMS = ("experiment_id", "grid_index", "status", "is_baseline", "model", "sour
 
 
 @dataclass
+class Browse:
+    """Where a run detail was opened from: `[`/`]` walk the runs browser's own list."""
+
+    filt: object
+    sort: str
+    descending: bool
+    position: int  # 0-based index of the shown run in that list
+
+
+@dataclass
 class RunBundle:
     run: object | None
     scores: dict = field(default_factory=dict)
@@ -85,15 +95,17 @@ def params_table(run, scores: dict) -> Table:
 
 class RunDetailScreen(StoreScreen):
     BINDINGS = keymap.bindings("detail")
+    live = True  # a running run's images and scores appear as the engine commits them
 
     class Loaded(Message):
         def __init__(self, bundle: RunBundle):
             super().__init__()
             self.bundle = bundle
 
-    def __init__(self, run_id: int):
+    def __init__(self, run_id: int, browse: Browse | None = None):
         super().__init__(id="detail")
         self.run_id = run_id
+        self.browse = browse
         self.bundle: RunBundle | None = None
         self.word_index = 0
 
@@ -110,7 +122,7 @@ class RunDetailScreen(StoreScreen):
                 yield ArtifactImage("attention map", id="img-map")
             yield Static("", id="detail-error")
             yield Static("", id="detail-info")
-        yield Footer(compact=True)
+        yield Footer(compact=True, show_command_palette=False)
 
     def on_mount(self) -> None:
         self.load(self.run_id)
@@ -157,9 +169,18 @@ class RunDetailScreen(StoreScreen):
     def action_step(self, direction: int) -> None:
         if not self.bundle or not self.bundle.run:
             return
-        from store.queries import neighbour_run
+        from store.queries import list_runs, neighbour_run
 
-        other = neighbour_run(self.store, self.bundle.run, direction)
+        if self.browse is not None:
+            b = self.browse
+            position = b.position + direction
+            rows = list_runs(self.store, b.filt, sort=b.sort, descending=b.descending,
+                             offset=position, limit=1)[0] if position >= 0 else []
+            other = rows[0] if rows else None
+            if other is not None:
+                b.position = position
+        else:
+            other = neighbour_run(self.store, self.bundle.run, direction)
         if other is None:
             self.notify("no more runs this way")
             return
@@ -167,6 +188,23 @@ class RunDetailScreen(StoreScreen):
 
     def action_refresh(self) -> None:
         self.load(self.run_id)
+
+    def on_store_changed(self) -> None:
+        self._reload_if_changed(self.run_id)
+
+    @staticmethod
+    def _state(run) -> tuple:
+        return (run.status, run.finished_at, run.image_path, run.tags, run.notes, run.marked, run.error)
+
+    @work(thread=True, exclusive=True, group="detail-watch")
+    def _reload_if_changed(self, run_id: int) -> None:
+        """Engines commit all the time; reread images and maps only when this run moved."""
+        from store.queries import get_run
+
+        run = get_run(self.store, run_id)
+        shown = self.bundle.run if self.bundle else None
+        if run is None or shown is None or self._state(run) != self._state(shown):
+            self.post_message(self.Loaded(load_bundle(self.store, run_id)))
 
     def action_compare_baseline(self) -> None:
         if self.bundle and self.bundle.run:
@@ -197,7 +235,7 @@ class CompareScreen(StoreScreen):
             with Horizontal(id="cmp-info"):
                 yield Static("", id="cmp-info-a")
                 yield Static("", id="cmp-info-b")
-        yield Footer(compact=True)
+        yield Footer(compact=True, show_command_palette=False)
 
     def on_mount(self) -> None:
         self.load()

@@ -28,6 +28,15 @@ COLUMNS = [
 SORT_BY_KEY = {key: sort for key, _, sort in COLUMNS}
 
 
+def marked_ids(store, filt) -> list[int]:
+    """Ids of the marked runs among those this filter selects (every page, not just this one)."""
+    from dataclasses import replace
+
+    from store.queries import run_ids
+
+    return run_ids(store, replace(filt, marked=True))
+
+
 def parse_filter(text: str, experiment_id: int | None = None):
     """`status=failed,done seed=1 tag=good marked=1 exp=3 final_step=20 corgi beach` -> RunFilter."""
     from store.models import RUN_SORT_COLUMNS, Run
@@ -66,12 +75,14 @@ def parse_filter(text: str, experiment_id: int | None = None):
 
 class RunsScreen(StoreScreen):
     BINDINGS = keymap.bindings("runs")
+    live = True  # a run an engine finishes shows up without F5
 
     class Page(Message):
-        def __init__(self, runs, scores, total, offset, error=None, token=0):
+        def __init__(self, runs, scores, total, offset, error=None, token=0, marked=0):
             super().__init__()
             self.runs, self.scores, self.total, self.offset, self.error, self.token = (
                 runs, scores, total, offset, error, token)
+            self.marked = marked
 
     def __init__(self, experiment_id: int | None = None, filter_text: str = ""):
         super().__init__(id="runs")
@@ -91,24 +102,35 @@ class RunsScreen(StoreScreen):
                     "exp=all, final_step=20 ... (enter applies, escape closes)", id="filter-bar")
         yield Static("", id="runs-status")
         yield DataTable(id="runs-table", cursor_type="cell", zebra_stripes=True)
-        yield Footer(compact=True)
+        yield Footer(compact=True, show_command_palette=False)
 
     def on_mount(self) -> None:
         table = self.query_one(DataTable)
         for key, label, _ in COLUMNS:
             table.add_column(label, key=key)
         table.focus()
+        if self.experiment_id is not None:
+            self.app.experiment_id = self.experiment_id
         self.reload()
 
     def on_screen_resume(self) -> None:
         if self.loaded:
             self.reload(keep_cursor=True)
 
+    def on_store_changed(self) -> None:
+        if self.loaded:
+            self.reload(keep_cursor=True, quiet=True)
+
+    @property
+    def run_filter(self):
+        return parse_filter(self.filter_text, self.experiment_id)
+
     # ------------------------------------------------------------------ loading
-    def reload(self, keep_cursor: bool = False) -> None:
+    def reload(self, keep_cursor: bool = False, quiet: bool = False) -> None:
         self._token += 1
         self._keep_cursor = keep_cursor
-        self.query_one("#runs-status", Static).update("loading...")
+        if not quiet:  # a live refresh must not flash "loading..." every second
+            self.query_one("#runs-status", Static).update("loading...")
         try:
             filt = parse_filter(self.filter_text, self.experiment_id)
         except Exception as exc:
@@ -123,10 +145,11 @@ class RunsScreen(StoreScreen):
         try:
             runs, total = list_runs(self.store, filt, sort=sort, descending=descending, offset=offset, limit=PAGE)
             scores = run_scores(self.store, [r.id for r in runs])
+            marked = len(marked_ids(self.store, filt))
         except Exception as exc:
             self.post_message(self.Page([], {}, 0, offset, exc, token))
             return
-        self.post_message(self.Page(runs, scores, total, offset, None, token))
+        self.post_message(self.Page(runs, scores, total, offset, None, token, marked))
 
     def on_runs_screen_page(self, message: Page) -> None:
         if message.token != self._token:
@@ -161,10 +184,13 @@ class RunsScreen(StoreScreen):
             table.move_cursor(row=min(cursor.row, table.row_count - 1), column=cursor.column, animate=False)
         self.loaded = True
         end = message.offset + len(message.runs)
-        where = f"exp {self.experiment_id}" if self.experiment_id is not None else "all experiments"
+        filt = self._safe_filter()
+        exp = filt.experiment_id if filt is not None else self.experiment_id
+        where = f"exp {exp}" if exp is not None else "all experiments"
         arrow = "desc" if self.descending else "asc"
+        marked = f"  [b]{message.marked} marked[/] (t/N/R/X act on them, U unmarks)" if message.marked else ""
         status.update(f"runs {message.offset + 1 if self.runs else 0}-{end} of {self.total} ({where})"
-                      f"  sort: {self.sort} {arrow}  filter: {escape(self.filter_text or '-')}")
+                      f"  sort: {self.sort} {arrow} (s)  filter: {escape(self.filter_text or '-')}{marked}")
 
     # ------------------------------------------------------------------ filter, sort, page
     def action_filter(self) -> None:
@@ -176,6 +202,9 @@ class RunsScreen(StoreScreen):
     def _apply_filter(self, event: Input.Submitted) -> None:
         self.filter_text = event.value.strip()
         self.page_offset = 0
+        filt = self._safe_filter()
+        if filt is not None and filt.experiment_id is not None:
+            self.app.experiment_id = filt.experiment_id  # e (results) follows what is shown
         event.input.remove_class("visible")
         self.query_one(DataTable).focus()
         self.reload()
@@ -196,8 +225,37 @@ class RunsScreen(StoreScreen):
         self.reload()
 
     def action_sort(self) -> None:
-        table = self.query_one(DataTable)
-        self.set_sort(COLUMNS[table.cursor_coordinate.column][2])
+        """Pick the sort column by name; picking the current one flips the direction."""
+        from .pick import PickScreen
+
+        items, seen = [], set()
+        for key, label, sort in COLUMNS:
+            if sort in seen or (sort == "id" and key != "id"):
+                continue
+            seen.add(sort)
+            arrow = (" (desc, again: asc)" if self.descending else " (asc, again: desc)") if sort == self.sort else ""
+            items.append((sort, f"{label}{arrow}"))
+
+        def done(sort: str | None) -> None:
+            if sort:
+                self.set_sort(sort)
+
+        self.app.push_screen(PickScreen("Sort runs by", items, self.sort), done)
+
+    def action_results(self) -> None:
+        filt = self._safe_filter()
+        exp = filt.experiment_id if filt is not None and filt.experiment_id is not None else self.experiment_id
+        if exp is None and self.current is not None:
+            exp = self.current.experiment_id
+        if exp is not None:
+            self.app.experiment_id = exp
+        self.app.action_open("results", experiment_id=exp) if exp is not None else self.app.action_open("results")
+
+    def _safe_filter(self):
+        try:
+            return self.run_filter
+        except Exception:
+            return None
 
     @on(DataTable.HeaderSelected)
     def _header(self, event: DataTable.HeaderSelected) -> None:
@@ -241,10 +299,14 @@ class RunsScreen(StoreScreen):
     @on(DataTable.CellSelected)
     def action_open_run(self) -> None:
         run = self.current
+        filt = self._safe_filter()
         if run is not None:
-            from .run_detail import RunDetailScreen
+            from .run_detail import Browse, RunDetailScreen
 
-            self.app.push_screen(RunDetailScreen(run.id))
+            # [ and ] in the detail walk this list: same filter, same sort.
+            position = self.page_offset + self.query_one(DataTable).cursor_coordinate.row
+            browse = Browse(filt, self.sort, self.descending, position) if filt is not None else None
+            self.app.push_screen(RunDetailScreen(run.id, browse=browse))
 
     def action_mark(self) -> None:
         from store.queries import update_runs
@@ -254,9 +316,29 @@ class RunsScreen(StoreScreen):
             update_runs(self.store, [run.id], marked=not run.marked)
             self.reload(keep_cursor=True)
 
-    def action_tag(self) -> None:
+    def targets(self) -> tuple[list[int], str]:
+        """The runs an action applies to: the marked ones under the current filter when there
+        are any, else the run under the cursor; and how to name them."""
+        filt = self._safe_filter()
+        marked = marked_ids(self.store, filt) if filt is not None else []
+        if marked:
+            return marked, f"{len(marked)} marked runs"
         run = self.current
-        if run is None:
+        return ([run.id], f"run {run.id}") if run is not None else ([], "")
+
+    def action_unmark_all(self) -> None:
+        from store.queries import update_runs
+
+        filt = self._safe_filter()
+        marked = marked_ids(self.store, filt) if filt is not None else []
+        if marked:
+            update_runs(self.store, marked, marked=False)
+            self.notify(f"unmarked {len(marked)} runs")
+            self.reload(keep_cursor=True)
+
+    def action_tag(self) -> None:
+        ids, what = self.targets()
+        if not ids:
             return
         from .prompt import PromptScreen
 
@@ -264,41 +346,75 @@ class RunsScreen(StoreScreen):
             from store.queries import add_tag
 
             if tag:
-                add_tag(self.store, [run.id], tag)
+                n = add_tag(self.store, ids, tag)
+                self.notify(escape(f"tagged {n} of {what} with {tag!r}"))
                 self.reload(keep_cursor=True)
 
-        self.app.push_screen(PromptScreen(f"Tag for run {run.id}"), done)
+        self.app.push_screen(PromptScreen(f"Tag for {what}"), done)
 
     def action_note(self) -> None:
-        run = self.current
-        if run is None:
+        ids, what = self.targets()
+        if not ids:
             return
         from .prompt import PromptScreen
+
+        current = self.current.notes if len(ids) == 1 and self.current is not None else ""
 
         def done(note: str | None) -> None:
             from store.queries import update_runs
 
             if note is not None:
-                update_runs(self.store, [run.id], notes=note)
-                self.notify(f"note saved on run {run.id}")
+                update_runs(self.store, ids, notes=note)
+                self.notify(f"note saved on {what}")
 
-        self.app.push_screen(PromptScreen(f"Note for run {run.id}", run.notes), done)
-
-    def _queue_call(self, fn: str, verb: str) -> None:
-        run = self.current
-        if run is None:
-            return
-        from store import queue
-
-        getattr(queue, fn)(self.store, [run.id])
-        self.notify(f"{verb} run {run.id}")
-        self.reload(keep_cursor=True)
+        self.app.push_screen(PromptScreen(f"Note for {what}", current), done)
 
     def action_requeue(self) -> None:
-        self._queue_call("requeue_runs", "re-queued")
+        ids, what = self.targets()
+        if not ids:
+            return
+        from store import queue
+        from store.queries import counts_by_run_status
+
+        counts = counts_by_run_status(self.store, ids)
+        finished = sum(counts.get(st, 0) for st in ("done", "failed", "cancelled"))
+        if not finished:
+            self.notify(f"nothing to requeue: {what} not finished yet")
+            return
+
+        def requeue() -> None:
+            n = queue.requeue_runs(self.store, ids)
+            self.notify(f"re-queued {n} of {what}")
+            self.reload(keep_cursor=True)
+
+        done = counts.get("done", 0)
+        if done:
+            self.app.confirm(f"Requeue {what}?\n{done} of them are done: their scores and images are "
+                             f"discarded and made again.", requeue, yes="requeue")
+        else:
+            requeue()
 
     def action_cancel(self) -> None:
-        self._queue_call("cancel_runs", "cancelled")
+        ids, what = self.targets()
+        if not ids:
+            return
+        from store import queue
+        from store.queries import counts_by_run_status
+
+        counts = counts_by_run_status(self.store, ids)
+        open_runs = counts.get("queued", 0) + counts.get("running", 0)
+        if not open_runs:
+            self.notify(f"nothing to cancel: {what} already finished")
+            return
+
+        def cancel() -> None:
+            n = queue.cancel_runs(self.store, ids)
+            self.notify(f"cancelled {n['cancelled']}; {n['requested']} running stop after their step")
+            self.reload(keep_cursor=True)
+
+        self.app.confirm(f"Cancel {what}?\n{counts.get('queued', 0)} queued are cancelled now, "
+                         f"{counts.get('running', 0)} running stop after their current step.", cancel,
+                         yes="cancel them")
 
     def action_compare(self) -> None:
         """Two marked runs on this page side by side; else the cursor run against its baseline."""

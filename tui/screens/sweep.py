@@ -13,7 +13,7 @@ from textual.message import Message
 from textual.widgets import Button, Checkbox, Footer, Header, Input, Label, Select, Static, TextArea
 
 from .. import keymap
-from ..widgets.field import Field
+from ..widgets.field import Field, fields_by_name
 from ._common import StoreScreen, duration
 
 # spec field -> (label, placeholder hint)
@@ -84,6 +84,7 @@ class SweepScreen(StoreScreen):
         self._ready = False
         self.last_count: int | None = None
         self._concepts: dict = {}
+        self._auto_source: str | None = None  # the source prompt a concept's class word put there
 
     # ------------------------------------------------------------------ layout
     def compose(self) -> ComposeResult:
@@ -91,7 +92,7 @@ class SweepScreen(StoreScreen):
 
         s = self.spec
         yield Header()
-        with Horizontal():
+        with Horizontal(id="sweep-body"):
             with VerticalScroll(id="sweep-form"):
                 yield Field("name", "Experiment name", "", placeholder="e.g. corgi final step")
                 with Horizontal(classes="row"):
@@ -126,13 +127,54 @@ class SweepScreen(StoreScreen):
                 yield Static("", id="sweep-status")
                 yield Button("Save draft (ctrl+s)", id="save-draft")
                 yield Button("Queue (ctrl+r)", id="queue", variant="primary")
-        yield Footer(compact=True)
+        yield Footer(compact=True, show_command_palette=False)
 
     def on_mount(self) -> None:
         for f in self.query(Field):
             f.parse()
         self.query_one("#input-name", Input).focus()
         self._load_context()
+
+    # ------------------------------------------------------------------ the unsaved form
+    def snapshot(self) -> dict:
+        """Everything typed so far, to bring back when the builder is opened again."""
+        return {"fields": {f.field_name: f.value for f in self.query(Field)},
+                "targets": self.query_one("#target_prompts", TextArea).text,
+                "baseline": self.query_one("#baseline", Checkbox).value,
+                "concept": self.selected_concept, "experiment_id": self.experiment_id,
+                "auto_source": self._auto_source}
+
+    def restore(self, draft: dict) -> None:
+        fields = fields_by_name(self)
+        for name, value in draft["fields"].items():
+            if name in fields:
+                fields[name].value = value
+        self.query_one("#target_prompts", TextArea).text = draft["targets"]
+        self.query_one("#baseline", Checkbox).value = draft["baseline"]
+        self.experiment_id = draft.get("experiment_id")
+        self.concept_id = draft.get("concept")
+        self._auto_source = draft.get("auto_source")
+        if self.experiment_id:
+            self.sub_title = f"editing draft #{self.experiment_id}"
+
+    def _keep_draft(self) -> None:
+        if self._ready:
+            self.app.sweep_draft = self.snapshot()
+
+    def action_clear_form(self) -> None:
+        def clear() -> None:
+            from store.sweep.spec import ExperimentSpec
+
+            self.app.sweep_draft = None
+            self.experiment_id, self._auto_source = None, None
+            self.sub_title = ""
+            self.set_spec(ExperimentSpec())
+            self.query_one("#field-name", Field).value = ""
+            self.query_one("#concept", Select).clear()
+            self.query_one("#sweep-status", Static).update("form cleared")
+
+        self.app.confirm("Clear the sweep form? What is typed here is lost (saved drafts stay on Home).",
+                         clear, yes="clear")
 
     @work(thread=True)
     def _load_context(self) -> None:
@@ -161,14 +203,22 @@ class SweepScreen(StoreScreen):
         self._concepts = {c.id: c for c in message.concepts}
         select.set_options([(c.name, c.id) for c in message.concepts])
         exp = message.experiment
-        if exp is not None:
+        draft = self.app.sweep_draft
+        restored = draft is not None and (draft.get("experiment_id") == self.experiment_id
+                                          or (self.experiment_id is None and self.concept_id is None))
+        if restored:
+            self.restore(draft)
+        elif exp is not None:
             self.set_spec(ExperimentSpec.from_json(exp.spec_json))
             self.query_one("#field-name", Field).value = exp.name
             self.concept_id = exp.concept_id
             self.sub_title = f"editing draft #{exp.id}"
-        if self.concept_id is not None:
-            select.value = self.concept_id
+        if self.concept_id is not None and self.concept_id in self._concepts:
+            with select.prevent(Select.Changed):
+                select.value = self.concept_id
         self._ready = True
+        if restored:
+            self.query_one("#sweep-status", Static).update("your unsaved form is back (ctrl+n clears it)")
         self.recheck()
 
     # ------------------------------------------------------------------ form <-> spec
@@ -230,18 +280,25 @@ class SweepScreen(StoreScreen):
         from store.sweep.spec import PRESETS
 
         if event.value in PRESETS:
+            fields = fields_by_name(self)
             for name, text in PRESETS[event.value].items():
-                self.query_one(f"#field-{name}", Field).value = text
+                fields[name].value = text
 
     @on(Select.Changed, "#concept")
     def _concept(self, event: Select.Changed) -> None:
-        """A concept brings its base model unless the user already chose one."""
-        from store.sweep.spec import DEFAULT_MODEL
+        """A concept brings its base model unless the user already chose one, and its class
+        word into the source prompt unless the user wrote their own (mask words must be in both)."""
+        from store.sweep.spec import DEFAULT_MODEL, ExperimentSpec, source_prompt_for
 
         concept = self._concepts.get(event.value)
         model = self.query_one("#field-model", Field)
         if concept is not None and model.value.strip() in ("", DEFAULT_MODEL):
             model.value = concept.base_model
+        source = self.query_one("#field-source_prompt", Field)
+        suggested = source_prompt_for(concept.class_word) if concept is not None else ""
+        untouched = source.value.strip() in ("", ExperimentSpec().source_prompt, self._auto_source or "")
+        if suggested and untouched:
+            source.value = self._auto_source = suggested
         self.recheck()
 
     def action_next_preset(self) -> None:
@@ -255,6 +312,7 @@ class SweepScreen(StoreScreen):
     def recheck(self) -> None:
         if not self._ready:
             return
+        self._keep_draft()
         self._token += 1
         try:
             spec = self.read_spec()
@@ -308,9 +366,9 @@ class SweepScreen(StoreScreen):
         if name == "target_prompts":
             self.query_one("#error-target_prompts", Static).update(f"[red]✗ {escape(str(getattr(exc, 'message', exc)))}[/]")
             return
-        matches = self.query(f"#field-{name}") if name else []
-        if matches:
-            matches.first(Field).show_error(exc)
+        field = fields_by_name(self).get(name) if name else None
+        if field is not None:
+            field.show_error(exc)
         else:
             self.query_one("#sweep-status", Static).update(f"[red]{escape(str(exc))}[/]")
 
@@ -358,9 +416,11 @@ class SweepScreen(StoreScreen):
         exp = message.experiment
         self.app.experiment_id = exp.id
         if message.queued:
+            self.app.sweep_draft = None  # it is in the queue now; the next F4 starts afresh
             self.notify(escape(f"queued {exp.run_count} runs of {exp.name!r}"))
             self.app.action_open("runs", experiment_id=exp.id)
         else:
             self.experiment_id = exp.id
             self.sub_title = f"editing draft #{exp.id}"
+            self._keep_draft()
             status.update(f"[green]saved draft #{exp.id} ({exp.run_count} runs)[/]")

@@ -6,6 +6,12 @@ from textual.containers import Horizontal, Vertical
 from textual.widgets import Input, Label, Static
 
 
+def fields_by_name(root) -> dict[str, "Field"]:
+    """The Fields under `root` by spec field name. Error texts name fields, and an error text
+    (a file path, a prompt) must never reach a CSS query, so callers look names up here."""
+    return {f.field_name: f for f in root.query(Field)}
+
+
 def _preview(values: list, limit: int = 12) -> str:
     shown = ", ".join(str(v) for v in values[:limit])
     more = f", ... ({len(values)} values)" if len(values) > limit else ""

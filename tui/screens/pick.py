@@ -1,0 +1,40 @@
+"""Pick one item from a short list by name (sort column, experiment), or None on escape."""
+from __future__ import annotations
+
+from rich.text import Text
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical
+from textual.screen import ModalScreen
+from textual.widgets import Label, OptionList
+from textual.widgets.option_list import Option
+
+
+class PickScreen(ModalScreen[str | None]):
+    BINDINGS = [Binding("escape", "cancel", "Cancel", id="pick.cancel")]
+
+    def __init__(self, title: str, items: list[tuple[str, str]], current: str | None = None):
+        """`items`: (value, label) pairs; the list opens on `current`."""
+        super().__init__(id="pick")
+        self.title_text, self.items, self.current = title, items, current
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="pick-box"):
+            yield Label(self.title_text)
+            yield OptionList(*[Option(Text(label), id=f"opt-{i}") for i, (_, label) in enumerate(self.items)],
+                             id="pick-list")
+
+    def on_mount(self) -> None:
+        values = [v for v, _ in self.items]
+        option_list = self.query_one(OptionList)
+        if self.current in values:
+            option_list.highlighted = values.index(self.current)
+        option_list.focus()
+
+    @on(OptionList.OptionSelected)
+    def _picked(self, event: OptionList.OptionSelected) -> None:
+        self.dismiss(self.items[event.option_index][0])
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
