@@ -18,7 +18,7 @@ from . import models  # noqa: F401  (registers the tables)
 from .models import Meta
 from .paths import Home
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 BUSY_TIMEOUT_MS = 30_000
 
 
@@ -49,7 +49,12 @@ def _sqlite_engine(url: str) -> Engine:
 
 
 # Each migration upgrades from version N-1 to N; keep them additive so no data is lost.
-MIGRATIONS: dict[int, list[str]] = {}
+MIGRATIONS: dict[int, list[str]] = {
+    2: [
+        # issue 11
+        "ALTER TABLE run ADD COLUMN crashes INTEGER NOT NULL DEFAULT 0",
+    ],
+}
 
 
 class Store:
