@@ -25,7 +25,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="mtp-engine",
         description="Run queued mtp runs: claim a group, generate source + targets in one batch, "
-                    "write artifacts, score, commit. Stops cleanly on SIGTERM/SIGINT.",
+                    "write artifacts, score, commit. Stops cleanly on SIGTERM/SIGINT; ignores SIGHUP, so "
+                    "an engine started in a terminal keeps working when the terminal closes. "
+                    "On a full disk, a read-only data folder or an unusable database it pauses "
+                    "(runs stay queued) and resumes when the fault clears; with --once it exits 4 instead.",
     )
     p.add_argument("--home", help="data folder (default: $MTP_HOME or the platform data dir)")
     p.add_argument("--db", help="database URL (default: the SQLite file in the data folder; or $MTP_DB_URL)")
@@ -38,7 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--heartbeat", type=float, default=5.0, help="seconds between heartbeats (default 5)")
     p.add_argument("--stale-after", type=float, default=60.0,
                    help="a worker silent this long is dead and its runs are requeued (default 60)")
-    p.add_argument("--max-attempts", type=int, default=3, help="claims per run before it is failed (default 3)")
+    p.add_argument("--max-attempts", type=int, default=3,
+                   help="engine deaths while a run is being generated before that run is failed as the likely "
+                        "cause (default 3; deaths during model load or restarts do not count)")
     p.add_argument("--no-score", action="store_true", help="finish runs without computing scores")
     p.add_argument("--backend", choices=BACKENDS, default=None,
                    help="generator: diffusers (default), or fake = flat-colour images without torch or weights, "
@@ -89,6 +94,7 @@ def _run_many(args, argv: list[str]) -> int:
         if a.startswith(("--devices=", "--device=")):
             continue
         base.append(a)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # as each engine does
     procs = [subprocess.Popen([sys.executable, "-m", "engine.cli", *base, "--device", f"cuda:{i}"]) for i in indices]
 
     def forward(signum, _frame):
@@ -111,11 +117,16 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from store.paths import Home
 
-    from .launch import DeviceLock, EngineAlreadyRunning, log_path
+    from .launch import DeviceLock, EngineAlreadyRunning, EngineError, log_path, normalize_device
 
     home = Home.resolve(args.home)
     fake = (args.backend or os.environ.get(BACKEND_ENV, "") or "diffusers") == "fake"
-    device = args.device or ("cpu" if fake else _default_device())
+    try:
+        # One spelling per device, so `cuda` and `cuda:0` share a lock, a log and a worker id.
+        device = normalize_device(args.device or ("cpu" if fake else _default_device()))
+    except EngineError as exc:
+        print(f"mtp-engine: {exc}", file=sys.stderr)
+        return 2
     try:
         lock = DeviceLock(home, device).acquire()
     except EngineAlreadyRunning as exc:
@@ -170,13 +181,16 @@ def _serve(args, home, device: str, fake: bool) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:  # respect nohup
-        signal.signal(signal.SIGHUP, on_signal)
+    # A queue worker outlives the terminal it was started from (README, "Headless").
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     log.info("mtp-engine pid %d on %s, home %s%s", os.getpid(), device, home.root, " (fake backend)" if fake else "")
     try:
         worker.run()
     finally:
         store.close()
+    if worker.fault:
+        print(f"mtp-engine: stopped, cannot go on: {worker.fault} (runs left queued)", file=sys.stderr)
+        return 4
     return 0
 
 
@@ -187,7 +201,14 @@ class LazyScorer:
         self.home, self.demo, self.device = home, demo, device
         self._scorer = None
 
+    def prepare(self) -> None:
+        """Load the scoring models before a batch counts as in flight (the worker calls this)."""
+        self._get()
+
     def __call__(self, images, texts, source, refs):
+        return self._get().score(images, texts, source, refs)
+
+    def _get(self):
         from .backends.base import RunError
 
         if self._scorer is None:
@@ -199,7 +220,7 @@ class LazyScorer:
                 log.exception("cannot create the scorer")
                 raise RunError(f"scoring is unavailable ({type(exc).__name__}: {exc}); "
                                f"start the engine with --no-score to finish runs without scores") from None
-        return self._scorer.score(images, texts, source, refs)
+        return self._scorer
 
 
 if __name__ == "__main__":  # pragma: no cover

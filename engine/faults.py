@@ -1,0 +1,104 @@
+"""Faults of the machine rather than of a run: a full disk, a read-only folder, an unusable database.
+
+Such a fault is no run's fault, so the worker pauses instead of failing runs: it gives its
+claimed runs back to the queue, reports "paused" and the reason in its Worker row, probes with
+backoff and resumes when the fault clears. Everything else raised while runs are claimed is
+the runs' own failure (engine.worker). Torch-free.
+"""
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import time
+
+from store.db import Store
+
+from .artifacts import probe_writable
+
+# Errors of the disk itself. EACCES/EPERM are not here: an unreadable input image raises them
+# too; the worker turns them into an EngineFault only where it writes its own artifacts.
+SYSTEMIC_ERRNOS = frozenset(e for e in (errno.ENOSPC, getattr(errno, "EDQUOT", None), errno.EROFS, errno.EIO)
+                            if e is not None)
+
+
+class EngineFault(Exception):
+    """The engine cannot go on writing results; ``reason`` is fit to show as is."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+def systemic_reason(exc: BaseException) -> str | None:
+    """Why ``exc`` is a fault of the machine (disk, database), or None when it is not."""
+    from sqlalchemy.exc import DatabaseError, IntegrityError
+
+    if isinstance(exc, EngineFault):
+        return exc.reason
+    if isinstance(exc, DatabaseError) and not isinstance(exc, IntegrityError):
+        # disk or database full, read-only database, unable to open, not a database, locked
+        # past the busy timeout, server gone: nothing a run did.
+        return f"database unusable: {getattr(exc, 'orig', None) or exc}"
+    if isinstance(exc, OSError) and exc.errno in SYSTEMIC_ERRNOS:
+        return f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else "")
+    return None
+
+
+def artifact_write_fault(exc: OSError, home) -> EngineFault | None:
+    """An OSError with an errno while writing artifacts is the folder's fault (PIL's own
+    encoder errors carry none and stay the run's)."""
+    if exc.errno is None:
+        return None
+    return EngineFault(f"cannot write artifacts in {home.artifacts}: {exc.strerror or exc}"
+                       + (f" ({exc.filename})" if exc.filename else ""))
+
+
+def sqlite_path(store: Store) -> str | None:
+    if not store.is_sqlite:
+        return None
+    db = store.engine.url.database
+    return db if db and db != ":memory:" else None
+
+
+def check_database_file(store: Store) -> None:
+    """A deleted SQLite file raises nothing (the open connection writes to the unlinked file,
+    and every result would be lost), so look for it."""
+    path = sqlite_path(store)
+    if path and not os.path.exists(path):
+        raise EngineFault(f"database file {path} is gone")
+
+
+def probe(store: Store, home) -> str | None:
+    """None when the engine can write artifacts and the database again, else why not."""
+    path = sqlite_path(store)
+    if path and not os.path.exists(path):
+        return f"database file {path} is gone"
+    try:
+        probe_writable(home)
+    except OSError as exc:
+        return f"cannot write artifacts in {home.artifacts}: {exc.strerror or exc}"
+    try:
+        # Connections opened before the fault may point at a file that is gone or was replaced.
+        store.engine.dispose()
+        store.set_meta("engine_probe", str(time.time()))
+    except Exception as exc:  # noqa: BLE001 - any failure means "not yet"
+        return systemic_reason(exc) or f"database: {type(exc).__name__}: {exc}"
+    return None
+
+
+class LogLimiter:
+    """Log a repeated message once per ``every_s``, so a lasting fault cannot fill the disk with logs."""
+
+    def __init__(self, logger: logging.Logger, every_s: float = 300.0):
+        self.log, self.every_s = logger, every_s
+        self._last: dict[str, float] = {}
+
+    def __call__(self, level: int, msg: str, *args) -> None:
+        key = msg % args if args else msg
+        now = time.monotonic()
+        if now - self._last.get(key, -1e18) >= self.every_s:
+            self._last[key] = now
+            if len(self._last) > 100:
+                self._last = {key: now}
+            self.log.log(level, msg, *args)
