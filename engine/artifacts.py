@@ -22,6 +22,7 @@ from store.paths import Home
 # and with ("written", run folder) once a run's files are all in place, before the engine
 # commits the run. Tests set it in process; for engine subprocesses the variable FAULT_ENV sets it:
 #   MTP_FAULT=enospc:FLAG            every write raises ENOSPC while the file FLAG exists
+#   MTP_FAULT=erofs:FLAG, eacces:FLAG  the same with a read-only file system / permission denied
 #   MTP_FAULT=kill-after-write:P     SIGKILL self with probability P between write and commit
 # Never set in production; unset, it costs one attribute check per file.
 FAULT_ENV = "MTP_FAULT"
@@ -30,10 +31,12 @@ FAULT_ENV = "MTP_FAULT"
 def _env_fault_hook() -> Callable[[str, Path], None] | None:
     spec = os.environ.get(FAULT_ENV, "")
     kind, _, arg = spec.partition(":")
-    if kind == "enospc" and arg:
+    if kind in ("enospc", "erofs", "eacces") and arg:
+        code = getattr(errno, kind.upper())
+
         def hook(stage: str, path: Path) -> None:
             if stage == "write" and os.path.exists(arg):
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+                raise OSError(code, os.strerror(code), str(path))
         return hook
     if kind == "kill-after-write":
         p = float(arg or 1.0)

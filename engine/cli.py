@@ -115,11 +115,16 @@ def main(argv: list[str] | None = None) -> int:
 
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from store.paths import Home
+    from store.paths import Home, StoreError, set_umask
 
     from .launch import DeviceLock, EngineAlreadyRunning, EngineError, log_path, normalize_device
 
-    home = Home.resolve(args.home)
+    set_umask()
+    try:
+        home = Home.resolve(args.home)
+    except StoreError as exc:
+        print(f"mtp-engine: {exc}", file=sys.stderr)
+        return 2
     fake = (args.backend or os.environ.get(BACKEND_ENV, "") or "diffusers") == "fake"
     try:
         # One spelling per device, so `cuda` and `cuda:0` share a lock, a log and a worker id.
@@ -132,21 +137,29 @@ def main(argv: list[str] | None = None) -> int:
     except EngineAlreadyRunning as exc:
         print(f"mtp-engine: {exc}", file=sys.stderr)
         return 3
+    except OSError as exc:
+        print(f"mtp-engine: cannot create the device lock in the data folder {home.root} "
+              f"({exc.strerror or exc}); the data folder must be writable by you", file=sys.stderr)
+        return 2
     try:
-        _setup_logging(log_path(home, device), args.verbose)
+        try:
+            _setup_logging(log_path(home, device), args.verbose)
+        except OSError as exc:
+            print(f"mtp-engine: cannot write the log {log_path(home, device)} ({exc.strerror or exc})", file=sys.stderr)
+            return 2
         return _serve(args, home, device, fake)
     finally:
         lock.release()
 
 
 def _serve(args, home, device: str, fake: bool) -> int:
-    from store.db import SchemaTooNew, Store
+    from store.db import Store, StoreError
 
     from .worker import Worker, WorkerConfig
 
     try:
         store = Store(home, url=args.db)
-    except SchemaTooNew as exc:
+    except StoreError as exc:
         log.error("%s", exc)
         return 2
     score = None
@@ -189,7 +202,7 @@ def _serve(args, home, device: str, fake: bool) -> int:
     finally:
         store.close()
     if worker.fault:
-        print(f"mtp-engine: stopped, cannot go on: {worker.fault} (runs left queued)", file=sys.stderr)
+        log.error("mtp-engine stopped, cannot go on: %s (its runs are left queued)", worker.fault)
         return 4
     return 0
 

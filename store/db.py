@@ -12,17 +12,20 @@ from typing import Iterator
 
 from sqlalchemy import event, inspect, text
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError
 from sqlmodel import Session, SQLModel, create_engine, select
 
 from . import models  # noqa: F401  (registers the tables)
 from .models import Meta
-from .paths import Home
+from .paths import Home, StoreError
+
+__all__ = ["Store", "StoreError", "SchemaTooNew", "open_store"]
 
 SCHEMA_VERSION = 2
 BUSY_TIMEOUT_MS = 30_000
 
 
-class SchemaTooNew(RuntimeError):
+class SchemaTooNew(StoreError):
     pass
 
 
@@ -66,7 +69,26 @@ class Store:
         self.is_sqlite = self.url.startswith("sqlite")
         self.engine = _sqlite_engine(self.url) if self.is_sqlite else create_engine(self.url, pool_pre_ping=True)
         self._write_engine = self.engine.execution_options(sqlite_immediate=True) if self.is_sqlite else self.engine
-        self._migrate()
+        try:
+            self._migrate()
+        except DBAPIError as exc:
+            self.engine.dispose()
+            raise StoreError(self._explain(exc)) from None
+
+    def _explain(self, exc: DBAPIError) -> str:
+        """What an unusable database means for the person who tried to open it."""
+        why = str(getattr(exc, "orig", None) or exc)
+        where = self.home.db_path if self.url == self.home.db_url else self.url
+        low = why.lower()
+        if "not a database" in low or "malformed" in low:
+            return (f"{where} is not a readable mtp database ({why}); move it aside and run `mtp init` "
+                    f"for a new one, or restore a backup")
+        if "readonly" in low or "read-only" in low or "unable to open" in low:
+            return (f"cannot open {where} for writing ({why}); the data folder {self.home.root} and the "
+                    f"database must be writable by you (or choose another with --home / $MTP_HOME)")
+        if "disk is full" in low or "no space" in low:
+            return f"cannot write {where}: the disk is full ({why}); free some space and retry"
+        return f"cannot open the database {where}: {why}"
 
     # ------------------------------------------------------------------ sessions
     def session(self) -> Session:
@@ -125,4 +147,5 @@ class Store:
 
 
 def open_store(home: str | os.PathLike | None = None) -> Store:
+    """The data folder's store; raises StoreError with a message fit to show as is."""
     return Store(Home.resolve(home))

@@ -166,11 +166,13 @@ def open_store(home: str | None, demo: bool):
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from store.db import SchemaTooNew
+    from store.db import StoreError
+    from store.paths import set_umask
 
+    set_umask()
     try:
         store = open_store(args.home, args.demo)
-    except SchemaTooNew as exc:
+    except StoreError as exc:
         print(f"mtp-tui: {exc}", file=sys.stderr)
         return 2
     # textual-image must query the terminal before Textual takes it over (see artifact_image).

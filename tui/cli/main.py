@@ -36,13 +36,15 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0 if args.command is None else 2
-    from store.db import SchemaTooNew, open_store
+    from store.db import StoreError, open_store
+    from store.paths import set_umask
     from store.sweep.grammar import SweepError
     from store.queries import InputError
 
+    set_umask()
     try:
         store = open_store(args.home)
-    except SchemaTooNew as exc:
+    except StoreError as exc:
         print(f"mtp: {exc}", file=sys.stderr)
         return 2
     try:
