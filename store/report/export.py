@@ -162,11 +162,23 @@ def runs_query(store: Store, experiment_id: int, scale: str = "raw"):
     return q, header
 
 
+# A text cell starting with one of these is run as a formula by spreadsheet apps (CSV injection).
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _csv_text(v):
+    """Neutralise a text cell a spreadsheet would run as a formula, with a leading single quote
+    (OWASP's advice); numbers, negative ones included, are not text and stay numbers."""
+    if isinstance(v, str) and v.startswith(_FORMULA_START):
+        return "'" + v
+    return v
+
+
 def _csv_value(v):
     # Python datetimes only appear off SQLite; keep them ISO 8601 like the SQLite path.
     if hasattr(v, "isoformat"):
         return v.isoformat()
-    return v
+    return _csv_text(v)
 
 
 def export_runs_csv(store: Store, experiment_id: int, path: str | os.PathLike, scale: str = "raw",
@@ -177,7 +189,7 @@ def export_runs_csv(store: Store, experiment_id: int, path: str | os.PathLike, s
     target = _target(store, path, ".csv", folder)
     q, header = runs_query(store, experiment_id, scale)
     with _atomic(target) as fh:
-        csv.writer(fh).writerow(header)
+        csv.writer(fh).writerow([_csv_text(h) for h in header])
         for chunk in _prefetch(_stream(store, q)):
             # Formatting a chunk in memory and writing it once beat 5000 small writes by ~25%.
             buf = io.StringIO()
@@ -262,7 +274,7 @@ def export_summary_csv(store: Store, experiment_id: int, by: str, path: str | os
     with _atomic(target) as fh:
         writer = csv.writer(fh)
         writer.writerow(summary_header(rows))
-        writer.writerows(summary_rows(rows))
+        writer.writerows([_csv_text(v) for v in line] for line in summary_rows(rows))
     return target
 
 
