@@ -129,7 +129,10 @@ class Worker:
         self.stats = {"groups": 0, "generate_calls": 0, "done": 0, "failed": 0, "cancelled": 0, "pauses": 0}
         # Why the engine could not go on (a fault under --once, or a lasting loop error); None when fine.
         self.fault: str | None = None
-        self._limited = LogLimiter(log)
+        self._limited = LogLimiter(log, every_s=60.0)
+        self._fault_delay = 0.0
+        self._resumed_at: float | None = None
+        self._done_at_resume = 0
         self._hb_thread: threading.Thread | None = None
         self._hb_stop = threading.Event()
         self._last_recover = 0.0
@@ -198,7 +201,9 @@ class Worker:
         self.stats["pauses"] += 1
         self.fault = reason
         self.progress.pause(reason)
-        log.error("engine paused: %s; its runs stay queued and it retries until this clears", reason)
+        # Limited: a fault that the probe misses (a database full only for bigger writes) comes
+        # back after each resume, and must not write a line per cycle forever.
+        self._limited(logging.ERROR, "engine paused: %s; its runs stay queued and it retries until this clears", reason)
         try:
             self._release_claimed()
         except Exception as exc:  # released on resume, when the database takes writes again
@@ -206,7 +211,9 @@ class Worker:
         if self.config.once:
             return False
         t0 = time.monotonic()
-        delay = max(0.05, self.config.poll_s)
+        # The backoff carries over when a fault returns soon after a resume without any run done.
+        recent = self._resumed_at is not None and self.stats["done"] == self._done_at_resume
+        delay = self._fault_delay if recent else max(0.05, self.config.poll_s)
         while True:
             if self.stop_event.wait(delay):
                 return False
@@ -219,11 +226,14 @@ class Worker:
             if problem is None:
                 break
             if problem != self.fault:
-                log.error("engine still paused: %s", problem)
+                self._limited(logging.ERROR, "engine still paused: %s", problem)
                 self.fault = problem
                 self.progress.pause(problem)
             delay = min(delay * 2, self.config.max_backoff_s)
-        log.warning("fault cleared after %.1fs (%s): resuming", time.monotonic() - t0, reason)
+        self._fault_delay = min(delay * 2, self.config.max_backoff_s)
+        self._resumed_at, self._done_at_resume = time.monotonic(), self.stats["done"]
+        self._limited(logging.WARNING, "fault cleared (%s): resuming", reason)
+        log.debug("resumed after %.1fs paused", time.monotonic() - t0)
         self.fault = None
         self.progress.idle("resumed after: " + reason)
         return True
@@ -289,8 +299,8 @@ class Worker:
             try:
                 heartbeat(self.store, self.worker_id, status=p.status, current_run_id=p.run_id, step=p.step,
                           total_steps=p.total, its_per_s=p.its_per_s, message=p.message)
-            except Exception as exc:  # a busy database must not kill the thread
-                log.warning("heartbeat failed: %s", exc)
+            except Exception as exc:  # a busy or full database must not kill the thread
+                self._limited(logging.WARNING, "heartbeat failed: %s", exc)
             self._hb_stop.wait(self.config.heartbeat_s)
 
     # ---------------------------------------------------------- one group
