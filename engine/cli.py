@@ -41,9 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--heartbeat", type=float, default=5.0, help="seconds between heartbeats (default 5)")
     p.add_argument("--stale-after", type=float, default=60.0,
                    help="a worker silent this long is dead and its runs are requeued (default 60)")
-    p.add_argument("--max-attempts", type=int, default=3,
+    p.add_argument("--max-attempts", type=int, default=5,
                    help="engine deaths while a run is being generated before that run is failed as the likely "
-                        "cause (default 3; deaths during model load or restarts do not count)")
+                        "cause (default 5; deaths during model load or restarts do not count)")
     p.add_argument("--no-score", action="store_true", help="finish runs without computing scores")
     p.add_argument("--backend", choices=BACKENDS, default=None,
                    help="generator: diffusers (default), or fake = flat-colour images without torch or weights, "

@@ -21,7 +21,9 @@ from .models import Experiment, ExperimentStatus, Meta, Run, RunStatus, Score, W
 
 PAUSED_KEY = "queue_paused"
 # Engine deaths with a run in flight before that run is failed as the likely cause (see Run.crashes).
-DEFAULT_MAX_ATTEMPTS = 3
+# Several, because a suspect runs alone and random kills (OOM killer, a restart) seldom hit the
+# same lone run that often, while a run that really crashes the engine does so every time.
+DEFAULT_MAX_ATTEMPTS = 5
 DEFAULT_STALE_AFTER_S = 60.0
 
 

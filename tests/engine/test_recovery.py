@@ -218,3 +218,113 @@ def test_detached_engine_survives_sighup_of_its_parent(store, tmp_path):
         assert stop_engine(store.home, wait_s=20) == [pid]
     assert engine_running(store.home) == []
     assert any(w.pid == pid and w.status == q.WorkerStatus.STOPPED for w in q.list_workers(store))
+
+
+# ------------------------------------------------------------------ issue 11: crashes and faults
+def test_random_sigkills_with_the_default_attempt_limit_lose_and_double_nothing(store, tmp_path):
+    import random
+
+    for seed in range(6):
+        make_exp(store, f"e{seed}", seeds=str(seed))  # 6 groups x 8 runs
+    env = fake_env(tmp_path, step_s=0.03)
+    rng = random.Random(11)
+    kills = 0
+    for _ in range(12):
+        proc = engine(store.home, env, "cpu", "--max-batch", "4")  # default --max-attempts
+        try:
+            time.sleep(rng.uniform(0.05, 1.5))  # at any moment: start-up, claim, generate, write, commit
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                kills += 1
+            proc.wait()
+    assert kills >= 10
+    proc = engine(store.home, env, "cpu", "--once", "--max-batch", "4")
+    err = finish(proc)
+    assert proc.returncode == 0, err
+    runs = assert_all_done_once(store, 48)
+    assert not [r.error for r in runs if r.status == RunStatus.FAILED]
+
+
+def test_kill_between_artifact_write_and_commit_reruns_the_batch_once(store, tmp_path):
+    make_exp(store)  # 8 runs, one group
+    env = dict(fake_env(tmp_path, step_s=0.0), MTP_FAULT="kill-after-write:1")
+    proc = engine(store.home, env, "cpu", "--max-batch", "4")
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL  # it killed itself with the files written, uncommitted
+    assert {r.status for r in runs_of(store)} == {RunStatus.RUNNING, RunStatus.QUEUED}
+    proc = engine(store.home, fake_env(tmp_path, step_s=0.0), "cpu", "--once", "--max-batch", "4")
+    err = finish(proc)
+    assert proc.returncode == 0, err
+    runs = assert_all_done_once(store, 8)
+    assert sorted(r.crashes for r in runs) == [0] * 4 + [1] * 4  # the killed batch, charged once
+
+
+def test_full_disk_engine_pauses_then_drains_and_once_exits_non_zero(store, tmp_path):
+    make_exp(store, seeds="0,1")  # 16 runs
+    fault = tmp_path / "disk-full"
+    fault.touch()
+    env = dict(fake_env(tmp_path, step_s=0.0), MTP_FAULT=f"enospc:{fault}")
+    once = engine(store.home, env, "cpu", "--once")
+    err = finish(once)
+    assert once.returncode == 4 and "No space left on device" in err, err
+    assert {r.status for r in runs_of(store)} == {RunStatus.QUEUED}
+
+    proc = engine(store.home, env, "cpu", "--max-batch", "4")
+    try:
+        wait_for(lambda: any(w.status == q.WorkerStatus.PAUSED for w in q.list_workers(store)), what="paused")
+        shown = subprocess.run([sys.executable, "-m", "tui.cli.main", "--home", str(store.home.root), "queue"],
+                               env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert "PAUSED: cannot write artifacts" in shown.stdout and "No space left" in shown.stdout, shown.stdout
+        assert {r.status for r in runs_of(store)} == {RunStatus.QUEUED}
+        fault.unlink()
+        wait_for(lambda: {r.status for r in runs_of(store)} == {RunStatus.DONE}, what="the queue to drain")
+    finally:
+        proc.terminate()
+        err = finish(proc)
+    assert proc.returncode == 0, err
+    assert_all_done_once(store, 16)
+    # Many probes while paused, one line in the log.
+    assert len(re.findall(rf"\[{proc.pid}\] engine paused", log_path(store.home, "cpu").read_text())) == 1
+
+
+def test_a_foreground_engine_ignores_sighup(store, tmp_path):
+    env = fake_env(tmp_path, step_s=0.01)
+    proc = engine(store.home, env, "cpu")
+    try:
+        wait_for(lambda: any(w.status == q.WorkerStatus.IDLE for w in q.list_workers(store)), what="the engine")
+        proc.send_signal(signal.SIGHUP)  # the terminal went away
+        make_exp(store)
+        wait_for(lambda: {r.status for r in runs_of(store)} == {RunStatus.DONE}, what="the queue to drain")
+        assert proc.poll() is None
+    finally:
+        proc.terminate()
+        finish(proc)
+    assert proc.returncode == 0
+
+
+@pytest.mark.parametrize("first,second", [("cuda", "cuda:0"), ("cpu", "cpu:0"), ("CUDA:0", "0"), ("cuda:1", "cuda:01")])
+def test_device_aliases_take_one_lock(home, first, second):
+    from engine.launch import DeviceLock, host_slug, normalize_device
+
+    assert normalize_device(first) == normalize_device(second)
+    with DeviceLock(home, first) as lock:
+        assert host_slug() in lock.path.name
+        with pytest.raises(EngineAlreadyRunning):
+            DeviceLock(home, second).acquire()
+    assert log_path(home, first) == log_path(home, second)
+    with DeviceLock(home, first):
+        DeviceLock(home, "cuda:7").acquire().release()  # other devices stay free
+
+
+def test_engine_refuses_a_second_spelling_of_a_busy_device(store, tmp_path):
+    env = fake_env(tmp_path, step_s=0.01)
+    proc = engine(store.home, env, "cpu")
+    try:
+        wait_for(lambda: engine_running(store.home), what="the lock")
+        second = subprocess.run([sys.executable, "-m", "engine.cli", "--home", str(store.home.root), "--device", "cpu:0"],
+                                env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert second.returncode == 3 and "already running on cpu" in second.stderr
+    finally:
+        proc.terminate()
+        finish(proc)
