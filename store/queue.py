@@ -119,8 +119,9 @@ def claim_group(
 ) -> list[Run]:
     """Claim up to ``max_batch`` queued runs sharing one group_key, atomically.
 
-    The head run is the best queued run: same model/weights as ``loaded`` first (a model switch
-    costs far more than a batch), then higher priority, then oldest. Returns [] when the queue
+    The head run is the best queued run: fewest engine deaths charged (Run.crashes), then same
+    model/weights as ``loaded`` (a model switch costs far more than a batch), then higher
+    priority, then oldest. Returns [] when the queue
     is empty or paused. Claimed runs are running, owned by ``worker_id``, attempts + 1, and
     not yet in flight (`mark_in_flight` says when generation starts).
     """
@@ -128,7 +129,10 @@ def claim_group(
     with store.write() as s:
         if _paused_in(s):
             return []
-        order = []
+        # Runs charged with engine deaths go last, the least charged first: a run that kills
+        # engines never holds up healthy work, and random kills (which hit whatever runs first
+        # after a restart) spread over many runs instead of piling onto one.
+        order = [col(Run.crashes).asc()]
         if loaded is not None:
             same = and_(Run.model == loaded.model, Run.weights_kind == loaded.weights_kind,
                         col(Run.weights_path).is_not_distinct_from(loaded.weights_path))

@@ -328,3 +328,23 @@ def test_engine_refuses_a_second_spelling_of_a_busy_device(store, tmp_path):
     finally:
         proc.terminate()
         finish(proc)
+
+
+def test_a_run_that_kills_every_engine_is_failed_after_the_default_limit(store, tmp_path):
+    make_exp(store, target_prompts=["a dog on the beach", "crash now"], start_step="1", final_step="3",
+             skip_interval="1")  # two runs, one batch
+    env = dict(fake_env(tmp_path, step_s=0.0), MTP_FAKE_CRASH_PROMPT="crash now")
+    deaths = 0
+    for _ in range(q.DEFAULT_MAX_ATTEMPTS + 3):
+        proc = engine(store.home, env, "cpu", "--once")  # default --max-attempts
+        err = finish(proc)
+        if proc.returncode == 0:
+            break
+        assert proc.returncode == -signal.SIGKILL, err
+        deaths += 1
+    assert proc.returncode == 0
+    assert deaths == q.DEFAULT_MAX_ATTEMPTS
+    ok, poison = runs_of(store)
+    assert ok.status == RunStatus.DONE
+    assert poison.status == RunStatus.FAILED and poison.crashes == q.DEFAULT_MAX_ATTEMPTS
+    assert f"{q.DEFAULT_MAX_ATTEMPTS} engines died in a row while generating this run" in poison.error

@@ -235,9 +235,9 @@ def test_a_run_in_flight_when_an_engine_died_is_claimed_alone(store):
     q.release_runs(store, wid, [r.id for r in runs[1:]])
     _age_heartbeat(store, wid, 120)
     q.recover_stale(store, stale_after_s=60)
-    first = q.claim_group(store, "w2", max_batch=8)
-    assert [r.id for r in first] == [runs[0].id]  # the suspect alone
-    assert [r.id for r in q.claim_group(store, "w3", max_batch=8)] == [r.id for r in runs[1:]]
+    # Healthy runs first (without the suspect), then the suspect alone.
+    assert [r.id for r in q.claim_group(store, "w2", max_batch=8)] == [r.id for r in runs[1:]]
+    assert [r.id for r in q.claim_group(store, "w3", max_batch=8)] == [runs[0].id]
 
 
 def test_dead_pid_on_this_host_is_recovered_at_once(store):
