@@ -19,7 +19,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Iterator
 
-from sqlalchemy import Integer, String, and_, case, cast, func, select, type_coerce
+from sqlalchemy import Integer, String, and_, case, cast, func, literal, or_, select, type_coerce
 
 from .aggregate import SCALES, AggregateRow, aggregate, check_by, image_metric, iter_rows, scaled_sql
 from store.db import Store
@@ -123,8 +123,17 @@ def _python_type(column):
         return None
 
 
+def _neutralised_sql(column, name: str):
+    """`_csv_text` in SQL, so the fast SQLite path (raw DBAPI rows) is covered too."""
+    first = func.substr(column, 1, 1)
+    # Plain comparisons, not IN (...): an expanding IN does not survive the raw compile of iter_rows.
+    return case((or_(*(first == c for c in _FORMULA_START)), literal("'") + column), else_=column).label(name)
+
+
 def _run_column(store: Store, column):
     kind = _python_type(column)
+    if kind is str:
+        return _neutralised_sql(column, column.name)
     if kind is bool:
         # 0/1 on every backend, and no per-value conversion on the way out.
         return type_coerce(column, Integer).label(column.name)
@@ -155,7 +164,7 @@ def runs_query(store: Store, experiment_id: int, scale: str = "raw"):
              .where(Score.run_id.in_(ids)).group_by(Score.run_id).subquery("p"))
     cols = [_run_column(store, c) for c in table.columns]
     score_cols = [scaled_sql(pivot.c[f"s{i}"], scale).label(score_header(m, b)) for i, (m, b) in enumerate(pairs)]
-    q = (select(*cols, *score_cols, pivot.c.scored_text)
+    q = (select(*cols, *score_cols, _neutralised_sql(pivot.c.scored_text, "scored_text"))
          .select_from(table.outerjoin(pivot, pivot.c.run_id == table.c.id))
          .where(table.c.experiment_id == experiment_id).order_by(table.c.id))
     header = [c.name for c in table.columns] + [score_header(m, b) for m, b in pairs] + ["scored_text"]

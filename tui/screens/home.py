@@ -173,7 +173,9 @@ class HomeScreen(StoreScreen):
         for w in data.workers or []:
             step = f"{w.step}/{w.total_steps}" if w.total_steps else "-"
             its = f"{w.its_per_s:.2f}" if w.its_per_s else "-"
-            wrows.append((w.id, (w.device, w.status, w.current_run_id or "-", step, its, age(w.heartbeat_at), w.id)))
+            # A paused engine (disk full, read-only folder) says why right in its status cell.
+            status = f"{w.status}: {w.message}" if w.status == "paused" else w.status
+            wrows.append((w.id, (w.device, status, w.current_run_id or "-", step, its, age(w.heartbeat_at), w.id)))
         if data.workers is None:
             wrows = [("-", ("store.queue not available", "", "", "", "", "", ""))]
         self._fill("#workers", wrows)
