@@ -19,7 +19,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Iterator
 
-from sqlalchemy import Integer, String, and_, case, cast, func, literal, or_, select, type_coerce
+from sqlalchemy import Integer, String, and_, case, cast, func, literal, literal_column, select, type_coerce
 
 from .aggregate import SCALES, AggregateRow, aggregate, check_by, image_metric, iter_rows, scaled_sql
 from store.db import Store
@@ -125,9 +125,10 @@ def _python_type(column):
 
 def _neutralised_sql(column, name: str):
     """`_csv_text` in SQL, so the fast SQLite path (raw DBAPI rows) is covered too."""
-    first = func.substr(column, 1, 1)
-    # Plain comparisons, not IN (...): an expanding IN does not survive the raw compile of iter_rows.
-    return case((or_(*(first == c for c in _FORMULA_START)), literal("'") + column), else_=column).label(name)
+    # Inline literals: one substr per cell, and no expanding IN, which the raw compile of
+    # iter_rows cannot render. The characters are fixed, so nothing is interpolated from data.
+    starts = [literal_column("'" + c + "'") for c in _FORMULA_START]
+    return case((func.substr(column, 1, 1).in_(starts), literal("'") + column), else_=column).label(name)
 
 
 def _run_column(store: Store, column):
