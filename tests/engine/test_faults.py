@@ -6,15 +6,12 @@ from __future__ import annotations
 import errno
 import os
 import sqlite3
-import struct
 import threading
 import time
-import zlib
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from PIL import Image
 from sqlalchemy.exc import OperationalError
 from sqlmodel import select
 
@@ -25,6 +22,7 @@ from store import queue as q
 from store.models import Run, RunStatus, Score
 from store.queries import save_concept, save_experiment
 from store.sweep.spec import ExperimentSpec
+from tests.poison import POISONS, good_png
 
 
 # ------------------------------------------------------------------ helpers
@@ -42,31 +40,6 @@ def runs_of(store, exp_id=None) -> list[Run]:
         if exp_id is not None:
             stmt = stmt.where(Run.experiment_id == exp_id)
         return list(s.exec(stmt))
-
-
-def png_chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-
-def bomb_png(w: int = 100_000, h: int = 100_000) -> bytes:
-    """A few hundred bytes that claim w x h pixels: PIL's DecompressionBombError."""
-    ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", zlib.compress(b"\0" * 64))
-            + png_chunk(b"IEND", b""))
-
-
-def good_png(path: Path, colour=(200, 100, 0)) -> Path:
-    Image.new("RGB", (64, 64), colour).save(path)
-    return path
-
-
-POISONS = {
-    "bomb": lambda p: p.write_bytes(bomb_png()),
-    "oversized": lambda p: p.write_bytes(bomb_png(9000, 9000)),  # under PIL's limit, over ours
-    "truncated": lambda p: p.write_bytes(good_png(p).read_bytes()[:60]),
-    "not-an-image": lambda p: p.write_text("just some text\n"),
-    "empty": lambda p: p.write_bytes(b""),
-}
 
 
 def drain(store, backend, **cfg) -> Worker:

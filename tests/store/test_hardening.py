@@ -17,7 +17,7 @@ from store.queries import InputError, RunFilter, list_runs, save_experiment, upd
 from store.report.export import export_runs_csv, export_summary_csv
 from store.sweep.grammar import SweepError
 from store.sweep.spec import ExperimentSpec
-from tests.engine.test_faults import bomb_png
+from tests.poison import bomb_png
 from tui.cli.main import main
 
 ROOT = Path(__file__).resolve().parents[2]
