@@ -33,7 +33,7 @@ from store.queue import (
 )
 
 from .artifacts import write_run_artifacts
-from .faults import EngineFault, LogLimiter, artifact_write_fault, check_database_file, probe, systemic_reason
+from .faults import LogLimiter, artifact_write_fault, check_database_file, probe, systemic_reason
 from .backends.base import Backend, LoadKey, ModelUnavailable, RunError, SourceJob, TargetJob
 from .control import ControlError, ControlSpec
 
