@@ -78,7 +78,11 @@ def _stored_source_image(store: Store, path: str) -> tuple[str, Path | None]:
     p = p.resolve()
     if p.is_relative_to(root):
         return str(p.relative_to(root)), None
-    digest = hashlib.sha256(p.read_bytes()).hexdigest()[:20]
+    h = hashlib.sha256()
+    with open(p, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    digest = h.hexdigest()[:20]
     return str(Path("sources") / f"{digest}{p.suffix.lower()}"), p
 
 
