@@ -201,7 +201,7 @@ def _serve(args, home, device: str, fake: bool) -> int:
         worker.run()
     finally:
         store.close()
-    if worker.fault:
+    if worker.fault and not worker.stop_event.is_set():
         log.error("mtp-engine stopped, cannot go on: %s (its runs are left queued)", worker.fault)
         return 4
     return 0

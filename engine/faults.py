@@ -10,7 +10,11 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import re
+import shutil
+import socket
 import time
+from pathlib import Path
 
 from store.db import Store
 
@@ -69,11 +73,13 @@ def check_database_file(store: Store) -> None:
         raise EngineFault(f"database file {path} is gone")
 
 
-def probe(store: Store, home) -> str | None:
+def probe(store: Store, home, ballast: "Ballast | None" = None) -> str | None:
     """None when the engine can write artifacts and the database again, else why not."""
     path = sqlite_path(store)
     if path and not os.path.exists(path):
         return f"database file {path} is gone"
+    if ballast is not None and not ballast.room():
+        return f"the disk of {home.root} is still (nearly) full"
     try:
         probe_writable(home)
     except OSError as exc:
@@ -102,3 +108,64 @@ class LogLimiter:
             if len(self._last) > 100:
                 self._last = {key: now}
             self.log.log(level, msg, *args)
+
+
+class Ballast:
+    """Space reserved on the data folder's disk, given up when the disk is full.
+
+    A full disk refuses the very writes that would tell anyone the engine is stuck (its Worker
+    row) and give its runs back; freeing this file lets those few writes through. The engine
+    resumes only once the disk has room for the ballast again, and refills it then. Files left
+    by killed engines are removed by the next engine on the host.
+    """
+
+    PREFIX = ".ballast-"
+
+    def __init__(self, folder: Path, size: int = 1 << 20, host: str | None = None):
+        self.folder, self.size = Path(folder), int(size)
+        self.host = re.sub(r"[^A-Za-z0-9_.-]+", "", host or socket.gethostname()) or "host"
+        self.path = self.folder / f"{self.PREFIX}{self.host}-{os.getpid()}"
+
+    def fill(self) -> bool:
+        if self.size <= 0 or self.path.exists():
+            return True
+        try:
+            with open(self.path, "wb") as fh:
+                # Real blocks (not a sparse truncate), or freeing it would free nothing.
+                chunk = b"\0" * min(self.size, 1 << 16)
+                for _ in range(0, self.size, len(chunk)):
+                    fh.write(chunk)
+                fh.flush()
+                os.fsync(fh.fileno())
+            return True
+        except OSError:
+            self.path.unlink(missing_ok=True)
+            return False
+
+    def free(self) -> bool:
+        try:
+            self.path.unlink()
+            return True
+        except OSError:
+            return False
+
+    def room(self) -> bool:
+        """Whether the disk has room for the ballast and then some."""
+        try:
+            return shutil.disk_usage(self.folder).free >= 2 * self.size + (1 << 16)
+        except OSError:
+            return False
+
+    def sweep(self) -> None:
+        """Remove the ballast of engines on this host that are gone."""
+        from store.queue import pid_alive
+
+        for p in self.folder.glob(f"{self.PREFIX}{self.host}-*"):
+            pid = p.name.rsplit("-", 1)[-1]
+            if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
+                p.unlink(missing_ok=True)
+
+
+def is_space_fault(reason: str) -> bool:
+    low = reason.lower()
+    return "no space" in low or "disk is full" in low or "quota" in low

@@ -33,7 +33,9 @@ from store.queue import (
 )
 
 from .artifacts import write_run_artifacts
-from .faults import LogLimiter, artifact_write_fault, check_database_file, probe, systemic_reason
+from .faults import (
+    Ballast, EngineFault, LogLimiter, artifact_write_fault, check_database_file, is_space_fault, probe, systemic_reason,
+)
 from .backends.base import Backend, LoadKey, ModelUnavailable, RunError, SourceJob, TargetJob
 from .control import ControlError, ControlSpec
 
@@ -109,6 +111,7 @@ class WorkerConfig:
     recover_every_s: float = 30.0
     cancel_check_s: float = 0.5
     max_backoff_s: float = 60.0  # longest wait between probes while paused by a fault
+    ballast_bytes: int = 1 << 20  # disk space held back to record a pause on a full disk (engine.faults.Ballast)
 
 
 class Worker:
@@ -130,7 +133,9 @@ class Worker:
         # Why the engine could not go on (a fault under --once, or a lasting loop error); None when fine.
         self.fault: str | None = None
         self._limited = LogLimiter(log, every_s=60.0)
+        self._ballast = Ballast(self.home.root, self.config.ballast_bytes)
         self._fault_delay = 0.0
+        self._hb_fault: str | None = None  # set by the heartbeat thread when the database refuses writes
         self._resumed_at: float | None = None
         self._done_at_resume = 0
         self._hb_thread: threading.Thread | None = None
@@ -158,6 +163,8 @@ class Worker:
                     if not registered:
                         register_worker(self.store, self.config.device, self.worker_id)
                         registered = True
+                        self._ballast.sweep()
+                        self._ballast.fill()
                         self._recover()
                     if not self._step():
                         break
@@ -187,6 +194,7 @@ class Worker:
             except Exception as exc:  # the database may be what failed; its runs are recovered later
                 log.error("could not record the stop (claimed runs %s are recovered once this worker "
                           "is seen dead): %s", self.claimed, exc)
+            self._ballast.free()
             log.info("worker %s stopped: %s", self.worker_id, self.stats)
         return self.stats
 
@@ -204,8 +212,14 @@ class Worker:
         # Limited: a fault that the probe misses (a database full only for bigger writes) comes
         # back after each resume, and must not write a line per cycle forever.
         self._limited(logging.ERROR, "engine paused: %s; its runs stay queued and it retries until this clears", reason)
+        space = is_space_fault(reason)
+        if space and self._ballast.free():
+            log.info("freed the engine's reserved disk space to record the pause")
         try:
             self._release_claimed()
+            # Now, not at the next heartbeat: on a full disk this write may be the only one that fits.
+            heartbeat(self.store, self.worker_id, status=WorkerStatus.PAUSED, current_run_id=None, step=0,
+                      total_steps=0, its_per_s=None, message=reason)
         except Exception as exc:  # released on resume, when the database takes writes again
             log.warning("claimed runs %s will be released once the database takes writes: %s", self.claimed, exc)
         if self.config.once:
@@ -217,7 +231,9 @@ class Worker:
         while True:
             if self.stop_event.wait(delay):
                 return False
-            problem = probe(self.store, self.home)
+            problem = probe(self.store, self.home, self._ballast if space else None)
+            if problem is None and space and not self._ballast.fill():
+                problem = f"the disk of {self.home.root} is still (nearly) full"
             if problem is None:
                 try:
                     self._release_claimed()
@@ -241,6 +257,8 @@ class Worker:
     def _step(self) -> bool:
         """Claim and run one group; False when the loop should end (--once and nothing left)."""
         check_database_file(self.store)
+        if self._hb_fault:
+            raise EngineFault(self._hb_fault)
         if time.monotonic() - self._last_recover > self.config.recover_every_s:
             self._recover()
         runs = claim_group(self.store, self.worker_id, self.config.max_batch, self._model_key())
@@ -301,6 +319,10 @@ class Worker:
                           total_steps=p.total, its_per_s=p.its_per_s, message=p.message)
             except Exception as exc:  # a busy or full database must not kill the thread
                 self._limited(logging.WARNING, "heartbeat failed: %s", exc)
+                # The loop pauses on it: an idle engine would otherwise never notice a full disk.
+                self._hb_fault = systemic_reason(exc)
+            else:
+                self._hb_fault = None
             self._hb_stop.wait(self.config.heartbeat_s)
 
     # ---------------------------------------------------------- one group
