@@ -348,3 +348,58 @@ def test_a_run_that_kills_every_engine_is_failed_after_the_default_limit(store, 
     assert ok.status == RunStatus.DONE
     assert poison.status == RunStatus.FAILED and poison.crashes == q.DEFAULT_MAX_ATTEMPTS
     assert f"{q.DEFAULT_MAX_ATTEMPTS} engines died in a row while generating this run" in poison.error
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 4 MiB file system (tmpfs), where one can be mounted (root, a privileged container)."""
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4M", "tmpfs", str(mnt)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a small file system here")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def test_a_really_full_disk_pauses_the_engine_and_it_resumes(small_disk, tmp_path):
+    from store.db import Store
+    from store.paths import Home
+
+    store = Store(Home.resolve(small_disk / "home"))
+    try:
+        make_exp(store, seeds="0,1", width=256, height=256)  # 16 runs
+        proc = engine(store.home, fake_env(tmp_path, step_s=0.1), "cpu", "--max-batch", "4")
+        try:
+            wait_for(lambda: any(r.status == RunStatus.DONE for r in runs_of(store)), what="a first batch")
+            filler = small_disk / "filler"
+            with open(filler, "wb") as fh:  # take every free block
+                try:
+                    while True:
+                        fh.write(b"\0" * 65536)
+                        fh.flush()
+                except OSError:
+                    pass
+            wait_for(lambda: any(w.status == q.WorkerStatus.PAUSED for w in q.list_workers(store)),
+                     what="the engine to say it is paused")
+            (w,) = [w for w in q.list_workers(store) if w.status == q.WorkerStatus.PAUSED]
+            assert "full" in w.message or "No space" in w.message
+            wait_for(lambda: not any(r.status == RunStatus.RUNNING for r in runs_of(store)), what="runs given back")
+            assert not any(r.status == RunStatus.FAILED for r in runs_of(store))
+            filler.unlink()
+            wait_for(lambda: {r.status for r in runs_of(store)} == {RunStatus.DONE}, timeout=120,
+                     what="the queue to drain")
+        finally:
+            proc.terminate()
+            err = finish(proc)
+        assert proc.returncode == 0, err
+        runs = runs_of(store)
+        # (Not the log-based count of assert_all_done_once: the log shares the full disk.)
+        assert len(runs) == 16 and {r.status for r in runs} == {RunStatus.DONE}
+        with store.session() as s:
+            per_run = collections.Counter(sc.run_id for sc in s.exec(select(Score)))
+        assert all(per_run[r.id] == 1 and (store.home.root / r.image_path).is_file() for r in runs)
+    finally:
+        store.close()
