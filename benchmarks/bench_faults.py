@@ -6,6 +6,7 @@
 2. A full disk and a read-only artifacts folder (the fault hook in engine/artifacts.py): the
    engine pauses, the fault is cleared, and the time from clearing to a drained queue is
    printed next to the same drain without a fault (baseline, same process, same machine).
+3. Where a tmpfs can be mounted (root): a real disk filled to the last block, then freed.
 
     python benchmarks/bench_faults.py [--runs 96] [--kills 30]
 """
@@ -27,7 +28,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _env(tmp: Path, **extra) -> dict:
-    env = dict(os.environ, MTP_ENGINE_BACKEND="fake", MTP_FAKE_STEP_S="0.02", OMP_NUM_THREADS="1", **extra)
+    env = dict(os.environ, MTP_ENGINE_BACKEND="fake", MTP_FAKE_STEP_S="0.02", OMP_NUM_THREADS="1")
+    env.update(extra)
     env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     return env
 
@@ -147,6 +149,50 @@ def fault(kind: str, runs: int, hold_s: float) -> None:
         store.close()
 
 
+def real_full_disk(runs: int, hold_s: float) -> None:
+    """A real 8 MiB tmpfs filled to the last block (needs root and mount)."""
+    from store import queue as q
+    from store.models import RunStatus
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        disk = tmp / "disk"
+        disk.mkdir()
+        if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8M", "tmpfs", str(disk)],
+                          capture_output=True).returncode != 0:
+            print("real full disk: skipped (cannot mount a tmpfs here)")
+            return
+        try:
+            store = _queue(disk / "home", runs)
+            proc = _engine(disk / "home", _env(tmp, MTP_FAKE_STEP_S="0.05"))
+            _wait(lambda: any(r.status == RunStatus.DONE for r in _runs(store)))
+            with open(disk / "filler", "wb") as fh:
+                try:
+                    while True:
+                        fh.write(b"\0" * 65536)
+                        fh.flush()
+                except OSError:
+                    pass
+            t_fill = time.monotonic()
+            _wait(lambda: any(w.status == q.WorkerStatus.PAUSED for w in q.list_workers(store)))
+            noticed = time.monotonic() - t_fill
+            time.sleep(hold_s)
+            rows = _runs(store)
+            held = collections.Counter(r.status for r in rows)
+            (disk / "filler").unlink()
+            t0 = time.monotonic()
+            _wait(lambda: all(r.status == RunStatus.DONE for r in _runs(store)))
+            drained = time.monotonic() - t0
+            proc.terminate()
+            proc.wait()
+            print(f"real full disk (tmpfs): paused {noticed:.2f}s after the disk filled, held {hold_s:.0f}s with "
+                  f"{dict(held)}; after freeing space the rest drained in {drained:.2f}s "
+                  f"(all {len(rows)} done: {all(r.status == RunStatus.DONE for r in _runs(store))})")
+            store.close()
+        finally:
+            subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=96)
@@ -157,6 +203,7 @@ def main() -> None:
     kills(args.runs, args.kills, args.seed)
     for kind in ("enospc", "erofs"):
         fault(kind, args.runs, args.hold)
+    real_full_disk(args.runs, args.hold)
 
 
 if __name__ == "__main__":
