@@ -251,6 +251,7 @@ class Worker:
         self._limited(logging.WARNING, "fault cleared (%s): resuming", reason)
         log.debug("resumed after %.1fs paused", time.monotonic() - t0)
         self.fault = None
+        self._hb_fault = None  # the probe just wrote; a stale heartbeat failure must not re-pause
         self.progress.idle("resumed after: " + reason)
         return True
 
