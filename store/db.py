@@ -73,9 +73,9 @@ class Store:
             self._migrate()
         except DBAPIError as exc:
             self.engine.dispose()
-            raise StoreError(self._explain(exc)) from None
+            raise StoreError(self.explain(exc)) from None
 
-    def _explain(self, exc: DBAPIError) -> str:
+    def explain(self, exc: DBAPIError) -> str:
         """What an unusable database means for the person who tried to open it."""
         why = str(getattr(exc, "orig", None) or exc)
         where = self.home.db_path if self.url == self.home.db_url else self.url

@@ -174,3 +174,13 @@ def test_filters_treat_percent_and_underscore_literally(store):
 def test_input_error_names_the_source_image(store, tmp_path):
     with pytest.raises(InputError, match="source image: .*missing.png: no such file"):
         save_experiment(store, "e", small_spec(source_image=str(tmp_path / "missing.png"), invert=True))
+
+
+def test_a_write_refused_by_the_database_gets_a_message(home, capsys, monkeypatch):
+    from store.db import Store
+
+    Store(home).close()
+    # A read-only connection stands in for a read-only folder (root ignores file modes).
+    monkeypatch.setenv("MTP_DB_URL", f"sqlite:///file:{home.db_path}?mode=ro&uri=true")
+    code, _, err = run(capsys, "--home", str(home.root), "queue", "pause")
+    assert code == 2 and "for writing" in err and "readonly" in err and "Traceback" not in err

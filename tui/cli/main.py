@@ -47,10 +47,17 @@ def main(argv: list[str] | None = None) -> int:
     except StoreError as exc:
         print(f"mtp: {exc}", file=sys.stderr)
         return 2
+    from sqlalchemy.exc import DBAPIError, IntegrityError
+
     try:
         return int(args.func(args, store) or 0)
     except (InputError, SweepError) as exc:
         print(f"mtp: {exc}", file=sys.stderr)
+        return 2
+    except DBAPIError as exc:
+        if isinstance(exc, IntegrityError):
+            raise  # a bug, not the machine: keep the traceback
+        print(f"mtp: {store.explain(exc)}", file=sys.stderr)
         return 2
     finally:
         store.close()
