@@ -62,7 +62,9 @@ def sqlite_path(store: Store) -> str | None:
     if not store.is_sqlite:
         return None
     db = store.engine.url.database
-    return db if db and db != ":memory:" else None
+    if db and db.startswith("file:"):  # a URI filename (?mode=...&uri=true)
+        db = db[len("file:"):].split("?", 1)[0]
+    return db if db and db != ":memory:" and "mode=memory" not in str(store.engine.url) else None
 
 
 def check_database_file(store: Store) -> None:
