@@ -156,7 +156,8 @@ def save_concept(
                 kept.append(str(src.relative_to(store.home.root)))
                 continue
             target = dest / f"{i:02d}-{src.name}"
-            shutil.copy2(src, target)
+            # copyfile, not copy2: the copy takes the data folder's private mode, not the original's.
+            shutil.copyfile(src, target)
             kept.append(str(target.relative_to(store.home.root)))
         concept.ref_images = kept
         s.add(concept)

@@ -121,6 +121,25 @@ def test_data_folder_is_private_unless_shared_with_the_group(tmp_path, shared):
         assert _mode(f) & 0o007 == 0 and _mode(f) & 0o770 <= private_file & 0o770, (f, oct(_mode(f)))
 
 
+def test_copied_images_do_not_keep_the_originals_world_readable_mode(tmp_path):
+    from tests.poison import good_png
+
+    home = tmp_path / "home"
+    ref = good_png(tmp_path / "ref.png")
+    src = good_png(tmp_path / "src.png")
+    for p in (ref, src):
+        p.chmod(0o644)
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env.pop("MTP_SHARED_GROUP", None)
+    cli = [sys.executable, "-m", "tui.cli.main", "--home", str(home)]
+    subprocess.run(cli + ["concept", "add", "c", "--image", str(ref), "--model", "org/model"], env=env, check=True,
+                   capture_output=True, timeout=120)
+    subprocess.run(cli + ["experiment", "create", "e", "--model", "org/m", "--prompt", "a dog",
+                          "--source-image", str(src), "--queue"], env=env, check=True, capture_output=True, timeout=120)
+    copies = list((home / "concepts").rglob("*.png")) + list((home / "sources").glob("*"))
+    assert len(copies) == 2 and all(_mode(p) == 0o600 for p in copies), [(p, oct(_mode(p))) for p in copies]
+
+
 def test_existing_world_readable_data_folder_is_closed(tmp_path):
     from store.paths import Home
 
