@@ -129,19 +129,22 @@ def claim_group(
     with store.write() as s:
         if _paused_in(s):
             return []
-        # Runs charged with engine deaths go last, the least charged first: a run that kills
-        # engines never holds up healthy work, and random kills (which hit whatever runs first
-        # after a restart) spread over many runs instead of piling onto one.
-        order = [col(Run.crashes).asc()]
+        order = []
         if loaded is not None:
             same = and_(Run.model == loaded.model, Run.weights_kind == loaded.weights_kind,
                         col(Run.weights_path).is_not_distinct_from(loaded.weights_path))
             order.append(case((same, 0), else_=1))
         order += [col(Run.priority).desc(), col(Run.id).asc()]
-        head = s.exec(
-            select(Run.id, Run.group_key, Run.crashes).where(Run.status == RunStatus.QUEUED)
-            .order_by(*order).limit(1).with_for_update(skip_locked=True)
-        ).first()
+        queued = select(Run.id, Run.group_key, Run.crashes).where(Run.status == RunStatus.QUEUED)
+        # Runs charged with engine deaths go last, the least charged first: a run that kills
+        # engines never holds up healthy work, and random kills (which hit whatever runs first
+        # after a restart) spread over many runs instead of piling onto one. Two queries, so
+        # the common one still walks the queue index instead of sorting the whole queue.
+        head = s.exec(queued.where(Run.crashes == 0).order_by(*order).limit(1)
+                      .with_for_update(skip_locked=True)).first()
+        if head is None:
+            head = s.exec(queued.order_by(col(Run.crashes).asc(), *order).limit(1)
+                          .with_for_update(skip_locked=True)).first()
         if head is None:
             return []
         if head.crashes:
