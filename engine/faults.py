@@ -36,11 +36,12 @@ class EngineFault(Exception):
 
 def systemic_reason(exc: BaseException) -> str | None:
     """Why ``exc`` is a fault of the machine (disk, database), or None when it is not."""
-    from sqlalchemy.exc import DatabaseError, IntegrityError
+    from sqlalchemy.exc import DatabaseError, DataError, IntegrityError
 
     if isinstance(exc, EngineFault):
         return exc.reason
-    if isinstance(exc, DatabaseError) and not isinstance(exc, IntegrityError):
+    # Integrity and data errors come from a run's own values (a NaN score, say): the run's fault.
+    if isinstance(exc, DatabaseError) and not isinstance(exc, (IntegrityError, DataError)):
         # disk or database full, read-only database, unable to open, not a database, locked
         # past the busy timeout, server gone: nothing a run did.
         return f"database unusable: {getattr(exc, 'orig', None) or exc}"
