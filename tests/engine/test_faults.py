@@ -277,3 +277,17 @@ def test_deleted_database_file_pauses_the_engine(store, tmp_path):
         assert "is gone" in worker.fault
         os.rename(moved, db)
         wait_for(lambda: worker.progress.status == q.WorkerStatus.IDLE, what="resumed")
+
+
+def test_a_value_the_database_refuses_fails_its_run_and_does_not_pause(store):
+    def nan_for_one(images, texts, source, refs):
+        return [[{"metric": "fake", "backbone": "none", "value": float("nan") if t == "nan score" else 0.5,
+                  "preprocess": "", "scored_text": t}] for t in texts]
+
+    exp = save_experiment(store, "e", spec(target_prompts=["a dog on the beach", "nan score"]), queue=True)
+    worker = Worker(store, FakeBackend(), WorkerConfig(once=True, heartbeat_s=0.2, poll_s=0.05),
+                    score=nan_for_one, worker_id="w-nan")
+    worker.run()
+    assert worker.fault is None and worker.stats["pauses"] == 0
+    for r in runs_of(store, exp.id):
+        assert r.status == (RunStatus.FAILED if r.target_prompt == "nan score" else RunStatus.DONE), r.error
