@@ -6,16 +6,67 @@ is what the Run row stores so a data folder can be moved.
 """
 from __future__ import annotations
 
+import errno
 import os
+import random
+import signal
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
 from store.paths import Home
 
+# ------------------------------------------------------------------ fault injection (tests only)
+# The fault-injection hook: called with ("write", path) before every artifact file is written
+# and with ("written", run folder) once a run's files are all in place, before the engine
+# commits the run. Tests set it in process; for engine subprocesses the variable FAULT_ENV sets it:
+#   MTP_FAULT=enospc:FLAG            every write raises ENOSPC while the file FLAG exists
+#   MTP_FAULT=erofs:FLAG, eacces:FLAG  the same with a read-only file system / permission denied
+#   MTP_FAULT=kill-after-write:P     SIGKILL self with probability P between write and commit
+# Never set in production; unset, it costs one attribute check per file.
+FAULT_ENV = "MTP_FAULT"
+
+
+def _env_fault_hook() -> Callable[[str, Path], None] | None:
+    spec = os.environ.get(FAULT_ENV, "")
+    kind, _, arg = spec.partition(":")
+    if kind in ("enospc", "erofs", "eacces") and arg:
+        code = getattr(errno, kind.upper())
+
+        def hook(stage: str, path: Path) -> None:
+            if stage == "write" and os.path.exists(arg):
+                raise OSError(code, os.strerror(code), str(path))
+        return hook
+    if kind == "kill-after-write":
+        p = float(arg or 1.0)
+
+        def hook(stage: str, path: Path) -> None:
+            if stage == "written" and random.random() < p:
+                os.kill(os.getpid(), signal.SIGKILL)
+        return hook
+    return None
+
+
+fault_hook: Callable[[str, Path], None] | None = _env_fault_hook()
+
+
+def _fault(stage: str, path: Path) -> None:
+    if fault_hook is not None:
+        fault_hook(stage, path)
+
+
+def probe_writable(home: Home) -> None:
+    """Raise the OSError that writing an artifact would meet now (full disk, read-only folder)."""
+    home.artifacts.mkdir(parents=True, exist_ok=True)
+    path = home.artifacts / f".probe-{os.getpid()}"
+    # Some blocks, not one byte: a nearly full disk often still takes a tiny file.
+    _atomic_write(path, lambda fh: (fh.write(b"\0" * 65536), fh.flush(), os.fsync(fh.fileno())))
+    path.unlink(missing_ok=True)
+
 
 def _atomic_write(path: Path, write) -> None:
+    _fault("write", path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "wb") as fh:
@@ -75,4 +126,5 @@ def write_run_artifacts(
     if maps:
         save_maps(maps, folder / "maps.npz")
         out["maps_path"] = rel(folder / "maps.npz")
+    _fault("written", folder)
     return out

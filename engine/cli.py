@@ -25,7 +25,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="mtp-engine",
         description="Run queued mtp runs: claim a group, generate source + targets in one batch, "
-                    "write artifacts, score, commit. Stops cleanly on SIGTERM/SIGINT.",
+                    "write artifacts, score, commit. Stops cleanly on SIGTERM/SIGINT; ignores SIGHUP, so "
+                    "an engine started in a terminal keeps working when the terminal closes. "
+                    "On a full disk, a read-only data folder or an unusable database it pauses "
+                    "(runs stay queued) and resumes when the fault clears; with --once it exits 4 instead.",
     )
     p.add_argument("--home", help="data folder (default: $MTP_HOME or the platform data dir)")
     p.add_argument("--db", help="database URL, e.g. postgresql+psycopg://user@host/mtp "
@@ -40,7 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--heartbeat", type=float, default=5.0, help="seconds between heartbeats (default 5)")
     p.add_argument("--stale-after", type=float, default=60.0,
                    help="a worker silent this long is dead and its runs are requeued (default 60)")
-    p.add_argument("--max-attempts", type=int, default=3, help="claims per run before it is failed (default 3)")
+    p.add_argument("--max-attempts", type=int, default=5,
+                   help="engine deaths while a run is being generated before that run is failed as the likely "
+                        "cause (default 5; deaths during model load or restarts do not count)")
     p.add_argument("--no-score", action="store_true",
                    help="finish runs without computing scores (score them later with `mtp score`)")
     p.add_argument("--metrics", default="clip,dino",
@@ -102,6 +107,7 @@ def _run_many(args, argv: list[str]) -> int:
         if a.startswith(("--devices=", "--device=")):
             continue
         base.append(a)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # as each engine does
     procs = [subprocess.Popen([sys.executable, "-m", "engine.cli", *base, "--device", dev]) for dev in devices]
 
     def forward(signum, _frame):
@@ -122,38 +128,56 @@ def main(argv: list[str] | None = None) -> int:
 
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from store.paths import Home
+    from store.paths import Home, StoreError, set_umask
 
-    from .launch import DeviceLock, EngineAlreadyRunning, log_path
+    from .launch import DeviceLock, EngineAlreadyRunning, EngineError, log_path, normalize_device
 
-    if args.demo:
-        from store.paths import demo_home
+    set_umask()
+    try:
+        if args.demo:
+            from store.paths import demo_home
 
-        home = Home.resolve(demo_home(args.home))
-    else:
-        home = Home.resolve(args.home)
+            home = Home.resolve(demo_home(args.home))
+        else:
+            home = Home.resolve(args.home)
+    except StoreError as exc:
+        print(f"mtp-engine: {exc}", file=sys.stderr)
+        return 2
     fake = (args.backend or os.environ.get(BACKEND_ENV, "") or "diffusers") == "fake"
-    device = args.device or ("cpu" if fake else _default_device())
+    try:
+        # One spelling per device, so `cuda` and `cuda:0` share a lock, a log and a worker id.
+        device = normalize_device(args.device or ("cpu" if fake else _default_device()))
+    except EngineError as exc:
+        print(f"mtp-engine: {exc}", file=sys.stderr)
+        return 2
     try:
         lock = DeviceLock(home, device).acquire()
     except EngineAlreadyRunning as exc:
         print(f"mtp-engine: {exc}", file=sys.stderr)
         return 3
+    except OSError as exc:
+        print(f"mtp-engine: cannot create the device lock in the data folder {home.root} "
+              f"({exc.strerror or exc}); the data folder must be writable by you", file=sys.stderr)
+        return 2
     try:
-        _setup_logging(log_path(home, device), args.verbose)
+        try:
+            _setup_logging(log_path(home, device), args.verbose)
+        except OSError as exc:
+            print(f"mtp-engine: cannot write the log {log_path(home, device)} ({exc.strerror or exc})", file=sys.stderr)
+            return 2
         return _serve(args, home, device, fake, ready=lock.mark_ready)
     finally:
         lock.release()
 
 
 def _serve(args, home, device: str, fake: bool, ready=lambda: None) -> int:
-    from store.db import SchemaTooNew, Store, WrongHome
+    from store.db import Store, StoreError
 
     from .worker import Worker, WorkerConfig
 
     try:
         store = Store(home, url=args.db)
-    except (SchemaTooNew, WrongHome) as exc:
+    except StoreError as exc:
         log.error("refusing to start: %s", exc)
         return 2
     score = None
@@ -223,8 +247,8 @@ def _serve(args, home, device: str, fake: bool, ready=lambda: None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:  # respect nohup
-        signal.signal(signal.SIGHUP, on_signal)
+    # A queue worker outlives the terminal it was started from (README, "Headless use").
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     ready()
     log.info("mtp-engine pid %d on %s, home %s, database %s%s%s", os.getpid(), device, home.root, store.display_url,
              " (fake backend)" if fake else "", " (score only)" if args.score_only else "")
@@ -239,6 +263,9 @@ def _serve(args, home, device: str, fake: bool, ready=lambda: None) -> int:
             worker.run()
     finally:
         store.close()
+    if worker.fault and not worker.stop_event.is_set():
+        log.error("mtp-engine stopped, cannot go on: %s (its runs are left queued)", worker.fault)
+        return 4
     return 0
 
 
@@ -283,7 +310,19 @@ class LazyScorer:
         key = getattr(self.backend, "key", None)
         return key is not None and (key.model in TINY_MODEL_NAMES or key.model in TINY_SDXL_MODEL_NAMES)
 
+    def prepare(self) -> None:
+        """Load the scoring models before a batch counts as in flight (the worker calls this). A
+        failure is not the runs' fault: it shows again when scoring, where they end done and
+        "not scored" with the reason."""
+        try:
+            self._current()
+        except Exception:
+            log.exception("cannot load the scorer")
+
     def __call__(self, images, texts, source, refs):
+        return self._current().score(images, texts, source, refs)
+
+    def _current(self):
         # A load failure here (after a successful start check) reaches the worker, which keeps
         # the runs done with their images and records why they are not scored.
         if not self.demo and self._on_tiny_model():
@@ -291,8 +330,8 @@ class LazyScorer:
                 from .scoring import Scorer
 
                 self._tiny_scorer = Scorer.for_home(self.home, demo=True, device=self.device, families=self.families)
-            return self._tiny_scorer.score(images, texts, source, refs)
-        return self.load().score(images, texts, source, refs)
+            return self._tiny_scorer
+        return self.load()
 
 
 if __name__ == "__main__":  # pragma: no cover

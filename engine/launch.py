@@ -2,9 +2,11 @@
 
 An engine started here runs in its own session with stdin closed and output in its log file,
 so closing the terminal, the SSH connection or the TUI does not stop it. One engine per device:
-the engine holds an exclusive flock on home/engine-<device>.lock (with its pid written inside)
-for its whole life; the kernel drops the lock when the process dies, so a stale lock file never
-blocks a restart.
+the engine holds an exclusive flock on home/engine-<host>-<device>.lock (with its pid written
+inside) for its whole life; the kernel drops the lock when the process dies, so a stale lock file
+never blocks a restart. Device names are normalised first (`cuda` is `cuda:0`, `cpu:0` is `cpu`),
+so two spellings of one GPU take one lock; the host is in the name because a data folder may be
+shared between machines, each with its own cuda:0.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -32,16 +35,36 @@ class EngineAlreadyRunning(EngineError):
     pass
 
 
+def normalize_device(device: str | None) -> str:
+    """One spelling per device: `cuda`/`CUDA:00`/`0` -> `cuda:0`, `cpu:0` -> `cpu`, `cuda:1` stays."""
+    d = (device or "").strip().lower()
+    if not d:
+        return "cpu"
+    if d.isdigit():
+        return f"cuda:{int(d)}"
+    kind, sep, index = d.partition(":")
+    if sep and not index.isdigit() or not re.fullmatch(r"[a-z][a-z0-9_]*", kind):
+        raise EngineError(f"device {device!r}: expected a torch device such as cuda:0, cuda or cpu")
+    index = str(int(index)) if index else "0"
+    if kind in ("cpu", "mps"):  # torch has one of each; index 0 is the device itself
+        return kind if index == "0" else f"{kind}:{index}"
+    return f"{kind}:{index}"
+
+
 def device_slug(device: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "", device.replace(":", "")) or "cpu"
+    return re.sub(r"[^A-Za-z0-9_.-]+", "", normalize_device(device).replace(":", "")) or "cpu"
+
+
+def host_slug(host: str | None = None) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "", host or socket.gethostname()) or "host"
 
 
 def _home(home: Home | str | os.PathLike | None) -> Home:
     return home if isinstance(home, Home) else Home.resolve(home)
 
 
-def lock_path(home: Home | str | os.PathLike | None, device: str) -> Path:
-    return _home(home).root / f"engine-{device_slug(device)}.lock"
+def lock_path(home: Home | str | os.PathLike | None, device: str, host: str | None = None) -> Path:
+    return _home(home).root / f"engine-{host_slug(host)}-{device_slug(device)}.lock"
 
 
 def log_path(home: Home | str | os.PathLike | None, device: str) -> Path:
@@ -52,8 +75,8 @@ class DeviceLock:
     """The exclusive per-device lock an engine holds while it runs."""
 
     def __init__(self, home: Home | str | os.PathLike | None, device: str):
-        self.path = lock_path(home, device)
-        self.device = device
+        self.device = normalize_device(device)
+        self.path = lock_path(home, self.device)
         self.fd: int | None = None
 
     def acquire(self) -> "DeviceLock":
@@ -128,12 +151,13 @@ def _is_locked(path: Path) -> bool:
 def engine_running(home: Home | str | os.PathLike | None = None, device: str | None = None) -> list[dict]:
     """Engines running on this host for this home: [{device, pid, started, lock, log}]."""
     h = _home(home)
-    paths = [lock_path(h, device)] if device else sorted(h.root.glob("engine-*.lock"))
+    prefix = f"engine-{host_slug()}-"
+    paths = [lock_path(h, device)] if device else sorted(h.root.glob(f"{prefix}*.lock"))
     out = []
     for p in paths:
         if p.exists() and _is_locked(p):
             info = _read_info(p)
-            dev = info.get("device") or p.stem[len("engine-"):]
+            dev = info.get("device") or p.stem[len(prefix):]
             out.append({"device": dev, "pid": int(info.get("pid", 0) or 0), "started": info.get("started"),
                         "lock": str(p), "log": str(log_path(h, dev))})
     return out

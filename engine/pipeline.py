@@ -12,6 +12,8 @@ clip_sample=False, set_alpha_to_one=False)``, with ``ControlSpec(layers="10-15",
 from __future__ import annotations
 
 import json
+import math
+import numbers
 import string
 import warnings
 from dataclasses import dataclass
@@ -256,6 +258,14 @@ def _decode(pipe, latents: torch.Tensor, chunk: int = 4) -> list:
     return images
 
 
+def _check_sampling(num_steps, guidance) -> None:
+    # NaN compares False with everything, so unchecked it silently meant "no guidance".
+    if isinstance(num_steps, bool) or not isinstance(num_steps, numbers.Integral) or num_steps < 1:
+        raise ValueError(f"num_steps must be a whole number of at least 1, got {num_steps!r}")
+    if isinstance(guidance, bool) or not isinstance(guidance, numbers.Real) or not math.isfinite(guidance):
+        raise ValueError(f"guidance must be a finite number, got {guidance!r}")
+
+
 def generate(
     pipe,
     source: Source,
@@ -280,8 +290,11 @@ def generate(
     step_callback(i, n): called after each denoising step; an exception it raises aborts.
     trace: record the (step, layer, target) triples that were controlled.
     decode: False skips the VAE (images are then empty lists / None).
+    Raises ValueError for num_steps < 1 or a guidance that is not a finite number.
     """
     from diffusers.utils.torch_utils import randn_tensor
+
+    _check_sampling(num_steps, guidance)
 
     unet = pipe.unet
     device = unet.device

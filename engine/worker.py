@@ -5,6 +5,11 @@ source (equal group_key), generated as one batch of source + N targets. A run be
 in the single transaction that also stores its artifact paths and scores, so a crash at any
 point leaves it running-but-dead, which `store.queue.recover_stale` puts back in the queue.
 
+Failure attribution: anything raised while runs are claimed is those runs' failure (per run:
+a failing batch is retried one run at a time, and scoring fails per concept), except faults of
+the machine (`engine.faults`: full disk, read-only folder, unusable database), on which the
+worker gives its runs back, pauses and retries until the fault clears.
+
 The generator is a backend object (`engine.backends`: diffusers, or the torch-free fake) and
 scoring a plain callable, so the loop is testable without torch or weights.
 """
@@ -25,10 +30,14 @@ from store.db import Store
 from store.models import Concept, Run
 from store.queue import (
     DEFAULT_MAX_ATTEMPTS, DEFAULT_STALE_AFTER_S, ModelKey, WorkerStatus, cancel_requested_ids, claim_group,
-    complete_runs, fail_runs, heartbeat, is_paused, make_worker_id, recover_stale, register_worker, release_runs,
+    complete_runs, fail_runs, heartbeat, is_paused, make_worker_id, mark_in_flight, recover_stale, register_worker,
+    release_runs,
 )
 
 from .artifacts import write_run_artifacts
+from .faults import (
+    Ballast, EngineFault, LogLimiter, artifact_write_fault, check_database_file, is_space_fault, probe, systemic_reason,
+)
 from .backends.base import Backend, LoadKey, ModelUnavailable, RunError, SourceJob, TargetJob
 from .control import ControlError, ControlSpec
 
@@ -86,6 +95,10 @@ class Progress:
         self.status, self.run_id, self.step, self.total, self.message = WorkerStatus.IDLE, None, 0, 0, message
         self.its_per_s = None
 
+    def pause(self, reason: str) -> None:
+        self.idle(reason)
+        self.status = WorkerStatus.PAUSED
+
 
 # ------------------------------------------------------------------ the worker
 @dataclass
@@ -99,6 +112,8 @@ class WorkerConfig:
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
     recover_every_s: float = 30.0
     cancel_check_s: float = 0.5
+    max_backoff_s: float = 60.0  # longest wait between probes while paused by a fault
+    ballast_bytes: int = 1 << 20  # disk space held back to record a pause on a full disk (engine.faults.Ballast)
 
 
 class Worker:
@@ -119,7 +134,15 @@ class Worker:
         self.progress = Progress()
         self.loaded: LoadKey | None = None
         self.claimed: list[int] = []
-        self.stats = {"groups": 0, "generate_calls": 0, "done": 0, "failed": 0, "cancelled": 0}
+        self.stats = {"groups": 0, "generate_calls": 0, "done": 0, "failed": 0, "cancelled": 0, "pauses": 0}
+        # Why the engine could not go on (a fault under --once, or a lasting loop error); None when fine.
+        self.fault: str | None = None
+        self._limited = LogLimiter(log, every_s=60.0)
+        self._ballast = Ballast(self.home.root, self.config.ballast_bytes)
+        self._fault_delay = 0.0
+        self._hb_fault: str | None = None  # set by the heartbeat thread when the database refuses writes
+        self._resumed_at: float | None = None
+        self._done_at_resume = 0
         self._hb_thread: threading.Thread | None = None
         self._hb_stop = threading.Event()
         self._last_recover = 0.0
@@ -133,31 +156,115 @@ class Worker:
         self.stop_event.set()
 
     def run(self) -> dict:
-        register_worker(self.store, self.config.device, self.worker_id)
+        """Serve the queue until stopped (or, with ``once``, drained). ``self.fault`` says why
+        a --once engine gave up early."""
         self._start_heartbeat()
         log.info("worker %s started (max batch %d)", self.worker_id, self.config.max_batch)
+        registered = False
+        errors = 0
         try:
-            self._recover()
             while not self.stop_event.is_set():
                 try:
+                    if not registered:
+                        register_worker(self.store, self.config.device, self.worker_id)
+                        registered = True
+                        self._ballast.sweep()
+                        self._ballast.fill()
+                        self._recover()
                     if not self._step():
                         break
+                    errors = 0
                 except Interrupted:
                     break
-                except Exception:
-                    # A database hiccup must not end the engine; claims are released above and
-                    # anything left running is recovered once its heartbeat stops.
-                    log.error("engine loop error:\n%s", traceback.format_exc())
-                    self.stop_event.wait(self.config.poll_s)
+                except Exception as exc:
+                    reason = systemic_reason(exc)
+                    if reason is not None:
+                        if not self._pause(reason):
+                            break
+                        continue
+                    # Not the machine and not a run (runs claimed are failed in _step): a bug or
+                    # a passing hiccup. Back off, and log it rarely so it cannot fill the disk.
+                    errors += 1
+                    self._limited(logging.ERROR, "engine loop error:\n%s", traceback.format_exc())
+                    if self.config.once and errors >= 3:
+                        self.fault = f"engine loop error: {type(exc).__name__}: {exc}"
+                        break
+                    self.stop_event.wait(min(self.config.poll_s * 2 ** min(errors, 10), self.config.max_backoff_s))
         finally:
             self._stop_heartbeat()
-            heartbeat(self.store, self.worker_id, status=WorkerStatus.STOPPED, current_run_id=None,
-                      step=0, total_steps=0, its_per_s=None, message="stopped")
+            try:
+                self._release_claimed()
+                heartbeat(self.store, self.worker_id, status=WorkerStatus.STOPPED, current_run_id=None,
+                          step=0, total_steps=0, its_per_s=None, message=f"stopped: {self.fault}" if self.fault else "stopped")
+            except Exception as exc:  # the database may be what failed; its runs are recovered later
+                log.error("could not record the stop (claimed runs %s are recovered once this worker "
+                          "is seen dead): %s", self.claimed, exc)
+            self._ballast.free()
             log.info("worker %s stopped: %s", self.worker_id, self.stats)
         return self.stats
 
+    def _release_claimed(self) -> None:
+        if self.claimed:
+            release_runs(self.store, self.worker_id, self.claimed)
+            self.claimed = []
+
+    def _pause(self, reason: str) -> bool:
+        """Hold off a fault of the machine: runs back to the queue, probe with backoff until it
+        clears. False when the loop should end (--once, or asked to stop)."""
+        self.stats["pauses"] += 1
+        self.fault = reason
+        self.progress.pause(reason)
+        # Limited: a fault that the probe misses (a database full only for bigger writes) comes
+        # back after each resume, and must not write a line per cycle forever.
+        self._limited(logging.ERROR, "engine paused: %s; its runs stay queued and it retries until this clears", reason)
+        space = is_space_fault(reason)
+        if space and self._ballast.free():
+            log.info("freed the engine's reserved disk space to record the pause")
+        try:
+            self._release_claimed()
+            # Now, not at the next heartbeat: on a full disk this write may be the only one that fits.
+            heartbeat(self.store, self.worker_id, status=WorkerStatus.PAUSED, current_run_id=None, step=0,
+                      total_steps=0, its_per_s=None, message=reason)
+        except Exception as exc:  # released on resume, when the database takes writes again
+            log.warning("claimed runs %s will be released once the database takes writes: %s", self.claimed, exc)
+        if self.config.once:
+            return False
+        t0 = time.monotonic()
+        # The backoff carries over when a fault returns soon after a resume without any run done.
+        recent = self._resumed_at is not None and self.stats["done"] == self._done_at_resume
+        delay = self._fault_delay if recent else max(0.05, self.config.poll_s)
+        while True:
+            if self.stop_event.wait(delay):
+                return False
+            problem = probe(self.store, self.home, self._ballast if space else None)
+            if problem is None and space and not self._ballast.fill():
+                problem = f"the disk of {self.home.root} is still (nearly) full"
+            if problem is None:
+                try:
+                    self._release_claimed()
+                except Exception as exc:
+                    problem = systemic_reason(exc) or f"{type(exc).__name__}: {exc}"
+            if problem is None:
+                break
+            if problem != self.fault:
+                self._limited(logging.ERROR, "engine still paused: %s", problem)
+                self.fault = problem
+                self.progress.pause(problem)
+            delay = min(delay * 2, self.config.max_backoff_s)
+        self._fault_delay = min(delay * 2, self.config.max_backoff_s)
+        self._resumed_at, self._done_at_resume = time.monotonic(), self.stats["done"]
+        self._limited(logging.WARNING, "fault cleared (%s): resuming", reason)
+        log.debug("resumed after %.1fs paused", time.monotonic() - t0)
+        self.fault = None
+        self._hb_fault = None  # the probe just wrote; a stale heartbeat failure must not re-pause
+        self.progress.idle("resumed after: " + reason)
+        return True
+
     def _step(self) -> bool:
         """Claim and run one group; False when the loop should end (--once and nothing left)."""
+        check_database_file(self.store)
+        if self._hb_fault:
+            raise EngineFault(self._hb_fault)
         if time.monotonic() - self._last_recover > self.config.recover_every_s:
             self._recover()
         runs = claim_group(self.store, self.worker_id, self.config.max_batch, self._model_key())
@@ -173,11 +280,18 @@ class Worker:
         self.claimed = [r.id for r in runs]
         try:
             self.process_group(runs)
-        finally:
+        except Interrupted:
+            raise  # run() gives the claims back
+        except Exception as exc:
+            if systemic_reason(exc) is not None:
+                raise
+            # Whatever raised while these runs were claimed is theirs, wherever it was raised:
+            # giving the claim back would hand the same poison to every engine forever.
             if self.claimed:
-                release_runs(self.store, self.worker_id, self.claimed)
-                self.claimed = []
-            self.progress.idle()
+                log.error("runs %s failed:\n%s", self.claimed, traceback.format_exc())
+                self._fail(list(self.claimed), f"{type(exc).__name__}: {exc}")
+        self._release_claimed()
+        self.progress.idle()
         return True
 
     def _model_key(self) -> ModelKey | None:
@@ -211,8 +325,12 @@ class Worker:
             try:
                 heartbeat(self.store, self.worker_id, status=p.status, current_run_id=p.run_id, step=p.step,
                           total_steps=p.total, its_per_s=p.its_per_s, message=p.message)
-            except Exception as exc:  # a busy database must not kill the thread
-                log.warning("heartbeat failed: %s", exc)
+            except Exception as exc:  # a busy or full database must not kill the thread
+                self._limited(logging.WARNING, "heartbeat failed: %s", exc)
+                # The loop pauses on it: an idle engine would otherwise never notice a full disk.
+                self._hb_fault = systemic_reason(exc)
+            else:
+                self._hb_fault = None
             self._hb_stop.wait(self.config.heartbeat_s)
 
     # ---------------------------------------------------------- one group
@@ -233,9 +351,21 @@ class Worker:
             return
         except Exception as exc:
             self.loaded = None
+            if systemic_reason(exc) is not None:
+                raise
             log.error("loading %s failed:\n%s", first.model, traceback.format_exc())
             self._fail(ids, f"cannot load model {first.model}: {type(exc).__name__}: {exc}")
             return
+        prepare = getattr(self.score, "prepare", None)
+        if prepare is not None:
+            # The scorer's models load now, before the runs count as in flight.
+            try:
+                prepare()
+            except RunError as exc:
+                self._fail(ids, str(exc))
+                return
+        # From here an engine death is charged to these runs (store.queue.recover_stale).
+        mark_in_flight(self.store, self.worker_id, ids)
 
         source = SourceJob.of(first, self.home.root)
         if first.source_image:
@@ -257,22 +387,35 @@ class Worker:
         fit_key = (key, source.width, source.height, source.invert)
         batch = max(1, min(len(targets), self._batch_fit.get(fit_key, len(targets))))
         pending = list(targets)
+        solo = 0  # leading pending targets to run one at a time (their batch failed)
         while pending:
             if self.stop_event.is_set():
                 raise Interrupted()
-            chunk = pending[:batch]
+            chunk = pending[:1 if solo else batch]
             try:
                 self._run_chunk(source, chunk, by_id)
                 pending = pending[len(chunk):]
+                solo = max(0, solo - len(chunk))
             except Interrupted:
                 raise
             except Cancelled:
                 self._cancelled([t.run_id for t in chunk])
                 pending = pending[len(chunk):]
-            except RunError as exc:
-                self._fail([t.run_id for t in chunk], str(exc))
-                pending = pending[len(chunk):]
+                solo = max(0, solo - len(chunk))
             except Exception as exc:
+                if systemic_reason(exc) is not None:
+                    raise
+                if len(chunk) > 1 and not is_oom(exc):
+                    # One bad target must not fail its batchmates: find it by running them alone.
+                    log.warning("batch of runs %s failed (%s: %s); retrying them one at a time",
+                                [t.run_id for t in chunk], type(exc).__name__, exc)
+                    solo = len(chunk)
+                    continue
+                solo = max(0, solo - len(chunk))
+                if isinstance(exc, RunError):
+                    self._fail([t.run_id for t in chunk], str(exc))
+                    pending = pending[len(chunk):]
+                    continue
                 if is_oom(exc):
                     self.backend.after_oom()
                     if len(chunk) > 1:
@@ -327,9 +470,15 @@ class Worker:
         runs = [by_id[i] for i in ids]
         results = []
         for k, run in enumerate(runs):
-            paths = write_run_artifacts(self.home, run.id, result.images[k], result.source_image,
-                                        result.masks[k] if k < len(result.masks) else None,
-                                        result.maps[k] if k < len(result.maps) else None)
+            try:
+                paths = write_run_artifacts(self.home, run.id, result.images[k], result.source_image,
+                                            result.masks[k] if k < len(result.masks) else None,
+                                            result.maps[k] if k < len(result.maps) else None)
+            except OSError as exc:
+                fault = artifact_write_fault(exc, self.home)
+                if fault is None:
+                    raise
+                raise fault from exc
             results.append(dict(paths, run_id=run.id, duration_s=elapsed / len(runs), scores=[],
                                 session_id=self._session_id()))
         if self.score is not None:
@@ -345,6 +494,8 @@ class Worker:
             log.info("runs %s not marked done (cancelled or no longer ours)", sorted(skipped))
 
     def _score(self, runs: list[Run], result, results: list[dict]) -> None:
+        """Fill each result's scores, or its `score_error` when its concept could not be scored:
+        one concept's bad reference image never touches another concept's runs."""
         # Runs of one batch can belong to different concepts (group_key ignores the concept).
         by_concept: dict[int | None, list[int]] = {}
         for k, run in enumerate(runs):
@@ -356,11 +507,13 @@ class Worker:
                          for k in idx]
                 scores = self.score([result.images[k] for k in idx], texts, result.source_image, refs)
             except Exception as exc:
-                if is_oom(exc):
-                    raise  # the batch is retried smaller; scoring is part of it
+                if systemic_reason(exc) is not None or is_oom(exc):
+                    raise  # a machine fault pauses the engine; OOM retries the batch smaller
                 # The images are good: the runs end done with them, marked not scored and why
-                # (`mtp score` scores them later).
+                # (`mtp score` scores them later). Only this concept's runs are affected.
                 reason = str(exc) if isinstance(exc, RunError) else f"{type(exc).__name__}: {exc}"
+                if not isinstance(exc, RunError):
+                    log.error("scoring concept %s failed:\n%s", concept_id, traceback.format_exc())
                 log.warning("runs %s not scored: %s", [runs[k].id for k in idx], reason)
                 for k in idx:
                     results[k]["score_error"] = reason
@@ -433,6 +586,8 @@ def _image_problem(path: str | None) -> str | None:
         check_image(path or "")
     except InputError as exc:
         return str(exc)
+    except Exception as exc:  # noqa: BLE001 - whatever a decoder raises, the image is unusable
+        return f"{path}: not a readable image ({type(exc).__name__}: {exc})"
     return None
 
 

@@ -20,11 +20,14 @@ from typing import Iterator
 
 from sqlalchemy import event, inspect, text
 from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import DBAPIError
 from sqlmodel import Session, SQLModel, create_engine, select
 
 from . import models  # noqa: F401  (registers the tables)
 from .models import Meta
-from .paths import Home
+from .paths import Home, StoreError
+
+__all__ = ["Store", "StoreError", "SchemaTooNew", "WrongHome", "open_store", "mask_url", "use_db_url", "db_url_from"]
 
 SCHEMA_VERSION = 2
 BUSY_TIMEOUT_MS = 30_000
@@ -43,11 +46,11 @@ _WRITE_RE = re.compile(r'^\s*(?:INSERT\s+(?:OR\s+\w+\s+)?INTO|UPDATE|DELETE\s+FR
 _CHANGED = "mtp_changed"
 
 
-class SchemaTooNew(RuntimeError):
+class SchemaTooNew(StoreError):
     pass
 
 
-class WrongHome(RuntimeError):
+class WrongHome(StoreError):
     """The data folder is not the one this database records its artifacts in."""
 
 
@@ -136,6 +139,8 @@ MIGRATIONS: dict[int, list[str | Only | AddColumn]] = {
         AddColumn("run", "session_id", "INTEGER"),
         # issue 13: the runs browser counts marked runs on every page load
         "CREATE INDEX IF NOT EXISTS ix_run_marked ON run (marked)",
+        # issue 11: engine deaths while a run was being generated (attempts only count claims)
+        AddColumn("run", "crashes", "INTEGER NOT NULL DEFAULT 0"),
     ],
 }
 
@@ -158,6 +163,9 @@ class Store:
         _watch_writes(self.engine)
         try:
             self._migrate()
+        except DBAPIError as exc:
+            self.engine.dispose()
+            raise StoreError(self.explain(exc)) from None
         except BaseException:
             self.engine.dispose()
             raise
@@ -170,6 +178,21 @@ class Store:
     def owns_folder(self) -> bool:
         """The database is the SQLite file inside its data folder (they cannot be mismatched)."""
         return self.url == self.home.db_url
+
+    def explain(self, exc: DBAPIError) -> str:
+        """What an unusable database means for the person who tried to open it."""
+        why = str(getattr(exc, "orig", None) or exc)
+        where = self.home.db_path if self.owns_folder else self.display_url
+        low = why.lower()
+        if "not a database" in low or "malformed" in low:
+            return (f"{where} is not a readable mtp database ({why}); move it aside and run `mtp init` "
+                    f"for a new one, or restore a backup")
+        if "readonly" in low or "read-only" in low or "unable to open" in low:
+            return (f"cannot open {where} for writing ({why}); the data folder {self.home.root} and the "
+                    f"database must be writable by you (or choose another with --home / $MTP_HOME)")
+        if "disk is full" in low or "no space" in low:
+            return f"cannot write {where}: the disk is full ({why}); free some space and retry"
+        return f"cannot open the database {where}: {why}"
 
     # ------------------------------------------------------------------ sessions
     def session(self) -> Session:
@@ -294,4 +317,5 @@ class Store:
 
 
 def open_store(home: str | os.PathLike | None = None, url: str | None = None) -> Store:
+    """The data folder's store; raises StoreError with a message fit to show as is."""
     return Store(Home.resolve(home), url=url)

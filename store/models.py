@@ -124,12 +124,16 @@ class Run(SQLModel, table=True):
     # lifecycle
     status: str = Field(default=RunStatus.QUEUED, index=True)
     priority: int = 0
-    attempts: int = 0
+    attempts: int = 0  # claims, informational: a claim lost to a crash during model load counts here
+    # Consecutive engine deaths while this run was being generated (not merely claimed): only
+    # these fail a run for crashing engines (store.queue.recover_stale), so a restart or a kill
+    # during model load never burns it.
+    crashes: int = 0
     worker_id: Optional[str] = Field(default=None, index=True)
     cancel_requested: bool = False
     created_at: datetime = Field(default_factory=utcnow)
     claimed_at: Optional[datetime] = None
-    started_at: Optional[datetime] = None
+    started_at: Optional[datetime] = None  # generation began (None while only claimed)
     finished_at: Optional[datetime] = None
     duration_s: Optional[float] = None
     error: Optional[str] = Field(default=None, sa_column=Column(Text, nullable=True))
@@ -236,7 +240,7 @@ class Worker(SQLModel, table=True):
     host: str = ""
     pid: int = 0
     device: str = ""
-    status: str = "idle"  # idle, running, stopped
+    status: str = "idle"  # idle, running, paused (message says why), stopped, dead
     started_at: datetime = Field(default_factory=utcnow)
     heartbeat_at: datetime = Field(default_factory=utcnow)
     current_run_id: Optional[int] = None

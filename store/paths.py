@@ -8,6 +8,26 @@ from pathlib import Path
 import platformdirs
 
 ENV_HOME = "MTP_HOME"
+# Set to 1 to share the data folder with your group (folders 2770 setgid, files 0660) instead of
+# keeping it private (0700 / 0600), the default. README, "Sharing a data folder".
+ENV_SHARED = "MTP_SHARED_GROUP"
+
+
+class StoreError(RuntimeError):
+    """The data folder or its database cannot be used; the message says why and what to do."""
+
+
+def shared_group() -> bool:
+    return os.environ.get(ENV_SHARED, "").strip().lower() not in ("", "0", "no", "false")
+
+
+def set_umask() -> None:
+    """Make what this process creates private (or group-shared with MTP_SHARED_GROUP=1).
+
+    The entry points (mtp, mtp-engine, mtp-tui) call it first, so the database, its WAL files,
+    images and logs are never world-readable on a shared server whatever the login umask is.
+    """
+    os.umask(0o007 if shared_group() else 0o077)
 
 
 def default_home() -> Path:
@@ -39,8 +59,28 @@ class Home:
         return h
 
     def ensure(self) -> None:
+        try:
+            for p in (self.root, self.artifacts, self.concepts, self.models, self.logs, self.exports):
+                p.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot create the data folder {self.root} ({exc.strerror or exc}: {exc.filename}); "
+                             f"use a folder you can write with --home or ${ENV_HOME}") from None
+        self._protect()
+
+    def _protect(self) -> None:
+        # The root's mode is what guards everything inside: files made before the umask was
+        # set (or by a library in a notebook) stay unreadable to others behind it.
+        shared = shared_group()
         for p in (self.root, self.artifacts, self.concepts, self.models, self.logs, self.exports):
-            p.mkdir(parents=True, exist_ok=True)
+            try:
+                st = p.stat()
+                if st.st_uid != os.getuid():
+                    continue  # someone else's shared folder: theirs to set
+                mode = 0o2770 if shared else 0o700
+                if st.st_mode & 0o7777 != mode:
+                    p.chmod(mode)
+            except OSError:
+                pass  # a read-only folder is already safe from us; the database open says more
 
     @property
     def id_path(self) -> Path:

@@ -1,6 +1,8 @@
 """Queries the app, the CLI and the engine share: concepts, experiments, paged runs, counts."""
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -22,20 +24,75 @@ class InputError(ValueError):
 
 
 # ------------------------------------------------------------------ images
+# Far above any size Stable Diffusion takes (sources are resized), far below what exhausts memory.
+MAX_IMAGE_PIXELS = 64 * 1024 * 1024
+
+
 def check_image(path: str | Path) -> None:
-    """Raise InputError naming the file and the reason when it is not a readable image."""
+    """Raise InputError naming the file and the reason when it is not a readable image.
+
+    Anything a decoder raises counts (decompression bombs, truncated files, empty files, other
+    formats), so a bad file is refused here and can never stall an engine.
+    """
     from PIL import Image, UnidentifiedImageError
 
     p = Path(path).expanduser()
     if not p.is_file():
         raise InputError(f"{p}: no such file")
     try:
+        if p.stat().st_size == 0:
+            raise InputError(f"{p}: not a readable image (the file is empty)")
         with Image.open(p) as im:
+            w, h = im.size
+            if w * h > MAX_IMAGE_PIXELS:
+                raise InputError(f"{p}: image too large ({w}x{h} pixels; the limit is "
+                                 f"{MAX_IMAGE_PIXELS // (1024 * 1024)} megapixels): resize it first")
             im.verify()
         with Image.open(p) as im:
             im.load()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise InputError(f"{p}: not a readable image ({exc})") from None
+    except InputError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise InputError(f"{p}: image too large, refused as a possible decompression bomb ({exc})") from None
+    except UnidentifiedImageError:
+        raise InputError(f"{p}: not a readable image (no image format recognises it)") from None
+    except PermissionError as exc:
+        raise InputError(f"{p}: not a readable image (permission denied: {exc.strerror})") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise InputError(f"{p}: not a readable image, truncated or corrupt ({exc})") from None
+    except (Exception, MemoryError) as exc:  # noqa: BLE001 - a decoder may raise anything
+        raise InputError(f"{p}: not a readable image ({type(exc).__name__}: {exc})") from None
+
+
+def _stored_source_image(store: Store, path: str) -> tuple[str, Path | None]:
+    """Check an experiment's source image; return its path relative to the data folder and, when
+    it still has to be copied in, the file to copy (content-addressed, so copies are shared)."""
+    root = store.home.root
+    p = Path(path).expanduser()
+    if not p.is_absolute() and not p.exists() and (root / p).is_file():
+        p = root / p  # already stored: a duplicated or re-queued experiment
+    try:
+        check_image(p)
+    except InputError as exc:
+        raise InputError(f"source image: {exc}") from None
+    p = p.resolve()
+    if p.is_relative_to(root):
+        return str(p.relative_to(root)), None
+    h = hashlib.sha256()
+    with open(p, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    digest = h.hexdigest()[:20]
+    return str(Path("sources") / f"{digest}{p.suffix.lower()}"), p
+
+
+def _copy_in(src: Path, dest: Path) -> None:
+    if dest.exists():
+        return
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, dest)
 
 
 # ------------------------------------------------------------------ concepts
@@ -98,7 +155,8 @@ def save_concept(
                 kept.append(str(src.relative_to(store.home.root)))
                 continue
             target = dest / f"{i:02d}-{src.name}"
-            shutil.copy2(src, target)
+            # copyfile, not copy2: the copy takes the data folder's private mode, not the original's.
+            shutil.copyfile(src, target)
             kept.append(str(target.relative_to(store.home.root)))
         concept.ref_images = kept
         s.add(concept)
@@ -121,17 +179,6 @@ def concept_by_name(store: Store, name: str) -> Concept | None:
 
 
 # ------------------------------------------------------------------ experiments
-def _relative_to_home(store: Store, path: str | None) -> str | None:
-    """A source image inside the data folder is recorded relative to it, so engines on hosts that
-    mount the folder elsewhere find it too."""
-    if not path or not os.path.isabs(path):
-        return path
-    try:
-        return str(Path(path).resolve().relative_to(store.home.root))
-    except ValueError:
-        return path
-
-
 def save_experiment(
     store: Store,
     name: str,
@@ -150,9 +197,15 @@ def save_experiment(
     concept = get_concept(store, concept_id) if concept_id else None
     if concept_id and concept is None:
         raise InputError(f"concept {concept_id} does not exist")
+    copy_from = None
+    if spec.source_image:
+        # Checked and copied now, as reference images are: a file moved or broken later can
+        # no longer fail the runs, and a bad one is refused before anything is queued.
+        stored, copy_from = _stored_source_image(store, spec.source_image)
+        spec = dataclasses.replace(spec, source_image=stored)
     rows = expand(spec, concept)  # raises SweepError before anything is written
-    for row in rows:
-        row["source_image"] = _relative_to_home(store, row.get("source_image"))
+    if copy_from is not None:
+        _copy_in(copy_from, store.home.root / spec.source_image)
     with store.write() as s:
         exp = s.get(Experiment, experiment_id) if experiment_id else Experiment(name=name)
         if exp is None:
@@ -353,11 +406,12 @@ def _filter_clause(f: RunFilter):
             raise InputError(f"cannot filter on {column!r}")
         clauses.append(getattr(Run, column) == value)
     if f.tag:
-        clauses.append(col(Run.tags).contains(f.tag))
+        clauses.append(col(Run.tags).contains(f.tag, autoescape=True))
     if f.text:
-        like = f"%{f.text}%"
-        clauses.append(or_(col(Run.target_prompt).like(like), col(Run.layers).like(like),
-                           col(Run.tags).like(like), col(Run.notes).like(like), col(Run.error).like(like)))
+        # % and _ typed by the user are literal characters, not wildcards.
+        like = "%" + f.text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        clauses.append(or_(*(col(c).like(like, escape="\\") for c in
+                             (Run.target_prompt, Run.layers, Run.tags, Run.notes, Run.error))))
     if f.marked is not None:
         clauses.append(Run.marked == f.marked)
     if f.baseline is not None:
@@ -462,7 +516,7 @@ def add_tag(store: Store, run_ids: Sequence[int], tag: str) -> int:
         res = s.execute(
             Run.__table__.update()
             .where(col(Run.id).in_(list(run_ids)))
-            .where(~col(Run.tags).contains(tag))
+            .where(~col(Run.tags).contains(tag, autoescape=True))
             .values(tags=case((Run.tags == "", tag), else_=Run.tags + "," + tag))
         )
         return res.rowcount

@@ -20,15 +20,20 @@ from .db import Store
 from .models import Experiment, ExperimentStatus, Meta, Run, RunStatus, Score, Worker, utcnow
 
 PAUSED_KEY = "queue_paused"
-DEFAULT_MAX_ATTEMPTS = 3
+# Engine deaths with a run in flight before that run is failed as the likely cause (see Run.crashes).
+# Several, because a suspect runs alone and random kills (OOM killer, a restart) seldom hit the
+# same lone run that often, while a run that really crashes the engine does so every time.
+DEFAULT_MAX_ATTEMPTS = 5
 DEFAULT_STALE_AFTER_S = 60.0
 
 
 class WorkerStatus:
     IDLE = "idle"
     RUNNING = "running"
+    PAUSED = "paused"  # the engine cannot write (disk full, read-only, database gone); message says why
     STOPPED = "stopped"
     DEAD = "dead"  # stopped heartbeating; set by recover_stale
+    LIVE = (IDLE, RUNNING, PAUSED)
 
 
 # ------------------------------------------------------------------ helpers
@@ -114,9 +119,11 @@ def claim_group(
 ) -> list[Run]:
     """Claim up to ``max_batch`` queued runs sharing one group_key, atomically.
 
-    The head run is the best queued run: same model/weights as ``loaded`` first (a model switch
-    costs far more than a batch), then higher priority, then oldest. Returns [] when the queue
-    is empty or paused. Claimed runs are running, owned by ``worker_id``, attempts + 1.
+    The head run is the best queued run: fewest engine deaths charged (Run.crashes), then same
+    model/weights as ``loaded`` (a model switch costs far more than a batch), then higher
+    priority, then oldest. Returns [] when the queue
+    is empty or paused. Claimed runs are running, owned by ``worker_id``, attempts + 1, and
+    not yet in flight (`mark_in_flight` says when generation starts).
     """
     max_batch = max(1, int(max_batch))
     with store.write() as s:
@@ -128,26 +135,47 @@ def claim_group(
                         col(Run.weights_path).is_not_distinct_from(loaded.weights_path))
             order.append(case((same, 0), else_=1))
         order += [col(Run.priority).desc(), col(Run.id).asc()]
-        head = s.exec(
-            select(Run.id, Run.group_key).where(Run.status == RunStatus.QUEUED)
-            .order_by(*order).limit(1).with_for_update(skip_locked=True)
-        ).first()
+        queued = select(Run.id, Run.group_key, Run.crashes).where(Run.status == RunStatus.QUEUED)
+        # Runs charged with engine deaths go last, the least charged first: a run that kills
+        # engines never holds up healthy work, and random kills (which hit whatever runs first
+        # after a restart) spread over many runs instead of piling onto one. Two queries, so
+        # the common one still walks the queue index instead of sorting the whole queue.
+        head = s.exec(queued.where(Run.crashes == 0).order_by(*order).limit(1)
+                      .with_for_update(skip_locked=True)).first()
+        if head is None:
+            head = s.exec(queued.order_by(col(Run.crashes).asc(), *order).limit(1)
+                          .with_for_update(skip_locked=True)).first()
         if head is None:
             return []
-        ids = list(s.exec(
-            select(Run.id).where(Run.status == RunStatus.QUEUED, Run.group_key == head.group_key)
-            .order_by(col(Run.priority).desc(), col(Run.id).asc())
-            .limit(max_batch).with_for_update(skip_locked=True)
-        ))
+        if head.crashes:
+            # A run that was in flight when an engine died runs alone, so a run that kills
+            # engines takes no batchmates down with it and is found out in a few deaths.
+            ids = [head.id]
+        else:
+            ids = list(s.exec(
+                select(Run.id).where(Run.status == RunStatus.QUEUED, Run.group_key == head.group_key,
+                                     Run.crashes == 0)
+                .order_by(col(Run.priority).desc(), col(Run.id).asc())
+                .limit(max_batch).with_for_update(skip_locked=True)
+            ))
         now = utcnow()
         s.execute(
             update(Run).where(col(Run.id).in_(ids), Run.status == RunStatus.QUEUED)
-            .values(status=RunStatus.RUNNING, worker_id=worker_id, claimed_at=now, started_at=now,
+            .values(status=RunStatus.RUNNING, worker_id=worker_id, claimed_at=now, started_at=None,
                     attempts=Run.attempts + 1, cancel_requested=False)
         )
         runs = list(s.exec(select(Run).where(col(Run.id).in_(ids), Run.worker_id == worker_id,
                                              Run.status == RunStatus.RUNNING).order_by(Run.id)))
     return runs
+
+
+def mark_in_flight(store: Store, worker_id: str, run_ids: Sequence[int]) -> None:
+    """Generation of these claimed runs starts now: from here an engine death counts against them."""
+    if not run_ids:
+        return
+    with store.write() as s:
+        s.execute(update(Run).where(col(Run.id).in_(list(run_ids)), Run.worker_id == worker_id,
+                                    Run.status == RunStatus.RUNNING).values(started_at=utcnow()))
 
 
 def complete_runs(store: Store, worker_id: str, results: Sequence[dict[str, Any]]) -> list[int]:
@@ -225,6 +253,7 @@ def release_runs(store: Store, worker_id: str, run_ids: Sequence[int]) -> list[i
             else:
                 run.status = RunStatus.QUEUED
                 run.attempts = max(0, run.attempts - 1)
+                run.started_at = None
             run.worker_id = None
             run.claimed_at = None
             s.add(run)
@@ -294,7 +323,7 @@ def list_workers(store: Store, include_stopped: bool = True) -> list[Worker]:
         # Grouped by host: engines of one machine sit together in the app and `mtp workers`.
         q = select(Worker).order_by(Worker.host, Worker.device, Worker.id)
         if not include_stopped:
-            q = q.where(col(Worker.status).in_([WorkerStatus.IDLE, WorkerStatus.RUNNING]))
+            q = q.where(col(Worker.status).in_(list(WorkerStatus.LIVE)))
         return list(s.exec(q))
 
 
@@ -321,11 +350,13 @@ def recover_stale(
     max_attempts: int = DEFAULT_MAX_ATTEMPTS,
     forget_after_s: float = 7 * 86400,
 ) -> Recovery:
-    """Requeue runs held by dead workers; a run that already used ``max_attempts`` is failed.
+    """Requeue runs held by dead workers; a run in flight in ``max_attempts`` deaths is failed.
 
     A worker is dead when its heartbeat is older than ``stale_after_s``, or it runs on this host
-    and its pid is gone, or it said it stopped. The attempt count is kept across requeues (it
-    counts claims), so a run that kills its worker every time ends failed instead of looping.
+    and its pid is gone, or it said it stopped. Only a death while the run was being generated
+    (`mark_in_flight`) counts against it (Run.crashes), so an engine killed while loading its
+    model or restarted by hand never burns runs, while a run that kills every engine that
+    generates it (it is retried alone) ends failed with a message saying so instead of looping.
     Stopped or dead workers silent for ``forget_after_s`` leave the registry.
     """
     out = Recovery()
@@ -338,21 +369,26 @@ def recover_stale(
                  if worker_is_stale(workers.get(wid), stale_after_s, now, host)}
         # Workers that died with nothing claimed are marked too, so the registry tells the truth.
         for w in workers.values():
-            if w.status in (WorkerStatus.IDLE, WorkerStatus.RUNNING) and worker_is_stale(w, stale_after_s, now, host):
+            if w.status in WorkerStatus.LIVE and worker_is_stale(w, stale_after_s, now, host):
                 stale.add(w.id)
         touched = []
         for run in running:
             if run.worker_id not in stale:
                 continue
             touched.append(run.experiment_id)
-            why = f"worker {run.worker_id} stopped responding during attempt {run.attempts}"
+            in_flight = run.started_at is not None
+            if in_flight:
+                run.crashes += 1
+            why = (f"worker {run.worker_id} stopped responding while generating it "
+                   f"(engine death {run.crashes} with this run in flight)" if in_flight else
+                   f"worker {run.worker_id} stopped responding before generating it (not counted)")
             if run.cancel_requested:
                 run.status, run.finished_at, run.error = RunStatus.CANCELLED, now, why
                 out.failed.append(run.id)
-            elif run.attempts >= max_attempts:
-                last = run.error or why
+            elif in_flight and run.crashes >= max_attempts:
                 run.status = RunStatus.FAILED
-                run.error = f"gave up after {run.attempts} attempts; last error: {last}"
+                run.error = (f"{run.crashes} engines died in a row while generating this run (the last "
+                             f"ones with it alone), so it likely crashes the engine; last: {why}")
                 run.finished_at = now
                 out.failed.append(run.id)
             else:
@@ -361,10 +397,11 @@ def recover_stale(
                 out.requeued.append(run.id)
             run.worker_id = None
             run.claimed_at = None
+            run.started_at = None
             s.add(run)
         for wid in stale:
             w = workers.get(wid)
-            if w is not None and w.status in (WorkerStatus.IDLE, WorkerStatus.RUNNING):
+            if w is not None and w.status in WorkerStatus.LIVE:
                 w.status = WorkerStatus.DEAD
                 w.current_run_id = None
                 s.add(w)
@@ -403,7 +440,7 @@ def cancel_experiment(store: Store, experiment_id: int) -> dict[str, int]:
     return {"cancelled": res.rowcount, "requested": req.rowcount}
 
 
-_RESET = dict(status=RunStatus.QUEUED, attempts=0, error=None, score_error=None, session_id=None,
+_RESET = dict(status=RunStatus.QUEUED, attempts=0, crashes=0, error=None, score_error=None, session_id=None,
               worker_id=None, cancel_requested=False,
               claimed_at=None, started_at=None, finished_at=None, duration_s=None, image_path=None,
               source_image_path=None, mask_path=None, source_mask_path=None, maps_path=None)

@@ -254,15 +254,17 @@ def open_store(home: str | None, demo: bool):
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from store.db import SchemaTooNew, WrongHome, use_db_url
+    from store.db import StoreError, use_db_url
+    from store.paths import set_umask
 
+    set_umask()
     if args.demo and not args.db:
         # The demo keeps its own SQLite record in its own folder, and so do engines it starts.
         os.environ.pop("MTP_DB_URL", None)
     use_db_url(args.db)
     try:
         store = open_store(args.home, args.demo)
-    except (SchemaTooNew, WrongHome) as exc:
+    except StoreError as exc:
         print(f"mtp-tui: {exc}", file=sys.stderr)
         return 2
     # textual-image must query the terminal before Textual takes it over (see artifact_image).

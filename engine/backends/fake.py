@@ -7,6 +7,7 @@ masks for masked targets, OOM on oversize batches) so the engine loop behaves as
 from __future__ import annotations
 
 import os
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +30,8 @@ class FakeBackend:
     Images are flat colours derived from the seed and prompt; masks/maps appear for masked
     targets. ``step_s`` sleeps per step so a test can kill a worker mid-batch; ``log_path``
     gets one line per generate call (pid, batch size, run ids) for counting source passes
-    across processes. ``fail`` maps a prompt to an exception to raise for it.
+    across processes. ``fail`` maps a prompt to an exception to raise for it; a target prompt
+    equal to $MTP_FAKE_CRASH_PROMPT SIGKILLs the whole engine (a run that crashes engines).
     """
 
     def __init__(self, step_s: float = 0.0, log_path: str | os.PathLike | None = None,
@@ -79,6 +81,9 @@ class FakeBackend:
         for p in prompts:
             if p in self.fail:
                 raise self.fail[p]
+        if os.environ.get("MTP_FAKE_CRASH_PROMPT") in prompts:
+            # A run that takes the whole engine down (as a segfault in a native library would).
+            os.kill(os.getpid(), signal.SIGKILL)
         for i in range(source.num_steps):
             if self.step_s:
                 time.sleep(self.step_s)

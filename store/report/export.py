@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
 
-from sqlalchemy import Integer, String, and_, case, cast, func, select, type_coerce
+from sqlalchemy import Integer, String, and_, case, cast, func, literal, literal_column, select, type_coerce
 
 from .aggregate import (
     SCALE_DEFS, SCALES, Aggregate, AggregateRow, aggregate, check_by, image_metric, iter_rows, metric_def, scaled_sql,
@@ -126,8 +126,18 @@ def _python_type(column):
         return None
 
 
+def _neutralised_sql(column, name: str):
+    """`_csv_text` in SQL, so the fast SQLite path (raw DBAPI rows) is covered too."""
+    # Inline literals: one substr per cell, and no expanding IN, which the raw compile of
+    # iter_rows cannot render. The characters are fixed, so nothing is interpolated from data.
+    starts = [literal_column("'" + c + "'") for c in _FORMULA_START]
+    return case((func.substr(column, 1, 1).in_(starts), literal("'") + column), else_=column).label(name)
+
+
 def _run_column(store: Store, column):
     kind = _python_type(column)
+    if kind is str:
+        return _neutralised_sql(column, column.name)
     if kind is bool:
         # 0/1 on every backend, and no per-value conversion on the way out (SQLite already
         # stores 0/1; PostgreSQL has a real boolean that must be cast).
@@ -163,14 +173,28 @@ def runs_query(store: Store, experiment_id: int, scale: str = "raw"):
     from store.scoring import SESSION_EXPORT_COLUMNS
 
     sess = EngineSession.__table__
-    session_cols = [sess.c[name].label(f"session_{name}") for name in SESSION_EXPORT_COLUMNS]
-    q = (select(*cols, *score_cols, pivot.c.scored_text, *session_cols)
+    # The model name and paths come from users: neutralised like every other text cell.
+    session_cols = [_neutralised_sql(sess.c[name], f"session_{name}") if _python_type(sess.c[name]) is str
+                    else sess.c[name].label(f"session_{name}") for name in SESSION_EXPORT_COLUMNS]
+    q = (select(*cols, *score_cols, _neutralised_sql(pivot.c.scored_text, "scored_text"), *session_cols)
          .select_from(table.outerjoin(pivot, pivot.c.run_id == table.c.id)
                       .outerjoin(sess, sess.c.id == table.c.session_id))
          .where(table.c.experiment_id == experiment_id).order_by(table.c.id))
     header = ([c.name for c in table.columns] + [score_header(m, b) for m, b in pairs] + ["scored_text"]
               + [f"session_{name}" for name in SESSION_EXPORT_COLUMNS])
     return q, header
+
+
+# A text cell starting with one of these is run as a formula by spreadsheet apps (CSV injection).
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _csv_text(v):
+    """Neutralise a text cell a spreadsheet would run as a formula, with a leading single quote
+    (OWASP's advice); numbers, negative ones included, are not text and stay numbers."""
+    if isinstance(v, str) and v.startswith(_FORMULA_START):
+        return "'" + v
+    return v
 
 
 def _csv_value(v):
@@ -182,7 +206,7 @@ def _csv_value(v):
         return v.isoformat() + "Z"
     if hasattr(v, "isoformat"):
         return v.isoformat()
-    return v
+    return _csv_text(v)
 
 
 def export_runs_csv(store: Store, experiment_id: int, path: str | os.PathLike, scale: str = "raw",
@@ -193,7 +217,7 @@ def export_runs_csv(store: Store, experiment_id: int, path: str | os.PathLike, s
     target = _target(store, path, ".csv", folder)
     q, header = runs_query(store, experiment_id, scale)
     with _atomic(target) as fh:
-        csv.writer(fh).writerow(header)
+        csv.writer(fh).writerow([_csv_text(h) for h in header])
         for chunk in _prefetch(_stream(store, q)):
             # Formatting a chunk in memory and writing it once beat 5000 small writes by ~25%.
             buf = io.StringIO()
@@ -305,7 +329,7 @@ def export_summary_csv(store: Store, experiment_id: int, by: str, path: str | os
     with _atomic(target) as fh:
         writer = csv.writer(fh)
         writer.writerow(summary_header(rows))
-        writer.writerows(summary_rows(rows))
+        writer.writerows([_csv_text(v) for v in line] for line in summary_rows(rows))
     return target
 
 

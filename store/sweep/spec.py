@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -154,6 +155,9 @@ def validate_base(spec: ExperimentSpec) -> None:
         v = getattr(spec, name)
         if v < 8 or v % 8:
             raise SweepError(name, str(v), 0, "must be a positive multiple of 8")
+    if not isinstance(spec.guidance, (int, float)) or not math.isfinite(spec.guidance):
+        # NaN slips past every comparison and the database refuses it only at insert.
+        raise SweepError("guidance", str(spec.guidance), 0, "must be a finite number")
     if spec.guidance < 0:
         raise SweepError("guidance", str(spec.guidance), 0, "cannot be negative")
     if spec.invert and not spec.source_image:

@@ -307,3 +307,14 @@ def test_matches_an_independent_masactrl_reference(tiny_model_dir, noise):
     torch.testing.assert_close(ours.latents, ref, rtol=1e-4, atol=1e-5)
     ref_pipe.unet.set_attn_processor(_MasaCtrlReference(start_step=2, start_layer=10))
     assert not torch.allclose(ours.latents[1], _stock(ref_pipe, [SRC, TGT], noise)[1], atol=1e-4)
+
+
+@pytest.mark.parametrize("kw,fragment", [
+    (dict(num_steps=0), "num_steps"), (dict(num_steps=-3), "num_steps"), (dict(num_steps=2.5), "num_steps"),
+    (dict(guidance=float("nan")), "guidance"), (dict(guidance=float("inf")), "guidance"),
+])
+def test_generate_refuses_zero_steps_and_non_finite_guidance(pipe, kw, fragment):
+    # Before: ZeroDivisionError for 0 steps, and NaN guidance silently ran without guidance.
+    with pytest.raises(ValueError, match=fragment):
+        generate(pipe, Source("a dog"), [Target("a dog on the beach")], seed=0, height=64, width=64,
+                 **dict(dict(num_steps=2), **kw))

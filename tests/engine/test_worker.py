@@ -133,9 +133,13 @@ def test_generation_errors_fail_only_their_batch(store):
 
 
 def test_unreadable_source_image_fails_with_its_path(store, tmp_path):
-    broken = tmp_path / "broken.png"
+    # Issue 11: a bad source image is now refused at creation, so break the stored copy after.
+    good = tmp_path / "good.png"
+    Image.new("RGB", (64, 64), "red").save(good)
+    exp = make_exp(store, source_image=str(good), invert=True)
+    (run,) = runs_of(store, exp.id)
+    broken = store.home.root / run.source_image
     broken.write_bytes(b"not a png")
-    exp = make_exp(store, source_image=str(broken), invert=True)
     drain(store, FakeBackend())
     (run,) = runs_of(store, exp.id)
     assert run.status == RunStatus.FAILED and str(broken) in run.error

@@ -191,28 +191,57 @@ def _age_heartbeat(store, worker_id, seconds):
         s.add(w)
 
 
-def test_stale_heartbeat_requeues_then_fails_after_max_attempts(store):
+def test_stale_heartbeat_requeues_then_fails_after_max_in_flight_deaths(store):
+    # Issue 11 changed this: only deaths with the run in flight count (Run.crashes), not claims.
     make_exp(store, final_step="end", baseline=False)  # one run
     for attempt in (1, 2, 3):
         wid = q.register_worker(store, "cpu", worker_id=f"h:1:cpu:{attempt}", host="other-host", pid=1)
         runs = q.claim_group(store, wid)
         assert [r.attempts for r in runs] == [attempt]
+        q.mark_in_flight(store, wid, [r.id for r in runs])
         # A live worker is left alone.
         assert q.recover_stale(store, stale_after_s=60).requeued == []
         _age_heartbeat(store, wid, 120)
         rec = q.recover_stale(store, stale_after_s=60, max_attempts=3)
         assert wid in rec.dead_workers
         run = runs_of(store)[0]
+        assert run.crashes == attempt
         if attempt < 3:
             assert rec.requeued == [run.id] and run.status == RunStatus.QUEUED
             assert run.attempts == attempt  # kept, so a run that keeps killing workers ends
-            assert "stopped responding" in run.error
+            assert "stopped responding while generating it" in run.error
         else:
             assert rec.failed == [run.id] and run.status == RunStatus.FAILED
-            assert run.error.startswith("gave up after 3 attempts; last error: worker h:1:cpu:2")
+            assert run.error.startswith("3 engines died in a row while generating this run")
+            assert "likely crashes the engine" in run.error
     assert {w.status for w in q.list_workers(store)} == {q.WorkerStatus.DEAD}
     q.recover_stale(store, forget_after_s=100)  # long-dead workers leave the registry
     assert q.list_workers(store) == []
+
+
+def test_deaths_before_generation_never_fail_a_run(store):
+    # Killed during model load, or restarted by hand before generating: not the run's fault.
+    make_exp(store, final_step="end", baseline=False)
+    for i in range(10):
+        wid = q.register_worker(store, "cpu", worker_id=f"h:1:cpu:{i}", host="other-host", pid=1)
+        assert len(q.claim_group(store, wid)) == 1
+        _age_heartbeat(store, wid, 120)
+        assert q.recover_stale(store, stale_after_s=60, max_attempts=3).failed == []
+    run = runs_of(store)[0]
+    assert run.status == RunStatus.QUEUED and run.crashes == 0 and "not counted" in run.error
+
+
+def test_a_run_in_flight_when_an_engine_died_is_claimed_alone(store):
+    make_exp(store, final_step="2,3,end", baseline=False)  # three runs, one group
+    wid = q.register_worker(store, "cpu", worker_id="h:1:cpu", host="other-host", pid=1)
+    runs = q.claim_group(store, wid)
+    q.mark_in_flight(store, wid, [runs[0].id])
+    q.release_runs(store, wid, [r.id for r in runs[1:]])
+    _age_heartbeat(store, wid, 120)
+    q.recover_stale(store, stale_after_s=60)
+    # Healthy runs first (without the suspect), then the suspect alone.
+    assert [r.id for r in q.claim_group(store, "w2", max_batch=8)] == [r.id for r in runs[1:]]
+    assert [r.id for r in q.claim_group(store, "w3", max_batch=8)] == [runs[0].id]
 
 
 def test_dead_pid_on_this_host_is_recovered_at_once(store):

@@ -43,7 +43,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if args.command is None else 2
     import os
 
-    from store.db import SchemaTooNew, WrongHome, open_store, use_db_url
+    from store.db import StoreError, open_store, use_db_url
+    from store.paths import set_umask
     from store.paths import demo_home
     from store.sweep.grammar import SweepError
     from store.queries import InputError
@@ -58,11 +59,14 @@ def main(argv: list[str] | None = None) -> int:
         # The demo keeps its own SQLite record in its own folder, and so do engines it starts.
         os.environ.pop("MTP_DB_URL", None)
     use_db_url(args.db)
+    set_umask()
     try:
         store = open_store(home)
-    except (SchemaTooNew, WrongHome) as exc:
+    except StoreError as exc:
         print(f"mtp: {exc}", file=sys.stderr)
         return 2
+    from sqlalchemy.exc import DBAPIError, IntegrityError
+
     try:
         return int(args.func(args, store) or 0)
     except (InputError, SweepError) as exc:
@@ -72,6 +76,11 @@ def main(argv: list[str] | None = None) -> int:
         # `mtp show 53 | head`: the reader left; that is not an error worth a traceback.
         _silence_stdout()
         return 0
+    except DBAPIError as exc:
+        if isinstance(exc, IntegrityError):
+            raise  # a bug, not the machine: keep the traceback
+        print(f"mtp: {store.explain(exc)}", file=sys.stderr)
+        return 2
     finally:
         store.close()
 

@@ -71,8 +71,12 @@ def cmd_queue(args, store) -> int:
     st = q.queue_status(store)
     counts = ", ".join(f"{st.counts.get(k, 0)} {k}" for k in RunStatus.ALL)
     print(f"queue {'PAUSED' if st.paused else 'active'}: {counts}")
-    live = [w for w in st.workers if w.status in (q.WorkerStatus.IDLE, q.WorkerStatus.RUNNING)]
+    live = [w for w in st.workers if w.status in q.WorkerStatus.LIVE]
     print(f"{len(live)} live worker(s)")
+    for w in live:
+        if w.status == q.WorkerStatus.PAUSED:
+            # An engine that cannot write keeps its runs queued and retries; say why it waits.
+            print(f"engine {w.id} on {w.device} is PAUSED: {w.message}")
     return 0
 
 

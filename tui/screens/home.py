@@ -185,7 +185,9 @@ class HomeScreen(StoreScreen):
             its = f"{w.its_per_s:.2f}" if w.its_per_s else "-"
             host = w.host if w.host != prev_host else ""
             prev_host = w.host
-            wrows.append((w.id, (host, w.device, w.status, w.current_run_id or "-", step, its, age(w.heartbeat_at),
+            # A paused engine (disk full, read-only folder) says why right in its status cell.
+            status = f"{w.status}: {w.message}" if w.status == "paused" else w.status
+            wrows.append((w.id, (host, w.device, status, w.current_run_id or "-", step, its, age(w.heartbeat_at),
                                  w.id)))
         if data.workers is None:
             wrows = [("-", ("store.queue not available", "", "", "", "", "", "", ""))]
