@@ -68,7 +68,8 @@ def lock_path(home: Home | str | os.PathLike | None, device: str, host: str | No
 
 
 def log_path(home: Home | str | os.PathLike | None, device: str) -> Path:
-    return _home(home).logs / f"engine-{device_slug(device)}.log"
+    # The host too: hosts sharing one data folder must not write into one log.
+    return _home(home).logs / f"engine-{host_slug()}-{device_slug(device)}.log"
 
 
 class DeviceLock:
@@ -207,6 +208,8 @@ def start_engine(home: Home | str | os.PathLike | None = None, device: str = "cp
         if info.get("pid") == proc.pid and info.get("ready"):
             return proc.pid
         if proc.poll() is not None:
+            if proc.returncode == 0:
+                return proc.pid  # it passed its checks and already finished (--once, nothing left)
             raise EngineError(f"the engine on {device} exited at once (code {proc.returncode}): "
                               f"{tail(logfile, 5) or 'no output'}")
         time.sleep(0.05)

@@ -40,6 +40,7 @@ from .faults import (
 )
 from .backends.base import Backend, LoadKey, ModelUnavailable, RunError, SourceJob, TargetJob
 from .control import ControlError, ControlSpec
+from .scoring import scored_text as default_scored_text  # torch-free at import
 
 log = logging.getLogger("mtp.engine")
 
@@ -125,7 +126,7 @@ class Worker:
         self.backend = backend
         self.config = config or WorkerConfig()
         self.score = score
-        self.scored_text = scored_text or _default_scored_text
+        self.scored_text = scored_text or default_scored_text
         self.rescorer = None  # engine.rescore.Rescorer, set by engine.cli when scoring is on
         self.scorers: dict[str, str] = {}  # family -> backbone, recorded in the engine session
         self._session: tuple[LoadKey, int] | None = None
@@ -589,13 +590,3 @@ def _image_problem(path: str | None) -> str | None:
     except Exception as exc:  # noqa: BLE001 - whatever a decoder raises, the image is unusable
         return f"{path}: not a readable image ({type(exc).__name__}: {exc})"
     return None
-
-
-def _default_scored_text(prompt: str, token: str, class_word: str) -> str:
-    try:
-        from engine.scoring import scored_text
-    except ImportError:
-        if token and class_word:
-            return " ".join(prompt.replace(token, class_word).split())
-        return prompt
-    return scored_text(prompt, token, class_word)

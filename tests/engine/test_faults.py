@@ -171,8 +171,10 @@ def test_mixed_concept_batch_with_one_bad_concept(store, tmp_path):
     backend = FakeBackend()
     drain(store, backend, max_batch=8)
     assert len(backend.calls) == 1 and len(backend.calls[0][1]) == 4  # both concepts in one batch
-    assert all(r.status == RunStatus.FAILED and r.error.startswith("reference image") for r in runs_of(store, ea.id))
-    assert {r.status for r in runs_of(store, eb.id)} == {RunStatus.DONE}
+    # Scoring A failed: A's runs keep their images, done and "not scored" with the reason (issue 10);
+    # B's runs are untouched by A's error.
+    assert all(r.status == RunStatus.DONE and r.score_error.startswith("reference image") for r in runs_of(store, ea.id))
+    assert all(r.status == RunStatus.DONE and r.score_error is None for r in runs_of(store, eb.id))
 
 
 # ------------------------------------------------------------------ a bad machine

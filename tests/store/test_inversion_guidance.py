@@ -90,12 +90,14 @@ def test_recorded_exported_and_groupable(store, tmp_path):
     assert by_value == pytest.approx({1.0: 0.1, 7.5: 0.75})
 
 
-def test_schema_1_database_gains_the_column_and_old_inversions_read_as_one(home):
+def test_schema_1_database_gains_the_column_and_old_inversions_read_as_one(home, tmp_path):
     s = Store(home)
+    dog = tmp_path / "dog.png"  # source images are checked and copied when an experiment is saved
+    Image.new("RGB", (8, 8)).save(dog)
     save_experiment(s, "generated", spec(source_image=None, seeds="0", target_prompts=["a dog"],
                                          final_step="end", baseline=False), queue=True)
-    save_experiment(s, "inverted", spec(seeds="0", target_prompts=["a dog"], final_step="end", baseline=False),
-                    queue=True)
+    save_experiment(s, "inverted", spec(source_image=str(dog), seeds="0", target_prompts=["a dog"],
+                                        final_step="end", baseline=False), queue=True)
     s.close()
     # Make it what a schema-1 mtp wrote: no column, version 1.
     con = sqlite3.connect(home.db_path)

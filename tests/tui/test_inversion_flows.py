@@ -25,7 +25,7 @@ async def test_sweep_builder_inverts_an_image_at_two_guidances(store, tmp_path):
         assert any("better-behaved" in str(w.content) for w in sweep.query(".field-info"))
         assert sweep.query_one("#input-inversion_guidance").value == "1"
         sweep.query_one("#input-name").value = "sdxl inversion"
-        sweep.query_one("#input-model").value = str(store.home.demo_sdxl_model)
+        sweep.query_one("#input-model").value = "tiny-sdxl"  # built under home/models by any engine
         sweep.query_one("#input-num_steps").value = "10"
         sweep.query_one("#input-seeds").value = "0"
         sweep.query_one("#input-final_step").value = "end"
@@ -56,7 +56,10 @@ async def test_sweep_builder_inverts_an_image_at_two_guidances(store, tmp_path):
         await wait_for(pilot, lambda: type(app.screen).__name__ == "RunsScreen", what="runs browser")
     with store.session() as s:
         runs = list(s.exec(select(Run)))
-    assert len(runs) == 4 and all(r.invert and r.source_image == str(image) for r in runs)
+    assert len(runs) == 4 and all(r.invert for r in runs)
+    # The image was checked and copied into the data folder when the sweep was queued.
+    assert len({r.source_image for r in runs}) == 1
+    assert (store.home.root / runs[0].source_image).read_bytes() == image.read_bytes()
     assert sorted(r.inversion_guidance for r in runs) == [1.0, 1.0, 7.5, 7.5]
     assert len({r.group_key for r in runs}) == 2
 
@@ -82,8 +85,10 @@ def test_cli_creates_runs_and_reports_an_inverted_sdxl_experiment(capsys, home, 
     assert mtp(["--home", root, "export", "runs", "inv", "--csv", str(tmp_path / "runs.csv")]) == 0
     with open(tmp_path / "runs.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
-    assert [(r["invert"], float(r["inversion_guidance"]), r["source_image"]) for r in rows] == \
-        [("1", 7.5, str(reference_image))] * 2
+    assert [(r["invert"], float(r["inversion_guidance"])) for r in rows] == [("1", 7.5)] * 2
+    # The source image was checked and copied into the data folder when the experiment was made.
+    assert len({r["source_image"] for r in rows}) == 1 and rows[0]["source_image"].startswith("sources/")
+    assert (home.root / rows[0]["source_image"]).read_bytes() == reference_image.read_bytes()
     assert all(r["source_image_path"] for r in rows)
 
 

@@ -48,7 +48,7 @@ def _live_engines(store) -> int:
 
 
 def cmd_score(args, store) -> int:
-    from engine.launch import EngineError, engine_running, start_engine, tail
+    from engine.launch import EngineError, engine_running, log_path, start_engine, tail
     from store.queue import is_paused
     from store.scoring import get_request, parse_families, request_scoring
 
@@ -111,7 +111,7 @@ def cmd_score(args, store) -> int:
                 time.sleep(0.5)
                 continue
             if started:
-                log = tail(home.logs / f"engine-{args.device.replace(':', '')}.log", 8)
+                log = tail(log_path(home, args.device), 8)
                 print(f"mtp: the score-only engine exited without taking the request:\n{log}", file=sys.stderr)
             else:
                 print("mtp: no engine is running to take the request; start one with `mtp engine start`",
