@@ -43,7 +43,10 @@ def _name(app) -> str:
 
 
 async def _home(pilot):
-    await wait_for(pilot, lambda: pilot.app.screen.query_one("#experiments").row_count == 2, what="home")
+    from store.queries import list_experiments
+
+    shown = len(list_experiments(pilot.app.store))  # every demo experiment
+    await wait_for(pilot, lambda: pilot.app.screen.query_one("#experiments").row_count == shown, what="home")
 
 
 async def _concept(pilot):
@@ -80,9 +83,19 @@ async def _compare(pilot):
                    and "vs" in str(pilot.app.screen.query_one("#compare-title").content), what="compare")
 
 
-async def _results(pilot):
+async def _queued_experiment(pilot):
+    """Put Home's cursor on the queued demo experiment (the drafts have no results)."""
+    from store.queries import list_experiments
+
     await _home(pilot)
-    await pilot.press("j")  # the queued demo experiment (the draft is listed first)
+    (queued,) = [r.experiment.id for r in list_experiments(pilot.app.store) if r.experiment.status != "draft"]
+    table = pilot.app.screen.query_one("#experiments")
+    table.move_cursor(row=table.get_row_index(str(queued)), animate=False)
+    await wait_for(pilot, lambda: pilot.app.experiment_id == queued, what="the queued experiment")
+
+
+async def _results(pilot):
+    await _queued_experiment(pilot)
     await pilot.press("f7")
     await wait_for(pilot, lambda: _name(pilot.app) == "ResultsScreen" and pilot.app.screen.grid_shown, what="results")
 
@@ -100,8 +113,8 @@ async def _help(pilot):
 
 
 async def _confirm(pilot):
-    await _home(pilot)
-    await pilot.press("j", "D")
+    await _queued_experiment(pilot)
+    await pilot.press("D")
     await wait_for(pilot, lambda: _name(pilot.app) == "ConfirmScreen", what="confirm")
 
 
