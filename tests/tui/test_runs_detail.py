@@ -141,3 +141,21 @@ async def test_compare_two_marked_runs(store):
         await wait_for(pilot, lambda: isinstance(app.screen, CompareScreen))
         title = app.screen.query_one("#compare-title")
         await wait_for(pilot, lambda: f"run {runs[1].id} vs run {runs[2].id}" in str(title.content))
+
+
+async def test_detail_says_a_done_run_is_not_scored_and_why(store):
+    """Issue 10: scoring that failed leaves the run done with its images; the app says so."""
+    from store.models import Run
+
+    exp = seed_experiment(store)
+    runs = add_scores(store, exp.id)
+    with store.write() as s:
+        run = s.get(Run, runs[0].id)
+        run.score_error = "reference image concepts/1/00-corgi.png: no such file"
+        s.add(run)
+    app = MtpApp(store)
+    async with app.run_test(size=SIZE) as pilot:
+        app.push_screen(RunDetailScreen(runs[0].id))
+        await wait_for(pilot, lambda: isinstance(app.screen, RunDetailScreen) and app.screen.bundle, what="detail")
+        text = str(app.screen.query_one("#detail-error").content)
+        assert "not scored" in text and "00-corgi.png: no such file" in text

@@ -146,8 +146,10 @@ class RunDetailScreen(StoreScreen):
                          ("#img-source-mask", run.source_mask_path), ("#img-target-mask", run.mask_path)):
             self.query_one(wid, ArtifactImage).show_path(resolve(rel))
         self._show_map()
-        self.query_one("#detail-error", Static).update(
-            f"[b red]error:[/] {escape(run.error)}" if run.error else "")
+        problems = [f"[b red]error:[/] {escape(run.error)}"] if run.error else []
+        if run.score_error:  # done with its images, but scoring failed (`mtp score` / S retries)
+            problems.append(f"[b yellow]not scored:[/] {escape(run.score_error)}")
+        self.query_one("#detail-error", Static).update("\n".join(problems))
         self.query_one("#detail-info", Static).update(params_table(run, bundle.scores))
 
     def _show_map(self) -> None:
@@ -194,7 +196,8 @@ class RunDetailScreen(StoreScreen):
 
     @staticmethod
     def _state(run) -> tuple:
-        return (run.status, run.finished_at, run.image_path, run.tags, run.notes, run.marked, run.error)
+        return (run.status, run.finished_at, run.image_path, run.tags, run.notes, run.marked, run.error,
+                run.score_error)
 
     @work(thread=True, exclusive=True, group="detail-watch")
     def _reload_if_changed(self, run_id: int) -> None:
