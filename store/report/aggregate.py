@@ -35,7 +35,7 @@ METRIC_ORDER = ("clip_t", "clip_i_ref", "clip_i_src", "dino_ref", "dino_src", "d
 GROUPABLE = tuple(c for c in RUN_PARAM_COLUMNS if c != "is_baseline") + ("prompt_index", "concept_id")
 # Settings shared by a run and its baseline: grouping by one of these splits the baseline too.
 BASE_AXES = ("target_prompt", "prompt_index", "seed", "concept_id", "source_prompt", "num_steps", "guidance",
-             "width", "height", "model")
+             "width", "height", "model", "inversion_guidance")
 UNDEFINED = "\u2013"  # how an undefined std/SEM is shown
 
 

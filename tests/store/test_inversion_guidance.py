@@ -85,9 +85,12 @@ def test_recorded_exported_and_groupable(store, tmp_path):
     with open(path, newline="") as fh:
         exported = list(csv.DictReader(fh))
     assert sorted(float(r["inversion_guidance"]) for r in exported) == [1.0, 1.0, 7.5, 7.5]
-    by_value = {row.value: row.mean("clip_t") for row in aggregate(store, exp.id, "inversion_guidance")
-                if not row.is_baseline}
+    rows = aggregate(store, exp.id, "inversion_guidance")
+    by_value = {row.value: row.mean("clip_t") for row in rows if not row.is_baseline}
     assert by_value == pytest.approx({1.0: 0.1, 7.5: 0.75})
+    # Each inversion guidance inverts its own source: its baseline is its own too, never pooled.
+    baselines = {row.value: row.mean("clip_t") for row in rows if row.is_baseline}
+    assert baselines == pytest.approx({1.0: 0.1, 7.5: 0.75})
 
 
 def test_schema_1_database_gains_the_column_and_old_inversions_read_as_one(home, tmp_path):
