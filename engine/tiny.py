@@ -74,10 +74,29 @@ def write_tokenizer_files(folder: Path) -> None:
         fh.writelines(f"{a} {b}\n" for a, b in merges)
 
 
+def tiny_vae(**config):
+    """The tiny models' VAE (8x downsampling, 4 latent channels, like SD's); ``config`` adds the
+    SDXL settings. Seed torch before calling: the weights are random."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(8, 8, 16, 16),
+        layers_per_block=1,
+        norm_num_groups=4,
+        latent_channels=4,
+        sample_size=64,
+        **config,
+    )
+
+
 def build_tiny_pipeline(path: str | os.PathLike, seed: int = 0) -> Path:
     """Build the tiny pipeline and save it with ``save_pretrained`` into ``path``."""
     import torch
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     path = Path(path)
@@ -99,17 +118,7 @@ def build_tiny_pipeline(path: str | os.PathLike, seed: int = 0) -> Path:
         cross_attention_dim=32,
     )
     torch.manual_seed(seed + 1)
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(8, 8, 16, 16),
-        layers_per_block=1,
-        norm_num_groups=4,
-        latent_channels=4,
-        sample_size=64,
-    )
+    vae = tiny_vae()
     torch.manual_seed(seed + 2)
     text_encoder = CLIPTextModel(
         CLIPTextConfig(

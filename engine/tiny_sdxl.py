@@ -12,7 +12,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from .tiny import SCHEDULER_CONFIG, ensure_built, write_tokenizer_files
+from .tiny import SCHEDULER_CONFIG, ensure_built, tiny_vae, write_tokenizer_files
 
 TINY_SDXL_DIRNAME = "tiny-sdxl"
 TEXT_WIDTH = 32  # both encoders; the UNet's cross-attention width is their concatenation
@@ -22,7 +22,7 @@ TIME_EMBED_DIM = 8  # addition_time_embed_dim (SDXL: 256)
 def build_tiny_sdxl_pipeline(path: str | os.PathLike, seed: int = 0) -> Path:
     """Build the tiny SDXL pipeline and save it with ``save_pretrained`` into ``path``."""
     import torch
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from diffusers import DDIMScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
     path = Path(path)
@@ -59,19 +59,7 @@ def build_tiny_sdxl_pipeline(path: str | os.PathLike, seed: int = 0) -> Path:
         projection_class_embeddings_input_dim=6 * TIME_EMBED_DIM + TEXT_WIDTH,
     )
     torch.manual_seed(seed + 1)
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(8, 8, 16, 16),
-        layers_per_block=1,
-        norm_num_groups=4,
-        latent_channels=4,
-        sample_size=64,
-        scaling_factor=0.13025,
-        force_upcast=True,
-    )
+    vae = tiny_vae(scaling_factor=0.13025, force_upcast=True)  # SDXL's VAE settings
     torch.manual_seed(seed + 2)
     text_encoder = CLIPTextModel(text_config(tokenizer, "quick_gelu", projection=False))
     torch.manual_seed(seed + 3)
