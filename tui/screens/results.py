@@ -7,6 +7,8 @@ axis; its columns, optional panels (z), pinned values and seed layout are chosen
 above it, and the pins it used are printed with it."""
 from __future__ import annotations
 
+import threading
+
 from rich.markup import escape
 from textual import on, work
 from textual.app import ComposeResult
@@ -42,8 +44,10 @@ class ResultsScreen(StoreScreen):
     live = True  # new scores regroup the table, the plot and the grid by themselves
 
     class Loaded(Message):
-        def __init__(self, experiment=None, axes=(), rows=(), grid=None, grid_note="", error="", by=""):
+        def __init__(self, experiment=None, axes=(), rows=(), grid=None, grid_note="", error="", by="",
+                     shown=None):
             super().__init__()
+            self.shown = shown  # set once the table is painted, so the worker may go on to the grid
             self.experiment, self.axes, self.rows, self.by = experiment, list(axes), rows, by
             self.grid, self.grid_note, self.error = grid, grid_note, error
 
@@ -171,11 +175,17 @@ class ResultsScreen(StoreScreen):
         except Exception as exc:
             self.post_message(self.Loaded(exp, axes, error=f"aggregate failed: {exc}", by=by))
             return
-        # The table and the plot first: the image grid reads every image and comes after.
+        # The table and the plot first: the image grid reads every run and image and comes after.
+        shown = threading.Event()
         self.post_message(self.Loaded(exp, axes, rows, None, "rendering the image grid..." if rows else
-                                      "no finished runs yet: the grid appears as runs complete", by=by))
+                                      "no finished runs yet: the grid appears as runs complete", by=by,
+                                      shown=shown))
         if not rows:
             return
+        # Planning the grid holds the GIL for a second on a big sweep, which would keep the event
+        # loop from painting the table: start it once the table is on screen (bounded, so a screen
+        # closed meanwhile never stalls the worker).
+        shown.wait(timeout=2.0)
         from store.queries import InputError
 
         grid, note, layout = None, "", None
@@ -237,6 +247,8 @@ class ResultsScreen(StoreScreen):
             plot.plt.title(f"plot failed: {exc}")
         plot.refresh()
         self.query_one("#results-grid", ArtifactImage).show_image(message.grid, message.grid_note or "no grid yet")
+        if message.shown is not None:
+            self.call_after_refresh(message.shown.set)
 
     def _fill_table(self) -> None:
         from store.report.aggregate import fmt_number
