@@ -68,6 +68,12 @@ class ResultsScreen(StoreScreen):
         self.grid_shown = False
 
     def compose(self) -> ComposeResult:
+        # Aggregating takes about as long as mounting these widgets, so it starts first and the
+        # two overlap. Its Loaded message is handled only after Mount, when the widgets exist.
+        if self.experiment_id is None:
+            self.experiment_id = self.app.experiment_id
+        if self.experiment_id is not None:
+            self._load(self.experiment_id, self.by, self._grid_options())
         yield Header()
         with Horizontal(id="results-head"):
             yield Static("", id="results-title")
@@ -95,18 +101,20 @@ class ResultsScreen(StoreScreen):
         yield Footer(compact=True, show_command_palette=False)
 
     def on_mount(self) -> None:
-        if self.experiment_id is None:
-            self.experiment_id = self.app.experiment_id
         self.query_one(DataTable).focus()
-        self.reload()
+        self._show_loading()  # compose started the first load
 
     def reload(self) -> None:
+        if self._show_loading():
+            self._load(self.experiment_id, self.by, self._grid_options())
+
+    def _show_loading(self) -> bool:
         title = self.query_one("#results-title", Static)
         if self.experiment_id is None:
             title.update("[yellow]No experiment selected: press o to pick one.[/]")
-            return
+            return False
         title.update(f"experiment {self.experiment_id}: loading...")
-        self._load(self.experiment_id, self.by, self._grid_options())
+        return True
 
     def _grid_options(self) -> dict:
         """The grid choices, less any that collide with the table's axis (then the default applies)."""
