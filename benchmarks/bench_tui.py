@@ -185,9 +185,15 @@ async def baseline_latency(repeats: int = 7) -> float:
     return statistics.median(times)
 
 
-async def screen_open_latency(store, repeats: int = 3) -> list[tuple[str, float]]:
-    """Key press -> the screen's data shown -> painted, for each screen, median of `repeats`."""
+async def screen_open_latency(store, repeats: int = 3, idle_wait: bool = True) -> list[tuple[str, float]]:
+    """Key press -> the screen's data shown -> painted, for each screen, median of `repeats`.
+
+    ``idle_wait``: press the key with ``pilot.press``, which also waits (up to 2 x 1 s) for the
+    whole process to go idle, so background work after the data is shown (the results screen's
+    image grid) is counted too. Without it the key is sent alone and the figure is what a user
+    sees: key -> data painted."""
     from sqlalchemy import select
+    from textual import events
 
     from store.models import Experiment
     from tui.app import MtpApp
@@ -216,10 +222,18 @@ async def screen_open_latency(store, repeats: int = 3) -> list[tuple[str, float]
         for _ in range(repeats):
             for label, key, name in cases:
                 t = time.perf_counter()
-                await pilot.press(key)
+                if idle_wait:
+                    await pilot.press(key)
+                else:
+                    app._driver.send_message(events.Key(key, None))
                 while not ready(app, name):
                     await asyncio.sleep(0.002)
-                await pilot.pause()
+                if idle_wait:
+                    await pilot.pause()
+                else:  # pilot.pause would wait for idle too: wait for the screen's next paint only
+                    painted = asyncio.Event()
+                    app.screen.call_after_refresh(painted.set)
+                    await painted.wait()
                 times[label].append(time.perf_counter() - t)
                 await pilot.press("f2")
                 await pilot.pause(0.2)
@@ -249,7 +263,11 @@ def main() -> None:
     for label, secs in asyncio.run(screen_latency(store)):
         print(f"  {label:32s} {secs * 1000:7.1f} ms  {secs / base:5.2f}x baseline")
     print("screen open (key -> data shown -> painted), goal <= 0.3 s:")
+    print("  (pilot.press: also waits for the process to go idle, background work included)")
     for label, secs in asyncio.run(screen_open_latency(store)):
+        print(f"  {label:32s} {secs * 1000:7.1f} ms  {secs / base:5.2f}x baseline")
+    print("  (key sent alone: what a user sees, key -> data painted)")
+    for label, secs in asyncio.run(screen_open_latency(store, idle_wait=False)):
         print(f"  {label:32s} {secs * 1000:7.1f} ms  {secs / base:5.2f}x baseline")
     print(f"baseline again (same process, after the rest): {asyncio.run(baseline_latency()) * 1000:.1f} ms")
 

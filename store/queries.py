@@ -447,8 +447,11 @@ def list_runs(
     order_by = [order.desc() if descending else order.asc(), col(Run.id).asc()]
     with store.session() as s:
         total = s.exec(select(func.count()).select_from(Run).where(where)).one()
-        rows = list(s.exec(select(Run).where(where).order_by(*order_by).offset(offset).limit(limit)))
-    return rows, total
+        # Sort and page the ids alone, then read the page's full rows: sorting whole rows (prompts,
+        # paths, errors) spilled a 100k-run score sort into a wide temp b-tree, 2.5x slower.
+        ids = list(s.exec(select(Run.id).where(where).order_by(*order_by).offset(offset).limit(limit)))
+        by_id = {r.id: r for r in s.exec(select(Run).where(col(Run.id).in_(ids)))} if ids else {}
+    return [by_id[i] for i in ids if i in by_id], total
 
 
 def run_ids(store: Store, filt: RunFilter) -> list[int]:

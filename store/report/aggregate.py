@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 from sqlalchemy import case, func, literal, or_, select
 
@@ -299,6 +299,10 @@ def _pick_backbones(store: Store, experiment_id: int, prefer: str | None) -> dic
     with store.session() as s:
         for metric, backbone, n in s.execute(q):
             counts[metric][backbone] = n
+    return _choose_backbones(counts, prefer)
+
+
+def _choose_backbones(counts: Mapping[str, Counter], prefer: str | None) -> dict[str, str]:
     out = {}
     for metric, c in counts.items():
         if prefer and prefer in c:
@@ -331,31 +335,36 @@ def aggregate(store: Store, experiment_id: int, by: str, scale: str = "raw",
     """Baseline row(s) first (if any), then one row per value of ``by`` in sweep order."""
     check_by(by)
     check_scale(scale)  # validates the name before any work
-    backbones = _pick_backbones(store, experiment_id, backbone)
+    param = getattr(Run, by)
+    v = scaled_sql(Score.value, scale, metric=Score.metric)
+    # Sums per (value, concept, metric, backbone) in SQL: one pass, 30 rows back instead of 500k
+    # (Python-side loops took 4x longer on a 100k-run sweep). Grouping by backbone too lets the
+    # backbone counts come from the same pass instead of a second join over every score.
+    q = (select(Run.is_baseline, param, Run.concept_id, Score.metric, Score.backbone, func.count(), func.sum(v),
+                func.sum(v * v), func.min(Run.grid_index))
+         .join(Score, Score.run_id == Run.id)
+         .where(Run.experiment_id == experiment_id)
+         .group_by(Run.is_baseline, param, Run.concept_id, Score.metric, Score.backbone))
+    groups = [row for chunk in iter_rows(store, q) for row in chunk]
+    counts: dict[str, Counter] = defaultdict(Counter)
+    for row in groups:
+        counts[row[3]][row[4]] += row[5]
+    backbones = _choose_backbones(counts, backbone)
     if not backbones:
         return Aggregate(by=by, unit_text=unit_for(by, 0)[1], scale=scale)
-    param = getattr(Run, by)
-    chosen = [(Score.metric == m) & (Score.backbone == b) for m, b in backbones.items()]
-    v = scaled_sql(Score.value, scale, metric=Score.metric)
-    # Sums per (value, concept, metric) in SQL: one pass, 30 rows back instead of 500k
-    # (Python-side loops took 4x longer on a 100k-run sweep).
-    q = (select(Run.is_baseline, param, Run.concept_id, Score.metric, func.count(), func.sum(v), func.sum(v * v),
-                func.min(Run.grid_index))
-         .join(Score, Score.run_id == Run.id)
-         .where(Run.experiment_id == experiment_id, or_(*chosen))
-         .group_by(Run.is_baseline, param, Run.concept_id, Score.metric))
     split_baseline = by in BASE_AXES
     # key -> concept -> metric -> [n, sum, sum of squares]
     sums: dict[Any, dict[Any, dict[str, list[float]]]] = defaultdict(lambda: defaultdict(dict))
     order: dict[Any, int] = {}
-    for chunk in iter_rows(store, q):
-        for is_base, value, concept, metric, n, s1, s2, grid_index in chunk:
-            key = ("__baseline__", value if split_baseline else None) if is_base else ("value", value)
-            acc = sums[key][concept].setdefault(metric, [0, 0.0, 0.0])
-            acc[0] += n
-            acc[1] += s1
-            acc[2] += s2
-            order[key] = min(order.get(key, grid_index), grid_index)
+    for is_base, value, concept, metric, used, n, s1, s2, grid_index in groups:
+        if used != backbones[metric]:
+            continue
+        key = ("__baseline__", value if split_baseline else None) if is_base else ("value", value)
+        acc = sums[key][concept].setdefault(metric, [0, 0.0, 0.0])
+        acc[0] += n
+        acc[1] += s1
+        acc[2] += s2
+        order[key] = min(order.get(key, grid_index), grid_index)
 
     concepts = _concept_names(store, {c for per in sums.values() for c in per})
     unit, unit_text = unit_for(by, len(concepts))

@@ -160,6 +160,25 @@ def test_backbone_choice(store):
     assert row.metrics["clip_t"].mean == pytest.approx(0.9) and row.metrics["clip_t"].n == 1
 
 
+def test_other_backbone_scores_never_reach_a_row(store):
+    """Per metric only the chosen backbone counts: a value only the other backbone scored, and the
+    other backbone's extra scores of a counted run, change neither rows, n, order nor flags."""
+    exp_id, _ = make_experiment(store, "bb2")
+    ids = add_runs(store, exp_id, [dict(final_step=20, grid_index=0), dict(final_step=20, grid_index=1),
+                                   dict(final_step=10, grid_index=2), dict(final_step=30, grid_index=3)],
+                   [{"clip_t": 0.2, "clip_i_ref": 0.7}, {"clip_t": 0.4, "clip_i_ref": 0.9}, {"clip_t": 0.3}, {}])
+    with store.write() as s:
+        s.add(Score(run_id=ids[0], metric="clip_t", backbone="ViT-L-14/openai", value=0.9))
+        s.add(Score(run_id=ids[3], metric="clip_t", backbone="ViT-L-14/openai", value=0.1))
+    rows = aggregate(store, exp_id, "final_step")
+    # final_step=30 has only a ViT-L-14 score: with B32 chosen it has nothing to show.
+    assert [r.value for r in rows] == [20, 10]
+    r20, r10 = rows
+    assert r20.metrics["clip_t"].n == 2 and r20.metrics["clip_t"].mean == pytest.approx(0.3)
+    assert r10.metrics["clip_t"].n == 1 and "clip_i_ref" in r10.missing
+    assert {r.backbones["clip_t"] for r in rows} == {B32}
+
+
 def test_a_run_holds_one_score_per_metric_and_backbone(store, tmp_path):
     from sqlalchemy.exc import IntegrityError
 

@@ -7,6 +7,8 @@ axis; its columns, optional panels (z), pinned values and seed layout are chosen
 above it, and the pins it used are printed with it."""
 from __future__ import annotations
 
+import threading
+
 from rich.markup import escape
 from textual import on, work
 from textual.app import ComposeResult
@@ -42,8 +44,10 @@ class ResultsScreen(StoreScreen):
     live = True  # new scores regroup the table, the plot and the grid by themselves
 
     class Loaded(Message):
-        def __init__(self, experiment=None, axes=(), rows=(), grid=None, grid_note="", error="", by=""):
+        def __init__(self, experiment=None, axes=(), rows=(), grid=None, grid_note="", error="", by="",
+                     shown=None):
             super().__init__()
+            self.shown = shown  # set once the table is painted, so the worker may go on to the grid
             self.experiment, self.axes, self.rows, self.by = experiment, list(axes), rows, by
             self.grid, self.grid_note, self.error = grid, grid_note, error
 
@@ -64,6 +68,12 @@ class ResultsScreen(StoreScreen):
         self.grid_shown = False
 
     def compose(self) -> ComposeResult:
+        # Aggregating takes about as long as mounting these widgets, so it starts first and the
+        # two overlap. Its Loaded message is handled only after Mount, when the widgets exist.
+        if self.experiment_id is None:
+            self.experiment_id = self.app.experiment_id
+        if self.experiment_id is not None:
+            self._load(self.experiment_id, self.by, self._grid_options())
         yield Header()
         with Horizontal(id="results-head"):
             yield Static("", id="results-title")
@@ -91,18 +101,20 @@ class ResultsScreen(StoreScreen):
         yield Footer(compact=True, show_command_palette=False)
 
     def on_mount(self) -> None:
-        if self.experiment_id is None:
-            self.experiment_id = self.app.experiment_id
         self.query_one(DataTable).focus()
-        self.reload()
+        self._show_loading()  # compose started the first load
 
     def reload(self) -> None:
+        if self._show_loading():
+            self._load(self.experiment_id, self.by, self._grid_options())
+
+    def _show_loading(self) -> bool:
         title = self.query_one("#results-title", Static)
         if self.experiment_id is None:
             title.update("[yellow]No experiment selected: press o to pick one.[/]")
-            return
+            return False
         title.update(f"experiment {self.experiment_id}: loading...")
-        self._load(self.experiment_id, self.by, self._grid_options())
+        return True
 
     def _grid_options(self) -> dict:
         """The grid choices, less any that collide with the table's axis (then the default applies)."""
@@ -171,11 +183,17 @@ class ResultsScreen(StoreScreen):
         except Exception as exc:
             self.post_message(self.Loaded(exp, axes, error=f"aggregate failed: {exc}", by=by))
             return
-        # The table and the plot first: the image grid reads every image and comes after.
+        # The table and the plot first: the image grid reads every run and image and comes after.
+        shown = threading.Event()
         self.post_message(self.Loaded(exp, axes, rows, None, "rendering the image grid..." if rows else
-                                      "no finished runs yet: the grid appears as runs complete", by=by))
+                                      "no finished runs yet: the grid appears as runs complete", by=by,
+                                      shown=shown))
         if not rows:
             return
+        # Planning the grid holds the GIL for a second on a big sweep, which would keep the event
+        # loop from painting the table: start it once the table is on screen (bounded, so a screen
+        # closed meanwhile never stalls the worker).
+        shown.wait(timeout=2.0)
         from store.queries import InputError
 
         grid, note, layout = None, "", None
@@ -237,6 +255,8 @@ class ResultsScreen(StoreScreen):
             plot.plt.title(f"plot failed: {exc}")
         plot.refresh()
         self.query_one("#results-grid", ArtifactImage).show_image(message.grid, message.grid_note or "no grid yet")
+        if message.shown is not None:
+            self.call_after_refresh(message.shown.set)
 
     def _fill_table(self) -> None:
         from store.report.aggregate import fmt_number
