@@ -22,6 +22,7 @@ from store import queue as q
 from store.models import Run, RunStatus, Score
 from store.queries import save_concept, save_experiment
 from store.sweep.spec import ExperimentSpec
+from tests.engine.test_worker import drain, runs_of
 from tests.poison import POISONS, good_png
 
 
@@ -32,21 +33,6 @@ def spec(**kw) -> ExperimentSpec:
                 final_step="2,end", baseline=False)
     base.update(kw)
     return ExperimentSpec(**base)
-
-
-def runs_of(store, exp_id=None) -> list[Run]:
-    with store.session() as s:
-        stmt = select(Run).order_by(Run.id)
-        if exp_id is not None:
-            stmt = stmt.where(Run.experiment_id == exp_id)
-        return list(s.exec(stmt))
-
-
-def drain(store, backend, **cfg) -> Worker:
-    config = WorkerConfig(once=True, heartbeat_s=0.2, poll_s=0.05, **cfg)
-    w = Worker(store, backend, config, score=fake_score, worker_id=f"test:{id(backend)}")
-    w.run()
-    return w
 
 
 def wait_for(pred, timeout=30.0, what="condition"):

@@ -25,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     common(p, by=False)
     p.add_argument("--csv", help="output file (default: exports/<experiment>-runs.csv in the data folder)")
     p.add_argument("--scale", choices=SCALES, default="raw",
-                   help="raw cosine, 100*cos (torchmetrics) or 2.5*max(cos,0) (CLIPScore)")
+                   help="raw cosine, 100*cos (torchmetrics), or clipscore = 2.5*max(cos,0) on text alignment only")
     p.set_defaults(func=cmd_runs)
 
     p = export.add_parser("summary", help="n, mean, std and SEM of every metric per parameter value (CSV)")
