@@ -29,7 +29,7 @@ from .paths import Home, StoreError
 
 __all__ = ["Store", "StoreError", "SchemaTooNew", "WrongHome", "open_store", "mask_url", "use_db_url", "db_url_from"]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 BUSY_TIMEOUT_MS = 30_000
 ENV_DB_URL = "MTP_DB_URL"
 HOME_ID_KEY = "home_id"
@@ -141,6 +141,10 @@ MIGRATIONS: dict[int, list[str | Only | AddColumn]] = {
         "CREATE INDEX IF NOT EXISTS ix_run_marked ON run (marked)",
         # issue 11: engine deaths while a run was being generated (attempts only count claims)
         AddColumn("run", "crashes", "INTEGER NOT NULL DEFAULT 0"),
+    ],
+    3: [
+        # runs sorted by a score page through this index (store.queries.list_runs)
+        "CREATE INDEX IF NOT EXISTS ix_score_sort ON score (metric, backbone, value, run_id)",
     ],
 }
 

@@ -158,7 +158,12 @@ class Run(SQLModel, table=True):
 class Score(SQLModel, table=True):
     # One value per (run, metric, backbone): a rescore replaces (store.queue.complete_runs), so
     # readers never need a "latest score" filter.
-    __table_args__ = (Index("ux_score_run_metric", "run_id", "metric", "backbone", unique=True),)
+    __table_args__ = (
+        Index("ux_score_run_metric", "run_id", "metric", "backbone", unique=True),
+        # Runs sorted by a score page through this index instead of sorting every run
+        # (store.queries.list_runs): covering, so a deep page reads no table rows.
+        Index("ix_score_sort", "metric", "backbone", "value", "run_id"),
+    )
 
     id: Optional[int] = Field(default=None, primary_key=True)
     run_id: int = Field(foreign_key="run.id", index=True)

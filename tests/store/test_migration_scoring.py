@@ -1,12 +1,12 @@
 """Schema version 2 (issue 10): a version-1 database gains Run.score_error, Run.session_id and
-the enginesession / scorerequest tables, keeping its rows."""
+the enginesession / scorerequest tables, keeping its rows; version 3 adds the score sort index."""
 from __future__ import annotations
 
 import sqlite3
 
 from sqlmodel import select
 
-from store.db import Store
+from store.db import SCHEMA_VERSION, Store
 from store.models import Run, ScoreRequest
 from store.scoring import record_engine_session, request_scoring
 
@@ -21,6 +21,7 @@ def test_version_1_database_is_upgraded_in_place(home):
     # Back to what version 1 had: no new columns, no new tables.
     con.execute("DROP TABLE scorerequest")
     con.execute("DROP TABLE enginesession")
+    con.execute("DROP INDEX ix_score_sort")  # version 3
     # (SQLite cannot drop a column named in a foreign key: copy the table without them.)
     cols = [r[1] for r in con.execute("PRAGMA table_info(run)") if r[1] not in ("score_error", "session_id")]
     con.execute(f"CREATE TABLE run_v1 AS SELECT {', '.join(cols)} FROM run")
@@ -33,7 +34,9 @@ def test_version_1_database_is_upgraded_in_place(home):
 
     store = Store(home)
     try:
-        assert store.schema_version() == 2
+        assert store.schema_version() == SCHEMA_VERSION
+        with sqlite3.connect(home.root / "mtp.db") as check:
+            assert check.execute("SELECT 1 FROM sqlite_master WHERE name = 'ix_score_sort'").fetchone()
         with store.session() as s:
             runs = list(s.exec(select(Run)))
         assert len(runs) == n_runs and all(r.score_error is None and r.session_id is None for r in runs)

@@ -11,6 +11,7 @@ from textual.message import Message
 from textual.widgets import DataTable, Footer, Header, Static
 
 from .. import keymap
+from ..widgets.fast_table import FastTable
 from ._common import StoreScreen, age
 
 REFRESH_S = 2.0
@@ -101,13 +102,13 @@ class HomeScreen(StoreScreen):
         with Horizontal(id="home-top"):
             with Vertical(id="concepts-pane"):
                 yield Static("Concepts  [dim](enter: edit, c: new)[/]", classes="pane-title")
-                yield DataTable(id="concepts", cursor_type="row", zebra_stripes=True)
+                yield FastTable(id="concepts", cursor_type="row", zebra_stripes=True)
             with Vertical(id="experiments-pane"):
                 yield Static("Experiments  [dim](enter: runs, e: results, E: edit/duplicate, D: delete)[/]",
                              classes="pane-title")
-                yield DataTable(id="experiments", cursor_type="row", zebra_stripes=True)
+                yield FastTable(id="experiments", cursor_type="row", zebra_stripes=True)
         yield Static("Workers", classes="pane-title")
-        yield DataTable(id="workers", cursor_type="row")
+        yield FastTable(id="workers", cursor_type="row")
         yield Footer(compact=True, show_command_palette=False)
 
     def on_mount(self) -> None:

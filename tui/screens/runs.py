@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import shlex
+from functools import partial
 
 from rich.markup import escape
 from rich.text import Text
@@ -11,9 +12,11 @@ from textual.message import Message
 from textual.widgets import DataTable, Footer, Header, Input, Static
 
 from .. import keymap
+from ..widgets.fast_table import FastTable
 from ._common import StoreScreen, duration, fmt
 
 PAGE = 50  # more than a tall terminal shows; a smaller page paints faster
+LOADING_AFTER_S = 0.15
 SCORES = ("clip_t", "clip_i_ref", "dino_ref")
 # (column key, header, sort name)
 COLUMNS = [
@@ -94,6 +97,7 @@ class RunsScreen(StoreScreen):
         self.total = 0
         self.runs: list = []
         self._token = 0
+        self._shown = -1  # the token of the page on screen
         self.loaded = False
 
     def compose(self) -> ComposeResult:
@@ -101,7 +105,7 @@ class RunsScreen(StoreScreen):
         yield Input(self.filter_text, placeholder="filter: words, status=failed, seed=1, tag=x, marked=1, "
                     "exp=all, final_step=20 ... (enter applies, escape closes)", id="filter-bar")
         yield Static("", id="runs-status")
-        yield DataTable(id="runs-table", cursor_type="cell", zebra_stripes=True)
+        yield FastTable(id="runs-table", cursor_type="cell", zebra_stripes=True)
         yield Footer(compact=True, show_command_palette=False)
 
     def on_mount(self) -> None:
@@ -129,14 +133,22 @@ class RunsScreen(StoreScreen):
     def reload(self, keep_cursor: bool = False, quiet: bool = False) -> None:
         self._token += 1
         self._keep_cursor = keep_cursor
-        if not quiet:  # a live refresh must not flash "loading..." every second
-            self.query_one("#runs-status", Static).update("loading...")
         try:
             filt = parse_filter(self.filter_text, self.experiment_id)
         except Exception as exc:
-            self.query_one("#runs-status", Static).update(f"[red]{escape(str(exc))}[/]")
+            self._status(f"[red]{escape(str(exc))}[/]")
             return
+        if not quiet:  # a live refresh must not flash "loading..." every second
+            # Only a slow page says so: painting "loading..." first would cost a fast page a frame.
+            self.set_timer(LOADING_AFTER_S, partial(self._still_loading, self._token))
         self._load(filt, self.sort, self.descending, self.page_offset, self._token)
+
+    def _still_loading(self, token: int) -> None:
+        if self._token == token and self._shown != token:
+            self._status("loading...")
+
+    def _status(self, text: str) -> None:
+        self.query_one("#runs-status", Static).update(text, layout=False)  # one line, fixed size (app.tcss)
 
     @work(thread=True, exclusive=True, group="runs-page")
     def _load(self, filt, sort, descending, offset, token) -> None:
@@ -154,9 +166,9 @@ class RunsScreen(StoreScreen):
     def on_runs_screen_page(self, message: Page) -> None:
         if message.token != self._token:
             return
-        status = self.query_one("#runs-status", Static)
+        self._shown = message.token
         if message.error is not None:
-            status.update(f"[red]{escape(str(message.error))}[/]")
+            self._status(f"[red]{escape(str(message.error))}[/]")
             return
         table = self.query_one(DataTable)
         cursor = table.cursor_coordinate
@@ -189,7 +201,7 @@ class RunsScreen(StoreScreen):
         where = f"exp {exp}" if exp is not None else "all experiments"
         arrow = "desc" if self.descending else "asc"
         marked = f"  [b]{message.marked} marked[/] (t/N/R/X act on them, U unmarks)" if message.marked else ""
-        status.update(f"runs {message.offset + 1 if self.runs else 0}-{end} of {self.total} ({where})"
+        self._status(f"runs {message.offset + 1 if self.runs else 0}-{end} of {self.total} ({where})"
                       f"  sort: {self.sort} {arrow} (s)  filter: {escape(self.filter_text or '-')}{marked}")
 
     # ------------------------------------------------------------------ filter, sort, page
