@@ -215,7 +215,7 @@ async def screen_open_latency(store, repeats: int = 3, idle_wait: bool = True) -
 
     cases = [("runs (f6)", "f6", "RunsScreen"), ("sweep builder (f4)", "f4", "SweepScreen"),
              ("results (f7)", "f7", "ResultsScreen"), ("concept (f3)", "f3", "ConceptScreen"),
-             ("home (f2)", "f2", "HomeScreen")]
+             ("home (f2, from runs)", "f2", "HomeScreen")]
     times: dict[str, list[float]] = {label: [] for label, _, _ in cases}
     app = MtpApp(store)
     app.experiment_id = exp_id
@@ -223,6 +223,11 @@ async def screen_open_latency(store, repeats: int = 3, idle_wait: bool = True) -
         await pilot.pause()
         for _ in range(repeats):
             for label, key, name in cases:
+                if name == "HomeScreen":  # from another screen, or the key would do nothing
+                    await pilot.press("f6")
+                    while not ready(app, "RunsScreen"):
+                        await asyncio.sleep(0.002)
+                    await pilot.pause(0.2)
                 t = time.perf_counter()
                 if idle_wait:
                     await pilot.press(key)
