@@ -23,6 +23,10 @@ SCREENS = {
     "results": ("tui.screens.results", "ResultsScreen"),
     "export": ("tui.screens.export", "ExportScreen"),
 }
+# Screens built once and kept: reopening one is a resume (its data re-read), not a rebuild (CSS,
+# widgets), and it comes back as it was left: filter, sort, page and cursor. Opening one with
+# arguments (Home's "r" on an experiment) retargets it.
+KEPT_SCREENS = {"runs"}
 
 
 class MtpApp(App):
@@ -107,12 +111,29 @@ class MtpApp(App):
             return
         if type(self.screen).__name__ == SCREENS[name][1] and not kwargs:
             return
-        screen = self.make_screen(name, **kwargs)
+        if name in KEPT_SCREENS:
+            screen = self._kept_screen(name, kwargs)
+            if screen in self.screen_stack:  # under a run detail, say: uncover it
+                while self.screen is not screen:
+                    self.pop_screen()
+                return
+        else:
+            screen = self.make_screen(name, **kwargs)
         # Keep the stack shallow: Home at the bottom and one screen above it, plus run details.
         if len(self.screen_stack) > 1:
             self.switch_screen(screen)
         else:
             self.push_screen(screen)
+
+    def _kept_screen(self, name: str, kwargs: dict):
+        key = f"kept-{name}"
+        if not self.is_screen_installed(key):
+            self.install_screen(self.make_screen(name, **kwargs), name=key)
+            return self.get_screen(key)
+        screen = self.get_screen(key)
+        if kwargs:
+            screen.retarget(**kwargs)
+        return screen
 
     def action_back(self) -> None:
         if len(self.screen_stack) > 1:

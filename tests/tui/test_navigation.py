@@ -145,3 +145,43 @@ def test_sighup_exits_cleanly(tmp_path):
                          cwd=str(__import__("pathlib").Path(__file__).resolve().parents[2]))
     assert out.returncode == 0, out.stderr[-2000:]
     assert "EXITED" in out.stdout
+
+
+async def test_runs_screen_comes_back_as_left_and_retargets(store):
+    """F6 returns to the runs list as it was left (one screen, kept); Home's enter on an
+    experiment shows that experiment's runs with a cleared filter, and F6 from a run detail
+    uncovers the list instead of stacking a second one."""
+    exp = seed_experiment(store)
+    other = seed_experiment(store, name="other")
+    app = MtpApp(store)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("f6")
+        await wait_for(pilot, lambda: name(app) == "RunsScreen" and app.screen.loaded, what="runs")
+        runs = app.screen
+        await pilot.press("slash", *"seed=1", "enter")
+        await wait_for(pilot, lambda: runs.runs and all(r.seed == 1 for r in runs.runs), what="filtered")
+        await pilot.press("f2")
+        await wait_for(pilot, lambda: name(app) == "HomeScreen")
+        await pilot.press("f6")
+        await wait_for(pilot, lambda: name(app) == "RunsScreen")
+        assert app.screen is runs and runs.filter_text == "seed=1"
+        await wait_for(pilot, lambda: runs._shown == runs._token, what="reloaded on return")
+        assert runs.runs and all(r.seed == 1 for r in runs.runs)
+
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: name(app) == "RunDetailScreen", what="detail")
+        await pilot.press("f6")
+        await wait_for(pilot, lambda: name(app) == "RunsScreen", what="uncovered")
+        assert app.screen is runs and len(app.screen_stack) == 2
+
+        await pilot.press("f2")
+        await wait_for(pilot, lambda: name(app) == "HomeScreen")
+        table = app.screen.query_one("#experiments")
+        await wait_for(pilot, lambda: table.row_count == 2, what="experiments listed")
+        table.move_cursor(row=table.get_row_index(str(other.id)))
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: name(app) == "RunsScreen" and runs._shown == runs._token,
+                       what="runs of the other experiment")
+        assert app.screen is runs and runs.filter_text == "" and runs.query_one("#filter-bar").value == ""
+        assert runs.runs and {r.experiment_id for r in runs.runs} == {other.id}
+        assert app.experiment_id == other.id

@@ -98,6 +98,7 @@ class RunsScreen(StoreScreen):
         self.runs: list = []
         self._token = 0
         self._shown = -1  # the token of the page on screen
+        self._retargeted = False
         self.loaded = False
 
     def compose(self) -> ComposeResult:
@@ -119,7 +120,19 @@ class RunsScreen(StoreScreen):
 
     def on_screen_resume(self) -> None:
         if self.loaded:
-            self.reload(keep_cursor=True)
+            self.reload(keep_cursor=not self._retargeted)
+        self._retargeted = False
+
+    def retarget(self, experiment_id: int | None = None, filter_text: str = "") -> None:
+        """Show these runs instead (the kept screen reopened from Home or the sweep builder)."""
+        self.experiment_id, self.filter_text, self.page_offset = experiment_id, filter_text, 0
+        if experiment_id is not None:
+            self.app.experiment_id = experiment_id
+        self._retargeted = True
+        if self.is_mounted:
+            self.query_one("#filter-bar", Input).value = filter_text
+            if self.is_current and self.loaded:
+                self.on_screen_resume()
 
     def on_store_changed(self) -> None:
         if self.loaded:
