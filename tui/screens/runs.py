@@ -99,6 +99,7 @@ class RunsScreen(StoreScreen):
         self._token = 0
         self._shown = -1  # the token of the page on screen
         self._retargeted = False
+        self._page_cells: list[list[str]] | None = None  # what the table shows, to skip identical pages
         self.loaded = False
 
     def compose(self) -> ComposeResult:
@@ -186,7 +187,7 @@ class RunsScreen(StoreScreen):
         table = self.query_one(DataTable)
         cursor = table.cursor_coordinate
         self.runs, self.total = message.runs, message.total
-        rows = []
+        page = []
         for run in message.runs:
             sc = message.scores.get(run.id, {})
             cells = []
@@ -201,12 +202,16 @@ class RunsScreen(StoreScreen):
                     cells.append("baseline")
                 else:
                     cells.append(fmt(getattr(run, key)))
+            page.append(cells)
+        if page != self._page_cells:  # a live refresh or a return usually finds the same page: no repaint
+            self._page_cells = page
+            table.clear()
             # Text cells skip markup parsing: faster, and prompts like "a [b] c" stay literal.
-            rows.append([Text(c, no_wrap=True, overflow="ellipsis") for c in cells])
-        table.clear()
-        table.add_rows(rows)  # one layout pass for the page instead of one per row
-        if self._keep_cursor and table.row_count:
-            table.move_cursor(row=min(cursor.row, table.row_count - 1), column=cursor.column, animate=False)
+            table.add_rows([Text(c, no_wrap=True, overflow="ellipsis") for c in cells] for cells in page)
+            if self._keep_cursor and table.row_count:
+                table.move_cursor(row=min(cursor.row, table.row_count - 1), column=cursor.column, animate=False)
+        elif not self._keep_cursor and table.row_count:
+            table.move_cursor(row=0, column=0, animate=False)
         self.loaded = True
         end = message.offset + len(message.runs)
         filt = self._safe_filter()
