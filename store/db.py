@@ -82,8 +82,10 @@ def _sqlite_engine(url: str) -> Engine:
         # Take transaction control away from the driver so BEGIN can be IMMEDIATE when asked.
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
-        cur.execute("PRAGMA journal_mode=WAL")
+        # The timeout first: switching to WAL takes a lock, and a process creating the schema
+        # holds one; under load that outlasted the driver's 5 s default ("database is locked").
         cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        cur.execute("PRAGMA journal_mode=WAL")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.close()
