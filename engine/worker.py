@@ -485,6 +485,9 @@ class Worker:
         if self.score is not None:
             self.progress.message = f"scoring runs {ids[0]}..{ids[-1]}"
             self._score(runs, result, results)
+        # Said before the commit: a log ending here means the engine died committing these runs
+        # (they are either all done or all re-run, never half).
+        log.info("committing run(s) %s", ids)
         done = complete_runs(self.store, self.worker_id, results)
         self.claimed = [i for i in self.claimed if i not in ids]
         self.stats["done"] += len(done)
