@@ -145,7 +145,10 @@ MIGRATIONS: dict[int, list[str | Only | AddColumn]] = {
         AddColumn("run", "crashes", "INTEGER NOT NULL DEFAULT 0"),
     ],
     3: [
-        # runs sorted by a score page through this index (store.queries.list_runs)
+        # runs sorted by a score page through ix_score_sort (store.queries.list_runs); ix_score_run
+        # replaces the run_id index, so per-run score reads never pick ix_score_sort
+        "CREATE INDEX IF NOT EXISTS ix_score_run ON score (run_id, metric, value)",
+        "DROP INDEX IF EXISTS ix_score_run_id",
         "CREATE INDEX IF NOT EXISTS ix_score_sort ON score (metric, backbone, value, run_id)",
     ],
 }

@@ -163,10 +163,13 @@ class Score(SQLModel, table=True):
         # Runs sorted by a score page through this index instead of sorting every run
         # (store.queries.list_runs): covering, so a deep page reads no table rows.
         Index("ix_score_sort", "metric", "backbone", "value", "run_id"),
+        # One run's value of a metric, covering too: without it SQLite answered "this run's
+        # clip_t" from ix_score_sort by reading every clip_t score, once per run.
+        Index("ix_score_run", "run_id", "metric", "value"),
     )
 
     id: Optional[int] = Field(default=None, primary_key=True)
-    run_id: int = Field(foreign_key="run.id", index=True)
+    run_id: int = Field(foreign_key="run.id")  # indexed first in ix_score_run
     metric: str  # clip_t, clip_i_ref, clip_i_src, dino_ref, dino_src, dreamsim_ref, dreamsim_src
     backbone: str  # e.g. "open_clip:ViT-B-32-quickgelu:openai@open_clip_torch-3.3.0" (engine.scoring.backbone_id)
     value: float  # raw cosine

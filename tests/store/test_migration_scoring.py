@@ -21,7 +21,9 @@ def test_version_1_database_is_upgraded_in_place(home):
     # Back to what version 1 had: no new columns, no new tables.
     con.execute("DROP TABLE scorerequest")
     con.execute("DROP TABLE enginesession")
-    con.execute("DROP INDEX ix_score_sort")  # version 3
+    con.execute("DROP INDEX ix_score_sort")  # version 3's score indexes, back to version 2's
+    con.execute("DROP INDEX ix_score_run")
+    con.execute("CREATE INDEX ix_score_run_id ON score (run_id)")
     # (SQLite cannot drop a column named in a foreign key: copy the table without them.)
     cols = [r[1] for r in con.execute("PRAGMA table_info(run)") if r[1] not in ("score_error", "session_id")]
     con.execute(f"CREATE TABLE run_v1 AS SELECT {', '.join(cols)} FROM run")
@@ -36,7 +38,8 @@ def test_version_1_database_is_upgraded_in_place(home):
     try:
         assert store.schema_version() == SCHEMA_VERSION
         with sqlite3.connect(home.root / "mtp.db") as check:
-            assert check.execute("SELECT 1 FROM sqlite_master WHERE name = 'ix_score_sort'").fetchone()
+            names = {n for (n,) in check.execute("SELECT name FROM sqlite_master WHERE tbl_name = 'score'")}
+            assert {"ix_score_sort", "ix_score_run"} <= names and "ix_score_run_id" not in names
         with store.session() as s:
             runs = list(s.exec(select(Run)))
         assert len(runs) == n_runs and all(r.score_error is None and r.session_id is None for r in runs)

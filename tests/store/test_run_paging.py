@@ -110,3 +110,31 @@ def test_no_scores_at_all_sorts_by_id(store, descending):
     _seed(store)
     page, total = list_runs(store, RunFilter(), sort="score:dreamsim_ref", descending=descending, limit=1000)
     assert [r.id for r in page] == sorted(r.id for r in page) and len(page) == total
+
+
+def test_sqlite_reads_each_runs_score_by_run(store, monkeypatch, db_backend):
+    """The per-run score subquery (small result sets, several backbones) must look a run's score
+    up by (run_id, metric); reading every score of the metric once per run made a 100k-run sort
+    take minutes. Checked on the statement list_runs really executes."""
+    if db_backend != "sqlite":
+        pytest.skip("SQLite's query planner")
+    from sqlalchemy import event
+
+    _seed(store)
+    monkeypatch.setattr(queries, "SCORE_INDEX_MIN_RUNS", 10**9)
+    seen = []
+
+    def grab(conn, cursor, statement, params, context, executemany):
+        if "avg(score.value)" in statement:
+            seen.append((statement, params))
+
+    event.listen(store.engine, "before_cursor_execute", grab)
+    try:
+        list_runs(store, RunFilter(), sort="score:clip_t", descending=True, limit=5)
+    finally:
+        event.remove(store.engine, "before_cursor_execute", grab)
+    assert seen
+    with store.engine.connect() as conn:
+        plan = [row[-1] for row in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + seen[0][0], seen[0][1])]
+    lookups = [p for p in plan if p.startswith("SEARCH score")]
+    assert lookups and all("run_id=?" in p for p in lookups), plan
