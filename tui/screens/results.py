@@ -14,11 +14,12 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
-from textual.widgets import DataTable, Footer, Header, Select, Static
+from textual.widgets import DataTable, Header, Select, Static
 from textual_plotext import PlotextPlot
 
 from .. import keymap
 from ..widgets.artifact_image import ArtifactImage
+from ..widgets.footer import Footer
 from ._common import StoreScreen
 
 FALLBACK_AXES = ("final_step", "layers", "start_step", "skip_interval", "seed", "target_prompt")
@@ -45,9 +46,10 @@ class ResultsScreen(StoreScreen):
 
     class Loaded(Message):
         def __init__(self, experiment=None, axes=(), rows=(), grid=None, grid_note="", error="", by="",
-                     shown=None):
+                     shown=None, layout=None):
             super().__init__()
             self.shown = shown  # set once the table is painted, so the worker may go on to the grid
+            self.layout = layout  # the grid when it was ready at once (unchanged since last drawn)
             self.experiment, self.axes, self.rows, self.by = experiment, list(axes), rows, by
             self.grid, self.grid_note, self.error = grid, grid_note, error
 
@@ -175,13 +177,21 @@ class ResultsScreen(StoreScreen):
             return
         axes = axes_for(exp.spec_json)
         by = by if by in axes else axes[0]
-        from store.report.aggregate import aggregate
-        from store.report.grid_image import render_grid
+        # Reopening the screen, cycling axes or a live refresh that found nothing new reuse the
+        # table and grid computed under the same change token (identical to recomputing).
+        from store.report.memo import cached_aggregate as aggregate
+        from store.report.memo import cached_render_grid as render_grid
 
         try:
             rows = aggregate(self.store, experiment_id, by)
         except Exception as exc:
             self.post_message(self.Loaded(exp, axes, error=f"aggregate failed: {exc}", by=by))
+            return
+        options = dict(grid_options or {})
+        # A grid drawn since the last change comes with the table: one paint, no second pass.
+        kept = render_grid(self.store, experiment_id, by, only_cached=True, **options) if rows else None
+        if kept is not None:
+            self.post_message(self.Loaded(exp, axes, rows, by=by, layout=kept))
             return
         # The table and the plot first: the image grid reads every run and image and comes after.
         shown = threading.Event()
@@ -197,7 +207,6 @@ class ResultsScreen(StoreScreen):
         from store.queries import InputError
 
         grid, note, layout = None, "", None
-        options = dict(grid_options or {})
         try:
             try:
                 layout = render_grid(self.store, experiment_id, by, **options)
@@ -217,14 +226,17 @@ class ResultsScreen(StoreScreen):
     def on_results_screen_grid(self, message: Grid) -> None:
         if (message.experiment_id, message.by) != (self.experiment_id, self.by):
             return
+        self._show_grid(message.grid, message.note, message.layout)
+
+    def _show_grid(self, grid, note: str, layout) -> None:
         self.grid_shown = True
-        self._fill_grid_controls(message.layout)
-        caption = list(message.layout.caption) if message.layout else []
-        if message.note and message.grid is not None:
-            caption.append(f"[yellow]{escape(message.note)}[/]")
+        self._fill_grid_controls(layout)
+        caption = list(layout.caption) if layout else []
+        if note and grid is not None:
+            caption.append(f"[yellow]{escape(note)}[/]")
         self.query_one("#results-grid-caption", Static).update(
             "\n".join(c if c.startswith("[yellow]") else escape(c) for c in caption))
-        self.query_one("#results-grid", ArtifactImage).show_image(message.grid, message.note or "no grid yet")
+        self.query_one("#results-grid", ArtifactImage).show_image(grid, note or "no grid yet")
 
     def on_results_screen_loaded(self, message: Loaded) -> None:
         title = self.query_one("#results-title", Static)
@@ -254,7 +266,10 @@ class ResultsScreen(StoreScreen):
             plot.plt.clear_figure()
             plot.plt.title(f"plot failed: {exc}")
         plot.refresh()
-        self.query_one("#results-grid", ArtifactImage).show_image(message.grid, message.grid_note or "no grid yet")
+        if message.layout is not None:
+            self._show_grid(message.layout.image, "", message.layout)
+        else:
+            self.query_one("#results-grid", ArtifactImage).show_image(message.grid, message.grid_note or "no grid yet")
         if message.shown is not None:
             self.call_after_refresh(message.shown.set)
 
