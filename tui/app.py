@@ -91,7 +91,16 @@ class MtpApp(App):
         import importlib
 
         module, cls = SCREENS[name]
-        return getattr(importlib.import_module(module), cls)(**kwargs)
+        screen_cls = getattr(importlib.import_module(module), cls)
+        if not kwargs and getattr(screen_cls, "KEPT", False):
+            # Reopened as it was left (its choices kept, its data re-checked on resume): building
+            # its widgets again was most of the time it took to open.
+            if not self.is_screen_installed(name):
+                self.install_screen(screen_cls(), name)
+            kept = self.get_screen(name)
+            if kept not in self.screen_stack:
+                return kept
+        return screen_cls(**kwargs)
 
     def action_open(self, name: str, **kwargs) -> None:
         if name == "export":

@@ -43,6 +43,7 @@ def axes_for(spec_json: str) -> list[str]:
 class ResultsScreen(StoreScreen):
     BINDINGS = keymap.bindings("results")
     live = True  # new scores regroup the table, the plot and the grid by themselves
+    KEPT = True  # F7 reopens this screen as it was left (see on_screen_resume)
 
     class Loaded(Message):
         def __init__(self, experiment=None, axes=(), rows=(), grid=None, grid_note="", error="", by="",
@@ -67,6 +68,8 @@ class ResultsScreen(StoreScreen):
         self.pin_axis: str | None = None
         self.grid_layout = None
         self._counts: dict | None = None  # run counts by status at the last load
+        self._loaded_token: str | None = None  # the store's change token when the last load began
+        self._resumed = False
         self.grid_shown = False
 
     def compose(self) -> ComposeResult:
@@ -127,6 +130,26 @@ class ResultsScreen(StoreScreen):
         seeds = self.seeds if "seed" not in taken else None
         return dict(x=x, z=z, pins=pins, seeds=seeds)
 
+    def on_screen_resume(self) -> None:
+        # Reopened (not first shown): follow Home's experiment, and reload only when the store
+        # moved since the last load, so a reopened screen never shows less than a new one would.
+        if not self._resumed:
+            self._resumed = True
+            return
+        chosen = self.app.experiment_id
+        if chosen is not None and chosen != self.experiment_id:
+            self.experiment_id, self.by = chosen, None
+            self.grid_x = self.grid_z = self.seeds = self.pin_axis = None
+            self.pins = {}
+            self.reload()
+        elif self.experiment_id is not None:
+            self._reload_if_moved()
+
+    @work(thread=True, exclusive=True, group="results-watch")
+    def _reload_if_moved(self) -> None:
+        if self.store.change_token() != self._loaded_token:
+            self.post_message(self.Stale())
+
     def on_store_changed(self) -> None:
         if self.experiment_id is not None:
             self._reload_if_changed(self.experiment_id)
@@ -169,6 +192,7 @@ class ResultsScreen(StoreScreen):
     def _load(self, experiment_id: int, by: str | None, grid_options: dict | None = None) -> None:
         from store.queries import counts_by_status, get_experiment
 
+        self._loaded_token = self.store.change_token()
         self._counts = counts_by_status(self.store, experiment_id)
 
         exp = get_experiment(self.store, experiment_id)
