@@ -8,6 +8,7 @@ above it, and the pins it used are printed with it."""
 from __future__ import annotations
 
 import threading
+import time
 
 from rich.markup import escape
 from textual import on, work
@@ -22,6 +23,9 @@ from ..widgets.artifact_image import ArtifactImage
 from ..widgets.footer import Footer
 from ._common import StoreScreen
 
+# Live refreshes wait this many load-times after a load: a running engine finishes runs every few
+# seconds, and regrouping a 100k-run sweep holds the GIL for about a second each time.
+LIVE_COOLDOWN = 4.0
 FALLBACK_AXES = ("final_step", "layers", "start_step", "skip_interval", "seed", "target_prompt")
 
 
@@ -70,6 +74,8 @@ class ResultsScreen(StoreScreen):
         self._counts: dict | None = None  # run counts by status at the last load
         self._loaded_token: str | None = None  # the store's change token when the last load began
         self._resumed = False
+        self._quiet_until = 0.0  # no live reload before this (time.monotonic)
+        self._deferred = None  # the timer of a live check put off until then
         self.grid_shown = False
 
     def compose(self) -> ComposeResult:
@@ -151,7 +157,18 @@ class ResultsScreen(StoreScreen):
             self.post_message(self.Stale())
 
     def on_store_changed(self) -> None:
-        if self.experiment_id is not None:
+        if self.experiment_id is None:
+            return
+        wait = self._quiet_until - time.monotonic()
+        if wait > 0:
+            if self._deferred is None:
+                self._deferred = self.set_timer(wait, self._after_quiet)
+            return
+        self._reload_if_changed(self.experiment_id)
+
+    def _after_quiet(self) -> None:
+        self._deferred = None
+        if self.experiment_id is not None and self.is_current:  # a suspended screen checks on resume
             self._reload_if_changed(self.experiment_id)
 
     class Stale(Message):
@@ -190,6 +207,13 @@ class ResultsScreen(StoreScreen):
 
     @work(thread=True, exclusive=True, group="results")
     def _load(self, experiment_id: int, by: str | None, grid_options: dict | None = None) -> None:
+        start = time.monotonic()
+        try:
+            self._load_now(experiment_id, by, grid_options)
+        finally:
+            self._quiet_until = time.monotonic() + LIVE_COOLDOWN * (time.monotonic() - start)
+
+    def _load_now(self, experiment_id: int, by: str | None, grid_options: dict | None) -> None:
         from store.queries import counts_by_status, get_experiment
 
         self._loaded_token = self.store.change_token()
