@@ -8,9 +8,10 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
-from textual.widgets import DataTable, Footer, Header, Static
+from textual.widgets import DataTable, Header, Static
 
 from .. import keymap
+from ..widgets.footer import Footer
 from ._common import StoreScreen, age
 
 REFRESH_S = 2.0
