@@ -23,10 +23,6 @@ SCREENS = {
     "results": ("tui.screens.results", "ResultsScreen"),
     "export": ("tui.screens.export", "ExportScreen"),
 }
-# Screens built once and kept: reopening one is a resume (its data re-read), not a rebuild (CSS,
-# widgets), and it comes back as it was left: filter, sort, page and cursor. Opening one with
-# arguments (Home's "r" on an experiment) retargets it.
-KEPT_SCREENS = {"runs"}
 
 
 class MtpApp(App):
@@ -95,7 +91,20 @@ class MtpApp(App):
         import importlib
 
         module, cls = SCREENS[name]
-        return getattr(importlib.import_module(module), cls)(**kwargs)
+        screen_cls = getattr(importlib.import_module(module), cls)
+        if not getattr(screen_cls, "KEPT", False):
+            return screen_cls(**kwargs)
+        # A KEPT screen is built once and reopened as it was left (filter, sort, page, grid
+        # choices; its data re-checked on resume): building its widgets again was most of the
+        # time it took to open. Opened with arguments (Home's enter on an experiment) it is
+        # retargeted instead.
+        if not self.is_screen_installed(name):
+            self.install_screen(screen_cls(**kwargs), name)
+            return self.get_screen(name)
+        kept = self.get_screen(name)
+        if kwargs:
+            kept.retarget(**kwargs)
+        return kept
 
     def action_open(self, name: str, **kwargs) -> None:
         if name == "export":
@@ -111,29 +120,16 @@ class MtpApp(App):
             return
         if type(self.screen).__name__ == SCREENS[name][1] and not kwargs:
             return
-        if name in KEPT_SCREENS:
-            screen = self._kept_screen(name, kwargs)
-            if screen in self.screen_stack:  # under a run detail, say: uncover it
-                while self.screen is not screen:
-                    self.pop_screen()
-                return
-        else:
-            screen = self.make_screen(name, **kwargs)
+        screen = self.make_screen(name, **kwargs)
+        if screen in self.screen_stack:  # a kept screen under a run detail, say: uncover it
+            while self.screen is not screen:
+                self.pop_screen()
+            return
         # Keep the stack shallow: Home at the bottom and one screen above it, plus run details.
         if len(self.screen_stack) > 1:
             self.switch_screen(screen)
         else:
             self.push_screen(screen)
-
-    def _kept_screen(self, name: str, kwargs: dict):
-        key = f"kept-{name}"
-        if not self.is_screen_installed(key):
-            self.install_screen(self.make_screen(name, **kwargs), name=key)
-            return self.get_screen(key)
-        screen = self.get_screen(key)
-        if kwargs:
-            screen.retarget(**kwargs)
-        return screen
 
     def action_back(self) -> None:
         if len(self.screen_stack) > 1:

@@ -58,6 +58,7 @@ class GridLayout:
     missing: Counter = field(default_factory=Counter)  # reason -> cells without an image
     pin_choices: dict[str, list[str]] = field(default_factory=dict)  # pinnable axis -> its values
     axes: list[str] = field(default_factory=list)  # every axis the experiment varies
+    files: list[Any] = field(default_factory=list)  # the image files read to draw it (cache checks)
 
     @property
     def n_images(self) -> int:
@@ -246,7 +247,10 @@ def _draw_cell(store, sheet, draw, layout, box, run, kind, rel, font, line_h, pa
 
     x0, y0, x1, y1 = box
     size = x1 - x0
-    im = _load_thumb(store.home.resolve_artifact(rel), size) if rel else None
+    path = store.home.resolve_artifact(rel) if rel else None
+    if path is not None:
+        layout.files.append(path)
+    im = _load_thumb(path, size) if rel else None
     if im is not None:
         sheet.paste(im, (x0 + (size - im.width) // 2, y0 + (size - im.height) // 2))
     elif kind != "blank":

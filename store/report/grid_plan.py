@@ -240,13 +240,20 @@ def plan_grid(store: Store, experiment_id: int, y: str, x: str | None = None, z:
     # Default pins come from one real run, so jointly varying settings (a mask mode and its
     # threshold) stay a combination the sweep made.
     free = [a for a in swept if a not in chosen and a not in user and not (each and a == "seed")]
-    fitting = [r for r in runs if not r["is_baseline"] and _matches(r, user) and all(applies(a, r) for a in chosen)]
-    fitting = fitting or [r for r in runs if _matches(r, user)]
     resolved = dict(user)
-    for axis in free:
-        donor = next((r for r in fitting if applies(axis, r) and _matches(r, resolved)), None)
-        if donor is not None:
-            resolved[axis] = key_of(axis, donor)
+    if free:
+        # The donors are the first fitting runs in sweep order: scanned lazily, since building
+        # the list of every fitting run was a quarter of a 100k-run plan.
+        def fits(r) -> bool:
+            return not r["is_baseline"] and _matches(r, user) and all(applies(a, r) for a in chosen)
+
+        if not any(map(fits, runs)):
+            def fits(r) -> bool:  # noqa: F811 (no controlled run fits: any run matching the pins)
+                return _matches(r, user)
+        for axis in free:
+            donor = next((r for r in runs if fits(r) and applies(axis, r) and _matches(r, resolved)), None)
+            if donor is not None:
+                resolved[axis] = key_of(axis, donor)
     pins_out = {a: resolved[a] for a in swept if a in resolved}
     for a in user:  # a pin on an axis that does not vary is still the user's statement: keep it
         pins_out.setdefault(a, user[a])
@@ -270,59 +277,79 @@ def _place(runs, axes, x, y, z, pins, user_pins, swept, each) -> GridPlan:
     ambiguous = 0
     # Nothing pinned or no Z axis is the common case: skip the per-run checks that always pass.
     pinned = [r for r in runs if _matches(r, pins)] if pins else runs
-    for panel in panels:
-        fixed = {z: panel.z} if z else {}
+    # Each panel's runs, in sweep order: one pass instead of a full scan per Z value.
+    if z:
+        by_z: dict[Any, list[dict]] = {p.z: [] for p in panels}
+        everywhere = []  # runs Z does not apply to belong to every panel
         for r in pinned:
-            if fixed and not _matches(r, fixed):
-                continue
-            seed = (r["seed"],) if each else ()
+            if not applies(z, r):
+                everywhere.append(r)
+            elif key_of(z, r) in by_z:
+                by_z[key_of(z, r)].append(r)
+        if everywhere:
+            order = {id(r): i for i, r in enumerate(pinned)}
+            for key, members in by_z.items():
+                by_z[key] = sorted(members + everywhere, key=lambda r: order[id(r)])
+        panel_runs = [by_z[p.z] for p in panels]
+    else:
+        panel_runs = [pinned]
+    xcol, ycol = _KEY_COLUMN.get(x, x), _KEY_COLUMN.get(y, y)
+    # For a controlled run, only the mask details can fail to apply (when its mask is off).
+    needs_mask = x in MASK_DETAIL or y in MASK_DETAIL
+    for panel, members in zip(panels, panel_runs):
+        cells = panel.cells
+        for r in members:
             if r["is_baseline"]:
                 if baseline_mode == "none":
                     continue
+                seed = (r["seed"],) if each else ()
                 if baseline_mode == "row":
                     row = BASELINE + seed
                     # With two control axes the baseline belongs to no column: it goes in the first.
-                    col = ("value", key_of(x, r)) if not x_control else col_keys[0]
+                    col = ("value", r[xcol]) if not x_control else col_keys[0]
                 else:
-                    row, col = ("value", key_of(y, r)) + seed, BASELINE
+                    row, col = ("value", r[ycol]) + seed, BASELINE
             else:
-                if not (applies(x, r) and applies(y, r)):
+                if needs_mask and r["mask_mode"] == "off":
                     continue
-                row, col = ("value", key_of(y, r)) + seed, ("value", key_of(x, r))
-            current = panel.cells.get((row, col))
+                row, col = ("value", r[ycol]) + ((r["seed"],) if each else ()), ("value", r[xcol])
+            current = cells.get((row, col))
             if current is not None:
                 ambiguous += 1
                 # Deterministic, and an image beats none: never "whichever came back first".
                 if current["image_path"] or not r["image_path"]:
                     continue
-            panel.cells[(row, col)] = r
+            cells[(row, col)] = r
 
-    source_mode = _source_mode(panels, row_keys, col_keys)
+    source_mode = _source_mode(panels)
     for panel in panels:
         along = row_keys if source_mode == "column" else col_keys if source_mode == "row" else []
+        others = col_keys if source_mode == "column" else row_keys
+        cells = panel.cells
         for k in along:
-            members = [panel.cells.get((k, c) if source_mode == "column" else (c, k)) for c in
-                       (col_keys if source_mode == "column" else row_keys)]
-            first = next((m for m in members if m and m["source_image_path"]), None)
+            cell = (lambda o: (k, o)) if source_mode == "column" else (lambda o: (o, k))
+            first = next((m for m in map(cells.get, map(cell, others)) if m and m["source_image_path"]), None)
             if first:
                 panel.sources[k] = first
     return GridPlan(axes[x], axes[y], axes[z] if z else None, "each" if each else None, pins, user_pins, swept,
                     row_keys, col_keys, panels, source_mode, note, ambiguous, axes)
 
 
-def _source_mode(panels: list[Panel], row_keys, col_keys) -> str:
+def _source_mode(panels: list[Panel]) -> str:
     """Where the source image can be shown without pretending: per row, per column, or nowhere."""
-    def shared(line_keys, cell_of) -> bool:
+    def shared(by_row: bool) -> bool:
+        # Every filled cell sits on one of the plan's rows and columns, so one pass over the
+        # cells finds any line whose cells come from more than one source pass.
         for panel in panels:
-            for k in line_keys:
-                groups = {m["group_key"] for m in (panel.cells.get(cell_of(k, o)) for o in
-                          (col_keys if line_keys is row_keys else row_keys)) if m}
-                if len(groups) > 1:
+            seen: dict[Any, Any] = {}
+            for (row, col), run in panel.cells.items():
+                group = run["group_key"]
+                if seen.setdefault(row if by_row else col, group) != group:
                     return False
         return True
 
-    if shared(row_keys, lambda k, o: (k, o)):
+    if shared(by_row=True):
         return "column"
-    if shared(col_keys, lambda k, o: (o, k)):
+    if shared(by_row=False):
         return "row"
     return "none"

@@ -10,11 +10,12 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.message import Message
-from textual.widgets import Button, DirectoryTree, Footer, Header, Input, Label, Select, Static
+from textual.widgets import Button, DirectoryTree, Header, Input, Label, Select, Static
 
 from .. import keymap
 from ..widgets.artifact_image import ArtifactImage
 from ..widgets.field import Field, fields_by_name
+from ..widgets.footer import Footer
 from ._common import StoreScreen
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}

@@ -8,10 +8,11 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
-from textual.widgets import DataTable, Footer, Header, Static
+from textual.widgets import DataTable, Header, Static
 
 from .. import keymap
 from ..widgets.fast_table import FastTable
+from ..widgets.footer import Footer
 from ._common import StoreScreen, age
 
 REFRESH_S = 2.0

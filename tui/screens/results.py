@@ -8,19 +8,24 @@ above it, and the pins it used are printed with it."""
 from __future__ import annotations
 
 import threading
+import time
 
 from rich.markup import escape
 from textual import on, work
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
-from textual.widgets import DataTable, Footer, Header, Select, Static
+from textual.widgets import DataTable, Header, Select, Static
 from textual_plotext import PlotextPlot
 
 from .. import keymap
 from ..widgets.artifact_image import ArtifactImage
+from ..widgets.footer import Footer
 from ._common import StoreScreen
 
+# Live refreshes wait this many load-times after a load: a running engine finishes runs every few
+# seconds, and regrouping a 100k-run sweep holds the GIL for about a second each time.
+LIVE_COOLDOWN = 4.0
 FALLBACK_AXES = ("final_step", "layers", "start_step", "skip_interval", "seed", "target_prompt")
 
 
@@ -42,12 +47,14 @@ def axes_for(spec_json: str) -> list[str]:
 class ResultsScreen(StoreScreen):
     BINDINGS = keymap.bindings("results")
     live = True  # new scores regroup the table, the plot and the grid by themselves
+    KEPT = True  # F7 reopens this screen as it was left (see on_screen_resume)
 
     class Loaded(Message):
         def __init__(self, experiment=None, axes=(), rows=(), grid=None, grid_note="", error="", by="",
-                     shown=None):
+                     shown=None, layout=None):
             super().__init__()
             self.shown = shown  # set once the table is painted, so the worker may go on to the grid
+            self.layout = layout  # the grid when it was ready at once (unchanged since last drawn)
             self.experiment, self.axes, self.rows, self.by = experiment, list(axes), rows, by
             self.grid, self.grid_note, self.error = grid, grid_note, error
 
@@ -65,6 +72,10 @@ class ResultsScreen(StoreScreen):
         self.pin_axis: str | None = None
         self.grid_layout = None
         self._counts: dict | None = None  # run counts by status at the last load
+        self._loaded_token: str | None = None  # the store's change token when the last load began
+        self._resumed = False
+        self._quiet_until = 0.0  # no live reload before this (time.monotonic)
+        self._deferred = None  # the timer of a live check put off until then
         self.grid_shown = False
 
     def compose(self) -> ComposeResult:
@@ -125,8 +136,50 @@ class ResultsScreen(StoreScreen):
         seeds = self.seeds if "seed" not in taken else None
         return dict(x=x, z=z, pins=pins, seeds=seeds)
 
+    def retarget(self, experiment_id: int | None = None, by: str | None = None) -> None:
+        """Opened for an experiment (from the runs browser) while kept."""
+        if experiment_id is not None:
+            self.app.experiment_id = experiment_id
+        if (experiment_id is not None and experiment_id != self.experiment_id) or (by and by != self.by):
+            self._show_experiment(experiment_id or self.experiment_id, by)
+
+    def _show_experiment(self, experiment_id: int, by: str | None) -> None:
+        self.experiment_id, self.by = experiment_id, by
+        self.grid_x = self.grid_z = self.seeds = self.pin_axis = None
+        self.pins = {}
+        if self.is_mounted:
+            self.reload()
+
+    def on_screen_resume(self) -> None:
+        # Reopened (not first shown): follow Home's experiment, and reload only when the store
+        # moved since the last load, so a reopened screen never shows less than a new one would.
+        if not self._resumed:
+            self._resumed = True
+            return
+        chosen = self.app.experiment_id
+        if chosen is not None and chosen != self.experiment_id:
+            self._show_experiment(chosen, None)
+        elif self.experiment_id is not None:
+            self._reload_if_moved()
+
+    @work(thread=True, exclusive=True, group="results-watch")
+    def _reload_if_moved(self) -> None:
+        if self.store.change_token() != self._loaded_token:
+            self.post_message(self.Stale())
+
     def on_store_changed(self) -> None:
-        if self.experiment_id is not None:
+        if self.experiment_id is None:
+            return
+        wait = self._quiet_until - time.monotonic()
+        if wait > 0:
+            if self._deferred is None:
+                self._deferred = self.set_timer(wait, self._after_quiet)
+            return
+        self._reload_if_changed(self.experiment_id)
+
+    def _after_quiet(self) -> None:
+        self._deferred = None
+        if self.experiment_id is not None and self.is_current:  # a suspended screen checks on resume
             self._reload_if_changed(self.experiment_id)
 
     class Stale(Message):
@@ -165,8 +218,16 @@ class ResultsScreen(StoreScreen):
 
     @work(thread=True, exclusive=True, group="results")
     def _load(self, experiment_id: int, by: str | None, grid_options: dict | None = None) -> None:
+        start = time.monotonic()
+        try:
+            self._load_now(experiment_id, by, grid_options)
+        finally:
+            self._quiet_until = time.monotonic() + LIVE_COOLDOWN * (time.monotonic() - start)
+
+    def _load_now(self, experiment_id: int, by: str | None, grid_options: dict | None) -> None:
         from store.queries import counts_by_status, get_experiment
 
+        self._loaded_token = self.store.change_token()
         self._counts = counts_by_status(self.store, experiment_id)
 
         exp = get_experiment(self.store, experiment_id)
@@ -175,13 +236,21 @@ class ResultsScreen(StoreScreen):
             return
         axes = axes_for(exp.spec_json)
         by = by if by in axes else axes[0]
-        from store.report.aggregate import aggregate
-        from store.report.grid_image import render_grid
+        # Reopening the screen, cycling axes or a live refresh that found nothing new reuse the
+        # table and grid computed under the same change token (identical to recomputing).
+        from store.report.memo import cached_aggregate as aggregate
+        from store.report.memo import cached_render_grid as render_grid
 
         try:
             rows = aggregate(self.store, experiment_id, by)
         except Exception as exc:
             self.post_message(self.Loaded(exp, axes, error=f"aggregate failed: {exc}", by=by))
+            return
+        options = dict(grid_options or {})
+        # A grid drawn since the last change comes with the table: one paint, no second pass.
+        kept = render_grid(self.store, experiment_id, by, only_cached=True, **options) if rows else None
+        if kept is not None:
+            self.post_message(self.Loaded(exp, axes, rows, by=by, layout=kept))
             return
         # The table and the plot first: the image grid reads every run and image and comes after.
         shown = threading.Event()
@@ -197,7 +266,6 @@ class ResultsScreen(StoreScreen):
         from store.queries import InputError
 
         grid, note, layout = None, "", None
-        options = dict(grid_options or {})
         try:
             try:
                 layout = render_grid(self.store, experiment_id, by, **options)
@@ -217,14 +285,17 @@ class ResultsScreen(StoreScreen):
     def on_results_screen_grid(self, message: Grid) -> None:
         if (message.experiment_id, message.by) != (self.experiment_id, self.by):
             return
+        self._show_grid(message.grid, message.note, message.layout)
+
+    def _show_grid(self, grid, note: str, layout) -> None:
         self.grid_shown = True
-        self._fill_grid_controls(message.layout)
-        caption = list(message.layout.caption) if message.layout else []
-        if message.note and message.grid is not None:
-            caption.append(f"[yellow]{escape(message.note)}[/]")
+        self._fill_grid_controls(layout)
+        caption = list(layout.caption) if layout else []
+        if note and grid is not None:
+            caption.append(f"[yellow]{escape(note)}[/]")
         self.query_one("#results-grid-caption", Static).update(
             "\n".join(c if c.startswith("[yellow]") else escape(c) for c in caption))
-        self.query_one("#results-grid", ArtifactImage).show_image(message.grid, message.note or "no grid yet")
+        self.query_one("#results-grid", ArtifactImage).show_image(grid, note or "no grid yet")
 
     def on_results_screen_loaded(self, message: Loaded) -> None:
         title = self.query_one("#results-title", Static)
@@ -254,7 +325,10 @@ class ResultsScreen(StoreScreen):
             plot.plt.clear_figure()
             plot.plt.title(f"plot failed: {exc}")
         plot.refresh()
-        self.query_one("#results-grid", ArtifactImage).show_image(message.grid, message.grid_note or "no grid yet")
+        if message.layout is not None:
+            self._show_grid(message.layout.image, "", message.layout)
+        else:
+            self.query_one("#results-grid", ArtifactImage).show_image(message.grid, message.grid_note or "no grid yet")
         if message.shown is not None:
             self.call_after_refresh(message.shown.set)
 
