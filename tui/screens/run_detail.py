@@ -12,10 +12,11 @@ from textual import work
 from textual.app import ComposeResult
 from textual.containers import Horizontal, VerticalScroll
 from textual.message import Message
-from textual.widgets import Footer, Header, Static
+from textual.widgets import Header, Static
 
 from .. import keymap
 from ..widgets.artifact_image import ArtifactImage, array_to_image
+from ..widgets.footer import Footer
 from ._common import StoreScreen, duration, fmt
 
 PARAMS = ("experiment_id", "grid_index", "status", "is_baseline", "model", "source_prompt", "source_image",

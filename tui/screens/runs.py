@@ -9,10 +9,11 @@ from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.message import Message
-from textual.widgets import DataTable, Footer, Header, Input, Static
+from textual.widgets import DataTable, Header, Input, Static
 
 from .. import keymap
 from ..widgets.fast_table import FastTable
+from ..widgets.footer import Footer
 from ._common import StoreScreen, duration, fmt
 
 PAGE = 50  # more than a tall terminal shows; a smaller page paints faster
