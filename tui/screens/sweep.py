@@ -29,6 +29,9 @@ AXIS_LABELS = {
     "mask_words": ("Mask words", "words of the target prompt; '-' = all prompt tokens"),
     "mask_threshold": ("Mask threshold", "0-1 or otsu"),
 }
+# Textual's class for compact=True, given up front so setting it does not restyle the widget
+# right after construction (see Field.compose).
+COMPACT = "-textual-compact"
 BASE_NUMBERS = {"num_steps": ("Steps", int), "guidance": ("Guidance", float), "width": ("Width", int),
                 "height": ("Height", int)}
 
@@ -54,6 +57,10 @@ def check_source_image(path: str) -> None:
 
 class SweepScreen(StoreScreen):
     BINDINGS = keymap.bindings("sweep")
+    # Textual's default would focus the first focusable widget, the form's scroll container, and
+    # on_mount then moves focus to the name input: each of those focus changes restyles the whole
+    # form (~130 widgets). Focus goes straight to the name input instead.
+    AUTO_FOCUS = "#input-name"
 
     class Checked(Message):
         def __init__(self, count: int | None, baselines: int, error: Exception | None, token: int):
@@ -85,6 +92,7 @@ class SweepScreen(StoreScreen):
         self.last_count: int | None = None
         self._concepts: dict = {}
         self._auto_source: str | None = None  # the source prompt a concept's class word put there
+        self._resumed = False
 
     # ------------------------------------------------------------------ layout
     def compose(self) -> ComposeResult:
@@ -96,9 +104,10 @@ class SweepScreen(StoreScreen):
             with VerticalScroll(id="sweep-form"):
                 yield Field("name", "Experiment name", "", placeholder="e.g. corgi final step")
                 with Horizontal(classes="row"):
-                    yield Select([], prompt="Concept: (none)", id="concept", allow_blank=True, compact=True)
+                    yield Select([], prompt="Concept: (none)", id="concept", allow_blank=True, compact=True,
+                                 classes=COMPACT)
                     yield Select([(k, k) for k in PRESETS], prompt="Preset: the seed's four sweeps",
-                                 id="preset", allow_blank=True, compact=True)
+                                 id="preset", allow_blank=True, compact=True, classes=COMPACT)
                 yield Static("Base settings", classes="section")
                 yield Field("source_prompt", "Source prompt", s.source_prompt)
                 yield Field("source_image", "...or image to invert", "",
@@ -117,7 +126,7 @@ class SweepScreen(StoreScreen):
                         yield Field(name, label, str(getattr(s, name)))
                 yield Field("model", "Model", s.model, placeholder="hub id (org/name) or a local folder")
                 yield Checkbox("Add a no-control baseline per prompt and seed", s.baseline, id="baseline",
-                               compact=True)
+                               compact=True, classes=COMPACT)
                 yield Static("Sweep axes", classes="section")
                 yield Static("[dim]grammar: 20,25,50 | 4-50 (+5) | 0.1-0.5 [5] | encoder,decoder | {0,2,4}[/]")
                 for name, (label, hint) in AXIS_LABELS.items():
@@ -128,6 +137,14 @@ class SweepScreen(StoreScreen):
                 yield Button("Save draft (ctrl+s)", id="save-draft")
                 yield Button("Queue (ctrl+r)", id="queue", variant="primary")
         yield Footer(compact=True, show_command_palette=False)
+
+    def on_screen_resume(self, event) -> None:
+        # Every widget was styled as it was mounted, just now; Textual's restyle of the whole
+        # screen on its first resume would repeat that for ~130 widgets. Later resumes (back
+        # from a dialog) restyle as usual.
+        if not self._resumed:
+            self._resumed = True
+            event.refresh_styles = False
 
     def on_mount(self) -> None:
         for f in self.query(Field):
