@@ -14,6 +14,7 @@ from textual.widgets import Button, Checkbox, Footer, Header, Input, Label, Sele
 
 from .. import keymap
 from ..widgets.field import Field, fields_by_name
+from ..widgets.quiet import FormButton, FormCheckbox, FormSelect
 from ._common import StoreScreen, duration
 
 # spec field -> (label, placeholder hint)
@@ -29,9 +30,6 @@ AXIS_LABELS = {
     "mask_words": ("Mask words", "words of the target prompt; '-' = all prompt tokens"),
     "mask_threshold": ("Mask threshold", "0-1 or otsu"),
 }
-# Textual's class for compact=True, given up front so setting it does not restyle the widget
-# right after construction (see Field.compose).
-COMPACT = "-textual-compact"
 BASE_NUMBERS = {"num_steps": ("Steps", int), "guidance": ("Guidance", float), "width": ("Width", int),
                 "height": ("Height", int)}
 
@@ -93,6 +91,7 @@ class SweepScreen(StoreScreen):
         self._concepts: dict = {}
         self._auto_source: str | None = None  # the source prompt a concept's class word put there
         self._resumed = False
+        self._resized = False
 
     # ------------------------------------------------------------------ layout
     def compose(self) -> ComposeResult:
@@ -104,10 +103,9 @@ class SweepScreen(StoreScreen):
             with VerticalScroll(id="sweep-form"):
                 yield Field("name", "Experiment name", "", placeholder="e.g. corgi final step")
                 with Horizontal(classes="row"):
-                    yield Select([], prompt="Concept: (none)", id="concept", allow_blank=True, compact=True,
-                                 classes=COMPACT)
-                    yield Select([(k, k) for k in PRESETS], prompt="Preset: the seed's four sweeps",
-                                 id="preset", allow_blank=True, compact=True, classes=COMPACT)
+                    yield FormSelect([], prompt="Concept: (none)", id="concept", allow_blank=True, compact=True)
+                    yield FormSelect([(k, k) for k in PRESETS], prompt="Preset: the seed's four sweeps",
+                                     id="preset", allow_blank=True, compact=True)
                 yield Static("Base settings", classes="section")
                 yield Field("source_prompt", "Source prompt", s.source_prompt)
                 yield Field("source_image", "...or image to invert", "",
@@ -125,8 +123,8 @@ class SweepScreen(StoreScreen):
                     for name, (label, _) in BASE_NUMBERS.items():
                         yield Field(name, label, str(getattr(s, name)))
                 yield Field("model", "Model", s.model, placeholder="hub id (org/name) or a local folder")
-                yield Checkbox("Add a no-control baseline per prompt and seed", s.baseline, id="baseline",
-                               compact=True, classes=COMPACT)
+                yield FormCheckbox("Add a no-control baseline per prompt and seed", s.baseline, id="baseline",
+                                   compact=True)
                 yield Static("Sweep axes", classes="section")
                 yield Static("[dim]grammar: 20,25,50 | 4-50 (+5) | 0.1-0.5 [5] | encoder,decoder | {0,2,4}[/]")
                 for name, (label, hint) in AXIS_LABELS.items():
@@ -134,8 +132,8 @@ class SweepScreen(StoreScreen):
             with Vertical(id="sweep-side"):
                 yield Static("", id="sweep-summary")
                 yield Static("", id="sweep-status")
-                yield Button("Save draft (ctrl+s)", id="save-draft")
-                yield Button("Queue (ctrl+r)", id="queue", variant="primary")
+                yield FormButton("Save draft (ctrl+s)", id="save-draft")
+                yield FormButton("Queue (ctrl+r)", id="queue", variant="primary")
         yield Footer(compact=True, show_command_palette=False)
 
     def on_screen_resume(self, event) -> None:
@@ -145,6 +143,15 @@ class SweepScreen(StoreScreen):
         if not self._resumed:
             self._resumed = True
             event.refresh_styles = False
+
+    def on_resize(self, event) -> None:
+        # Textual sends a screen a Resize right after laying it out for the first time, at the
+        # size it was just laid out at, and answers it with a second full layout of this screen
+        # and of Home beneath it. Nothing changed then: only the narrow/short classes are kept.
+        first, self._resized = not self._resized, True
+        if first and event.size == self.outer_size:
+            event.prevent_default()  # Textual's own handler, the relayout
+            self._apply_size(event.size)
 
     def on_mount(self) -> None:
         for f in self.query(Field):

@@ -5,6 +5,8 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Input, Label, Static
 
+from .quiet import FormInput
+
 
 def fields_by_name(root) -> dict[str, "Field"]:
     """The Fields under `root` by spec field name. Error texts name fields, and an error text
@@ -34,13 +36,8 @@ class Field(Vertical):
         # fourteen fields then fit a 40-line terminal with little scrolling.
         with Horizontal(classes="field-line"):
             yield Label(self.label, classes="field-label")
-            # The classes Textual gives a compact input, and an input whose initial value passed
-            # validation (it has no validators), set up front: set after construction, each one
-            # restyles the input (still detached) with its four component classes, ~19 times
-            # per sweep builder.
-            classes = "-textual-compact -valid" if self._value else "-textual-compact"
-            yield Input(self._value, placeholder=self._placeholder, id=f"input-{self.field_name}", compact=True,
-                        classes=classes)
+            yield FormInput(self._value, placeholder=self._placeholder, id=f"input-{self.field_name}",
+                            compact=True)
         yield Static("", classes="field-info empty")
 
     @property
