@@ -57,8 +57,8 @@ class SweepScreen(StoreScreen):
     BINDINGS = keymap.bindings("sweep")
     # Textual's default would focus the first focusable widget, the form's scroll container, and
     # on_mount then moves focus to the name input: each of those focus changes restyles the whole
-    # form (~130 widgets). Focus goes straight to the name input instead.
-    AUTO_FOCUS = "#input-name"
+    # form (~130 widgets). on_mount alone focuses the name input, once it is mounted.
+    AUTO_FOCUS = ""
 
     class Checked(Message):
         def __init__(self, count: int | None, baselines: int, error: Exception | None, token: int):
@@ -90,6 +90,7 @@ class SweepScreen(StoreScreen):
         self.last_count: int | None = None
         self._concepts: dict = {}
         self._auto_source: str | None = None  # the source prompt a concept's class word put there
+        self._loaded_context: SweepScreen.Context | None = None  # set by _load_context's thread
         self._resumed = False
         self._resized = False
 
@@ -98,6 +99,9 @@ class SweepScreen(StoreScreen):
         from store.sweep.spec import AXES, PRESETS
 
         s = self.spec
+        # The few reads the form needs start first: they finish while the form is being
+        # mounted, so on_mount fills it in before the first paint (no second layout for them).
+        self._load_context()
         yield Header()
         with Horizontal(id="sweep-body"):
             with VerticalScroll(id="sweep-form"):
@@ -157,7 +161,8 @@ class SweepScreen(StoreScreen):
         for f in self.query(Field):
             f.parse()
         self.query_one("#input-name", Input).focus()
-        self._load_context()
+        if self._loaded_context is not None:
+            self._apply_context(self._loaded_context)
 
     # ------------------------------------------------------------------ the unsaved form
     def snapshot(self) -> dict:
@@ -217,9 +222,14 @@ class SweepScreen(StoreScreen):
 
         workers = max(1, len([w for w in list_workers(store) if w.status != "stopped"]))
         exp = get_experiment(store, self.experiment_id) if self.experiment_id else None
-        self.post_message(self.Context(list_concepts(store), exp, spr, workers))
+        self._loaded_context = self.Context(list_concepts(store), exp, spr, workers)
+        self.post_message(self._loaded_context)
 
     def on_sweep_screen_context(self, message: Context) -> None:
+        if not self._ready:  # not already filled in by on_mount
+            self._apply_context(message)
+
+    def _apply_context(self, message: Context) -> None:
         from store.sweep.spec import ExperimentSpec
 
         self._seconds_per_run, self._workers = message.seconds_per_run, message.workers
