@@ -91,6 +91,8 @@ class SweepScreen(StoreScreen):
         self._concepts: dict = {}
         self._auto_source: str | None = None  # the source prompt a concept's class word put there
         self._loaded_context: SweepScreen.Context | None = None  # set by _load_context's thread
+        self._fields: dict[str, Field] = {}
+        self._recheck_queued = False
         self._resumed = False
         self._resized = False
 
@@ -158,7 +160,8 @@ class SweepScreen(StoreScreen):
             self._apply_size(event.size)
 
     def on_mount(self) -> None:
-        for f in self.query(Field):
+        self._fields = fields_by_name(self)  # fixed once composed; looked up on every keystroke
+        for f in self._fields.values():
             f.parse()
         self.query_one("#input-name", Input).focus()
         if self._loaded_context is not None:
@@ -167,14 +170,14 @@ class SweepScreen(StoreScreen):
     # ------------------------------------------------------------------ the unsaved form
     def snapshot(self) -> dict:
         """Everything typed so far, to bring back when the builder is opened again."""
-        return {"fields": {f.field_name: f.value for f in self.query(Field)},
+        return {"fields": {name: f.value for name, f in self._fields.items()},
                 "targets": self.query_one("#target_prompts", TextArea).text,
                 "baseline": self.query_one("#baseline", Checkbox).value,
                 "concept": self.selected_concept, "experiment_id": self.experiment_id,
                 "auto_source": self._auto_source}
 
     def restore(self, draft: dict) -> None:
-        fields = fields_by_name(self)
+        fields = self._fields
         for name, value in draft["fields"].items():
             if name in fields:
                 fields[name].value = value
@@ -198,7 +201,7 @@ class SweepScreen(StoreScreen):
             self.experiment_id, self._auto_source = None, None
             self.sub_title = ""
             self.set_spec(ExperimentSpec())
-            self.query_one("#field-name", Field).value = ""
+            self._fields["name"].value = ""
             self.query_one("#concept", Select).clear()
             self.query_one("#sweep-status", Static).update("form cleared")
 
@@ -244,7 +247,7 @@ class SweepScreen(StoreScreen):
             self.restore(draft)
         elif exp is not None:
             self.set_spec(ExperimentSpec.from_json(exp.spec_json))
-            self.query_one("#field-name", Field).value = exp.name
+            self._fields["name"].value = exp.name
             self.concept_id = exp.concept_id
             self.sub_title = f"editing draft #{exp.id}"
         if self.concept_id is not None and self.concept_id in self._concepts:
@@ -257,7 +260,7 @@ class SweepScreen(StoreScreen):
 
     # ------------------------------------------------------------------ form <-> spec
     def set_spec(self, spec) -> None:
-        for f in self.query(Field):
+        for f in self._fields.values():
             if f.field_name == "name":
                 continue
             value = getattr(spec, f.field_name, None)
@@ -269,7 +272,7 @@ class SweepScreen(StoreScreen):
         """The form as an ExperimentSpec; a non-number in a base field raises BaseFieldError."""
         from store.sweep.spec import AXES, ExperimentSpec
 
-        values = {f.field_name: f.value for f in self.query(Field)}
+        values = {name: f.value for name, f in self._fields.items()}
         spec = ExperimentSpec()
         spec.source_prompt = values["source_prompt"]
         spec.source_image = values["source_image"].strip() or None
@@ -289,7 +292,7 @@ class SweepScreen(StoreScreen):
 
     @property
     def experiment_name(self) -> str:
-        return self.query_one("#field-name", Field).value
+        return self._fields["name"].value
 
     @property
     def selected_concept(self) -> int | None:
@@ -301,12 +304,26 @@ class SweepScreen(StoreScreen):
     def _input_changed(self, event: Input.Changed) -> None:
         field = next((a for a in event.input.ancestors if isinstance(a, Field)), None)
         if field is not None:
+            if event.value == field.checked_value:
+                return  # an input reporting the value it was built with: nothing new to check
+            field.checked_value = event.value
             field.parse() if field.axis else field.show_info("")
-        self.recheck()
+        self._request_recheck()
 
     @on(TextArea.Changed)
     @on(Checkbox.Changed)
     def _other_changed(self, _event) -> None:
+        self._request_recheck()
+
+    def _request_recheck(self) -> None:
+        """One check for a burst of changes: a restored draft or a preset changes many fields at
+        once, each with its own Changed message."""
+        if not self._recheck_queued:
+            self._recheck_queued = True
+            self.call_later(self._queued_recheck)
+
+    def _queued_recheck(self) -> None:
+        self._recheck_queued = False
         self.recheck()
 
     @on(Select.Changed, "#preset")
@@ -314,7 +331,7 @@ class SweepScreen(StoreScreen):
         from store.sweep.spec import PRESETS
 
         if event.value in PRESETS:
-            fields = fields_by_name(self)
+            fields = self._fields
             for name, text in PRESETS[event.value].items():
                 fields[name].value = text
 
@@ -325,10 +342,10 @@ class SweepScreen(StoreScreen):
         from store.sweep.spec import DEFAULT_MODEL, ExperimentSpec, source_prompt_for
 
         concept = self._concepts.get(event.value)
-        model = self.query_one("#field-model", Field)
+        model = self._fields["model"]
         if concept is not None and model.value.strip() in ("", DEFAULT_MODEL):
             model.value = concept.base_model
-        source = self.query_one("#field-source_prompt", Field)
+        source = self._fields["source_prompt"]
         suggested = source_prompt_for(concept.class_word) if concept is not None else ""
         untouched = source.value.strip() in ("", ExperimentSpec().source_prompt, self._auto_source or "")
         if suggested and untouched:
@@ -372,10 +389,13 @@ class SweepScreen(StoreScreen):
     def on_sweep_screen_checked(self, message: Checked) -> None:
         if message.token != self._token:
             return  # the form changed since this check started
-        for f in self.query(Field):  # clear the last check's cross-field errors
-            f.parse() if f.axis else f.show_info("")
+        failed = self._field_for(message.error) if message.error is not None else None
+        for f in self._fields.values():  # clear the last check's cross-field errors
+            if f is not failed:  # (that one gets this check's error below)
+                f.parse() if f.axis else f.show_info("")
         err_static = self.query_one("#error-target_prompts", Static)
-        err_static.update("")
+        if str(err_static.content):
+            err_static.update("")
         summary = self.query_one("#sweep-summary", Static)
         self.last_count = message.count
         if message.error is not None:
@@ -392,15 +412,23 @@ class SweepScreen(StoreScreen):
             lines.append("estimated time: no finished runs yet to time")
         summary.update("\n".join(lines))
 
-    def show_field_error(self, exc) -> None:
-        """Put the error under the field it names; a base field gets it, axes already show theirs."""
+    @staticmethod
+    def _field_name(exc) -> str | None:
         name = getattr(exc, "field", None)
         if name is None and ":" in str(exc):
             name = str(exc).split(":", 1)[0].strip().replace(" ", "_")
-        if name == "target_prompts":
+        return name
+
+    def _field_for(self, exc) -> Field | None:
+        name = self._field_name(exc)
+        return self._fields.get(name) if name else None
+
+    def show_field_error(self, exc) -> None:
+        """Put the error under the field it names; a base field gets it, axes already show theirs."""
+        if self._field_name(exc) == "target_prompts":
             self.query_one("#error-target_prompts", Static).update(f"[red]✗ {escape(str(getattr(exc, 'message', exc)))}[/]")
             return
-        field = fields_by_name(self).get(name) if name else None
+        field = self._field_for(exc)
         if field is not None:
             field.show_error(exc)
         else:
