@@ -161,8 +161,6 @@ class SweepScreen(StoreScreen):
 
     def on_mount(self) -> None:
         self._fields = fields_by_name(self)  # fixed once composed; looked up on every keystroke
-        for f in self._fields.values():
-            f.parse()
         self.query_one("#input-name", Input).focus()
         if self._loaded_context is not None:
             self._apply_context(self._loaded_context)

@@ -5,7 +5,7 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Input, Label, Static
 
-from .quiet import FormInput
+from .quiet import FormInput, FormStatic, StyledWhenMounted
 
 
 def fields_by_name(root) -> dict[str, "Field"]:
@@ -20,8 +20,11 @@ def _preview(values: list, limit: int = 12) -> str:
     return f"{len(values)} value{'s' if len(values) != 1 else ''}: {shown}{more}"
 
 
-class Field(Vertical):
-    """`name` is the spec field; errors arrive by that name (SweepError.field, InputError prefix)."""
+class Field(StyledWhenMounted, Vertical):
+    """`name` is the spec field; errors arrive by that name (SweepError.field, InputError prefix).
+
+    An axis field parses its first value as it is built, so it is mounted already showing the
+    result (setting it after mounting would restyle and re-lay the form out once per field)."""
 
     def __init__(self, name: str, label: str, value: str = "", placeholder: str = "", axis=None, **kwargs):
         super().__init__(id=f"field-{name}", classes="field", **kwargs)
@@ -30,11 +33,12 @@ class Field(Vertical):
         self.axis = axis
         self._placeholder = placeholder
         self._input = FormInput(value, placeholder=placeholder, id=f"input-{name}", compact=True)
-        self._info = Static("", classes="field-info empty")
-        self._shown: tuple | None = None  # what the info line shows now, to skip identical updates
+        self._info = FormStatic("", classes="field-info empty")
+        self._shown: tuple | None = ("info", "")  # what the info line shows, to skip identical updates
         # The value the info line was last brought up to date with; the input's Changed message
         # for its first value (or for a value already handled) then needs no new check.
         self.checked_value = value
+        self.parse()
 
     def compose(self) -> ComposeResult:
         # Label and a one-line input side by side, the parse result under them: a sweep's
