@@ -10,10 +10,11 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.message import Message
-from textual.widgets import Button, Checkbox, Footer, Header, Input, Label, Select, Static, TextArea
+from textual.widgets import Button, Checkbox, Header, Input, Label, Select, Static, TextArea
 
 from .. import keymap
 from ..widgets.field import Field, fields_by_name
+from ..widgets.footer import SteadyFooter
 from ..widgets.quiet import FormButton, FormCheckbox, FormSelect
 from ._common import StoreScreen, duration
 
@@ -140,7 +141,7 @@ class SweepScreen(StoreScreen):
                 yield Static("", id="sweep-status")
                 yield FormButton("Save draft (ctrl+s)", id="save-draft")
                 yield FormButton("Queue (ctrl+r)", id="queue", variant="primary")
-        yield Footer(compact=True, show_command_palette=False)
+        yield SteadyFooter(compact=True, show_command_palette=False)
 
     def on_screen_resume(self, event) -> None:
         # Every widget was styled as it was mounted, just now; Textual's restyle of the whole
