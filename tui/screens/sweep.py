@@ -162,7 +162,7 @@ class SweepScreen(StoreScreen):
 
     def on_mount(self) -> None:
         self._fields = fields_by_name(self)  # fixed once composed; looked up on every keystroke
-        self.query_one("#input-name", Input).focus()
+        self._fields["name"].input.focus()
         if self._loaded_context is not None:
             self._apply_context(self._loaded_context)
 
