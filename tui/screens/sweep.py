@@ -35,6 +35,11 @@ BASE_NUMBERS = {"num_steps": ("Steps", int), "guidance": ("Guidance", float), "w
                 "height": ("Height", int)}
 
 
+# Messages each form control sends when its value changes; setting the whole form at once
+# (a restored draft, a preset) holds them back and checks the form once.
+FORM_CHANGES = (Input.Changed, TextArea.Changed, Checkbox.Changed)
+
+
 class BaseFieldError(ValueError):
     """A base setting that is not a number; shaped like SweepError so the field shows it."""
 
@@ -177,11 +182,13 @@ class SweepScreen(StoreScreen):
 
     def restore(self, draft: dict) -> None:
         fields = self._fields
-        for name, value in draft["fields"].items():
-            if name in fields:
-                fields[name].value = value
-        self.query_one("#target_prompts", TextArea).text = draft["targets"]
-        self.query_one("#baseline", Checkbox).value = draft["baseline"]
+        with self.prevent(*FORM_CHANGES):  # one check for the whole form, by the caller
+            for name, value in draft["fields"].items():
+                if name in fields:
+                    fields[name].value = value
+            self.query_one("#target_prompts", TextArea).text = draft["targets"]
+            self.query_one("#baseline", Checkbox).value = draft["baseline"]
+        self._show_fields()
         self.experiment_id = draft.get("experiment_id")
         self.concept_id = draft.get("concept")
         self._auto_source = draft.get("auto_source")
@@ -203,6 +210,7 @@ class SweepScreen(StoreScreen):
             self._fields["name"].value = ""
             self.query_one("#concept", Select).clear()
             self.query_one("#sweep-status", Static).update("form cleared")
+            self.recheck()
 
         self.app.confirm("Clear the sweep form? What is typed here is lost (saved drafts stay on Home).",
                          clear, yes="clear")
@@ -259,13 +267,21 @@ class SweepScreen(StoreScreen):
 
     # ------------------------------------------------------------------ form <-> spec
     def set_spec(self, spec) -> None:
+        with self.prevent(*FORM_CHANGES):  # one check for the whole form, by the caller
+            for f in self._fields.values():
+                if f.field_name == "name":
+                    continue
+                value = getattr(spec, f.field_name, None)
+                f.value = "" if value is None else str(value)
+            self.query_one("#target_prompts", TextArea).text = "\n".join(spec.target_prompts)
+            self.query_one("#baseline", Checkbox).value = spec.baseline
+        self._show_fields()
+
+    def _show_fields(self) -> None:
+        """Bring every field's line under it up to date after values were set without messages."""
         for f in self._fields.values():
-            if f.field_name == "name":
-                continue
-            value = getattr(spec, f.field_name, None)
-            f.value = "" if value is None else str(value)
-        self.query_one("#target_prompts", TextArea).text = "\n".join(spec.target_prompts)
-        self.query_one("#baseline", Checkbox).value = spec.baseline
+            f.checked_value = f.value
+            f.parse() if f.axis else f.show_info("")
 
     def read_spec(self):
         """The form as an ExperimentSpec; a non-number in a base field raises BaseFieldError."""
@@ -331,8 +347,11 @@ class SweepScreen(StoreScreen):
 
         if event.value in PRESETS:
             fields = self._fields
-            for name, text in PRESETS[event.value].items():
-                fields[name].value = text
+            with self.prevent(Input.Changed):
+                for name, text in PRESETS[event.value].items():
+                    fields[name].value = text
+            self._show_fields()
+            self.recheck()
 
     @on(Select.Changed, "#concept")
     def _concept(self, event: Select.Changed) -> None:

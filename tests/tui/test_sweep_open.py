@@ -1,0 +1,130 @@
+"""What the sweep builder's fast open must not break (issue 13, item 9): a restored form shows its
+own values, real resizes still re-lay the form out, a restored draft is checked once, and
+the footer follows binding changes while skipping rebuilds that would show the same keys."""
+from __future__ import annotations
+
+from tests.tui import SIZE, wait_for
+from tui.app import MtpApp
+
+
+def _sweep(app):
+    screen = app.screen
+    return screen if type(screen).__name__ == "SweepScreen" and screen._ready else None
+
+
+async def test_a_restored_form_shows_the_parse_of_its_own_values(store):
+    app = MtpApp(store)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("f4")
+        await wait_for(pilot, lambda: _sweep(app), what="sweep screen")
+        app.screen.query_one("#input-final_step").value = "10,20,end"
+        await wait_for(pilot, lambda: (app.sweep_draft or {}).get("fields", {}).get("final_step") == "10,20,end",
+                       what="draft kept")
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: type(app.screen).__name__ == "HomeScreen", what="home")
+        await pilot.press("f4")
+        await wait_for(pilot, lambda: _sweep(app) and app.screen.last_count, what="sweep again")
+        sweep = app.screen
+        # Fields parse their first (default) value as they are built; the restored value must
+        # replace that, not be skipped as already checked.
+        info = str(sweep.query_one("#field-final_step .field-info").content)
+        assert "3 values: 10, 20, end" in info
+        assert sweep.focused is sweep.query_one("#input-name")
+
+
+async def test_resizing_the_open_builder_still_collapses_and_restores_the_side_pane(store):
+    app = MtpApp(store)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("f4")
+        await wait_for(pilot, lambda: _sweep(app) and app.screen.last_count, what="sweep screen")
+        sweep = app.screen
+        assert sweep.query_one("#sweep-side").region.width == 44
+        await pilot.resize_terminal(80, 24)
+        await wait_for(pilot, lambda: sweep.has_class("narrow") and sweep.query_one("#sweep-side").region.width == 80,
+                       what="side pane below the form")
+        await pilot.resize_terminal(*SIZE)
+        await wait_for(pilot, lambda: not sweep.has_class("narrow")
+                       and sweep.query_one("#sweep-side").region.width == 44, what="side pane back")
+
+
+async def test_a_restored_draft_is_checked_once_not_once_per_field(store):
+    from store.sweep.spec import expand
+
+    typed = {"seeds": "0-3", "layers": "encoder,decoder", "start_step": "0,4", "final_step": "10,end",
+             "skip_interval": "1,2", "num_steps": "30", "guidance": "5"}
+    app = MtpApp(store)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("f4")
+        await wait_for(pilot, lambda: _sweep(app), what="sweep screen")
+        for name, text in typed.items():
+            app.screen.query_one(f"#input-{name}").value = text
+        await wait_for(pilot, lambda: (app.sweep_draft or {}).get("fields", {}).get("guidance") == "5",
+                       what="draft kept")
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: type(app.screen).__name__ == "HomeScreen", what="home")
+        await pilot.press("f4")
+        await wait_for(pilot, lambda: _sweep(app) and app.screen.last_count, what="sweep again")
+        sweep = app.screen
+        await pilot.pause(0.3)
+        assert sweep.last_count == len(expand(sweep.read_spec()))
+        # Each restored field sends its own Changed message; they share one grid check.
+        assert sweep._token <= 2 < len(typed)
+
+
+async def test_clearing_the_form_shows_the_defaults_and_their_count(store):
+    from store.sweep.spec import ExperimentSpec, expand
+
+    app = MtpApp(store)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("f4")
+        await wait_for(pilot, lambda: _sweep(app) and app.screen.last_count, what="sweep screen")
+        sweep = app.screen
+        default_count = sweep.last_count
+        sweep.query_one("#input-seeds").value = "0-9"
+        await wait_for(pilot, lambda: sweep.last_count == 10 * default_count, what="ten seeds")
+        await pilot.press("ctrl+n")
+        await wait_for(pilot, lambda: type(app.screen).__name__ == "ConfirmScreen", what="confirm")
+        await pilot.press("y")
+        await wait_for(pilot, lambda: app.screen is sweep and sweep.last_count == default_count, what="cleared")
+        assert sweep.query_one("#input-seeds").value == ExperimentSpec().seeds
+        assert "1 value: 0" in str(sweep.query_one("#field-seeds .field-info").content)
+        assert default_count == len(expand(ExperimentSpec()))
+
+
+async def test_steady_footer_follows_binding_changes_and_skips_identical_rebuilds():
+    from textual.app import App
+    from textual.binding import Binding
+    from textual.screen import Screen
+    from textual.widgets import Label
+    from textual.widgets._footer import FooterKey
+
+    from tui.widgets.footer import SteadyFooter
+
+    class Keys(Screen):
+        BINDINGS = [Binding("ctrl+s", "save", "Save"), Binding("ctrl+r", "queue", "Queue")]
+        can_queue = True
+
+        def compose(self):
+            yield Label("form")
+            yield SteadyFooter(compact=True, show_command_palette=False)
+
+        def check_action(self, action, parameters):
+            return False if action == "queue" and not self.can_queue else True  # False: hidden
+
+    class KeysApp(App):
+        def on_mount(self):
+            self.push_screen(Keys())
+
+    app = KeysApp()
+    async with app.run_test(size=(60, 10)) as pilot:
+        def shown():
+            return [k.description for k in app.screen.query(FooterKey)]
+
+        await wait_for(pilot, lambda: shown() == ["Save", "Queue"], what="footer keys")
+        keys = list(app.screen.query(FooterKey))
+        app.screen.refresh_bindings()  # nothing changed: the same key widgets stay
+        await pilot.pause(0.2)
+        assert list(app.screen.query(FooterKey)) == keys
+        app.screen.can_queue = False  # a hidden binding: the footer must drop it
+        app.screen.refresh_bindings()
+        await wait_for(pilot, lambda: shown() == ["Save"], what="footer without Queue")
