@@ -91,6 +91,35 @@ async def test_clearing_the_form_shows_the_defaults_and_their_count(store):
         assert default_count == len(expand(ExperimentSpec()))
 
 
+async def test_a_small_form_is_counted_as_it_opens_and_a_big_one_in_a_thread(store, monkeypatch):
+    from store.sweep.spec import ExperimentSpec, expand
+    from tui.screens.sweep import SweepScreen
+
+    threaded = []
+    expand_in_thread = SweepScreen._expand
+
+    def record(self, spec, token):
+        threaded.append(token)
+        return expand_in_thread(self, spec, token)
+
+    monkeypatch.setattr(SweepScreen, "_expand", record)
+    app = MtpApp(store)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("f4")
+        await wait_for(pilot, lambda: _sweep(app), what="sweep screen")
+        sweep = app.screen
+        assert sweep.last_count == len(expand(ExperimentSpec())) and threaded == []
+        sweep.query_one("#input-seeds").value = "0-999"  # typing: always checked in a thread
+        await wait_for(pilot, lambda: sweep.last_count == 1000 * len(expand(ExperimentSpec())), what="big grid")
+        assert threaded
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: type(app.screen).__name__ == "HomeScreen", what="home")
+        threaded.clear()
+        await pilot.press("f4")  # the restored 2000-run form is too big to expand while opening
+        await wait_for(pilot, lambda: _sweep(app) and app.screen.last_count, what="sweep again")
+        assert threaded
+
+
 async def test_steady_footer_follows_binding_changes_and_skips_identical_rebuilds():
     from textual.app import App
     from textual.binding import Binding

@@ -35,6 +35,9 @@ BASE_NUMBERS = {"num_steps": ("Steps", int), "guidance": ("Guidance", float), "w
                 "height": ("Height", int)}
 
 
+# Up to this many runs, the check as the builder opens expands the grid in place (~1 ms).
+INSTANT_CHECK_RUNS = 500
+
 # Messages each form control sends when its value changes; setting the whole form at once
 # (a restored draft, a preset) holds them back and checks the form once.
 FORM_CHANGES = (Input.Changed, TextArea.Changed, Checkbox.Changed)
@@ -263,7 +266,7 @@ class SweepScreen(StoreScreen):
         self._ready = True
         if restored:
             self.query_one("#sweep-status", Static).update("your unsaved form is back (ctrl+n clears it)")
-        self.recheck()
+        self.recheck(now=True)
 
     # ------------------------------------------------------------------ form <-> spec
     def set_spec(self, spec) -> None:
@@ -378,7 +381,9 @@ class SweepScreen(StoreScreen):
         current = names.index(select.value) if select.value in names else -1
         select.value = names[(current + 1) % len(names)]
 
-    def recheck(self) -> None:
+    def recheck(self, now: bool = False) -> None:
+        """Check the whole form; `now`: when the grid is small, in place rather than in a thread
+        (the form as it opens then shows its run count in its first paint)."""
         if not self._ready:
             return
         self._keep_draft()
@@ -388,10 +393,20 @@ class SweepScreen(StoreScreen):
         except BaseFieldError as exc:
             self.on_sweep_screen_checked(self.Checked(None, 0, exc, self._token))
             return
-        self._expand(spec, self._token)
+        if now and not spec.source_image and self._grid_bound(spec) <= INSTANT_CHECK_RUNS:
+            self.on_sweep_screen_checked(self._check(spec, self._token))
+        else:
+            self._expand(spec, self._token)
 
-    @work(thread=True, exclusive=True, group="sweep-check")
-    def _expand(self, spec, token: int) -> None:
+    def _grid_bound(self, spec) -> int:
+        """At most how many runs the form expands to (baselines counted as one per grid point)."""
+        bound = 2 * max(1, len(spec.target_prompts))
+        for f in self._fields.values():
+            if f.axis is not None:
+                bound *= max(1, len(f.values or ()))
+        return bound
+
+    def _check(self, spec, token: int) -> Checked:
         from store.sweep.grammar import SweepError
         from store.sweep.spec import expand
 
@@ -400,9 +415,12 @@ class SweepScreen(StoreScreen):
                 check_source_image(spec.source_image)
             rows = expand(spec)
         except SweepError as exc:
-            self.post_message(self.Checked(None, 0, exc, token))
-            return
-        self.post_message(self.Checked(len(rows), sum(1 for r in rows if r["is_baseline"]), None, token))
+            return self.Checked(None, 0, exc, token)
+        return self.Checked(len(rows), sum(1 for r in rows if r["is_baseline"]), None, token)
+
+    @work(thread=True, exclusive=True, group="sweep-check")
+    def _expand(self, spec, token: int) -> None:
+        self.post_message(self._check(spec, token))
 
     def on_sweep_screen_checked(self, message: Checked) -> None:
         if message.token != self._token:

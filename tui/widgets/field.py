@@ -38,6 +38,7 @@ class Field(StyledWhenMounted, Vertical):
         # The value the info line was last brought up to date with; the input's Changed message
         # for its first value (or for a value already handled) then needs no new check.
         self.checked_value = value
+        self.values: list | None = None  # an axis field's values as last parsed (None: invalid)
         self.parse()
 
     def compose(self) -> ComposeResult:
@@ -73,8 +74,10 @@ class Field(StyledWhenMounted, Vertical):
         try:
             values = parse_values(self.axis, self.value)
         except SweepError as exc:
+            self.values = None
             self.show_error(exc)
             return None
+        self.values = values
         self.show_info(_preview(values))
         return values
 
