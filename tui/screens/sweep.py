@@ -110,6 +110,9 @@ class SweepScreen(StoreScreen):
         from store.sweep.spec import AXES, PRESETS
 
         s = self.spec
+        # Size classes before any widget is mounted: set in on_mount (StoreScreen), a change
+        # (narrow, short: 80x24) would restyle the whole form once more.
+        self._apply_size(self.app.size)
         # The few reads the form needs start first: they finish while the form is being
         # mounted, so on_mount fills it in before the first paint (no second layout for them).
         self._load_context()
