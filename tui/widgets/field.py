@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
-from textual.widgets import Input, Label, Static
+from textual.widgets import Input, Label
 
 from .quiet import FormInput, FormStatic, StyledWhenMounted
 
@@ -31,7 +31,6 @@ class Field(StyledWhenMounted, Vertical):
         self.field_name = name
         self.label = label
         self.axis = axis
-        self._placeholder = placeholder
         self._input = FormInput(value, placeholder=placeholder, id=f"input-{name}", compact=True)
         self._info = FormStatic("", classes="field-info empty")
         self._shown: tuple | None = ("info", "")  # what the info line shows, to skip identical updates
