@@ -130,7 +130,7 @@ async def test_steady_footer_follows_binding_changes_and_skips_identical_rebuild
     from tui.widgets.footer import SteadyFooter
 
     class Keys(Screen):
-        BINDINGS = [Binding("ctrl+s", "save", "Save"), Binding("ctrl+r", "queue", "Queue")]
+        BINDINGS = (Binding("ctrl+s", "save", "Save"), Binding("ctrl+r", "queue", "Queue"))
         can_queue = True
 
         def compose(self):
@@ -138,7 +138,7 @@ async def test_steady_footer_follows_binding_changes_and_skips_identical_rebuild
             yield SteadyFooter(compact=True, show_command_palette=False)
 
         def check_action(self, action, parameters):
-            return False if action == "queue" and not self.can_queue else True  # False: hidden
+            return not (action == "queue" and not self.can_queue)  # False: hidden
 
     class KeysApp(App):
         def on_mount(self):
