@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from textual.app import App
 from textual.binding import Binding
-from textual.widgets import Static
+from textual.screen import Screen
+from textual.widgets import Label, Static
 from textual.widgets._footer import FooterKey
 
+from tests.tui import wait_for
 from tui.widgets.footer import Footer
 
 
@@ -62,3 +64,34 @@ async def test_footer_follows_focus_and_keeps_unchanged_keys():
         app.query_one("#one").focus()
         await pilot.pause()
         assert shown(app)[0] == ["alpha", "quit-ish"]
+
+
+async def test_footer_follows_binding_changes_and_skips_identical_rebuilds():
+    class Keys(Screen):
+        BINDINGS = (Binding("ctrl+s", "save", "Save"), Binding("ctrl+r", "queue", "Queue"))
+        can_queue = True
+
+        def compose(self):
+            yield Label("form")
+            yield Footer(compact=True, show_command_palette=False)
+
+        def check_action(self, action, parameters):
+            return not (action == "queue" and not self.can_queue)  # False: hidden
+
+    class KeysApp(App):
+        def on_mount(self):
+            self.push_screen(Keys())
+
+    app = KeysApp()
+    async with app.run_test(size=(60, 10)) as pilot:
+        def descriptions():
+            return [k.description for k in app.screen.query(FooterKey)]
+
+        await wait_for(pilot, lambda: descriptions() == ["Save", "Queue"], what="footer keys")
+        keys = list(app.screen.query(FooterKey))
+        app.screen.refresh_bindings()  # nothing changed: the same key widgets stay
+        await pilot.pause(0.2)
+        assert list(app.screen.query(FooterKey)) == keys
+        app.screen.can_queue = False  # a hidden binding: the footer must drop it
+        app.screen.refresh_bindings()
+        await wait_for(pilot, lambda: descriptions() == ["Save"], what="footer without Queue")

@@ -10,10 +10,12 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.message import Message
-from textual.widgets import Button, Checkbox, Footer, Header, Input, Label, Select, Static, TextArea
+from textual.widgets import Button, Checkbox, Header, Input, Label, Select, Static, TextArea
 
 from .. import keymap
 from ..widgets.field import Field, fields_by_name
+from ..widgets.footer import Footer
+from ..widgets.quiet import FormButton, FormCheckbox, FormSelect
 from ._common import StoreScreen, duration
 
 # spec field -> (label, placeholder hint)
@@ -31,6 +33,14 @@ AXIS_LABELS = {
 }
 BASE_NUMBERS = {"num_steps": ("Steps", int), "guidance": ("Guidance", float), "width": ("Width", int),
                 "height": ("Height", int)}
+
+
+# Up to this many runs, the check as the builder opens expands the grid in place (~1 ms).
+INSTANT_CHECK_RUNS = 500
+
+# Messages each form control sends when its value changes; setting the whole form at once
+# (a restored draft, a preset) holds them back and checks the form once.
+FORM_CHANGES = (Input.Changed, TextArea.Changed, Checkbox.Changed)
 
 
 class BaseFieldError(ValueError):
@@ -54,6 +64,10 @@ def check_source_image(path: str) -> None:
 
 class SweepScreen(StoreScreen):
     BINDINGS = keymap.bindings("sweep")
+    # Textual's default would focus the first focusable widget, the form's scroll container, and
+    # on_mount then moves focus to the name input: each of those focus changes restyles the whole
+    # form (~130 widgets). on_mount alone focuses the name input, once it is mounted.
+    AUTO_FOCUS = ""
 
     class Checked(Message):
         def __init__(self, count: int | None, baselines: int, error: Exception | None, token: int):
@@ -85,20 +99,31 @@ class SweepScreen(StoreScreen):
         self.last_count: int | None = None
         self._concepts: dict = {}
         self._auto_source: str | None = None  # the source prompt a concept's class word put there
+        self._loaded_context: SweepScreen.Context | None = None  # set by _load_context's thread
+        self._fields: dict[str, Field] = {}
+        self._recheck_queued = False
+        self._resumed = False
+        self._resized = False
 
     # ------------------------------------------------------------------ layout
     def compose(self) -> ComposeResult:
         from store.sweep.spec import AXES, PRESETS
 
         s = self.spec
+        # Size classes before any widget is mounted: set in on_mount (StoreScreen), a change
+        # (narrow, short: 80x24) would restyle the whole form once more.
+        self._apply_size(self.app.size)
+        # The few reads the form needs start first: they finish while the form is being
+        # mounted, so on_mount fills it in before the first paint (no second layout for them).
+        self._load_context()
         yield Header()
         with Horizontal(id="sweep-body"):
             with VerticalScroll(id="sweep-form"):
                 yield Field("name", "Experiment name", "", placeholder="e.g. corgi final step")
                 with Horizontal(classes="row"):
-                    yield Select([], prompt="Concept: (none)", id="concept", allow_blank=True, compact=True)
-                    yield Select([(k, k) for k in PRESETS], prompt="Preset: the seed's four sweeps",
-                                 id="preset", allow_blank=True, compact=True)
+                    yield FormSelect([], prompt="Concept: (none)", id="concept", allow_blank=True, compact=True)
+                    yield FormSelect([(k, k) for k in PRESETS], prompt="Preset: the seed's four sweeps",
+                                     id="preset", allow_blank=True, compact=True)
                 yield Static("Base settings", classes="section")
                 yield Field("source_prompt", "Source prompt", s.source_prompt)
                 yield Field("source_image", "...or image to invert", "",
@@ -116,8 +141,8 @@ class SweepScreen(StoreScreen):
                     for name, (label, _) in BASE_NUMBERS.items():
                         yield Field(name, label, str(getattr(s, name)))
                 yield Field("model", "Model", s.model, placeholder="hub id (org/name) or a local folder")
-                yield Checkbox("Add a no-control baseline per prompt and seed", s.baseline, id="baseline",
-                               compact=True)
+                yield FormCheckbox("Add a no-control baseline per prompt and seed", s.baseline, id="baseline",
+                                   compact=True)
                 yield Static("Sweep axes", classes="section")
                 yield Static("[dim]grammar: 20,25,50 | 4-50 (+5) | 0.1-0.5 [5] | encoder,decoder | {0,2,4}[/]")
                 for name, (label, hint) in AXIS_LABELS.items():
@@ -125,32 +150,51 @@ class SweepScreen(StoreScreen):
             with Vertical(id="sweep-side"):
                 yield Static("", id="sweep-summary")
                 yield Static("", id="sweep-status")
-                yield Button("Save draft (ctrl+s)", id="save-draft")
-                yield Button("Queue (ctrl+r)", id="queue", variant="primary")
+                yield FormButton("Save draft (ctrl+s)", id="save-draft")
+                yield FormButton("Queue (ctrl+r)", id="queue", variant="primary")
         yield Footer(compact=True, show_command_palette=False)
 
+    def on_screen_resume(self, event) -> None:
+        # Every widget was styled as it was mounted, just now; Textual's restyle of the whole
+        # screen on its first resume would repeat that for ~130 widgets. Later resumes (back
+        # from a dialog) restyle as usual.
+        if not self._resumed:
+            self._resumed = True
+            event.refresh_styles = False
+
+    def on_resize(self, event) -> None:
+        # Textual sends a screen a Resize right after laying it out for the first time, at the
+        # size it was just laid out at, and answers it with a second full layout of this screen
+        # and of Home beneath it. Nothing changed then: only the narrow/short classes are kept.
+        first, self._resized = not self._resized, True
+        if first and event.size == self.outer_size:
+            event.prevent_default()  # Textual's own handler, the relayout
+            self._apply_size(event.size)
+
     def on_mount(self) -> None:
-        for f in self.query(Field):
-            f.parse()
-        self.query_one("#input-name", Input).focus()
-        self._load_context()
+        self._fields = fields_by_name(self)  # fixed once composed; looked up on every keystroke
+        self._fields["name"].input.focus()
+        if self._loaded_context is not None:
+            self._apply_context(self._loaded_context)
 
     # ------------------------------------------------------------------ the unsaved form
     def snapshot(self) -> dict:
         """Everything typed so far, to bring back when the builder is opened again."""
-        return {"fields": {f.field_name: f.value for f in self.query(Field)},
+        return {"fields": {name: f.value for name, f in self._fields.items()},
                 "targets": self.query_one("#target_prompts", TextArea).text,
                 "baseline": self.query_one("#baseline", Checkbox).value,
                 "concept": self.selected_concept, "experiment_id": self.experiment_id,
                 "auto_source": self._auto_source}
 
     def restore(self, draft: dict) -> None:
-        fields = fields_by_name(self)
-        for name, value in draft["fields"].items():
-            if name in fields:
-                fields[name].value = value
-        self.query_one("#target_prompts", TextArea).text = draft["targets"]
-        self.query_one("#baseline", Checkbox).value = draft["baseline"]
+        fields = self._fields
+        with self.prevent(*FORM_CHANGES):  # one check for the whole form, by the caller
+            for name, value in draft["fields"].items():
+                if name in fields:
+                    fields[name].value = value
+            self.query_one("#target_prompts", TextArea).text = draft["targets"]
+            self.query_one("#baseline", Checkbox).value = draft["baseline"]
+        self._show_fields()
         self.experiment_id = draft.get("experiment_id")
         self.concept_id = draft.get("concept")
         self._auto_source = draft.get("auto_source")
@@ -169,9 +213,10 @@ class SweepScreen(StoreScreen):
             self.experiment_id, self._auto_source = None, None
             self.sub_title = ""
             self.set_spec(ExperimentSpec())
-            self.query_one("#field-name", Field).value = ""
+            self._fields["name"].value = ""
             self.query_one("#concept", Select).clear()
             self.query_one("#sweep-status", Static).update("form cleared")
+            self.recheck()
 
         self.app.confirm("Clear the sweep form? What is typed here is lost (saved drafts stay on Home).",
                          clear, yes="clear")
@@ -193,9 +238,14 @@ class SweepScreen(StoreScreen):
 
         workers = max(1, len([w for w in list_workers(store) if w.status != "stopped"]))
         exp = get_experiment(store, self.experiment_id) if self.experiment_id else None
-        self.post_message(self.Context(list_concepts(store), exp, spr, workers))
+        self._loaded_context = self.Context(list_concepts(store), exp, spr, workers)
+        self.post_message(self._loaded_context)
 
     def on_sweep_screen_context(self, message: Context) -> None:
+        if not self._ready:  # not already filled in by on_mount
+            self._apply_context(message)
+
+    def _apply_context(self, message: Context) -> None:
         from store.sweep.spec import ExperimentSpec
 
         self._seconds_per_run, self._workers = message.seconds_per_run, message.workers
@@ -210,7 +260,7 @@ class SweepScreen(StoreScreen):
             self.restore(draft)
         elif exp is not None:
             self.set_spec(ExperimentSpec.from_json(exp.spec_json))
-            self.query_one("#field-name", Field).value = exp.name
+            self._fields["name"].value = exp.name
             self.concept_id = exp.concept_id
             self.sub_title = f"editing draft #{exp.id}"
         if self.concept_id is not None and self.concept_id in self._concepts:
@@ -219,23 +269,31 @@ class SweepScreen(StoreScreen):
         self._ready = True
         if restored:
             self.query_one("#sweep-status", Static).update("your unsaved form is back (ctrl+n clears it)")
-        self.recheck()
+        self.recheck(now=True)
 
     # ------------------------------------------------------------------ form <-> spec
     def set_spec(self, spec) -> None:
-        for f in self.query(Field):
-            if f.field_name == "name":
-                continue
-            value = getattr(spec, f.field_name, None)
-            f.value = "" if value is None else str(value)
-        self.query_one("#target_prompts", TextArea).text = "\n".join(spec.target_prompts)
-        self.query_one("#baseline", Checkbox).value = spec.baseline
+        with self.prevent(*FORM_CHANGES):  # one check for the whole form, by the caller
+            for f in self._fields.values():
+                if f.field_name == "name":
+                    continue
+                value = getattr(spec, f.field_name, None)
+                f.value = "" if value is None else str(value)
+            self.query_one("#target_prompts", TextArea).text = "\n".join(spec.target_prompts)
+            self.query_one("#baseline", Checkbox).value = spec.baseline
+        self._show_fields()
+
+    def _show_fields(self) -> None:
+        """Bring every field's line under it up to date after values were set without messages."""
+        for f in self._fields.values():
+            f.checked_value = f.value
+            f.parse() if f.axis else f.show_info("")
 
     def read_spec(self):
         """The form as an ExperimentSpec; a non-number in a base field raises BaseFieldError."""
         from store.sweep.spec import AXES, ExperimentSpec
 
-        values = {f.field_name: f.value for f in self.query(Field)}
+        values = {name: f.value for name, f in self._fields.items()}
         spec = ExperimentSpec()
         spec.source_prompt = values["source_prompt"]
         spec.source_image = values["source_image"].strip() or None
@@ -255,7 +313,7 @@ class SweepScreen(StoreScreen):
 
     @property
     def experiment_name(self) -> str:
-        return self.query_one("#field-name", Field).value
+        return self._fields["name"].value
 
     @property
     def selected_concept(self) -> int | None:
@@ -267,12 +325,26 @@ class SweepScreen(StoreScreen):
     def _input_changed(self, event: Input.Changed) -> None:
         field = next((a for a in event.input.ancestors if isinstance(a, Field)), None)
         if field is not None:
+            if event.value == field.checked_value:
+                return  # an input reporting the value it was built with: nothing new to check
+            field.checked_value = event.value
             field.parse() if field.axis else field.show_info("")
-        self.recheck()
+        self._request_recheck()
 
     @on(TextArea.Changed)
     @on(Checkbox.Changed)
     def _other_changed(self, _event) -> None:
+        self._request_recheck()
+
+    def _request_recheck(self) -> None:
+        """One check for a burst of changes: a restored draft or a preset changes many fields at
+        once, each with its own Changed message."""
+        if not self._recheck_queued:
+            self._recheck_queued = True
+            self.call_later(self._queued_recheck)
+
+    def _queued_recheck(self) -> None:
+        self._recheck_queued = False
         self.recheck()
 
     @on(Select.Changed, "#preset")
@@ -280,9 +352,12 @@ class SweepScreen(StoreScreen):
         from store.sweep.spec import PRESETS
 
         if event.value in PRESETS:
-            fields = fields_by_name(self)
-            for name, text in PRESETS[event.value].items():
-                fields[name].value = text
+            fields = self._fields
+            with self.prevent(Input.Changed):
+                for name, text in PRESETS[event.value].items():
+                    fields[name].value = text
+            self._show_fields()
+            self.recheck()
 
     @on(Select.Changed, "#concept")
     def _concept(self, event: Select.Changed) -> None:
@@ -291,10 +366,10 @@ class SweepScreen(StoreScreen):
         from store.sweep.spec import DEFAULT_MODEL, ExperimentSpec, source_prompt_for
 
         concept = self._concepts.get(event.value)
-        model = self.query_one("#field-model", Field)
+        model = self._fields["model"]
         if concept is not None and model.value.strip() in ("", DEFAULT_MODEL):
             model.value = concept.base_model
-        source = self.query_one("#field-source_prompt", Field)
+        source = self._fields["source_prompt"]
         suggested = source_prompt_for(concept.class_word) if concept is not None else ""
         untouched = source.value.strip() in ("", ExperimentSpec().source_prompt, self._auto_source or "")
         if suggested and untouched:
@@ -309,7 +384,9 @@ class SweepScreen(StoreScreen):
         current = names.index(select.value) if select.value in names else -1
         select.value = names[(current + 1) % len(names)]
 
-    def recheck(self) -> None:
+    def recheck(self, now: bool = False) -> None:
+        """Check the whole form; `now`: when the grid is small, in place rather than in a thread
+        (the form as it opens then shows its run count in its first paint)."""
         if not self._ready:
             return
         self._keep_draft()
@@ -319,10 +396,20 @@ class SweepScreen(StoreScreen):
         except BaseFieldError as exc:
             self.on_sweep_screen_checked(self.Checked(None, 0, exc, self._token))
             return
-        self._expand(spec, self._token)
+        if now and not spec.source_image and self._grid_bound(spec) <= INSTANT_CHECK_RUNS:
+            self.on_sweep_screen_checked(self._check(spec, self._token))
+        else:
+            self._expand(spec, self._token)
 
-    @work(thread=True, exclusive=True, group="sweep-check")
-    def _expand(self, spec, token: int) -> None:
+    def _grid_bound(self, spec) -> int:
+        """At most how many runs the form expands to (baselines counted as one per grid point)."""
+        bound = 2 * max(1, len(spec.target_prompts))
+        for f in self._fields.values():
+            if f.axis is not None:
+                bound *= max(1, len(f.values or ()))
+        return bound
+
+    def _check(self, spec, token: int) -> Checked:
         from store.sweep.grammar import SweepError
         from store.sweep.spec import expand
 
@@ -331,17 +418,23 @@ class SweepScreen(StoreScreen):
                 check_source_image(spec.source_image)
             rows = expand(spec)
         except SweepError as exc:
-            self.post_message(self.Checked(None, 0, exc, token))
-            return
-        self.post_message(self.Checked(len(rows), sum(1 for r in rows if r["is_baseline"]), None, token))
+            return self.Checked(None, 0, exc, token)
+        return self.Checked(len(rows), sum(1 for r in rows if r["is_baseline"]), None, token)
+
+    @work(thread=True, exclusive=True, group="sweep-check")
+    def _expand(self, spec, token: int) -> None:
+        self.post_message(self._check(spec, token))
 
     def on_sweep_screen_checked(self, message: Checked) -> None:
         if message.token != self._token:
             return  # the form changed since this check started
-        for f in self.query(Field):  # clear the last check's cross-field errors
-            f.parse() if f.axis else f.show_info("")
+        failed = self._field_for(message.error) if message.error is not None else None
+        for f in self._fields.values():  # clear the last check's cross-field errors
+            if f is not failed:  # (that one gets this check's error below)
+                f.parse() if f.axis else f.show_info("")
         err_static = self.query_one("#error-target_prompts", Static)
-        err_static.update("")
+        if str(err_static.content):
+            err_static.update("")
         summary = self.query_one("#sweep-summary", Static)
         self.last_count = message.count
         if message.error is not None:
@@ -358,15 +451,23 @@ class SweepScreen(StoreScreen):
             lines.append("estimated time: no finished runs yet to time")
         summary.update("\n".join(lines))
 
-    def show_field_error(self, exc) -> None:
-        """Put the error under the field it names; a base field gets it, axes already show theirs."""
+    @staticmethod
+    def _field_name(exc) -> str | None:
         name = getattr(exc, "field", None)
         if name is None and ":" in str(exc):
             name = str(exc).split(":", 1)[0].strip().replace(" ", "_")
-        if name == "target_prompts":
+        return name
+
+    def _field_for(self, exc) -> Field | None:
+        name = self._field_name(exc)
+        return self._fields.get(name) if name else None
+
+    def show_field_error(self, exc) -> None:
+        """Put the error under the field it names; a base field gets it, axes already show theirs."""
+        if self._field_name(exc) == "target_prompts":
             self.query_one("#error-target_prompts", Static).update(f"[red]✗ {escape(str(getattr(exc, 'message', exc)))}[/]")
             return
-        field = fields_by_name(self).get(name) if name else None
+        field = self._field_for(exc)
         if field is not None:
             field.show_error(exc)
         else:

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
-from textual.widgets import Input, Label, Static
+from textual.widgets import Input, Label
+
+from .quiet import FormInput, FormStatic, StyledWhenMounted
 
 
 def fields_by_name(root) -> dict[str, "Field"]:
@@ -18,40 +20,49 @@ def _preview(values: list, limit: int = 12) -> str:
     return f"{len(values)} value{'s' if len(values) != 1 else ''}: {shown}{more}"
 
 
-class Field(Vertical):
-    """`name` is the spec field; errors arrive by that name (SweepError.field, InputError prefix)."""
+class Field(StyledWhenMounted, Vertical):
+    """`name` is the spec field; errors arrive by that name (SweepError.field, InputError prefix).
+
+    An axis field parses its first value as it is built, so it is mounted already showing the
+    result (setting it after mounting would restyle and re-lay the form out once per field)."""
 
     def __init__(self, name: str, label: str, value: str = "", placeholder: str = "", axis=None, **kwargs):
         super().__init__(id=f"field-{name}", classes="field", **kwargs)
         self.field_name = name
         self.label = label
         self.axis = axis
-        self._value = value
-        self._placeholder = placeholder
+        self._input = FormInput(value, placeholder=placeholder, id=f"input-{name}", compact=True)
+        self._info = FormStatic("", classes="field-info empty")
+        self._shown: tuple | None = ("info", "")  # what the info line shows, to skip identical updates
+        # The value the info line was last brought up to date with; the input's Changed message
+        # for its first value (or for a value already handled) then needs no new check.
+        self.checked_value = value
+        self.values: list | None = None  # an axis field's values as last parsed (None: invalid)
+        self.parse()
 
     def compose(self) -> ComposeResult:
         # Label and a one-line input side by side, the parse result under them: a sweep's
         # fourteen fields then fit a 40-line terminal with little scrolling.
         with Horizontal(classes="field-line"):
             yield Label(self.label, classes="field-label")
-            yield Input(self._value, placeholder=self._placeholder, id=f"input-{self.field_name}", compact=True)
-        yield Static("", classes="field-info empty")
+            yield self._input
+        yield self._info
 
     @property
     def input(self) -> Input:
-        return self.query_one(Input)
+        return self._input
 
     @property
     def value(self) -> str:
-        return self.input.value
+        return self._input.value
 
     @value.setter
     def value(self, text: str) -> None:
-        self.input.value = text
+        self._input.value = text
 
     @property
     def error(self) -> str:
-        return self.query_one(".field-info", Static).content if self.has_class("invalid") else ""
+        return self._info.content if self.has_class("invalid") else ""
 
     def parse(self) -> list | None:
         """Parse an axis field on its own (instant); cross-field checks come from the builder."""
@@ -62,29 +73,36 @@ class Field(Vertical):
         try:
             values = parse_values(self.axis, self.value)
         except SweepError as exc:
+            self.values = None
             self.show_error(exc)
             return None
+        self.values = values
         self.show_info(_preview(values))
         return values
 
     def show_info(self, text: str) -> None:
         from rich.text import Text
 
+        if self._shown == ("info", text):
+            return  # an update re-lays the form out: skip it when nothing changes
+        self._shown = ("info", text)
         self.remove_class("invalid")
-        info = self.query_one(".field-info", Static)
-        info.update(Text(text))
-        info.set_class(not text, "empty")
+        self._info.update(Text(text))
+        self._info.set_class(not text, "empty")
 
     def show_error(self, exc) -> None:
         """A SweepError points at the offending character; anything else shows its message."""
         from rich.text import Text
 
-        self.add_class("invalid")
-        self.query_one(".field-info", Static).remove_class("empty")
         message = getattr(exc, "message", None) or str(exc)
         pos = getattr(exc, "pos", -1)
         text = Text("✗ " + message, style="bold red")
         source = getattr(exc, "text", None)
         if source and 0 <= pos <= len(source):
             text.append(f"\n  {source}\n  " + " " * pos + "^", style="red")
-        self.query_one(".field-info", Static).update(text)
+        if self._shown == ("error", text.plain):
+            return
+        self._shown = ("error", text.plain)
+        self.add_class("invalid")
+        self._info.remove_class("empty")
+        self._info.update(text)

@@ -1,0 +1,120 @@
+"""What the sweep builder's fast open must not break (issue 13, item 9): a restored form shows its
+own values, real resizes still re-lay the form out, a restored draft is checked once, and
+the footer follows binding changes while skipping rebuilds that would show the same keys."""
+from __future__ import annotations
+
+from tests.tui import SIZE, wait_for
+from tui.app import MtpApp
+
+
+def _sweep(app):
+    screen = app.screen
+    return screen if type(screen).__name__ == "SweepScreen" and screen._ready else None
+
+
+async def test_a_restored_form_shows_the_parse_of_its_own_values(store):
+    app = MtpApp(store)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("f4")
+        await wait_for(pilot, lambda: _sweep(app), what="sweep screen")
+        app.screen.query_one("#input-final_step").value = "10,20,end"
+        await wait_for(pilot, lambda: (app.sweep_draft or {}).get("fields", {}).get("final_step") == "10,20,end",
+                       what="draft kept")
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: type(app.screen).__name__ == "HomeScreen", what="home")
+        await pilot.press("f4")
+        await wait_for(pilot, lambda: _sweep(app) and app.screen.last_count, what="sweep again")
+        sweep = app.screen
+        # Fields parse their first (default) value as they are built; the restored value must
+        # replace that, not be skipped as already checked.
+        info = str(sweep.query_one("#field-final_step .field-info").content)
+        assert "3 values: 10, 20, end" in info
+        assert sweep.focused is sweep.query_one("#input-name")
+
+
+async def test_resizing_the_open_builder_still_collapses_and_restores_the_side_pane(store):
+    app = MtpApp(store)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("f4")
+        await wait_for(pilot, lambda: _sweep(app) and app.screen.last_count, what="sweep screen")
+        sweep = app.screen
+        assert sweep.query_one("#sweep-side").region.width == 44
+        await pilot.resize_terminal(80, 24)
+        await wait_for(pilot, lambda: sweep.has_class("narrow") and sweep.query_one("#sweep-side").region.width == 80,
+                       what="side pane below the form")
+        await pilot.resize_terminal(*SIZE)
+        await wait_for(pilot, lambda: not sweep.has_class("narrow")
+                       and sweep.query_one("#sweep-side").region.width == 44, what="side pane back")
+
+
+async def test_a_restored_draft_is_checked_once_not_once_per_field(store):
+    from store.sweep.spec import expand
+
+    typed = {"seeds": "0-3", "layers": "encoder,decoder", "start_step": "0,4", "final_step": "10,end",
+             "skip_interval": "1,2", "num_steps": "30", "guidance": "5"}
+    app = MtpApp(store)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("f4")
+        await wait_for(pilot, lambda: _sweep(app), what="sweep screen")
+        for name, text in typed.items():
+            app.screen.query_one(f"#input-{name}").value = text
+        await wait_for(pilot, lambda: (app.sweep_draft or {}).get("fields", {}).get("guidance") == "5",
+                       what="draft kept")
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: type(app.screen).__name__ == "HomeScreen", what="home")
+        await pilot.press("f4")
+        await wait_for(pilot, lambda: _sweep(app) and app.screen.last_count, what="sweep again")
+        sweep = app.screen
+        await pilot.pause(0.3)
+        assert sweep.last_count == len(expand(sweep.read_spec()))
+        # Each restored field sends its own Changed message; they share one grid check.
+        assert sweep._token <= 2 < len(typed)
+
+
+async def test_clearing_the_form_shows_the_defaults_and_their_count(store):
+    from store.sweep.spec import ExperimentSpec, expand
+
+    app = MtpApp(store)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("f4")
+        await wait_for(pilot, lambda: _sweep(app) and app.screen.last_count, what="sweep screen")
+        sweep = app.screen
+        default_count = sweep.last_count
+        sweep.query_one("#input-seeds").value = "0-9"
+        await wait_for(pilot, lambda: sweep.last_count == 10 * default_count, what="ten seeds")
+        await pilot.press("ctrl+n")
+        await wait_for(pilot, lambda: type(app.screen).__name__ == "ConfirmScreen", what="confirm")
+        await pilot.press("y")
+        await wait_for(pilot, lambda: app.screen is sweep and sweep.last_count == default_count, what="cleared")
+        assert sweep.query_one("#input-seeds").value == ExperimentSpec().seeds
+        assert "1 value: 0" in str(sweep.query_one("#field-seeds .field-info").content)
+        assert default_count == len(expand(ExperimentSpec()))
+
+
+async def test_a_small_form_is_counted_as_it_opens_and_a_big_one_in_a_thread(store, monkeypatch):
+    from store.sweep.spec import ExperimentSpec, expand
+    from tui.screens.sweep import SweepScreen
+
+    threaded = []
+    expand_in_thread = SweepScreen._expand
+
+    def record(self, spec, token):
+        threaded.append(token)
+        return expand_in_thread(self, spec, token)
+
+    monkeypatch.setattr(SweepScreen, "_expand", record)
+    app = MtpApp(store)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("f4")
+        await wait_for(pilot, lambda: _sweep(app), what="sweep screen")
+        sweep = app.screen
+        assert sweep.last_count == len(expand(ExperimentSpec())) and threaded == []
+        sweep.query_one("#input-seeds").value = "0-999"  # typing: always checked in a thread
+        await wait_for(pilot, lambda: sweep.last_count == 1000 * len(expand(ExperimentSpec())), what="big grid")
+        assert threaded
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: type(app.screen).__name__ == "HomeScreen", what="home")
+        threaded.clear()
+        await pilot.press("f4")  # the restored 2000-run form is too big to expand while opening
+        await wait_for(pilot, lambda: _sweep(app) and app.screen.last_count, what="sweep again")
+        assert threaded
