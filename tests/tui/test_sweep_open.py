@@ -47,7 +47,7 @@ async def test_resizing_the_open_builder_still_collapses_and_restores_the_side_p
                        and sweep.query_one("#sweep-side").region.width == 44, what="side pane back")
 
 
-async def test_a_restored_draft_is_checked_once_not_once_per_field(store):
+async def test_a_reopened_form_is_checked_once_not_once_per_field(store):
     from store.sweep.spec import expand
 
     typed = {"seeds": "0-3", "layers": "encoder,decoder", "start_step": "0,4", "final_step": "10,end",
@@ -60,6 +60,8 @@ async def test_a_restored_draft_is_checked_once_not_once_per_field(store):
             app.screen.query_one(f"#input-{name}").value = text
         await wait_for(pilot, lambda: (app.sweep_draft or {}).get("fields", {}).get("guidance") == "5",
                        what="draft kept")
+        await pilot.pause(0.3)
+        checks_before = app.screen._token
         await pilot.press("escape")
         await wait_for(pilot, lambda: type(app.screen).__name__ == "HomeScreen", what="home")
         await pilot.press("f4")
@@ -67,8 +69,10 @@ async def test_a_restored_draft_is_checked_once_not_once_per_field(store):
         sweep = app.screen
         await pilot.pause(0.3)
         assert sweep.last_count == len(expand(sweep.read_spec()))
-        # Each restored field sends its own Changed message; they share one grid check.
-        assert sweep._token <= 2 < len(typed)
+        assert {name: sweep.query_one(f"#input-{name}").value for name in typed} == typed
+        # Coming back checks the whole form once (concepts and engines may have changed), not
+        # once per field.
+        assert sweep._token - checks_before <= 2 < len(typed)
 
 
 async def test_clearing_the_form_shows_the_defaults_and_their_count(store):
@@ -118,3 +122,55 @@ async def test_a_small_form_is_counted_as_it_opens_and_a_big_one_in_a_thread(sto
         await pilot.press("f4")  # the restored 2000-run form is too big to expand while opening
         await wait_for(pilot, lambda: _sweep(app) and app.screen.last_count, what="sweep again")
         assert threaded
+
+
+async def test_kept_builder_starts_afresh_after_queueing_follows_edit_and_new_concepts(store):
+    """The builder is built once: F4 after a queue starts from the defaults, Home's E loads that
+    experiment into it, and a concept created meanwhile is offered without touching the form."""
+    from store.queries import get_experiment, save_concept, save_experiment
+    from store.sweep.spec import ExperimentSpec
+
+    model = store.home.models / "local-sd"
+    model.mkdir(parents=True)
+    draft = save_experiment(store, "saved draft", ExperimentSpec(model=str(model), final_step="12,end",
+                                                                 target_prompts=["a cat"]))
+    app = MtpApp(store)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("f4")
+        await wait_for(pilot, lambda: _sweep(app), what="sweep screen")
+        sweep = app.screen
+        sweep.query_one("#input-name").value = "to the queue"
+        sweep.query_one("#input-model").value = str(model)
+        sweep.query_one("#input-final_step").value = "10,end"
+        await wait_for(pilot, lambda: sweep.last_count and "to the queue" in str(app.sweep_draft), what="checked")
+        await pilot.press("ctrl+r")
+        await wait_for(pilot, lambda: type(app.screen).__name__ == "RunsScreen", what="queued")
+        await pilot.press("f4")
+        await wait_for(pilot, lambda: app.screen is sweep and sweep._ready, what="the kept builder")
+        defaults = ExperimentSpec()
+        assert sweep.query_one("#input-name").value == "" and sweep.experiment_id is None
+        assert sweep.query_one("#input-final_step").value == str(defaults.final_step)
+
+        sweep.query_one("#input-final_step").value = "30,end"  # typed, then another experiment edited
+        await pilot.press("f2")
+        await wait_for(pilot, lambda: type(app.screen).__name__ == "HomeScreen", what="home")
+        table = app.screen.query_one("#experiments")
+        await wait_for(pilot, lambda: table.row_count == 2, what="experiments")
+        table.move_cursor(row=table.get_row_index(str(draft.id)))
+        await pilot.press("E")
+        await wait_for(pilot, lambda: app.screen is sweep and sweep._ready and sweep.experiment_id == draft.id,
+                       what="the draft in the builder")
+        assert sweep.query_one("#input-name").value == "saved draft"
+        assert sweep.query_one("#input-final_step").value == "12,end"
+        assert get_experiment(store, draft.id).name == "saved draft"
+
+        sweep.query_one("#input-seeds").value = "0-2"
+        await wait_for(pilot, lambda: '"seeds": "0-2"' in str(app.sweep_draft).replace("'", '"'), what="kept")
+        concept = save_concept(store, "corgi", token="sks", class_word="dog", base_model=str(model))
+        await pilot.press("f2")
+        await wait_for(pilot, lambda: type(app.screen).__name__ == "HomeScreen", what="home")
+        await pilot.press("f4")
+        select = sweep.query_one("#concept")
+        await wait_for(pilot, lambda: app.screen is sweep and any(v == concept.id for _, v in select._options),
+                       what="the new concept offered")
+        assert sweep.query_one("#input-seeds").value == "0-2" and sweep.experiment_id == draft.id

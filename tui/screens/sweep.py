@@ -68,6 +68,7 @@ class SweepScreen(StoreScreen):
     # on_mount then moves focus to the name input: each of those focus changes restyles the whole
     # form (~130 widgets). on_mount alone focuses the name input, once it is mounted.
     AUTO_FOCUS = ""
+    KEPT = True  # F4 brings the form back as it was left (MtpApp.make_screen); see retarget
 
     class Checked(Message):
         def __init__(self, count: int | None, baselines: int, error: Exception | None, token: int):
@@ -157,10 +158,32 @@ class SweepScreen(StoreScreen):
     def on_screen_resume(self, event) -> None:
         # Every widget was styled as it was mounted, just now; Textual's restyle of the whole
         # screen on its first resume would repeat that for ~130 widgets. Later resumes (back
-        # from a dialog) restyle as usual.
+        # from a dialog, or F4 again: the screen is kept) restyle as usual.
         if not self._resumed:
             self._resumed = True
             event.refresh_styles = False
+        elif self._ready and self.app.sweep_draft is None:  # queued since: the next F4 starts afresh
+            self._reset_form()
+            self._reload_form()
+        elif self._ready:  # the form as it was left; concepts, timings and engines are read again
+            self.query_one("#sweep-status", Static).update("your unsaved form is back (ctrl+n clears it)")
+            self._load_context()
+
+    def retarget(self, experiment_id: int | None = None, concept_id: int | None = None) -> None:
+        """Open this experiment's draft in the kept builder (Home's E): its unsaved form if the
+        kept one is that experiment's, else the saved draft."""
+        if experiment_id == self.experiment_id and concept_id in (None, self.concept_id):
+            return
+        self._reset_form()
+        self.experiment_id, self.concept_id = experiment_id, concept_id
+        self._reload_form()
+
+    def _reload_form(self) -> None:
+        """Fill the form as a newly opened builder does: context read in a thread, then
+        _apply_context restores the draft or loads the experiment."""
+        self._ready = False
+        self._loaded_context = None
+        self._load_context()
 
     def on_resize(self, event) -> None:
         # Textual sends a screen a Resize right after laying it out for the first time, at the
@@ -207,19 +230,24 @@ class SweepScreen(StoreScreen):
 
     def action_clear_form(self) -> None:
         def clear() -> None:
-            from store.sweep.spec import ExperimentSpec
-
             self.app.sweep_draft = None
-            self.experiment_id, self._auto_source = None, None
-            self.sub_title = ""
-            self.set_spec(ExperimentSpec())
-            self._fields["name"].value = ""
-            self.query_one("#concept", Select).clear()
+            self._reset_form()
             self.query_one("#sweep-status", Static).update("form cleared")
             self.recheck()
 
         self.app.confirm("Clear the sweep form? What is typed here is lost (saved drafts stay on Home).",
                          clear, yes="clear")
+
+    def _reset_form(self) -> None:
+        """The defaults, no experiment, no concept (nothing kept: the caller decides)."""
+        from store.sweep.spec import ExperimentSpec
+
+        self.experiment_id, self.concept_id, self._auto_source = None, None, None
+        self.sub_title = ""
+        self.set_spec(ExperimentSpec())
+        self._fields["name"].value = ""
+        self.query_one("#concept", Select).clear()
+        self.query_one("#sweep-status", Static).update("")
 
     @work(thread=True)
     def _load_context(self) -> None:
@@ -244,6 +272,19 @@ class SweepScreen(StoreScreen):
     def on_sweep_screen_context(self, message: Context) -> None:
         if not self._ready:  # not already filled in by on_mount
             self._apply_context(message)
+        else:  # the kept form reopened: only what it is checked against
+            self._refresh_context(message)
+
+    def _refresh_context(self, message: Context) -> None:
+        self._seconds_per_run, self._workers = message.seconds_per_run, message.workers
+        select = self.query_one("#concept", Select)
+        chosen = select.value
+        self._concepts = {c.id: c for c in message.concepts}
+        with select.prevent(Select.Changed):
+            select.set_options([(c.name, c.id) for c in message.concepts])
+            if chosen in self._concepts:
+                select.value = chosen
+        self.recheck()
 
     def _apply_context(self, message: Context) -> None:
         from store.sweep.spec import ExperimentSpec
