@@ -222,7 +222,7 @@ class RunsScreen(StoreScreen):
         arrow = "desc" if self.descending else "asc"
         marked = f"  [b]{message.marked} marked[/] (t/N/R/X act on them, U unmarks)" if message.marked else ""
         self._status(f"runs {message.offset + 1 if self.runs else 0}-{end} of {self.total} ({where})"
-                      f"  sort: {self.sort} {arrow} (s)  filter: {escape(self.filter_text or '-')}{marked}")
+                     f"  sort: {self.sort} {arrow} (s)  filter: {escape(self.filter_text or '-')}{marked}")
 
     # ------------------------------------------------------------------ filter, sort, page
     def action_filter(self) -> None:
