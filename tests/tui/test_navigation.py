@@ -185,3 +185,26 @@ async def test_runs_screen_comes_back_as_left_and_retargets(store):
         assert app.screen is runs and runs.filter_text == "" and runs.query_one("#filter-bar").value == ""
         assert runs.runs and {r.experiment_id for r in runs.runs} == {other.id}
         assert app.experiment_id == other.id
+
+
+async def test_a_kept_screen_is_moved_out_of_the_collectors_way(store, monkeypatch):
+    """Kept screens live as long as the app: once built and loaded they are frozen, so later full
+    collections (which landed inside screen opens) no longer walk their widgets."""
+    import gc
+
+    import tui.app as app_module
+
+    monkeypatch.setattr(app_module, "SETTLE_AFTER_S", 1.5)
+    seed_experiment(store)
+    app = MtpApp(store)
+    try:
+        async with app.run_test(size=SIZE) as pilot:
+            await pilot.press("f6")
+            await wait_for(pilot, lambda: name(app) == "RunsScreen", what="runs")
+            runs = app.screen
+            assert id(runs) in {id(o) for o in gc.get_objects()}  # not yet
+            await wait_for(pilot, lambda: runs.loaded, what="loaded")
+            await pilot.pause(2.0)
+            assert id(runs) not in {id(o) for o in gc.get_objects()}
+    finally:
+        gc.unfreeze()  # the rest of the test session collects as usual
