@@ -79,3 +79,22 @@ def test_fast_cells_equal_datatable_cells():
             assert compared == len(CELLS) * 3 * 8
 
     asyncio.run(run())
+
+
+def test_settle_measures_new_rows_before_any_paint():
+    """Without settle, DataTable sizes columns on its next idle: a paint before that showed
+    header-wide columns with every cell cut."""
+    async def run():
+        app = TableApp()
+        async with app.run_test(size=(100, 20)) as pilot:
+            table = app.query_one(FastTable)
+            table.add_column("prompt", key="prompt")
+            await pilot.pause()
+            prompt = "a photo of a corgi jumping in the snow"
+            table.add_rows([[Text(prompt, no_wrap=True, overflow="ellipsis")]])
+            before = table.columns["prompt"].get_render_width(table)
+            table.settle()  # no await: nothing else ran in between
+            after = table.columns["prompt"].get_render_width(table)
+            assert before < len(prompt) <= after - 2 * table.cell_padding
+
+    asyncio.run(run())

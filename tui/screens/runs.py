@@ -210,6 +210,7 @@ class RunsScreen(StoreScreen):
             table.clear()
             # Text cells skip markup parsing: faster, and prompts like "a [b] c" stay literal.
             table.add_rows([Text(c, no_wrap=True, overflow="ellipsis") for c in cells] for cells in page)
+            table.settle()  # column widths before the first paint of this page
             if self._keep_cursor and table.row_count:
                 table.move_cursor(row=min(cursor.row, table.row_count - 1), column=cursor.column, animate=False)
         elif not self._keep_cursor and table.row_count:

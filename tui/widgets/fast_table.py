@@ -22,6 +22,16 @@ _NULL = Style.null()
 
 
 class FastTable(DataTable):
+    def settle(self) -> None:
+        """Measure the rows just added now, not on the next idle as DataTable does: a paint in
+        between showed a page with header-wide columns and every cell cut (and a snapshot taken
+        then, under load, caught it)."""
+        if self._require_update_dimensions:
+            self._require_update_dimensions = False
+            new_rows = self._new_rows.copy()
+            self._new_rows.clear()
+            self._update_dimensions(new_rows)
+
     def _render_cell(self, row_index: int, column_index: int, base_style: Style, width: int,
                      cursor: bool = False, hover: bool = False):
         if row_index < 0 or column_index < 0:  # header row, row labels: stock rendering
