@@ -108,6 +108,7 @@ class MtpApp(App):
             self.set_timer(SETTLE_AFTER_S, self._settle_heap)
             return self.get_screen(name)
         kept = self.get_screen(name)
+        kept.reopened = True  # its next resume is a reopen, not the return from a dialog
         if kwargs:
             kept.retarget(**kwargs)
         return kept

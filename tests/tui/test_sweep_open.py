@@ -93,6 +93,8 @@ async def test_clearing_the_form_shows_the_defaults_and_their_count(store):
         assert sweep.query_one("#input-seeds").value == ExperimentSpec().seeds
         assert "1 value: 0" in str(sweep.query_one("#field-seeds .field-info").content)
         assert default_count == len(expand(ExperimentSpec()))
+        await pilot.pause(0.2)  # back from the dialog is not a reopen: the builder says what happened
+        assert "form cleared" in str(sweep.query_one("#sweep-status").content)
 
 
 async def test_a_small_form_is_counted_as_it_opens_and_a_big_one_in_a_thread(store, monkeypatch):

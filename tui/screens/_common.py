@@ -21,6 +21,7 @@ class StoreScreen(Screen):
     change counter: a one-row read, so a screen reloads only when there is something new."""
 
     live = False
+    reopened = False  # set by MtpApp.make_screen when a kept screen is opened again
 
     class Changed(Message):
         def __init__(self, token: str):

@@ -101,6 +101,7 @@ class SweepScreen(StoreScreen):
         self._concepts: dict = {}
         self._auto_source: str | None = None  # the source prompt a concept's class word put there
         self._loaded_context: SweepScreen.Context | None = None  # set by _load_context's thread
+        self._applied_context: SweepScreen.Context | None = None
         self._fields: dict[str, Field] = {}
         self._recheck_queued = False
         self._resumed = False
@@ -162,12 +163,14 @@ class SweepScreen(StoreScreen):
         if not self._resumed:
             self._resumed = True
             event.refresh_styles = False
-        elif self._ready and self.app.sweep_draft is None:  # queued since: the next F4 starts afresh
-            self._reset_form()
-            self._reload_form()
-        elif self._ready:  # the form as it was left; concepts, timings and engines are read again
-            self.query_one("#sweep-status", Static).update("your unsaved form is back (ctrl+n clears it)")
-            self._load_context()
+        elif self.reopened:  # F4 again, not back from a dialog
+            self.reopened = False
+            if self._ready and self.app.sweep_draft is None:  # queued since: the next F4 starts afresh
+                self._reset_form()
+                self._reload_form()
+            elif self._ready:  # the form as it was left; concepts, timings and engines are read again
+                self.query_one("#sweep-status", Static).update("your unsaved form is back (ctrl+n clears it)")
+                self._load_context()
 
     def retarget(self, experiment_id: int | None = None, concept_id: int | None = None) -> None:
         """Open this experiment's draft in the kept builder (Home's E): its unsaved form if the
@@ -270,7 +273,9 @@ class SweepScreen(StoreScreen):
         self.post_message(self._loaded_context)
 
     def on_sweep_screen_context(self, message: Context) -> None:
-        if not self._ready:  # not already filled in by on_mount
+        if message is self._applied_context:  # on_mount filled the form in with it already
+            return
+        if not self._ready:
             self._apply_context(message)
         else:  # the kept form reopened: only what it is checked against
             self._refresh_context(message)
@@ -288,6 +293,8 @@ class SweepScreen(StoreScreen):
 
     def _apply_context(self, message: Context) -> None:
         from store.sweep.spec import ExperimentSpec
+
+        self._applied_context = message
 
         self._seconds_per_run, self._workers = message.seconds_per_run, message.workers
         select = self.query_one("#concept", Select)
