@@ -136,12 +136,12 @@ class ResultsScreen(StoreScreen):
         seeds = self.seeds if "seed" not in taken else None
         return dict(x=x, z=z, pins=pins, seeds=seeds)
 
-    def retarget(self, experiment_id: int | None = None, by: str | None = None) -> None:
+    def retarget(self, experiment_id: int | None = None) -> None:
         """Opened for an experiment (from the runs browser) while kept."""
         if experiment_id is not None:
             self.app.experiment_id = experiment_id
-        if (experiment_id is not None and experiment_id != self.experiment_id) or (by and by != self.by):
-            self._show_experiment(experiment_id or self.experiment_id, by)
+            if experiment_id != self.experiment_id:
+                self._show_experiment(experiment_id, None)
 
     def _show_experiment(self, experiment_id: int, by: str | None) -> None:
         self.experiment_id, self.by = experiment_id, by
