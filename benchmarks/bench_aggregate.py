@@ -7,6 +7,7 @@ metric in SQL) and the ratio against the raw baseline timed in the same process,
 plan a pinned grid and an unpinned one (which reads every run's axis columns once), and what the
 results screen pays for a table and grid kept since the store last changed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,16 +54,31 @@ def main() -> None:
         # What the results screen pays when nothing changed since the last computation.
         cached_aggregate(store, exp_id, "final_step")
         cached_render_grid(store, exp_id, "final_step")
-        kept = timed(lambda: (cached_aggregate(store, exp_id, "final_step"),
-                              cached_render_grid(store, exp_id, "final_step")), args.repeat)
+        kept = timed(
+            lambda: (
+                cached_aggregate(store, exp_id, "final_step"),
+                cached_render_grid(store, exp_id, "final_step"),
+            ),
+            args.repeat,
+        )
         store.close()
     print(f"{args.runs} runs x 5 metrics, median of {args.repeat}:")
-    print(f"aggregate by final_step raw {raw:.2f} s; clipscore {clip:.2f} s (ratio {clip / raw:.2f})")
-    print(f"aggregate by seed (baseline split) {by_seed:.2f} s (ratio {by_seed / raw:.2f} to raw by final_step)")
-    print(f"grid plan (all runs read, pinned seed) {plan:.2f} s (ratio {plan / raw:.2f} to raw aggregate)")
-    print(f"grid plan (all runs placed, nothing pinned) {plan_all:.2f} s (ratio {plan_all / raw:.2f} to raw aggregate)")
-    print(f"table + drawn grid kept from the last computation (store unchanged) {kept * 1000:.1f} ms "
-          f"(ratio {kept / raw:.3f} to raw aggregate)")
+    print(
+        f"aggregate by final_step raw {raw:.2f} s; clipscore {clip:.2f} s (ratio {clip / raw:.2f})"
+    )
+    print(
+        f"aggregate by seed (baseline split) {by_seed:.2f} s (ratio {by_seed / raw:.2f} to raw by final_step)"
+    )
+    print(
+        f"grid plan (all runs read, pinned seed) {plan:.2f} s (ratio {plan / raw:.2f} to raw aggregate)"
+    )
+    print(
+        f"grid plan (all runs placed, nothing pinned) {plan_all:.2f} s (ratio {plan_all / raw:.2f} to raw aggregate)"
+    )
+    print(
+        f"table + drawn grid kept from the last computation (store unchanged) {kept * 1000:.1f} ms "
+        f"(ratio {kept / raw:.3f} to raw aggregate)"
+    )
 
 
 if __name__ == "__main__":

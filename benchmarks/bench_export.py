@@ -4,6 +4,7 @@
 
 Prints the seconds of each export alone (the bulk insert is timed separately), best and median rows/s.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,8 +24,13 @@ from store.db import Store  # noqa: E402
 from store.models import Experiment, Run, Score, utcnow  # noqa: E402
 from store.paths import Home  # noqa: E402
 
-METRICS = (("clip_t", "ViT-B-32/openai"), ("clip_i_ref", "ViT-B-32/openai"), ("clip_i_src", "ViT-B-32/openai"),
-           ("dino_ref", "facebook/dino-vits16"), ("dino_src", "facebook/dino-vits16"))
+METRICS = (
+    ("clip_t", "ViT-B-32/openai"),
+    ("clip_i_ref", "ViT-B-32/openai"),
+    ("clip_i_src", "ViT-B-32/openai"),
+    ("dino_ref", "facebook/dino-vits16"),
+    ("dino_src", "facebook/dino-vits16"),
+)
 
 
 def populate(store: Store, n_runs: int, seed: int = 0) -> int:
@@ -42,25 +48,61 @@ def populate(store: Store, n_runs: int, seed: int = 0) -> int:
         exp_id = exp.id
         run_t, score_t = Run.__table__, Score.__table__
         for lo in range(0, n_runs, 20_000):
-            s.execute(run_t.insert(), [
-                dict(experiment_id=exp_id, grid_index=i, seed=i // 60, target_prompt=f"a photo of a dog {i % 10}",
-                     prompt_index=i % 10, layers="decoder", start_step=4, final_step=finals[i % 6],
-                     status="done", created_at=now, started_at=now, finished_at=now, duration_s=1.5,
-                     tags="bench", notes="")
-                for i in range(lo, min(n_runs, lo + 20_000))])
-        ids = [r[0] for r in s.execute(select(run_t.c.id).where(run_t.c.experiment_id == exp_id).order_by(run_t.c.id))]
+            s.execute(
+                run_t.insert(),
+                [
+                    dict(
+                        experiment_id=exp_id,
+                        grid_index=i,
+                        seed=i // 60,
+                        target_prompt=f"a photo of a dog {i % 10}",
+                        prompt_index=i % 10,
+                        layers="decoder",
+                        start_step=4,
+                        final_step=finals[i % 6],
+                        status="done",
+                        created_at=now,
+                        started_at=now,
+                        finished_at=now,
+                        duration_s=1.5,
+                        tags="bench",
+                        notes="",
+                    )
+                    for i in range(lo, min(n_runs, lo + 20_000))
+                ],
+            )
+        ids = [
+            r[0]
+            for r in s.execute(
+                select(run_t.c.id).where(run_t.c.experiment_id == exp_id).order_by(run_t.c.id)
+            )
+        ]
         for lo in range(0, len(ids), 4_000):
-            s.execute(score_t.insert(), [
-                dict(run_id=run_id, metric=m, backbone=b, value=rng.random(), preprocess="",
-                     scored_text="a photo of a dog" if m == "clip_t" else None, created_at=now)
-                for run_id in ids[lo:lo + 4_000] for m, b in METRICS])
+            s.execute(
+                score_t.insert(),
+                [
+                    dict(
+                        run_id=run_id,
+                        metric=m,
+                        backbone=b,
+                        value=rng.random(),
+                        preprocess="",
+                        scored_text="a photo of a dog" if m == "clip_t" else None,
+                        created_at=now,
+                    )
+                    for run_id in ids[lo : lo + 4_000]
+                    for m, b in METRICS
+                ],
+            )
     return exp_id
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=100_000)
-    parser.add_argument("--repeat", type=int, default=3, help="exports timed (the machine may be shared)")
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="exports timed (the machine may be shared)"
+    )
     args = parser.parse_args()
     from store.report.export import export_runs_csv
 
@@ -79,11 +121,18 @@ def main() -> None:
             lines = sum(1 for _ in csv.reader(fh)) - 1
         store.close()
     print(f"insert {args.runs} runs + {args.runs * len(METRICS)} scores: {t1 - t0:.2f} s")
-    print("export runs CSV: " + ", ".join(f"{t:.2f}" for t in times) + " s wall; "
-          + ", ".join(f"{c:.2f}" for c in cpu) + " s CPU")
+    print(
+        "export runs CSV: "
+        + ", ".join(f"{t:.2f}" for t in times)
+        + " s wall; "
+        + ", ".join(f"{c:.2f}" for c in cpu)
+        + " s CPU"
+    )
     best, median = min(times), statistics.median(times)
-    print(f"{lines} rows: best {best:.2f} s ({lines / best:,.0f} rows/s), median {median:.2f} s "
-          f"({lines / median:,.0f} rows/s)")
+    print(
+        f"{lines} rows: best {best:.2f} s ({lines / best:,.0f} rows/s), median {median:.2f} s "
+        f"({lines / median:,.0f} rows/s)"
+    )
 
 
 if __name__ == "__main__":

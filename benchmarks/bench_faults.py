@@ -10,6 +10,7 @@
 
     python benchmarks/bench_faults.py [--runs 96] [--kills 30]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,14 +31,35 @@ ROOT = Path(__file__).resolve().parents[1]
 def _env(tmp: Path, **extra) -> dict:
     env = dict(os.environ, MTP_ENGINE_BACKEND="fake", MTP_FAKE_STEP_S="0.02", OMP_NUM_THREADS="1")
     env.update(extra)
-    env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env["PYTHONPATH"] = str(ROOT) + (
+        os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else ""
+    )
     return env
 
 
 def _engine(home: Path, env: dict, *extra) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "engine.cli", "--home", str(home), "--device", "cpu",
-                             "--poll", "0.05", "--heartbeat", "0.1", "--max-batch", "4", *extra],
-                            env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "engine.cli",
+            "--home",
+            str(home),
+            "--device",
+            "cpu",
+            "--poll",
+            "0.05",
+            "--heartbeat",
+            "0.1",
+            "--max-batch",
+            "4",
+            *extra,
+        ],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 def _queue(home: Path, runs: int):
@@ -48,10 +70,25 @@ def _queue(home: Path, runs: int):
 
     store = Store(Home.resolve(home))
     for seed in range(max(1, runs // 8)):
-        save_experiment(store, f"e{seed}", ExperimentSpec(
-            model="fake", source_prompt="a dog", target_prompts=["a dog on the beach"], num_steps=4, width=64,
-            height=64, seeds=str(seed), layers="decoder", start_step="0,1", final_step="2,3", skip_interval="1,2",
-            baseline=False), queue=True)
+        save_experiment(
+            store,
+            f"e{seed}",
+            ExperimentSpec(
+                model="fake",
+                source_prompt="a dog",
+                target_prompts=["a dog on the beach"],
+                num_steps=4,
+                width=64,
+                height=64,
+                seeds=str(seed),
+                layers="decoder",
+                start_step="0,1",
+                final_step="2,3",
+                skip_interval="1,2",
+                baseline=False,
+            ),
+            queue=True,
+        )
     return store
 
 
@@ -97,16 +134,22 @@ def kills(runs: int, n_kills: int, seed: int) -> None:
         last = _engine(tmp / "home", _env(tmp), "--once")
         last.wait()
         rows = _runs(store)
-        commits = collections.Counter(int(m) for m in re.findall(r"run (\d+) done", log_path(store.home, "cpu").read_text()))
+        commits = collections.Counter(
+            int(m) for m in re.findall(r"run (\d+) done", log_path(store.home, "cpu").read_text())
+        )
         lost = [r.id for r in rows if r.status != RunStatus.DONE]
         doubled = [rid for rid, n in commits.items() if n > 1]
         failed = [r for r in rows if r.status == RunStatus.FAILED]
-        print(f"random SIGKILLs (default --max-attempts): {killed} kills + {self_killed} kills between write and "
-              f"commit survived; {done_before}/{len(rows)} done before the final drain, which took "
-              f"{time.monotonic() - t0:.1f}s (exit {last.returncode})")
-        print(f"  runs lost {len(lost)}, doubled {len(doubled)}, failed {len(failed)}; "
-              f"runs charged with an in-flight death: {sum(r.crashes > 0 for r in rows)}, "
-              f"most deaths charged to one run: {max(r.crashes for r in rows)}")
+        print(
+            f"random SIGKILLs (default --max-attempts): {killed} kills + {self_killed} kills between write and "
+            f"commit survived; {done_before}/{len(rows)} done before the final drain, which took "
+            f"{time.monotonic() - t0:.1f}s (exit {last.returncode})"
+        )
+        print(
+            f"  runs lost {len(lost)}, doubled {len(doubled)}, failed {len(failed)}; "
+            f"runs charged with an in-flight death: {sum(r.crashes > 0 for r in rows)}, "
+            f"most deaths charged to one run: {max(r.crashes for r in rows)}"
+        )
         store.close()
 
 
@@ -142,10 +185,12 @@ def fault(kind: str, runs: int, hold_s: float) -> None:
         drained = time.monotonic() - t0
         proc.terminate()
         proc.wait()
-        print(f"{kind}: paused {hold_s:.0f}s with {held.count(RunStatus.QUEUED)}/{len(held)} runs queued, "
-              f"{held.count(RunStatus.RUNNING)} running, {held.count(RunStatus.FAILED)} failed; after clearing: "
-              f"resumed in {resumed:.2f}s, drained {runs} runs in {drained:.2f}s "
-              f"(baseline drain {baseline:.2f}s, ratio {drained / baseline:.2f})")
+        print(
+            f"{kind}: paused {hold_s:.0f}s with {held.count(RunStatus.QUEUED)}/{len(held)} runs queued, "
+            f"{held.count(RunStatus.RUNNING)} running, {held.count(RunStatus.FAILED)} failed; after clearing: "
+            f"resumed in {resumed:.2f}s, drained {runs} runs in {drained:.2f}s "
+            f"(baseline drain {baseline:.2f}s, ratio {drained / baseline:.2f})"
+        )
         store.close()
 
 
@@ -158,8 +203,12 @@ def real_full_disk(runs: int, hold_s: float) -> None:
         tmp = Path(tmp)
         disk = tmp / "disk"
         disk.mkdir()
-        if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8M", "tmpfs", str(disk)],
-                          capture_output=True).returncode != 0:
+        if (
+            subprocess.run(
+                ["mount", "-t", "tmpfs", "-o", "size=8M", "tmpfs", str(disk)], capture_output=True
+            ).returncode
+            != 0
+        ):
             print("real full disk: skipped (cannot mount a tmpfs here)")
             return
         try:
@@ -185,9 +234,11 @@ def real_full_disk(runs: int, hold_s: float) -> None:
             drained = time.monotonic() - t0
             proc.terminate()
             proc.wait()
-            print(f"real full disk (tmpfs): paused {noticed:.2f}s after the disk filled, held {hold_s:.0f}s with "
-                  f"{dict(held)}; after freeing space the rest drained in {drained:.2f}s "
-                  f"(all {len(rows)} done: {all(r.status == RunStatus.DONE for r in _runs(store))})")
+            print(
+                f"real full disk (tmpfs): paused {noticed:.2f}s after the disk filled, held {hold_s:.0f}s with "
+                f"{dict(held)}; after freeing space the rest drained in {drained:.2f}s "
+                f"(all {len(rows)} done: {all(r.status == RunStatus.DONE for r in _runs(store))})"
+            )
             store.close()
         finally:
             subprocess.run(["umount", "-l", str(disk)], capture_output=True)

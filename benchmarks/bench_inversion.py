@@ -9,6 +9,7 @@ Ratios are against `generate` of the same model.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_inversion.py [--reps 5] [--size 64] [--steps 10]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,8 +43,12 @@ def bench(name: str, pipe, image: str, args) -> None:
     common = dict(seed=0, num_steps=args.steps, guidance=7.5, height=args.size, width=args.size)
     cases = {
         "generate": lambda: generate(pipe, Source(PROMPT), [], **common),
-        "invert@1": lambda: invert(pipe, image, PROMPT, args.steps, guidance=1.0, height=args.size, width=args.size),
-        "invert@7.5": lambda: invert(pipe, image, PROMPT, args.steps, guidance=7.5, height=args.size, width=args.size),
+        "invert@1": lambda: invert(
+            pipe, image, PROMPT, args.steps, guidance=1.0, height=args.size, width=args.size
+        ),
+        "invert@7.5": lambda: invert(
+            pipe, image, PROMPT, args.steps, guidance=7.5, height=args.size, width=args.size
+        ),
         "inv+gen@1": lambda: generate(pipe, Source(PROMPT, image=image, invert=True), [], **common),
     }
     for fn in cases.values():  # warm-up
@@ -53,7 +58,9 @@ def bench(name: str, pipe, image: str, args) -> None:
         for k, fn in cases.items():
             times[k].append(_timed(fn))
     base = statistics.median(times["generate"])
-    print(f"{name}: {args.size}x{args.size}, {args.steps} steps, {args.reps} reps (median CPU seconds)")
+    print(
+        f"{name}: {args.size}x{args.size}, {args.steps} steps, {args.reps} reps (median CPU seconds)"
+    )
     for k, ts in times.items():
         med = statistics.median(ts)
         print(f"  {k:<11} {med:7.3f} s/image   {med / base:5.2f}x generate")

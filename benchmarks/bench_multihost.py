@@ -11,6 +11,7 @@ only the queue work is timed. Two figures per setting:
 PostgreSQL is a throwaway local server (tests/pg_server.py; or $MTP_TEST_PG_URL). Ratios
 PostgreSQL/SQLite are printed for each setting; absolute numbers depend on the machine.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,8 +29,17 @@ def _queue(store, n_runs: int) -> None:
     from store.sweep.spec import ExperimentSpec
 
     seeds = max(1, n_runs // 4)  # groups of 4 runs sharing a source
-    spec = ExperimentSpec(model="fake", num_steps=1, width=64, height=64, seeds=f"0-{seeds - 1}",
-                          start_step="0", final_step="1", skip_interval="1-4", baseline=False)
+    spec = ExperimentSpec(
+        model="fake",
+        num_steps=1,
+        width=64,
+        height=64,
+        seeds=f"0-{seeds - 1}",
+        start_step="0",
+        final_step="1",
+        skip_interval="1-4",
+        baseline=False,
+    )
     save_experiment(store, "bench", spec, queue=True)
 
 
@@ -49,9 +59,15 @@ def _engine(home_root: str, url: str | None, mode: str, index: int, barrier, out
         while runs := q.claim_group(store, name, max_batch=1):
             count += len(runs)
     else:
-        w = Worker(store, FakeBackend(), WorkerConfig(device=f"cpu:{index}", once=True, max_batch=4,
-                                                       heartbeat_s=5.0, poll_s=0.05), score=fake_score,
-                   worker_id=name)
+        w = Worker(
+            store,
+            FakeBackend(),
+            WorkerConfig(
+                device=f"cpu:{index}", once=True, max_batch=4, heartbeat_s=5.0, poll_s=0.05
+            ),
+            score=fake_score,
+            worker_id=name,
+        )
         w.run()
         count = w.stats["done"]
     out.put((count, t0, time.monotonic()))
@@ -71,8 +87,10 @@ def measure(backend: str, server, n_procs: int, n_runs: int, mode: str) -> float
             store.close()
             ctx = mp.get_context("spawn")
             barrier, out = ctx.Barrier(n_procs), ctx.Queue()
-            procs = [ctx.Process(target=_engine, args=(str(home.root), url, mode, i, barrier, out))
-                     for i in range(n_procs)]
+            procs = [
+                ctx.Process(target=_engine, args=(str(home.root), url, mode, i, barrier, out))
+                for i in range(n_procs)
+            ]
             for p in procs:
                 p.start()
             results = [out.get(timeout=900) for _ in procs]
@@ -133,8 +151,11 @@ def main() -> None:
             print(f"runs-CSV export of {args.export_runs} runs x 5 scores (best of {args.repeat}):")
             for backend in ("sqlite", "postgresql"):
                 insert, best = export_seconds(backend, server, args.export_runs, args.repeat)
-                print(f"  {backend:10} export {best:.2f} s ({args.export_runs / best:,.0f} rows/s); "
-                      f"bulk insert {insert:.1f} s", flush=True)
+                print(
+                    f"  {backend:10} export {best:.2f} s ({args.export_runs / best:,.0f} rows/s); "
+                    f"bulk insert {insert:.1f} s",
+                    flush=True,
+                )
     finally:
         server.stop()
 

@@ -9,6 +9,7 @@
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_scoring.py [--images 128] [--runs 1000]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -60,33 +61,52 @@ def main() -> None:
             t = time.perf_counter()
             for k in range(0, len(images), 32):
                 with torch.no_grad():
-                    b = torch.stack([scorer.clip_preprocess(im) for im in images[k:k + 32]])
+                    b = torch.stack([scorer.clip_preprocess(im) for im in images[k : k + 32]])
                     scorer.clip.encode_image(b)
-                    d = torch.stack([scorer.dino_preprocess(im) for im in images[k:k + 32]])
+                    d = torch.stack([scorer.dino_preprocess(im) for im in images[k : k + 32]])
                     scorer.dino(pixel_values=d)
             return time.perf_counter() - t
 
         def scorer_pass() -> float:
             t = time.perf_counter()
-            scorer.score(images, [f"a photo of a dog {i % 8}" for i in range(len(images))], source, refs)
+            scorer.score(
+                images, [f"a photo of a dog {i % 8}" for i in range(len(images))], source, refs
+            )
             return time.perf_counter() - t
 
         bare, full = float("inf"), float("inf")
         for _ in range(3):
             bare, full = min(bare, bare_pass()), min(full, scorer_pass())
-        print(f"scorer: {len(images) / full:.1f} images/s (5 metrics each); bare CLIP+DINO forwards: "
-              f"{len(images) / bare:.1f} images/s; scorer/bare time ratio {full / bare:.2f}")
+        print(
+            f"scorer: {len(images) / full:.1f} images/s (5 metrics each); bare CLIP+DINO forwards: "
+            f"{len(images) / bare:.1f} images/s; scorer/bare time ratio {full / bare:.2f}"
+        )
 
         # ---- 2. rescoring N existing runs without regeneration
         store = Store(home)
         concept = save_concept(store, "dog", token="sks", class_word="dog", ref_images=refs)
         seeds = max(1, args.runs // 10)
-        spec = ExperimentSpec(model="fake", source_prompt="a photo of sks dog", target_prompts=["a sks dog running"],
-                              num_steps=1, width=64, height=64, seeds=f"0-{seeds - 1}", start_step="0",
-                              final_step="1", layers="0,1,2,3,4,5,6,7,8,9", baseline=False)
+        spec = ExperimentSpec(
+            model="fake",
+            source_prompt="a photo of sks dog",
+            target_prompts=["a sks dog running"],
+            num_steps=1,
+            width=64,
+            height=64,
+            seeds=f"0-{seeds - 1}",
+            start_step="0",
+            final_step="1",
+            layers="0,1,2,3,4,5,6,7,8,9",
+            baseline=False,
+        )
         exp = save_experiment(store, "bench", spec, concept_id=concept.id, queue=True)
         t = time.perf_counter()
-        Worker(store, FakeBackend(), WorkerConfig(once=True, heartbeat_s=1.0, max_batch=10), worker_id="gen").run()
+        Worker(
+            store,
+            FakeBackend(),
+            WorkerConfig(once=True, heartbeat_s=1.0, max_batch=10),
+            worker_id="gen",
+        ).run()
         print(f"generated {exp.run_count} fake runs (no scores) in {time.perf_counter() - t:.1f}s")
 
         q.register_worker(store, "cpu", "bench-scorer")
@@ -108,11 +128,13 @@ def main() -> None:
         fresh = Scorer.for_home(home, demo=True)
         t = time.perf_counter()
         for k in range(0, len(loaded), 32):
-            fresh.score(loaded[k:k + 32], ["a dog running"], src, refs)
+            fresh.score(loaded[k : k + 32], ["a dog running"], src, refs)
         memory_s = time.perf_counter() - t
-        print(f"rescore of {len(runs)} runs without regeneration: {rescore_s:.1f}s "
-              f"({len(runs) / rescore_s:.1f} runs/s); same scoring from memory {memory_s:.1f}s; "
-              f"rescore/memory ratio {rescore_s / memory_s:.2f}")
+        print(
+            f"rescore of {len(runs)} runs without regeneration: {rescore_s:.1f}s "
+            f"({len(runs) / rescore_s:.1f} runs/s); same scoring from memory {memory_s:.1f}s; "
+            f"rescore/memory ratio {rescore_s / memory_s:.2f}"
+        )
         store.close()
 
 

@@ -6,6 +6,7 @@ same process (a script that prints figures, not a test).
 
 `--profile out.prof` writes a cProfile of the opens (key-alone variant) for pstats.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,7 +23,9 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
-async def opens(store, repeats: int, idle_wait: bool, size, prof=None) -> tuple[list[float], list[float]]:
+async def opens(
+    store, repeats: int, idle_wait: bool, size, prof=None
+) -> tuple[list[float], list[float]]:
     from textual import events
 
     from tui.app import MtpApp
@@ -69,14 +72,20 @@ def main() -> None:
     store = bench_tui.build(Path(args.home), args.runs)
     size = tuple(int(x) for x in args.size.split("x"))
     base = asyncio.run(bench_tui.baseline_latency())
-    print(f"baseline: plain DataTable, 50 rows x 16 columns filled and painted: {base * 1000:.1f} ms")
+    print(
+        f"baseline: plain DataTable, 50 rows x 16 columns filled and painted: {base * 1000:.1f} ms"
+    )
     prof = cProfile.Profile() if args.profile else None
     for idle_wait in (True, False):
-        wall, cpu = asyncio.run(opens(store, args.repeats, idle_wait, size, None if idle_wait else prof))
+        wall, cpu = asyncio.run(
+            opens(store, args.repeats, idle_wait, size, None if idle_wait else prof)
+        )
         label = "pilot.press, until idle" if idle_wait else "key sent alone, to the paint"
-        print(f"sweep builder (f4) {args.size}, {label}: wall median {statistics.median(wall) * 1000:.0f} ms "
-              f"(min {min(wall) * 1000:.0f}, {statistics.median(wall) / base:.2f}x baseline), "
-              f"CPU median {statistics.median(cpu) * 1000:.0f} ms (min {min(cpu) * 1000:.0f})")
+        print(
+            f"sweep builder (f4) {args.size}, {label}: wall median {statistics.median(wall) * 1000:.0f} ms "
+            f"(min {min(wall) * 1000:.0f}, {statistics.median(wall) / base:.2f}x baseline), "
+            f"CPU median {statistics.median(cpu) * 1000:.0f} ms (min {min(cpu) * 1000:.0f})"
+        )
     if prof:
         prof.dump_stats(args.profile)
 

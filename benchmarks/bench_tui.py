@@ -11,6 +11,7 @@ all printed next to the floor measured in the same run: a plain Textual DataTabl
 50 rows x 16 columns and painted, the same way (goals: runs screen <= 1.5x that baseline, any
 screen <= 0.3 s, cold start <= 1.0 s).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,21 +45,42 @@ def build(home: Path, n_runs: int):
     model = store.home.models / "bench-sd"
     model.mkdir(parents=True, exist_ok=True)
     seeds = n_runs // 10
-    spec = ExperimentSpec(model=str(model), num_steps=50, seeds=f"0-{seeds - 1}", layers="decoder",
-                          start_step="4", final_step="10,15,20,25,30,35,40,45,end",
-                          target_prompts=["a photo of a dog on the beach"])
+    spec = ExperimentSpec(
+        model=str(model),
+        num_steps=50,
+        seeds=f"0-{seeds - 1}",
+        layers="decoder",
+        start_step="4",
+        final_step="10,15,20,25,30,35,40,45,end",
+        target_prompts=["a photo of a dog on the beach"],
+    )
     t = time.perf_counter()
     exp = save_experiment(store, "bench", spec, queue=True)
     print(f"  built {exp.run_count} runs in {time.perf_counter() - t:.1f}s", flush=True)
     t = time.perf_counter()
     with store.write() as s:
         ids = [r for (r,) in s.execute(select(Run.id).where(Run.id % 2 == 0))]
-        s.execute(Run.__table__.update().where(Run.id % 2 == 0).values(status="done", duration_s=3.0))
+        s.execute(
+            Run.__table__.update().where(Run.id % 2 == 0).values(status="done", duration_s=3.0)
+        )
         rows = []
         for rid in ids:
-            rows.append({"run_id": rid, "metric": "clip_t", "backbone": "ViT-B-32/openai", "value": (rid % 97) / 300})
-            rows.append({"run_id": rid, "metric": "clip_i_ref", "backbone": "ViT-B-32/openai",
-                         "value": 0.6 + (rid % 89) / 300})
+            rows.append(
+                {
+                    "run_id": rid,
+                    "metric": "clip_t",
+                    "backbone": "ViT-B-32/openai",
+                    "value": (rid % 97) / 300,
+                }
+            )
+            rows.append(
+                {
+                    "run_id": rid,
+                    "metric": "clip_i_ref",
+                    "backbone": "ViT-B-32/openai",
+                    "value": 0.6 + (rid % 89) / 300,
+                }
+            )
         s.execute(Score.__table__.insert(), rows)
     print(f"  scored {len(ids)} runs in {time.perf_counter() - t:.1f}s", flush=True)
     return store
@@ -92,8 +114,13 @@ def cold_start(home: Path, repeats: int = 3) -> list[tuple[float, float]]:
     out = []
     for _ in range(repeats):
         t0 = time.time()
-        res = subprocess.run([sys.executable, "-c", COLD, str(t0), str(home)], capture_output=True, text=True,
-                             cwd=str(ROOT), timeout=120)
+        res = subprocess.run(
+            [sys.executable, "-c", COLD, str(t0), str(home)],
+            capture_output=True,
+            text=True,
+            cwd=str(ROOT),
+            timeout=120,
+        )
         if res.returncode:
             raise SystemExit(res.stderr[-2000:])
         data, painted = map(float, res.stdout.split()[-2:])
@@ -122,7 +149,9 @@ def sql_latency(store) -> list[tuple[str, float]]:
         times = []
         for _ in range(3):
             t = time.perf_counter()
-            runs, _total = list_runs(store, parse_filter(text), sort=sort, descending=desc, offset=offset, limit=PAGE)
+            runs, _total = list_runs(
+                store, parse_filter(text), sort=sort, descending=desc, offset=offset, limit=PAGE
+            )
             run_scores(store, [r.id for r in runs])
             times.append(time.perf_counter() - t)
         out.append((label, statistics.median(times)))
@@ -145,11 +174,18 @@ async def screen_latency(store, repeats: int = 3) -> list[tuple[str, float]]:
         app.push_screen(RunsScreen())
         while not (isinstance(app.screen, RunsScreen) and app.screen.loaded):
             await asyncio.sleep(0.01)
-        await pilot.pause()  # the screen's first paint belongs to "screen open", not to the first case
+        await (
+            pilot.pause()
+        )  # the screen's first paint belongs to "screen open", not to the first case
         screen = app.screen
         times: dict[str, list[float]] = {label: [] for label, *_ in CASES}
         for label, text, sort, desc, offset in CASES * repeats:
-            screen.filter_text, screen.sort, screen.descending, screen.page_offset = text, sort, desc, offset
+            screen.filter_text, screen.sort, screen.descending, screen.page_offset = (
+                text,
+                sort,
+                desc,
+                offset,
+            )
             got.clear()
             t = time.perf_counter()
             token = screen._token + 1
@@ -187,7 +223,9 @@ async def baseline_latency(repeats: int = 7) -> float:
     return statistics.median(times)
 
 
-async def screen_open_latency(store, repeats: int = 4, idle_wait: bool = True) -> list[tuple[str, float, float]]:
+async def screen_open_latency(
+    store, repeats: int = 4, idle_wait: bool = True
+) -> list[tuple[str, float, float]]:
     """Key press -> the screen's data shown -> painted, for each screen: the first open and the
     median of the `repeats - 1` opens after it (the runs screen is kept once built, so only its
     first open builds it).
@@ -209,18 +247,24 @@ async def screen_open_latency(store, repeats: int = 4, idle_wait: bool = True) -
         screen = app.screen
         if type(screen).__name__ != name:
             return False
-        return {"RunsScreen": lambda: screen.loaded,
-                "SweepScreen": lambda: screen._ready,
-                "ResultsScreen": lambda: bool(screen.rows),
-                "ConceptScreen": lambda: True,
-                "RunDetailScreen": lambda: screen.bundle is not None,
-                "HomeScreen": lambda: screen.query_one("#experiments").row_count > 0}[name]()
+        return {
+            "RunsScreen": lambda: screen.loaded,
+            "SweepScreen": lambda: screen._ready,
+            "ResultsScreen": lambda: bool(screen.rows),
+            "ConceptScreen": lambda: True,
+            "RunDetailScreen": lambda: screen.bundle is not None,
+            "HomeScreen": lambda: screen.query_one("#experiments").row_count > 0,
+        }[name]()
 
     # (label, key, screen, (key, screen) to be on first, untimed)
-    cases = [("runs (f6)", "f6", "RunsScreen", None), ("sweep builder (f4)", "f4", "SweepScreen", None),
-             ("results (f7)", "f7", "ResultsScreen", None), ("concept (f3)", "f3", "ConceptScreen", None),
-             ("run detail (enter on runs)", "enter", "RunDetailScreen", ("f6", "RunsScreen")),
-             ("home (f2, from runs)", "f2", "HomeScreen", ("f6", "RunsScreen"))]
+    cases = [
+        ("runs (f6)", "f6", "RunsScreen", None),
+        ("sweep builder (f4)", "f4", "SweepScreen", None),
+        ("results (f7)", "f7", "ResultsScreen", None),
+        ("concept (f3)", "f3", "ConceptScreen", None),
+        ("run detail (enter on runs)", "enter", "RunDetailScreen", ("f6", "RunsScreen")),
+        ("home (f2, from runs)", "f2", "HomeScreen", ("f6", "RunsScreen")),
+    ]
     times: dict[str, list[float]] = {label: [] for label, *_ in cases}
     app = MtpApp(store)
     app.experiment_id = exp_id
@@ -262,7 +306,9 @@ def main() -> None:
     store = build(home, args.runs)
 
     base = asyncio.run(baseline_latency())
-    print(f"baseline: plain DataTable, 50 rows x 16 columns filled and painted: {base * 1000:.1f} ms")
+    print(
+        f"baseline: plain DataTable, 50 rows x 16 columns filled and painted: {base * 1000:.1f} ms"
+    )
 
     print("cold start (process start -> Home data in / painted), goal <= 1.0 s:")
     for data, painted in cold_start(home):
@@ -271,19 +317,29 @@ def main() -> None:
     print("runs browser, SQL page (list_runs + scores), goal <= 0.3 s:")
     for label, secs in sql_latency(store):
         print(f"  {label:32s} {secs * 1000:7.1f} ms")
-    print("runs browser, screen round trip (reload -> worker -> table painted), goal <= 1.5x baseline:")
+    print(
+        "runs browser, screen round trip (reload -> worker -> table painted), goal <= 1.5x baseline:"
+    )
     for label, secs in asyncio.run(screen_latency(store)):
         print(f"  {label:32s} {secs * 1000:7.1f} ms  {secs / base:5.2f}x baseline")
-    print("screen open (key -> data shown -> painted), goal <= 0.3 s; first open / median of the next 3:")
+    print(
+        "screen open (key -> data shown -> painted), goal <= 0.3 s; first open / median of the next 3:"
+    )
     print("  (pilot.press: also waits for the process to go idle, background work included)")
     for label, first, again in asyncio.run(screen_open_latency(store)):
-        print(f"  {label:28s} {first * 1000:7.1f} ms ({first / base:5.2f}x) / {again * 1000:7.1f} ms"
-              f" ({again / base:5.2f}x baseline)")
+        print(
+            f"  {label:28s} {first * 1000:7.1f} ms ({first / base:5.2f}x) / {again * 1000:7.1f} ms"
+            f" ({again / base:5.2f}x baseline)"
+        )
     print("  (key sent alone: what a user sees, key -> data painted)")
     for label, first, again in asyncio.run(screen_open_latency(store, idle_wait=False)):
-        print(f"  {label:28s} {first * 1000:7.1f} ms ({first / base:5.2f}x) / {again * 1000:7.1f} ms"
-              f" ({again / base:5.2f}x baseline)")
-    print(f"baseline again (same process, after the rest): {asyncio.run(baseline_latency()) * 1000:.1f} ms")
+        print(
+            f"  {label:28s} {first * 1000:7.1f} ms ({first / base:5.2f}x) / {again * 1000:7.1f} ms"
+            f" ({again / base:5.2f}x baseline)"
+        )
+    print(
+        f"baseline again (same process, after the rest): {asyncio.run(baseline_latency()) * 1000:.1f} ms"
+    )
 
 
 if __name__ == "__main__":

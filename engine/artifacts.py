@@ -4,14 +4,16 @@ Every file is written under a temporary name and moved into place with ``os.repl
 reader (the TUI) or a crash never sees half a PNG. Paths returned are relative to home, which
 is what the Run row stores so a data folder can be moved.
 """
+
 from __future__ import annotations
 
 import errno
 import os
 import random
 import signal
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -37,6 +39,7 @@ def _env_fault_hook() -> Callable[[str, Path], None] | None:
         def hook(stage: str, path: Path) -> None:
             if stage == "write" and os.path.exists(arg):
                 raise OSError(code, os.strerror(code), str(path))
+
         return hook
     if kind == "kill-after-write":
         p = float(arg or 1.0)
@@ -44,6 +47,7 @@ def _env_fault_hook() -> Callable[[str, Path], None] | None:
         def hook(stage: str, path: Path) -> None:
             if stage == "written" and random.random() < p:
                 os.kill(os.getpid(), signal.SIGKILL)
+
         return hook
     return None
 
@@ -109,8 +113,13 @@ def write_run_artifacts(
     def rel(p: Path) -> str:
         return str(p.relative_to(home.root))
 
-    out: dict[str, str | None] = {"image_path": None, "source_image_path": None, "mask_path": None,
-                                  "source_mask_path": None, "maps_path": None}
+    out: dict[str, str | None] = {
+        "image_path": None,
+        "source_image_path": None,
+        "mask_path": None,
+        "source_mask_path": None,
+        "maps_path": None,
+    }
     save_png(image, folder / "target.png")
     out["image_path"] = rel(folder / "target.png")
     if source_image is not None:

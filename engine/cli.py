@@ -4,6 +4,7 @@ torch is imported only after the arguments are parsed and (with --device given) 
 is held, so --help is instant and a second engine on a busy device is refused before it pays
 for torch.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,36 +26,77 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="mtp-engine",
         description="Run queued mtp runs: claim a group, generate source + targets in one batch, "
-                    "write artifacts, score, commit. Stops cleanly on SIGTERM/SIGINT; ignores SIGHUP, so "
-                    "an engine started in a terminal keeps working when the terminal closes. "
-                    "On a full disk, a read-only data folder or an unusable database it pauses "
-                    "(runs stay queued) and resumes when the fault clears; with --once it exits 4 instead.",
+        "write artifacts, score, commit. Stops cleanly on SIGTERM/SIGINT; ignores SIGHUP, so "
+        "an engine started in a terminal keeps working when the terminal closes. "
+        "On a full disk, a read-only data folder or an unusable database it pauses "
+        "(runs stay queued) and resumes when the fault clears; with --once it exits 4 instead.",
     )
     p.add_argument("--home", help="data folder (default: $MTP_HOME or the platform data dir)")
-    p.add_argument("--db", help="database URL, e.g. postgresql+psycopg://user@host/mtp "
-                                "(default: $MTP_DB_URL, else the SQLite file in the data folder)")
-    p.add_argument("--device", default=None, help="torch device, e.g. cuda:0 or cpu (default: cuda:0 if available)")
-    p.add_argument("--devices", help="one worker process per device, in the foreground: cuda:0,cuda:1, 0,1 or all "
-                                     "(`mtp engine start --devices` starts them detached)")
-    p.add_argument("--max-batch", type=int, default=8, help="targets per shared-source batch (default 8)")
+    p.add_argument(
+        "--db",
+        help="database URL, e.g. postgresql+psycopg://user@host/mtp "
+        "(default: $MTP_DB_URL, else the SQLite file in the data folder)",
+    )
+    p.add_argument(
+        "--device",
+        default=None,
+        help="torch device, e.g. cuda:0 or cpu (default: cuda:0 if available)",
+    )
+    p.add_argument(
+        "--devices",
+        help="one worker process per device, in the foreground: cuda:0,cuda:1, 0,1 or all "
+        "(`mtp engine start --devices` starts them detached)",
+    )
+    p.add_argument(
+        "--max-batch", type=int, default=8, help="targets per shared-source batch (default 8)"
+    )
     p.add_argument("--once", action="store_true", help="drain the queue and exit")
-    p.add_argument("--demo", action="store_true", help="use the offline tiny model (built under home/models) and tiny scorer")
-    p.add_argument("--poll", type=float, default=2.0, help="seconds between queue polls when idle (default 2)")
-    p.add_argument("--heartbeat", type=float, default=5.0, help="seconds between heartbeats (default 5)")
-    p.add_argument("--stale-after", type=float, default=60.0,
-                   help="a worker silent this long is dead and its runs are requeued (default 60)")
-    p.add_argument("--max-attempts", type=int, default=5,
-                   help="engine deaths while a run is being generated before that run is failed as the likely "
-                        "cause (default 5; deaths during model load or restarts do not count)")
-    p.add_argument("--no-score", action="store_true",
-                   help="finish runs without computing scores (score them later with `mtp score`)")
-    p.add_argument("--metrics", default="clip,dino",
-                   help="metric families scored for new runs: clip, dino, dreamsim (default clip,dino)")
-    p.add_argument("--score-only", action="store_true",
-                   help="only score existing images (`mtp score` requests); generate nothing")
-    p.add_argument("--backend", choices=BACKENDS, default=None,
-                   help="generator: diffusers (default), or fake = flat-colour images without torch or weights, "
-                        "to check a queue or multi-host setup (default: $MTP_ENGINE_BACKEND or diffusers)")
+    p.add_argument(
+        "--demo",
+        action="store_true",
+        help="use the offline tiny model (built under home/models) and tiny scorer",
+    )
+    p.add_argument(
+        "--poll", type=float, default=2.0, help="seconds between queue polls when idle (default 2)"
+    )
+    p.add_argument(
+        "--heartbeat", type=float, default=5.0, help="seconds between heartbeats (default 5)"
+    )
+    p.add_argument(
+        "--stale-after",
+        type=float,
+        default=60.0,
+        help="a worker silent this long is dead and its runs are requeued (default 60)",
+    )
+    p.add_argument(
+        "--max-attempts",
+        type=int,
+        default=5,
+        help="engine deaths while a run is being generated before that run is failed as the likely "
+        "cause (default 5; deaths during model load or restarts do not count)",
+    )
+    p.add_argument(
+        "--no-score",
+        action="store_true",
+        help="finish runs without computing scores (score them later with `mtp score`)",
+    )
+    p.add_argument(
+        "--metrics",
+        default="clip,dino",
+        help="metric families scored for new runs: clip, dino, dreamsim (default clip,dino)",
+    )
+    p.add_argument(
+        "--score-only",
+        action="store_true",
+        help="only score existing images (`mtp score` requests); generate nothing",
+    )
+    p.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default=None,
+        help="generator: diffusers (default), or fake = flat-colour images without torch or weights, "
+        "to check a queue or multi-host setup (default: $MTP_ENGINE_BACKEND or diffusers)",
+    )
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 
@@ -108,7 +150,10 @@ def _run_many(args, argv: list[str]) -> int:
             continue
         base.append(a)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # as each engine does
-    procs = [subprocess.Popen([sys.executable, "-m", "engine.cli", *base, "--device", dev]) for dev in devices]
+    procs = [
+        subprocess.Popen([sys.executable, "-m", "engine.cli", *base, "--device", dev])
+        for dev in devices
+    ]
 
     def forward(signum, _frame):
         for p in procs:
@@ -156,14 +201,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mtp-engine: {exc}", file=sys.stderr)
         return 3
     except OSError as exc:
-        print(f"mtp-engine: cannot create the device lock in the data folder {home.root} "
-              f"({exc.strerror or exc}); the data folder must be writable by you", file=sys.stderr)
+        print(
+            f"mtp-engine: cannot create the device lock in the data folder {home.root} "
+            f"({exc.strerror or exc}); the data folder must be writable by you",
+            file=sys.stderr,
+        )
         return 2
     try:
         try:
             _setup_logging(log_path(home, device), args.verbose)
         except OSError as exc:
-            print(f"mtp-engine: cannot write the log {log_path(home, device)} ({exc.strerror or exc})", file=sys.stderr)
+            print(
+                f"mtp-engine: cannot write the log {log_path(home, device)} ({exc.strerror or exc})",
+                file=sys.stderr,
+            )
             return 2
         return _serve(args, home, device, fake, ready=lock.mark_ready)
     finally:
@@ -213,10 +264,14 @@ def _serve(args, home, device: str, fake: bool, ready=lambda: None) -> int:
             try:
                 scorer.load()
             except Exception as exc:
-                msg = (f"mtp-engine: cannot score: {exc}\nFix: put the weights where the message says "
-                       f"(the Hugging Face cache is $HF_HOME, default ~/.cache/huggingface), or start the engine "
-                       f"with --no-score and score later with `mtp score EXPERIMENT`.")
-                log.error("%s", msg)  # the log handler prints it on stderr too when run in a terminal
+                msg = (
+                    f"mtp-engine: cannot score: {exc}\nFix: put the weights where the message says "
+                    f"(the Hugging Face cache is $HF_HOME, default ~/.cache/huggingface), or start the engine "
+                    f"with --no-score and score later with `mtp score EXPERIMENT`."
+                )
+                log.error(
+                    "%s", msg
+                )  # the log handler prints it on stderr too when run in a terminal
                 store.close()
                 return 4
             score = scorer
@@ -229,17 +284,29 @@ def _serve(args, home, device: str, fake: bool, ready=lambda: None) -> int:
         backend = PipelineBackend(device, home=home)
         if scorer is not None:
             scorer.backend = backend  # runs on a tiny model get the tiny offline scorer
-    config = WorkerConfig(device=device, max_batch=max(1, args.max_batch), poll_s=args.poll, once=args.once,
-                          heartbeat_s=args.heartbeat, stale_after_s=args.stale_after,
-                          max_attempts=args.max_attempts)
+    config = WorkerConfig(
+        device=device,
+        max_batch=max(1, args.max_batch),
+        poll_s=args.poll,
+        once=args.once,
+        heartbeat_s=args.heartbeat,
+        stale_after_s=args.stale_after,
+        max_attempts=args.max_attempts,
+    )
     worker = Worker(store, backend, config, score=score, scored_text=scored_text)
     if scorer is not None:
         from .rescore import Rescorer
 
         worker.scorers = scorer.backbones()
-        worker.rescorer = Rescorer(store, worker.worker_id, scorer.for_families, worker.scored_text,
-                                   stop_event=worker.stop_event, stale_after_s=args.stale_after,
-                                   on_progress=lambda m: setattr(worker.progress, "message", m))
+        worker.rescorer = Rescorer(
+            store,
+            worker.worker_id,
+            scorer.for_families,
+            worker.scored_text,
+            stop_event=worker.stop_event,
+            stale_after_s=args.stale_after,
+            on_progress=lambda m: setattr(worker.progress, "message", m),
+        )
 
     def on_signal(signum, _frame):
         log.info("signal %d: finishing up and releasing claimed runs", signum)
@@ -250,14 +317,27 @@ def _serve(args, home, device: str, fake: bool, ready=lambda: None) -> int:
     # A queue worker outlives the terminal it was started from (README, "Headless use").
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     ready()
-    log.info("mtp-engine pid %d on %s, home %s, database %s%s%s", os.getpid(), device, home.root, store.display_url,
-             " (fake backend)" if fake else "", " (score only)" if args.score_only else "")
+    log.info(
+        "mtp-engine pid %d on %s, home %s, database %s%s%s",
+        os.getpid(),
+        device,
+        home.root,
+        store.display_url,
+        " (fake backend)" if fake else "",
+        " (score only)" if args.score_only else "",
+    )
     try:
         if args.score_only:
             from .rescore import serve_score_only
 
-            stats = serve_score_only(store, worker.rescorer, device, once=args.once, poll_s=args.poll,
-                                     heartbeat_s=args.heartbeat)
+            stats = serve_score_only(
+                store,
+                worker.rescorer,
+                device,
+                once=args.once,
+                poll_s=args.poll,
+                heartbeat_s=args.heartbeat,
+            )
             log.info("score-only engine stopped: %s", stats)
         else:
             worker.run()
@@ -287,7 +367,9 @@ class LazyScorer:
         if self._scorer is None:
             from .scoring import Scorer
 
-            self._scorer = Scorer.for_home(self.home, demo=self.demo, device=self.device, families=self.families)
+            self._scorer = Scorer.for_home(
+                self.home, demo=self.demo, device=self.device, families=self.families
+            )
         return self._scorer
 
     def backbones(self) -> dict[str, str]:
@@ -301,14 +383,18 @@ class LazyScorer:
         if want not in self._extra:
             from .scoring import Scorer
 
-            self._extra[want] = Scorer.for_home(self.home, demo=self.demo, device=self.device, families=want)
+            self._extra[want] = Scorer.for_home(
+                self.home, demo=self.demo, device=self.device, families=want
+            )
         return self._extra[want]
 
     def _on_tiny_model(self) -> bool:
         from store.sweep.spec import TINY_MODEL_NAMES, TINY_SDXL_MODEL_NAMES
 
         key = getattr(self.backend, "key", None)
-        return key is not None and (key.model in TINY_MODEL_NAMES or key.model in TINY_SDXL_MODEL_NAMES)
+        return key is not None and (
+            key.model in TINY_MODEL_NAMES or key.model in TINY_SDXL_MODEL_NAMES
+        )
 
     def prepare(self) -> None:
         """Load the scoring models before a batch counts as in flight (the worker calls this). A
@@ -329,7 +415,9 @@ class LazyScorer:
             if self._tiny_scorer is None:
                 from .scoring import Scorer
 
-                self._tiny_scorer = Scorer.for_home(self.home, demo=True, device=self.device, families=self.families)
+                self._tiny_scorer = Scorer.for_home(
+                    self.home, demo=True, device=self.device, families=self.families
+                )
             return self._tiny_scorer
         return self.load()
 

@@ -7,14 +7,15 @@ Steps are 0-based denoising steps (one UNet call each); ``final_step`` is exclus
 Layers are 0-based execution-order indices of the UNet's transformer blocks (SD1.x: 0-5
 encoder, 6 mid, 7-15 decoder), written as layer-set expressions (see ``store.sweep.grammar``).
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 from store.sweep.grammar import SweepError, resolve_layer_set
 from store.sweep.spec import MASK_MODES, MASK_TIMINGS, mask_word_problem
-
 
 # MasaCtrl's defaults: start_step=4, start_layer=10 of SD1.x's 16 blocks, to the end.
 DEFAULT_LAYERS = "10-15"
@@ -66,17 +67,22 @@ class MaskSpec:
         except SweepError as exc:
             raise ControlError("mask_layers", exc.message) from None
 
-    def validate(self, blocks: Sequence[str], prompt: str | None = None, source_prompt: str | None = None) -> None:
+    def validate(
+        self, blocks: Sequence[str], prompt: str | None = None, source_prompt: str | None = None
+    ) -> None:
         """`prompt` is the target prompt; with `source_prompt` too, mask words must be in both."""
         if self.mode not in MASK_MODES:
             raise ControlError("mask_mode", f"{self.mode!r} is not one of {', '.join(MASK_MODES)}")
         if not self.enabled:
             return
         if self.timing not in MASK_TIMINGS:
-            raise ControlError("mask_timing", f"{self.timing!r} is not one of {', '.join(MASK_TIMINGS)}")
+            raise ControlError(
+                "mask_timing", f"{self.timing!r} is not one of {', '.join(MASK_TIMINGS)}"
+            )
         if self.threshold is not None and not (0.0 < float(self.threshold) < 1.0):
             raise ControlError(
-                "mask_threshold", f"threshold {self.threshold} must lie strictly between 0 and 1 (or be empty for Otsu)"
+                "mask_threshold",
+                f"threshold {self.threshold} must lie strictly between 0 and 1 (or be empty for Otsu)",
             )
         if self.res is not None and int(self.res) < 1:
             raise ControlError("mask_res", f"map resolution {self.res} must be at least 1")
@@ -107,7 +113,13 @@ class ControlSpec:
         return num_steps if self.final_step is None else int(self.final_step)
 
     def steps(self, num_steps: int) -> frozenset[int]:
-        return frozenset(range(int(self.start_step), min(self.final(num_steps), num_steps), max(1, int(self.skip_interval))))
+        return frozenset(
+            range(
+                int(self.start_step),
+                min(self.final(num_steps), num_steps),
+                max(1, int(self.skip_interval)),
+            )
+        )
 
     def layer_indices(self, blocks: Sequence[str]) -> frozenset[int]:
         try:
@@ -115,27 +127,37 @@ class ControlSpec:
         except SweepError as exc:
             raise ControlError("layers", exc.message) from None
 
-    def validate(self, num_steps: int, blocks: Sequence[str], prompt: str | None = None,
-                 source_prompt: str | None = None) -> None:
+    def validate(
+        self,
+        num_steps: int,
+        blocks: Sequence[str],
+        prompt: str | None = None,
+        source_prompt: str | None = None,
+    ) -> None:
         """Raise ControlError naming the first bad field; ``prompt`` is the target prompt."""
         if int(num_steps) < 1:
             raise ControlError("num_steps", f"num_steps {num_steps} must be at least 1")
         if int(self.skip_interval) < 1:
-            raise ControlError("skip_interval", f"skip interval {self.skip_interval} must be at least 1")
+            raise ControlError(
+                "skip_interval", f"skip interval {self.skip_interval} must be at least 1"
+            )
         if int(self.start_step) < 0:
             raise ControlError("start_step", f"start step {self.start_step} must not be negative")
         if int(self.start_step) >= num_steps:
             raise ControlError(
-                "start_step", f"start step {self.start_step} is beyond the run's {num_steps} steps (0-{num_steps - 1})"
+                "start_step",
+                f"start step {self.start_step} is beyond the run's {num_steps} steps (0-{num_steps - 1})",
             )
         final = self.final(num_steps)
         if final > num_steps:
             raise ControlError(
-                "final_step", f"final step {final} is beyond the run's {num_steps} steps (it is exclusive: at most {num_steps})"
+                "final_step",
+                f"final step {final} is beyond the run's {num_steps} steps (it is exclusive: at most {num_steps})",
             )
         if final <= int(self.start_step):
             raise ControlError(
-                "final_step", f"final step {final} must be greater than the start step {self.start_step} (it is exclusive)"
+                "final_step",
+                f"final step {final} must be greater than the start step {self.start_step} (it is exclusive)",
             )
         if not self.layer_indices(blocks):
             raise ControlError("layers", f"layer set {self.layers!r} selects no transformer block")
@@ -156,7 +178,7 @@ class ControlSpec:
         mask_image: str | None = None,
         mask_res: int | None = None,
         **_other_columns: Any,
-    ) -> "ControlSpec":
+    ) -> ControlSpec:
         """Build a spec from Run columns; other columns of the row are ignored.
 
         Empty strings / None fall back to the defaults, except ``mask_threshold`` where None

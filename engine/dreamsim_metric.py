@@ -9,6 +9,7 @@ letting the package try a download. The folder is ``$MTP_DREAMSIM_DIR``, else
 
 Values are distances, 1 - cosine of DreamSim embeddings (what ``model(a, b)`` returns).
 """
+
 from __future__ import annotations
 
 import os
@@ -23,8 +24,12 @@ DEMO_DIRNAME = "dreamsim-random"
 
 # What dreamsim.model.download_weights checks for, per variant (kept in step with dreamsim 0.2.x).
 REQUIRED = {
-    "ensemble": ["dino_vitb16_pretrain.pth", "open_clip_vitb16_pretrain.pth.tar", "clip_vitb16_pretrain.pth.tar",
-                 "ensemble_lora"],
+    "ensemble": [
+        "dino_vitb16_pretrain.pth",
+        "open_clip_vitb16_pretrain.pth.tar",
+        "clip_vitb16_pretrain.pth.tar",
+        "ensemble_lora",
+    ],
     "dino_vitb16": ["dino_vitb16_pretrain.pth", "dino_vitb16_single_lora"],
     "open_clip_vitb32": ["open_clip_vitb32_pretrain.pth.tar", "open_clip_vitb32_single_lora"],
     "clip_vitb32": ["clip_vitb32_pretrain.pth.tar", "clip_vitb32_single_lora"],
@@ -40,7 +45,7 @@ class DreamSimSpec:
     dreamsim_type: str = DEFAULT_TYPE
 
     @classmethod
-    def for_home(cls, home, demo: bool) -> "DreamSimSpec":
+    def for_home(cls, home, demo: bool) -> DreamSimSpec:
         if demo:
             return cls(ensure_random_dreamsim(home.models / DEMO_DIRNAME), DEMO_TYPE)
         folder = os.environ.get(DREAMSIM_DIR_ENV) or str(home.models / "dreamsim")
@@ -50,11 +55,15 @@ class DreamSimSpec:
 def required_files(dreamsim_type: str) -> list[str]:
     if dreamsim_type not in REQUIRED:
         raise ValueError(f"DreamSim variant {dreamsim_type!r} is not one of {', '.join(REQUIRED)}")
-    return REQUIRED[dreamsim_type] + (DINO_HUB if "dino" in dreamsim_type or dreamsim_type == "ensemble" else [])
+    return REQUIRED[dreamsim_type] + (
+        DINO_HUB if "dino" in dreamsim_type or dreamsim_type == "ensemble" else []
+    )
 
 
 def missing_files(spec: DreamSimSpec) -> list[str]:
-    return [f for f in required_files(spec.dreamsim_type) if not (Path(spec.cache_dir) / f).exists()]
+    return [
+        f for f in required_files(spec.dreamsim_type) if not (Path(spec.cache_dir) / f).exists()
+    ]
 
 
 def _adapter_file(folder: Path) -> Path | None:
@@ -73,7 +82,11 @@ class DreamSimModel:
         from .scoring import backbone_id, weights_digest
 
         self.model, self.preprocess, self.device, self.torch = model, preprocess, device, torch
-        tag = "ensemble_lora" if spec.dreamsim_type == "ensemble" else f"{spec.dreamsim_type}_single_lora"
+        tag = (
+            "ensemble_lora"
+            if spec.dreamsim_type == "ensemble"
+            else f"{spec.dreamsim_type}_single_lora"
+        )
         adapter = _adapter_file(Path(spec.cache_dir) / tag)
         checkpoint = f"{tag}#sha256:{weights_digest(adapter)}" if adapter else tag
         self.backbone = backbone_id("dreamsim", spec.dreamsim_type, checkpoint)
@@ -81,7 +94,9 @@ class DreamSimModel:
 
     def embed(self, images: list) -> Any:
         with self.torch.no_grad():
-            batch = self.torch.cat([self.preprocess(im.convert("RGB")) for im in images]).to(self.device)
+            batch = self.torch.cat([self.preprocess(im.convert("RGB")) for im in images]).to(
+                self.device
+            )
             return self.model.embed(batch).reshape(len(images), -1)
 
 
@@ -102,14 +117,22 @@ def load_dreamsim(spec: DreamSimSpec, device: str = "cpu") -> DreamSimModel:
     try:
         from dreamsim import dreamsim
     except ImportError as exc:
-        raise ScorerUnavailable(f"the dreamsim package is not installed ({exc}): pip install 'mtp[dreamsim]' "
-                                f"(or pip install dreamsim), or score without the dreamsim metric") from None
+        raise ScorerUnavailable(
+            f"the dreamsim package is not installed ({exc}): pip install 'mtp[dreamsim]' "
+            f"(or pip install dreamsim), or score without the dreamsim metric"
+        ) from None
     try:
-        model, preprocess = dreamsim(pretrained=True, device=device, cache_dir=str(spec.cache_dir),
-                                     dreamsim_type=spec.dreamsim_type)
+        model, preprocess = dreamsim(
+            pretrained=True,
+            device=device,
+            cache_dir=str(spec.cache_dir),
+            dreamsim_type=spec.dreamsim_type,
+        )
     except Exception as exc:
-        raise ScorerUnavailable(f"DreamSim ({spec.dreamsim_type}) could not be loaded from {spec.cache_dir}: "
-                                f"{type(exc).__name__}: {exc}") from exc
+        raise ScorerUnavailable(
+            f"DreamSim ({spec.dreamsim_type}) could not be loaded from {spec.cache_dir}: "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
     return DreamSimModel(model, preprocess, spec, device)
 
 
@@ -123,8 +146,9 @@ def _weights_url(dreamsim_type: str) -> str:
 
 
 # ---------------------------------------------------------------- offline random model (demo, tests)
-def build_random_dreamsim(folder: str | os.PathLike, dreamsim_type: str = DEMO_TYPE, seed: int = 0,
-                          lora_rank: int = 4) -> Path:
+def build_random_dreamsim(
+    folder: str | os.PathLike, dreamsim_type: str = DEMO_TYPE, seed: int = 0, lora_rank: int = 4
+) -> Path:
     """Random weights in the package's layout for a single-branch CLIP variant:
     ``<type>_pretrain.pth.tar`` ({"state_dict": ViT-as-DINO weights + "proj"}) and the LoRA
     adapter folder ``<type>_single_lora`` as peft saves it."""
@@ -142,12 +166,24 @@ def build_random_dreamsim(folder: str | os.PathLike, dreamsim_type: str = DEMO_T
     vit = vit_base(patch_size=32)
     vit.pos_drop = torch.nn.LayerNorm(vit.embed_dim)  # what load_(open_)clip_as_dino expects
     state = {k: v.detach().clone() for k, v in vit.state_dict().items()}
-    state["proj"] = torch.randn(vit.embed_dim, 512) * vit.embed_dim ** -0.5
+    state["proj"] = torch.randn(vit.embed_dim, 512) * vit.embed_dim**-0.5
     torch.save({"state_dict": state}, folder / f"{dreamsim_type}_pretrain.pth.tar")
-    model = PerceptualModel(**dreamsim_args["model_config"][dreamsim_type], device="cpu", load_dir=str(folder),
-                            normalize_embeds=True)
-    peft_model = get_peft_model(model, LoraConfig(r=lora_rank, lora_alpha=lora_rank * 2, lora_dropout=0.0,
-                                                  bias="none", target_modules=["qkv"]))
+    model = PerceptualModel(
+        **dreamsim_args["model_config"][dreamsim_type],
+        device="cpu",
+        load_dir=str(folder),
+        normalize_embeds=True,
+    )
+    peft_model = get_peft_model(
+        model,
+        LoraConfig(
+            r=lora_rank,
+            lora_alpha=lora_rank * 2,
+            lora_dropout=0.0,
+            bias="none",
+            target_modules=["qkv"],
+        ),
+    )
     # peft starts LoRA B at zero (a no-op); random values make the adapter actually matter.
     with torch.no_grad():
         for name, p in peft_model.named_parameters():

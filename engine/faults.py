@@ -5,6 +5,7 @@ claimed runs back to the queue, reports "paused" and the reason in its Worker ro
 backoff and resumes when the fault clears. Everything else raised while runs are claimed is
 the runs' own failure (engine.worker). Torch-free.
 """
+
 from __future__ import annotations
 
 import errno
@@ -22,8 +23,11 @@ from .artifacts import probe_writable
 
 # Errors of the disk itself. EACCES/EPERM are not here: an unreadable input image raises them
 # too; the worker turns them into an EngineFault only where it writes its own artifacts.
-SYSTEMIC_ERRNOS = frozenset(e for e in (errno.ENOSPC, getattr(errno, "EDQUOT", None), errno.EROFS, errno.EIO)
-                            if e is not None)
+SYSTEMIC_ERRNOS = frozenset(
+    e
+    for e in (errno.ENOSPC, getattr(errno, "EDQUOT", None), errno.EROFS, errno.EIO)
+    if e is not None
+)
 
 
 class EngineFault(Exception):
@@ -55,8 +59,10 @@ def artifact_write_fault(exc: OSError, home) -> EngineFault | None:
     encoder errors carry none and stay the run's)."""
     if exc.errno is None:
         return None
-    return EngineFault(f"cannot write artifacts in {home.artifacts}: {exc.strerror or exc}"
-                       + (f" ({exc.filename})" if exc.filename else ""))
+    return EngineFault(
+        f"cannot write artifacts in {home.artifacts}: {exc.strerror or exc}"
+        + (f" ({exc.filename})" if exc.filename else "")
+    )
 
 
 def sqlite_path(store: Store) -> str | None:
@@ -64,7 +70,7 @@ def sqlite_path(store: Store) -> str | None:
         return None
     db = store.engine.url.database
     if db and db.startswith("file:"):  # a URI filename (?mode=...&uri=true)
-        db = db[len("file:"):].split("?", 1)[0]
+        db = db[len("file:") :].split("?", 1)[0]
     return db if db and db != ":memory:" and "mode=memory" not in str(store.engine.url) else None
 
 
@@ -76,7 +82,7 @@ def check_database_file(store: Store) -> None:
         raise EngineFault(f"database file {path} is gone")
 
 
-def probe(store: Store, home, ballast: "Ballast | None" = None) -> str | None:
+def probe(store: Store, home, ballast: Ballast | None = None) -> str | None:
     """None when the engine can write artifacts and the database again, else why not."""
     path = sqlite_path(store)
     if path and not os.path.exists(path):

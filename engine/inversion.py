@@ -5,6 +5,7 @@ inverse step, and the trajectory is kept so the source row can be pinned to it. 
 added conditioning (pooled text embeddings, size ids) from the pipeline's own methods, exactly
 as its generation call builds it, so inversion and generation see the same conditioning.
 """
+
 from __future__ import annotations
 
 import os
@@ -58,7 +59,9 @@ def encode_image(pipe, image, height: int, width: int) -> torch.Tensor:
     if upcast:
         vae.to(torch.float32)
     try:
-        pixels = pipe.image_processor.preprocess(img, height=height, width=width).to(vae.device, vae.dtype)
+        pixels = pipe.image_processor.preprocess(img, height=height, width=width).to(
+            vae.device, vae.dtype
+        )
         latent = vae.encode(pixels).latent_dist.mean
     finally:
         if upcast:
@@ -79,7 +82,10 @@ def _conditioning(pipe, prompt: str, cfg: bool, height: int, width: int) -> dict
         cond, uncond = pipe.encode_prompt(prompt, device, 1, cfg, negative_prompt=None)
         return {"encoder_hidden_states": torch.cat([uncond, cond]) if cfg else cond}
     embeds, neg, pooled, neg_pooled = pipe.encode_prompt(
-        prompt=prompt, device=device, num_images_per_prompt=1, do_classifier_free_guidance=cfg,
+        prompt=prompt,
+        device=device,
+        num_images_per_prompt=1,
+        do_classifier_free_guidance=cfg,
     )
     if pipe.text_encoder_2 is None:
         projection_dim = int(pooled.shape[-1])
@@ -88,7 +94,11 @@ def _conditioning(pipe, prompt: str, cfg: bool, height: int, width: int) -> dict
     # __call__'s defaults: original_size = target_size = (height, width), crop (0, 0); the
     # negative rows reuse the same ids when no negative sizes are given.
     time_ids = pipe._get_add_time_ids(
-        (height, width), (0, 0), (height, width), dtype=embeds.dtype, text_encoder_projection_dim=projection_dim,
+        (height, width),
+        (0, 0),
+        (height, width),
+        dtype=embeds.dtype,
+        text_encoder_projection_dim=projection_dim,
     )
     if cfg:
         embeds = torch.cat([neg, embeds])

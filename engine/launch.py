@@ -8,6 +8,7 @@ never blocks a restart. Device names are normalised first (`cuda` is `cuda:0`, `
 so two spellings of one GPU take one lock; the host is in the name because a data folder may be
 shared between machines, each with its own cuda:0.
 """
+
 from __future__ import annotations
 
 import errno
@@ -21,8 +22,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from store.paths import Home
 
@@ -80,7 +81,7 @@ class DeviceLock:
         self.path = lock_path(home, self.device)
         self.fd: int | None = None
 
-    def acquire(self) -> "DeviceLock":
+    def acquire(self) -> DeviceLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -95,7 +96,12 @@ class DeviceLock:
                 f"stop it first with `mtp engine stop --device {self.device}`"
             ) from None
         os.ftruncate(fd, 0)
-        os.write(fd, json.dumps({"pid": os.getpid(), "device": self.device, "started": time.time()}).encode())
+        os.write(
+            fd,
+            json.dumps(
+                {"pid": os.getpid(), "device": self.device, "started": time.time()}
+            ).encode(),
+        )
         os.fsync(fd)
         self.fd = fd
         return self
@@ -119,7 +125,7 @@ class DeviceLock:
                 os.close(self.fd)
                 self.fd = None
 
-    def __enter__(self) -> "DeviceLock":
+    def __enter__(self) -> DeviceLock:
         return self.acquire()
 
     def __exit__(self, *exc) -> None:
@@ -149,7 +155,9 @@ def _is_locked(path: Path) -> bool:
         os.close(fd)
 
 
-def engine_running(home: Home | str | os.PathLike | None = None, device: str | None = None) -> list[dict]:
+def engine_running(
+    home: Home | str | os.PathLike | None = None, device: str | None = None
+) -> list[dict]:
     """Engines running on this host for this home: [{device, pid, started, lock, log}]."""
     h = _home(home)
     prefix = f"engine-{host_slug()}-"
@@ -158,22 +166,38 @@ def engine_running(home: Home | str | os.PathLike | None = None, device: str | N
     for p in paths:
         if p.exists() and _is_locked(p):
             info = _read_info(p)
-            dev = info.get("device") or p.stem[len(prefix):]
-            out.append({"device": dev, "pid": int(info.get("pid", 0) or 0), "started": info.get("started"),
-                        "lock": str(p), "log": str(log_path(h, dev))})
+            dev = info.get("device") or p.stem[len(prefix) :]
+            out.append(
+                {
+                    "device": dev,
+                    "pid": int(info.get("pid", 0) or 0),
+                    "started": info.get("started"),
+                    "lock": str(p),
+                    "log": str(log_path(h, dev)),
+                }
+            )
     return out
 
 
-def engine_command(home: Home | str | os.PathLike | None, device: str = "cpu", demo: bool = False,
-                   extra_args: Sequence[str] = ()) -> list[str]:
+def engine_command(
+    home: Home | str | os.PathLike | None,
+    device: str = "cpu",
+    demo: bool = False,
+    extra_args: Sequence[str] = (),
+) -> list[str]:
     cmd = [sys.executable, "-m", "engine.cli", "--home", str(_home(home).root), "--device", device]
     if demo:
         cmd.append("--demo")
     return cmd + list(extra_args)
 
 
-def start_engine(home: Home | str | os.PathLike | None = None, device: str = "cpu", demo: bool = False,
-                 extra_args: Sequence[str] = (), wait_s: float = 10.0) -> int:
+def start_engine(
+    home: Home | str | os.PathLike | None = None,
+    device: str = "cpu",
+    demo: bool = False,
+    extra_args: Sequence[str] = (),
+    wait_s: float = 10.0,
+) -> int:
     """Start a detached engine on ``device`` and return its pid.
 
     Waits (up to ``wait_s``) until the engine holds its device lock and has passed its start
@@ -184,7 +208,9 @@ def start_engine(home: Home | str | os.PathLike | None = None, device: str = "cp
     h = _home(home)
     running = engine_running(h, device)
     if running:
-        raise EngineAlreadyRunning(f"an engine is already running on {device} (pid {running[0]['pid']})")
+        raise EngineAlreadyRunning(
+            f"an engine is already running on {device} (pid {running[0]['pid']})"
+        )
     logfile = log_path(h, device)
     logfile.parent.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
@@ -196,8 +222,14 @@ def start_engine(home: Home | str | os.PathLike | None = None, device: str = "cp
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     with open(logfile, "ab") as out:
         proc = subprocess.Popen(
-            engine_command(h, device, demo, extra_args), stdin=subprocess.DEVNULL, stdout=out,
-            stderr=subprocess.STDOUT, start_new_session=True, close_fds=True, env=env, cwd=str(h.root),
+            engine_command(h, device, demo, extra_args),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            close_fds=True,
+            env=env,
+            cwd=str(h.root),
         )
     # Reap it when it ends so a long-lived TUI does not collect zombies.
     threading.Thread(target=proc.wait, name=f"reap-engine-{proc.pid}", daemon=True).start()
@@ -210,14 +242,20 @@ def start_engine(home: Home | str | os.PathLike | None = None, device: str = "cp
         if proc.poll() is not None:
             if proc.returncode == 0:
                 return proc.pid  # it passed its checks and already finished (--once, nothing left)
-            raise EngineError(f"the engine on {device} exited at once (code {proc.returncode}): "
-                              f"{tail(logfile, 5) or 'no output'}")
+            raise EngineError(
+                f"the engine on {device} exited at once (code {proc.returncode}): "
+                f"{tail(logfile, 5) or 'no output'}"
+            )
         time.sleep(0.05)
     return proc.pid
 
 
-def stop_engine(home: Home | str | os.PathLike | None = None, device: str | None = None,
-                wait_s: float = 0.0, sig: int = signal.SIGTERM) -> list[int]:
+def stop_engine(
+    home: Home | str | os.PathLike | None = None,
+    device: str | None = None,
+    wait_s: float = 0.0,
+    sig: int = signal.SIGTERM,
+) -> list[int]:
     """SIGTERM the engine(s) holding a device lock; optionally wait until they released it."""
     stopped = []
     for e in engine_running(home, device):
@@ -254,8 +292,12 @@ def visible_gpus() -> list[str]:
         n = len([d for d in env.split(",") if d.strip() and d.strip() != "-1"])
         return [f"cuda:{i}" for i in range(n)]
     try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"], capture_output=True,
-                             text=True, timeout=20)
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
         if out.returncode == 0:
             return [f"cuda:{i}" for i, line in enumerate(out.stdout.splitlines()) if line.strip()]
     except (OSError, subprocess.SubprocessError):
@@ -272,8 +314,10 @@ def parse_devices(text: str) -> list[str]:
     if items == ["all"]:
         found = visible_gpus()
         if not found:
-            raise EngineError("--devices all: no CUDA device found on this host (no nvidia-smi, "
-                              "no /proc/driver/nvidia); name the devices, e.g. --devices cpu")
+            raise EngineError(
+                "--devices all: no CUDA device found on this host (no nvidia-smi, "
+                "no /proc/driver/nvidia); name the devices, e.g. --devices cpu"
+            )
         return found
     out: list[str] = []
     for item in items:
@@ -286,8 +330,12 @@ def parse_devices(text: str) -> list[str]:
     return out
 
 
-def start_engines(home: Home | str | os.PathLike | None, devices: Sequence[str], demo: bool = False,
-                  extra_args: Sequence[str] = ()) -> tuple[dict[str, int], dict[str, str]]:
+def start_engines(
+    home: Home | str | os.PathLike | None,
+    devices: Sequence[str],
+    demo: bool = False,
+    extra_args: Sequence[str] = (),
+) -> tuple[dict[str, int], dict[str, str]]:
     """Start one detached engine per device; a device that fails does not stop the others.
 
     Returns ({device: pid} started, {device: why} not started)."""

@@ -10,6 +10,7 @@ self-attention included). diffusers 0.42's ``unet.load_attn_procs`` would build 
 processors but not install them without its private ``_pipeline`` argument
 (huggingface/diffusers#9320).
 """
+
 from __future__ import annotations
 
 import os
@@ -18,6 +19,7 @@ from pathlib import Path
 import torch
 
 from store.models import WEIGHT_KINDS as KINDS  # the store validates concepts against the same list
+
 CUSTOM_DIFFUSION_NAMES = (
     "pytorch_custom_diffusion_weights.safetensors",
     "pytorch_custom_diffusion_weights.bin",
@@ -43,7 +45,9 @@ def load_weights(path: str | os.PathLike) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise PersonalizationError(f"cannot read weights {path} (tensors only, no pickled code): {exc}") from None
+        raise PersonalizationError(
+            f"cannot read weights {path} (tensors only, no pickled code): {exc}"
+        ) from None
 
 
 def _find(path: Path, names: tuple[str, ...], kind: str) -> Path:
@@ -88,11 +92,15 @@ def merge_custom_diffusion(unet, state_dict: dict) -> int:
         else:
             target = key
         if target not in params:
-            raise PersonalizationError(f"Custom Diffusion weight {key!r} matches no UNet parameter ({target!r})")
+            raise PersonalizationError(
+                f"Custom Diffusion weight {key!r} matches no UNet parameter ({target!r})"
+            )
         param = params[target]
         if isinstance(value, dict):
             if not {"u", "v"} <= set(value):
-                raise PersonalizationError(f"Custom Diffusion entry {key!r} is neither a tensor nor a u/v delta")
+                raise PersonalizationError(
+                    f"Custom Diffusion entry {key!r} is neither a tensor nor a u/v delta"
+                )
             delta = value["u"].to(torch.float32) @ value["v"].to(torch.float32)
             param.add_(delta.to(param.device, param.dtype))
         else:
@@ -107,7 +115,9 @@ def merge_custom_diffusion(unet, state_dict: dict) -> int:
     return merged
 
 
-def apply_personalization(pipe, kind: str, path: str | os.PathLike | None, token: str | None = None) -> list[str]:
+def apply_personalization(
+    pipe, kind: str, path: str | os.PathLike | None, token: str | None = None
+) -> list[str]:
     """Load ``kind`` weights from ``path`` (file or folder) into ``pipe``; returns added tokens.
 
     kinds: none, full (the model path already is the fine-tuned model), custom_diffusion,
@@ -115,7 +125,9 @@ def apply_personalization(pipe, kind: str, path: str | os.PathLike | None, token
     """
     kind = (kind or "none").strip().lower()
     if kind not in KINDS:
-        raise PersonalizationError(f"unknown personalization kind {kind!r} (one of {', '.join(KINDS)})")
+        raise PersonalizationError(
+            f"unknown personalization kind {kind!r} (one of {', '.join(KINDS)})"
+        )
     if kind in ("none", "full"):
         return []
     if not path:

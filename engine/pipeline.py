@@ -9,6 +9,7 @@ shared by every row) and its scheduler as ``scheduler``, e.g.
 ``DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
 clip_sample=False, set_alpha_to_one=False)``, with ``ControlSpec(layers="10-15", start_step=4)``.
 """
+
 from __future__ import annotations
 
 import json
@@ -16,21 +17,29 @@ import math
 import numbers
 import string
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
 from engine.control import ControlError, ControlSpec
-from store.sweep.grammar import prompt_words
 from engine.inversion import invert, load_image
 from engine.processors import RowControl, block_paths, install_control
+from store.sweep.grammar import prompt_words
 
 __all__ = [
-    "ModelNotFound", "NonFiniteLatents", "Source", "Target", "GenerationResult",
-    "load_pipeline", "block_paths", "generate", "token_indices",
+    "ModelNotFound",
+    "NonFiniteLatents",
+    "Source",
+    "Target",
+    "GenerationResult",
+    "load_pipeline",
+    "block_paths",
+    "generate",
+    "token_indices",
 ]
 
 
@@ -84,7 +93,9 @@ def _is_xl(config: dict) -> bool:
     return "XL" in str(config.get("_class_name", "")) or "text_encoder_2" in config
 
 
-def load_pipeline(model: str, device: str = "cpu", dtype=None, local_files_only: bool | None = None):
+def load_pipeline(
+    model: str, device: str = "cpu", dtype=None, local_files_only: bool | None = None
+):
     """Load an SD1.x/2.x or SDXL pipeline from a local folder or a hub id.
 
     fp16 on CUDA, fp32 otherwise unless ``dtype`` is given. The scheduler becomes DDIM with
@@ -102,7 +113,8 @@ def load_pipeline(model: str, device: str = "cpu", dtype=None, local_files_only:
         index = folder / "model_index.json"
         if not index.is_file():
             raise ModelNotFound(
-                f"model folder {folder} not found" if not folder.exists()
+                f"model folder {folder} not found"
+                if not folder.exists()
                 else f"{folder} is not a diffusers pipeline folder (no model_index.json)"
             )
         config = json.loads(index.read_text())
@@ -111,7 +123,10 @@ def load_pipeline(model: str, device: str = "cpu", dtype=None, local_files_only:
         try:
             from diffusers import DiffusionPipeline
 
-            config = DiffusionPipeline.load_config(model, **({"local_files_only": local_files_only} if local_files_only is not None else {}))
+            config = DiffusionPipeline.load_config(
+                model,
+                **({"local_files_only": local_files_only} if local_files_only is not None else {}),
+            )
         except Exception as exc:  # hub errors come as many types (offline, 404, auth)
             raise ModelNotFound(
                 f"model {model!r} is neither a local folder nor a reachable/cached hub model "
@@ -128,7 +143,9 @@ def load_pipeline(model: str, device: str = "cpu", dtype=None, local_files_only:
             pipe = cls.from_pretrained(source, **kwargs)
     except (OSError, ValueError) as exc:
         raise ModelNotFound(f"cannot load model {model!r}: {exc}") from None
-    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, clip_sample=False, set_alpha_to_one=False)
+    pipe.scheduler = DDIMScheduler.from_config(
+        pipe.scheduler.config, clip_sample=False, set_alpha_to_one=False
+    )
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
 
@@ -153,7 +170,9 @@ def token_indices(tokenizer, prompt: str, words: Sequence[str]) -> dict[str, lis
         core = raw.strip(string.punctuation)
         if core and core != raw:
             lead = raw[: len(raw) - len(raw.lstrip(string.punctuation))]
-            spans.setdefault(core.lower(), (start + _n_tokens(tokenizer, lead), _n_tokens(tokenizer, core)))
+            spans.setdefault(
+                core.lower(), (start + _n_tokens(tokenizer, lead), _n_tokens(tokenizer, core))
+            )
         for key, (first, n) in spans.items():
             positions.setdefault(key, []).extend(i for i in range(first, first + n) if i < limit)
         start += n_raw
@@ -196,7 +215,9 @@ def _block_hw(unet, path: str, latent_hw: tuple[int, int]) -> tuple[int, int]:
 
 def _map_layers(unet, blocks, chosen, latent_hw, map_size) -> frozenset[int]:
     """The chosen mask layers whose cross-attention maps have the map resolution."""
-    at_res = frozenset(i for i, p in enumerate(blocks) if _block_hw(unet, p, latent_hw) == tuple(map_size))
+    at_res = frozenset(
+        i for i, p in enumerate(blocks) if _block_hw(unet, p, latent_hw) == tuple(map_size)
+    )
     usable = frozenset(chosen) & at_res
     if not usable:
         raise ControlError(
@@ -221,16 +242,23 @@ def _row_control(pipe, spec, source_prompt, target_prompt, num_steps, blocks, ma
         fg = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0) >= 0.5
         row.fixed_masks = (fg, fg)
         return row
-    row.mask_layers = _map_layers(pipe.unet, blocks, mask.layer_indices(blocks), latent_hw, map_size)
+    row.mask_layers = _map_layers(
+        pipe.unet, blocks, mask.layer_indices(blocks), latent_hw, map_size
+    )
     tok = pipe.tokenizer
     words = list(mask.words) or _all_words(target_prompt)
     tgt = token_indices(tok, target_prompt, words)
     in_source = set(prompt_words(source_prompt))
-    src_words = [w for w in words if w.lower() in in_source or w.strip(string.punctuation).lower() in in_source]
+    src_words = [
+        w
+        for w in words
+        if w.lower() in in_source or w.strip(string.punctuation).lower() in in_source
+    ]
     if not src_words:
         if mask.words:
             raise ControlError(
-                "mask_words", f"none of {', '.join(map(repr, words))} is in the source prompt {source_prompt!r}"
+                "mask_words",
+                f"none of {', '.join(map(repr, words))} is in the source prompt {source_prompt!r}",
             )
         src_words = _all_words(source_prompt)
     src = token_indices(tok, source_prompt, src_words)
@@ -251,7 +279,9 @@ def _decode(pipe, latents: torch.Tensor, chunk: int = 4) -> list:
         for part in latents.split(chunk):
             part = part.to(vae.dtype) / vae.config.scaling_factor
             decoded = vae.decode(part, return_dict=False)[0]
-            images += pipe.image_processor.postprocess(decoded, output_type="pil", do_denormalize=[True] * len(part))
+            images += pipe.image_processor.postprocess(
+                decoded, output_type="pil", do_denormalize=[True] * len(part)
+            )
     finally:
         if upcast:
             vae.to(torch.float16)
@@ -262,7 +292,11 @@ def _check_sampling(num_steps, guidance) -> None:
     # NaN compares False with everything, so unchecked it silently meant "no guidance".
     if isinstance(num_steps, bool) or not isinstance(num_steps, numbers.Integral) or num_steps < 1:
         raise ValueError(f"num_steps must be a whole number of at least 1, got {num_steps!r}")
-    if isinstance(guidance, bool) or not isinstance(guidance, numbers.Real) or not math.isfinite(guidance):
+    if (
+        isinstance(guidance, bool)
+        or not isinstance(guidance, numbers.Real)
+        or not math.isfinite(guidance)
+    ):
         raise ValueError(f"guidance must be a finite number, got {guidance!r}")
 
 
@@ -300,13 +334,22 @@ def generate(
     device = unet.device
     blocks = block_paths(unet)
     latent_hw = (height // pipe.vae_scale_factor, width // pipe.vae_scale_factor)
-    map_sizes = {_map_size(t.control, latent_hw) for t in targets if t.control is not None and t.control.mask.enabled}
+    map_sizes = {
+        _map_size(t.control, latent_hw)
+        for t in targets
+        if t.control is not None and t.control.mask.enabled
+    }
     if len(map_sizes) > 1:
-        raise ControlError("mask_res", "all masked targets of one batch must use the same map resolution")
+        raise ControlError(
+            "mask_res", "all masked targets of one batch must use the same map resolution"
+        )
     map_size = next(iter(map_sizes), (max(1, latent_hw[0] // 4), max(1, latent_hw[1] // 4)))
     rows = [None] + [
-        None if t.control is None
-        else _row_control(pipe, t.control, source.prompt, t.prompt, num_steps, blocks, map_size, latent_hw)
+        None
+        if t.control is None
+        else _row_control(
+            pipe, t.control, source.prompt, t.prompt, num_steps, blocks, map_size, latent_hw
+        )
         for t in targets
     ]
 
@@ -314,7 +357,9 @@ def generate(
     if source.pin_to_inversion and not source.invert:
         raise ValueError("Source.pin_to_inversion needs invert=True")
     if source.image is not None and not source.invert:
-        raise ValueError("Source.image is only used with invert=True (DDIM inversion of the reference)")
+        raise ValueError(
+            "Source.image is only used with invert=True (DDIM inversion of the reference)"
+        )
     if source.invert:
         if source.image is None:
             raise ValueError("Source.invert needs Source.image")
@@ -330,8 +375,15 @@ def generate(
     controller.disarm()
     try:
         if source.invert:
-            inversion = invert(pipe, source.image, source.prompt, num_steps, guidance=source.inversion_guidance,
-                               height=height, width=width)
+            inversion = invert(
+                pipe,
+                source.image,
+                source.prompt,
+                num_steps,
+                guidance=source.inversion_guidance,
+                height=height,
+                width=width,
+            )
             start = inversion.latent
         elif latents is not None:
             start = latents.to(device=device, dtype=unet.dtype)

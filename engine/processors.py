@@ -12,11 +12,12 @@ call), the batch layout, the per-target schedules and the recorded cross-attenti
 When the controller is disarmed, or nothing is active at a (step, layer), every processor
 defers to the processor it wraps, so "installed but inactive" equals the stock pipeline.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -163,7 +164,11 @@ class MutualAttentionController:
         self.halves = 2 if cfg else 1
         self.batch_size = self.n_rows * self.halves
         self.latent_size = tuple(latent_size)
-        self.map_size = tuple(map_size) if map_size else (max(1, latent_size[0] // 4), max(1, latent_size[1] // 4))
+        self.map_size = (
+            tuple(map_size)
+            if map_size
+            else (max(1, latent_size[0] // 4), max(1, latent_size[1] // 4))
+        )
         self.trace = set() if trace else None
         self.step = -1
         self.maps_cur, self.maps_prev = {}, {}
@@ -212,8 +217,11 @@ class MutualAttentionController:
             return None
         step = self.step
         active = [
-            r for r in range(1, self.n_rows)
-            if self.rows[r] is not None and step in self.rows[r].steps and layer in self.rows[r].layers
+            r
+            for r in range(1, self.n_rows)
+            if self.rows[r] is not None
+            and step in self.rows[r].steps
+            and layer in self.rows[r].layers
         ]
         if not active:
             return None
@@ -248,11 +256,11 @@ class MutualAttentionController:
         row = self.rows[r]
         store = self.maps_cur if row.timing == "current" else self.maps_prev
         src, tgt = self.cond_half * self.n_rows, self.cond_half * self.n_rows + r
-        layers = [l for l in sorted(row.mask_layers) if (src, l) in store and (tgt, l) in store]
+        layers = [li for li in sorted(row.mask_layers) if (src, li) in store and (tgt, li) in store]
         if not layers:
             return None
-        src_map = torch.stack([store[(src, l)] for l in layers]).mean(0)
-        tgt_map = torch.stack([store[(tgt, l)] for l in layers]).mean(0)
+        src_map = torch.stack([store[(src, li)] for li in layers]).mean(0)
+        tgt_map = torch.stack([store[(tgt, li)] for li in layers]).mean(0)
         self.last_maps[r] = tgt_map
         mh, mw = self.map_size
         masks = []
@@ -303,10 +311,18 @@ def _resize_mask(mask: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
     return mask.flatten()
 
 
-def _call_original(original, attn, hidden_states, encoder_hidden_states, attention_mask, temb, kwargs):
+def _call_original(
+    original, attn, hidden_states, encoder_hidden_states, attention_mask, temb, kwargs
+):
     if temb is not None:
         kwargs = dict(kwargs, temb=temb)
-    return original(attn, hidden_states, encoder_hidden_states=encoder_hidden_states, attention_mask=attention_mask, **kwargs)
+    return original(
+        attn,
+        hidden_states,
+        encoder_hidden_states=encoder_hidden_states,
+        attention_mask=attention_mask,
+        **kwargs,
+    )
 
 
 class _ControlledProcessor:
@@ -336,10 +352,22 @@ class MutualSelfAttnProcessor(_ControlledProcessor):
         c = self.controller
         plan = None
         if c.armed and encoder_hidden_states is None:
-            seq_len = hidden_states.shape[1] if hidden_states.ndim == 3 else hidden_states.shape[2] * hidden_states.shape[3]
+            seq_len = (
+                hidden_states.shape[1]
+                if hidden_states.ndim == 3
+                else hidden_states.shape[2] * hidden_states.shape[3]
+            )
             plan = c.plan_self(self.layer, hidden_states.shape[0], seq_len, hidden_states.device)
         if plan is None:
-            return _call_original(self.original, attn, hidden_states, encoder_hidden_states, attention_mask, temb, kwargs)
+            return _call_original(
+                self.original,
+                attn,
+                hidden_states,
+                encoder_hidden_states,
+                attention_mask,
+                temb,
+                kwargs,
+            )
 
         residual = hidden_states
         if attn.spatial_norm is not None:
@@ -380,7 +408,9 @@ class MutualSelfAttnProcessor(_ControlledProcessor):
         value = value.index_select(0, plan.kv_index)
 
         if not plan.masks:
-            hidden_states = F.scaled_dot_product_attention(query, key, value, dropout_p=0.0, is_causal=False)
+            hidden_states = F.scaled_dot_product_attention(
+                query, key, value, dropout_p=0.0, is_causal=False
+            )
         else:
             # masked rows get their own call so unmasked rows (the source above all) run the
             # exact kernel the stock processor runs, whatever backend a mask would select
@@ -393,9 +423,16 @@ class MutualSelfAttnProcessor(_ControlledProcessor):
                     query[idx], key[idx], value[idx], dropout_p=0.0, is_causal=False
                 )
             idx = torch.tensor(masked, device=query.device)
-            allowed = torch.stack([masked_allowed(plan.masks[b][1], plan.masks[b][0]) for b in masked])
+            allowed = torch.stack(
+                [masked_allowed(plan.masks[b][1], plan.masks[b][0]) for b in masked]
+            )
             hidden_states[idx] = F.scaled_dot_product_attention(
-                query[idx], key[idx], value[idx], attn_mask=allowed[:, None].to(query.device), dropout_p=0.0, is_causal=False
+                query[idx],
+                key[idx],
+                value[idx],
+                attn_mask=allowed[:, None].to(query.device),
+                dropout_p=0.0,
+                is_causal=False,
             )
 
         hidden_states = hidden_states.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim)
@@ -407,7 +444,9 @@ class MutualSelfAttnProcessor(_ControlledProcessor):
         hidden_states = attn.to_out[1](hidden_states)
 
         if input_ndim == 4:
-            hidden_states = hidden_states.transpose(-1, -2).reshape(batch_size, channel, height, width)
+            hidden_states = hidden_states.transpose(-1, -2).reshape(
+                batch_size, channel, height, width
+            )
 
         if attn.residual_connection:
             hidden_states = hidden_states + residual
@@ -439,7 +478,9 @@ class CrossAttnRecorder(_ControlledProcessor):
             rows = c.rows_to_record(self.layer, hidden_states.shape[0], hidden_states.shape[1])
             if rows:
                 self._record(attn, hidden_states, encoder_hidden_states, rows)
-        return _call_original(self.original, attn, hidden_states, encoder_hidden_states, attention_mask, temb, kwargs)
+        return _call_original(
+            self.original, attn, hidden_states, encoder_hidden_states, attention_mask, temb, kwargs
+        )
 
     @torch.no_grad()
     def _record(self, attn, hidden_states, encoder_hidden_states, rows: list[int]) -> None:
@@ -502,7 +543,11 @@ def install_control(unet) -> MutualAttentionController:
             continue
         if isinstance(proc, (MutualSelfAttnProcessor, CrossAttnRecorder)):
             proc = proc.original
-        if kind == "attn1" and isinstance(proc, torch.nn.Module) and any(True for _ in proc.parameters()):
+        if (
+            kind == "attn1"
+            and isinstance(proc, torch.nn.Module)
+            and any(True for _ in proc.parameters())
+        ):
             raise NotImplementedError(
                 f"{name} holds a trained self-attention processor ({type(proc).__name__}); merge its weights "
                 "into the attention module before installing mutual self-attention control"
@@ -520,7 +565,9 @@ def remove_control(unet) -> None:
     if controller is None:
         return
     originals = {
-        name: proc.original if isinstance(proc, (MutualSelfAttnProcessor, CrossAttnRecorder)) else proc
+        name: proc.original
+        if isinstance(proc, (MutualSelfAttnProcessor, CrossAttnRecorder))
+        else proc
         for name, proc in unet.attn_processors.items()
     }
     unet.set_attn_processor(originals)

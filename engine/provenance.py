@@ -3,6 +3,7 @@
 Stored once per engine process and loaded model (store.models.EngineSession) and linked from
 every run it generates (Run.session_id), so a figure can name exactly what produced it.
 """
+
 from __future__ import annotations
 
 import os
@@ -11,9 +12,22 @@ import subprocess
 from functools import lru_cache
 from pathlib import Path
 
-PACKAGES = ("torch", "diffusers", "transformers", "open_clip_torch", "mtp", "dreamsim", "numpy", "safetensors")
-UNET_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.fp16.safetensors",
-                "diffusion_pytorch_model.bin", "diffusion_pytorch_model.fp16.bin")
+PACKAGES = (
+    "torch",
+    "diffusers",
+    "transformers",
+    "open_clip_torch",
+    "mtp",
+    "dreamsim",
+    "numpy",
+    "safetensors",
+)
+UNET_WEIGHTS = (
+    "diffusion_pytorch_model.safetensors",
+    "diffusion_pytorch_model.fp16.safetensors",
+    "diffusion_pytorch_model.bin",
+    "diffusion_pytorch_model.fp16.bin",
+)
 
 
 @lru_cache(maxsize=1)
@@ -37,10 +51,18 @@ def _git_commit(folder: Path) -> str | None:
     if not (folder / ".git").exists():
         return None
     try:
-        head = subprocess.run(["git", "-C", str(folder), "rev-parse", "HEAD"], capture_output=True, text=True,
-                              timeout=5).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(folder), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=5).stdout.strip()
+        head = subprocess.run(
+            ["git", "-C", str(folder), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(folder), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
     return (head + ("+dirty" if dirty else "")) or None
@@ -75,6 +97,13 @@ def model_identity(model: str, resolved: str) -> dict[str, str | None]:
 
     if Path(resolved).is_dir():
         unet = unet_weights_file(resolved)
-        return {"model": model if model == resolved else f"{model} ({resolved})", "model_revision": None,
-                "model_hash": weights_digest(unet, 64) if unet else None}
-    return {"model": model, "model_revision": hub_revision(model, "model_index.json"), "model_hash": None}
+        return {
+            "model": model if model == resolved else f"{model} ({resolved})",
+            "model_revision": None,
+            "model_hash": weights_digest(unet, 64) if unet else None,
+        }
+    return {
+        "model": model,
+        "model_revision": hub_revision(model, "model_index.json"),
+        "model_hash": None,
+    }

@@ -5,17 +5,24 @@ lack a score from its backbones; the images are only read. Each batch is committ
 so progress is visible and a killed engine loses at most one batch (the request goes back to the
 queue once its heartbeat is stale, and the next engine skips what is already scored).
 """
+
 from __future__ import annotations
 
 import logging
 import threading
 import traceback
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 from store.db import Store
 from store.models import Concept, Run, ScoreRequest, ScoreRequestStatus
-from store.scoring import claim_score_request, finish_request, runs_to_score, save_scores, update_request
+from store.scoring import (
+    claim_score_request,
+    finish_request,
+    runs_to_score,
+    save_scores,
+    update_request,
+)
 
 log = logging.getLogger("mtp.engine")
 
@@ -26,9 +33,16 @@ class Rescorer:
     """``scorer_for(families)`` returns an object with ``backbones`` and ``score(..., families=)``
     (engine.scoring.Scorer) or raises; ``scored_text(prompt, token, class_word)`` as the worker's."""
 
-    def __init__(self, store: Store, worker_id: str, scorer_for: Callable[[Sequence[str]], object],
-                 scored_text: Callable[[str, str, str], str], stop_event: threading.Event | None = None,
-                 on_progress: Callable[[str], None] | None = None, stale_after_s: float = 60.0):
+    def __init__(
+        self,
+        store: Store,
+        worker_id: str,
+        scorer_for: Callable[[Sequence[str]], object],
+        scored_text: Callable[[str, str, str], str],
+        stop_event: threading.Event | None = None,
+        on_progress: Callable[[str], None] | None = None,
+        stale_after_s: float = 60.0,
+    ):
         self.store, self.worker_id = store, worker_id
         self.scorer_for, self.scored_text = scorer_for, scored_text
         self.stop_event = stop_event or threading.Event()
@@ -44,7 +58,9 @@ class Rescorer:
         self.stats["requests"] += 1
         try:
             self.process(req)
-        except Exception as exc:  # a bug or a database error: the request says so, the engine lives on
+        except (
+            Exception
+        ) as exc:  # a bug or a database error: the request says so, the engine lives on
             log.error("score request %d failed:\n%s", req.id, traceback.format_exc())
             finish_request(self.store, req.id, f"{type(exc).__name__}: {exc}")
         return True
@@ -60,8 +76,14 @@ class Rescorer:
         backbones = {f: b for f, b in scorer.backbones.items() if f in families}
         todo = runs_to_score(self.store, req, backbones)
         update_request(self.store, req.id, total=len(todo), scored=0, failed=0)
-        log.info("score request %d: experiment %d, %s%s: %d run(s) to score", req.id, req.experiment_id,
-                 req.metrics, " (rescore)" if req.rescore else "", len(todo))
+        log.info(
+            "score request %d: experiment %d, %s%s: %d run(s) to score",
+            req.id,
+            req.experiment_id,
+            req.metrics,
+            " (rescore)" if req.rescore else "",
+            len(todo),
+        )
         scored = failed = 0
         refs_cache: dict[int | None, list[Path] | str] = {}
         for start in range(0, len(todo), BATCH):
@@ -69,13 +91,15 @@ class Rescorer:
                 # Back to the queue for the next engine; what is scored stays scored.
                 update_request(self.store, req.id, status=ScoreRequestStatus.QUEUED, worker_id=None)
                 return
-            chunk = todo[start:start + BATCH]
+            chunk = todo[start : start + BATCH]
             results = self._score_chunk(scorer, families, chunk, refs_cache)
             save_scores(self.store, results)
             bad = sum(1 for r in results if r.get("score_error"))
             scored, failed = scored + len(results) - bad, failed + bad
             update_request(self.store, req.id, scored=scored, failed=failed)
-            self.on_progress(f"scoring experiment {req.experiment_id}: {scored + failed}/{len(todo)}")
+            self.on_progress(
+                f"scoring experiment {req.experiment_id}: {scored + failed}/{len(todo)}"
+            )
         self.stats["scored"] += scored
         self.stats["failed"] += failed
         finish_request(self.store, req.id, None)
@@ -88,7 +112,9 @@ class Rescorer:
         from .worker import _image_problem
 
         home = self.store.home
-        results: dict[int, dict] = {r.id: {"run_id": r.id, "scores": [], "score_error": None} for r in runs}
+        results: dict[int, dict] = {
+            r.id: {"run_id": r.id, "scores": [], "score_error": None} for r in runs
+        }
         # Runs of one concept whose source pixels are equal (a shared-source batch writes the same
         # source into each run's folder) are scored in one call, so the encoders see real batches.
         from .scoring import _file_digest
@@ -129,7 +155,9 @@ class Rescorer:
                 ok.append(r)
             if not ok:
                 continue
-            texts = [self.scored_text(r.target_prompt, r.token or "", r.class_word or "") for r in ok]
+            texts = [
+                self.scored_text(r.target_prompt, r.token or "", r.class_word or "") for r in ok
+            ]
             try:
                 out = scorer.score(images, texts, source, refs, families=families)
             except Exception as exc:
@@ -151,7 +179,7 @@ class Rescorer:
         if concept_id is not None:
             with self.store.session() as s:
                 concept = s.get(Concept, concept_id)
-            for rel in (concept.ref_images if concept else []):
+            for rel in concept.ref_images if concept else []:
                 path = self.store.home.resolve_artifact(rel)
                 problem = _image_problem(str(path))
                 if problem:
@@ -162,8 +190,14 @@ class Rescorer:
         return refs
 
 
-def serve_score_only(store: Store, rescorer: Rescorer, device: str, once: bool, poll_s: float = 2.0,
-                     heartbeat_s: float = 5.0) -> dict:
+def serve_score_only(
+    store: Store,
+    rescorer: Rescorer,
+    device: str,
+    once: bool,
+    poll_s: float = 2.0,
+    heartbeat_s: float = 5.0,
+) -> dict:
     """`mtp-engine --score-only`: work score requests only (never claims runs to generate)."""
     from store.queue import WorkerStatus, heartbeat, register_worker
 
@@ -175,7 +209,12 @@ def serve_score_only(store: Store, rescorer: Rescorer, device: str, once: bool, 
     def beat() -> None:
         while not stop.wait(heartbeat_s):
             try:
-                heartbeat(store, rescorer.worker_id, status=WorkerStatus.RUNNING, message=progress["message"])
+                heartbeat(
+                    store,
+                    rescorer.worker_id,
+                    status=WorkerStatus.RUNNING,
+                    message=progress["message"],
+                )
             except Exception as exc:  # a busy database must not end the thread
                 log.warning("heartbeat failed: %s", exc)
 

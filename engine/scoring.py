@@ -11,14 +11,16 @@ Scalings such as 100*cos or 2.5*max(cos, 0) are applied on export, never stored.
 A sweep scores many targets against the same references and prompts, so their embeddings
 are cached per backbone (references by file content, prompts by text, the source by pixels).
 """
+
 from __future__ import annotations
 
 import hashlib
 import os
 import re
 from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -46,7 +48,10 @@ def _class_forms(class_word: str) -> str:
     stem = r"\s+".join(re.escape(w) for w in words)
     forms = [stem + r"(?:s|es)?(?:['\u2019]s?)?"]
     if words[-1][-1:].lower() == "y" and len(words[-1]) > 1:
-        forms.append(r"\s+".join([*map(re.escape, words[:-1]), re.escape(words[-1][:-1]) + "ies"]) + r"(?:['\u2019])?")
+        forms.append(
+            r"\s+".join([*map(re.escape, words[:-1]), re.escape(words[-1][:-1]) + "ies"])
+            + r"(?:['\u2019])?"
+        )
     return "(?i:" + "|".join(forms) + r")(?!\w)"
 
 
@@ -94,9 +99,15 @@ def _image_digest(image) -> str:
 def _describe_clip_preprocess(cfg: dict[str, Any]) -> str:
     size = cfg.get("size")
     size = size[0] if isinstance(size, (tuple, list)) and len(set(size)) == 1 else size
-    mean = "openai" if tuple(round(m, 4) for m in cfg.get("mean", ())) == (0.4815, 0.4578, 0.4082) else cfg.get("mean")
-    return (f"resize {size} {cfg.get('interpolation', 'bicubic')} ({cfg.get('resize_mode', 'shortest')}), "
-            f"center-crop {size}, {mean} mean/std")
+    mean = (
+        "openai"
+        if tuple(round(m, 4) for m in cfg.get("mean", ())) == (0.4815, 0.4578, 0.4082)
+        else cfg.get("mean")
+    )
+    return (
+        f"resize {size} {cfg.get('interpolation', 'bicubic')} ({cfg.get('resize_mode', 'shortest')}), "
+        f"center-crop {size}, {mean} mean/std"
+    )
 
 
 class _Cache:
@@ -120,7 +131,7 @@ class _Cache:
         items = list(unique.items())
         fresh: dict[str, Any] = {}
         for start in range(0, len(items), BATCH):
-            chunk = items[start:start + BATCH]
+            chunk = items[start : start + BATCH]
             feats = self._encode([load(i) for _, i in chunk])
             fresh.update((key, f) for (key, _), f in zip(chunk, feats))
             self.misses += len(chunk)
@@ -203,9 +214,14 @@ class Scorer:
     ``clip_model=None`` / ``dino_model=None`` leave that family out; ``dreamsim`` is an
     ``engine.dreamsim_metric.DreamSimSpec`` (or None)."""
 
-    def __init__(self, device: str = "cpu", clip_model: str | None = DEFAULT_CLIP_MODEL,
-                 clip_pretrained: str = DEFAULT_CLIP_PRETRAINED, dino_model: str | None = DEFAULT_DINO_MODEL,
-                 dreamsim=None):
+    def __init__(
+        self,
+        device: str = "cpu",
+        clip_model: str | None = DEFAULT_CLIP_MODEL,
+        clip_pretrained: str = DEFAULT_CLIP_PRETRAINED,
+        dino_model: str | None = DEFAULT_DINO_MODEL,
+        dreamsim=None,
+    ):
         import torch
 
         self.device = device
@@ -251,11 +267,18 @@ class Scorer:
         checkpoint = f"{weights.stem}#sha256:{weights_digest(weights)}" if is_file else pretrained
         self.clip_backbone = backbone_id("open_clip", name, checkpoint)
         try:
-            model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=pretrained, device=self.device)
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                name, pretrained=pretrained, device=self.device
+            )
             self.tokenizer = open_clip.get_tokenizer(name)
-        except Exception as exc:  # open_clip raises RuntimeError/OSError/ValueError depending on the cause
-            where = f"the file {pretrained}" if weights is not None and (is_file or weights.suffix) else \
-                f"open_clip's cache ($HF_HOME, default ~/.cache/huggingface/hub) for {name}/{pretrained}"
+        except (
+            Exception
+        ) as exc:  # open_clip raises RuntimeError/OSError/ValueError depending on the cause
+            where = (
+                f"the file {pretrained}"
+                if weights is not None and (is_file or weights.suffix)
+                else f"open_clip's cache ($HF_HOME, default ~/.cache/huggingface/hub) for {name}/{pretrained}"
+            )
             raise ScorerUnavailable(
                 f"CLIP backbone {name}/{pretrained} could not be loaded ({type(exc).__name__}: {exc}). "
                 f"Its weights must be in {where} when offline: load it once on a machine with network "
@@ -289,31 +312,45 @@ class Scorer:
             checkpoint = name + (f"#rev:{rev}" if rev else "")
         self.dino_backbone = backbone_id("transformers", "ViTModel-cls", checkpoint)
         self.dino = model.to(self.device).eval()
-        self.dino_preprocess = transforms.Compose([
-            transforms.Resize(256, interpolation=transforms.InterpolationMode.BICUBIC),
-            transforms.CenterCrop(224),
-            transforms.ToTensor(),
-            transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-        ])
+        self.dino_preprocess = transforms.Compose(
+            [
+                transforms.Resize(256, interpolation=transforms.InterpolationMode.BICUBIC),
+                transforms.CenterCrop(224),
+                transforms.ToTensor(),
+                transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+            ]
+        )
 
     @classmethod
-    def for_home(cls, home, demo: bool, device: str = "cpu", families: Sequence[str] = DEFAULT_FAMILIES) -> "Scorer":
+    def for_home(
+        cls, home, demo: bool, device: str = "cpu", families: Sequence[str] = DEFAULT_FAMILIES
+    ) -> Scorer:
         """The real backbones, or for ``demo`` the tiny offline ones kept under ``home.models``."""
         from .dreamsim_metric import DreamSimSpec
 
         unknown = sorted(set(families) - set(FAMILIES))
         if unknown:
-            raise ValueError(f"unknown metric(s) {', '.join(unknown)}; known: {', '.join(FAMILIES)}")
+            raise ValueError(
+                f"unknown metric(s) {', '.join(unknown)}; known: {', '.join(FAMILIES)}"
+            )
         dreamsim = DreamSimSpec.for_home(home, demo) if "dreamsim" in families else None
         if not demo:
-            return cls(device=device, clip_model=DEFAULT_CLIP_MODEL if "clip" in families else None,
-                       dino_model=DEFAULT_DINO_MODEL if "dino" in families else None, dreamsim=dreamsim)
+            return cls(
+                device=device,
+                clip_model=DEFAULT_CLIP_MODEL if "clip" in families else None,
+                dino_model=DEFAULT_DINO_MODEL if "dino" in families else None,
+                dreamsim=dreamsim,
+            )
         from .tiny_clip import ensure_tiny_clip, ensure_tiny_dino
 
         name, weights = ensure_tiny_clip(home.models) if "clip" in families else (None, "")
-        return cls(device=device, clip_model=name, clip_pretrained=str(weights),
-                   dino_model=str(ensure_tiny_dino(home.models)) if "dino" in families else None,
-                   dreamsim=dreamsim)
+        return cls(
+            device=device,
+            clip_model=name,
+            clip_pretrained=str(weights),
+            dino_model=str(ensure_tiny_dino(home.models)) if "dino" in families else None,
+            dreamsim=dreamsim,
+        )
 
     # ------------------------------------------------------------------ encoders (normalised)
     def _normalise(self, x):
@@ -321,7 +358,9 @@ class Scorer:
 
     def _encode_clip_images(self, images: list) -> Any:
         with self.torch.no_grad():
-            batch = self.torch.stack([self.clip_preprocess(im.convert("RGB")) for im in images]).to(self.device)
+            batch = self.torch.stack([self.clip_preprocess(im.convert("RGB")) for im in images]).to(
+                self.device
+            )
             return self._normalise(self.clip.encode_image(batch))
 
     def _encode_clip_texts(self, texts: list[str]) -> Any:
@@ -330,7 +369,9 @@ class Scorer:
 
     def _encode_dino_images(self, images: list) -> Any:
         with self.torch.no_grad():
-            batch = self.torch.stack([self.dino_preprocess(im.convert("RGB")) for im in images]).to(self.device)
+            batch = self.torch.stack([self.dino_preprocess(im.convert("RGB")) for im in images]).to(
+                self.device
+            )
             return self._normalise(self.dino(pixel_values=batch).last_hidden_state[:, 0])
 
     def _encode_dreamsim_images(self, images: list) -> Any:
@@ -339,12 +380,21 @@ class Scorer:
     @property
     def encode_counts(self) -> dict[str, int]:
         """Items encoded so far per cache (tests and logs use it to see the cache working)."""
-        return {"clip_image": self._clip_images.misses, "clip_text": self._clip_texts.misses,
-                "dino_image": self._dino_images.misses}
+        return {
+            "clip_image": self._clip_images.misses,
+            "clip_text": self._clip_texts.misses,
+            "dino_image": self._dino_images.misses,
+        }
 
     # ------------------------------------------------------------------ scoring
-    def score(self, images: list, texts: list[str], source=None, refs: Sequence[str | Path] = (),
-              families: Sequence[str] | None = None) -> list[list[dict]]:
+    def score(
+        self,
+        images: list,
+        texts: list[str],
+        source=None,
+        refs: Sequence[str | Path] = (),
+        families: Sequence[str] | None = None,
+    ) -> list[list[dict]]:
         """Per image, a list of {metric, backbone, value, preprocess, scored_text} dicts.
 
         ``texts`` holds the already-substituted text for each image (see ``scored_text``);
@@ -373,27 +423,61 @@ class Scorer:
             for i, v in enumerate(values):
                 if v is None:
                     continue
-                out[i].append({"metric": metric, "backbone": backbone, "value": float(v),
-                               "preprocess": preprocess, "scored_text": text[i] if text else None})
+                out[i].append(
+                    {
+                        "metric": metric,
+                        "backbone": backbone,
+                        "value": float(v),
+                        "preprocess": preprocess,
+                        "scored_text": text[i] if text else None,
+                    }
+                )
 
         wanted_families = set(self.families if families is None else families)
         towers = []
         if self.clip is not None and "clip" in wanted_families:
-            towers.append(("clip", self.clip_backbone, self.clip_preprocess_text, self._encode_clip_images,
-                           self._clip_images))
+            towers.append(
+                (
+                    "clip",
+                    self.clip_backbone,
+                    self.clip_preprocess_text,
+                    self._encode_clip_images,
+                    self._clip_images,
+                )
+            )
         if self.dino is not None and "dino" in wanted_families:
-            towers.append(("dino", self.dino_backbone, DINO_PREPROCESS, self._encode_dino_images, self._dino_images))
+            towers.append(
+                (
+                    "dino",
+                    self.dino_backbone,
+                    DINO_PREPROCESS,
+                    self._encode_dino_images,
+                    self._dino_images,
+                )
+            )
         if self.dreamsim is not None and "dreamsim" in wanted_families:
-            towers.append(("dreamsim", self.dreamsim_backbone, self.dreamsim.preprocess_text,
-                           self._encode_dreamsim_images, self._dreamsim_images))
+            towers.append(
+                (
+                    "dreamsim",
+                    self.dreamsim_backbone,
+                    self.dreamsim.preprocess_text,
+                    self._encode_dreamsim_images,
+                    self._dreamsim_images,
+                )
+            )
         for prefix, backbone, pre, encode, cache in towers:
             # Generated images are new every call, so they bypass the cache (but are counted).
-            gen = self.torch.cat([encode(list(images[k:k + BATCH])) for k in range(0, len(images), BATCH)])
+            gen = self.torch.cat(
+                [encode(list(images[k : k + BATCH])) for k in range(0, len(images), BATCH)]
+            )
             cache.misses += len(images)
             if prefix == "clip":
                 wanted = [i for i, t in enumerate(texts) if t and t.strip()]
                 if wanted:
-                    tfeat = self._clip_texts.get([f"text:{texts[i]}" for i in wanted], lambda i: texts[wanted[i]])
+                    tfeat = self._clip_texts.get(
+                        [f"text:{texts[i]}" for i in wanted],
+                        lambda i, wanted=wanted: texts[wanted[i]],
+                    )
                     sims = [None] * len(images)
                     for j, i in enumerate(wanted):
                         sims[i] = float(gen[i] @ tfeat[j])

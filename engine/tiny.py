@@ -4,6 +4,7 @@ No weights can be downloaded here or in CI, yet the engine must be exercised end
 (loading from disk, tokenizing prompts, 16 self- and 16 cross-attention layers with SD1.5's
 module names, DDIM). The tiny pipeline is random but deterministic for a given seed.
 """
+
 from __future__ import annotations
 
 import json
@@ -38,7 +39,11 @@ SCHEDULER_CONFIG = dict(
 
 def _bytes_to_unicode() -> dict[int, str]:
     # GPT-2/CLIP's reversible byte -> printable character table.
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    bs = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
     cs = bs[:]
     n = 0
     for b in range(256):

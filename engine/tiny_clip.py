@@ -8,6 +8,7 @@ transformers ``ViTModel`` folder loaded with ``from_pretrained``. open_clip's de
 ``SimpleTokenizer`` ships its BPE vocabulary inside the package, so tokenizing needs no
 download either; that is why the text tower keeps CLIP's 49408-token vocabulary.
 """
+
 from __future__ import annotations
 
 import json
@@ -74,8 +75,14 @@ def build_tiny_dino(folder: str | os.PathLike, seed: int = 0) -> Path:
     folder = Path(folder)
     torch.manual_seed(seed)
     # 224 input like DINO ViT-S/16 so the real preprocessing applies unchanged; patch 32 keeps it fast.
-    config = ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                       image_size=224, patch_size=32)
+    config = ViTConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        image_size=224,
+        patch_size=32,
+    )
     ViTModel(config, add_pooling_layer=False).save_pretrained(folder, safe_serialization=True)
     return folder
 

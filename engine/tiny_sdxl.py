@@ -6,6 +6,7 @@ encoders (CLIPTextModel + CLIPTextModelWithProjection, the second padding with "
 70 transformer blocks in the 1/2/10 arrangement with SDXL's module names, a VAE that asks for
 fp16 upcasting, and ``force_zeros_for_empty_prompt``. Random but deterministic for a seed.
 """
+
 from __future__ import annotations
 
 import os
@@ -23,7 +24,12 @@ def build_tiny_sdxl_pipeline(path: str | os.PathLike, seed: int = 0) -> Path:
     """Build the tiny SDXL pipeline and save it with ``save_pretrained`` into ``path``."""
     import torch
     from diffusers import DDIMScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+    from transformers import (
+        CLIPTextConfig,
+        CLIPTextModel,
+        CLIPTextModelWithProjection,
+        CLIPTokenizer,
+    )
 
     path = Path(path)
     with tempfile.TemporaryDirectory() as tmp:
@@ -33,10 +39,17 @@ def build_tiny_sdxl_pipeline(path: str | os.PathLike, seed: int = 0) -> Path:
 
     def text_config(tok, act: str, projection: bool) -> CLIPTextConfig:
         return CLIPTextConfig(
-            vocab_size=len(tok), hidden_size=TEXT_WIDTH, intermediate_size=2 * TEXT_WIDTH,
-            num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=77, hidden_act=act,
+            vocab_size=len(tok),
+            hidden_size=TEXT_WIDTH,
+            intermediate_size=2 * TEXT_WIDTH,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=77,
+            hidden_act=act,
             projection_dim=TEXT_WIDTH if projection else 512,
-            bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+            bos_token_id=tok.bos_token_id,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
         )
 
     torch.manual_seed(seed)
@@ -83,7 +96,9 @@ def load_tiny_sdxl_pipeline(path: str | os.PathLike):
     """Reload through ``from_pretrained`` so the real loading path is what tests exercise."""
     from diffusers import StableDiffusionXLPipeline
 
-    pipe = StableDiffusionXLPipeline.from_pretrained(Path(path), local_files_only=True, add_watermarker=False)
+    pipe = StableDiffusionXLPipeline.from_pretrained(
+        Path(path), local_files_only=True, add_watermarker=False
+    )
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

@@ -13,6 +13,7 @@ worker gives its runs back, pauses and retries until the fault clears.
 The generator is a backend object (`engine.backends`: diffusers, or the torch-free fake) and
 scoring a plain callable, so the loop is testable without torch or weights.
 """
+
 from __future__ import annotations
 
 import logging
@@ -22,24 +23,44 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from store.db import Store
 from store.models import Concept, Run
 from store.queue import (
-    DEFAULT_MAX_ATTEMPTS, DEFAULT_STALE_AFTER_S, ModelKey, WorkerStatus, cancel_requested_ids, claim_group,
-    complete_runs, fail_runs, heartbeat, is_paused, make_worker_id, mark_in_flight, recover_stale, register_worker,
+    DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_STALE_AFTER_S,
+    ModelKey,
+    WorkerStatus,
+    cancel_requested_ids,
+    claim_group,
+    complete_runs,
+    fail_runs,
+    heartbeat,
+    is_paused,
+    make_worker_id,
+    mark_in_flight,
+    recover_stale,
+    register_worker,
     release_runs,
 )
 
 from .artifacts import write_run_artifacts
-from .faults import (
-    Ballast, EngineFault, LogLimiter, artifact_write_fault, check_database_file, is_space_fault, probe, systemic_reason,
-)
 from .backends.base import Backend, LoadKey, ModelUnavailable, RunError, SourceJob, TargetJob
 from .control import ControlError, ControlSpec
+from .faults import (
+    Ballast,
+    EngineFault,
+    LogLimiter,
+    artifact_write_fault,
+    check_database_file,
+    is_space_fault,
+    probe,
+    systemic_reason,
+)
 from .scoring import scored_text as default_scored_text  # torch-free at import
 
 log = logging.getLogger("mtp.engine")
@@ -80,7 +101,13 @@ class Progress:
     _t_last: float = field(default=0.0, repr=False)
 
     def start(self, run_id: int, total: int, message: str) -> None:
-        self.status, self.run_id, self.step, self.total, self.message = WorkerStatus.RUNNING, run_id, 0, total, message
+        self.status, self.run_id, self.step, self.total, self.message = (
+            WorkerStatus.RUNNING,
+            run_id,
+            0,
+            total,
+            message,
+        )
         self._t_last = time.monotonic()
 
     def tick(self, i: int, n: int) -> None:
@@ -93,7 +120,13 @@ class Progress:
         self.step, self.total = i + 1, n
 
     def idle(self, message: str = "") -> None:
-        self.status, self.run_id, self.step, self.total, self.message = WorkerStatus.IDLE, None, 0, 0, message
+        self.status, self.run_id, self.step, self.total, self.message = (
+            WorkerStatus.IDLE,
+            None,
+            0,
+            0,
+            message,
+        )
         self.its_per_s = None
 
     def pause(self, reason: str) -> None:
@@ -114,13 +147,21 @@ class WorkerConfig:
     recover_every_s: float = 30.0
     cancel_check_s: float = 0.5
     max_backoff_s: float = 60.0  # longest wait between probes while paused by a fault
-    ballast_bytes: int = 1 << 20  # disk space held back to record a pause on a full disk (engine.faults.Ballast)
+    ballast_bytes: int = (
+        1 << 20
+    )  # disk space held back to record a pause on a full disk (engine.faults.Ballast)
 
 
 class Worker:
-    def __init__(self, store: Store, backend: Backend, config: WorkerConfig | None = None,
-                 score: ScoreFn | None = None, worker_id: str | None = None,
-                 scored_text: Callable[[str, str, str], str] | None = None):
+    def __init__(
+        self,
+        store: Store,
+        backend: Backend,
+        config: WorkerConfig | None = None,
+        score: ScoreFn | None = None,
+        worker_id: str | None = None,
+        scored_text: Callable[[str, str, str], str] | None = None,
+    ):
         self.store = store
         self.home = store.home
         self.backend = backend
@@ -135,13 +176,22 @@ class Worker:
         self.progress = Progress()
         self.loaded: LoadKey | None = None
         self.claimed: list[int] = []
-        self.stats = {"groups": 0, "generate_calls": 0, "done": 0, "failed": 0, "cancelled": 0, "pauses": 0}
+        self.stats = {
+            "groups": 0,
+            "generate_calls": 0,
+            "done": 0,
+            "failed": 0,
+            "cancelled": 0,
+            "pauses": 0,
+        }
         # Why the engine could not go on (a fault under --once, or a lasting loop error); None when fine.
         self.fault: str | None = None
         self._limited = LogLimiter(log, every_s=60.0)
         self._ballast = Ballast(self.home.root, self.config.ballast_bytes)
         self._fault_delay = 0.0
-        self._hb_fault: str | None = None  # set by the heartbeat thread when the database refuses writes
+        self._hb_fault: str | None = (
+            None  # set by the heartbeat thread when the database refuses writes
+        )
         self._resumed_at: float | None = None
         self._done_at_resume = 0
         self._hb_thread: threading.Thread | None = None
@@ -190,16 +240,32 @@ class Worker:
                     if self.config.once and errors >= 3:
                         self.fault = f"engine loop error: {type(exc).__name__}: {exc}"
                         break
-                    self.stop_event.wait(min(self.config.poll_s * 2 ** min(errors, 10), self.config.max_backoff_s))
+                    self.stop_event.wait(
+                        min(self.config.poll_s * 2 ** min(errors, 10), self.config.max_backoff_s)
+                    )
         finally:
             self._stop_heartbeat()
             try:
                 self._release_claimed()
-                heartbeat(self.store, self.worker_id, status=WorkerStatus.STOPPED, current_run_id=None,
-                          step=0, total_steps=0, its_per_s=None, message=f"stopped: {self.fault}" if self.fault else "stopped")
-            except Exception as exc:  # the database may be what failed; its runs are recovered later
-                log.error("could not record the stop (claimed runs %s are recovered once this worker "
-                          "is seen dead): %s", self.claimed, exc)
+                heartbeat(
+                    self.store,
+                    self.worker_id,
+                    status=WorkerStatus.STOPPED,
+                    current_run_id=None,
+                    step=0,
+                    total_steps=0,
+                    its_per_s=None,
+                    message=f"stopped: {self.fault}" if self.fault else "stopped",
+                )
+            except (
+                Exception
+            ) as exc:  # the database may be what failed; its runs are recovered later
+                log.error(
+                    "could not record the stop (claimed runs %s are recovered once this worker "
+                    "is seen dead): %s",
+                    self.claimed,
+                    exc,
+                )
             self._ballast.free()
             log.info("worker %s stopped: %s", self.worker_id, self.stats)
         return self.stats
@@ -217,17 +283,33 @@ class Worker:
         self.progress.pause(reason)
         # Limited: a fault that the probe misses (a database full only for bigger writes) comes
         # back after each resume, and must not write a line per cycle forever.
-        self._limited(logging.ERROR, "engine paused: %s; its runs stay queued and it retries until this clears", reason)
+        self._limited(
+            logging.ERROR,
+            "engine paused: %s; its runs stay queued and it retries until this clears",
+            reason,
+        )
         space = is_space_fault(reason)
         if space and self._ballast.free():
             log.info("freed the engine's reserved disk space to record the pause")
         try:
             self._release_claimed()
             # Now, not at the next heartbeat: on a full disk this write may be the only one that fits.
-            heartbeat(self.store, self.worker_id, status=WorkerStatus.PAUSED, current_run_id=None, step=0,
-                      total_steps=0, its_per_s=None, message=reason)
+            heartbeat(
+                self.store,
+                self.worker_id,
+                status=WorkerStatus.PAUSED,
+                current_run_id=None,
+                step=0,
+                total_steps=0,
+                its_per_s=None,
+                message=reason,
+            )
         except Exception as exc:  # released on resume, when the database takes writes again
-            log.warning("claimed runs %s will be released once the database takes writes: %s", self.claimed, exc)
+            log.warning(
+                "claimed runs %s will be released once the database takes writes: %s",
+                self.claimed,
+                exc,
+            )
         if self.config.once:
             return False
         t0 = time.monotonic()
@@ -304,14 +386,20 @@ class Worker:
         self._last_recover = time.monotonic()
         rec = recover_stale(self.store, self.config.stale_after_s, self.config.max_attempts)
         if rec.requeued or rec.failed:
-            log.warning("recovered runs of dead workers %s: requeued %s, failed %s",
-                        rec.dead_workers, rec.requeued, rec.failed)
+            log.warning(
+                "recovered runs of dead workers %s: requeued %s, failed %s",
+                rec.dead_workers,
+                rec.requeued,
+                rec.failed,
+            )
         return rec
 
     # ---------------------------------------------------------- heartbeat
     def _start_heartbeat(self) -> None:
         self._hb_stop.clear()
-        self._hb_thread = threading.Thread(target=self._heartbeat_loop, name="mtp-heartbeat", daemon=True)
+        self._hb_thread = threading.Thread(
+            target=self._heartbeat_loop, name="mtp-heartbeat", daemon=True
+        )
         self._hb_thread.start()
 
     def _stop_heartbeat(self) -> None:
@@ -324,8 +412,16 @@ class Worker:
         while not self._hb_stop.is_set():
             p = self.progress
             try:
-                heartbeat(self.store, self.worker_id, status=p.status, current_run_id=p.run_id, step=p.step,
-                          total_steps=p.total, its_per_s=p.its_per_s, message=p.message)
+                heartbeat(
+                    self.store,
+                    self.worker_id,
+                    status=p.status,
+                    current_run_id=p.run_id,
+                    step=p.step,
+                    total_steps=p.total,
+                    its_per_s=p.its_per_s,
+                    message=p.message,
+                )
             except Exception as exc:  # a busy or full database must not kill the thread
                 self._limited(logging.WARNING, "heartbeat failed: %s", exc)
                 # The loop pauses on it: an idle engine would otherwise never notice a full disk.
@@ -339,8 +435,15 @@ class Worker:
         self.stats["groups"] += 1
         first = runs[0]
         ids = [r.id for r in runs]
-        log.info("claimed %d run(s) %s of experiment %s (model %s, seed %s, %d steps)", len(runs), ids,
-                 first.experiment_id, first.model, first.seed, first.num_steps)
+        log.info(
+            "claimed %d run(s) %s of experiment %s (model %s, seed %s, %d steps)",
+            len(runs),
+            ids,
+            first.experiment_id,
+            first.model,
+            first.seed,
+            first.num_steps,
+        )
         self.progress.start(first.id, first.num_steps, f"loading {first.model}")
         try:
             key = LoadKey.of(first)
@@ -392,53 +495,74 @@ class Worker:
         while pending:
             if self.stop_event.is_set():
                 raise Interrupted()
-            chunk = pending[:1 if solo else batch]
+            chunk = pending[: 1 if solo else batch]
             try:
                 self._run_chunk(source, chunk, by_id)
-                pending = pending[len(chunk):]
+                pending = pending[len(chunk) :]
                 solo = max(0, solo - len(chunk))
             except Interrupted:
                 raise
             except Cancelled:
                 self._cancelled([t.run_id for t in chunk])
-                pending = pending[len(chunk):]
+                pending = pending[len(chunk) :]
                 solo = max(0, solo - len(chunk))
             except Exception as exc:
                 if systemic_reason(exc) is not None:
                     raise
                 if len(chunk) > 1 and not is_oom(exc):
                     # One bad target must not fail its batchmates: find it by running them alone.
-                    log.warning("batch of runs %s failed (%s: %s); retrying them one at a time",
-                                [t.run_id for t in chunk], type(exc).__name__, exc)
+                    log.warning(
+                        "batch of runs %s failed (%s: %s); retrying them one at a time",
+                        [t.run_id for t in chunk],
+                        type(exc).__name__,
+                        exc,
+                    )
                     solo = len(chunk)
                     continue
                 solo = max(0, solo - len(chunk))
                 if isinstance(exc, RunError):
                     self._fail([t.run_id for t in chunk], str(exc))
-                    pending = pending[len(chunk):]
+                    pending = pending[len(chunk) :]
                     continue
                 if is_oom(exc):
                     self.backend.after_oom()
                     if len(chunk) > 1:
                         batch = max(1, len(chunk) // 2)
                         self._batch_fit[fit_key] = batch
-                        log.warning("out of memory with %d targets; retrying with %d", len(chunk), batch)
+                        log.warning(
+                            "out of memory with %d targets; retrying with %d", len(chunk), batch
+                        )
                         continue
-                    self._fail([chunk[0].run_id],
-                               f"out of memory even with a batch of 1 target at {source.width}x{source.height} "
-                               f"on {self.config.device}: {exc}")
+                    self._fail(
+                        [chunk[0].run_id],
+                        f"out of memory even with a batch of 1 target at {source.width}x{source.height} "
+                        f"on {self.config.device}: {exc}",
+                    )
                     pending = pending[1:]
                     continue
                 log.error("runs %s failed:\n%s", [t.run_id for t in chunk], traceback.format_exc())
                 self._fail([t.run_id for t in chunk], f"{type(exc).__name__}: {exc}")
-                pending = pending[len(chunk):]
+                pending = pending[len(chunk) :]
 
     def _control_for(self, run: Run) -> ControlSpec | None:
         if run.is_baseline:
             return None
-        spec = ControlSpec.from_fields(**{c: getattr(run, c) for c in (
-            "layers", "start_step", "final_step", "skip_interval", "mask_mode", "mask_layers", "mask_words",
-            "mask_threshold", "mask_timing")})
+        spec = ControlSpec.from_fields(
+            **{
+                c: getattr(run, c)
+                for c in (
+                    "layers",
+                    "start_step",
+                    "final_step",
+                    "skip_interval",
+                    "mask_mode",
+                    "mask_layers",
+                    "mask_words",
+                    "mask_threshold",
+                    "mask_timing",
+                )
+            }
+        )
         blocks = self.backend.blocks()
         if blocks:
             spec.validate(run.num_steps, blocks, run.target_prompt, run.source_prompt)
@@ -446,7 +570,9 @@ class Worker:
 
     def _run_chunk(self, source: SourceJob, chunk: list[TargetJob], by_id: dict[int, Run]) -> None:
         ids = [t.run_id for t in chunk]
-        self.progress.start(ids[0], source.num_steps, f"runs {ids[0]}..{ids[-1]} ({len(ids)} targets)")
+        self.progress.start(
+            ids[0], source.num_steps, f"runs {ids[0]}..{ids[-1]} ({len(ids)} targets)"
+        )
         t0 = time.monotonic()
         last_check = [t0]
 
@@ -465,23 +591,39 @@ class Worker:
         self.stats["generate_calls"] += 1
         result = self.backend.generate(source, chunk, on_step)
         elapsed = time.monotonic() - t0
-        log.info("generated %d target(s) in %.1fs (%.2f it/s)", len(chunk), elapsed,
-                 source.num_steps / elapsed if elapsed > 0 else 0.0)
+        log.info(
+            "generated %d target(s) in %.1fs (%.2f it/s)",
+            len(chunk),
+            elapsed,
+            source.num_steps / elapsed if elapsed > 0 else 0.0,
+        )
 
         runs = [by_id[i] for i in ids]
         results = []
         for k, run in enumerate(runs):
             try:
-                paths = write_run_artifacts(self.home, run.id, result.images[k], result.source_image,
-                                            result.masks[k] if k < len(result.masks) else None,
-                                            result.maps[k] if k < len(result.maps) else None)
+                paths = write_run_artifacts(
+                    self.home,
+                    run.id,
+                    result.images[k],
+                    result.source_image,
+                    result.masks[k] if k < len(result.masks) else None,
+                    result.maps[k] if k < len(result.maps) else None,
+                )
             except OSError as exc:
                 fault = artifact_write_fault(exc, self.home)
                 if fault is None:
                     raise
                 raise fault from exc
-            results.append(dict(paths, run_id=run.id, duration_s=elapsed / len(runs), scores=[],
-                                session_id=self._session_id()))
+            results.append(
+                dict(
+                    paths,
+                    run_id=run.id,
+                    duration_s=elapsed / len(runs),
+                    scores=[],
+                    session_id=self._session_id(),
+                )
+            )
         if self.score is not None:
             self.progress.message = f"scoring runs {ids[0]}..{ids[-1]}"
             self._score(runs, result, results)
@@ -507,9 +649,15 @@ class Worker:
         for concept_id, idx in by_concept.items():
             try:
                 refs = self._refs(concept_id)
-                texts = [self.scored_text(runs[k].target_prompt, runs[k].token or "", runs[k].class_word or "")
-                         for k in idx]
-                scores = self.score([result.images[k] for k in idx], texts, result.source_image, refs)
+                texts = [
+                    self.scored_text(
+                        runs[k].target_prompt, runs[k].token or "", runs[k].class_word or ""
+                    )
+                    for k in idx
+                ]
+                scores = self.score(
+                    [result.images[k] for k in idx], texts, result.source_image, refs
+                )
             except Exception as exc:
                 if systemic_reason(exc) is not None or is_oom(exc):
                     raise  # a machine fault pauses the engine; OOM retries the batch smaller
@@ -538,9 +686,15 @@ class Worker:
                 identity = getattr(self.backend, "identity", None)
                 fields = dict(identity() if identity else {"model": self.loaded.model})
                 fields.setdefault("device", self.config.device)
-                sid = record_engine_session(self.store, worker_id=self.worker_id, host=socket.gethostname(),
-                                            pid=os.getpid(), versions=library_versions(), scorers=self.scorers,
-                                            **fields)
+                sid = record_engine_session(
+                    self.store,
+                    worker_id=self.worker_id,
+                    host=socket.gethostname(),
+                    pid=os.getpid(),
+                    versions=library_versions(),
+                    scorers=self.scorers,
+                    **fields,
+                )
             except Exception:
                 # The record is worth less than the images: go on without it, try again next batch.
                 log.warning("could not record the engine session:\n%s", traceback.format_exc())

@@ -9,14 +9,15 @@ The database and its data folder belong together (artifact paths in the record a
 the folder): the first start writes one random id into both, and a Store whose folder carries
 another id, or none, refuses to open (`WrongHome`) instead of writing images nobody else sees.
 """
+
 from __future__ import annotations
 
 import os
 import re
 import secrets
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
 
 from sqlalchemy import event, inspect, text
 from sqlalchemy.engine import Engine, make_url
@@ -27,7 +28,16 @@ from . import models  # noqa: F401  (registers the tables)
 from .models import Meta
 from .paths import Home, StoreError
 
-__all__ = ["Store", "StoreError", "SchemaTooNew", "WrongHome", "open_store", "mask_url", "use_db_url", "db_url_from"]
+__all__ = [
+    "Store",
+    "StoreError",
+    "SchemaTooNew",
+    "WrongHome",
+    "open_store",
+    "mask_url",
+    "use_db_url",
+    "db_url_from",
+]
 
 SCHEMA_VERSION = 3
 BUSY_TIMEOUT_MS = 30_000
@@ -42,7 +52,9 @@ SCHEMA_LOCK_KEY = 0x6D74702D736368
 # database (SQLite's PRAGMA data_version only sees other connections, PostgreSQL has none).
 CHANGE_KEY = "change_counter"
 _WATCHED_TABLES = {"run", "score", "experiment", "concept"}
-_WRITE_RE = re.compile(r'^\s*(?:INSERT\s+(?:OR\s+\w+\s+)?INTO|UPDATE|DELETE\s+FROM)\s+"?(\w+)"?', re.I)
+_WRITE_RE = re.compile(
+    r'^\s*(?:INSERT\s+(?:OR\s+\w+\s+)?INTO|UPDATE|DELETE\s+FROM)\s+"?(\w+)"?', re.I
+)
 _CHANGED = "mtp_changed"
 
 
@@ -75,7 +87,9 @@ def db_url_from(arg: str | None = None) -> str | None:
 
 
 def _sqlite_engine(url: str) -> Engine:
-    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": BUSY_TIMEOUT_MS / 1000})
+    engine = create_engine(
+        url, connect_args={"check_same_thread": False, "timeout": BUSY_TIMEOUT_MS / 1000}
+    )
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn, _record):
@@ -168,7 +182,9 @@ class Store:
         self.url = db_url_from(url) or self.home.db_url
         self.is_sqlite = self.url.startswith("sqlite")
         self.engine = _sqlite_engine(self.url) if self.is_sqlite else _pg_engine(self.url)
-        self._write_engine = self.engine.execution_options(sqlite_immediate=True) if self.is_sqlite else self.engine
+        self._write_engine = (
+            self.engine.execution_options(sqlite_immediate=True) if self.is_sqlite else self.engine
+        )
         _watch_writes(self.engine)
         try:
             self._migrate()
@@ -194,11 +210,15 @@ class Store:
         where = self.home.db_path if self.owns_folder else self.display_url
         low = why.lower()
         if "not a database" in low or "malformed" in low:
-            return (f"{where} is not a readable mtp database ({why}); move it aside and run `mtp init` "
-                    f"for a new one, or restore a backup")
+            return (
+                f"{where} is not a readable mtp database ({why}); move it aside and run `mtp init` "
+                f"for a new one, or restore a backup"
+            )
         if "readonly" in low or "read-only" in low or "unable to open" in low:
-            return (f"cannot open {where} for writing ({why}); the data folder {self.home.root} and the "
-                    f"database must be writable by you (or choose another with --home / $MTP_HOME)")
+            return (
+                f"cannot open {where} for writing ({why}); the data folder {self.home.root} and the "
+                f"database must be writable by you (or choose another with --home / $MTP_HOME)"
+            )
         if "disk is full" in low or "no space" in low:
             return f"cannot write {where}: the disk is full ({why}); free some space and retry"
         return f"cannot open the database {where}: {why}"
@@ -217,8 +237,13 @@ class Store:
                 yield s
                 s.flush()  # ORM changes reach the database here, so the check below sees them
                 if s.connection().info.pop(_CHANGED, False):
-                    s.execute(text("UPDATE meta SET value = CAST(CAST(value AS INTEGER) + 1 AS VARCHAR) "
-                                   "WHERE key = :k"), {"k": CHANGE_KEY})
+                    s.execute(
+                        text(
+                            "UPDATE meta SET value = CAST(CAST(value AS INTEGER) + 1 AS VARCHAR) "
+                            "WHERE key = :k"
+                        ),
+                        {"k": CHANGE_KEY},
+                    )
                 s.commit()
             except BaseException:
                 s.rollback()
@@ -252,7 +277,9 @@ class Store:
                                 continue
                             stmt = stmt.sql
                         elif isinstance(stmt, AddColumn):
-                            if stmt.column in {c["name"] for c in inspect(conn).get_columns(stmt.table)}:
+                            if stmt.column in {
+                                c["name"] for c in inspect(conn).get_columns(stmt.table)
+                            }:
                                 continue
                             stmt = stmt.sql
                         s.exec(text(stmt))
@@ -303,7 +330,9 @@ class Store:
     def change_token(self) -> str:
         """Moves whenever runs, scores, experiments or concepts change (one indexed row read)."""
         with self.engine.connect() as conn:
-            row = conn.execute(text("SELECT value FROM meta WHERE key = :k"), {"k": CHANGE_KEY}).first()
+            row = conn.execute(
+                text("SELECT value FROM meta WHERE key = :k"), {"k": CHANGE_KEY}
+            ).first()
         return row[0] if row else ""
 
     def schema_version(self) -> int:

@@ -1,15 +1,17 @@
 """The demo data set: a concept and experiments on the offline tiny model, so a newcomer with
 no GPU and no weights can click through every screen. Images from it are noise by design."""
+
 from __future__ import annotations
 
 from pathlib import Path
 
 from sqlmodel import select
 
+from store.sweep.spec import TINY_MODEL_NAMES, TINY_SDXL_MODEL_NAMES, ExperimentSpec
+
 from .db import Store
 from .models import Concept, Experiment
 from .queries import save_concept, save_experiment
-from store.sweep.spec import TINY_MODEL_NAMES, TINY_SDXL_MODEL_NAMES, ExperimentSpec
 
 # A name, not a path: any engine resolves it to <its home>/models/tiny-sd and builds it there on
 # first use, with or without --demo (README's headless block relies on that).
@@ -48,7 +50,10 @@ def demo_spec(model: str = DEMO_MODEL, **axes: str) -> ExperimentSpec:
     spec = ExperimentSpec(
         model=str(model),
         source_prompt="a photo of a corgi",
-        target_prompts=["a photo of a corgi on the beach", "a photo of a corgi jumping in the snow"],
+        target_prompts=[
+            "a photo of a corgi on the beach",
+            "a photo of a corgi jumping in the snow",
+        ],
         num_steps=10,
         guidance=7.5,
         width=64,
@@ -93,10 +98,16 @@ def _ensure_sdxl_demo(store: Store, concept: Concept) -> None:
     source = store.home.root / "demo-refs" / "corgi-0.png"
     if not source.is_file():
         return
-    save_experiment(store, SDXL_DEMO, sdxl_demo_spec(source), concept.id,
-                    queue=False, tags="demo",
-                    notes="Tiny SDXL-topology model (70 blocks, two text encoders); the source is the "
-                          "first reference image inverted at inversion guidance 1 and 7.5 (draft).")
+    save_experiment(
+        store,
+        SDXL_DEMO,
+        sdxl_demo_spec(source),
+        concept.id,
+        queue=False,
+        tags="demo",
+        notes="Tiny SDXL-topology model (70 blocks, two text encoders); the source is the "
+        "first reference image inverted at inversion guidance 1 and 7.5 (draft).",
+    )
 
 
 def seed_demo(store: Store) -> tuple[Concept, Experiment]:
@@ -104,7 +115,11 @@ def seed_demo(store: Store) -> tuple[Concept, Experiment]:
     with store.session() as s:
         concept = s.exec(select(Concept).where(Concept.name == DEMO_CONCEPT)).first()
         if concept is not None:
-            exp = s.exec(select(Experiment).where(Experiment.concept_id == concept.id).order_by(Experiment.id)).first()
+            exp = s.exec(
+                select(Experiment)
+                .where(Experiment.concept_id == concept.id)
+                .order_by(Experiment.id)
+            ).first()
             if exp is not None:
                 _ensure_sdxl_demo(store, concept)
                 return concept, exp
@@ -112,12 +127,31 @@ def seed_demo(store: Store) -> tuple[Concept, Experiment]:
     if concept is None:
         refs = _reference_images(store.home.root / "demo-refs")
         concept = save_concept(
-            store, DEMO_CONCEPT, token="corgi", class_word="dog", ref_images=refs,
-            base_model=model, notes="Demo concept on the random tiny model.",
+            store,
+            DEMO_CONCEPT,
+            token="corgi",
+            class_word="dog",
+            ref_images=refs,
+            base_model=model,
+            notes="Demo concept on the random tiny model.",
         )
-    exp = save_experiment(store, "demo: final step", demo_spec(model), concept.id, queue=True,
-                          tags="demo", notes="The seed's final-step sweep, on the tiny model.")
-    save_experiment(store, "demo: layer type", demo_spec(model, layers="encoder,decoder", final_step="end"),
-                    concept.id, queue=False, tags="demo", notes="Encoder vs decoder control (draft).")
+    exp = save_experiment(
+        store,
+        "demo: final step",
+        demo_spec(model),
+        concept.id,
+        queue=True,
+        tags="demo",
+        notes="The seed's final-step sweep, on the tiny model.",
+    )
+    save_experiment(
+        store,
+        "demo: layer type",
+        demo_spec(model, layers="encoder,decoder", final_step="end"),
+        concept.id,
+        queue=False,
+        tags="demo",
+        notes="Encoder vs decoder control (draft).",
+    )
     _ensure_sdxl_demo(store, concept)
     return concept, exp

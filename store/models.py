@@ -1,16 +1,16 @@
 """SQLModel tables. Every swept parameter of a run is a real column so it can be filtered and sorted."""
+
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
-from typing import Optional
+from datetime import UTC, datetime
 
 from sqlalchemy import BigInteger, Column, Index, Text
 from sqlmodel import Field, SQLModel
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class RunStatus:
@@ -42,12 +42,12 @@ class Meta(SQLModel, table=True):
 
 
 class Concept(SQLModel, table=True):
-    id: Optional[int] = Field(default=None, primary_key=True)
+    id: int | None = Field(default=None, primary_key=True)
     name: str = Field(index=True, unique=True)
     token: str = ""  # e.g. "<new1>" or "sks"; written into prompts by the user
     class_word: str = ""  # e.g. "dog"; replaces the token when CLIP-T is scored
     ref_images_json: str = Field(default="[]", sa_column=Column(Text, nullable=False, default="[]"))
-    weights_path: Optional[str] = None
+    weights_path: str | None = None
     weights_kind: str = "none"
     base_model: str = "runwayml/stable-diffusion-v1-5"
     notes: str = ""
@@ -63,9 +63,9 @@ class Concept(SQLModel, table=True):
 
 
 class Experiment(SQLModel, table=True):
-    id: Optional[int] = Field(default=None, primary_key=True)
+    id: int | None = Field(default=None, primary_key=True)
     name: str = Field(index=True)
-    concept_id: Optional[int] = Field(default=None, foreign_key="concept.id", index=True)
+    concept_id: int | None = Field(default=None, foreign_key="concept.id", index=True)
     status: str = Field(default=ExperimentStatus.DRAFT, index=True)
     priority: int = 0  # higher runs first
     spec_json: str = Field(default="{}", sa_column=Column(Text, nullable=False, default="{}"))
@@ -84,24 +84,24 @@ class Run(SQLModel, table=True):
         Index("ix_run_marked", "marked"),
     )
 
-    id: Optional[int] = Field(default=None, primary_key=True)
+    id: int | None = Field(default=None, primary_key=True)
     experiment_id: int = Field(foreign_key="experiment.id", index=True)
-    concept_id: Optional[int] = Field(default=None, foreign_key="concept.id")
+    concept_id: int | None = Field(default=None, foreign_key="concept.id")
     group_key: str = Field(default="", index=True)  # runs with equal keys share one source pass
     grid_index: int = 0  # position in the experiment's expanded grid
     is_baseline: bool = False  # the no-control reference for its (prompt, seed)
 
     # shared-source settings
     model: str = ""
-    weights_path: Optional[str] = None
+    weights_path: str | None = None
     weights_kind: str = "none"
     token: str = ""
     class_word: str = ""
     source_prompt: str = ""
-    source_image: Optional[str] = None
+    source_image: str | None = None
     invert: bool = False
     # classifier-free guidance of the DDIM inversion (issue 14); NULL when the source is generated
-    inversion_guidance: Optional[float] = None
+    inversion_guidance: float | None = None
     seed: int = Field(default=0, index=True, sa_type=BigInteger)  # 64-bit: 0 .. 2**63-1
     num_steps: int = 50
     guidance: float = 7.5
@@ -118,36 +118,38 @@ class Run(SQLModel, table=True):
     mask_mode: str = "off"
     mask_layers: str = ""
     mask_words: str = ""
-    mask_threshold: Optional[float] = None  # None means Otsu
+    mask_threshold: float | None = None  # None means Otsu
     mask_timing: str = "current"
 
     # lifecycle
     status: str = Field(default=RunStatus.QUEUED, index=True)
     priority: int = 0
-    attempts: int = 0  # claims, informational: a claim lost to a crash during model load counts here
+    attempts: int = (
+        0  # claims, informational: a claim lost to a crash during model load counts here
+    )
     # Consecutive engine deaths while this run was being generated (not merely claimed): only
     # these fail a run for crashing engines (store.queue.recover_stale), so a restart or a kill
     # during model load never burns it.
     crashes: int = 0
-    worker_id: Optional[str] = Field(default=None, index=True)
+    worker_id: str | None = Field(default=None, index=True)
     cancel_requested: bool = False
     created_at: datetime = Field(default_factory=utcnow)
-    claimed_at: Optional[datetime] = None
-    started_at: Optional[datetime] = None  # generation began (None while only claimed)
-    finished_at: Optional[datetime] = None
-    duration_s: Optional[float] = None
-    error: Optional[str] = Field(default=None, sa_column=Column(Text, nullable=True))
+    claimed_at: datetime | None = None
+    started_at: datetime | None = None  # generation began (None while only claimed)
+    finished_at: datetime | None = None
+    duration_s: float | None = None
+    error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     # Set when the run is done (images kept) but scoring it failed; NULL once it is scored.
-    score_error: Optional[str] = Field(default=None, sa_column=Column(Text, nullable=True))
+    score_error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     # The engine session (library versions, model identity, dtype, device) that generated it.
-    session_id: Optional[int] = Field(default=None, foreign_key="enginesession.id")
+    session_id: int | None = Field(default=None, foreign_key="enginesession.id")
 
     # artifacts, relative to the data folder
-    image_path: Optional[str] = None
-    source_image_path: Optional[str] = None
-    mask_path: Optional[str] = None
-    source_mask_path: Optional[str] = None
-    maps_path: Optional[str] = None
+    image_path: str | None = None
+    source_image_path: str | None = None
+    mask_path: str | None = None
+    source_mask_path: str | None = None
+    maps_path: str | None = None
 
     # the researcher's own marks
     tags: str = ""
@@ -168,13 +170,13 @@ class Score(SQLModel, table=True):
         Index("ix_score_run", "run_id", "metric", "value"),
     )
 
-    id: Optional[int] = Field(default=None, primary_key=True)
+    id: int | None = Field(default=None, primary_key=True)
     run_id: int = Field(foreign_key="run.id")  # indexed first in ix_score_run
     metric: str  # clip_t, clip_i_ref, clip_i_src, dino_ref, dino_src, dreamsim_ref, dreamsim_src
     backbone: str  # e.g. "open_clip:ViT-B-32-quickgelu:openai@open_clip_torch-3.3.0" (engine.scoring.backbone_id)
     value: float  # raw cosine
     preprocess: str = ""
-    scored_text: Optional[str] = None  # the exact text for text-alignment metrics
+    scored_text: str | None = None  # the exact text for text-alignment metrics
     created_at: datetime = Field(default_factory=utcnow)
 
 
@@ -182,7 +184,7 @@ class EngineSession(SQLModel, table=True):
     """What generated a run, stored once per engine process and loaded model: enough to say
     which code, weights and numeric settings produced an image (Run.session_id points here)."""
 
-    id: Optional[int] = Field(default=None, primary_key=True)
+    id: int | None = Field(default=None, primary_key=True)
     created_at: datetime = Field(default_factory=utcnow)
     worker_id: str = ""
     host: str = ""
@@ -191,11 +193,11 @@ class EngineSession(SQLModel, table=True):
     device: str = ""
     dtype: str = ""  # e.g. torch.float16
     model: str = ""  # hub id or folder, as the run names it
-    model_revision: Optional[str] = None  # hub commit when loaded from the hub cache
-    model_hash: Optional[str] = None  # sha256 of the UNet weights file when loaded from a folder
+    model_revision: str | None = None  # hub commit when loaded from the hub cache
+    model_hash: str | None = None  # sha256 of the UNet weights file when loaded from a folder
     weights_kind: str = "none"
-    weights_path: Optional[str] = None
-    weights_hash: Optional[str] = None  # sha256 of the personalization weights file
+    weights_path: str | None = None
+    weights_hash: str | None = None  # sha256 of the personalization weights file
     # The libraries that decide the pixels and the scores; versions_json holds these and more.
     torch_version: str = ""
     diffusers_version: str = ""
@@ -228,19 +230,19 @@ class ScoreRequest(SQLModel, table=True):
     Idempotent by construction: the engine scores only done runs that lack a score from its
     backbone for a requested family (with ``rescore``: lack one made after ``created_at``)."""
 
-    id: Optional[int] = Field(default=None, primary_key=True)
+    id: int | None = Field(default=None, primary_key=True)
     experiment_id: int = Field(foreign_key="experiment.id", index=True)
     metrics: str = "clip,dino"  # comma separated families: clip, dino, dreamsim
     rescore: bool = False
     status: str = Field(default=ScoreRequestStatus.QUEUED, index=True)
-    worker_id: Optional[str] = None
+    worker_id: str | None = None
     created_at: datetime = Field(default_factory=utcnow)
-    started_at: Optional[datetime] = None
-    finished_at: Optional[datetime] = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
     total: int = 0  # runs that needed scoring when the engine started on it
     scored: int = 0
     failed: int = 0  # runs whose images could not be scored (their score_error says why)
-    error: Optional[str] = Field(default=None, sa_column=Column(Text, nullable=True))
+    error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
 
 
 class Worker(SQLModel, table=True):
@@ -251,18 +253,40 @@ class Worker(SQLModel, table=True):
     status: str = "idle"  # idle, running, paused (message says why), stopped, dead
     started_at: datetime = Field(default_factory=utcnow)
     heartbeat_at: datetime = Field(default_factory=utcnow)
-    current_run_id: Optional[int] = None
+    current_run_id: int | None = None
     step: int = 0
     total_steps: int = 0
-    its_per_s: Optional[float] = None
+    its_per_s: float | None = None
     message: str = ""
 
 
 # Run columns a user can sort and filter on; the TUI and export read this list.
 RUN_PARAM_COLUMNS = (
-    "target_prompt", "seed", "layers", "start_step", "final_step", "skip_interval",
-    "mask_mode", "mask_layers", "mask_words", "mask_threshold", "mask_timing",
-    "source_prompt", "num_steps", "guidance", "width", "height", "model", "is_baseline",
+    "target_prompt",
+    "seed",
+    "layers",
+    "start_step",
+    "final_step",
+    "skip_interval",
+    "mask_mode",
+    "mask_layers",
+    "mask_words",
+    "mask_threshold",
+    "mask_timing",
+    "source_prompt",
+    "num_steps",
+    "guidance",
+    "width",
+    "height",
+    "model",
+    "is_baseline",
     "inversion_guidance",
 )
-RUN_SORT_COLUMNS = ("id", "status", "created_at", "finished_at", "duration_s", "attempts") + RUN_PARAM_COLUMNS
+RUN_SORT_COLUMNS = (
+    "id",
+    "status",
+    "created_at",
+    "finished_at",
+    "duration_s",
+    "attempts",
+) + RUN_PARAM_COLUMNS

@@ -1,4 +1,5 @@
 """Where mtp keeps its data: one folder ("home") holding the database and every artifact."""
+
 from __future__ import annotations
 
 import os
@@ -51,7 +52,7 @@ class Home:
     root: Path
 
     @classmethod
-    def resolve(cls, home: str | os.PathLike | None = None, create: bool = True) -> "Home":
+    def resolve(cls, home: str | os.PathLike | None = None, create: bool = True) -> Home:
         root = Path(home).expanduser() if home else default_home()
         h = cls(root.resolve())
         if create:
@@ -60,11 +61,20 @@ class Home:
 
     def ensure(self) -> None:
         try:
-            for p in (self.root, self.artifacts, self.concepts, self.models, self.logs, self.exports):
+            for p in (
+                self.root,
+                self.artifacts,
+                self.concepts,
+                self.models,
+                self.logs,
+                self.exports,
+            ):
                 p.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise StoreError(f"cannot create the data folder {self.root} ({exc.strerror or exc}: {exc.filename}); "
-                             f"use a folder you can write with --home or ${ENV_HOME}") from None
+            raise StoreError(
+                f"cannot create the data folder {self.root} ({exc.strerror or exc}: {exc.filename}); "
+                f"use a folder you can write with --home or ${ENV_HOME}"
+            ) from None
         self._protect()
 
     def _protect(self) -> None:

@@ -1,22 +1,33 @@
 """Queries the app, the CLI and the engine share: concepts, experiments, paged runs, counts."""
+
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import os
 import shutil
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from sqlalchemy import and_, case, func, or_
 from sqlmodel import col, select
 
+from store.sweep.spec import ExperimentSpec, expand
+
 from .db import Store
 from .models import (
-    RUN_SORT_COLUMNS, WEIGHT_KINDS, Concept, Experiment, ExperimentStatus, Run, RunStatus, Score, utcnow,
+    RUN_SORT_COLUMNS,
+    WEIGHT_KINDS,
+    Concept,
+    Experiment,
+    ExperimentStatus,
+    Run,
+    RunStatus,
+    Score,
+    utcnow,
 )
-from store.sweep.spec import ExperimentSpec, expand
 
 
 class InputError(ValueError):
@@ -45,15 +56,19 @@ def check_image(path: str | Path) -> None:
         with Image.open(p) as im:
             w, h = im.size
             if w * h > MAX_IMAGE_PIXELS:
-                raise InputError(f"{p}: image too large ({w}x{h} pixels; the limit is "
-                                 f"{MAX_IMAGE_PIXELS // (1024 * 1024)} megapixels): resize it first")
+                raise InputError(
+                    f"{p}: image too large ({w}x{h} pixels; the limit is "
+                    f"{MAX_IMAGE_PIXELS // (1024 * 1024)} megapixels): resize it first"
+                )
             im.verify()
         with Image.open(p) as im:
             im.load()
     except InputError:
         raise
     except Image.DecompressionBombError as exc:
-        raise InputError(f"{p}: image too large, refused as a possible decompression bomb ({exc})") from None
+        raise InputError(
+            f"{p}: image too large, refused as a possible decompression bomb ({exc})"
+        ) from None
     except UnidentifiedImageError:
         raise InputError(f"{p}: not a readable image (no image format recognises it)") from None
     except PermissionError as exc:
@@ -211,7 +226,9 @@ def save_experiment(
         if exp is None:
             raise InputError(f"experiment {experiment_id} does not exist")
         if exp.status != ExperimentStatus.DRAFT:
-            raise InputError(f"experiment {exp.name!r} is already queued; duplicate it to change the sweep")
+            raise InputError(
+                f"experiment {exp.name!r} is already queued; duplicate it to change the sweep"
+            )
         exp.name = name
         exp.concept_id = concept_id
         exp.spec_json = spec.to_json()
@@ -231,8 +248,12 @@ def save_experiment(
 
 def _insert_runs(session, exp: Experiment, rows: list[dict[str, Any]]) -> None:
     now = utcnow()
-    payload = [dict(r, experiment_id=exp.id, priority=exp.priority, status=RunStatus.QUEUED, created_at=now)
-               for r in rows]
+    payload = [
+        dict(
+            r, experiment_id=exp.id, priority=exp.priority, status=RunStatus.QUEUED, created_at=now
+        )
+        for r in rows
+    ]
     # Core insert: 100x faster than ORM objects for a 10k-run sweep.
     session.execute(Run.__table__.insert(), payload)
 
@@ -243,8 +264,17 @@ def queue_experiment(store: Store, experiment_id: int) -> Experiment:
     if exp is None:
         raise InputError(f"experiment {experiment_id} does not exist")
     spec = ExperimentSpec.from_json(exp.spec_json)
-    return save_experiment(store, exp.name, spec, exp.concept_id, queue=True, tags=exp.tags,
-                           notes=exp.notes, priority=exp.priority, experiment_id=exp.id)
+    return save_experiment(
+        store,
+        exp.name,
+        spec,
+        exp.concept_id,
+        queue=True,
+        tags=exp.tags,
+        notes=exp.notes,
+        priority=exp.priority,
+        experiment_id=exp.id,
+    )
 
 
 def duplicate_experiment(store: Store, experiment_id: int, name: str | None = None) -> Experiment:
@@ -253,8 +283,16 @@ def duplicate_experiment(store: Store, experiment_id: int, name: str | None = No
     if exp is None:
         raise InputError(f"experiment {experiment_id} does not exist")
     spec = ExperimentSpec.from_json(exp.spec_json)
-    return save_experiment(store, name or f"{exp.name} (copy)", spec, exp.concept_id, queue=False,
-                           tags=exp.tags, notes=exp.notes, priority=exp.priority)
+    return save_experiment(
+        store,
+        name or f"{exp.name} (copy)",
+        spec,
+        exp.concept_id,
+        queue=False,
+        tags=exp.tags,
+        notes=exp.notes,
+        priority=exp.priority,
+    )
 
 
 def delete_experiment(store: Store, experiment_id: int) -> int:
@@ -268,14 +306,19 @@ def delete_experiment(store: Store, experiment_id: int) -> int:
         exp = s.get(Experiment, experiment_id)
         if exp is None:
             raise InputError(f"experiment {experiment_id} does not exist")
-        running = s.exec(select(func.count()).select_from(Run).where(
-            Run.experiment_id == experiment_id, Run.status == RunStatus.RUNNING)).one()
+        running = s.exec(
+            select(func.count())
+            .select_from(Run)
+            .where(Run.experiment_id == experiment_id, Run.status == RunStatus.RUNNING)
+        ).one()
         if running:
-            raise InputError(f"experiment {exp.name!r} has {running} running run(s): cancel it and wait for "
-                             f"the engine to stop them, then delete")
+            raise InputError(
+                f"experiment {exp.name!r} has {running} running run(s): cancel it and wait for "
+                f"the engine to stop them, then delete"
+            )
         run_ids = list(s.exec(select(Run.id).where(Run.experiment_id == experiment_id)))
         for chunk in range(0, len(run_ids), 900):  # stay under SQLite's bound-parameter limit
-            ids = run_ids[chunk:chunk + 900]
+            ids = run_ids[chunk : chunk + 900]
             s.execute(Score.__table__.delete().where(col(Score.run_id).in_(ids)))
         s.execute(Run.__table__.delete().where(Run.experiment_id == experiment_id))
         s.delete(exp)
@@ -295,16 +338,25 @@ def archive_experiment(store: Store, experiment_id: int, archived: bool = True) 
         if exp is None:
             raise InputError(f"experiment {experiment_id} does not exist")
         if archived:
-            running = s.exec(select(func.count()).select_from(Run).where(
-                Run.experiment_id == experiment_id, Run.status == RunStatus.RUNNING)).one()
+            running = s.exec(
+                select(func.count())
+                .select_from(Run)
+                .where(Run.experiment_id == experiment_id, Run.status == RunStatus.RUNNING)
+            ).one()
             if running:
-                raise InputError(f"experiment {exp.name!r} has {running} running run(s): cancel it first")
-            s.execute(Run.__table__.update().where(Run.experiment_id == experiment_id,
-                                                   Run.status == RunStatus.QUEUED)
-                      .values(status=RunStatus.CANCELLED, finished_at=utcnow()))
+                raise InputError(
+                    f"experiment {exp.name!r} has {running} running run(s): cancel it first"
+                )
+            s.execute(
+                Run.__table__.update()
+                .where(Run.experiment_id == experiment_id, Run.status == RunStatus.QUEUED)
+                .values(status=RunStatus.CANCELLED, finished_at=utcnow())
+            )
             exp.status = ExperimentStatus.ARCHIVED
         elif exp.status == ExperimentStatus.ARCHIVED:
-            has_runs = s.exec(select(func.count()).select_from(Run).where(Run.experiment_id == experiment_id)).one()
+            has_runs = s.exec(
+                select(func.count()).select_from(Run).where(Run.experiment_id == experiment_id)
+            ).one()
             exp.status = ExperimentStatus.DONE if has_runs else ExperimentStatus.DRAFT
         exp.updated_at = utcnow()
         s.add(exp)
@@ -323,7 +375,11 @@ def experiment_by_ref(store: Store, ref: str | int) -> Experiment | None:
             exp = s.get(Experiment, int(ref))
             if exp:
                 return exp
-        return s.exec(select(Experiment).where(Experiment.name == str(ref)).order_by(col(Experiment.id).desc())).first()
+        return s.exec(
+            select(Experiment)
+            .where(Experiment.name == str(ref))
+            .order_by(col(Experiment.id).desc())
+        ).first()
 
 
 @dataclass
@@ -369,7 +425,9 @@ def list_experiments(store: Store, include_archived: bool = False) -> list[Exper
         exps = list(s.exec(q))
         counts: dict[int, dict[str, int]] = {}
         for exp_id, status, n in s.exec(
-            select(Run.experiment_id, Run.status, func.count()).group_by(Run.experiment_id, Run.status)
+            select(Run.experiment_id, Run.status, func.count()).group_by(
+                Run.experiment_id, Run.status
+            )
         ):
             counts.setdefault(exp_id, {})[status] = n
     return [ExperimentRow(e, counts.get(e.id, {})) for e in exps]
@@ -414,8 +472,14 @@ def _filter_conditions(f: RunFilter) -> list:
     if f.text:
         # % and _ typed by the user are literal characters, not wildcards.
         like = "%" + f.text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-        clauses.append(or_(*(col(c).like(like, escape="\\") for c in
-                             (Run.target_prompt, Run.layers, Run.tags, Run.notes, Run.error))))
+        clauses.append(
+            or_(
+                *(
+                    col(c).like(like, escape="\\")
+                    for c in (Run.target_prompt, Run.layers, Run.tags, Run.notes, Run.error)
+                )
+            )
+        )
     if f.marked is not None:
         clauses.append(Run.marked == f.marked)
     if f.baseline is not None:
@@ -458,15 +522,24 @@ def list_runs(
             metric = sort.split(":", 1)[1]
             backbone = _only_backbone(s, metric) if total >= SCORE_INDEX_MIN_RUNS else None
             if backbone is not None:
-                ids = _score_page_by_index(s, conditions, metric, backbone, descending, offset, limit)
+                ids = _score_page_by_index(
+                    s, conditions, metric, backbone, descending, offset, limit
+                )
             else:
                 ids = _score_page_by_subquery(s, where, metric, descending, offset, limit)
         else:
             order = getattr(Run, sort)
             # Sort and page the ids alone, then read the page's full rows: sorting whole rows
             # (prompts, paths, errors) spilled a 100k-run sort into a wide temp b-tree, 2.5x slower.
-            ids = list(s.exec(select(Run.id).where(where).offset(offset).limit(limit).order_by(
-                order.desc() if descending else order.asc(), col(Run.id).asc())))
+            ids = list(
+                s.exec(
+                    select(Run.id)
+                    .where(where)
+                    .offset(offset)
+                    .limit(limit)
+                    .order_by(order.desc() if descending else order.asc(), col(Run.id).asc())
+                )
+            )
         by_id = {r.id: r for r in s.exec(select(Run).where(col(Run.id).in_(ids)))} if ids else {}
     return [by_id[i] for i in ids if i in by_id], total
 
@@ -477,21 +550,38 @@ def _only_backbone(s, metric: str) -> str | None:
     first = s.exec(select(Score.backbone).where(Score.metric == metric).limit(1)).first()
     if first is None:
         return None
-    for other in (col(Score.backbone) < first, col(Score.backbone) > first):  # two seeks, not a scan
-        if s.exec(select(Score.id).where(Score.metric == metric, other).limit(1)).first() is not None:
+    for other in (
+        col(Score.backbone) < first,
+        col(Score.backbone) > first,
+    ):  # two seeks, not a scan
+        if (
+            s.exec(select(Score.id).where(Score.metric == metric, other).limit(1)).first()
+            is not None
+        ):
             return None
     return first
 
 
-def _score_page_by_subquery(s, where, metric: str, descending: bool, offset: int, limit: int) -> list[int]:
+def _score_page_by_subquery(
+    s, where, metric: str, descending: bool, offset: int, limit: int
+) -> list[int]:
     value = score_column(metric)
-    return list(s.exec(select(Run.id).where(where).order_by(
-        value.is_(None), value.desc() if descending else value.asc(), col(Run.id).asc()
-    ).offset(offset).limit(limit)))
+    return list(
+        s.exec(
+            select(Run.id)
+            .where(where)
+            .order_by(
+                value.is_(None), value.desc() if descending else value.asc(), col(Run.id).asc()
+            )
+            .offset(offset)
+            .limit(limit)
+        )
+    )
 
 
-def _score_page_by_index(s, conditions: list, metric: str, backbone: str, descending: bool, offset: int,
-                         limit: int) -> list[int]:
+def _score_page_by_index(
+    s, conditions: list, metric: str, backbone: str, descending: bool, offset: int, limit: int
+) -> list[int]:
     """The same page as `_score_page_by_subquery`, read in `ix_score_sort` order: the scored runs
     first, then (once they run out) the unscored ones by id."""
     scored = [Score.metric == metric, Score.backbone == backbone, col(Score.value).is_not(None)]
@@ -499,8 +589,13 @@ def _score_page_by_index(s, conditions: list, metric: str, backbone: str, descen
     if conditions:  # a filter needs the run rows; without one the index alone answers
         q = q.join(Run, Run.id == Score.run_id).where(*conditions)
     value = col(Score.value)
-    ids = list(s.exec(q.order_by(value.desc() if descending else value.asc(), col(Score.run_id).asc())
-                      .offset(offset).limit(limit)))
+    ids = list(
+        s.exec(
+            q.order_by(value.desc() if descending else value.asc(), col(Score.run_id).asc())
+            .offset(offset)
+            .limit(limit)
+        )
+    )
     if len(ids) == limit:
         return ids
     n_scored = s.exec(select(func.count()).select_from(q.subquery())).one()
@@ -519,7 +614,11 @@ def counts_by_run_status(store: Store, ids: Sequence[int]) -> dict[str, int]:
     out: dict[str, int] = {}
     with store.session() as s:
         for i in range(0, len(ids), 900):  # SQLite's bound-parameter limit
-            q = select(Run.status, func.count()).where(col(Run.id).in_(list(ids[i:i + 900]))).group_by(Run.status)
+            q = (
+                select(Run.status, func.count())
+                .where(col(Run.id).in_(list(ids[i : i + 900])))
+                .group_by(Run.status)
+            )
             for status, n in s.exec(q):
                 out[status] = out.get(status, 0) + n
     return out
@@ -562,7 +661,9 @@ def update_runs(store: Store, run_ids: Sequence[int], **values: Any) -> int:
     if not run_ids:
         return 0
     with store.write() as s:
-        res = s.execute(Run.__table__.update().where(col(Run.id).in_(list(run_ids))).values(**values))
+        res = s.execute(
+            Run.__table__.update().where(col(Run.id).in_(list(run_ids))).values(**values)
+        )
         return res.rowcount
 
 

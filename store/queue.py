@@ -5,13 +5,15 @@ app and the engines, so every state change here is one write transaction (`Store
 BEGIN IMMEDIATE on SQLite). Row selections also carry FOR UPDATE SKIP LOCKED, which SQLite
 ignores and PostgreSQL needs so that two engines never claim the same run.
 """
+
 from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
-from typing import Any, Iterable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from sqlalchemy import and_, case, delete, update
 from sqlmodel import col, select
@@ -30,7 +32,9 @@ DEFAULT_STALE_AFTER_S = 60.0
 class WorkerStatus:
     IDLE = "idle"
     RUNNING = "running"
-    PAUSED = "paused"  # the engine cannot write (disk full, read-only, database gone); message says why
+    PAUSED = (
+        "paused"  # the engine cannot write (disk full, read-only, database gone); message says why
+    )
     STOPPED = "stopped"
     DEAD = "dead"  # stopped heartbeating; set by recover_stale
     LIVE = (IDLE, RUNNING, PAUSED)
@@ -41,7 +45,7 @@ def _aware(dt: datetime | None) -> datetime | None:
     # SQLite hands datetimes back naive; they were written in UTC.
     if dt is None:
         return None
-    return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
+    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
 
 
 def pid_alive(pid: int) -> bool:
@@ -67,10 +71,16 @@ def _refresh_experiments(session, experiment_ids: Iterable[int]) -> None:
     ids = sorted(set(i for i in experiment_ids if i is not None))
     if not ids:
         return
-    open_ids = set(session.exec(
-        select(Run.experiment_id).where(col(Run.experiment_id).in_(ids),
-                                        col(Run.status).in_([RunStatus.QUEUED, RunStatus.RUNNING])).distinct()
-    ))
+    open_ids = set(
+        session.exec(
+            select(Run.experiment_id)
+            .where(
+                col(Run.experiment_id).in_(ids),
+                col(Run.status).in_([RunStatus.QUEUED, RunStatus.RUNNING]),
+            )
+            .distinct()
+        )
+    )
     now = utcnow()
     for exp in session.exec(select(Experiment).where(col(Experiment.id).in_(ids))):
         if exp.status in (ExperimentStatus.DRAFT, ExperimentStatus.ARCHIVED):
@@ -107,7 +117,7 @@ class ModelKey:
     weights_path: str | None = None
 
     @classmethod
-    def of(cls, run: Run) -> "ModelKey":
+    def of(cls, run: Run) -> ModelKey:
         return cls(run.model, run.weights_kind or "none", run.weights_path)
 
 
@@ -131,8 +141,11 @@ def claim_group(
             return []
         order = []
         if loaded is not None:
-            same = and_(Run.model == loaded.model, Run.weights_kind == loaded.weights_kind,
-                        col(Run.weights_path).is_not_distinct_from(loaded.weights_path))
+            same = and_(
+                Run.model == loaded.model,
+                Run.weights_kind == loaded.weights_kind,
+                col(Run.weights_path).is_not_distinct_from(loaded.weights_path),
+            )
             order.append(case((same, 0), else_=1))
         order += [col(Run.priority).desc(), col(Run.id).asc()]
         queued = select(Run.id, Run.group_key, Run.crashes).where(Run.status == RunStatus.QUEUED)
@@ -140,11 +153,18 @@ def claim_group(
         # engines never holds up healthy work, and random kills (which hit whatever runs first
         # after a restart) spread over many runs instead of piling onto one. Two queries, so
         # the common one still walks the queue index instead of sorting the whole queue.
-        head = s.exec(queued.where(Run.crashes == 0).order_by(*order).limit(1)
-                      .with_for_update(skip_locked=True)).first()
+        head = s.exec(
+            queued.where(Run.crashes == 0)
+            .order_by(*order)
+            .limit(1)
+            .with_for_update(skip_locked=True)
+        ).first()
         if head is None:
-            head = s.exec(queued.order_by(col(Run.crashes).asc(), *order).limit(1)
-                          .with_for_update(skip_locked=True)).first()
+            head = s.exec(
+                queued.order_by(col(Run.crashes).asc(), *order)
+                .limit(1)
+                .with_for_update(skip_locked=True)
+            ).first()
         if head is None:
             return []
         if head.crashes:
@@ -152,20 +172,43 @@ def claim_group(
             # engines takes no batchmates down with it and is found out in a few deaths.
             ids = [head.id]
         else:
-            ids = list(s.exec(
-                select(Run.id).where(Run.status == RunStatus.QUEUED, Run.group_key == head.group_key,
-                                     Run.crashes == 0)
-                .order_by(col(Run.priority).desc(), col(Run.id).asc())
-                .limit(max_batch).with_for_update(skip_locked=True)
-            ))
+            ids = list(
+                s.exec(
+                    select(Run.id)
+                    .where(
+                        Run.status == RunStatus.QUEUED,
+                        Run.group_key == head.group_key,
+                        Run.crashes == 0,
+                    )
+                    .order_by(col(Run.priority).desc(), col(Run.id).asc())
+                    .limit(max_batch)
+                    .with_for_update(skip_locked=True)
+                )
+            )
         now = utcnow()
         s.execute(
-            update(Run).where(col(Run.id).in_(ids), Run.status == RunStatus.QUEUED)
-            .values(status=RunStatus.RUNNING, worker_id=worker_id, claimed_at=now, started_at=None,
-                    attempts=Run.attempts + 1, cancel_requested=False)
+            update(Run)
+            .where(col(Run.id).in_(ids), Run.status == RunStatus.QUEUED)
+            .values(
+                status=RunStatus.RUNNING,
+                worker_id=worker_id,
+                claimed_at=now,
+                started_at=None,
+                attempts=Run.attempts + 1,
+                cancel_requested=False,
+            )
         )
-        runs = list(s.exec(select(Run).where(col(Run.id).in_(ids), Run.worker_id == worker_id,
-                                             Run.status == RunStatus.RUNNING).order_by(Run.id)))
+        runs = list(
+            s.exec(
+                select(Run)
+                .where(
+                    col(Run.id).in_(ids),
+                    Run.worker_id == worker_id,
+                    Run.status == RunStatus.RUNNING,
+                )
+                .order_by(Run.id)
+            )
+        )
     return runs
 
 
@@ -174,8 +217,15 @@ def mark_in_flight(store: Store, worker_id: str, run_ids: Sequence[int]) -> None
     if not run_ids:
         return
     with store.write() as s:
-        s.execute(update(Run).where(col(Run.id).in_(list(run_ids)), Run.worker_id == worker_id,
-                                    Run.status == RunStatus.RUNNING).values(started_at=utcnow()))
+        s.execute(
+            update(Run)
+            .where(
+                col(Run.id).in_(list(run_ids)),
+                Run.worker_id == worker_id,
+                Run.status == RunStatus.RUNNING,
+            )
+            .values(started_at=utcnow())
+        )
 
 
 def complete_runs(store: Store, worker_id: str, results: Sequence[dict[str, Any]]) -> list[int]:
@@ -192,8 +242,15 @@ def complete_runs(store: Store, worker_id: str, results: Sequence[dict[str, Any]
     by_id = {int(r["run_id"]): r for r in results}
     now = utcnow()
     with store.write() as s:
-        runs = list(s.exec(select(Run).where(col(Run.id).in_(list(by_id)), Run.worker_id == worker_id,
-                                             Run.status == RunStatus.RUNNING)))
+        runs = list(
+            s.exec(
+                select(Run).where(
+                    col(Run.id).in_(list(by_id)),
+                    Run.worker_id == worker_id,
+                    Run.status == RunStatus.RUNNING,
+                )
+            )
+        )
         for run in runs:
             r = by_id[run.id]
             run.finished_at = now
@@ -207,14 +264,27 @@ def complete_runs(store: Store, worker_id: str, results: Sequence[dict[str, Any]
             # issue 10: why a done run has no scores (NULL when scored), and what generated it
             run.score_error = r.get("score_error")
             run.session_id = r.get("session_id", run.session_id)
-            for name in ("image_path", "source_image_path", "mask_path", "source_mask_path", "maps_path"):
+            for name in (
+                "image_path",
+                "source_image_path",
+                "mask_path",
+                "source_mask_path",
+                "maps_path",
+            ):
                 setattr(run, name, r.get(name))
             s.add(run)
             # A requeued run may carry scores of an earlier result; only the latest count.
             s.execute(delete(Score).where(Score.run_id == run.id))
             for sc in r.get("scores") or ():
-                s.add(Score(run_id=run.id, **{k: sc.get(k) for k in
-                                              ("metric", "backbone", "value", "preprocess", "scored_text")}))
+                s.add(
+                    Score(
+                        run_id=run.id,
+                        **{
+                            k: sc.get(k)
+                            for k in ("metric", "backbone", "value", "preprocess", "scored_text")
+                        },
+                    )
+                )
             done.append(run.id)
         _refresh_experiments(s, [r.experiment_id for r in runs])
     return done
@@ -244,8 +314,15 @@ def release_runs(store: Store, worker_id: str, run_ids: Sequence[int]) -> list[i
     if not run_ids:
         return []
     with store.write() as s:
-        runs = list(s.exec(select(Run).where(col(Run.id).in_(list(run_ids)), Run.worker_id == worker_id,
-                                             Run.status == RunStatus.RUNNING)))
+        runs = list(
+            s.exec(
+                select(Run).where(
+                    col(Run.id).in_(list(run_ids)),
+                    Run.worker_id == worker_id,
+                    Run.status == RunStatus.RUNNING,
+                )
+            )
+        )
         now = utcnow()
         for run in runs:
             if run.cancel_requested:
@@ -266,24 +343,45 @@ def cancel_requested_ids(store: Store, run_ids: Sequence[int]) -> set[int]:
     if not run_ids:
         return set()
     with store.session() as s:
-        return set(s.exec(select(Run.id).where(col(Run.id).in_(list(run_ids)), Run.cancel_requested == True)))  # noqa: E712
+        return set(
+            s.exec(
+                select(Run.id).where(col(Run.id).in_(list(run_ids)), Run.cancel_requested == True)  # noqa: E712
+            )
+        )
 
 
 # ------------------------------------------------------------------ workers
-def make_worker_id(device: str, host: str | None = None, pid: int | None = None, tag: str = "") -> str:
+def make_worker_id(
+    device: str, host: str | None = None, pid: int | None = None, tag: str = ""
+) -> str:
     wid = f"{host or socket.gethostname()}:{pid or os.getpid()}:{device}"
     return f"{wid}:{tag}" if tag else wid
 
 
-def register_worker(store: Store, device: str, worker_id: str | None = None,
-                    host: str | None = None, pid: int | None = None) -> str:
+def register_worker(
+    store: Store,
+    device: str,
+    worker_id: str | None = None,
+    host: str | None = None,
+    pid: int | None = None,
+) -> str:
     host = host or socket.gethostname()
     pid = pid or os.getpid()
     worker_id = worker_id or make_worker_id(device, host, pid)
     now = utcnow()
     with store.write() as s:
-        s.merge(Worker(id=worker_id, host=host, pid=pid, device=device, status=WorkerStatus.IDLE,
-                       started_at=now, heartbeat_at=now, message="started"))
+        s.merge(
+            Worker(
+                id=worker_id,
+                host=host,
+                pid=pid,
+                device=device,
+                status=WorkerStatus.IDLE,
+                started_at=now,
+                heartbeat_at=now,
+                message="started",
+            )
+        )
     return worker_id
 
 
@@ -327,8 +425,12 @@ def list_workers(store: Store, include_stopped: bool = True) -> list[Worker]:
         return list(s.exec(q))
 
 
-def worker_is_stale(worker: Worker | None, stale_after_s: float = DEFAULT_STALE_AFTER_S,
-                    now: datetime | None = None, host: str | None = None) -> bool:
+def worker_is_stale(
+    worker: Worker | None,
+    stale_after_s: float = DEFAULT_STALE_AFTER_S,
+    now: datetime | None = None,
+    host: str | None = None,
+) -> bool:
     if worker is None or worker.status in (WorkerStatus.STOPPED, WorkerStatus.DEAD):
         return True
     now = now or utcnow()
@@ -363,10 +465,17 @@ def recover_stale(
     host = socket.gethostname()
     now = utcnow()
     with store.write() as s:
-        running = list(s.exec(select(Run).where(Run.status == RunStatus.RUNNING).with_for_update(skip_locked=True)))
+        running = list(
+            s.exec(
+                select(Run).where(Run.status == RunStatus.RUNNING).with_for_update(skip_locked=True)
+            )
+        )
         workers = {w.id: w for w in s.exec(select(Worker))}
-        stale = {wid for wid in {r.worker_id for r in running}
-                 if worker_is_stale(workers.get(wid), stale_after_s, now, host)}
+        stale = {
+            wid
+            for wid in {r.worker_id for r in running}
+            if worker_is_stale(workers.get(wid), stale_after_s, now, host)
+        }
         # Workers that died with nothing claimed are marked too, so the registry tells the truth.
         for w in workers.values():
             if w.status in WorkerStatus.LIVE and worker_is_stale(w, stale_after_s, now, host):
@@ -379,16 +488,21 @@ def recover_stale(
             in_flight = run.started_at is not None
             if in_flight:
                 run.crashes += 1
-            why = (f"worker {run.worker_id} stopped responding while generating it "
-                   f"(engine death {run.crashes} with this run in flight)" if in_flight else
-                   f"worker {run.worker_id} stopped responding before generating it (not counted)")
+            why = (
+                f"worker {run.worker_id} stopped responding while generating it "
+                f"(engine death {run.crashes} with this run in flight)"
+                if in_flight
+                else f"worker {run.worker_id} stopped responding before generating it (not counted)"
+            )
             if run.cancel_requested:
                 run.status, run.finished_at, run.error = RunStatus.CANCELLED, now, why
                 out.failed.append(run.id)
             elif in_flight and run.crashes >= max_attempts:
                 run.status = RunStatus.FAILED
-                run.error = (f"{run.crashes} engines died in a row while generating this run (the last "
-                             f"ones with it alone), so it likely crashes the engine; last: {why}")
+                run.error = (
+                    f"{run.crashes} engines died in a row while generating this run (the last "
+                    f"ones with it alone), so it likely crashes the engine; last: {why}"
+                )
                 run.finished_at = now
                 out.failed.append(run.id)
             else:
@@ -406,8 +520,12 @@ def recover_stale(
                 w.current_run_id = None
                 s.add(w)
                 out.dead_workers.append(wid)
-        s.execute(delete(Worker).where(col(Worker.status).in_([WorkerStatus.STOPPED, WorkerStatus.DEAD]),
-                                       Worker.heartbeat_at < now - timedelta(seconds=forget_after_s)))
+        s.execute(
+            delete(Worker).where(
+                col(Worker.status).in_([WorkerStatus.STOPPED, WorkerStatus.DEAD]),
+                Worker.heartbeat_at < now - timedelta(seconds=forget_after_s),
+            )
+        )
         _refresh_experiments(s, touched)
     return out
 
@@ -420,10 +538,16 @@ def cancel_runs(store: Store, run_ids: Sequence[int]) -> dict[str, int]:
         return {"cancelled": 0, "requested": 0}
     with store.write() as s:
         now = utcnow()
-        res = s.execute(update(Run).where(col(Run.id).in_(ids), Run.status == RunStatus.QUEUED)
-                        .values(status=RunStatus.CANCELLED, finished_at=now))
-        req = s.execute(update(Run).where(col(Run.id).in_(ids), Run.status == RunStatus.RUNNING)
-                        .values(cancel_requested=True))
+        res = s.execute(
+            update(Run)
+            .where(col(Run.id).in_(ids), Run.status == RunStatus.QUEUED)
+            .values(status=RunStatus.CANCELLED, finished_at=now)
+        )
+        req = s.execute(
+            update(Run)
+            .where(col(Run.id).in_(ids), Run.status == RunStatus.RUNNING)
+            .values(cancel_requested=True)
+        )
         exp_ids = set(s.exec(select(Run.experiment_id).where(col(Run.id).in_(ids)).distinct()))
         _refresh_experiments(s, exp_ids)
     return {"cancelled": res.rowcount, "requested": req.rowcount}
@@ -432,18 +556,39 @@ def cancel_runs(store: Store, run_ids: Sequence[int]) -> dict[str, int]:
 def cancel_experiment(store: Store, experiment_id: int) -> dict[str, int]:
     with store.write() as s:
         now = utcnow()
-        res = s.execute(update(Run).where(Run.experiment_id == experiment_id, Run.status == RunStatus.QUEUED)
-                        .values(status=RunStatus.CANCELLED, finished_at=now))
-        req = s.execute(update(Run).where(Run.experiment_id == experiment_id, Run.status == RunStatus.RUNNING)
-                        .values(cancel_requested=True))
+        res = s.execute(
+            update(Run)
+            .where(Run.experiment_id == experiment_id, Run.status == RunStatus.QUEUED)
+            .values(status=RunStatus.CANCELLED, finished_at=now)
+        )
+        req = s.execute(
+            update(Run)
+            .where(Run.experiment_id == experiment_id, Run.status == RunStatus.RUNNING)
+            .values(cancel_requested=True)
+        )
         _refresh_experiments(s, [experiment_id])
     return {"cancelled": res.rowcount, "requested": req.rowcount}
 
 
-_RESET = dict(status=RunStatus.QUEUED, attempts=0, crashes=0, error=None, score_error=None, session_id=None,
-              worker_id=None, cancel_requested=False,
-              claimed_at=None, started_at=None, finished_at=None, duration_s=None, image_path=None,
-              source_image_path=None, mask_path=None, source_mask_path=None, maps_path=None)
+_RESET = dict(
+    status=RunStatus.QUEUED,
+    attempts=0,
+    crashes=0,
+    error=None,
+    score_error=None,
+    session_id=None,
+    worker_id=None,
+    cancel_requested=False,
+    claimed_at=None,
+    started_at=None,
+    finished_at=None,
+    duration_s=None,
+    image_path=None,
+    source_image_path=None,
+    mask_path=None,
+    source_mask_path=None,
+    maps_path=None,
+)
 
 
 def _requeue_where(store: Store, where) -> int:
@@ -458,19 +603,27 @@ def _requeue_where(store: Store, where) -> int:
     return len(ids)
 
 
-def requeue(store: Store, experiment_id: int, statuses: Sequence[str] = (RunStatus.FAILED, RunStatus.CANCELLED)) -> int:
+def requeue(
+    store: Store,
+    experiment_id: int,
+    statuses: Sequence[str] = (RunStatus.FAILED, RunStatus.CANCELLED),
+) -> int:
     """Put an experiment's runs with these statuses back in the queue (fresh attempts, no scores)."""
     allowed = [st for st in statuses if st in RunStatus.FINISHED]
     if not allowed:
         return 0
-    return _requeue_where(store, and_(Run.experiment_id == experiment_id, col(Run.status).in_(allowed)))
+    return _requeue_where(
+        store, and_(Run.experiment_id == experiment_id, col(Run.status).in_(allowed))
+    )
 
 
 def requeue_runs(store: Store, run_ids: Sequence[int]) -> int:
     """Requeue these runs if they are finished (done, failed or cancelled)."""
     if not run_ids:
         return 0
-    return _requeue_where(store, and_(col(Run.id).in_(list(run_ids)), col(Run.status).in_(list(RunStatus.FINISHED))))
+    return _requeue_where(
+        store, and_(col(Run.id).in_(list(run_ids)), col(Run.status).in_(list(RunStatus.FINISHED)))
+    )
 
 
 def set_priority(store: Store, experiment_id: int, priority: int) -> int:
@@ -482,8 +635,11 @@ def set_priority(store: Store, experiment_id: int, priority: int) -> int:
         exp.priority = int(priority)
         exp.updated_at = utcnow()
         s.add(exp)
-        res = s.execute(update(Run).where(Run.experiment_id == experiment_id, Run.status == RunStatus.QUEUED)
-                        .values(priority=int(priority)))
+        res = s.execute(
+            update(Run)
+            .where(Run.experiment_id == experiment_id, Run.status == RunStatus.QUEUED)
+            .values(priority=int(priority))
+        )
     return res.rowcount
 
 

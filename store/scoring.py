@@ -6,18 +6,29 @@ request, claimed in one write transaction like a run). The engine then asks
 family, so a second request adds nothing, a request interrupted by a dead engine resumes
 where it stopped, and several engines never need to agree on anything but the claim.
 """
+
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from sqlalchemy import and_, delete, exists, or_, update
 from sqlmodel import col, select
 
 from .db import Store
-from .models import EngineSession, Run, RunStatus, Score, ScoreRequest, ScoreRequestStatus, Worker, utcnow
+from .models import (
+    EngineSession,
+    Run,
+    RunStatus,
+    Score,
+    ScoreRequest,
+    ScoreRequestStatus,
+    Worker,
+    utcnow,
+)
 
 # Families `mtp score --metric` accepts, and the Score metrics each family writes.
 FAMILY_METRICS = {
@@ -37,10 +48,16 @@ def parse_families(text: str | Sequence[str] | None) -> tuple[str, ...]:
     for raw in (i.strip().lower() for i in items):
         if not raw:
             continue
-        fam = raw if raw in FAMILY_METRICS else next((f for f, ms in FAMILY_METRICS.items() if raw in ms), None)
+        fam = (
+            raw
+            if raw in FAMILY_METRICS
+            else next((f for f, ms in FAMILY_METRICS.items() if raw in ms), None)
+        )
         if fam is None:
-            raise InputError(f"--metric: {raw!r} is not one of {', '.join(FAMILY_METRICS)} "
-                             f"(or a metric name: {', '.join(m for ms in FAMILY_METRICS.values() for m in ms)})")
+            raise InputError(
+                f"--metric: {raw!r} is not one of {', '.join(FAMILY_METRICS)} "
+                f"(or a metric name: {', '.join(m for ms in FAMILY_METRICS.values() for m in ms)})"
+            )
         if fam not in out:
             out.append(fam)
     if not out:
@@ -49,12 +66,26 @@ def parse_families(text: str | Sequence[str] | None) -> tuple[str, ...]:
 
 
 # ------------------------------------------------------------------ engine sessions
-SESSION_VERSION_COLUMNS = {"torch_version": "torch", "diffusers_version": "diffusers",
-                           "transformers_version": "transformers", "open_clip_version": "open_clip_torch",
-                           "mtp_version": "mtp"}
+SESSION_VERSION_COLUMNS = {
+    "torch_version": "torch",
+    "diffusers_version": "diffusers",
+    "transformers_version": "transformers",
+    "open_clip_version": "open_clip_torch",
+    "mtp_version": "mtp",
+}
 # EngineSession columns the runs CSV carries (as session_<name>).
-SESSION_EXPORT_COLUMNS = ("backend", "device", "dtype", "model", "model_revision", "model_hash", "weights_hash",
-                          *SESSION_VERSION_COLUMNS)
+SESSION_EXPORT_COLUMNS = (
+    "backend",
+    "device",
+    "dtype",
+    "model",
+    "model_revision",
+    "model_hash",
+    "weights_hash",
+    *SESSION_VERSION_COLUMNS,
+)
+
+
 def record_engine_session(store: Store, **fields: Any) -> int:
     """Insert one EngineSession row; ``versions``/``scorers`` dicts are stored as JSON."""
     versions = fields.pop("versions", {}) or {}
@@ -64,8 +95,11 @@ def record_engine_session(store: Store, **fields: Any) -> int:
     if versions.get("mtp_git"):
         fields["mtp_version"] = f"{fields['mtp_version']}+git {versions['mtp_git']}"
     with store.write() as s:
-        row = EngineSession(versions_json=json.dumps(versions, sort_keys=True),
-                            scorers_json=json.dumps(scorers, sort_keys=True), **fields)
+        row = EngineSession(
+            versions_json=json.dumps(versions, sort_keys=True),
+            scorers_json=json.dumps(scorers, sort_keys=True),
+            **fields,
+        )
         s.add(row)
         s.flush()
         return int(row.id)
@@ -79,15 +113,24 @@ def get_engine_session(store: Store, session_id: int | None) -> EngineSession | 
 
 
 # ------------------------------------------------------------------ requests
-def request_scoring(store: Store, experiment_id: int, families: Sequence[str] = DEFAULT_FAMILIES,
-                    rescore: bool = False) -> tuple[ScoreRequest, bool]:
+def request_scoring(
+    store: Store,
+    experiment_id: int,
+    families: Sequence[str] = DEFAULT_FAMILIES,
+    rescore: bool = False,
+) -> tuple[ScoreRequest, bool]:
     """Queue scoring of an experiment's done runs; (request, created). An identical request
     still open is returned instead of adding a second one."""
     metrics = ",".join(parse_families(families))
     with store.write() as s:
-        same = s.exec(select(ScoreRequest).where(
-            ScoreRequest.experiment_id == experiment_id, ScoreRequest.metrics == metrics,
-            ScoreRequest.rescore == bool(rescore), col(ScoreRequest.status).in_(ScoreRequestStatus.OPEN))).first()
+        same = s.exec(
+            select(ScoreRequest).where(
+                ScoreRequest.experiment_id == experiment_id,
+                ScoreRequest.metrics == metrics,
+                ScoreRequest.rescore == bool(rescore),
+                col(ScoreRequest.status).in_(ScoreRequestStatus.OPEN),
+            )
+        ).first()
         if same is not None:
             return same, False
         req = ScoreRequest(experiment_id=experiment_id, metrics=metrics, rescore=bool(rescore))
@@ -110,7 +153,9 @@ def open_requests(store: Store, experiment_id: int | None = None) -> list[ScoreR
         return list(s.exec(q.order_by(ScoreRequest.id)))
 
 
-def claim_score_request(store: Store, worker_id: str, stale_after_s: float = 60.0) -> ScoreRequest | None:
+def claim_score_request(
+    store: Store, worker_id: str, stale_after_s: float = 60.0
+) -> ScoreRequest | None:
     """The oldest queued request (or one held by a dead engine), now running for ``worker_id``;
     None while the queue is paused."""
     from .queue import _paused_in, worker_is_stale
@@ -118,14 +163,24 @@ def claim_score_request(store: Store, worker_id: str, stale_after_s: float = 60.
     with store.write() as s:
         if _paused_in(s):  # a paused queue pauses scoring too: engines take nothing new
             return None
-        candidates = list(s.exec(select(ScoreRequest).where(col(ScoreRequest.status).in_(ScoreRequestStatus.OPEN))
-                                 .order_by(ScoreRequest.id).with_for_update(skip_locked=True)))
+        candidates = list(
+            s.exec(
+                select(ScoreRequest)
+                .where(col(ScoreRequest.status).in_(ScoreRequestStatus.OPEN))
+                .order_by(ScoreRequest.id)
+                .with_for_update(skip_locked=True)
+            )
+        )
         for req in candidates:
             if req.status == ScoreRequestStatus.RUNNING:
                 owner = s.get(Worker, req.worker_id) if req.worker_id else None
                 if req.worker_id == worker_id or not worker_is_stale(owner, stale_after_s):
                     continue
-            req.status, req.worker_id, req.started_at = ScoreRequestStatus.RUNNING, worker_id, utcnow()
+            req.status, req.worker_id, req.started_at = (
+                ScoreRequestStatus.RUNNING,
+                worker_id,
+                utcnow(),
+            )
             req.error = None
             s.add(req)
             return req
@@ -138,16 +193,26 @@ def update_request(store: Store, request_id: int, **values: Any) -> None:
 
 
 def finish_request(store: Store, request_id: int, error: str | None = None) -> None:
-    update_request(store, request_id, status=ScoreRequestStatus.FAILED if error else ScoreRequestStatus.DONE,
-                   error=error, finished_at=utcnow())
+    update_request(
+        store,
+        request_id,
+        status=ScoreRequestStatus.FAILED if error else ScoreRequestStatus.DONE,
+        error=error,
+        finished_at=utcnow(),
+    )
 
 
 def _created_cutoff(req: ScoreRequest) -> datetime | None:
     return req.created_at if req.rescore else None
 
 
-def runs_to_score(store: Store, req: ScoreRequest, backbones: dict[str, str], limit: int | None = None,
-                  after_id: int = 0) -> list[Run]:
+def runs_to_score(
+    store: Store,
+    req: ScoreRequest,
+    backbones: dict[str, str],
+    limit: int | None = None,
+    after_id: int = 0,
+) -> list[Run]:
     """Done runs with an image that lack a score from ``backbones[family]`` for a requested family
     (with ``rescore``: one written after the request was made), ids above ``after_id``."""
     wanted = [f for f in req.metrics.split(",") if f in backbones]
@@ -156,14 +221,25 @@ def runs_to_score(store: Store, req: ScoreRequest, backbones: dict[str, str], li
     cutoff = _created_cutoff(req)
     lacking = []
     for fam in wanted:
-        cond = [Score.run_id == Run.id, Score.backbone == backbones[fam],
-                col(Score.metric).in_(FAMILY_METRICS[fam])]
+        cond = [
+            Score.run_id == Run.id,
+            Score.backbone == backbones[fam],
+            col(Score.metric).in_(FAMILY_METRICS[fam]),
+        ]
         if cutoff is not None:
             cond.append(Score.created_at >= cutoff)
         lacking.append(~exists().where(*cond))
-    q = (select(Run).where(Run.experiment_id == req.experiment_id, Run.status == RunStatus.DONE,
-                           col(Run.image_path).is_not(None), Run.id > after_id, or_(*lacking))
-         .order_by(Run.id))
+    q = (
+        select(Run)
+        .where(
+            Run.experiment_id == req.experiment_id,
+            Run.status == RunStatus.DONE,
+            col(Run.image_path).is_not(None),
+            Run.id > after_id,
+            or_(*lacking),
+        )
+        .order_by(Run.id)
+    )
     if limit:
         q = q.limit(limit)
     with store.session() as s:
@@ -189,22 +265,36 @@ def save_scores(store: Store, results: Iterable[dict[str, Any]]) -> int:
     for r in results:
         rid = int(r["run_id"])
         for sc in r.get("scores") or ():
-            rows.append({"run_id": rid, "created_at": now, **{k: sc.get(k) for k in
-                                                               ("metric", "backbone", "value", "preprocess",
-                                                                "scored_text")}})
+            rows.append(
+                {
+                    "run_id": rid,
+                    "created_at": now,
+                    **{
+                        k: sc.get(k)
+                        for k in ("metric", "backbone", "value", "preprocess", "scored_text")
+                    },
+                }
+            )
             replaced.setdefault((sc["backbone"], sc["metric"]), []).append(rid)
     clean = [int(r["run_id"]) for r in results if not r.get("score_error")]
     with store.write() as s:
         for (backbone, metric), ids in replaced.items():
-            s.execute(delete(Score).where(col(Score.run_id).in_(ids), Score.backbone == backbone,
-                                          Score.metric == metric))
+            s.execute(
+                delete(Score).where(
+                    col(Score.run_id).in_(ids), Score.backbone == backbone, Score.metric == metric
+                )
+            )
         if rows:
             s.execute(insert(Score), rows)
         if clean:
             s.execute(update(Run).where(col(Run.id).in_(clean)).values(score_error=None))
         for r in results:
             if r.get("score_error"):
-                s.execute(update(Run).where(Run.id == int(r["run_id"])).values(score_error=r["score_error"]))
+                s.execute(
+                    update(Run)
+                    .where(Run.id == int(r["run_id"]))
+                    .values(score_error=r["score_error"])
+                )
     return len(results)
 
 
@@ -218,12 +308,17 @@ class ScoreProgress:
     @property
     def line(self) -> str:
         if not self.open:
-            return "no scoring queued" + (f"; {self.unscored} run(s) not scored" if self.unscored else "")
+            return "no scoring queued" + (
+                f"; {self.unscored} run(s) not scored" if self.unscored else ""
+            )
         parts = []
         for r in self.open:
             what = f"{r.metrics}{' (rescore)' if r.rescore else ''}"
-            parts.append(f"scoring {what}: waiting for an engine" if r.status == ScoreRequestStatus.QUEUED
-                         else f"scoring {what}: {r.scored}/{r.total} run(s)")
+            parts.append(
+                f"scoring {what}: waiting for an engine"
+                if r.status == ScoreRequestStatus.QUEUED
+                else f"scoring {what}: {r.scored}/{r.total} run(s)"
+            )
         return "; ".join(parts)
 
 
@@ -231,7 +326,13 @@ def score_progress(store: Store, experiment_id: int) -> ScoreProgress:
     from sqlalchemy import func
 
     with store.session() as s:
-        unscored = s.exec(select(func.count()).select_from(Run).where(
-            Run.experiment_id == experiment_id, Run.status == RunStatus.DONE,
-            and_(col(Run.score_error).is_not(None)))).one()
+        unscored = s.exec(
+            select(func.count())
+            .select_from(Run)
+            .where(
+                Run.experiment_id == experiment_id,
+                Run.status == RunStatus.DONE,
+                and_(col(Run.score_error).is_not(None)),
+            )
+        ).one()
     return ScoreProgress(open_requests(store, experiment_id), int(unscored))

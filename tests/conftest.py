@@ -1,5 +1,6 @@
 """Shared fixtures. Torch runs on one thread: on these shared 2-core machines two threads
 were seen to make a denoising step 100x slower."""
+
 from __future__ import annotations
 
 import os
@@ -25,7 +26,9 @@ def pytest_configure(config):
 # `store` once per backend; every other module stays on SQLite.
 def pytest_generate_tests(metafunc):
     backends = getattr(metafunc.module, "DB_BACKENDS", None)
-    own = any("db_backend" in str(m.args[0]) for m in metafunc.definition.iter_markers("parametrize"))
+    own = any(
+        "db_backend" in str(m.args[0]) for m in metafunc.definition.iter_markers("parametrize")
+    )
     if backends and "db_backend" in metafunc.fixturenames and not own:
         metafunc.parametrize("db_backend", backends, indirect=True)
 
@@ -110,5 +113,7 @@ def reference_image(tmp_path):
     from PIL import Image
 
     path = tmp_path / "reference.png"
-    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(path)
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(
+        path
+    )
     return path

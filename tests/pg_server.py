@@ -5,6 +5,7 @@ PostgreSQL refuses to run as root, so under root (CI) the server runs as the `po
 user (created if missing). `MTP_TEST_PG_URL` (e.g. postgresql+psycopg://me@localhost/postgres)
 uses an existing server instead; each test still gets its own database there.
 """
+
 from __future__ import annotations
 
 import glob
@@ -30,11 +31,15 @@ def find_bin() -> Path:
     found = shutil.which("initdb")
     if found and shutil.which("pg_ctl"):
         return Path(os.path.realpath(found)).parent
-    for folder in sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(p.split("/")[-2]), reverse=True):
+    for folder in sorted(
+        glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(p.split("/")[-2]), reverse=True
+    ):
         if os.access(os.path.join(folder, "initdb"), os.X_OK):
             return Path(folder)
-    raise NoServer("PostgreSQL server binaries (initdb, pg_ctl) not found: install Debian's `postgresql` "
-                   f"package, or set {ENV_URL} to a server where this user may create databases")
+    raise NoServer(
+        "PostgreSQL server binaries (initdb, pg_ctl) not found: install Debian's `postgresql` "
+        f"package, or set {ENV_URL} to a server where this user may create databases"
+    )
 
 
 def _free_port() -> int:
@@ -47,7 +52,9 @@ def _free_port() -> int:
 
 def _sbin(name: str) -> str:
     # root's tools live in sbin, which a minimal PATH may leave out.
-    return shutil.which(name) or next((p for p in (f"/usr/sbin/{name}", f"/sbin/{name}") if os.path.exists(p)), name)
+    return shutil.which(name) or next(
+        (p for p in (f"/usr/sbin/{name}", f"/sbin/{name}") if os.path.exists(p)), name
+    )
 
 
 def _run_as() -> list[str]:
@@ -56,8 +63,18 @@ def _run_as() -> list[str]:
     try:
         pwd.getpwnam("postgres")
     except KeyError:
-        subprocess.run([_sbin("useradd"), "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "postgres"],
-                       check=True, capture_output=True)
+        subprocess.run(
+            [
+                _sbin("useradd"),
+                "--system",
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+                "postgres",
+            ],
+            check=True,
+            capture_output=True,
+        )
     return [_sbin("runuser"), "-u", "postgres", "--"]
 
 
@@ -70,7 +87,7 @@ class PgServer:
         self.port = 0
         self._admin = None
 
-    def start(self) -> "PgServer":
+    def start(self) -> PgServer:
         if self.url:
             return self
         bindir = find_bin()
@@ -83,14 +100,48 @@ class PgServer:
             prefix = _run_as()
             if prefix:
                 shutil.chown(self.folder, "postgres")
-            subprocess.run(prefix + [str(bindir / "initdb"), "-D", str(data), "-U", SUPERUSER, "--auth=trust",
-                                     "-E", "UTF8", "--no-sync"], **run)
-            opts = (f"-p {self.port} -k {self.folder} -c listen_addresses='' -c fsync=off "
-                    f"-c synchronous_commit=off -c full_page_writes=off -c max_connections=300")
-            subprocess.run(prefix + [str(bindir / "pg_ctl"), "-D", str(data), "-o", opts, "-l",
-                                     str(self.folder / "server.log"), "-w", "-t", "60", "start"], **run)
+            subprocess.run(
+                prefix
+                + [
+                    str(bindir / "initdb"),
+                    "-D",
+                    str(data),
+                    "-U",
+                    SUPERUSER,
+                    "--auth=trust",
+                    "-E",
+                    "UTF8",
+                    "--no-sync",
+                ],
+                **run,
+            )
+            opts = (
+                f"-p {self.port} -k {self.folder} -c listen_addresses='' -c fsync=off "
+                f"-c synchronous_commit=off -c full_page_writes=off -c max_connections=300"
+            )
+            subprocess.run(
+                prefix
+                + [
+                    str(bindir / "pg_ctl"),
+                    "-D",
+                    str(data),
+                    "-o",
+                    opts,
+                    "-l",
+                    str(self.folder / "server.log"),
+                    "-w",
+                    "-t",
+                    "60",
+                    "start",
+                ],
+                **run,
+            )
         except (OSError, subprocess.CalledProcessError) as exc:
-            log = (self.folder / "server.log").read_text() if (self.folder / "server.log").exists() else ""
+            log = (
+                (self.folder / "server.log").read_text()
+                if (self.folder / "server.log").exists()
+                else ""
+            )
             shutil.rmtree(self.folder, ignore_errors=True)
             detail = getattr(exc, "stderr", None) or getattr(exc, "stdout", None) or exc
             raise NoServer(f"PostgreSQL did not start: {detail} {log[-2000:]}") from None
@@ -102,7 +153,9 @@ class PgServer:
         if self._admin is None:
             from sqlalchemy import create_engine
 
-            self._admin = create_engine(self.url, isolation_level="AUTOCOMMIT", poolclass=_null_pool())
+            self._admin = create_engine(
+                self.url, isolation_level="AUTOCOMMIT", poolclass=_null_pool()
+            )
         return self._admin
 
     def new_database(self) -> str:
@@ -127,8 +180,19 @@ class PgServer:
             self._admin.dispose()
         if self.folder is None:
             return
-        subprocess.run(self._prefix + [str(self._bindir / "pg_ctl"), "-D", str(self.folder / "data"), "-m",
-                                       "immediate", "-w", "stop"], capture_output=True)
+        subprocess.run(
+            self._prefix
+            + [
+                str(self._bindir / "pg_ctl"),
+                "-D",
+                str(self.folder / "data"),
+                "-m",
+                "immediate",
+                "-w",
+                "stop",
+            ],
+            capture_output=True,
+        )
         shutil.rmtree(self.folder, ignore_errors=True)
         self.folder = None
 

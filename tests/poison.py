@@ -1,5 +1,6 @@
 """Image files that must never stall an engine: a decompression bomb, an oversized image, a
 truncated file, text, an empty file (issue 11). Shared by the store and engine tests."""
+
 from __future__ import annotations
 
 import struct
@@ -10,14 +11,23 @@ from PIL import Image
 
 
 def png_chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    return (
+        struct.pack(">I", len(data))
+        + kind
+        + data
+        + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    )
 
 
 def bomb_png(w: int = 100_000, h: int = 100_000) -> bytes:
     """A few hundred bytes that claim w x h pixels: PIL's DecompressionBombError."""
     ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", zlib.compress(b"\0" * 64))
-            + png_chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + png_chunk(b"IHDR", ihdr)
+        + png_chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + png_chunk(b"IEND", b"")
+    )
 
 
 def good_png(path: Path, colour=(200, 100, 0)) -> Path:

@@ -1,4 +1,5 @@
 """The three console scripts a newcomer types first answer --help quickly and without torch."""
+
 import os
 import subprocess
 import sys
@@ -9,11 +10,14 @@ import pytest
 BIN = Path(sys.executable).parent
 
 
-@pytest.mark.parametrize("script,words", [
-    ("mtp-tui", ["--demo", "--home"]),
-    ("mtp", ["experiment", "export", "runs"]),
-    ("mtp-engine", ["--device", "--max-batch", "--once", "--demo"]),
-])
+@pytest.mark.parametrize(
+    "script,words",
+    [
+        ("mtp-tui", ["--demo", "--home"]),
+        ("mtp", ["experiment", "export", "runs"]),
+        ("mtp-engine", ["--device", "--max-batch", "--once", "--demo"]),
+    ],
+)
 def test_help(script, words, tmp_path):
     exe = BIN / script
     assert exe.exists(), f"{script} is not installed; run pip install -e ."

@@ -1,4 +1,5 @@
 """Imports flow one way: tui (app + `mtp` CLI) -> store / torch-free engine; engine -> store; store -> neither."""
+
 import ast
 from pathlib import Path
 
@@ -19,11 +20,19 @@ def imported_modules(package: str):
 
 
 def test_store_imports_neither_engine_nor_tui():
-    bad = [(p.relative_to(ROOT), m) for p, m in imported_modules("store") if m.split(".")[0] in ("engine", "tui")]
+    bad = [
+        (p.relative_to(ROOT), m)
+        for p, m in imported_modules("store")
+        if m.split(".")[0] in ("engine", "tui")
+    ]
     assert bad == []
 
 
 def test_tui_uses_only_torch_free_engine_modules():
-    bad = [(p.relative_to(ROOT), m) for p, m in imported_modules("tui")
-           if m.split(".")[0] in TORCH_SIDE or (m.split(".")[0] == "engine" and m not in TORCH_FREE_ENGINE)]
+    bad = [
+        (p.relative_to(ROOT), m)
+        for p, m in imported_modules("tui")
+        if m.split(".")[0] in TORCH_SIDE
+        or (m.split(".")[0] == "engine" and m not in TORCH_FREE_ENGINE)
+    ]
     assert bad == []

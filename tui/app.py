@@ -1,6 +1,7 @@
 """mtp-tui: the research workbench's terminal app. It talks to engines only through the
 database and the artifact folder, so it never imports torch and can be closed and reopened
 while engines keep running."""
+
 from __future__ import annotations
 
 import argparse
@@ -164,7 +165,11 @@ class MtpApp(App):
 
         paused = not queue.is_paused(self.store)
         queue.set_paused(self.store, paused)
-        self.notify("queue paused: engines finish their current run, then wait" if paused else "queue resumed")
+        self.notify(
+            "queue paused: engines finish their current run, then wait"
+            if paused
+            else "queue resumed"
+        )
         return paused
 
     def start_engine(self, device: str = "cpu") -> None:
@@ -175,7 +180,9 @@ class MtpApp(App):
         except Exception as exc:  # a failed launch is reported, the app keeps going
             self.notify(escape(f"engine did not start: {exc}"), severity="error", timeout=10)
             return
-        self.notify(escape(f"engine started on {device} (pid {pid}); logs in {self.store.home.logs}"))
+        self.notify(
+            escape(f"engine started on {device} (pid {pid}); logs in {self.store.home.logs}")
+        )
 
     def score_experiment(self, experiment_id: int | None = None) -> None:
         """`mtp score` from the app: queue a score request for an engine (the app never imports
@@ -191,11 +198,18 @@ class MtpApp(App):
         note = "" if created else " (already queued)"
         if not launch.engine_running(self.store.home.root):
             try:
-                launch.start_engine(self.store.home.root, device="cpu", demo=self.demo,
-                                    extra_args=["--score-only", "--once"])
+                launch.start_engine(
+                    self.store.home.root,
+                    device="cpu",
+                    demo=self.demo,
+                    extra_args=["--score-only", "--once"],
+                )
             except Exception as exc:
-                self.notify(escape(f"scoring queued{note}, but the engine did not start: {exc}"),
-                            severity="error", timeout=10)
+                self.notify(
+                    escape(f"scoring queued{note}, but the engine did not start: {exc}"),
+                    severity="error",
+                    timeout=10,
+                )
                 return
         self.notify(f"scoring of experiment {exp_id} queued{note}")
         self._score_watch = getattr(self, "_score_watch", set()) | {req.id}
@@ -212,13 +226,20 @@ class MtpApp(App):
             if req is None or req.status in (ScoreRequestStatus.DONE, ScoreRequestStatus.FAILED):
                 self._score_watch.discard(rid)
                 if req is not None and req.status == ScoreRequestStatus.FAILED:
-                    self.notify(escape(f"scoring failed: {req.error}"), severity="error", timeout=15)
+                    self.notify(
+                        escape(f"scoring failed: {req.error}"), severity="error", timeout=15
+                    )
                 elif req is not None:
-                    self.notify(f"scoring done: {req.scored} run(s) scored" + (
-                        f", {req.failed} not scorable" if req.failed else ""))
+                    self.notify(
+                        f"scoring done: {req.scored} run(s) scored"
+                        + (f", {req.failed} not scorable" if req.failed else "")
+                    )
                 continue
-            lines.append("scoring: waiting for an engine" if req.status == ScoreRequestStatus.QUEUED
-                         else f"scoring {req.scored + req.failed}/{req.total}")
+            lines.append(
+                "scoring: waiting for an engine"
+                if req.status == ScoreRequestStatus.QUEUED
+                else f"scoring {req.scored + req.failed}/{req.total}"
+            )
         self.sub_title = str(self.store.home.root) + (f"  [{'; '.join(lines)}]" if lines else "")
         if not self._score_watch and self._score_timer is not None:
             self._score_timer.stop()
@@ -245,7 +266,16 @@ def in_form(widget) -> bool:
     """Is `widget` a form control (or inside one, like a Select's list)?"""
     if widget is None:
         return False
-    from textual.widgets import Button, Checkbox, Input, RadioButton, RadioSet, Select, Switch, TextArea
+    from textual.widgets import (
+        Button,
+        Checkbox,
+        Input,
+        RadioButton,
+        RadioSet,
+        Select,
+        Switch,
+        TextArea,
+    )
 
     kinds = (Input, TextArea, Checkbox, Select, Button, RadioButton, RadioSet, Switch)
     return isinstance(widget, kinds) or any(isinstance(a, kinds) for a in widget.ancestors)
@@ -256,12 +286,21 @@ def build_parser() -> argparse.ArgumentParser:
         prog="mtp-tui",
         description="mtp research workbench: build sweeps, watch the queue, browse runs and results.",
     )
-    parser.add_argument("--home", help="data folder (default: $MTP_HOME or the platform data dir; "
-                                       "with --demo: <data dir>/demo)")
-    parser.add_argument("--db", help="database URL, e.g. postgresql+psycopg://user@host/mtp "
-                                     "(default: $MTP_DB_URL, else the SQLite file in the data folder)")
-    parser.add_argument("--demo", action="store_true",
-                        help="use a demo data folder seeded with a concept and a small sweep on the random tiny model")
+    parser.add_argument(
+        "--home",
+        help="data folder (default: $MTP_HOME or the platform data dir; "
+        "with --demo: <data dir>/demo)",
+    )
+    parser.add_argument(
+        "--db",
+        help="database URL, e.g. postgresql+psycopg://user@host/mtp "
+        "(default: $MTP_DB_URL, else the SQLite file in the data folder)",
+    )
+    parser.add_argument(
+        "--demo",
+        action="store_true",
+        help="use a demo data folder seeded with a concept and a small sweep on the random tiny model",
+    )
     return parser
 
 

@@ -3,6 +3,7 @@
 Overrides live in `<home>/keymap.json` as {"binding id": "keys"}, e.g. {"runs.filter": "f"};
 Textual's `App.set_keymap` applies them to the matching Binding ids everywhere.
 """
+
 from __future__ import annotations
 
 import json
@@ -111,8 +112,15 @@ KEYMAP: dict[str, list[Key]] = {
 
 
 # Keys that type a character: in a form they belong to the field, never to navigation.
-CHARACTER_KEYS = {"question_mark", "left_square_bracket", "right_square_bracket", "slash",
-                  "greater_than_sign", "less_than_sign", "space"}
+CHARACTER_KEYS = {
+    "question_mark",
+    "left_square_bracket",
+    "right_square_bracket",
+    "slash",
+    "greater_than_sign",
+    "less_than_sign",
+    "space",
+}
 
 
 def is_character_key(key: str) -> bool:

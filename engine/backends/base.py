@@ -4,15 +4,16 @@ A backend loads a model (`LoadKey`) and generates one shared-source batch (`Sour
 `TargetJob`s). It raises `RunError` for failures that belong to the runs (bad input) and
 `ModelUnavailable` when the model itself cannot be had.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Protocol, Sequence
-
-from store.models import Run
+from typing import Any, Protocol
 
 from engine.control import ControlSpec
+from store.models import Run
 
 
 # ------------------------------------------------------------------ errors
@@ -35,7 +36,7 @@ class LoadKey:
     token: str = ""
 
     @classmethod
-    def of(cls, run: Run) -> "LoadKey":
+    def of(cls, run: Run) -> LoadKey:
         return cls(run.model, run.weights_kind or "none", run.weights_path, run.token or "")
 
 
@@ -52,15 +53,26 @@ class SourceJob:
     inversion_guidance: float = 1.0  # classifier-free guidance of the inversion (with invert)
 
     @classmethod
-    def of(cls, run: Run, home_root: Path) -> "SourceJob":
+    def of(cls, run: Run, home_root: Path) -> SourceJob:
         image = run.source_image
         if image and not Path(image).is_absolute():
             image = str(home_root / image)
         invert = bool(run.invert and image)
         # NULL: a run from before the column existed, when every inversion ran at 1.0
-        inversion_guidance = 1.0 if run.inversion_guidance is None or not invert else float(run.inversion_guidance)
-        return cls(run.source_prompt, image, invert, int(run.seed), int(run.num_steps),
-                   float(run.guidance), int(run.width), int(run.height), inversion_guidance)
+        inversion_guidance = (
+            1.0 if run.inversion_guidance is None or not invert else float(run.inversion_guidance)
+        )
+        return cls(
+            run.source_prompt,
+            image,
+            invert,
+            int(run.seed),
+            int(run.num_steps),
+            float(run.guidance),
+            int(run.width),
+            int(run.height),
+            inversion_guidance,
+        )
 
 
 @dataclass
@@ -73,5 +85,7 @@ class TargetJob:
 class Backend(Protocol):
     def load(self, key: LoadKey) -> None: ...
     def blocks(self) -> Sequence[str]: ...
-    def generate(self, source: SourceJob, targets: list[TargetJob], step_callback: Callable[[int, int], None]) -> Any: ...
+    def generate(
+        self, source: SourceJob, targets: list[TargetJob], step_callback: Callable[[int, int], None]
+    ) -> Any: ...
     def after_oom(self) -> None: ...

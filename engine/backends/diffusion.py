@@ -1,12 +1,13 @@
 """The diffusers backend: engine.pipeline with one pipeline kept loaded, switched only when needed."""
+
 from __future__ import annotations
 
 import gc
 import logging
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from .base import LoadKey, ModelUnavailable, RunError, SourceJob, TargetJob
 
@@ -67,15 +68,27 @@ class PipelineBackend:
             try:
                 from engine.personalize import apply_personalization
             except ImportError as exc:
-                raise ModelUnavailable(f"personalization ({key.weights_kind}) is not available: {exc}") from None
+                raise ModelUnavailable(
+                    f"personalization ({key.weights_kind}) is not available: {exc}"
+                ) from None
             try:
-                apply_personalization(pipe, key.weights_kind, key.weights_path, token=key.token or None)
+                apply_personalization(
+                    pipe, key.weights_kind, key.weights_path, token=key.token or None
+                )
             except (OSError, ValueError, KeyError) as exc:
-                raise ModelUnavailable(f"cannot apply {key.weights_kind} weights {key.weights_path}: {exc}") from None
+                raise ModelUnavailable(
+                    f"cannot apply {key.weights_kind} weights {key.weights_path}: {exc}"
+                ) from None
         self.pipe, self.key = pipe, key
         self._blocks = block_paths(pipe.unet)
-        log.info("loaded %s (%s %s) on %s in %.1fs", base, key.weights_kind, key.weights_path or "",
-                 self.device, time.monotonic() - t0)
+        log.info(
+            "loaded %s (%s %s) on %s in %.1fs",
+            base,
+            key.weights_kind,
+            key.weights_path or "",
+            self.device,
+            time.monotonic() - t0,
+        )
 
     def blocks(self) -> Sequence[str]:
         return self._blocks or []
@@ -87,9 +100,16 @@ class PipelineBackend:
         key = self.key
         base = key.weights_path if key.weights_kind == "full" and key.weights_path else key.model
         out = model_identity(base, self._resolve_model(base))
-        out.update(backend="diffusers", device=self.device, dtype=str(self.pipe.unet.dtype),
-                   weights_kind=key.weights_kind, weights_path=key.weights_path,
-                   weights_hash=file_identity(key.weights_path) if key.weights_kind not in ("none", "full", "") else None)
+        out.update(
+            backend="diffusers",
+            device=self.device,
+            dtype=str(self.pipe.unet.dtype),
+            weights_kind=key.weights_kind,
+            weights_path=key.weights_path,
+            weights_hash=file_identity(key.weights_path)
+            if key.weights_kind not in ("none", "full", "")
+            else None,
+        )
         return out
 
     def generate(self, source: SourceJob, targets: list[TargetJob], step_callback):
@@ -100,11 +120,19 @@ class PipelineBackend:
         try:
             return generate(
                 self.pipe,
-                Source(source.prompt, image=source.image if source.invert else None, invert=source.invert,
-                       inversion_guidance=source.inversion_guidance if source.invert else 1.0),
+                Source(
+                    source.prompt,
+                    image=source.image if source.invert else None,
+                    invert=source.invert,
+                    inversion_guidance=source.inversion_guidance if source.invert else 1.0,
+                ),
                 [Target(t.prompt, t.control) for t in targets],
-                seed=source.seed, num_steps=source.num_steps, guidance=source.guidance,
-                height=source.height, width=source.width, step_callback=step_callback,
+                seed=source.seed,
+                num_steps=source.num_steps,
+                guidance=source.guidance,
+                height=source.height,
+                width=source.width,
+                step_callback=step_callback,
             )
         except (NonFiniteLatents, ImageError, _CE) as exc:
             raise RunError(str(exc)) from None

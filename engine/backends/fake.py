@@ -4,14 +4,16 @@ For checking a queue, a multi-host layout or an engine setup end to end on a mac
 and for the queue benchmarks. It keeps the real backend's contract (batches, step callbacks,
 masks for masked targets, OOM on oversize batches) so the engine loop behaves as with diffusers.
 """
+
 from __future__ import annotations
 
 import os
 import signal
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from .base import LoadKey, ModelUnavailable, SourceJob, TargetJob
 
@@ -34,8 +36,13 @@ class FakeBackend:
     equal to $MTP_FAKE_CRASH_PROMPT SIGKILLs the whole engine (a run that crashes engines).
     """
 
-    def __init__(self, step_s: float = 0.0, log_path: str | os.PathLike | None = None,
-                 oom_above: int | None = None, fail: dict[str, BaseException] | None = None):
+    def __init__(
+        self,
+        step_s: float = 0.0,
+        log_path: str | os.PathLike | None = None,
+        oom_above: int | None = None,
+        fail: dict[str, BaseException] | None = None,
+    ):
         self.step_s = step_s
         self.log_path = Path(log_path) if log_path else None
         self.oom_above = oom_above
@@ -45,9 +52,11 @@ class FakeBackend:
         self.key: LoadKey | None = None
 
     @classmethod
-    def from_env(cls) -> "FakeBackend":
-        return cls(step_s=float(os.environ.get("MTP_FAKE_STEP_S", "0") or 0),
-                   log_path=os.environ.get("MTP_FAKE_LOG") or None)
+    def from_env(cls) -> FakeBackend:
+        return cls(
+            step_s=float(os.environ.get("MTP_FAKE_STEP_S", "0") or 0),
+            log_path=os.environ.get("MTP_FAKE_LOG") or None,
+        )
 
     def load(self, key: LoadKey) -> None:
         if key == self.key:
@@ -59,8 +68,14 @@ class FakeBackend:
 
     def identity(self) -> dict:
         key = self.key
-        return {"backend": "fake", "model": key.model if key else "", "device": "cpu", "dtype": "uint8",
-                "weights_kind": key.weights_kind if key else "none", "weights_path": key.weights_path if key else None}
+        return {
+            "backend": "fake",
+            "model": key.model if key else "",
+            "device": "cpu",
+            "dtype": "uint8",
+            "weights_kind": key.weights_kind if key else "none",
+            "weights_path": key.weights_path if key else None,
+        }
 
     def blocks(self) -> Sequence[str]:
         from store.sweep.grammar import blocks_for_model
@@ -75,7 +90,9 @@ class FakeBackend:
         self.calls.append((source, [t.run_id for t in targets]))
         if self.log_path:
             with open(self.log_path, "a") as fh:
-                fh.write(f"{os.getpid()}\t{len(targets)}\t{','.join(str(t.run_id) for t in targets)}\n")
+                fh.write(
+                    f"{os.getpid()}\t{len(targets)}\t{','.join(str(t.run_id) for t in targets)}\n"
+                )
         if self.oom_above is not None and len(targets) > self.oom_above:
             raise _fake_oom(len(targets))
         for p in prompts:
@@ -90,7 +107,7 @@ class FakeBackend:
             step_callback(i, source.num_steps)
 
         def colour(text: str) -> tuple[int, int, int]:
-            h = abs(hash((source.seed, text))) % (256 ** 3)
+            h = abs(hash((source.seed, text))) % (256**3)
             return (h & 255, (h >> 8) & 255, (h >> 16) & 255)
 
         size = (source.width, source.height)
@@ -101,8 +118,12 @@ class FakeBackend:
             m = np.linspace(0, 1, side * side, dtype=np.float32).reshape(side, side)
             masks.append({"source": m, "target": m[::-1].copy()} if masked else None)
             maps.append({w: m for w in t.prompt.split()[:3]} if masked else {})
-        return FakeResult(Image.new("RGB", size, colour(source.prompt)),
-                          [Image.new("RGB", size, colour(t.prompt)) for t in targets], masks, maps)
+        return FakeResult(
+            Image.new("RGB", size, colour(source.prompt)),
+            [Image.new("RGB", size, colour(t.prompt)) for t in targets],
+            masks,
+            maps,
+        )
 
     def after_oom(self) -> None:
         pass
@@ -119,5 +140,15 @@ def _fake_oom(n: int) -> BaseException:
 
 def fake_score(images, texts, source, refs) -> list[list[dict]]:
     """Scores for FakeBackend runs: one deterministic number per image."""
-    return [[{"metric": "fake", "backbone": "none", "value": float(len(t)) / 100.0, "preprocess": "",
-              "scored_text": t}] for _img, t in zip(images, texts)]
+    return [
+        [
+            {
+                "metric": "fake",
+                "backbone": "none",
+                "value": float(len(t)) / 100.0,
+                "preprocess": "",
+                "scored_text": t,
+            }
+        ]
+        for _img, t in zip(images, texts)
+    ]

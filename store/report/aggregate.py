@@ -15,12 +15,14 @@ Baseline runs (control off) form a separate row, one per value when grouping by 
 Scales are defined per metric (``METRICS``): Custom Diffusion's 2.5*max(cos, 0) is a text
 alignment (CLIPScore) convention and never touches CLIP-I, DINO or DreamSim.
 """
+
 from __future__ import annotations
 
 import math
 from collections import Counter, defaultdict
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 from sqlalchemy import case, func, literal, or_, select
 
@@ -30,12 +32,34 @@ from store.models import RUN_PARAM_COLUMNS, Concept, Run, Score
 TEXT_METRIC = "clip_t"
 IMAGE_METRICS = ("clip_i_ref", "clip_i_src")  # the first one present is the image-alignment axis
 SCALES = ("raw", "100", "clipscore")
-METRIC_ORDER = ("clip_t", "clip_i_ref", "clip_i_src", "dino_ref", "dino_src", "dreamsim_ref", "dreamsim_src",
-                "dreamsim")
-GROUPABLE = tuple(c for c in RUN_PARAM_COLUMNS if c != "is_baseline") + ("prompt_index", "concept_id")
+METRIC_ORDER = (
+    "clip_t",
+    "clip_i_ref",
+    "clip_i_src",
+    "dino_ref",
+    "dino_src",
+    "dreamsim_ref",
+    "dreamsim_src",
+    "dreamsim",
+)
+GROUPABLE = tuple(c for c in RUN_PARAM_COLUMNS if c != "is_baseline") + (
+    "prompt_index",
+    "concept_id",
+)
 # Settings shared by a run and its baseline: grouping by one of these splits the baseline too.
-BASE_AXES = ("target_prompt", "prompt_index", "seed", "concept_id", "source_prompt", "num_steps", "guidance",
-             "width", "height", "model", "inversion_guidance")
+BASE_AXES = (
+    "target_prompt",
+    "prompt_index",
+    "seed",
+    "concept_id",
+    "source_prompt",
+    "num_steps",
+    "guidance",
+    "width",
+    "height",
+    "model",
+    "inversion_guidance",
+)
 UNDEFINED = "\u2013"  # how an undefined std/SEM is shown
 
 
@@ -48,7 +72,9 @@ class ScaleDef:
 SCALE_DEFS = {
     "raw": ScaleDef("cos", "DreamBench / raw cosine"),
     "100": ScaleDef("100*cos", "torchmetrics-style percent"),
-    "clipscore": ScaleDef("2.5*max(cos,0)", "CLIPScore as in Custom Diffusion (text alignment only)"),
+    "clipscore": ScaleDef(
+        "2.5*max(cos,0)", "CLIPScore as in Custom Diffusion (text alignment only)"
+    ),
 }
 
 
@@ -62,7 +88,9 @@ class MetricDef:
 
 _COSINE = ("raw", "100")
 METRICS: dict[str, MetricDef] = {
-    "clip_t": MetricDef("target image vs target prompt (token replaced by class word)", ("raw", "100", "clipscore")),
+    "clip_t": MetricDef(
+        "target image vs target prompt (token replaced by class word)", ("raw", "100", "clipscore")
+    ),
     "clip_i_ref": MetricDef("target image vs concept reference images", _COSINE),
     "clip_i_src": MetricDef("target image vs source image", _COSINE),
     "dino_ref": MetricDef("target image vs concept reference images", _COSINE),
@@ -138,7 +166,11 @@ class AggregateRow:
             by_gap[tuple(gap)].append(metric)
         parts = []
         for gap, metrics in by_gap.items():
-            which = "all metrics" if set(metrics) >= set(self.metrics) | set(self.missing) else ", ".join(metrics)
+            which = (
+                "all metrics"
+                if set(metrics) >= set(self.metrics) | set(self.missing)
+                else ", ".join(metrics)
+            )
             parts.append(f"{which}: {', '.join(gap)}")
         return " | ".join(parts)
 
@@ -150,8 +182,15 @@ class AggregateRow:
 class Aggregate(list):
     """The rows of one table plus what a reader needs to interpret them."""
 
-    def __init__(self, rows: Iterable[AggregateRow] = (), by: str = "", unit: str = "runs", unit_text: str = "",
-                 scale: str = "raw", concepts: dict[Any, str] | None = None):
+    def __init__(
+        self,
+        rows: Iterable[AggregateRow] = (),
+        by: str = "",
+        unit: str = "runs",
+        unit_text: str = "",
+        scale: str = "raw",
+        concepts: dict[Any, str] | None = None,
+    ):
         super().__init__(rows)
         self.by, self.unit, self.unit_text, self.scale = by, unit, unit_text, scale
         self.concepts = concepts or {}
@@ -175,8 +214,10 @@ class Aggregate(list):
         lines = [f"unit: {self.unit_text}"]
         scaled = [m for m in self.metrics if self.scale_of(m) != "raw"]
         if self.scale != "raw":
-            lines.append(f"scale {self.scale} ({SCALE_DEFS[self.scale].formula}) on "
-                         f"{', '.join(scaled) or 'no metric'}; other metrics unscaled")
+            lines.append(
+                f"scale {self.scale} ({SCALE_DEFS[self.scale].formula}) on "
+                f"{', '.join(scaled) or 'no metric'}; other metrics unscaled"
+            )
         else:
             lines.append("scale: raw cosine")
         img = self.image_metric
@@ -255,17 +296,27 @@ def image_metric(rows: Iterable[AggregateRow]) -> str | None:
     return next((m for m in IMAGE_METRICS if m in present), None)
 
 
-def mark_pareto(rows: list[AggregateRow], x_metric: str = TEXT_METRIC, y_metric: str | None = None,
-                exclude_incomplete: bool = False) -> None:
+def mark_pareto(
+    rows: list[AggregateRow],
+    x_metric: str = TEXT_METRIC,
+    y_metric: str | None = None,
+    exclude_incomplete: bool = False,
+) -> None:
     """Flag the non-baseline rows no other row beats on both text and image alignment."""
     y_metric = y_metric or image_metric(rows)
-    points = [(r, r.mean(x_metric), r.mean(y_metric)) for r in rows if not r.is_baseline
-              and not (exclude_incomplete and (x_metric in r.missing or y_metric in r.missing))]
+    points = [
+        (r, r.mean(x_metric), r.mean(y_metric))
+        for r in rows
+        if not r.is_baseline
+        and not (exclude_incomplete and (x_metric in r.missing or y_metric in r.missing))
+    ]
     points = [(r, x, y) for r, x, y in points if x is not None and y is not None]
     for r in rows:
         r.pareto = False
     for r, x, y in points:
-        r.pareto = not any(ox >= x and oy >= y and (ox > x or oy > y) for o, ox, oy in points if o is not r)
+        r.pareto = not any(
+            ox >= x and oy >= y and (ox > x or oy > y) for o, ox, oy in points if o is not r
+        )
 
 
 def iter_rows(store: Store, q, size: int = 10_000) -> Iterator[list]:
@@ -291,10 +342,12 @@ def iter_rows(store: Store, q, size: int = 10_000) -> Iterator[list]:
 
 def _pick_backbones(store: Store, experiment_id: int, prefer: str | None) -> dict[str, str]:
     """Per metric, the preferred backbone when it scored that metric, else the most used one."""
-    q = (select(Score.metric, Score.backbone, func.count())
-         .join(Run, Run.id == Score.run_id)
-         .where(Run.experiment_id == experiment_id)
-         .group_by(Score.metric, Score.backbone))
+    q = (
+        select(Score.metric, Score.backbone, func.count())
+        .join(Run, Run.id == Score.run_id)
+        .where(Run.experiment_id == experiment_id)
+        .group_by(Score.metric, Score.backbone)
+    )
     counts: dict[str, Counter] = defaultdict(Counter)
     with store.session() as s:
         for metric, backbone, n in s.execute(q):
@@ -315,8 +368,14 @@ def _choose_backbones(counts: Mapping[str, Counter], prefer: str | None) -> dict
 def _concept_names(store: Store, ids: Iterable[Any]) -> dict[Any, str]:
     ids = set(ids)
     with store.session() as s:
-        names = {cid: name for cid, name in s.execute(select(Concept.id, Concept.name).where(
-            Concept.id.in_([i for i in ids if i is not None])))}
+        names = {
+            cid: name
+            for cid, name in s.execute(
+                select(Concept.id, Concept.name).where(
+                    Concept.id.in_([i for i in ids if i is not None])
+                )
+            )
+        }
     return {i: names.get(i, "(no concept)" if i is None else f"concept {i}") for i in ids}
 
 
@@ -325,13 +384,16 @@ def unit_for(by: str, n_concepts: int) -> tuple[str, str]:
     if by == "concept_id":
         return "runs", "per concept: mean over its runs (prompts x seeds); SEM over runs; n = runs"
     if n_concepts > 1:
-        return "concepts", ("mean over concepts of per-concept means (each over prompts x seeds); "
-                            "SEM over concepts; n = concepts")
+        return "concepts", (
+            "mean over concepts of per-concept means (each over prompts x seeds); "
+            "SEM over concepts; n = concepts"
+        )
     return "runs", "one concept: mean over runs (prompts x seeds); SEM over runs; n = runs"
 
 
-def aggregate(store: Store, experiment_id: int, by: str, scale: str = "raw",
-              backbone: str | None = None) -> Aggregate:
+def aggregate(
+    store: Store, experiment_id: int, by: str, scale: str = "raw", backbone: str | None = None
+) -> Aggregate:
     """Baseline row(s) first (if any), then one row per value of ``by`` in sweep order."""
     check_by(by)
     check_scale(scale)  # validates the name before any work
@@ -340,11 +402,22 @@ def aggregate(store: Store, experiment_id: int, by: str, scale: str = "raw",
     # Sums per (value, concept, metric, backbone) in SQL: one pass, 30 rows back instead of 500k
     # (Python-side loops took 4x longer on a 100k-run sweep). Grouping by backbone too lets the
     # backbone counts come from the same pass instead of a second join over every score.
-    q = (select(Run.is_baseline, param, Run.concept_id, Score.metric, Score.backbone, func.count(), func.sum(v),
-                func.sum(v * v), func.min(Run.grid_index))
-         .join(Score, Score.run_id == Run.id)
-         .where(Run.experiment_id == experiment_id)
-         .group_by(Run.is_baseline, param, Run.concept_id, Score.metric, Score.backbone))
+    q = (
+        select(
+            Run.is_baseline,
+            param,
+            Run.concept_id,
+            Score.metric,
+            Score.backbone,
+            func.count(),
+            func.sum(v),
+            func.sum(v * v),
+            func.min(Run.grid_index),
+        )
+        .join(Score, Score.run_id == Run.id)
+        .where(Run.experiment_id == experiment_id)
+        .group_by(Run.is_baseline, param, Run.concept_id, Score.metric, Score.backbone)
+    )
     groups = [row for chunk in iter_rows(store, q) for row in chunk]
     counts: dict[str, Counter] = defaultdict(Counter)
     for row in groups:
@@ -368,7 +441,9 @@ def aggregate(store: Store, experiment_id: int, by: str, scale: str = "raw",
 
     concepts = _concept_names(store, {c for per in sums.values() for c in per})
     unit, unit_text = unit_for(by, len(concepts))
-    all_metrics = sorted({m for per in sums.values() for c in per.values() for m in c}, key=_metric_key)
+    all_metrics = sorted(
+        {m for per in sums.values() for c in per.values() for m in c}, key=_metric_key
+    )
     rows = Aggregate(by=by, unit=unit, unit_text=unit_text, scale=scale, concepts=concepts)
     for key in sorted(sums, key=lambda k: (k[0] != "__baseline__", order[k])):
         per_concept = sums[key]
@@ -387,9 +462,18 @@ def aggregate(store: Store, experiment_id: int, by: str, scale: str = "raw",
                 metrics[metric] = stat_from_sums(int(n), s1, s2)
         is_base = key[0] == "__baseline__"
         n_runs = max(sum(c[m][0] for c in per_concept.values() if m in c) for m in metrics)
-        rows.append(AggregateRow(by=by, value=key[1], is_baseline=is_base,
-                                 n_runs=n_runs, n_concepts=len(per_concept), metrics=metrics,
-                                 backbones={m: backbones[m] for m in metrics}, missing=missing))
+        rows.append(
+            AggregateRow(
+                by=by,
+                value=key[1],
+                is_baseline=is_base,
+                n_runs=n_runs,
+                n_concepts=len(per_concept),
+                metrics=metrics,
+                backbones={m: backbones[m] for m in metrics},
+                missing=missing,
+            )
+        )
     if unit == "runs":
         _flag_short_rows(rows, all_metrics)
     # A row averaged over fewer concepts is not comparable on the same footing: flagged, not ranked.
@@ -408,4 +492,6 @@ def _flag_short_rows(rows: list[AggregateRow], metrics: list[str]) -> None:
             for r in kind:
                 have = r.metrics[metric].n if metric in r.metrics else 0
                 if have == 0 or (have < full and r.by != "concept_id"):
-                    r.missing[metric] = [f"{have} of {full} runs" if r.by != "concept_id" else "no runs"]
+                    r.missing[metric] = [
+                        f"{have} of {full} runs" if r.by != "concept_id" else "no runs"
+                    ]

@@ -5,6 +5,7 @@ straight into the csv writer: 100k runs take seconds, where ORM objects took min
 Dates are ISO 8601 UTC, there is no index column, and every file is written next to its
 final name and renamed, so a crash never leaves half a CSV behind.
 """
+
 from __future__ import annotations
 
 import csv
@@ -15,18 +16,39 @@ import queue
 import re
 import tempfile
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Iterator
 
-from sqlalchemy import Integer, String, and_, case, cast, func, literal, literal_column, select, type_coerce
-
-from .aggregate import (
-    SCALE_DEFS, SCALES, Aggregate, AggregateRow, aggregate, check_by, image_metric, iter_rows, metric_def, scaled_sql,
+from sqlalchemy import (
+    Integer,
+    String,
+    and_,
+    case,
+    cast,
+    func,
+    literal,
+    literal_column,
+    select,
+    type_coerce,
 )
+
 from store.db import Store
 from store.models import EngineSession, Experiment, Run, Score
+
+from .aggregate import (
+    SCALE_DEFS,
+    SCALES,
+    Aggregate,
+    AggregateRow,
+    aggregate,
+    check_by,
+    image_metric,
+    iter_rows,
+    metric_def,
+    scaled_sql,
+)
 
 _UNSAFE = re.compile(r"[^\w.\- ]+")
 
@@ -44,7 +66,9 @@ def safe_filename(name: str, suffix: str) -> str:
     return cleaned
 
 
-def resolve_output(path: str | os.PathLike, suffix: str, folder: str | os.PathLike | None = None) -> Path:
+def resolve_output(
+    path: str | os.PathLike, suffix: str, folder: str | os.PathLike | None = None
+) -> Path:
     """Where an export goes: ``path`` must resolve inside ``folder`` (``..`` or an absolute path
     elsewhere is refused). ``folder=None`` means the path itself is the user's explicit choice.
     The file name is sanitised either way."""
@@ -67,7 +91,9 @@ def resolve_output(path: str | os.PathLike, suffix: str, folder: str | os.PathLi
     return target
 
 
-def default_name(store: Store, experiment_id: int, kind: str, suffix: str, by: str | None = None) -> str:
+def default_name(
+    store: Store, experiment_id: int, kind: str, suffix: str, by: str | None = None
+) -> str:
     with store.session() as s:
         exp = s.get(Experiment, experiment_id)
     stem = f"{exp.name if exp else experiment_id}-{kind}" + (f"-{by}" if by else "")
@@ -78,8 +104,12 @@ def default_name(store: Store, experiment_id: int, kind: str, suffix: str, by: s
 def _atomic(target: Path, mode: str = "w") -> Iterator:
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
     try:
-        with os.fdopen(fd, mode, newline="" if "b" not in mode else None,
-                       **({"encoding": "utf-8"} if "b" not in mode else {})) as fh:
+        with os.fdopen(
+            fd,
+            mode,
+            newline="" if "b" not in mode else None,
+            **({"encoding": "utf-8"} if "b" not in mode else {}),
+        ) as fh:
             yield fh
         os.replace(tmp, target)
     except BaseException:
@@ -104,13 +134,19 @@ def _require_experiment(store: Store, experiment_id: int) -> Experiment:
 # ------------------------------------------------------------------ runs CSV
 def score_columns(store: Store, experiment_id: int) -> list[tuple[str, str]]:
     """(metric, backbone) pairs scored in an experiment, in a stable order."""
-    q = (select(Score.metric, Score.backbone).distinct()
-         .join(Run, Run.id == Score.run_id).where(Run.experiment_id == experiment_id))
+    q = (
+        select(Score.metric, Score.backbone)
+        .distinct()
+        .join(Run, Run.id == Score.run_id)
+        .where(Run.experiment_id == experiment_id)
+    )
     with store.session() as s:
         pairs = [tuple(r) for r in s.execute(q)]
     from .aggregate import METRIC_ORDER
 
-    return sorted(pairs, key=lambda p: (METRIC_ORDER.index(p[0]) if p[0] in METRIC_ORDER else 99, p[0], p[1]))
+    return sorted(
+        pairs, key=lambda p: (METRIC_ORDER.index(p[0]) if p[0] in METRIC_ORDER else 99, p[0], p[1])
+    )
 
 
 def score_header(metric: str, backbone: str) -> str:
@@ -131,7 +167,9 @@ def _neutralised_sql(column, name: str):
     # Inline literals: one substr per cell, and no expanding IN, which the raw compile of
     # iter_rows cannot render. The characters are fixed, so nothing is interpolated from data.
     starts = [literal_column("'" + c + "'") for c in _FORMULA_START]
-    return case((func.substr(column, 1, 1).in_(starts), literal("'") + column), else_=column).label(name)
+    return case((func.substr(column, 1, 1).in_(starts), literal("'") + column), else_=column).label(
+        name
+    )
 
 
 def _run_column(store: Store, column):
@@ -141,7 +179,9 @@ def _run_column(store: Store, column):
     if kind is bool:
         # 0/1 on every backend, and no per-value conversion on the way out (SQLite already
         # stores 0/1; PostgreSQL has a real boolean that must be cast).
-        return (type_coerce(column, Integer) if store.is_sqlite else cast(column, Integer)).label(column.name)
+        return (type_coerce(column, Integer) if store.is_sqlite else cast(column, Integer)).label(
+            column.name
+        )
     if kind is datetime and store.is_sqlite:
         # SQLite keeps naive UTC text "YYYY-MM-DD HH:MM:SS.ffffff"; make it ISO 8601 in SQL
         # instead of parsing 400k datetimes in Python.
@@ -165,23 +205,46 @@ def runs_query(store: Store, experiment_id: int, scale: str = "raw"):
         for i, (m, b) in enumerate(pairs)
     ]
     text = func.max(case((Score.metric == "clip_t", Score.scored_text))).label("scored_text")
-    pivot = (select(Score.run_id, *pivot_cols, text)
-             .where(Score.run_id.in_(ids)).group_by(Score.run_id).subquery("p"))
+    pivot = (
+        select(Score.run_id, *pivot_cols, text)
+        .where(Score.run_id.in_(ids))
+        .group_by(Score.run_id)
+        .subquery("p")
+    )
     cols = [_run_column(store, c) for c in table.columns]
-    score_cols = [scaled_sql(pivot.c[f"s{i}"], scale, metric=m).label(score_header(m, b)) for i, (m, b) in enumerate(pairs)]
+    score_cols = [
+        scaled_sql(pivot.c[f"s{i}"], scale, metric=m).label(score_header(m, b))
+        for i, (m, b) in enumerate(pairs)
+    ]
     # issue 10: what generated each run (library versions, model identity, dtype, device).
     from store.scoring import SESSION_EXPORT_COLUMNS
 
     sess = EngineSession.__table__
     # The model name and paths come from users: neutralised like every other text cell.
-    session_cols = [_neutralised_sql(sess.c[name], f"session_{name}") if _python_type(sess.c[name]) is str
-                    else sess.c[name].label(f"session_{name}") for name in SESSION_EXPORT_COLUMNS]
-    q = (select(*cols, *score_cols, _neutralised_sql(pivot.c.scored_text, "scored_text"), *session_cols)
-         .select_from(table.outerjoin(pivot, pivot.c.run_id == table.c.id)
-                      .outerjoin(sess, sess.c.id == table.c.session_id))
-         .where(table.c.experiment_id == experiment_id).order_by(table.c.id))
-    header = ([c.name for c in table.columns] + [score_header(m, b) for m, b in pairs] + ["scored_text"]
-              + [f"session_{name}" for name in SESSION_EXPORT_COLUMNS])
+    session_cols = [
+        _neutralised_sql(sess.c[name], f"session_{name}")
+        if _python_type(sess.c[name]) is str
+        else sess.c[name].label(f"session_{name}")
+        for name in SESSION_EXPORT_COLUMNS
+    ]
+    q = (
+        select(
+            *cols, *score_cols, _neutralised_sql(pivot.c.scored_text, "scored_text"), *session_cols
+        )
+        .select_from(
+            table.outerjoin(pivot, pivot.c.run_id == table.c.id).outerjoin(
+                sess, sess.c.id == table.c.session_id
+            )
+        )
+        .where(table.c.experiment_id == experiment_id)
+        .order_by(table.c.id)
+    )
+    header = (
+        [c.name for c in table.columns]
+        + [score_header(m, b) for m, b in pairs]
+        + ["scored_text"]
+        + [f"session_{name}" for name in SESSION_EXPORT_COLUMNS]
+    )
     return q, header
 
 
@@ -202,15 +265,20 @@ def _csv_value(v):
     # ISO 8601, "Z" (PostgreSQL sessions run in UTC, store.db).
     if isinstance(v, datetime):
         if v.tzinfo is not None:
-            v = v.astimezone(timezone.utc).replace(tzinfo=None)
+            v = v.astimezone(UTC).replace(tzinfo=None)
         return v.isoformat() + "Z"
     if hasattr(v, "isoformat"):
         return v.isoformat()
     return _csv_text(v)
 
 
-def export_runs_csv(store: Store, experiment_id: int, path: str | os.PathLike, scale: str = "raw",
-                    folder: str | os.PathLike | None = None) -> Path:
+def export_runs_csv(
+    store: Store,
+    experiment_id: int,
+    path: str | os.PathLike,
+    scale: str = "raw",
+    folder: str | os.PathLike | None = None,
+) -> Path:
     """Every run with every parameter, status, timing, tag, note and score (one column per
     metric/backbone, scaled by ``scale``). ``folder``: where relative paths go (default home/exports)."""
     _require_experiment(store, experiment_id)
@@ -276,11 +344,31 @@ def _stream(store: Store, q, size: int = 5000) -> Iterator[list]:
 # of the file, or a file read without its header comment, still says what its numbers mean.
 def summary_header(rows: list[AggregateRow]) -> list[str]:
     metrics = _summary_metrics(rows)
-    head = ["by", "value", "is_baseline", "n_runs", "n_concepts", "pareto", "unit", "n_unit", "unit_definition",
-            "incomplete", "scale", "image_alignment"]
+    head = [
+        "by",
+        "value",
+        "is_baseline",
+        "n_runs",
+        "n_concepts",
+        "pareto",
+        "unit",
+        "n_unit",
+        "unit_definition",
+        "incomplete",
+        "scale",
+        "image_alignment",
+    ]
     for m in metrics:
-        head += [f"{m}_backbone", f"{m}_n", f"{m}_mean", f"{m}_std", f"{m}_sem", f"{m}_scale", f"{m}_compares",
-                 f"{m}_missing"]
+        head += [
+            f"{m}_backbone",
+            f"{m}_n",
+            f"{m}_mean",
+            f"{m}_std",
+            f"{m}_sem",
+            f"{m}_scale",
+            f"{m}_compares",
+            f"{m}_missing",
+        ]
     return head
 
 
@@ -289,7 +377,9 @@ def _summary_metrics(rows) -> list[str]:
         return rows.metrics
     metrics: list[str] = []
     for r in rows:
-        metrics += [m for m in list(r.metrics) + list(getattr(r, "missing", {})) if m not in metrics]
+        metrics += [
+            m for m in list(r.metrics) + list(getattr(r, "missing", {})) if m not in metrics
+        ]
     return metrics
 
 
@@ -304,22 +394,50 @@ def summary_rows(rows: list[AggregateRow]) -> Iterator[list]:
     img = table.image_metric
     img_text = f"{img}: {metric_def(img).compares}" if img else ""
     for r in rows:
-        line = [r.by, "" if r.value is None else r.value, r.is_baseline, r.n_runs, r.n_concepts, r.pareto,
-                table.unit, r.n_concepts if table.unit == "concepts" else r.n_runs, table.unit_text, r.incomplete,
-                table.scale, img_text]
+        line = [
+            r.by,
+            "" if r.value is None else r.value,
+            r.is_baseline,
+            r.n_runs,
+            r.n_concepts,
+            r.pareto,
+            table.unit,
+            r.n_concepts if table.unit == "concepts" else r.n_runs,
+            table.unit_text,
+            r.incomplete,
+            table.scale,
+            img_text,
+        ]
         for m in metrics:
             st = r.metrics.get(m)
             scale = table.scale_of(m)
-            tail = [f"{scale} ({SCALE_DEFS[scale].formula})", metric_def(m).compares, "; ".join(r.missing.get(m, []))]
+            tail = [
+                f"{scale} ({SCALE_DEFS[scale].formula})",
+                metric_def(m).compares,
+                "; ".join(r.missing.get(m, [])),
+            ]
             if st:
-                line += [r.backbones.get(m, ""), st.n, st.mean, _number(st.std), _number(st.sem)] + tail
+                line += [
+                    r.backbones.get(m, ""),
+                    st.n,
+                    st.mean,
+                    _number(st.std),
+                    _number(st.sem),
+                ] + tail
             else:
                 line += ["", 0, "", "", ""] + tail
         yield line
 
 
-def export_summary_csv(store: Store, experiment_id: int, by: str, path: str | os.PathLike, scale: str = "raw",
-                       folder: str | os.PathLike | None = None, rows: Aggregate | None = None) -> Path:
+def export_summary_csv(
+    store: Store,
+    experiment_id: int,
+    by: str,
+    path: str | os.PathLike,
+    scale: str = "raw",
+    folder: str | os.PathLike | None = None,
+    rows: Aggregate | None = None,
+) -> Path:
     """``rows``: this experiment's ``aggregate(by, scale)`` when the caller already has it."""
     _require_experiment(store, experiment_id)
     check_by(by)
@@ -334,8 +452,14 @@ def export_summary_csv(store: Store, experiment_id: int, by: str, path: str | os
 
 
 # ------------------------------------------------------------------ pictures
-def export_plot_png(store: Store, experiment_id: int, by: str, path: str | os.PathLike, scale: str = "raw",
-                    folder: str | os.PathLike | None = None) -> Path:
+def export_plot_png(
+    store: Store,
+    experiment_id: int,
+    by: str,
+    path: str | os.PathLike,
+    scale: str = "raw",
+    folder: str | os.PathLike | None = None,
+) -> Path:
     from .plots import render_tradeoff_png
 
     exp = _require_experiment(store, experiment_id)
@@ -347,8 +471,15 @@ def export_plot_png(store: Store, experiment_id: int, by: str, path: str | os.Pa
     return target
 
 
-def export_grid_png(store: Store, experiment_id: int, by: str, path: str | os.PathLike,
-                    folder: str | os.PathLike | None = None, on_layout=None, **grid_options) -> Path:
+def export_grid_png(
+    store: Store,
+    experiment_id: int,
+    by: str,
+    path: str | os.PathLike,
+    folder: str | os.PathLike | None = None,
+    on_layout=None,
+    **grid_options,
+) -> Path:
     """``by`` is the Y axis; ``grid_options`` go to ``render_grid`` (x, z, pins, seeds, caps).
     ``on_layout`` receives the rendered layout (caption, missing images) for the caller to report."""
     from .grid_image import render_grid
@@ -365,6 +496,13 @@ def export_grid_png(store: Store, experiment_id: int, by: str, path: str | os.Pa
 
 
 __all__ = [
-    "export_runs_csv", "export_summary_csv", "export_plot_png", "export_grid_png", "aggregate",
-    "resolve_output", "safe_filename", "default_name", "image_metric",
+    "export_runs_csv",
+    "export_summary_csv",
+    "export_plot_png",
+    "export_grid_png",
+    "aggregate",
+    "resolve_output",
+    "safe_filename",
+    "default_name",
+    "image_metric",
 ]

@@ -7,15 +7,18 @@ counted in the caption. Caps on the number of cells and on the pixel size keep a
 from producing a gigabyte PNG: thumbnails shrink first, then rows/columns/panels past the cap
 are left out (and the caption says so).
 """
+
 from __future__ import annotations
 
 import textwrap
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
+
+from store.db import Store
 
 from .grid_plan import CONTROL_AXES, GridPlan, canonical_axis, plan_grid
-from store.db import Store
 
 MAX_CELLS = 400
 MAX_SIDE = 4096  # 4096^2 RGB is 50 MB in memory; the PNG is far smaller
@@ -97,10 +100,11 @@ def _load_thumb(path, size: int):
             # Small images (the demo's 64 px) are enlarged to fill the cell; nearest keeps
             # their pixels honest instead of inventing detail.
             resample = Image.Resampling.NEAREST if scale > 1 else Image.Resampling.LANCZOS
-            return im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))), resample)
+            return im.resize(
+                (max(1, round(im.width * scale)), max(1, round(im.height * scale))), resample
+            )
     except (OSError, ValueError):
         return None
-
 
 
 def _missing_reason(run: dict | None) -> str:
@@ -109,9 +113,20 @@ def _missing_reason(run: dict | None) -> str:
     return "image unreadable" if run["status"] == "done" else run["status"]
 
 
-def render_grid(store: Store, experiment_id: int, by: str, columns: str | None = None, max_cells: int = MAX_CELLS,
-                max_side: int = MAX_SIDE, thumb: int = THUMB, *, x: str | None = None, z: str | None = None,
-                pins: Mapping[str, Any] | None = None, seeds: str | int | None = None) -> GridLayout:
+def render_grid(
+    store: Store,
+    experiment_id: int,
+    by: str,
+    columns: str | None = None,
+    max_cells: int = MAX_CELLS,
+    max_side: int = MAX_SIDE,
+    thumb: int = THUMB,
+    *,
+    x: str | None = None,
+    z: str | None = None,
+    pins: Mapping[str, Any] | None = None,
+    seeds: str | int | None = None,
+) -> GridLayout:
     """Rows = values of ``by`` (the Y axis), columns = values of ``x`` (``columns`` is its older
     name), one panel per value of ``z``; every other varied axis pinned (``pins`` or defaults)."""
     from PIL import Image, ImageDraw
@@ -133,26 +148,43 @@ def render_grid(store: Store, experiment_id: int, by: str, columns: str | None =
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     size = thumb
     while True:
-        rows, cols, panels = plan.row_keys[:keep_rows], plan.col_keys[:keep_cols], plan.panels[:keep_panels]
+        rows, cols, panels = (
+            plan.row_keys[:keep_rows],
+            plan.col_keys[:keep_cols],
+            plan.panels[:keep_panels],
+        )
         row_labels = (["source"] if row_side else []) + [plan.row_label(k) for k in rows]
         col_labels = (["source"] if col_side else []) + [plan.col_label(k) for k in cols]
         font = _font(max(9, min(18, size // 14)))
         line_h = font.size + 2 if hasattr(font, "size") else 12
         char_w = max(1, _text_width(probe, "n", font))
         # Row labels such as "final_step=10, seed 2" must stay readable next to small thumbnails.
-        left = min(max((_text_width(probe, t, font) for t in row_labels), default=0) + 2 * PAD,
-                   max(size, 40 * char_w))
+        left = min(
+            max((_text_width(probe, t, font) for t in row_labels), default=0) + 2 * PAD,
+            max(size, 40 * char_w),
+        )
         wrapped = [textwrap.wrap(t, max(8, size // char_w))[:3] or [""] for t in col_labels]
         header_h = max(len(w) for w in wrapped) * line_h + 2 * PAD
         title_h = line_h + PAD if plan.z else 0
         grid_w = left + len(col_labels) * (size + PAD) + PAD
         body_h = len(row_labels) * (size + PAD) + PAD
-        notes = _notes(plan, len(plan.row_keys) - len(rows), len(plan.col_keys) - len(cols), n_panels - len(panels))
+        notes = _notes(
+            plan,
+            len(plan.row_keys) - len(rows),
+            len(plan.col_keys) - len(cols),
+            n_panels - len(panels),
+        )
         # A narrow grid still gets a caption readable in lines of ~60 characters.
         width = min(max(grid_w, 60 * char_w + 2 * PAD), max(max_side, grid_w))
-        caption = [(line, colour, text) for text, colour in plan_lines(plan, notes)
-                   for line in (textwrap.wrap(text, max(20, (width - 2 * PAD) // char_w)) or [""]
-                                if text != MISSING_SLOT else [text])]
+        caption = [
+            (line, colour, text)
+            for text, colour in plan_lines(plan, notes)
+            for line in (
+                textwrap.wrap(text, max(20, (width - 2 * PAD) // char_w)) or [""]
+                if text != MISSING_SLOT
+                else [text]
+            )
+        ]
         caption_h = len(caption) * line_h + 2 * PAD
         height = caption_h + len(panels) * (title_h + header_h + body_h)
         if width <= max_side and height <= max_side:
@@ -175,14 +207,26 @@ def render_grid(store: Store, experiment_id: int, by: str, columns: str | None =
 
     sheet = Image.new("RGB", (width, height), BG)
     draw = ImageDraw.Draw(sheet)
-    layout = GridLayout(sheet, plan.y.name, plan.x.name, row_labels, col_labels, size,
-                        truncated_rows=len(plan.row_keys) - len(rows), truncated_cols=len(plan.col_keys) - len(cols),
-                        z=plan.z.name if plan.z else None, panel_titles=[p.title for p in panels],
-                        truncated_panels=n_panels - len(panels),
-                        pins={a: plan.axes[a].label(k) for a, k in plan.pins.items()},
-                        pin_choices={a: [plan.axes[a].label(v) for v in plan.axes[a].values] for a in plan.swept
-                                     if a not in (plan.x.name, plan.y.name, plan.z.name if plan.z else None)},
-                        axes=list(plan.swept))
+    layout = GridLayout(
+        sheet,
+        plan.y.name,
+        plan.x.name,
+        row_labels,
+        col_labels,
+        size,
+        truncated_rows=len(plan.row_keys) - len(rows),
+        truncated_cols=len(plan.col_keys) - len(cols),
+        z=plan.z.name if plan.z else None,
+        panel_titles=[p.title for p in panels],
+        truncated_panels=n_panels - len(panels),
+        pins={a: plan.axes[a].label(k) for a, k in plan.pins.items()},
+        pin_choices={
+            a: [plan.axes[a].label(v) for v in plan.axes[a].values]
+            for a in plan.swept
+            if a not in (plan.x.name, plan.y.name, plan.z.name if plan.z else None)
+        },
+        axes=list(plan.swept),
+    )
     top = PAD + len(caption) * line_h + PAD
     for p_index, panel in enumerate(panels):
         if plan.z:
@@ -190,7 +234,12 @@ def render_grid(store: Store, experiment_id: int, by: str, columns: str | None =
             top += title_h
         for c, lines in enumerate(wrapped):
             for i, line in enumerate(lines):
-                draw.text((left + c * (size + PAD), top + PAD + i * line_h), line, fill=(0, 0, 0), font=font)
+                draw.text(
+                    (left + c * (size + PAD), top + PAD + i * line_h),
+                    line,
+                    fill=(0, 0, 0),
+                    font=font,
+                )
         top += header_h
         for r, label in enumerate(row_labels):
             y = top + r * (size + PAD)
@@ -200,15 +249,22 @@ def render_grid(store: Store, experiment_id: int, by: str, columns: str | None =
             for c in range(len(col_labels)):
                 box = (left + c * (size + PAD), y, left + c * (size + PAD) + size, y + size)
                 run, kind, rel = _cell(plan, panel, rows, cols, r, c, col_side, row_side)
-                _draw_cell(store, sheet, draw, layout, box, run, kind, rel, font, line_h, p_index, r, c)
+                _draw_cell(
+                    store, sheet, draw, layout, box, run, kind, rel, font, line_h, p_index, r, c
+                )
         top += body_h
     # The image count is known only after drawing; its line (never wrapped) was reserved by _notes.
     shown = sum(c.kind in ("target", "baseline") for c in layout.cells)
     counts = ", ".join(f"{reason} {n}" for reason, n in sorted(layout.missing.items()))
-    status = (f"{shown - layout.n_missing} of {shown} cells have an image"
-              + (f"; {layout.n_missing} cells without image ({counts})" if layout.missing else ""))
-    drawn = [(status, WARN if layout.missing else (0, 0, 0), status) if text == MISSING_SLOT else (line, colour, text)
-             for line, colour, text in caption]
+    status = f"{shown - layout.n_missing} of {shown} cells have an image" + (
+        f"; {layout.n_missing} cells without image ({counts})" if layout.missing else ""
+    )
+    drawn = [
+        (status, WARN if layout.missing else (0, 0, 0), status)
+        if text == MISSING_SLOT
+        else (line, colour, text)
+        for line, colour, text in caption
+    ]
     for i, (line, colour, _) in enumerate(drawn):
         draw.text((PAD, PAD + i * line_h), line, fill=colour, font=font)
     layout.caption = list(dict.fromkeys(text for _, _, text in drawn))
@@ -222,7 +278,11 @@ def plan_lines(plan: GridPlan, notes: list[str]) -> list[tuple[str, tuple[int, i
 def _notes(plan: GridPlan, rows: int, cols: int, panels: int) -> list[str]:
     notes = [MISSING_SLOT]  # the missing-image count, filled in after drawing
     if rows or cols or panels:
-        notes.append(f"+{rows} rows, +{cols} columns" + (f", +{panels} panels" if panels else "") + " not shown")
+        notes.append(
+            f"+{rows} rows, +{cols} columns"
+            + (f", +{panels} panels" if panels else "")
+            + " not shown"
+        )
     return notes
 
 
@@ -272,5 +332,7 @@ def _empty(by: str, columns: str) -> GridLayout:
     from PIL import Image, ImageDraw
 
     sheet = Image.new("RGB", (320, 40), BG)
-    ImageDraw.Draw(sheet).text((PAD, PAD), "no runs in this experiment", fill=(0, 0, 0), font=_font(12))
+    ImageDraw.Draw(sheet).text(
+        (PAD, PAD), "no runs in this experiment", fill=(0, 0, 0), font=_font(12)
+    )
     return GridLayout(sheet, by, columns, [], [], 0, caption=["no runs in this experiment"])

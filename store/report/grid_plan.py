@@ -17,28 +17,55 @@ source when only X is, and not at all when both axes are base settings (the capt
 The source the targets attended to is a column when each row shares one source pass, a row when
 each column does, and left out (with a note) when sources differ cell by cell.
 """
+
 from __future__ import annotations
 
 import math
-from operator import itemgetter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from operator import itemgetter
+from typing import Any
 
 from sqlalchemy import select
 
-from .aggregate import GROUPABLE, _fmt, iter_rows
 from store.db import Store
 from store.models import Concept, Run
 
-CONTROL_AXES = ("layers", "start_step", "final_step", "skip_interval", "mask_mode", "mask_layers", "mask_words",
-                "mask_threshold", "mask_timing")
+from .aggregate import GROUPABLE, _fmt, iter_rows
+
+CONTROL_AXES = (
+    "layers",
+    "start_step",
+    "final_step",
+    "skip_interval",
+    "mask_mode",
+    "mask_layers",
+    "mask_words",
+    "mask_threshold",
+    "mask_timing",
+)
 MASK_DETAIL = ("mask_layers", "mask_words", "mask_threshold", "mask_timing")
 # prompt_index and target_prompt are one axis: the index keys it, the text labels it.
-ALIASES = {"prompt_index": "target_prompt", "prompt": "target_prompt", "concept": "concept_id", "seeds": "seed"}
+ALIASES = {
+    "prompt_index": "target_prompt",
+    "prompt": "target_prompt",
+    "concept": "concept_id",
+    "seeds": "seed",
+}
 GRID_AXES = tuple(a for a in GROUPABLE if a != "prompt_index")
 _KEY_COLUMN = {"target_prompt": "prompt_index"}
-_COLUMNS = ("id", "is_baseline", "grid_index", "status", "image_path", "source_image_path", "group_key",
-            "target_prompt", "prompt_index", "concept_id") + GRID_AXES
+_COLUMNS = (
+    "id",
+    "is_baseline",
+    "grid_index",
+    "status",
+    "image_path",
+    "source_image_path",
+    "group_key",
+    "target_prompt",
+    "prompt_index",
+    "concept_id",
+) + GRID_AXES
 
 BASELINE = ("baseline",)
 
@@ -52,7 +79,9 @@ def _input_error(message: str):
 def canonical_axis(name: str, option: str = "axis") -> str:
     axis = ALIASES.get(name.strip(), name.strip())
     if axis not in GRID_AXES:
-        raise _input_error(f"{option}: {name!r} is not a grid axis; choose one of {', '.join(GRID_AXES)}")
+        raise _input_error(
+            f"{option}: {name!r} is not a grid axis; choose one of {', '.join(GRID_AXES)}"
+        )
     return axis
 
 
@@ -100,7 +129,9 @@ class Axis:
                         return v
                 except ValueError:
                     pass
-        shown = ", ".join(self.label(v) for v in self.values[:12]) + (" ..." if len(self.values) > 12 else "")
+        shown = ", ".join(self.label(v) for v in self.values[:12]) + (
+            " ..." if len(self.values) > 12 else ""
+        )
         raise _input_error(f"{option}: {self.name} has no value {text!r}; it takes {shown}")
 
 
@@ -109,7 +140,9 @@ class Panel:
     z: Any  # the Z key, or None without a Z axis
     title: str
     cells: dict[tuple[Any, Any], dict] = field(default_factory=dict)  # (row key, col key) -> run
-    sources: dict[Any, dict] = field(default_factory=dict)  # row or column key -> run whose source to show
+    sources: dict[Any, dict] = field(
+        default_factory=dict
+    )  # row or column key -> run whose source to show
 
 
 @dataclass
@@ -146,9 +179,13 @@ class GridPlan:
 
     def caption(self) -> list[str]:
         """What the grid shows, in words: axes, pins, how seeds and baselines appear."""
-        head = f"rows: {self.y.name}, columns: {self.x.name}" + (f", one panel per {self.z.name}" if self.z else "")
+        head = f"rows: {self.y.name}, columns: {self.x.name}" + (
+            f", one panel per {self.z.name}" if self.z else ""
+        )
         lines = [head]
-        lines.append(f"pinned: {self.pin_text}" if self.pins else "pinned: nothing (no other axis varies)")
+        lines.append(
+            f"pinned: {self.pin_text}" if self.pins else "pinned: nothing (no other axis varies)"
+        )
         if self.seeds == "each":
             lines.append("one row per seed")
         notes = [self.baseline_note] if self.baseline_note else []
@@ -164,7 +201,11 @@ class GridPlan:
 def _load_runs(store: Store, experiment_id: int) -> list[dict]:
     t = Run.__table__
     names = list(dict.fromkeys(_COLUMNS))
-    q = select(*(t.c[c] for c in names)).where(t.c.experiment_id == experiment_id).order_by(t.c.grid_index, t.c.id)
+    q = (
+        select(*(t.c[c] for c in names))
+        .where(t.c.experiment_id == experiment_id)
+        .order_by(t.c.grid_index, t.c.id)
+    )
     # The raw cursor path of iter_rows: ORM result processing doubled the time of a 100k-run plan.
     # SQLite hands booleans back as 0/1, which is all the plan needs of them.
     return [dict(zip(names, row)) for chunk in iter_rows(store, q) for row in chunk]
@@ -198,8 +239,15 @@ def _matches(run: dict, fixed: Mapping[str, Any]) -> bool:
     return all(not applies(a, run) or key_of(a, run) == k for a, k in fixed.items())
 
 
-def plan_grid(store: Store, experiment_id: int, y: str, x: str | None = None, z: str | None = None,
-              pins: Mapping[str, Any] | None = None, seeds: str | int | None = None) -> GridPlan | None:
+def plan_grid(
+    store: Store,
+    experiment_id: int,
+    y: str,
+    x: str | None = None,
+    z: str | None = None,
+    pins: Mapping[str, Any] | None = None,
+    seeds: str | int | None = None,
+) -> GridPlan | None:
     """The plan of a grid, or None when the experiment has no runs. Raises InputError on an
     unknown axis, an axis used twice, or a pinned value the experiment does not have."""
     y = canonical_axis(y, "--y")
@@ -209,8 +257,10 @@ def plan_grid(store: Store, experiment_id: int, y: str, x: str | None = None, z:
     axes = _axes(store, runs)
     swept = [a for a in GRID_AXES if len(axes[a].values) > 1]
     if x is None:
-        x = next((a for a in ("target_prompt", "seed") if a != y and a != z and a in swept),
-                 next((a for a in swept if a not in (y, z)), "seed" if y != "seed" else "target_prompt"))
+        x = next(
+            (a for a in ("target_prompt", "seed") if a != y and a != z and a in swept),
+            next((a for a in swept if a not in (y, z)), "seed" if y != "seed" else "target_prompt"),
+        )
     x = canonical_axis(x, "--x")
     z = canonical_axis(z, "--z") if z else None
     chosen = [a for a in (x, y, z) if a]
@@ -221,7 +271,9 @@ def plan_grid(store: Store, experiment_id: int, y: str, x: str | None = None, z:
     for name, given in (pins or {}).items():
         axis = canonical_axis(name, "--pin")
         if axis in chosen:
-            raise _input_error(f"--pin: {axis} is already the grid's {'xyz'[[x, y, z].index(axis)]} axis")
+            raise _input_error(
+                f"--pin: {axis} is already the grid's {'xyz'[[x, y, z].index(axis)]} axis"
+            )
         user[axis] = axes[axis].find(given, "--pin")
     each = False
     if seeds is not None and str(seeds).strip() != "":
@@ -234,7 +286,9 @@ def plan_grid(store: Store, experiment_id: int, y: str, x: str | None = None, z:
         else:
             key = axes["seed"].find(seeds, "--seeds")
             if "seed" in user and user["seed"] != key:
-                raise _input_error(f"--seeds {seeds} contradicts --pin seed={axes['seed'].label(user['seed'])}")
+                raise _input_error(
+                    f"--seeds {seeds} contradicts --pin seed={axes['seed'].label(user['seed'])}"
+                )
             user["seed"] = key
 
     # Default pins come from one real run, so jointly varying settings (a mask mode and its
@@ -248,10 +302,14 @@ def plan_grid(store: Store, experiment_id: int, y: str, x: str | None = None, z:
             return not r["is_baseline"] and _matches(r, user) and all(applies(a, r) for a in chosen)
 
         if not any(map(fits, runs)):
+
             def fits(r) -> bool:  # noqa: F811 (no controlled run fits: any run matching the pins)
                 return _matches(r, user)
+
         for axis in free:
-            donor = next((r for r in runs if fits(r) and applies(axis, r) and _matches(r, resolved)), None)
+            donor = next(
+                (r for r in runs if fits(r) and applies(axis, r) and _matches(r, resolved)), None
+            )
             if donor is not None:
                 resolved[axis] = key_of(axis, donor)
     pins_out = {a: resolved[a] for a in swept if a in resolved}
@@ -268,9 +326,13 @@ def _place(runs, axes, x, y, z, pins, user_pins, swept, each) -> GridPlan:
     if not any(r["is_baseline"] for r in runs):
         baseline_mode, note = "none", ""  # the sweep made none: no empty baseline row to count
     seed_values = axes["seed"].values if each else [None]
-    row_keys = ([BASELINE + ((s,) if each else ()) for s in seed_values] if baseline_mode == "row" else [])
+    row_keys = (
+        [BASELINE + ((s,) if each else ()) for s in seed_values] if baseline_mode == "row" else []
+    )
     row_keys += [("value", v) + ((s,) if each else ()) for v in axes[y].values for s in seed_values]
-    col_keys = ([BASELINE] if baseline_mode == "column" else []) + [("value", v) for v in axes[x].values]
+    col_keys = ([BASELINE] if baseline_mode == "column" else []) + [
+        ("value", v) for v in axes[x].values
+    ]
     z_values = axes[z].values if z else [None]
     panels = [Panel(zv, axes[z].named(zv) if z else "") for zv in z_values]
 
@@ -327,16 +389,33 @@ def _place(runs, axes, x, y, z, pins, user_pins, swept, each) -> GridPlan:
         others = col_keys if source_mode == "column" else row_keys
         cells = panel.cells
         for k in along:
-            cell = (lambda o: (k, o)) if source_mode == "column" else (lambda o: (o, k))
-            first = next((m for m in map(cells.get, map(cell, others)) if m and m["source_image_path"]), None)
+            cell = (lambda o, k=k: (k, o)) if source_mode == "column" else (lambda o, k=k: (o, k))
+            first = next(
+                (m for m in map(cells.get, map(cell, others)) if m and m["source_image_path"]), None
+            )
             if first:
                 panel.sources[k] = first
-    return GridPlan(axes[x], axes[y], axes[z] if z else None, "each" if each else None, pins, user_pins, swept,
-                    row_keys, col_keys, panels, source_mode, note, ambiguous, axes)
+    return GridPlan(
+        axes[x],
+        axes[y],
+        axes[z] if z else None,
+        "each" if each else None,
+        pins,
+        user_pins,
+        swept,
+        row_keys,
+        col_keys,
+        panels,
+        source_mode,
+        note,
+        ambiguous,
+        axes,
+    )
 
 
 def _source_mode(panels: list[Panel]) -> str:
     """Where the source image can be shown without pretending: per row, per column, or nowhere."""
+
     def shared(by_row: bool) -> bool:
         # Every filled cell sits on one of the plan's rows and columns, so one pass over the
         # cells finds any line whose cells come from more than one source pass.

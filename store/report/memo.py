@@ -8,6 +8,7 @@ experiments or concepts) is the one it was computed under, so a reused table or 
 exactly what a fresh computation would return. A grid is also redrawn when any image file it
 drew changed on disk, since files can change without a database write.
 """
+
 from __future__ import annotations
 
 import copy
@@ -15,11 +16,12 @@ import os
 import threading
 import weakref
 from collections import OrderedDict
-from typing import Any, Callable, Hashable
+from collections.abc import Callable, Hashable
+from typing import Any
 
 from store.db import Store
 
-_caches: "weakref.WeakKeyDictionary[Store, ReportCache]" = weakref.WeakKeyDictionary()
+_caches: weakref.WeakKeyDictionary[Store, ReportCache] = weakref.WeakKeyDictionary()
 _caches_lock = threading.Lock()
 
 
@@ -34,7 +36,12 @@ class ReportCache:
         self._lock = threading.Lock()
         self.hits = self.misses = 0  # for tests and benchmarks
 
-    def get(self, key: Hashable, compute: Callable[[], Any] | None, stamp: Callable[[Any], Any] | None = None) -> Any:
+    def get(
+        self,
+        key: Hashable,
+        compute: Callable[[], Any] | None,
+        stamp: Callable[[Any], Any] | None = None,
+    ) -> Any:
         """``compute()``, or its earlier result when the store has not changed since. ``stamp``:
         a fingerprint of what the result depends on outside the database (file times). With
         ``compute=None``, only a kept result is returned (else None): nothing is computed."""
@@ -42,7 +49,11 @@ class ReportCache:
         token = store.change_token()
         with self._lock:
             entry = self._entries.get(key)
-        if entry is not None and entry[0] == token and (stamp is None or stamp(entry[1]) == entry[2]):
+        if (
+            entry is not None
+            and entry[0] == token
+            and (stamp is None or stamp(entry[1]) == entry[2])
+        ):
             with self._lock:
                 self._entries.move_to_end(key)
                 self.hits += 1
@@ -62,7 +73,7 @@ class ReportCache:
 
     def _evict(self, kind) -> None:
         same = [k for k in self._entries if isinstance(k, tuple) and k[0] == kind]
-        for old in same[:max(0, len(same) - self._kept.get(kind, len(same)))]:
+        for old in same[: max(0, len(same) - self._kept.get(kind, len(same)))]:
             del self._entries[old]
         while len(self._entries) > self._size:
             self._entries.popitem(last=False)
@@ -84,13 +95,17 @@ def cache_for(store: Store) -> ReportCache:
         return cache
 
 
-def cached_aggregate(store: Store, experiment_id: int, by: str, scale: str = "raw", backbone: str | None = None):
+def cached_aggregate(
+    store: Store, experiment_id: int, by: str, scale: str = "raw", backbone: str | None = None
+):
     """``aggregate(...)``, reused while nothing changed. Each caller gets its own copy of the rows
     (a few dozen objects), so marking or sorting them never alters the kept table."""
     from .aggregate import aggregate
 
-    rows = cache_for(store).get(("aggregate", experiment_id, by, scale, backbone),
-                                lambda: aggregate(store, experiment_id, by, scale=scale, backbone=backbone))
+    rows = cache_for(store).get(
+        ("aggregate", experiment_id, by, scale, backbone),
+        lambda: aggregate(store, experiment_id, by, scale=scale, backbone=backbone),
+    )
     return copy.deepcopy(rows)
 
 
@@ -113,11 +128,15 @@ def _file_stamp(layout) -> tuple:
     return tuple(out)
 
 
-def cached_render_grid(store: Store, experiment_id: int, by: str, only_cached: bool = False, **options):
+def cached_render_grid(
+    store: Store, experiment_id: int, by: str, only_cached: bool = False, **options
+):
     """``render_grid(...)`` (plan and drawing), reused while nothing changed in the database nor
     in the image files it drew. The layout is shared: callers must not draw on its image.
     ``only_cached``: the kept layout or None, without planning or drawing anything."""
     from .grid_image import render_grid
 
     compute = None if only_cached else (lambda: render_grid(store, experiment_id, by, **options))
-    return cache_for(store).get(("grid", experiment_id, by, _freeze(options)), compute, stamp=_file_stamp)
+    return cache_for(store).get(
+        ("grid", experiment_id, by, _freeze(options)), compute, stamp=_file_stamp
+    )

@@ -4,6 +4,7 @@ One point per parameter value with SEM error bars, joined in sweep order, labell
 value; the baseline (control off) is overlaid as a reference and Pareto points are ringed.
 matplotlib is imported inside the functions so the TUI starts without it.
 """
+
 from __future__ import annotations
 
 import math
@@ -12,8 +13,11 @@ from typing import IO, Any
 
 from .aggregate import TEXT_METRIC, Aggregate, AggregateRow, image_metric
 
-AXIS_NAMES = {"clip_t": "text alignment (CLIP-T)", "clip_i_ref": "image alignment (CLIP-I, references)",
-              "clip_i_src": "image alignment (CLIP-I, source)"}
+AXIS_NAMES = {
+    "clip_t": "text alignment (CLIP-T)",
+    "clip_i_ref": "image alignment (CLIP-I, references)",
+    "clip_i_src": "image alignment (CLIP-I, source)",
+}
 
 
 @dataclass
@@ -64,7 +68,9 @@ def _bar(sem: float) -> float:
     return 0.0 if math.isnan(sem) else sem
 
 
-def tradeoff_points(rows: list[AggregateRow], x_metric: str = TEXT_METRIC, y_metric: str | None = None) -> PlotInfo:
+def tradeoff_points(
+    rows: list[AggregateRow], x_metric: str = TEXT_METRIC, y_metric: str | None = None
+) -> PlotInfo:
     """The points to draw: rows having both metrics, baseline included, in sweep order."""
     y_metric = y_metric or image_metric(rows)
     info = PlotInfo(x_metric, y_metric)
@@ -73,12 +79,20 @@ def tradeoff_points(rows: list[AggregateRow], x_metric: str = TEXT_METRIC, y_met
         if x is None or y is None:
             continue
         # An undefined SEM (n = 1) draws no bar rather than failing or faking one.
-        info.points.append(Point(r.label, x.mean, y.mean, _bar(x.sem), _bar(y.sem), r.pareto, r.is_baseline))
+        info.points.append(
+            Point(r.label, x.mean, y.mean, _bar(x.sem), _bar(y.sem), r.pareto, r.is_baseline)
+        )
     return info
 
 
-def render_tradeoff_png(rows: list[AggregateRow], out: str | IO[bytes], by: str = "", title: str = "",
-                        size: tuple[float, float] = (7.0, 5.0), dpi: int = 100) -> PlotInfo:
+def render_tradeoff_png(
+    rows: list[AggregateRow],
+    out: str | IO[bytes],
+    by: str = "",
+    title: str = "",
+    size: tuple[float, float] = (7.0, 5.0),
+    dpi: int = 100,
+) -> PlotInfo:
     """Write the PNG to a path or binary file; returns what was drawn and the pixel size."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -90,26 +104,56 @@ def render_tradeoff_png(rows: list[AggregateRow], out: str | IO[bytes], by: str 
     ax = fig.add_subplot()
     sweep = info.sweep
     if sweep:
-        ax.errorbar([p.x for p in sweep], [p.y for p in sweep], xerr=[p.xerr for p in sweep],
-                    yerr=[p.yerr for p in sweep], fmt="-o", color="tab:blue", ecolor="tab:gray",
-                    capsize=3, label=by or "sweep")
+        ax.errorbar(
+            [p.x for p in sweep],
+            [p.y for p in sweep],
+            xerr=[p.xerr for p in sweep],
+            yerr=[p.yerr for p in sweep],
+            fmt="-o",
+            color="tab:blue",
+            ecolor="tab:gray",
+            capsize=3,
+            label=by or "sweep",
+        )
         front = [p for p in sweep if p.pareto]
-        ax.scatter([p.x for p in front], [p.y for p in front], s=160, facecolors="none",
-                   edgecolors="tab:red", linewidths=1.5, label="Pareto front", zorder=3)
+        ax.scatter(
+            [p.x for p in front],
+            [p.y for p in front],
+            s=160,
+            facecolors="none",
+            edgecolors="tab:red",
+            linewidths=1.5,
+            label="Pareto front",
+            zorder=3,
+        )
         for p in sweep:
             ax.annotate(p.label, (p.x, p.y), textcoords="offset points", xytext=(5, 5), fontsize=8)
     for i, base in enumerate(info.baselines):
-        ax.errorbar([base.x], [base.y], xerr=[base.xerr], yerr=[base.yerr], fmt="s", color="black",
-                    capsize=3, label="baseline (no control)" if i == 0 else None)
-        ax.annotate(base.label, (base.x, base.y), textcoords="offset points", xytext=(5, -12), fontsize=8)
+        ax.errorbar(
+            [base.x],
+            [base.y],
+            xerr=[base.xerr],
+            yerr=[base.yerr],
+            fmt="s",
+            color="black",
+            capsize=3,
+            label="baseline (no control)" if i == 0 else None,
+        )
+        ax.annotate(
+            base.label, (base.x, base.y), textcoords="offset points", xytext=(5, -12), fontsize=8
+        )
     if not info.points:
         ax.text(0.5, 0.5, "no scored runs yet", ha="center", va="center", transform=ax.transAxes)
     ax.set_xlabel(AXIS_NAMES.get(info.x_metric, info.x_metric) + _scale_note(rows, info.x_metric))
-    ax.set_ylabel(AXIS_NAMES.get(info.y_metric or "", info.y_metric or "image alignment")
-                  + _scale_note(rows, info.y_metric))
+    ax.set_ylabel(
+        AXIS_NAMES.get(info.y_metric or "", info.y_metric or "image alignment")
+        + _scale_note(rows, info.y_metric)
+    )
     if isinstance(rows, Aggregate) and rows.unit_text:
         # Error bars mean different things per unit; the figure carries its own definition.
-        fig.text(0.01, 0.005, f"error bars: SEM; {rows.unit_text}", fontsize=6, ha="left", va="bottom")
+        fig.text(
+            0.01, 0.005, f"error bars: SEM; {rows.unit_text}", fontsize=6, ha="left", va="bottom"
+        )
     if title:
         ax.set_title(title, fontsize=10)
     if info.points:
@@ -121,7 +165,11 @@ def render_tradeoff_png(rows: list[AggregateRow], out: str | IO[bytes], by: str 
     return info
 
 
-SHORT_AXIS = {"clip_t": "CLIP-T (text)", "clip_i_ref": "CLIP-I ref (image)", "clip_i_src": "CLIP-I src (image)"}
+SHORT_AXIS = {
+    "clip_t": "CLIP-T (text)",
+    "clip_i_ref": "CLIP-I ref (image)",
+    "clip_i_src": "CLIP-I src (image)",
+}
 TERMINAL_KEY = "o sweep  * Pareto  x baseline"
 
 
@@ -159,8 +207,14 @@ def draw_tradeoff(plt: Any, rows: list[AggregateRow], by: str = "", title: str =
     return info
 
 
-def tradeoff_text(rows: list[AggregateRow], by: str = "", title: str = "", width: int = 80,
-                  height: int = 24, color: bool = False) -> str:
+def tradeoff_text(
+    rows: list[AggregateRow],
+    by: str = "",
+    title: str = "",
+    width: int = 80,
+    height: int = 24,
+    color: bool = False,
+) -> str:
     """The terminal version as a string (for ``mtp export plot --text`` and logs)."""
     import plotext
 

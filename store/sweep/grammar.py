@@ -16,15 +16,16 @@ in braces or is joined with '+'):
     up_blocks.3                 every block under a module path
     {0,2,4}  up_blocks.2+14     unions
 """
+
 from __future__ import annotations
 
 import math
-import string
 import re
+import string
+from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from fractions import Fraction
-from typing import Sequence
 
 
 class SweepError(ValueError):
@@ -56,11 +57,15 @@ def _sdxl_blocks() -> list[str]:
     out = []
     for block, depth in ((1, 2), (2, 10)):
         for att in range(2):
-            out += [f"down_blocks.{block}.attentions.{att}.transformer_blocks.{t}" for t in range(depth)]
+            out += [
+                f"down_blocks.{block}.attentions.{att}.transformer_blocks.{t}" for t in range(depth)
+            ]
     out += [f"mid_block.attentions.0.transformer_blocks.{t}" for t in range(10)]
     for block, depth in ((0, 10), (1, 2)):
         for att in range(3):
-            out += [f"up_blocks.{block}.attentions.{att}.transformer_blocks.{t}" for t in range(depth)]
+            out += [
+                f"up_blocks.{block}.attentions.{att}.transformer_blocks.{t}" for t in range(depth)
+            ]
     return out
 
 
@@ -111,7 +116,9 @@ def split_items(text: str, field: str) -> list[tuple[str, int]]:
         stripped = item.strip()
         lead = len(item) - len(item.lstrip())
         if not stripped:
-            raise SweepError(field, text, pos + lead, "empty value (two commas in a row, or a trailing comma?)")
+            raise SweepError(
+                field, text, pos + lead, "empty value (two commas in a row, or a trailing comma?)"
+            )
         out.append((stripped, pos + lead))
     return out
 
@@ -149,16 +156,24 @@ def _expand_range(m: re.Match, kind: str, field: str, text: str, pos: int) -> li
             raise SweepError(field, text, pos, "a count range needs at least 1 value")
         if kind == "int":
             # Exact fractions: large whole numbers stay exact.
-            ints = [a] if count == 1 else [int(round(a + Fraction(b - a) * i / (count - 1))) for i in range(count)]
+            ints = (
+                [a]
+                if count == 1
+                else [int(round(a + Fraction(b - a) * i / (count - 1))) for i in range(count)]
+            )
             if len(set(ints)) != len(ints):
-                raise SweepError(field, text, pos, f"{count} whole numbers do not fit between {a} and {b}")
+                raise SweepError(
+                    field, text, pos, f"{count} whole numbers do not fit between {a} and {b}"
+                )
             return ints
         values = [a] if count == 1 else [a + (b - a) * i / (count - 1) for i in range(count)]
         return [round(v, 10) for v in values]
     step_raw = m["step"]
     if step_raw is None:
         if kind != "int":
-            raise SweepError(field, text, pos, "a decimal range needs a step '(+0.1)' or a count '[5]'")
+            raise SweepError(
+                field, text, pos, "a decimal range needs a step '(+0.1)' or a count '[5]'"
+            )
         step = 1 if b >= a else -1
     else:
         step = _number(step_raw.replace("-", ""), kind, field, text, pos)
@@ -206,7 +221,9 @@ def parse_values(axis: Axis, text: str) -> list:
             values.append(lowered)
         elif axis.kind == "enum":
             if lowered not in axis.choices:
-                raise SweepError(field, text, pos, f"{item!r} is not one of {', '.join(axis.choices)}")
+                raise SweepError(
+                    field, text, pos, f"{item!r} is not one of {', '.join(axis.choices)}"
+                )
             values.append(lowered)
         elif axis.kind == "layers":
             values.append(parse_layer_set(item, field=field, text=text, offset=pos))
@@ -236,20 +253,29 @@ def parse_values(axis: Axis, text: str) -> list:
 
 
 # --------------------------------------------------------------------------- layer sets
-_LAYER_TERM = re.compile(r"^(?:(?P<a>\d+)(?:\s*-\s*(?P<b>\d+))?|(?P<name>[a-z]+)|(?P<path>[a-z_]+(?:\.[a-z_0-9]+)+))$")
+_LAYER_TERM = re.compile(
+    r"^(?:(?P<a>\d+)(?:\s*-\s*(?P<b>\d+))?|(?P<name>[a-z]+)|(?P<path>[a-z_]+(?:\.[a-z_0-9]+)+))$"
+)
 
 
-def parse_layer_set(item: str, field: str = "layers", text: str | None = None, offset: int = 0) -> str:
+def parse_layer_set(
+    item: str, field: str = "layers", text: str | None = None, offset: int = 0
+) -> str:
     """Check one layer-set expression's syntax and return its canonical text."""
     text = item if text is None else text
     item = item.strip()
     if item.startswith("{"):
         if not item.endswith("}"):
-            raise SweepError(field, text, offset + len(item), "a layer set opened with '{' must end with '}'")
+            raise SweepError(
+                field, text, offset + len(item), "a layer set opened with '{' must end with '}'"
+            )
         inner = item[1:-1]
         if not inner.strip():
             raise SweepError(field, text, offset, "empty layer set '{}'")
-        parts = [parse_layer_set(p, field, text, offset + 1 + pos) for p, pos in split_items(inner, field)]
+        parts = [
+            parse_layer_set(p, field, text, offset + 1 + pos)
+            for p, pos in split_items(inner, field)
+        ]
         return "{" + ",".join(parts) + "}"
     terms = []
     pos = offset
@@ -258,11 +284,15 @@ def parse_layer_set(item: str, field: str = "layers", text: str | None = None, o
         m = _LAYER_TERM.match(term)
         if not term or not m:
             raise SweepError(
-                field, text, pos,
+                field,
+                text,
+                pos,
                 f"{raw.strip()!r} is not a layer set (use encoder, decoder, mid, all, 10-15, up_blocks.3 or {{0,2,4}})",
             )
         if m["name"] and m["name"] not in LAYER_GROUPS and m["name"] != "all":
-            raise SweepError(field, text, pos, f"unknown layer group {m['name']!r} (encoder, decoder, mid, all)")
+            raise SweepError(
+                field, text, pos, f"unknown layer group {m['name']!r} (encoder, decoder, mid, all)"
+            )
         if m["a"] and m["b"] and int(m["b"]) < int(m["a"]):
             raise SweepError(field, text, pos, f"layer range {term} runs backwards")
         terms.append(term.replace(" ", ""))
@@ -286,7 +316,9 @@ def resolve_layer_set(expr: str, blocks: Sequence[str], field: str = "layers") -
                 b = int(m["b"]) if m["b"] else a
                 if b >= len(blocks):
                     raise SweepError(
-                        field, expr, expr.find(term),
+                        field,
+                        expr,
+                        expr.find(term),
                         f"layer {b} is beyond this model's {len(blocks)} transformer blocks (0-{len(blocks) - 1})",
                     )
                 found.update(range(a, b + 1))
@@ -299,7 +331,12 @@ def resolve_layer_set(expr: str, blocks: Sequence[str], field: str = "layers") -
                 path = m["path"]
                 hits = [i for i, p in enumerate(blocks) if p == path or p.startswith(path + ".")]
                 if not hits:
-                    raise SweepError(field, expr, expr.find(term), f"no transformer block under {path!r} in this model")
+                    raise SweepError(
+                        field,
+                        expr,
+                        expr.find(term),
+                        f"no transformer block under {path!r} in this model",
+                    )
                 found.update(hits)
     return tuple(sorted(found))
 

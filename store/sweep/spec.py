@@ -2,6 +2,7 @@
 
 The run count is known before anything is queued, and every error names its field.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -11,7 +12,14 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from .grammar import Axis, SweepError, blocks_for_model, parse_values, prompt_words, resolve_layer_set
+from .grammar import (
+    Axis,
+    SweepError,
+    blocks_for_model,
+    parse_values,
+    prompt_words,
+    resolve_layer_set,
+)
 
 DEFAULT_MODEL = "runwayml/stable-diffusion-v1-5"
 # The offline tiny model (engine/tiny.py), built by the engine under <home>/models on first use.
@@ -51,7 +59,9 @@ class ExperimentSpec:
     source_prompt: str = "a photo of a dog"
     source_image: str | None = None  # a real image to invert instead of generating the source
     invert: bool = False
-    inversion_guidance: str = DEFAULT_INVERSION_GUIDANCE  # sweep grammar; used only with source_image
+    inversion_guidance: str = (
+        DEFAULT_INVERSION_GUIDANCE  # sweep grammar; used only with source_image
+    )
     target_prompts: list[str] = field(default_factory=lambda: ["a photo of a dog on the beach"])
     num_steps: int = 50
     guidance: float = 7.5
@@ -74,7 +84,7 @@ class ExperimentSpec:
         return json.dumps(asdict(self), sort_keys=True)
 
     @classmethod
-    def from_json(cls, raw: str | dict) -> "ExperimentSpec":
+    def from_json(cls, raw: str | dict) -> ExperimentSpec:
         data = json.loads(raw) if isinstance(raw, str) else dict(raw)
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
@@ -82,10 +92,30 @@ class ExperimentSpec:
 
 # The seed's four sweeps, ready to load into the sweep builder.
 PRESETS: dict[str, dict[str, str]] = {
-    "final step (4..20 / 4..25 / 4..end)": {"layers": "decoder", "start_step": "4", "final_step": "10,20,25,30,40,end", "skip_interval": "1"},
-    "layer type (encoder vs decoder)": {"layers": "encoder,decoder", "start_step": "4", "final_step": "end", "skip_interval": "1"},
-    "skip-step interval": {"layers": "decoder", "start_step": "4", "final_step": "end", "skip_interval": "1,2,3,5,10"},
-    "start step": {"layers": "decoder", "start_step": "0,4,10,20,30", "final_step": "end", "skip_interval": "1"},
+    "final step (4..20 / 4..25 / 4..end)": {
+        "layers": "decoder",
+        "start_step": "4",
+        "final_step": "10,20,25,30,40,end",
+        "skip_interval": "1",
+    },
+    "layer type (encoder vs decoder)": {
+        "layers": "encoder,decoder",
+        "start_step": "4",
+        "final_step": "end",
+        "skip_interval": "1",
+    },
+    "skip-step interval": {
+        "layers": "decoder",
+        "start_step": "4",
+        "final_step": "end",
+        "skip_interval": "1,2,3,5,10",
+    },
+    "start step": {
+        "layers": "decoder",
+        "start_step": "0,4,10,20,30",
+        "final_step": "end",
+        "skip_interval": "1",
+    },
 }
 
 
@@ -124,14 +154,18 @@ def mask_word_problem(words, target_prompt: str, source_prompt: str | None = Non
     target = set(prompt_words(target_prompt))
     missing = [w for w in words if w.lower() not in target]
     if missing:
-        return (f"{', '.join(map(repr, missing))} not in the prompt {target_prompt!r} "
-                f"(mask words must be whole words of the target and the source prompt)")
+        return (
+            f"{', '.join(map(repr, missing))} not in the prompt {target_prompt!r} "
+            f"(mask words must be whole words of the target and the source prompt)"
+        )
     if source_prompt is not None:
         source = set(prompt_words(source_prompt))
         missing = [w for w in words if w.lower() not in source]
         if missing:
-            return (f"{', '.join(map(repr, missing))} not in the source prompt {source_prompt!r} "
-                    f"(mask words must be whole words of the target and the source prompt)")
+            return (
+                f"{', '.join(map(repr, missing))} not in the source prompt {source_prompt!r} "
+                f"(mask words must be whole words of the target and the source prompt)"
+            )
     return None
 
 
@@ -148,7 +182,9 @@ def validate_base(spec: ExperimentSpec) -> None:
     if not prompts:
         raise SweepError("target_prompts", "", 0, "needs at least one target prompt")
     if not spec.source_prompt.strip() and not spec.source_image:
-        raise SweepError("source_prompt", spec.source_prompt, 0, "needs a source prompt or a reference image")
+        raise SweepError(
+            "source_prompt", spec.source_prompt, 0, "needs a source prompt or a reference image"
+        )
     if spec.num_steps < 1 or spec.num_steps > 1000:
         raise SweepError("num_steps", str(spec.num_steps), 0, "must be between 1 and 1000")
     for name in ("width", "height"):
@@ -166,10 +202,22 @@ def validate_base(spec: ExperimentSpec) -> None:
 
 def group_key(row: dict[str, Any]) -> str:
     """Runs with equal keys share model, weights, source, seed, steps, guidance and size."""
-    parts = [row.get(k) for k in (
-        "model", "weights_path", "weights_kind", "source_prompt", "source_image", "invert",
-        "seed", "num_steps", "guidance", "width", "height",
-    )]
+    parts = [
+        row.get(k)
+        for k in (
+            "model",
+            "weights_path",
+            "weights_kind",
+            "source_prompt",
+            "source_image",
+            "invert",
+            "seed",
+            "num_steps",
+            "guidance",
+            "width",
+            "height",
+        )
+    ]
     # Appended only when set, so keys of runs without inversion stay what they were.
     if row.get("inversion_guidance") is not None:
         parts.append(row["inversion_guidance"])
@@ -187,25 +235,45 @@ def expand(spec: ExperimentSpec, concept: Any | None = None) -> list[dict[str, A
     finals = [spec.num_steps if f == "end" else f for f in axes["final_step"]]
     for f in finals:
         if f > spec.num_steps:
-            raise SweepError("final_step", spec.final_step, spec.final_step.find(str(f)),
-                             f"final step {f} is beyond the {spec.num_steps} denoising steps")
+            raise SweepError(
+                "final_step",
+                spec.final_step,
+                spec.final_step.find(str(f)),
+                f"final step {f} is beyond the {spec.num_steps} denoising steps",
+            )
     for s in axes["start_step"]:
         if s >= spec.num_steps:
-            raise SweepError("start_step", spec.start_step, spec.start_step.find(str(s)),
-                             f"start step {s} is not before the {spec.num_steps} denoising steps")
+            raise SweepError(
+                "start_step",
+                spec.start_step,
+                spec.start_step.find(str(s)),
+                f"start step {s} is not before the {spec.num_steps} denoising steps",
+            )
     for s, f in itertools.product(axes["start_step"], finals):
         if s >= f:
-            raise SweepError("start_step", spec.start_step, spec.start_step.find(str(s)),
-                             f"start step {s} is not before final step {f} (final is exclusive)")
+            raise SweepError(
+                "start_step",
+                spec.start_step,
+                spec.start_step.find(str(s)),
+                f"start step {s} is not before final step {f} (final is exclusive)",
+            )
     inverting = bool(spec.invert or spec.source_image)
     if len(axes["inversion_guidance"]) > 1 and not inverting:
-        raise SweepError("inversion_guidance", spec.inversion_guidance, 0,
-                         "several values only make sense with an image to invert")
+        raise SweepError(
+            "inversion_guidance",
+            spec.inversion_guidance,
+            0,
+            "several values only make sense with an image to invert",
+        )
     inversion_guidances = [float(g) for g in axes["inversion_guidance"]] if inverting else [None]
     masks_on = [m for m in axes["mask_mode"] if m != "off"]
     if "image" in masks_on:
-        raise SweepError("mask_mode", spec.mask_mode, spec.mask_mode.find("image"),
-                         "mask_mode 'image' needs a mask file per run, which sweeps do not take yet; use auto or off")
+        raise SweepError(
+            "mask_mode",
+            spec.mask_mode,
+            spec.mask_mode.find("image"),
+            "mask_mode 'image' needs a mask file per run, which sweeps do not take yet; use auto or off",
+        )
     prompts = [" ".join(p.split()) for p in spec.target_prompts if p.strip()]
     for words in axes["mask_words"]:
         if words == "-" or not masks_on:
@@ -214,7 +282,9 @@ def expand(spec: ExperimentSpec, concept: Any | None = None) -> list[dict[str, A
             problem = mask_word_problem(words, prompt, spec.source_prompt.strip())
             if problem:
                 first = next(w for w in words.split() if repr(w) in problem)
-                raise SweepError("mask_words", spec.mask_words, spec.mask_words.find(first), problem)
+                raise SweepError(
+                    "mask_words", spec.mask_words, spec.mask_words.find(first), problem
+                )
 
     base = {
         "model": spec.model.strip(),
@@ -234,30 +304,68 @@ def expand(spec: ExperimentSpec, concept: Any | None = None) -> list[dict[str, A
     mask_variants: list[dict[str, Any]] = []
     for mode in axes["mask_mode"]:
         if mode == "off":
-            mask_variants.append({"mask_mode": "off", "mask_layers": "", "mask_words": "",
-                                  "mask_threshold": None, "mask_timing": "current"})
+            mask_variants.append(
+                {
+                    "mask_mode": "off",
+                    "mask_layers": "",
+                    "mask_words": "",
+                    "mask_threshold": None,
+                    "mask_timing": "current",
+                }
+            )
             continue
         for ml, mw, mt, mtime in itertools.product(*(axes[a] for a in MASK_AXES)):
-            mask_variants.append({
-                "mask_mode": mode, "mask_layers": ml, "mask_words": "" if mw == "-" else mw,
-                "mask_threshold": None if mt == "otsu" else float(mt), "mask_timing": mtime,
-            })
+            mask_variants.append(
+                {
+                    "mask_mode": mode,
+                    "mask_layers": ml,
+                    "mask_words": "" if mw == "-" else mw,
+                    "mask_threshold": None if mt == "otsu" else float(mt),
+                    "mask_timing": mtime,
+                }
+            )
 
     rows: list[dict[str, Any]] = []
     for p_index, prompt in enumerate(prompts):
         for seed, inv_guidance in itertools.product(axes["seeds"], inversion_guidances):
-            shared = dict(base, seed=seed, inversion_guidance=inv_guidance, target_prompt=prompt,
-                          prompt_index=p_index)
+            shared = dict(
+                base,
+                seed=seed,
+                inversion_guidance=inv_guidance,
+                target_prompt=prompt,
+                prompt_index=p_index,
+            )
             shared["group_key"] = group_key(shared)
             if spec.baseline:
-                rows.append(dict(shared, is_baseline=True, layers="", start_step=0, final_step=0,
-                                 skip_interval=1, mask_mode="off", mask_layers="", mask_words="",
-                                 mask_threshold=None, mask_timing="current"))
+                rows.append(
+                    dict(
+                        shared,
+                        is_baseline=True,
+                        layers="",
+                        start_step=0,
+                        final_step=0,
+                        skip_interval=1,
+                        mask_mode="off",
+                        mask_layers="",
+                        mask_words="",
+                        mask_threshold=None,
+                        mask_timing="current",
+                    )
+                )
             for layers, start, final, skip, mask in itertools.product(
                 axes["layers"], axes["start_step"], finals, axes["skip_interval"], mask_variants
             ):
-                rows.append(dict(shared, is_baseline=False, layers=layers, start_step=start,
-                                 final_step=final, skip_interval=skip, **mask))
+                rows.append(
+                    dict(
+                        shared,
+                        is_baseline=False,
+                        layers=layers,
+                        start_step=start,
+                        final_step=final,
+                        skip_interval=skip,
+                        **mask,
+                    )
+                )
     for i, row in enumerate(rows):
         row["grid_index"] = i
     return rows

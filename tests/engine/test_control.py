@@ -1,4 +1,5 @@
 """ControlSpec / MaskSpec: schedules, validation messages, Run columns, no torch import."""
+
 from __future__ import annotations
 
 import subprocess
@@ -49,9 +50,21 @@ def test_layer_sets():
         (ControlSpec(skip_interval=0), "skip_interval", "at least 1"),
         (ControlSpec(layers="12-16"), "layers", "beyond this model's 16"),
         (ControlSpec(layers="sideways"), "layers", "unknown layer group"),
-        (ControlSpec(mask=MaskSpec(mode="auto", threshold=1.0)), "mask_threshold", "between 0 and 1"),
-        (ControlSpec(mask=MaskSpec(mode="auto", threshold=0.0)), "mask_threshold", "between 0 and 1"),
-        (ControlSpec(mask=MaskSpec(mode="auto", words=("cat",))), "mask_words", "'cat' not in the prompt"),
+        (
+            ControlSpec(mask=MaskSpec(mode="auto", threshold=1.0)),
+            "mask_threshold",
+            "between 0 and 1",
+        ),
+        (
+            ControlSpec(mask=MaskSpec(mode="auto", threshold=0.0)),
+            "mask_threshold",
+            "between 0 and 1",
+        ),
+        (
+            ControlSpec(mask=MaskSpec(mode="auto", words=("cat",))),
+            "mask_words",
+            "'cat' not in the prompt",
+        ),
         (ControlSpec(mask=MaskSpec(mode="auto", layers="40")), "mask_layers", "beyond"),
         (ControlSpec(mask=MaskSpec(mode="sometimes")), "mask_mode", "not one of"),
         (ControlSpec(mask=MaskSpec(mode="auto", timing="later")), "mask_timing", "not one of"),
@@ -75,16 +88,42 @@ def test_valid_specs_pass():
 
 def test_from_fields_reads_run_columns():
     spec = ControlSpec.from_fields(
-        layers="decoder", start_step=2, final_step=20, skip_interval=3, mask_mode="auto",
-        mask_layers="up_blocks.1", mask_words="corgi hat", mask_threshold=None, mask_timing="previous",
-        target_prompt="ignored column", seed=7,
+        layers="decoder",
+        start_step=2,
+        final_step=20,
+        skip_interval=3,
+        mask_mode="auto",
+        mask_layers="up_blocks.1",
+        mask_words="corgi hat",
+        mask_threshold=None,
+        mask_timing="previous",
+        target_prompt="ignored column",
+        seed=7,
     )
     assert spec == ControlSpec(
-        layers="decoder", start_step=2, final_step=20, skip_interval=3,
-        mask=MaskSpec(mode="auto", layers="up_blocks.1", words=("corgi", "hat"), threshold=None, timing="previous"),
+        layers="decoder",
+        start_step=2,
+        final_step=20,
+        skip_interval=3,
+        mask=MaskSpec(
+            mode="auto",
+            layers="up_blocks.1",
+            words=("corgi", "hat"),
+            threshold=None,
+            timing="previous",
+        ),
     )
-    blank = ControlSpec.from_fields(layers="", start_step=4, final_step=50, skip_interval=1, mask_mode="off",
-                                    mask_layers="", mask_words="", mask_threshold=0.2, mask_timing="")
+    blank = ControlSpec.from_fields(
+        layers="",
+        start_step=4,
+        final_step=50,
+        skip_interval=1,
+        mask_mode="off",
+        mask_layers="",
+        mask_words="",
+        mask_threshold=0.2,
+        mask_timing="",
+    )
     assert blank.layers == "10-15" and blank.mask.layers == "all" and blank.mask.threshold == 0.2
     assert blank.mask.words == () and blank.mask.timing == "current"
 

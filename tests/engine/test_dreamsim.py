@@ -1,5 +1,6 @@
 """DreamSim through the real `dreamsim` package: a random open_clip_vitb32 model written in the
 package's checkpoint layout, loaded by `dreamsim.dreamsim(...)` itself."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -36,9 +37,14 @@ def test_scores_equal_the_packages_own_distance(cache_dir, tmp_path):
     assert scorer.families == ("dreamsim",)
     out = scorer.score(images, ["ignored"] * 2, source, refs)
 
-    model, preprocess = dreamsim(pretrained=True, device="cpu", cache_dir=str(cache_dir), dreamsim_type=DEMO_TYPE)
+    model, preprocess = dreamsim(
+        pretrained=True, device="cpu", cache_dir=str(cache_dir), dreamsim_type=DEMO_TYPE
+    )
     # The LoRA adapter is loaded (peft wraps the package's PerceptualModel), not a bare backbone.
-    assert type(model).__name__ == "PeftModel" and type(model.base_model.model).__name__ == "PerceptualModel"
+    assert (
+        type(model).__name__ == "PeftModel"
+        and type(model.base_model.model).__name__ == "PerceptualModel"
+    )
     with torch.no_grad():
         for i, im in enumerate(images):
             m = {s["metric"]: s for s in out[i]}
@@ -47,7 +53,9 @@ def test_scores_equal_the_packages_own_distance(cache_dir, tmp_path):
             d_ref = np.mean([float(model(preprocess(im), preprocess(Image.open(r)))) for r in refs])
             assert m["dreamsim_src"]["value"] == pytest.approx(d_src, abs=1e-5)
             assert m["dreamsim_ref"]["value"] == pytest.approx(d_ref, abs=1e-5)
-            assert m["dreamsim_src"]["backbone"].startswith(f"dreamsim:{DEMO_TYPE}:{DEMO_TYPE}_single_lora#sha256:")
+            assert m["dreamsim_src"]["backbone"].startswith(
+                f"dreamsim:{DEMO_TYPE}:{DEMO_TYPE}_single_lora#sha256:"
+            )
     # Distances: an image against itself is 0, different noise images are not.
     same = scorer.score([source], [""], source, [])[0][0]["value"]
     assert same == pytest.approx(0.0, abs=1e-5) and out[0][0]["value"] > 1e-4
@@ -67,7 +75,9 @@ def test_weights_folder_comes_from_the_environment_or_the_data_folder(tmp_path, 
 
     home = Home.resolve(tmp_path / "home")
     monkeypatch.delenv("MTP_DREAMSIM_DIR", raising=False)
-    assert DreamSimSpec.for_home(home, demo=False) == DreamSimSpec(home.models / "dreamsim", "ensemble")
+    assert DreamSimSpec.for_home(home, demo=False) == DreamSimSpec(
+        home.models / "dreamsim", "ensemble"
+    )
     monkeypatch.setenv("MTP_DREAMSIM_DIR", str(tmp_path / "ds"))
     assert DreamSimSpec.for_home(home, demo=False).cache_dir == tmp_path / "ds"
     with pytest.raises(ScorerUnavailable, match=str(tmp_path / "ds")):

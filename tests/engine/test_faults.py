@@ -1,6 +1,7 @@
 """The worker under bad input and a bad machine, in process: poison images fail only their own
 runs, failures are per run and per concept, and a full, read-only or unwritable store pauses
 the engine without losing or failing a run (issue 11)."""
+
 from __future__ import annotations
 
 import errno
@@ -28,9 +29,19 @@ from tests.poison import POISONS, good_png
 
 # ------------------------------------------------------------------ helpers
 def spec(**kw) -> ExperimentSpec:
-    base = dict(model="fake-model", source_prompt="a photo of a dog", target_prompts=["a dog on the beach"],
-                num_steps=4, width=64, height=64, seeds="0", layers="decoder", start_step="1",
-                final_step="2,end", baseline=False)
+    base = dict(
+        model="fake-model",
+        source_prompt="a photo of a dog",
+        target_prompts=["a dog on the beach"],
+        num_steps=4,
+        width=64,
+        height=64,
+        seeds="0",
+        layers="decoder",
+        start_step="1",
+        final_step="2,end",
+        baseline=False,
+    )
     base.update(kw)
     return ExperimentSpec(**base)
 
@@ -59,7 +70,9 @@ def serving(store, backend, **cfg):
 
 def assert_each_done_once(store, n: int) -> None:
     runs = runs_of(store)
-    assert len(runs) == n and {r.status for r in runs} == {RunStatus.DONE}, [(r.id, r.status, r.error) for r in runs]
+    assert len(runs) == n and {r.status for r in runs} == {RunStatus.DONE}, [
+        (r.id, r.status, r.error) for r in runs
+    ]
     with store.session() as s:
         per_run = {r.id: 0 for r in runs}
         for sc in s.exec(select(Score)):
@@ -83,8 +96,12 @@ def test_poison_source_images_fail_only_their_own_runs_and_the_queue_drains(stor
     good = good_png(tmp_path / "src.png")
     poisoned = {}
     for kind, make in POISONS.items():
-        exp = save_experiment(store, kind, spec(source_image=str(good), invert=True, seeds=str(len(poisoned))),
-                              queue=True)
+        exp = save_experiment(
+            store,
+            kind,
+            spec(source_image=str(good), invert=True, seeds=str(len(poisoned))),
+            queue=True,
+        )
         target = tmp_path / f"copy-{kind}.png"
         make(target)
         with store.write() as s:
@@ -92,7 +109,9 @@ def test_poison_source_images_fail_only_their_own_runs_and_the_queue_drains(stor
                 run.source_image = str(target)
                 s.add(run)
         poisoned[exp.id] = target
-    fine = save_experiment(store, "fine", spec(source_image=str(good), invert=True, seeds="99"), queue=True)
+    fine = save_experiment(
+        store, "fine", spec(source_image=str(good), invert=True, seeds="99"), queue=True
+    )
     worker = drain(store, FakeBackend())
     for exp_id, path in poisoned.items():
         runs = runs_of(store, exp_id)
@@ -135,7 +154,9 @@ def test_an_exception_anywhere_while_runs_are_claimed_counts_against_them(store)
 
 
 def test_one_bad_target_in_a_batch_fails_alone(store):
-    exp = save_experiment(store, "mixed", spec(target_prompts=["a dog on the beach", "explode"]), queue=True)
+    exp = save_experiment(
+        store, "mixed", spec(target_prompts=["a dog on the beach", "explode"]), queue=True
+    )
     backend = FakeBackend(fail={"explode": KeyError("surprise")})
     drain(store, backend, max_batch=8)
     assert len(backend.calls[0][1]) == 4  # one batch first, then one run at a time
@@ -148,9 +169,17 @@ def test_one_bad_target_in_a_batch_fails_alone(store):
 
 def test_mixed_concept_batch_with_one_bad_concept(store, tmp_path):
     bad_ref = good_png(tmp_path / "a.png")
-    a = save_concept(store, "a", token="sks", class_word="dog", ref_images=[bad_ref], check_model=False)
-    b = save_concept(store, "b", token="sks", class_word="dog", ref_images=[good_png(tmp_path / "b.png")],
-                     check_model=False)
+    a = save_concept(
+        store, "a", token="sks", class_word="dog", ref_images=[bad_ref], check_model=False
+    )
+    b = save_concept(
+        store,
+        "b",
+        token="sks",
+        class_word="dog",
+        ref_images=[good_png(tmp_path / "b.png")],
+        check_model=False,
+    )
     POISONS["bomb"](store.home.root / a.ref_images[0])  # the stored copy of A's reference went bad
     ea = save_experiment(store, "ea", spec(), concept_id=a.id, queue=True)
     eb = save_experiment(store, "eb", spec(), concept_id=b.id, queue=True)
@@ -159,7 +188,10 @@ def test_mixed_concept_batch_with_one_bad_concept(store, tmp_path):
     assert len(backend.calls) == 1 and len(backend.calls[0][1]) == 4  # both concepts in one batch
     # Scoring A failed: A's runs keep their images, done and "not scored" with the reason (issue 10);
     # B's runs are untouched by A's error.
-    assert all(r.status == RunStatus.DONE and r.score_error.startswith("reference image") for r in runs_of(store, ea.id))
+    assert all(
+        r.status == RunStatus.DONE and r.score_error.startswith("reference image")
+        for r in runs_of(store, ea.id)
+    )
     assert all(r.status == RunStatus.DONE and r.score_error is None for r in runs_of(store, eb.id))
 
 
@@ -191,7 +223,10 @@ def test_unwritable_artifacts_pause_the_engine_then_it_resumes(store, flag, code
     flag.errno = code
     save_experiment(store, "e", spec(seeds="0-2"), queue=True)  # 6 runs in 3 groups
     with serving(store, FakeBackend()) as worker:
-        wait_for(lambda: any(w.status == q.WorkerStatus.PAUSED for w in q.list_workers(store)), what="paused")
+        wait_for(
+            lambda: any(w.status == q.WorkerStatus.PAUSED for w in q.list_workers(store)),
+            what="paused",
+        )
         (w,) = q.list_workers(store)
         assert os.strerror(code) in w.message and str(store.home.artifacts) in w.message
         time.sleep(0.5)  # several probes while paused
@@ -199,7 +234,10 @@ def test_unwritable_artifacts_pause_the_engine_then_it_resumes(store, flag, code
         assert {r.status for r in runs} == {RunStatus.QUEUED}  # nothing failed, nothing held
         assert {r.crashes for r in runs} == {0}
         flag.clear()
-        wait_for(lambda: {r.status for r in runs_of(store)} == {RunStatus.DONE}, what="the queue to drain")
+        wait_for(
+            lambda: {r.status for r in runs_of(store)} == {RunStatus.DONE},
+            what="the queue to drain",
+        )
         wait_for(lambda: q.list_workers(store)[0].status == q.WorkerStatus.IDLE, what="idle again")
     assert worker.stats["pauses"] >= 1 and worker.stats["failed"] == 0
     assert_each_done_once(store, 6)
@@ -211,10 +249,16 @@ def test_read_only_artifacts_folder_pauses_the_engine(store):
     store.home.artifacts.chmod(0o500)
     try:
         with serving(store, FakeBackend()):
-            wait_for(lambda: any(w.status == q.WorkerStatus.PAUSED for w in q.list_workers(store)), what="paused")
+            wait_for(
+                lambda: any(w.status == q.WorkerStatus.PAUSED for w in q.list_workers(store)),
+                what="paused",
+            )
             assert {r.status for r in runs_of(store)} == {RunStatus.QUEUED}
             store.home.artifacts.chmod(0o700)
-            wait_for(lambda: {r.status for r in runs_of(store)} == {RunStatus.DONE}, what="the queue to drain")
+            wait_for(
+                lambda: {r.status for r in runs_of(store)} == {RunStatus.DONE},
+                what="the queue to drain",
+            )
     finally:
         store.home.artifacts.chmod(0o700)
 
@@ -235,21 +279,29 @@ def test_full_database_pauses_holds_nothing_and_resumes(store, monkeypatch):
     @contextmanager
     def write():
         if full.is_set():
-            raise OperationalError("INSERT ...", {}, sqlite3.OperationalError("database or disk is full"))
+            raise OperationalError(
+                "INSERT ...", {}, sqlite3.OperationalError("database or disk is full")
+            )
         with real_write() as s:
             yield s
 
     monkeypatch.setattr(store, "write", write)
     save_experiment(store, "e", spec(seeds="0-3"), queue=True)  # 8 runs in 4 groups
     with serving(store, FakeBackend(step_s=0.05)) as worker:
-        wait_for(lambda: any(r.status == RunStatus.RUNNING for r in runs_of(store)), what="a claimed batch")
+        wait_for(
+            lambda: any(r.status == RunStatus.RUNNING for r in runs_of(store)),
+            what="a claimed batch",
+        )
         full.set()  # every write fails now: commit, fail, release and heartbeat alike
         wait_for(lambda: worker.progress.status == q.WorkerStatus.PAUSED, what="paused")
         assert "database or disk is full" in worker.fault
         time.sleep(0.4)
         assert not any(r.status == RunStatus.FAILED for r in runs_of(store))
         full.clear()
-        wait_for(lambda: {r.status for r in runs_of(store)} == {RunStatus.DONE}, what="the queue to drain")
+        wait_for(
+            lambda: {r.status for r in runs_of(store)} == {RunStatus.DONE},
+            what="the queue to drain",
+        )
     assert worker.stats["failed"] == 0
     assert_each_done_once(store, 8)
 
@@ -258,7 +310,9 @@ def test_deleted_database_file_pauses_the_engine(store, tmp_path):
     save_experiment(store, "e", spec(), queue=True)
     db = store.home.db_path
     with serving(store, FakeBackend()) as worker:
-        wait_for(lambda: {r.status for r in runs_of(store)} == {RunStatus.DONE}, what="the first drain")
+        wait_for(
+            lambda: {r.status for r in runs_of(store)} == {RunStatus.DONE}, what="the first drain"
+        )
         moved = tmp_path / "moved.db"
         os.rename(db, moved)
         wait_for(lambda: worker.progress.status == q.WorkerStatus.PAUSED, what="paused")
@@ -269,13 +323,32 @@ def test_deleted_database_file_pauses_the_engine(store, tmp_path):
 
 def test_a_value_the_database_refuses_fails_its_run_and_does_not_pause(store):
     def nan_for_one(images, texts, source, refs):
-        return [[{"metric": "fake", "backbone": "none", "value": float("nan") if t == "nan score" else 0.5,
-                  "preprocess": "", "scored_text": t}] for t in texts]
+        return [
+            [
+                {
+                    "metric": "fake",
+                    "backbone": "none",
+                    "value": float("nan") if t == "nan score" else 0.5,
+                    "preprocess": "",
+                    "scored_text": t,
+                }
+            ]
+            for t in texts
+        ]
 
-    exp = save_experiment(store, "e", spec(target_prompts=["a dog on the beach", "nan score"]), queue=True)
-    worker = Worker(store, FakeBackend(), WorkerConfig(once=True, heartbeat_s=0.2, poll_s=0.05),
-                    score=nan_for_one, worker_id="w-nan")
+    exp = save_experiment(
+        store, "e", spec(target_prompts=["a dog on the beach", "nan score"]), queue=True
+    )
+    worker = Worker(
+        store,
+        FakeBackend(),
+        WorkerConfig(once=True, heartbeat_s=0.2, poll_s=0.05),
+        score=nan_for_one,
+        worker_id="w-nan",
+    )
     worker.run()
     assert worker.fault is None and worker.stats["pauses"] == 0
     for r in runs_of(store, exp.id):
-        assert r.status == (RunStatus.FAILED if r.target_prompt == "nan score" else RunStatus.DONE), r.error
+        assert r.status == (
+            RunStatus.FAILED if r.target_prompt == "nan score" else RunStatus.DONE
+        ), r.error

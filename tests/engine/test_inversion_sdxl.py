@@ -4,6 +4,7 @@ The reference loop below is written from the DDIM equations and the UNet/text-en
 directly (no pipeline or inversion helper), so it checks the recipe and SDXL's added
 conditioning independently of engine.inversion.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -46,11 +47,19 @@ def reference_inversion(pipe, image_path, prompt, n, guidance, height, width):
 
     states = []
     for tok, enc in ((pipe.tokenizer, pipe.text_encoder), (pipe.tokenizer_2, pipe.text_encoder_2)):
-        ids = tok(prompt, padding="max_length", max_length=tok.model_max_length, truncation=True,
-                  return_tensors="pt").input_ids
+        ids = tok(
+            prompt,
+            padding="max_length",
+            max_length=tok.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids
         out = enc(ids, output_hidden_states=True)
         states.append(out.hidden_states[-2])  # SDXL reads the penultimate layer of both encoders
-    embeds, pooled = torch.cat(states, dim=-1), out.text_embeds  # pooled: the projected second encoder
+    embeds, pooled = (
+        torch.cat(states, dim=-1),
+        out.text_embeds,
+    )  # pooled: the projected second encoder
     # original size, crop top-left, target size
     time_ids = torch.tensor([[height, width, 0, 0, height, width]], dtype=embeds.dtype)
     cfg = guidance > 1
@@ -66,8 +75,12 @@ def reference_inversion(pipe, image_path, prompt, n, guidance, height, width):
         t = k * stride + pipe.scheduler.config.steps_offset
         a_from = acp[t - stride] if t - stride >= 0 else acp[0]  # set_alpha_to_one=False
         a_to = acp[t]
-        eps = pipe.unet(torch.cat([z] * 2) if cfg else z, t, encoder_hidden_states=embeds,
-                        added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids}).sample
+        eps = pipe.unet(
+            torch.cat([z] * 2) if cfg else z,
+            t,
+            encoder_hidden_states=embeds,
+            added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids},
+        ).sample
         if cfg:
             eps_u, eps_c = eps.chunk(2)
             eps = eps_u + guidance * (eps_c - eps_u)
@@ -82,7 +95,9 @@ class InputRecorder:
 
     def __init__(self, unet):
         self.inputs: list[torch.Tensor] = []
-        self.handle = unet.register_forward_pre_hook(lambda _m, args: self.inputs.append(args[0].detach().clone()))
+        self.handle = unet.register_forward_pre_hook(
+            lambda _m, args: self.inputs.append(args[0].detach().clone())
+        )
 
     def close(self):
         self.handle.remove()
@@ -92,18 +107,32 @@ def test_tiny_sdxl_has_sdxl_topology_and_loads_through_the_engine(pipe, tiny_sdx
     from diffusers import DDIMScheduler, StableDiffusionXLPipeline
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
-    assert type(pipe.text_encoder) is CLIPTextModel and type(pipe.text_encoder_2) is CLIPTextModelWithProjection
+    assert (
+        type(pipe.text_encoder) is CLIPTextModel
+        and type(pipe.text_encoder_2) is CLIPTextModelWithProjection
+    )
     cfg = pipe.unet.config
     assert cfg.addition_embed_type == "text_time"
-    assert cfg.projection_class_embeddings_input_dim == 6 * cfg.addition_time_embed_dim + pipe.text_encoder_2.config.projection_dim
-    assert cfg.cross_attention_dim == pipe.text_encoder.config.hidden_size + pipe.text_encoder_2.config.hidden_size
+    assert (
+        cfg.projection_class_embeddings_input_dim
+        == 6 * cfg.addition_time_embed_dim + pipe.text_encoder_2.config.projection_dim
+    )
+    assert (
+        cfg.cross_attention_dim
+        == pipe.text_encoder.config.hidden_size + pipe.text_encoder_2.config.hidden_size
+    )
     assert block_paths(pipe.unet) == SDXL_BLOCKS and len(SDXL_BLOCKS) == 70
     attn1 = [n for n in pipe.unet.attn_processors if n.endswith(".attn1.processor")]
     assert sorted(n[: -len(".attn1.processor")] for n in attn1) == sorted(SDXL_BLOCKS)
     assert pipe.vae.config.force_upcast and pipe.config.force_zeros_for_empty_prompt
     engine_pipe = load_pipeline(str(tiny_sdxl_dir))
-    assert isinstance(engine_pipe, StableDiffusionXLPipeline) and isinstance(engine_pipe.scheduler, DDIMScheduler)
-    assert engine_pipe.scheduler.config.clip_sample is False and engine_pipe.scheduler.config.set_alpha_to_one is False
+    assert isinstance(engine_pipe, StableDiffusionXLPipeline) and isinstance(
+        engine_pipe.scheduler, DDIMScheduler
+    )
+    assert (
+        engine_pipe.scheduler.config.clip_sample is False
+        and engine_pipe.scheduler.config.set_alpha_to_one is False
+    )
 
 
 @pytest.mark.parametrize("guidance", [1.0, 7.5])
@@ -130,9 +159,17 @@ def test_inversion_guidance_changes_the_start_latent(pipe, wide_image):
 def test_pinned_source_row_equals_the_inversion_trajectory_at_every_step(pipe, reference_image):
     rec = InputRecorder(pipe.unet)
     try:
-        res = generate(pipe, Source(PROMPT, image=reference_image, invert=True, pin_to_inversion=True),
-                       [Target("a corgi on the beach", None)], seed=0, num_steps=STEPS, guidance=7.5,
-                       height=64, width=64, decode=False)
+        res = generate(
+            pipe,
+            Source(PROMPT, image=reference_image, invert=True, pin_to_inversion=True),
+            [Target("a corgi on the beach", None)],
+            seed=0,
+            num_steps=STEPS,
+            guidance=7.5,
+            height=64,
+            width=64,
+            decode=False,
+        )
     finally:
         rec.close()
     traj = res.inversion.trajectory
@@ -140,7 +177,9 @@ def test_pinned_source_row_equals_the_inversion_trajectory_at_every_step(pipe, r
     assert len(rec.inputs) == 2 * STEPS
     for i, batch in enumerate(denoising):
         assert batch.shape[0] == 4  # [uncond: src, tgt, cond: src, tgt]
-        assert torch.equal(batch[0], traj[STEPS - i][0]) and torch.equal(batch[2], traj[STEPS - i][0])
+        assert torch.equal(batch[0], traj[STEPS - i][0]) and torch.equal(
+            batch[2], traj[STEPS - i][0]
+        )
         if i:
             assert not torch.equal(batch[1], traj[STEPS - i][0])  # the target row is not pinned
     assert torch.equal(res.latents[0], traj[0][0])
@@ -162,13 +201,23 @@ def latent_blind_pipe(tiny_sdxl_dir):
 
 
 @pytest.mark.parametrize("guidance", [1.0, 7.5])
-def test_generation_retraces_the_inversion_when_conditioning_matches(latent_blind_pipe, wide_image, guidance):
+def test_generation_retraces_the_inversion_when_conditioning_matches(
+    latent_blind_pipe, wide_image, guidance
+):
     pipe = latent_blind_pipe
     rec = InputRecorder(pipe.unet)
     try:
-        res = generate(pipe, Source(PROMPT, image=wide_image, invert=True, inversion_guidance=guidance),
-                       [Target("a corgi on the beach", None)], seed=0, num_steps=STEPS, guidance=guidance,
-                       height=H, width=W, decode=False)
+        res = generate(
+            pipe,
+            Source(PROMPT, image=wide_image, invert=True, inversion_guidance=guidance),
+            [Target("a corgi on the beach", None)],
+            seed=0,
+            num_steps=STEPS,
+            guidance=guidance,
+            height=H,
+            width=W,
+            decode=False,
+        )
     finally:
         rec.close()
     traj = res.inversion.trajectory
@@ -178,8 +227,17 @@ def test_generation_retraces_the_inversion_when_conditioning_matches(latent_blin
 
 
 def test_mismatched_inversion_guidance_does_not_retrace(latent_blind_pipe, wide_image):
-    res = generate(latent_blind_pipe, Source(PROMPT, image=wide_image, invert=True, inversion_guidance=1.0),
-                   [], seed=0, num_steps=STEPS, guidance=7.5, height=H, width=W, decode=False)
+    res = generate(
+        latent_blind_pipe,
+        Source(PROMPT, image=wide_image, invert=True, inversion_guidance=1.0),
+        [],
+        seed=0,
+        num_steps=STEPS,
+        guidance=7.5,
+        height=H,
+        width=W,
+        decode=False,
+    )
     assert (res.latents[0] - res.inversion.trajectory[0][0]).abs().max() > 1e-2
 
 
@@ -204,10 +262,20 @@ def test_fp16_vae_that_asks_for_it_encodes_in_fp32(tiny_sdxl_dir, reference_imag
 
 def test_inversion_guidance_without_inversion_is_refused(pipe):
     with pytest.raises(ValueError, match="only used with invert=True"):
-        generate(pipe, Source(PROMPT, inversion_guidance=7.5), [], seed=0, num_steps=2, height=64, width=64)
+        generate(
+            pipe,
+            Source(PROMPT, inversion_guidance=7.5),
+            [],
+            seed=0,
+            num_steps=2,
+            height=64,
+            width=64,
+        )
 
 
-def test_inversion_guidance_one_vs_seven_and_a_half_through_the_worker(store, tiny_sdxl_dir, reference_image):
+def test_inversion_guidance_one_vs_seven_and_a_half_through_the_worker(
+    store, tiny_sdxl_dir, reference_image
+):
     """Two values of the setting: two source passes, recorded per run, exported, and each source
     is what generate() makes at that inversion guidance."""
     from PIL import Image
@@ -220,13 +288,28 @@ def test_inversion_guidance_one_vs_seven_and_a_half_through_the_worker(store, ti
     from store.report.export import export_runs_csv
     from store.sweep.spec import ExperimentSpec
 
-    spec = ExperimentSpec(model=str(tiny_sdxl_dir), source_prompt=PROMPT, source_image=str(reference_image),
-                          inversion_guidance="1,7.5", target_prompts=["a corgi on the beach"], num_steps=3,
-                          guidance=7.5, width=64, height=64, seeds="0", layers="decoder", start_step="1",
-                          final_step="end")
+    spec = ExperimentSpec(
+        model=str(tiny_sdxl_dir),
+        source_prompt=PROMPT,
+        source_image=str(reference_image),
+        inversion_guidance="1,7.5",
+        target_prompts=["a corgi on the beach"],
+        num_steps=3,
+        guidance=7.5,
+        width=64,
+        height=64,
+        seeds="0",
+        layers="decoder",
+        start_step="1",
+        final_step="end",
+    )
     exp = save_experiment(store, "inv", spec, queue=True)
-    worker = Worker(store, PipelineBackend("cpu", home=store.home), WorkerConfig(once=True, heartbeat_s=0.2),
-                    worker_id="sdxl")
+    worker = Worker(
+        store,
+        PipelineBackend("cpu", home=store.home),
+        WorkerConfig(once=True, heartbeat_s=0.2),
+        worker_id="sdxl",
+    )
     worker.run()
     with store.session() as s:
         runs = list(s.exec(select(Run).where(Run.experiment_id == exp.id).order_by(Run.id)))
@@ -242,10 +325,16 @@ def test_inversion_guidance_one_vs_seven_and_a_half_through_the_worker(store, ti
 
     sources = {g: pixels(v[0]) for g, v in by_value.items()}
     assert np.abs(sources[1.0] - sources[7.5]).max() > 0
-    direct = generate(load_pipeline(str(tiny_sdxl_dir)),
-                      Source(PROMPT, image=reference_image, invert=True, inversion_guidance=7.5),
-                      [Target("a corgi on the beach", None)] * 2, seed=0, num_steps=3, guidance=7.5,
-                      height=64, width=64)  # the worker's batch size: batched kernels round differently
+    direct = generate(
+        load_pipeline(str(tiny_sdxl_dir)),
+        Source(PROMPT, image=reference_image, invert=True, inversion_guidance=7.5),
+        [Target("a corgi on the beach", None)] * 2,
+        seed=0,
+        num_steps=3,
+        guidance=7.5,
+        height=64,
+        width=64,
+    )  # the worker's batch size: batched kernels round differently
     assert np.array_equal(np.asarray(direct.source_image, dtype=np.int16), sources[7.5])
 
     import csv
@@ -289,7 +378,9 @@ def test_sd_inversion_guidance_reaches_the_inversion_too(tiny_model_dir, referen
 
     sd = load_tiny_pipeline(tiny_model_dir)
     kw = dict(seed=0, num_steps=STEPS, height=64, width=64, decode=False)
-    res = generate(sd, Source(PROMPT, image=reference_image, invert=True, inversion_guidance=7.5), [], **kw)
+    res = generate(
+        sd, Source(PROMPT, image=reference_image, invert=True, inversion_guidance=7.5), [], **kw
+    )
     guided = invert(sd, reference_image, PROMPT, STEPS, guidance=7.5, height=64, width=64)
     plain = invert(sd, reference_image, PROMPT, STEPS, guidance=1.0, height=64, width=64)
     assert torch.equal(res.inversion.latent, guided.latent)

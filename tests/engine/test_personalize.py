@@ -1,4 +1,5 @@
 """Personalization loaders: Custom Diffusion merge, textual inversion, LoRA beside our processors."""
+
 from __future__ import annotations
 
 import pytest
@@ -21,13 +22,28 @@ def noise():
 
 @torch.no_grad()
 def _stock(pipe, noise):
-    return pipe(prompt=PROMPTS, num_inference_steps=STEPS, height=64, width=64,
-                latents=noise.expand(2, -1, -1, -1).clone(), output_type="latent").images
+    return pipe(
+        prompt=PROMPTS,
+        num_inference_steps=STEPS,
+        height=64,
+        width=64,
+        latents=noise.expand(2, -1, -1, -1).clone(),
+        output_type="latent",
+    ).images
 
 
 def _ours(pipe, noise, control=None):
-    return generate(pipe, Source(PROMPTS[0]), [Target(PROMPTS[1], control)], seed=0, num_steps=STEPS,
-                    height=64, width=64, latents=noise, decode=False).latents
+    return generate(
+        pipe,
+        Source(PROMPTS[0]),
+        [Target(PROMPTS[1], control)],
+        seed=0,
+        num_steps=STEPS,
+        height=64,
+        width=64,
+        latents=noise,
+        decode=False,
+    ).latents
 
 
 def _custom_diffusion_processors(unet, seed=0):
@@ -39,8 +55,11 @@ def _custom_diffusion_processors(unet, seed=0):
         attn = unet.get_submodule(name[: -len(".processor")])
         if name.endswith("attn2.processor"):
             proc = CustomDiffusionAttnProcessor2_0(
-                train_kv=True, train_q_out=True, hidden_size=attn.to_q.out_features,
-                cross_attention_dim=attn.to_k.in_features, out_bias=True,
+                train_kv=True,
+                train_q_out=True,
+                hidden_size=attn.to_q.out_features,
+                cross_attention_dim=attn.to_k.in_features,
+                out_bias=True,
             )
         else:
             proc = CustomDiffusionAttnProcessor2_0(train_kv=False, train_q_out=False)
@@ -52,8 +71,11 @@ def test_custom_diffusion_merged_equals_its_processors(tiny_model_dir, tmp_path,
     reference = load_tiny_pipeline(tiny_model_dir)
     plain = _stock(reference, noise)
     reference.unet.set_attn_processor(_custom_diffusion_processors(reference.unet))
-    reference.unet.save_attn_procs(tmp_path / "cd", weight_name="pytorch_custom_diffusion_weights.bin",
-                                   safe_serialization=False)
+    reference.unet.save_attn_procs(
+        tmp_path / "cd",
+        weight_name="pytorch_custom_diffusion_weights.bin",
+        safe_serialization=False,
+    )
     expected = _stock(reference, noise)
     assert not torch.allclose(expected, plain, atol=1e-4)
 
@@ -73,7 +95,10 @@ def test_custom_diffusion_delta_bin_with_modifier_token(tiny_model_dir, tmp_path
     w = torch.randn_like(pipe.unet.get_parameter(key))
     u, v = torch.randn(old_v.shape[0], 2), torch.randn(2, old_v.shape[1])
     emb = torch.randn(32)
-    torch.save({"unet": {key: w, vkey: {"u": u, "v": v}}, "modifier_token": {"<new1>": emb}}, tmp_path / "delta.bin")
+    torch.save(
+        {"unet": {key: w, vkey: {"u": u, "v": v}}, "modifier_token": {"<new1>": emb}},
+        tmp_path / "delta.bin",
+    )
     tokens = apply_personalization(pipe, "custom_diffusion", tmp_path)
     assert tokens == ["<new1>"]
     assert torch.equal(pipe.unet.get_parameter(key), w)
@@ -95,12 +120,23 @@ def test_textual_inversion_token_resolves(tiny_model_dir, tmp_path, noise):
     assert torch.equal(pipe.text_encoder.get_input_embeddings().weight[tid], emb)
     assert token_indices(pipe.tokenizer, "a photo of <ktn> dog", ["<ktn>"]) == {"<ktn>": [4]}
     spec = ControlSpec(start_step=1, mask=MaskSpec(mode="auto", words=("<ktn>",)))
-    res = generate(pipe, Source("a photo of <ktn> dog"), [Target("<ktn> dog on the beach", spec)],
-                   seed=0, num_steps=STEPS, height=64, width=64, latents=noise, decode=False)
+    res = generate(
+        pipe,
+        Source("a photo of <ktn> dog"),
+        [Target("<ktn> dog on the beach", spec)],
+        seed=0,
+        num_steps=STEPS,
+        height=64,
+        width=64,
+        latents=noise,
+        decode=False,
+    )
     assert set(res.maps[0]) == {"<ktn>"}
     # renaming a single embedding with token=
     other = load_tiny_pipeline(tiny_model_dir)
-    assert apply_personalization(other, "textual_inversion", tmp_path / "learned_embeds.safetensors", token="<sks>") == ["<sks>"]
+    assert apply_personalization(
+        other, "textual_inversion", tmp_path / "learned_embeds.safetensors", token="<sks>"
+    ) == ["<sks>"]
 
 
 def _save_tiny_lora(unet, folder):
@@ -110,10 +146,18 @@ def _save_tiny_lora(unet, folder):
     from peft.utils import get_peft_model_state_dict
 
     torch.manual_seed(0)
-    unet.add_adapter(LoraConfig(r=2, lora_alpha=2, init_lora_weights=False,
-                                target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    unet.add_adapter(
+        LoraConfig(
+            r=2,
+            lora_alpha=2,
+            init_lora_weights=False,
+            target_modules=["to_q", "to_k", "to_v", "to_out.0"],
+        )
+    )
     layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
-    StableDiffusionPipeline.save_lora_weights(folder, unet_lora_layers=layers, safe_serialization=True)
+    StableDiffusionPipeline.save_lora_weights(
+        folder, unet_lora_layers=layers, safe_serialization=True
+    )
 
 
 def test_lora_with_our_processors_equals_lora_alone(tiny_model_dir, tmp_path, noise):
@@ -139,7 +183,10 @@ def test_errors_name_the_file(tiny_model_dir, tmp_path):
         apply_personalization(pipe, "lora", tmp_path)
     with pytest.raises(PersonalizationError, match="unknown personalization kind"):
         apply_personalization(pipe, "hypernetwork", tmp_path)
-    assert apply_personalization(pipe, "none", None) == [] and apply_personalization(pipe, "full", "x") == []
+    assert (
+        apply_personalization(pipe, "none", None) == []
+        and apply_personalization(pipe, "full", "x") == []
+    )
 
 
 def test_weights_never_unpickle_code(tmp_path):

@@ -1,4 +1,5 @@
 """generate(): one source + N targets per batch, MasaCtrl semantics, against stock diffusers."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -50,8 +51,13 @@ def _stock(pipe, prompts, noise, guidance=7.5):
 
     assert type(pipe) is StableDiffusionPipeline
     return pipe(
-        prompt=prompts, num_inference_steps=STEPS, guidance_scale=guidance, height=64, width=64,
-        latents=noise.expand(len(prompts), -1, -1, -1).clone(), output_type="latent",
+        prompt=prompts,
+        num_inference_steps=STEPS,
+        guidance_scale=guidance,
+        height=64,
+        width=64,
+        latents=noise.expand(len(prompts), -1, -1, -1).clone(),
+        output_type="latent",
     ).images
 
 
@@ -59,7 +65,10 @@ def test_inactive_control_is_bit_identical_to_stock_pipeline(tiny_model_dir, noi
     pipe = load_tiny_pipeline(tiny_model_dir)
     stock = _stock(pipe, [SRC, TGT, "a cat"], noise)
     res = _gen(pipe, [Target(TGT, None), Target("a cat", None)], noise, trace=True)
-    assert type(pipe.unet.attn_processors[f"{SD15_BLOCKS[0]}.attn1.processor"]).__name__ == "MutualSelfAttnProcessor"
+    assert (
+        type(pipe.unet.attn_processors[f"{SD15_BLOCKS[0]}.attn1.processor"]).__name__
+        == "MutualSelfAttnProcessor"
+    )
     assert torch.equal(res.latents, stock)
     assert res.trace == set() and res.masks == [None, None] and res.maps == [{}, {}]
     assert len(res.images) == 2 and res.source_image.size == (64, 64)
@@ -67,7 +76,10 @@ def test_inactive_control_is_bit_identical_to_stock_pipeline(tiny_model_dir, noi
     _gen(pipe, [Target(TGT, ControlSpec(start_step=0, layers="all"))], noise)
     assert torch.equal(_stock(pipe, [SRC, TGT, "a cat"], noise), stock)
     # without classifier-free guidance too
-    assert torch.equal(_gen(pipe, [Target(TGT, None)], noise, guidance=1.0).latents, _stock(pipe, [SRC, TGT], noise, 1.0))
+    assert torch.equal(
+        _gen(pipe, [Target(TGT, None)], noise, guidance=1.0).latents,
+        _stock(pipe, [SRC, TGT], noise, 1.0),
+    )
 
 
 def test_active_control_keeps_source_and_changes_target(pipe, noise):
@@ -111,12 +123,24 @@ def test_schedules_trace_exactly(pipe, noise):
 
 def test_mask_mode_produces_masks_and_maps(pipe):
     noise = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(4))
-    auto = ControlSpec(layers="decoder", start_step=2, mask=MaskSpec(mode="auto", words=("corgi", "beach")))
-    prev = ControlSpec(layers="decoder", start_step=2, mask=MaskSpec(mode="auto", threshold=None, timing="previous"))
+    auto = ControlSpec(
+        layers="decoder", start_step=2, mask=MaskSpec(mode="auto", words=("corgi", "beach"))
+    )
+    prev = ControlSpec(
+        layers="decoder",
+        start_step=2,
+        mask=MaskSpec(mode="auto", threshold=None, timing="previous"),
+    )
     plain = ControlSpec(layers="decoder", start_step=2)
     res = generate(
-        pipe, Source(SRC), [Target(TGT, auto), Target(TGT, prev), Target(TGT, plain)],
-        seed=0, num_steps=6, height=128, width=128, latents=noise,
+        pipe,
+        Source(SRC),
+        [Target(TGT, auto), Target(TGT, prev), Target(TGT, plain)],
+        seed=0,
+        num_steps=6,
+        height=128,
+        width=128,
+        latents=noise,
     )
     for r in (0, 1):
         masks = res.masks[r]
@@ -129,8 +153,19 @@ def test_mask_mode_produces_masks_and_maps(pipe):
     assert res.masks[2] is None and res.maps[2] == {}
     # masking changes the target but never the source
     assert (res.latents[1] - res.latents[3]).abs().max() > 0
-    assert torch.equal(res.latents[0], generate(pipe, Source(SRC), [Target(TGT, plain)], seed=0, num_steps=6,
-                                                height=128, width=128, latents=noise).latents[0])
+    assert torch.equal(
+        res.latents[0],
+        generate(
+            pipe,
+            Source(SRC),
+            [Target(TGT, plain)],
+            seed=0,
+            num_steps=6,
+            height=128,
+            width=128,
+            latents=noise,
+        ).latents[0],
+    )
 
 
 def test_image_mask_mode(pipe, tmp_path, noise):
@@ -192,8 +227,26 @@ def test_non_finite_latents_raise(tiny_model_dir, noise):
 
 
 def test_seeded_noise_is_shared_and_reproducible(pipe):
-    a = generate(pipe, Source(SRC), [Target(SRC, None)], seed=5, num_steps=3, height=64, width=64, decode=False)
-    b = generate(pipe, Source(SRC), [Target(SRC, None)], seed=5, num_steps=3, height=64, width=64, decode=False)
+    a = generate(
+        pipe,
+        Source(SRC),
+        [Target(SRC, None)],
+        seed=5,
+        num_steps=3,
+        height=64,
+        width=64,
+        decode=False,
+    )
+    b = generate(
+        pipe,
+        Source(SRC),
+        [Target(SRC, None)],
+        seed=5,
+        num_steps=3,
+        height=64,
+        width=64,
+        decode=False,
+    )
     assert torch.equal(a.latents, b.latents)
     assert torch.equal(a.latents[0], a.latents[1])  # same prompt + same noise + no control
 
@@ -247,11 +300,26 @@ def test_cross_attention_recorded_only_where_needed(pipe, monkeypatch):
 
     monkeypatch.setattr(MutualAttentionController, "record", spy)
     noise = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(5))
-    cur = ControlSpec(layers="decoder", start_step=3, final_step=5, mask=MaskSpec(mode="auto", layers="decoder"))
-    prev = ControlSpec(layers="decoder", start_step=3, final_step=5,
-                       mask=MaskSpec(mode="auto", layers="encoder", timing="previous"))
-    generate(pipe, Source(SRC), [Target(TGT, None), Target(TGT, cur), Target(TGT, prev)],
-             seed=0, num_steps=6, height=128, width=128, latents=noise, decode=False)
+    cur = ControlSpec(
+        layers="decoder", start_step=3, final_step=5, mask=MaskSpec(mode="auto", layers="decoder")
+    )
+    prev = ControlSpec(
+        layers="decoder",
+        start_step=3,
+        final_step=5,
+        mask=MaskSpec(mode="auto", layers="encoder", timing="previous"),
+    )
+    generate(
+        pipe,
+        Source(SRC),
+        [Target(TGT, None), Target(TGT, cur), Target(TGT, prev)],
+        seed=0,
+        num_steps=6,
+        height=128,
+        width=128,
+        latents=noise,
+        decode=False,
+    )
     # CFG batch of 2 x 4 rows: the cond half starts at row 4; 16 map tokens, 77 text tokens
     expected = {(s, l, (4, 6), (2, 16, 77)) for s in (3, 4) for l in (7, 8, 9)}
     expected |= {(s, l, (4, 7), (2, 16, 77)) for s in (2, 3) for l in (4, 5)}
@@ -268,7 +336,9 @@ class _MasaCtrlReference:
         self.num_att_layers = num_att_layers
         self.cur_step = self.cur_att_layer = 0
 
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, **kwargs):
+    def __call__(
+        self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, **kwargs
+    ):
         is_cross = encoder_hidden_states is not None
         context = encoder_hidden_states if is_cross else hidden_states
         q, k, v = attn.to_q(hidden_states), attn.to_k(context), attn.to_v(context)
@@ -281,14 +351,21 @@ class _MasaCtrlReference:
             w = (q @ k.transpose(-1, -2) * d**-0.5).softmax(-1)
             return (w @ v).transpose(1, 2).reshape(b, n, inner)
 
-        controlled = (not is_cross and self.cur_step >= self.start_step
-                      and self.cur_att_layer // 2 >= self.start_layer)
+        controlled = (
+            not is_cross
+            and self.cur_step >= self.start_step
+            and self.cur_att_layer // 2 >= self.start_layer
+        )
         if controlled:
             qu, qc = q.chunk(2)
             ku, kc = k.chunk(2)
             vu, vc = v.chunk(2)
-            out = torch.cat([attend(qu, ku[:1].expand_as(ku), vu[:1].expand_as(vu)),
-                             attend(qc, kc[:1].expand_as(kc), vc[:1].expand_as(vc))])
+            out = torch.cat(
+                [
+                    attend(qu, ku[:1].expand_as(ku), vu[:1].expand_as(vu)),
+                    attend(qc, kc[:1].expand_as(kc), vc[:1].expand_as(vc)),
+                ]
+            )
         else:
             out = attend(q, k, v)
         self.cur_att_layer += 1
@@ -309,12 +386,25 @@ def test_matches_an_independent_masactrl_reference(tiny_model_dir, noise):
     assert not torch.allclose(ours.latents[1], _stock(ref_pipe, [SRC, TGT], noise)[1], atol=1e-4)
 
 
-@pytest.mark.parametrize("kw,fragment", [
-    (dict(num_steps=0), "num_steps"), (dict(num_steps=-3), "num_steps"), (dict(num_steps=2.5), "num_steps"),
-    (dict(guidance=float("nan")), "guidance"), (dict(guidance=float("inf")), "guidance"),
-])
+@pytest.mark.parametrize(
+    "kw,fragment",
+    [
+        (dict(num_steps=0), "num_steps"),
+        (dict(num_steps=-3), "num_steps"),
+        (dict(num_steps=2.5), "num_steps"),
+        (dict(guidance=float("nan")), "guidance"),
+        (dict(guidance=float("inf")), "guidance"),
+    ],
+)
 def test_generate_refuses_zero_steps_and_non_finite_guidance(pipe, kw, fragment):
     # Before: ZeroDivisionError for 0 steps, and NaN guidance silently ran without guidance.
     with pytest.raises(ValueError, match=fragment):
-        generate(pipe, Source("a dog"), [Target("a dog on the beach")], seed=0, height=64, width=64,
-                 **dict(dict(num_steps=2), **kw))
+        generate(
+            pipe,
+            Source("a dog"),
+            [Target("a dog on the beach")],
+            seed=0,
+            height=64,
+            width=64,
+            **dict(dict(num_steps=2), **kw),
+        )

@@ -1,4 +1,5 @@
 """Mutual self-attention processors checked against explicit attention formulas."""
+
 from __future__ import annotations
 
 import math
@@ -10,8 +11,8 @@ import torch.nn.functional as F  # noqa: E402
 
 from engine.processors import (  # noqa: E402
     BatchLayoutError,
-    MutualSelfAttnProcessor,
     CrossAttnRecorder,
+    MutualSelfAttnProcessor,
     RowControl,
     block_paths,
     install_control,
@@ -53,7 +54,9 @@ def _explicit(attn, hs_q, hs_kv, allowed=None):
 
 def test_block_order_is_execution_order_not_dict_order(unet):
     assert block_paths(unet) == SD15_BLOCKS
-    dict_order = [n[: -len(".attn1.processor")] for n in unet.attn_processors if n.endswith("attn1.processor")]
+    dict_order = [
+        n[: -len(".attn1.processor")] for n in unet.attn_processors if n.endswith("attn1.processor")
+    ]
     assert dict_order[-1].startswith("mid_block")  # why the order must come from the structure
     assert dict_order != SD15_BLOCKS
 
@@ -65,7 +68,10 @@ def test_install_wraps_every_layer_and_is_idempotent(unet):
     assert sum(isinstance(p, CrossAttnRecorder) for p in procs.values()) == 16
     assert install_control(unet) is c and unet.attn_processors == procs
     remove_control(unet)
-    assert not any(isinstance(p, (MutualSelfAttnProcessor, CrossAttnRecorder)) for p in unet.attn_processors.values())
+    assert not any(
+        isinstance(p, (MutualSelfAttnProcessor, CrossAttnRecorder))
+        for p in unet.attn_processors.values()
+    )
 
 
 @torch.no_grad()
@@ -74,7 +80,12 @@ def test_controlled_layer_equals_explicit_mutual_attention(unet):
     attn = _attn1(unet, LAYER)
     hs = torch.randn(2, 64, attn.to_q.in_features, generator=torch.Generator().manual_seed(0))
     plain = attn(hs)  # not armed: the stock processor
-    c.arm([None, RowControl(steps=frozenset({0}), layers=frozenset({LAYER}))], cfg=False, latent_size=(16, 16), trace=True)
+    c.arm(
+        [None, RowControl(steps=frozenset({0}), layers=frozenset({LAYER}))],
+        cfg=False,
+        latent_size=(16, 16),
+        trace=True,
+    )
     c.begin_step()
     out = attn(hs)
     expected_t = attn.to_out[0](_explicit(attn, hs[1:], hs[:1]))
@@ -87,7 +98,11 @@ def test_controlled_layer_equals_explicit_mutual_attention(unet):
     hs2 = torch.randn(2, 64, other.to_q.in_features)
     c.disarm()
     ref = other(hs2)
-    c.arm([None, RowControl(steps=frozenset({0}), layers=frozenset({LAYER}))], cfg=False, latent_size=(16, 16))
+    c.arm(
+        [None, RowControl(steps=frozenset({0}), layers=frozenset({LAYER}))],
+        cfg=False,
+        latent_size=(16, 16),
+    )
     c.begin_step()
     assert torch.equal(other(hs2), ref)
     c.begin_step()  # step 1: outside the schedule
@@ -122,7 +137,9 @@ def test_masked_control_equals_two_pass_blend(unet):
     # map 4x4, layer 8x8: nearest upsampling by 2
     fg_s = torch.rand(4, 4, generator=g) > 0.5
     fg_t = torch.rand(4, 4, generator=g) > 0.5
-    row = RowControl(steps=frozenset({0}), layers=frozenset({LAYER}), mask_mode="image", fixed_masks=(fg_s, fg_t))
+    row = RowControl(
+        steps=frozenset({0}), layers=frozenset({LAYER}), mask_mode="image", fixed_masks=(fg_s, fg_t)
+    )
     c.arm([None, row], cfg=False, latent_size=(16, 16), map_size=(4, 4))
     c.begin_step()
     out = attn(hs)
@@ -152,7 +169,11 @@ def test_masked_allowed_never_leaves_a_query_without_keys():
 def test_batch_layout_mismatch_fails_loudly(unet):
     c = install_control(unet)
     attn = _attn1(unet, LAYER)
-    c.arm([None, RowControl(steps=frozenset({0}), layers=frozenset({LAYER}))], cfg=True, latent_size=(16, 16))
+    c.arm(
+        [None, RowControl(steps=frozenset({0}), layers=frozenset({LAYER}))],
+        cfg=True,
+        latent_size=(16, 16),
+    )
     c.begin_step()
     with pytest.raises(BatchLayoutError, match="expects 4"):
         attn(torch.randn(2, 64, attn.to_q.in_features))

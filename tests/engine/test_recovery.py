@@ -1,5 +1,6 @@
 """Engines as real processes: SIGKILL mid-batch and restart, two engines on one database,
 detached start surviving SIGHUP of its parent, the per-device lock."""
+
 from __future__ import annotations
 
 import collections
@@ -27,10 +28,22 @@ ROOT = Path(__file__).resolve().parents[2]
 # Each test that uses `home` or `store` runs on SQLite and on a real PostgreSQL server (tests/conftest.py).
 DB_BACKENDS = ("sqlite", "postgresql")
 
+
 def make_exp(store, name="exp", model="fake-model", **kw):
-    base = dict(model=model, source_prompt="a photo of a dog", target_prompts=["a dog on the beach"],
-                num_steps=4, width=64, height=64, seeds="0", layers="decoder", start_step="0,1",
-                final_step="2,3", skip_interval="1,2", baseline=False)
+    base = dict(
+        model=model,
+        source_prompt="a photo of a dog",
+        target_prompts=["a dog on the beach"],
+        num_steps=4,
+        width=64,
+        height=64,
+        seeds="0",
+        layers="decoder",
+        start_step="0,1",
+        final_step="2,3",
+        skip_interval="1,2",
+        baseline=False,
+    )
     base.update(kw)
     return save_experiment(store, name, ExperimentSpec(**base), queue=True)
 
@@ -41,15 +54,34 @@ def runs_of(store) -> list[Run]:
 
 
 def fake_env(tmp_path, step_s: float) -> dict:
-    env = dict(os.environ, MTP_ENGINE_BACKEND="fake", MTP_FAKE_STEP_S=str(step_s),
-               MTP_FAKE_LOG=str(tmp_path / "generate.log"), OMP_NUM_THREADS="1")
-    env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env = dict(
+        os.environ,
+        MTP_ENGINE_BACKEND="fake",
+        MTP_FAKE_STEP_S=str(step_s),
+        MTP_FAKE_LOG=str(tmp_path / "generate.log"),
+        OMP_NUM_THREADS="1",
+    )
+    env["PYTHONPATH"] = str(ROOT) + (
+        os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else ""
+    )
     return env
 
 
 def engine(home, env, device="cpu", *extra) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "engine.cli", "--home", str(home.root), "--device", device, "--poll", "0.05",
-           "--heartbeat", "0.1", *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "engine.cli",
+        "--home",
+        str(home.root),
+        "--device",
+        device,
+        "--poll",
+        "0.05",
+        "--heartbeat",
+        "0.1",
+        *extra,
+    ]
     # A file, not a pipe: an engine blocked on a full stderr pipe would look hung.
     err = tempfile.TemporaryFile()
     proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err)
@@ -130,8 +162,14 @@ def test_sigkill_mid_batch_and_restart_repeatedly(store, tmp_path):
         try:
             # Let it commit one batch (so each life makes progress), then kill it inside the next.
             wait_for(lambda: done() > before or proc.poll() is not None, what="a committed batch")
-            wait_for(lambda: any(r.status == RunStatus.RUNNING for r in runs_of(store))
-                     or done() == 32 or proc.poll() is not None, what="a claimed batch")
+            wait_for(
+                lambda: (
+                    any(r.status == RunStatus.RUNNING for r in runs_of(store))
+                    or done() == 32
+                    or proc.poll() is not None
+                ),
+                what="a claimed batch",
+            )
             time.sleep(0.15)  # inside the 0.4 s of denoising
         finally:
             if proc.poll() is None:
@@ -165,20 +203,36 @@ def test_two_engine_processes_share_sixty_runs(store, tmp_path):
         assert "database is locked" not in log_path(store.home, dev).read_text()
 
 
-def test_an_engine_process_and_an_in_process_worker_share_the_real_tiny_model(store, tiny_model_dir):
+def test_an_engine_process_and_an_in_process_worker_share_the_real_tiny_model(
+    store, tiny_model_dir
+):
     # One subprocess, not two: importing torch + diffusers twice more would cost half a minute
     # here; this test process already holds torch for the second worker.
     from engine.backends.diffusion import PipelineBackend
     from engine.worker import Worker, WorkerConfig
 
-    make_exp(store, "a", model=str(tiny_model_dir), num_steps=3, seeds="0-5", start_step="0",
-             final_step="2", skip_interval="1", baseline=True)  # 12 runs in 6 groups
+    make_exp(
+        store,
+        "a",
+        model=str(tiny_model_dir),
+        num_steps=3,
+        seeds="0-5",
+        start_step="0",
+        final_step="2",
+        skip_interval="1",
+        baseline=True,
+    )  # 12 runs in 6 groups
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))
     env.pop("MTP_ENGINE_BACKEND", None)
     proc = engine(store.home, env, "cpu", "--once", "--no-score")
     try:
-        wait_for(lambda: any(r.status != RunStatus.QUEUED for r in runs_of(store)) or proc.poll() is not None,
-                 timeout=120, what="the engine process to claim")
+        wait_for(
+            lambda: (
+                any(r.status != RunStatus.QUEUED for r in runs_of(store)) or proc.poll() is not None
+            ),
+            timeout=120,
+            what="the engine process to claim",
+        )
 
         class Recording(PipelineBackend):
             def __init__(self, *args, **kwargs):
@@ -190,8 +244,12 @@ def test_an_engine_process_and_an_in_process_worker_share_the_real_tiny_model(st
                 return super().generate(source, targets, step_callback)
 
         backend = Recording("cpu", home=store.home)
-        Worker(store, backend, WorkerConfig(device="cpu:1", once=True, max_batch=2, heartbeat_s=0.2),
-               worker_id="in-process").run()
+        Worker(
+            store,
+            backend,
+            WorkerConfig(device="cpu:1", once=True, max_batch=2, heartbeat_s=0.2),
+            worker_id="in-process",
+        ).run()
         err = finish(proc, timeout=240)
     finally:
         if proc.poll() is None:
@@ -209,13 +267,19 @@ def test_an_engine_process_and_an_in_process_worker_share_the_real_tiny_model(st
 def test_detached_engine_survives_sighup_of_its_parent(store, tmp_path):
     env = fake_env(tmp_path, step_s=0.01)
     parent = subprocess.Popen(
-        [sys.executable, "-c",
-         "import sys, time\n"
-         "from engine.launch import start_engine\n"
-         "print(start_engine(sys.argv[1], device='cpu', extra_args=['--poll', '0.05', '--heartbeat', '0.1']), flush=True)\n"
-         "time.sleep(120)\n",
-         str(store.home.root)],
-        env=env, cwd=ROOT, stdout=subprocess.PIPE, start_new_session=True,
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\n"
+            "from engine.launch import start_engine\n"
+            "print(start_engine(sys.argv[1], device='cpu', extra_args=['--poll', '0.05', '--heartbeat', '0.1']), flush=True)\n"
+            "time.sleep(120)\n",
+            str(store.home.root),
+        ],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        start_new_session=True,
     )
     try:
         pid = int(parent.stdout.readline())
@@ -230,14 +294,27 @@ def test_detached_engine_survives_sighup_of_its_parent(store, tmp_path):
         assert [e["pid"] for e in engine_running(store.home)] == [pid]
         with pytest.raises(EngineAlreadyRunning):
             start_engine(store.home, device="cpu")
-        second = subprocess.run([sys.executable, "-m", "engine.cli", "--home", str(store.home.root), "--device", "cpu"],
-                                env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+        second = subprocess.run(
+            [sys.executable, "-m", "engine.cli", "--home", str(store.home.root), "--device", "cpu"],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert second.returncode == 3 and "already running on cpu" in second.stderr
 
         make_exp(store)  # queued after the parent is gone: the engine still drains it
-        wait_for(lambda: {r.status for r in runs_of(store)} == {RunStatus.DONE}, what="the queue to drain")
-        wait_for(lambda: any(w.pid == pid and w.status == q.WorkerStatus.IDLE for w in q.list_workers(store)),
-                 what="the engine to report idle")
+        wait_for(
+            lambda: {r.status for r in runs_of(store)} == {RunStatus.DONE},
+            what="the queue to drain",
+        )
+        wait_for(
+            lambda: any(
+                w.pid == pid and w.status == q.WorkerStatus.IDLE for w in q.list_workers(store)
+            ),
+            what="the engine to report idle",
+        )
     finally:
         assert stop_engine(store.home, wait_s=20) == [pid]
     assert engine_running(store.home) == []
@@ -254,20 +331,30 @@ def test_engine_start_devices_starts_one_detached_engine_per_device(store, tmp_p
     make_exp(store)  # 8 runs
     started = []
     try:
-        assert mtp_main(["--home", str(store.home.root), "engine", "start", "--devices", "cpu,cpu:1"]) == 0
+        assert (
+            mtp_main(["--home", str(store.home.root), "engine", "start", "--devices", "cpu,cpu:1"])
+            == 0
+        )
         started = engine_running(store.home)
         assert sorted(e["device"] for e in started) == ["cpu", "cpu:1"]
         assert len({e["pid"] for e in started}) == 2
-        wait_for(lambda: {r.status for r in runs_of(store)} == {RunStatus.DONE}, what="the queue to drain")
+        wait_for(
+            lambda: {r.status for r in runs_of(store)} == {RunStatus.DONE},
+            what="the queue to drain",
+        )
 
         def workers():
             return [w for w in q.list_workers(store) if w.pid in {e["pid"] for e in started}]
 
         wait_for(lambda: len(workers()) == 2, what="both engines to register")
         assert sorted(w.device for w in workers()) == ["cpu", "cpu:1"]
-        assert all(w.host == socket.gethostname() and w.id.startswith(w.host + ":") for w in workers())
+        assert all(
+            w.host == socket.gethostname() and w.id.startswith(w.host + ":") for w in workers()
+        )
         # A second start on a busy device is refused; the other device is named as started.
-        assert mtp_main(["--home", str(store.home.root), "engine", "start", "--devices", "cpu"]) == 1
+        assert (
+            mtp_main(["--home", str(store.home.root), "engine", "start", "--devices", "cpu"]) == 1
+        )
     finally:
         stop_engine(store.home, wait_s=20)
     assert engine_running(store.home) == []
@@ -292,10 +379,18 @@ def test_an_engine_on_a_folder_that_is_not_the_databases_refuses_to_start(store,
     wrong.mkdir()
     # The same database (on SQLite: the file in the right folder), a folder that is not its own.
     env = dict(fake_env(tmp_path, step_s=0.0), MTP_DB_URL=store.url)
-    proc = subprocess.run([sys.executable, "-m", "engine.cli", "--home", str(wrong), "--device", "cpu", "--once"],
-                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "engine.cli", "--home", str(wrong), "--device", "cpu", "--once"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 2
-    assert "refusing to start" in proc.stderr and str(wrong) in proc.stderr and "mount" in proc.stderr
+    assert (
+        "refusing to start" in proc.stderr and str(wrong) in proc.stderr and "mount" in proc.stderr
+    )
     assert {r.status for r in runs_of(store)} == {RunStatus.QUEUED}  # it took nothing
 
 
@@ -311,7 +406,9 @@ def test_random_sigkills_with_the_default_attempt_limit_lose_and_double_nothing(
     for _ in range(12):
         proc = engine(store.home, env, "cpu", "--max-batch", "4")  # default --max-attempts
         try:
-            time.sleep(rng.uniform(0.05, 1.5))  # at any moment: start-up, claim, generate, write, commit
+            time.sleep(
+                rng.uniform(0.05, 1.5)
+            )  # at any moment: start-up, claim, generate, write, commit
         finally:
             if proc.poll() is None:
                 proc.kill()
@@ -330,7 +427,9 @@ def test_kill_between_artifact_write_and_commit_reruns_the_batch_once(store, tmp
     env = dict(fake_env(tmp_path, step_s=0.0), MTP_FAULT="kill-after-write:1")
     proc = engine(store.home, env, "cpu", "--max-batch", "4")
     proc.wait(timeout=60)
-    assert proc.returncode == -signal.SIGKILL  # it killed itself with the files written, uncommitted
+    assert (
+        proc.returncode == -signal.SIGKILL
+    )  # it killed itself with the files written, uncommitted
     assert {r.status for r in runs_of(store)} == {RunStatus.RUNNING, RunStatus.QUEUED}
     proc = engine(store.home, fake_env(tmp_path, step_s=0.0), "cpu", "--once", "--max-batch", "4")
     err = finish(proc)
@@ -351,30 +450,53 @@ def test_full_disk_engine_pauses_then_drains_and_once_exits_non_zero(store, tmp_
 
     proc = engine(store.home, env, "cpu", "--max-batch", "4")
     try:
-        wait_for(lambda: any(w.status == q.WorkerStatus.PAUSED for w in q.list_workers(store)), what="paused")
-        shown = subprocess.run([sys.executable, "-m", "tui.cli.main", "--home", str(store.home.root), "queue"],
-                               env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
-        assert "PAUSED: cannot write artifacts" in shown.stdout and "No space left" in shown.stdout, shown.stdout
+        wait_for(
+            lambda: any(w.status == q.WorkerStatus.PAUSED for w in q.list_workers(store)),
+            what="paused",
+        )
+        shown = subprocess.run(
+            [sys.executable, "-m", "tui.cli.main", "--home", str(store.home.root), "queue"],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert (
+            "PAUSED: cannot write artifacts" in shown.stdout and "No space left" in shown.stdout
+        ), shown.stdout
         assert {r.status for r in runs_of(store)} == {RunStatus.QUEUED}
         fault.unlink()
-        wait_for(lambda: {r.status for r in runs_of(store)} == {RunStatus.DONE}, what="the queue to drain")
+        wait_for(
+            lambda: {r.status for r in runs_of(store)} == {RunStatus.DONE},
+            what="the queue to drain",
+        )
     finally:
         proc.terminate()
         err = finish(proc)
     assert proc.returncode == 0, err
     assert_all_done_once(store, 16)
     # Many probes while paused, one line in the log.
-    assert len(re.findall(rf"\[{proc.pid}\] engine paused", log_path(store.home, "cpu").read_text())) == 1
+    assert (
+        len(re.findall(rf"\[{proc.pid}\] engine paused", log_path(store.home, "cpu").read_text()))
+        == 1
+    )
 
 
 def test_a_foreground_engine_ignores_sighup(store, tmp_path):
     env = fake_env(tmp_path, step_s=0.01)
     proc = engine(store.home, env, "cpu")
     try:
-        wait_for(lambda: any(w.status == q.WorkerStatus.IDLE for w in q.list_workers(store)), what="the engine")
+        wait_for(
+            lambda: any(w.status == q.WorkerStatus.IDLE for w in q.list_workers(store)),
+            what="the engine",
+        )
         proc.send_signal(signal.SIGHUP)  # the terminal went away
         make_exp(store)
-        wait_for(lambda: {r.status for r in runs_of(store)} == {RunStatus.DONE}, what="the queue to drain")
+        wait_for(
+            lambda: {r.status for r in runs_of(store)} == {RunStatus.DONE},
+            what="the queue to drain",
+        )
         assert proc.poll() is None
     finally:
         proc.terminate()
@@ -382,7 +504,9 @@ def test_a_foreground_engine_ignores_sighup(store, tmp_path):
     assert proc.returncode == 0
 
 
-@pytest.mark.parametrize("first,second", [("cuda", "cuda:0"), ("cpu", "cpu:0"), ("CUDA:0", "0"), ("cuda:1", "cuda:01")])
+@pytest.mark.parametrize(
+    "first,second", [("cuda", "cuda:0"), ("cpu", "cpu:0"), ("CUDA:0", "0"), ("cuda:1", "cuda:01")]
+)
 def test_device_aliases_take_one_lock(home, first, second):
     from engine.launch import DeviceLock, host_slug, normalize_device
 
@@ -401,8 +525,22 @@ def test_engine_refuses_a_second_spelling_of_a_busy_device(store, tmp_path):
     proc = engine(store.home, env, "cpu")
     try:
         wait_for(lambda: engine_running(store.home), what="the lock")
-        second = subprocess.run([sys.executable, "-m", "engine.cli", "--home", str(store.home.root), "--device", "cpu:0"],
-                                env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+        second = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "engine.cli",
+                "--home",
+                str(store.home.root),
+                "--device",
+                "cpu:0",
+            ],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert second.returncode == 3 and "already running on cpu" in second.stderr
     finally:
         proc.terminate()
@@ -410,8 +548,13 @@ def test_engine_refuses_a_second_spelling_of_a_busy_device(store, tmp_path):
 
 
 def test_a_run_that_kills_every_engine_is_failed_after_the_default_limit(store, tmp_path):
-    make_exp(store, target_prompts=["a dog on the beach", "crash now"], start_step="1", final_step="3",
-             skip_interval="1")  # two runs, one batch
+    make_exp(
+        store,
+        target_prompts=["a dog on the beach", "crash now"],
+        start_step="1",
+        final_step="3",
+        skip_interval="1",
+    )  # two runs, one batch
     env = dict(fake_env(tmp_path, step_s=0.0), MTP_FAKE_CRASH_PROMPT="crash now")
     deaths = 0
     for _ in range(q.DEFAULT_MAX_ATTEMPTS + 3):
@@ -426,7 +569,9 @@ def test_a_run_that_kills_every_engine_is_failed_after_the_default_limit(store, 
     ok, poison = runs_of(store)
     assert ok.status == RunStatus.DONE
     assert poison.status == RunStatus.FAILED and poison.crashes == q.DEFAULT_MAX_ATTEMPTS
-    assert f"{q.DEFAULT_MAX_ATTEMPTS} engines died in a row while generating this run" in poison.error
+    assert (
+        f"{q.DEFAULT_MAX_ATTEMPTS} engines died in a row while generating this run" in poison.error
+    )
 
 
 @pytest.fixture
@@ -434,8 +579,13 @@ def small_disk(tmp_path):
     """A real 4 MiB file system (tmpfs), where one can be mounted (root, a privileged container)."""
     mnt = tmp_path / "disk"
     mnt.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4M", "tmpfs", str(mnt)],
-                                           capture_output=True).returncode != 0:
+    if (
+        os.geteuid() != 0
+        or subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=4M", "tmpfs", str(mnt)], capture_output=True
+        ).returncode
+        != 0
+    ):
         pytest.skip("cannot mount a small file system here")
     try:
         yield mnt
@@ -452,7 +602,10 @@ def test_a_really_full_disk_pauses_the_engine_and_it_resumes(small_disk, tmp_pat
         make_exp(store, seeds="0,1", width=256, height=256)  # 16 runs
         proc = engine(store.home, fake_env(tmp_path, step_s=0.1), "cpu", "--max-batch", "4")
         try:
-            wait_for(lambda: any(r.status == RunStatus.DONE for r in runs_of(store)), what="a first batch")
+            wait_for(
+                lambda: any(r.status == RunStatus.DONE for r in runs_of(store)),
+                what="a first batch",
+            )
             filler = small_disk / "filler"
             with open(filler, "wb") as fh:  # take every free block
                 try:
@@ -461,15 +614,23 @@ def test_a_really_full_disk_pauses_the_engine_and_it_resumes(small_disk, tmp_pat
                         fh.flush()
                 except OSError:
                     pass
-            wait_for(lambda: any(w.status == q.WorkerStatus.PAUSED for w in q.list_workers(store)),
-                     what="the engine to say it is paused")
+            wait_for(
+                lambda: any(w.status == q.WorkerStatus.PAUSED for w in q.list_workers(store)),
+                what="the engine to say it is paused",
+            )
             (w,) = [w for w in q.list_workers(store) if w.status == q.WorkerStatus.PAUSED]
             assert "full" in w.message or "No space" in w.message
-            wait_for(lambda: not any(r.status == RunStatus.RUNNING for r in runs_of(store)), what="runs given back")
+            wait_for(
+                lambda: not any(r.status == RunStatus.RUNNING for r in runs_of(store)),
+                what="runs given back",
+            )
             assert not any(r.status == RunStatus.FAILED for r in runs_of(store))
             filler.unlink()
-            wait_for(lambda: {r.status for r in runs_of(store)} == {RunStatus.DONE}, timeout=120,
-                     what="the queue to drain")
+            wait_for(
+                lambda: {r.status for r in runs_of(store)} == {RunStatus.DONE},
+                timeout=120,
+                what="the queue to drain",
+            )
         finally:
             proc.terminate()
             err = finish(proc)

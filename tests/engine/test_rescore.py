@@ -1,6 +1,7 @@
 """Scoring without regenerating (issue 10 items 3, 4, 8): runs that could not be scored keep
 their images, `mtp score` requests are worked by an engine, idempotent, and runs record the
 engine session that made them."""
+
 from __future__ import annotations
 
 import hashlib
@@ -29,15 +30,29 @@ def _experiment(store, tmp_path, seeds="0,1", name="fs"):
     ref = tmp_path / "ref.png"
     Image.new("RGB", (32, 32), (10, 200, 30)).save(ref)
     concept = save_concept(store, f"corgi-{name}", token="sks", class_word="dog", ref_images=[ref])
-    spec = ExperimentSpec(model="fake-model", source_prompt="a photo of sks dog",
-                          target_prompts=["a sks dog doing tasks", "sks dogs on a beach"], num_steps=3, width=64,
-                          height=64, seeds=seeds, start_step="1", final_step="2,end", baseline=True)
+    spec = ExperimentSpec(
+        model="fake-model",
+        source_prompt="a photo of sks dog",
+        target_prompts=["a sks dog doing tasks", "sks dogs on a beach"],
+        num_steps=3,
+        width=64,
+        height=64,
+        seeds=seeds,
+        start_step="1",
+        final_step="2,end",
+        baseline=True,
+    )
     return save_experiment(store, name, spec, concept_id=concept.id, queue=True)
 
 
 def _generate(store, score=None):
-    w = Worker(store, FakeBackend(), WorkerConfig(once=True, heartbeat_s=0.2, poll_s=0.05), score=score,
-               worker_id="gen")
+    w = Worker(
+        store,
+        FakeBackend(),
+        WorkerConfig(once=True, heartbeat_s=0.2, poll_s=0.05),
+        score=score,
+        worker_id="gen",
+    )
     w.run()
     return w
 
@@ -49,8 +64,14 @@ def _runs(store, exp_id):
 
 def _scores(store, exp_id):
     with store.session() as s:
-        return list(s.exec(select(Score).join(Run, Run.id == Score.run_id).where(Run.experiment_id == exp_id)
-                           .order_by(Score.id)))
+        return list(
+            s.exec(
+                select(Score)
+                .join(Run, Run.id == Score.run_id)
+                .where(Run.experiment_id == exp_id)
+                .order_by(Score.id)
+            )
+        )
 
 
 def _image_bytes(store, runs):
@@ -88,7 +109,9 @@ def test_scoring_failure_keeps_runs_done_with_their_images(store, tmp_path):
     runs = _runs(store, exp.id)
     assert runs and {r.status for r in runs} == {RunStatus.DONE}
     for r in runs:
-        assert (store.home.root / r.image_path).is_file() and (store.home.root / r.source_image_path).is_file()
+        assert (store.home.root / r.image_path).is_file() and (
+            store.home.root / r.source_image_path
+        ).is_file()
         assert "CLIP weights vanished" in r.score_error and r.error is None
     assert _scores(store, exp.id) == []
 
@@ -109,7 +132,9 @@ def test_not_scored_is_shown_by_mtp_runs_and_show(store, tmp_path, capsys):
 
 
 # ---------------------------------------------------------------- mtp score's engine side
-def test_rescoring_scores_every_done_run_once_and_leaves_images_untouched(store, tmp_path, tiny_scorer):
+def test_rescoring_scores_every_done_run_once_and_leaves_images_untouched(
+    store, tmp_path, tiny_scorer
+):
     exp = _experiment(store, tmp_path)
     _generate(store, score=None)  # like mtp-engine --no-score
     runs = _runs(store, exp.id)
@@ -132,7 +157,9 @@ def test_rescoring_scores_every_done_run_once_and_leaves_images_untouched(store,
         assert sc.backbone in tiny_scorer.backbones.values()
     assert by_run == {r.id: metrics for r in runs}
     text = {sc.run_id: sc.scored_text for sc in first if sc.metric == "clip_t"}
-    assert {text[r.id] for r in runs if r.target_prompt == "a sks dog doing tasks"} == {"a dog doing tasks"}
+    assert {text[r.id] for r in runs if r.target_prompt == "a sks dog doing tasks"} == {
+        "a dog doing tasks"
+    }
     from store.scoring import get_request
 
     done = get_request(store, req.id)
@@ -177,7 +204,10 @@ def test_a_missing_image_is_reported_per_run_and_the_rest_are_scored(store, tmp_
     assert _rescorer(store, tiny_scorer).run_one()
     after = {r.id: r for r in _runs(store, exp.id)}
     assert str(store.home.root / runs[0].image_path) in after[runs[0].id].score_error
-    assert after[runs[0].id].status == RunStatus.DONE and after[runs[0].id].image_path == runs[0].image_path
+    assert (
+        after[runs[0].id].status == RunStatus.DONE
+        and after[runs[0].id].image_path == runs[0].image_path
+    )
     assert all(after[r.id].score_error is None for r in runs[1:])
     from store.scoring import get_request
 
@@ -186,7 +216,7 @@ def test_a_missing_image_is_reported_per_run_and_the_rest_are_scored(store, tmp_
 
 def test_a_request_held_by_a_dead_engine_is_taken_over(store, tmp_path):
     exp = _experiment(store, tmp_path, seeds="0")
-    q.register_worker(store, "cpu", "dead:1:cpu", pid=2 ** 22 + 7)  # no such pid on this host
+    q.register_worker(store, "cpu", "dead:1:cpu", pid=2**22 + 7)  # no such pid on this host
     q.register_worker(store, "cpu", "alive")
     req, _ = request_scoring(store, exp.id)
     assert claim_score_request(store, "dead:1:cpu").id == req.id
@@ -227,8 +257,16 @@ def test_runs_to_score_only_counts_the_engines_own_backbone(store, tmp_path):
     runs = _runs(store, exp.id)
     from store.scoring import save_scores
 
-    save_scores(store, [{"run_id": r.id, "scores": [{"metric": "clip_t", "backbone": "open_clip:old", "value": 0.3}]}
-                        for r in runs])
+    save_scores(
+        store,
+        [
+            {
+                "run_id": r.id,
+                "scores": [{"metric": "clip_t", "backbone": "open_clip:old", "value": 0.3}],
+            }
+            for r in runs
+        ],
+    )
     req, _ = request_scoring(store, exp.id, ("clip",))
     assert len(runs_to_score(store, req, {"clip": "open_clip:old"})) == 0
     assert len(runs_to_score(store, req, {"clip": "open_clip:new"})) == len(runs)
@@ -245,7 +283,9 @@ def test_runs_link_one_engine_session_per_loaded_model(store, tmp_path):
     with store.session() as s:
         (sess,) = s.exec(select(EngineSession)).all()
     assert sess.model == "fake-model" and sess.backend == "fake" and sess.worker_id == "gen"
-    assert sess.versions == library_versions() and sess.torch_version == library_versions().get("torch", "")
+    assert sess.versions == library_versions() and sess.torch_version == library_versions().get(
+        "torch", ""
+    )
     assert sess.mtp_version.startswith(library_versions()["mtp"])
 
 
@@ -254,12 +294,25 @@ def test_diffusers_session_records_unet_hash_dtype_and_device(store, tiny_model_
     from engine.backends.diffusion import PipelineBackend
     from engine.scoring import weights_digest
 
-    spec = ExperimentSpec(model=str(tiny_model_dir), source_prompt="a photo of a dog", target_prompts=["a dog"],
-                          num_steps=2, width=64, height=64, seeds="0", start_step="0", final_step="end",
-                          baseline=False)
+    spec = ExperimentSpec(
+        model=str(tiny_model_dir),
+        source_prompt="a photo of a dog",
+        target_prompts=["a dog"],
+        num_steps=2,
+        width=64,
+        height=64,
+        seeds="0",
+        start_step="0",
+        final_step="end",
+        baseline=False,
+    )
     exp = save_experiment(store, "tiny", spec, queue=True)
-    Worker(store, PipelineBackend("cpu", home=store.home), WorkerConfig(once=True, heartbeat_s=0.2),
-           worker_id="tiny").run()
+    Worker(
+        store,
+        PipelineBackend("cpu", home=store.home),
+        WorkerConfig(once=True, heartbeat_s=0.2),
+        worker_id="tiny",
+    ).run()
     (run,) = _runs(store, exp.id)
     with store.session() as s:
         sess = s.get(EngineSession, run.session_id)
@@ -277,21 +330,52 @@ def test_runs_csv_carries_the_session(store, tmp_path):
     _generate(store)
     out = export_runs_csv(store, exp.id, "runs.csv", folder=tmp_path)
     rows = list(csv.DictReader(open(out)))
-    assert rows and all(r["session_model"] == "fake-model" and r["session_backend"] == "fake" for r in rows)
-    for col in ("session_torch_version", "session_diffusers_version", "session_transformers_version",
-                "session_open_clip_version", "session_mtp_version", "session_dtype", "session_device",
-                "session_model_revision", "session_model_hash", "score_error"):
+    assert rows and all(
+        r["session_model"] == "fake-model" and r["session_backend"] == "fake" for r in rows
+    )
+    for col in (
+        "session_torch_version",
+        "session_diffusers_version",
+        "session_transformers_version",
+        "session_open_clip_version",
+        "session_mtp_version",
+        "session_dtype",
+        "session_device",
+        "session_model_revision",
+        "session_model_hash",
+        "score_error",
+    ):
         assert col in rows[0]
 
 
 # ---------------------------------------------------------------- the engine refuses at start
 def test_engine_refuses_at_start_without_scoring_weights_and_keeps_the_queue(store, tmp_path):
     exp = _experiment(store, tmp_path, seeds="0")
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_HOME=str(tmp_path / "empty-hf"),
-               PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    env = dict(
+        os.environ,
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        HF_HOME=str(tmp_path / "empty-hf"),
+        PYTHONPATH=str(ROOT),
+        OMP_NUM_THREADS="1",
+    )
     env.pop("MTP_ENGINE_BACKEND", None)
-    proc = subprocess.run([sys.executable, "-m", "engine.cli", "--home", str(store.home.root), "--once",
-                           "--device", "cpu"], env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "engine.cli",
+            "--home",
+            str(store.home.root),
+            "--once",
+            "--device",
+            "cpu",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 4
     err = proc.stderr
     assert "ViT-B-32-quickgelu/openai" in err and "--no-score" in err and "cache" in err

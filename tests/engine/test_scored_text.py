@@ -1,4 +1,5 @@
 """The text CLIP-T scores: the personalization token replaced only as a whole token."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,4 +1,5 @@
 """CLIP-T / CLIP-I / DINO scores against direct computations on the tiny offline backbones."""
+
 from __future__ import annotations
 
 import os
@@ -48,7 +49,9 @@ def _direct_clip(scoring_home):
     from engine.tiny_clip import TINY_CLIP_NAME, TINY_CLIP_WEIGHTS
 
     weights = scoring_home.models / TINY_CLIP_DIRNAME / TINY_CLIP_WEIGHTS
-    model, _, preprocess = open_clip.create_model_and_transforms(TINY_CLIP_NAME, pretrained=str(weights))
+    model, _, preprocess = open_clip.create_model_and_transforms(
+        TINY_CLIP_NAME, pretrained=str(weights)
+    )
     return model.eval(), preprocess, open_clip.get_tokenizer(TINY_CLIP_NAME)
 
 
@@ -57,8 +60,14 @@ def _by_metric(scores: list[dict]) -> dict[str, dict]:
 
 
 def test_scored_text():
-    assert scored_text("a photo of <new1> dog on the beach", "<new1>", "dog") == "a photo of dog on the beach"
-    assert scored_text("a photo of a <new1> on the beach", "<new1>", "dog") == "a photo of a dog on the beach"
+    assert (
+        scored_text("a photo of <new1> dog on the beach", "<new1>", "dog")
+        == "a photo of dog on the beach"
+    )
+    assert (
+        scored_text("a photo of a <new1> on the beach", "<new1>", "dog")
+        == "a photo of a dog on the beach"
+    )
     assert scored_text("a <new1> in snow", "<new1>", "") == "a in snow"
     assert scored_text("a sks dog", "sks", "dog") == "a dog"
     assert scored_text("a dog", "", "dog") == "a dog"
@@ -75,22 +84,37 @@ def test_clip_and_dino_equal_direct_computation(scorer, scoring_home, refs):
     with torch.no_grad():
         img = model.encode_image(torch.stack([preprocess(im) for im in images]))
         txt = model.encode_text(tokenizer(texts))
-        ref = model.encode_image(torch.stack([preprocess(Image.open(p).convert("RGB")) for p in refs]))
+        ref = model.encode_image(
+            torch.stack([preprocess(Image.open(p).convert("RGB")) for p in refs])
+        )
         src = model.encode_image(preprocess(source)[None])
     img, txt, ref, src = (torch.nn.functional.normalize(t, dim=-1) for t in (img, txt, ref, src))
 
     from torchvision import transforms
     from transformers import ViTModel
 
-    dino = ViTModel.from_pretrained(scoring_home.models / TINY_DINO_DIRNAME, add_pooling_layer=False).eval()
-    tf = transforms.Compose([transforms.Resize(256, interpolation=transforms.InterpolationMode.BICUBIC),
-                             transforms.CenterCrop(224), transforms.ToTensor(),
-                             transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
+    dino = ViTModel.from_pretrained(
+        scoring_home.models / TINY_DINO_DIRNAME, add_pooling_layer=False
+    ).eval()
+    tf = transforms.Compose(
+        [
+            transforms.Resize(256, interpolation=transforms.InterpolationMode.BICUBIC),
+            transforms.CenterCrop(224),
+            transforms.ToTensor(),
+            transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+        ]
+    )
     with torch.no_grad():
+
         def cls(ims):
             feats = dino(pixel_values=torch.stack([tf(im) for im in ims])).last_hidden_state[:, 0]
             return torch.nn.functional.normalize(feats, dim=-1)
-        d_img, d_ref, d_src = cls(images), cls([Image.open(p).convert("RGB") for p in refs]), cls([source])
+
+        d_img, d_ref, d_src = (
+            cls(images),
+            cls([Image.open(p).convert("RGB") for p in refs]),
+            cls([source]),
+        )
 
     for i, scores in enumerate(out):
         m = _by_metric(scores)
@@ -117,7 +141,13 @@ def test_reference_and_prompt_embeddings_are_cached(scoring_home, refs):
     again = scorer.score(images[:2], ["a dog", "a cat"], _noise(3), refs)
     # Only the two new targets and the one new prompt were encoded.
     assert scorer.encode_counts == {"clip_image": 7 + 2, "clip_text": 2, "dino_image": 7 + 2}
-    assert {s["metric"] for s in again[0]} == {"clip_t", "clip_i_ref", "clip_i_src", "dino_ref", "dino_src"}
+    assert {s["metric"] for s in again[0]} == {
+        "clip_t",
+        "clip_i_ref",
+        "clip_i_src",
+        "dino_ref",
+        "dino_src",
+    }
 
 
 def test_optional_inputs(scorer):
@@ -141,7 +171,11 @@ def test_tiny_backbones_are_built_once(scoring_home, scorer):
 def test_unavailable_weights_raise_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ScorerUnavailable, match="ViT-B-32"):
-        Scorer(clip_model="ViT-B-32", clip_pretrained=str(tmp_path / "missing.safetensors"), dino_model=None)
+        Scorer(
+            clip_model="ViT-B-32",
+            clip_pretrained=str(tmp_path / "missing.safetensors"),
+            dino_model=None,
+        )
     if os.environ.get("HF_HUB_OFFLINE") == "1":
         # The default scorer, offline without its weights: the message names it, where the
         # weights are looked for, and how to go on without them.
@@ -194,7 +228,10 @@ def test_default_clip_is_openai_clip_with_quickgelu():
     # downloaded here) uses QuickGELU in every block, as OpenAI's weights were trained with.
     model = open_clip.create_model(DEFAULT_CLIP_MODEL, pretrained=None)
     assert _activations(model) == {"QuickGELU"}
-    assert open_clip.get_pretrained_cfg(DEFAULT_CLIP_MODEL, DEFAULT_CLIP_PRETRAINED)["quick_gelu"] is True
+    assert (
+        open_clip.get_pretrained_cfg(DEFAULT_CLIP_MODEL, DEFAULT_CLIP_PRETRAINED)["quick_gelu"]
+        is True
+    )
     assert DEFAULT_CLIP_PRETRAINED == "openai"
 
 
@@ -207,8 +244,10 @@ def test_tiny_clip_takes_the_quickgelu_path_and_records_it(scorer, scoring_home)
     weights = scoring_home.models / TINY_CLIP_DIRNAME / TINY_CLIP_WEIGHTS
     from engine.scoring import weights_digest
 
-    assert scorer.clip_backbone == (f"open_clip:mtp-tiny-clip:tiny-random#sha256:{weights_digest(weights)}"
-                                    f"@open_clip_torch-{open_clip.__version__}")
+    assert scorer.clip_backbone == (
+        f"open_clip:mtp-tiny-clip:tiny-random#sha256:{weights_digest(weights)}"
+        f"@open_clip_torch-{open_clip.__version__}"
+    )
     import transformers
 
     assert scorer.dino_backbone.startswith("transformers:ViTModel-cls:tiny-dino#sha256:")

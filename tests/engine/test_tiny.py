@@ -1,4 +1,5 @@
 """The offline tiny pipeline: SD1.5's attention topology, real save/load path, determinism."""
+
 from __future__ import annotations
 
 import json
@@ -49,7 +50,11 @@ def test_tokenizer_handles_english_words(pipe):
 
 def test_generates_finite_image(pipe):
     out = pipe(
-        "a photo of a corgi", num_inference_steps=4, height=64, width=64, output_type="np",
+        "a photo of a corgi",
+        num_inference_steps=4,
+        height=64,
+        width=64,
+        output_type="np",
         generator=torch.Generator().manual_seed(0),
     )
     img = out.images[0]

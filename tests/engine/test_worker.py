@@ -1,5 +1,6 @@
 """The worker loop in process: batching, OOM halving, errors, cancel/requeue, artifacts, and one
 end-to-end pass on the real tiny pipeline."""
+
 from __future__ import annotations
 
 import threading
@@ -20,14 +21,24 @@ from store.models import Experiment, ExperimentStatus, Run, RunStatus, Score
 from store.queries import save_experiment
 from store.sweep.spec import ExperimentSpec
 
-
 # Each test that uses `home` or `store` runs on SQLite and on a real PostgreSQL server (tests/conftest.py).
 DB_BACKENDS = ("sqlite", "postgresql")
 
+
 def make_exp(store, name="exp", model="fake-model", **kw) -> Experiment:
-    base = dict(model=model, source_prompt="a photo of a dog", target_prompts=["a dog on the beach"],
-                num_steps=4, width=64, height=64, seeds="0", layers="decoder", start_step="1",
-                final_step="end", baseline=False)
+    base = dict(
+        model=model,
+        source_prompt="a photo of a dog",
+        target_prompts=["a dog on the beach"],
+        num_steps=4,
+        width=64,
+        height=64,
+        seeds="0",
+        layers="decoder",
+        start_step="1",
+        final_step="end",
+        baseline=False,
+    )
     base.update(kw)
     return save_experiment(store, name, ExperimentSpec(**base), queue=True)
 
@@ -59,7 +70,9 @@ def drain(store, backend, **cfg) -> Worker:
 
 def assert_complete(store, run: Run, masked: bool = False) -> None:
     assert run.status == RunStatus.DONE, run.error
-    for col in ("image_path", "source_image_path") + (("mask_path", "source_mask_path", "maps_path") if masked else ()):
+    for col in ("image_path", "source_image_path") + (
+        ("mask_path", "source_mask_path", "maps_path") if masked else ()
+    ):
         rel = getattr(run, col)
         assert rel and not Path(rel).is_absolute(), col
         assert (store.home.root / rel).is_file(), col
@@ -112,7 +125,9 @@ def test_out_of_memory_at_batch_one_fails_with_a_clear_message(store):
 
 
 def test_missing_model_fails_its_runs_and_the_worker_goes_on(store):
-    bad = make_exp_model_gone(store, "bad", store.home.root / "nowhere" / "missing-model", final_step="2,3")
+    bad = make_exp_model_gone(
+        store, "bad", store.home.root / "nowhere" / "missing-model", final_step="2,3"
+    )
     good = make_exp(store, "good", model="model-ok")
     drain(store, FakeBackend())
     assert {r.status for r in runs_of(store, bad.id)} == {RunStatus.FAILED}
@@ -124,8 +139,12 @@ def test_generation_errors_fail_only_their_batch(store):
     bad = make_exp(store, "nan", target_prompts=["nan please"], seeds="0")
     boom = make_exp(store, "boom", target_prompts=["explode"], seeds="1")
     good = make_exp(store, "good", seeds="2")
-    backend = FakeBackend(fail={"nan please": RunError("latents became NaN/inf at step 2 of 4"),
-                                "explode": KeyError("surprise")})
+    backend = FakeBackend(
+        fail={
+            "nan please": RunError("latents became NaN/inf at step 2 of 4"),
+            "explode": KeyError("surprise"),
+        }
+    )
     drain(store, backend)
     assert runs_of(store, bad.id)[0].error == "latents became NaN/inf at step 2 of 4"
     assert runs_of(store, boom.id)[0].error == "KeyError: 'surprise'"
@@ -170,8 +189,13 @@ def test_masked_runs_write_masks_and_maps(store):
 def test_cancel_while_running_then_requeue(store):
     exp = make_exp(store, final_step="2,3", num_steps=40)
     backend = FakeBackend(step_s=0.02)
-    worker = Worker(store, backend, WorkerConfig(poll_s=0.05, heartbeat_s=0.1, cancel_check_s=0.02),
-                    score=fake_score, worker_id="w-cancel")
+    worker = Worker(
+        store,
+        backend,
+        WorkerConfig(poll_s=0.05, heartbeat_s=0.1, cancel_check_s=0.02),
+        score=fake_score,
+        worker_id="w-cancel",
+    )
     t = threading.Thread(target=worker.run)
     t.start()
     try:
@@ -203,7 +227,12 @@ def test_cancel_while_running_then_requeue(store):
 
 def test_stop_releases_the_claim(store):
     exp = make_exp(store, final_step="2,3", num_steps=200)
-    worker = Worker(store, FakeBackend(step_s=0.01), WorkerConfig(poll_s=0.05, heartbeat_s=0.1), worker_id="w-stop")
+    worker = Worker(
+        store,
+        FakeBackend(step_s=0.01),
+        WorkerConfig(poll_s=0.05, heartbeat_s=0.1),
+        worker_id="w-stop",
+    )
     t = threading.Thread(target=worker.run)
     t.start()
     deadline = time.monotonic() + 20
@@ -225,8 +254,16 @@ def test_two_workers_in_threads_run_each_of_sixty_runs_once(home):
     setup.close()
     backends = [FakeBackend(step_s=0.001), FakeBackend(step_s=0.001)]
     stores = [Store(home), Store(home)]
-    workers = [Worker(st, b, WorkerConfig(once=True, max_batch=4, poll_s=0.01, heartbeat_s=0.05),
-                      score=fake_score, worker_id=f"w{i}") for i, (st, b) in enumerate(zip(stores, backends))]
+    workers = [
+        Worker(
+            st,
+            b,
+            WorkerConfig(once=True, max_batch=4, poll_s=0.01, heartbeat_s=0.05),
+            score=fake_score,
+            worker_id=f"w{i}",
+        )
+        for i, (st, b) in enumerate(zip(stores, backends))
+    ]
     threads = [threading.Thread(target=w.run) for w in workers]
     for t in threads:
         t.start()
@@ -244,14 +281,30 @@ def test_two_workers_in_threads_run_each_of_sixty_runs_once(home):
 
 # ---------------------------------------------------------------- the real tiny pipeline
 def test_real_tiny_pipeline_end_to_end(store, tiny_model_dir):
-    ok = make_exp(store, "tiny", model=str(tiny_model_dir), num_steps=3, start_step="0", final_step="2,end",
-                  mask_mode="off,auto", mask_threshold="0.5", baseline=True)
-    missing = make_exp_model_gone(store, "missing", tiny_model_dir.parent / "no-such-model", num_steps=3)
+    ok = make_exp(
+        store,
+        "tiny",
+        model=str(tiny_model_dir),
+        num_steps=3,
+        start_step="0",
+        final_step="2,end",
+        mask_mode="off,auto",
+        mask_threshold="0.5",
+        baseline=True,
+    )
+    missing = make_exp_model_gone(
+        store, "missing", tiny_model_dir.parent / "no-such-model", num_steps=3
+    )
     from engine.cli import LazyScorer
 
     backend = PipelineBackend("cpu", home=store.home)
-    worker = Worker(store, backend, WorkerConfig(once=True, heartbeat_s=0.2), worker_id="real",
-                    score=LazyScorer(store.home, demo=True, device="cpu"))
+    worker = Worker(
+        store,
+        backend,
+        WorkerConfig(once=True, heartbeat_s=0.2),
+        worker_id="real",
+        score=LazyScorer(store.home, demo=True, device="cpu"),
+    )
     worker.run()
     runs = runs_of(store, ok.id)
     assert len(runs) == 5
@@ -275,8 +328,17 @@ def test_unreadable_reference_image_leaves_the_run_done_and_not_scored(store, tm
     concept = save_concept(store, "corgi", token="sks", class_word="dog", ref_images=[img])
     copied = store.home.root / concept.ref_images[0]
     copied.write_bytes(b"truncated")  # the copy in the data folder went bad after saving
-    spec = ExperimentSpec(model="fake-model", source_prompt="a photo of sks dog", target_prompts=["sks dog"],
-                          num_steps=4, width=64, height=64, seeds="0", start_step="1", baseline=False)
+    spec = ExperimentSpec(
+        model="fake-model",
+        source_prompt="a photo of sks dog",
+        target_prompts=["sks dog"],
+        num_steps=4,
+        width=64,
+        height=64,
+        seeds="0",
+        start_step="1",
+        baseline=False,
+    )
     exp = save_experiment(store, "refs", spec, concept_id=concept.id, queue=True)
     drain(store, FakeBackend())
     (run,) = runs_of(store, exp.id)
@@ -295,7 +357,9 @@ def test_a_model_that_failed_to_load_is_not_retried_in_the_same_session(store, m
 
     def failing_load(model, **_kw):
         calls.append(model)
-        raise pipeline.ModelNotFound(f"model {model!r} is neither a local folder nor a reachable hub model")
+        raise pipeline.ModelNotFound(
+            f"model {model!r} is neither a local folder nor a reachable hub model"
+        )
 
     monkeypatch.setattr(pipeline, "load_pipeline", failing_load)
     backend = PipelineBackend("cpu", home=store.home)

@@ -1,13 +1,14 @@
 """Aggregates per parameter value, checked against hand-computed numbers."""
+
 from __future__ import annotations
 
 import math
 
 import pytest
 
-from store.report.aggregate import AggregateRow, Stat, aggregate, mark_pareto, scale_value, stat
 from store.models import Concept, Experiment, Run, Score
 from store.queries import InputError
+from store.report.aggregate import AggregateRow, Stat, aggregate, mark_pareto, scale_value, stat
 
 B32 = "ViT-B-32/openai"
 
@@ -26,18 +27,32 @@ def make_experiment(store, name="exp", concepts=1) -> tuple[int, list[int]]:
         return exp.id, ids
 
 
-def add_runs(store, experiment_id, runs: list[dict], scores: list[dict[str, float]], backbone=B32) -> list[int]:
+def add_runs(
+    store, experiment_id, runs: list[dict], scores: list[dict[str, float]], backbone=B32
+) -> list[int]:
     """Insert runs (column dicts) and per run a {metric: value} dict of scores; returns run ids."""
     ids = []
     with store.write() as s:
         for i, (cols, sc) in enumerate(zip(runs, scores)):
-            run = Run(experiment_id=experiment_id, status="done", grid_index=cols.pop("grid_index", i), **cols)
+            run = Run(
+                experiment_id=experiment_id,
+                status="done",
+                grid_index=cols.pop("grid_index", i),
+                **cols,
+            )
             s.add(run)
             s.flush()
             ids.append(run.id)
             for metric, value in sc.items():
-                s.add(Score(run_id=run.id, metric=metric, backbone=backbone, value=value,
-                            scored_text="a photo of a dog" if metric == "clip_t" else None))
+                s.add(
+                    Score(
+                        run_id=run.id,
+                        metric=metric,
+                        backbone=backbone,
+                        value=value,
+                        scored_text="a photo of a dog" if metric == "clip_t" else None,
+                    )
+                )
     return ids
 
 
@@ -53,14 +68,37 @@ def seed_sweep(store, name="sweep"):
     grid = 0
     for cell in range(4):  # (prompt, seed)
         prompt, seed = divmod(cell, 2)
-        runs.append(dict(is_baseline=True, final_step=0, prompt_index=prompt, seed=seed, concept_id=concept,
-                         target_prompt=f"prompt {prompt}", grid_index=grid))
+        runs.append(
+            dict(
+                is_baseline=True,
+                final_step=0,
+                prompt_index=prompt,
+                seed=seed,
+                concept_id=concept,
+                target_prompt=f"prompt {prompt}",
+                grid_index=grid,
+            )
+        )
         scores.append({"clip_t": BASE_T[cell], "clip_i_ref": BASE_I[cell], "clip_i_src": 0.9})
         grid += 1
         for value in (25, 10, 40):
-            runs.append(dict(final_step=value, prompt_index=prompt, seed=seed, concept_id=concept,
-                             target_prompt=f"prompt {prompt}", grid_index=grid))
-            scores.append({"clip_t": CLIP_T[value][cell], "clip_i_ref": CLIP_I[value][cell], "clip_i_src": 0.9})
+            runs.append(
+                dict(
+                    final_step=value,
+                    prompt_index=prompt,
+                    seed=seed,
+                    concept_id=concept,
+                    target_prompt=f"prompt {prompt}",
+                    grid_index=grid,
+                )
+            )
+            scores.append(
+                {
+                    "clip_t": CLIP_T[value][cell],
+                    "clip_i_ref": CLIP_I[value][cell],
+                    "clip_i_src": 0.9,
+                }
+            )
             grid += 1
     add_runs(store, exp_id, runs, scores)
     return exp_id
@@ -90,7 +128,9 @@ def test_aggregate_per_value_in_sweep_order_with_baseline_first(store):
     assert r25.metrics["clip_t"].std == pytest.approx(math.sqrt(0.0008 / 3))
     assert r25.metrics["clip_t"].sem == pytest.approx(math.sqrt(0.0008 / 3) / 2)
     assert r25.metrics["clip_i_ref"].mean == pytest.approx(0.82)
-    assert rows[3].metrics["clip_i_ref"].std == pytest.approx(0.0, abs=1e-6)  # sums in SQL: ~1e-8 noise
+    assert rows[3].metrics["clip_i_ref"].std == pytest.approx(
+        0.0, abs=1e-6
+    )  # sums in SQL: ~1e-8 noise
     assert r25.backbones["clip_t"] == B32
     assert list(r25.metrics) == ["clip_t", "clip_i_ref", "clip_i_src"]
 
@@ -98,32 +138,58 @@ def test_aggregate_per_value_in_sweep_order_with_baseline_first(store):
 def test_pareto_flags_on_the_sweep(store):
     rows = aggregate(store, seed_sweep(store), "final_step")
     # 25 -> (0.30, 0.82), 10 -> (0.26, 0.86), 40 -> (0.24, 0.84) is beaten by 10 on both axes.
-    assert {r.label: r.pareto for r in rows} == {"baseline": False, "25": True, "10": True, "40": False}
+    assert {r.label: r.pareto for r in rows} == {
+        "baseline": False,
+        "25": True,
+        "10": True,
+        "40": False,
+    }
 
 
 def test_pareto_known_set():
     def row(label, x, y):
-        return AggregateRow("v", label, False, 1, 1, {"clip_t": Stat(1, x, 0, 0), "clip_i_src": Stat(1, y, 0, 0)})
+        return AggregateRow(
+            "v", label, False, 1, 1, {"clip_t": Stat(1, x, 0, 0), "clip_i_src": Stat(1, y, 0, 0)}
+        )
 
-    rows = [row("a", 1, 5), row("b", 2, 4), row("c", 2, 3), row("d", 3, 1), row("e", 1, 5), row("f", 0.5, 0.5)]
+    rows = [
+        row("a", 1, 5),
+        row("b", 2, 4),
+        row("c", 2, 3),
+        row("d", 3, 1),
+        row("e", 1, 5),
+        row("f", 0.5, 0.5),
+    ]
     mark_pareto(rows)
     # c is dominated by b (equal x, lower y); duplicates a/e do not dominate each other.
     assert [r.value for r in rows if r.pareto] == ["a", "b", "d", "e"]
 
 
 def test_image_axis_falls_back_to_source():
-    rows = [AggregateRow("v", 1, False, 1, 1, {"clip_t": Stat(1, 0.2, 0, 0), "clip_i_src": Stat(1, 0.9, 0, 0)}),
-            AggregateRow("v", 2, False, 1, 1, {"clip_t": Stat(1, 0.3, 0, 0), "clip_i_src": Stat(1, 0.8, 0, 0)})]
+    rows = [
+        AggregateRow(
+            "v", 1, False, 1, 1, {"clip_t": Stat(1, 0.2, 0, 0), "clip_i_src": Stat(1, 0.9, 0, 0)}
+        ),
+        AggregateRow(
+            "v", 2, False, 1, 1, {"clip_t": Stat(1, 0.3, 0, 0), "clip_i_src": Stat(1, 0.8, 0, 0)}
+        ),
+    ]
     mark_pareto(rows)
     assert all(r.pareto for r in rows)
 
 
 def test_several_concepts_are_averaged_per_concept_first(store):
     exp_id, (a, b) = make_experiment(store, "multi", concepts=2)
-    add_runs(store, exp_id,
-             [dict(final_step=10, concept_id=a, seed=0), dict(final_step=10, concept_id=a, seed=1),
-              dict(final_step=10, concept_id=b, seed=0)],
-             [{"clip_t": 0.2}, {"clip_t": 0.4}, {"clip_t": 0.5}])
+    add_runs(
+        store,
+        exp_id,
+        [
+            dict(final_step=10, concept_id=a, seed=0),
+            dict(final_step=10, concept_id=a, seed=1),
+            dict(final_step=10, concept_id=b, seed=0),
+        ],
+        [{"clip_t": 0.2}, {"clip_t": 0.4}, {"clip_t": 0.5}],
+    )
     (row,) = aggregate(store, exp_id, "final_step")
     assert row.n_runs == 3 and row.n_concepts == 2
     st = row.metrics["clip_t"]
@@ -143,16 +209,28 @@ def test_scales():
 
 def test_clipscore_scale_clips_before_averaging(store):
     exp_id, _ = make_experiment(store, "neg")
-    add_runs(store, exp_id, [dict(final_step=10), dict(final_step=10)], [{"clip_t": -0.2}, {"clip_t": 0.4}])
+    add_runs(
+        store,
+        exp_id,
+        [dict(final_step=10), dict(final_step=10)],
+        [{"clip_t": -0.2}, {"clip_t": 0.4}],
+    )
     (row,) = aggregate(store, exp_id, "final_step", scale="clipscore")
     assert row.metrics["clip_t"].mean == pytest.approx((0.0 + 1.0) / 2)
 
 
 def test_backbone_choice(store):
     exp_id, _ = make_experiment(store, "bb")
-    add_runs(store, exp_id, [dict(final_step=10), dict(final_step=10)], [{"clip_t": 0.2}, {"clip_t": 0.4}])
+    add_runs(
+        store,
+        exp_id,
+        [dict(final_step=10), dict(final_step=10)],
+        [{"clip_t": 0.2}, {"clip_t": 0.4}],
+    )
     with store.write() as s:
-        run_id = s.exec(Run.__table__.select().with_only_columns(Run.__table__.c.id).limit(1)).scalar()
+        run_id = s.exec(
+            Run.__table__.select().with_only_columns(Run.__table__.c.id).limit(1)
+        ).scalar()
         s.add(Score(run_id=run_id, metric="clip_t", backbone="ViT-L-14/openai", value=0.9))
     (row,) = aggregate(store, exp_id, "final_step")
     assert row.backbones["clip_t"] == B32 and row.metrics["clip_t"].mean == pytest.approx(0.3)
@@ -164,9 +242,22 @@ def test_other_backbone_scores_never_reach_a_row(store):
     """Per metric only the chosen backbone counts: a value only the other backbone scored, and the
     other backbone's extra scores of a counted run, change neither rows, n, order nor flags."""
     exp_id, _ = make_experiment(store, "bb2")
-    ids = add_runs(store, exp_id, [dict(final_step=20, grid_index=0), dict(final_step=20, grid_index=1),
-                                   dict(final_step=10, grid_index=2), dict(final_step=30, grid_index=3)],
-                   [{"clip_t": 0.2, "clip_i_ref": 0.7}, {"clip_t": 0.4, "clip_i_ref": 0.9}, {"clip_t": 0.3}, {}])
+    ids = add_runs(
+        store,
+        exp_id,
+        [
+            dict(final_step=20, grid_index=0),
+            dict(final_step=20, grid_index=1),
+            dict(final_step=10, grid_index=2),
+            dict(final_step=30, grid_index=3),
+        ],
+        [
+            {"clip_t": 0.2, "clip_i_ref": 0.7},
+            {"clip_t": 0.4, "clip_i_ref": 0.9},
+            {"clip_t": 0.3},
+            {},
+        ],
+    )
     with store.write() as s:
         s.add(Score(run_id=ids[0], metric="clip_t", backbone="ViT-L-14/openai", value=0.9))
         s.add(Score(run_id=ids[3], metric="clip_t", backbone="ViT-L-14/openai", value=0.1))
@@ -185,7 +276,12 @@ def test_a_run_holds_one_score_per_metric_and_backbone(store, tmp_path):
     from store.report.export import export_runs_csv
 
     exp_id, _ = make_experiment(store, "rescored")
-    ids = add_runs(store, exp_id, [dict(final_step=10), dict(final_step=10)], [{"clip_t": 0.2}, {"clip_t": 0.4}])
+    ids = add_runs(
+        store,
+        exp_id,
+        [dict(final_step=10), dict(final_step=10)],
+        [{"clip_t": 0.2}, {"clip_t": 0.4}],
+    )
     with pytest.raises(IntegrityError):
         with store.write() as s:
             s.add(Score(run_id=ids[0], metric="clip_t", backbone=B32, value=0.6))
@@ -200,9 +296,14 @@ def test_stats_from_sql_sums_match_two_pass():
     from store.report.aggregate import stat_from_sums
 
     values = [0.31, 0.29, 0.35, 0.27, 0.33]
-    exact, summed = stat(values), stat_from_sums(len(values), sum(values), sum(v * v for v in values))
+    exact, summed = (
+        stat(values),
+        stat_from_sums(len(values), sum(values), sum(v * v for v in values)),
+    )
     assert summed.n == exact.n and summed.mean == pytest.approx(exact.mean)
-    assert summed.std == pytest.approx(exact.std, rel=1e-6) and summed.sem == pytest.approx(exact.sem, rel=1e-6)
+    assert summed.std == pytest.approx(exact.std, rel=1e-6) and summed.sem == pytest.approx(
+        exact.sem, rel=1e-6
+    )
 
 
 def test_unknown_parameter_and_empty_experiment(store):
@@ -221,7 +322,11 @@ def unbalanced(store):
 
     def add(concept, seed, values, final_step=None):
         cols = dict(concept_id=concept, seed=seed, prompt_index=0, target_prompt="a dog")
-        cols.update(dict(is_baseline=True, final_step=0) if final_step is None else dict(final_step=final_step))
+        cols.update(
+            dict(is_baseline=True, final_step=0)
+            if final_step is None
+            else dict(final_step=final_step)
+        )
         runs.append(cols)
         scores.append(values)
 
@@ -249,7 +354,7 @@ def test_unbalanced_concepts_keep_one_unit_and_flag_gaps(store):
     # std = sqrt(2 * 0.045^2 / 1) = 0.0636396, SEM = std / sqrt(2) = 0.045.
     assert base.metrics["clip_t"].n == 2
     assert base.metrics["clip_t"].mean == pytest.approx(0.335)
-    assert base.metrics["clip_t"].std == pytest.approx(math.sqrt(2 * 0.045 ** 2))
+    assert base.metrics["clip_t"].std == pytest.approx(math.sqrt(2 * 0.045**2))
     assert base.metrics["clip_t"].sem == pytest.approx(0.045)
     # final_step 10, clip_t: A 0.32, B 0.24 -> 0.28, SEM 0.04 over the two concepts (not over 4 runs:
     # run-level SEM would be std(0.30, 0.34, 0.26, 0.22) / 2 = 0.0258).
@@ -258,7 +363,9 @@ def test_unbalanced_concepts_keep_one_unit_and_flag_gaps(store):
     assert r10.metrics["clip_t"].sem == pytest.approx(0.04)
     # clip_i_ref exists for A only: its mean over one concept, SEM undefined, B named as missing.
     ci = r10.metrics["clip_i_ref"]
-    assert ci.n == 1 and ci.mean == pytest.approx(0.82) and math.isnan(ci.sem) and math.isnan(ci.std)
+    assert (
+        ci.n == 1 and ci.mean == pytest.approx(0.82) and math.isnan(ci.sem) and math.isnan(ci.std)
+    )
     assert r10.missing["clip_i_ref"] == ["unbalanced-concept1"] and "clip_t" not in r10.missing
     assert "unbalanced-concept1" in r10.incomplete and "clip_i_ref" in r10.incomplete
     # final_step 20 reached by A only: still concept unit (n = 1, SEM undefined), not a run-level
@@ -303,7 +410,9 @@ def test_baseline_split_by_base_setting(store):
     assert bases[1].metrics["clip_t"].mean == pytest.approx(0.32)
     assert all(r.n_runs == 2 for r in bases)
     # Grouping by a control axis keeps one pooled baseline.
-    assert [r.label for r in aggregate(store, seed_sweep(store, "other"), "final_step") if r.is_baseline] == ["baseline"]
+    assert [
+        r.label for r in aggregate(store, seed_sweep(store, "other"), "final_step") if r.is_baseline
+    ] == ["baseline"]
 
 
 def test_one_concept_states_runs_as_the_unit(store):
@@ -319,8 +428,12 @@ def test_one_concept_states_runs_as_the_unit(store):
 
 def test_runs_unit_flags_values_with_fewer_runs(store):
     exp_id, _ = make_experiment(store, "short")
-    add_runs(store, exp_id, [dict(final_step=10), dict(final_step=10), dict(final_step=20)],
-             [{"clip_t": 0.2}, {"clip_t": 0.4}, {"clip_t": 0.5}])
+    add_runs(
+        store,
+        exp_id,
+        [dict(final_step=10), dict(final_step=10), dict(final_step=20)],
+        [{"clip_t": 0.2}, {"clip_t": 0.4}, {"clip_t": 0.5}],
+    )
     r10, r20 = aggregate(store, exp_id, "final_step")
     assert not r10.missing and r20.missing == {"clip_t": ["1 of 2 runs"]}
     assert math.isnan(r20.metrics["clip_t"].sem)

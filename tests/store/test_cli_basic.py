@@ -1,4 +1,5 @@
 """The `mtp` headless commands, run in-process through tui.cli.main."""
+
 import numpy as np
 from PIL import Image
 
@@ -24,16 +25,58 @@ def test_help_lists_commands(capsys):
 def test_concept_experiment_runs_flow(capsys, home, tmp_path):
     img = tmp_path / "ref.png"
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(img)
-    code, out, _ = run(capsys, "--home", str(home.root), "concept", "add", "corgi", "--token", "<new1>",
-                       "--class-word", "dog", "--image", str(img), "--model", "org/model")
+    code, out, _ = run(
+        capsys,
+        "--home",
+        str(home.root),
+        "concept",
+        "add",
+        "corgi",
+        "--token",
+        "<new1>",
+        "--class-word",
+        "dog",
+        "--image",
+        str(img),
+        "--model",
+        "org/model",
+    )
     assert code == 0 and "1 reference images" in out
-    code, out, _ = run(capsys, "--home", str(home.root), "experiment", "create", "fs", "--concept", "corgi",
-                       "--prompt", "a <new1> dog on the beach", "--final-step", "20,25,end", "--seeds", "0,1",
-                       "--dry-run")
+    code, out, _ = run(
+        capsys,
+        "--home",
+        str(home.root),
+        "experiment",
+        "create",
+        "fs",
+        "--concept",
+        "corgi",
+        "--prompt",
+        "a <new1> dog on the beach",
+        "--final-step",
+        "20,25,end",
+        "--seeds",
+        "0,1",
+        "--dry-run",
+    )
     assert code == 0 and out.strip() == "8 runs"
-    code, out, _ = run(capsys, "--home", str(home.root), "experiment", "create", "fs", "--concept", "corgi",
-                       "--prompt", "a <new1> dog on the beach", "--final-step", "20,25,end", "--seeds", "0,1",
-                       "--queue")
+    code, out, _ = run(
+        capsys,
+        "--home",
+        str(home.root),
+        "experiment",
+        "create",
+        "fs",
+        "--concept",
+        "corgi",
+        "--prompt",
+        "a <new1> dog on the beach",
+        "--final-step",
+        "20,25,end",
+        "--seeds",
+        "0,1",
+        "--queue",
+    )
     assert code == 0 and "8 runs, queued" in out
     code, out, _ = run(capsys, "--home", str(home.root), "runs", "fs", "--where", "final_step=25")
     assert code == 0 and out.startswith("2 runs match")
@@ -42,14 +85,29 @@ def test_concept_experiment_runs_flow(capsys, home, tmp_path):
 
 
 def test_bad_input_exits_2_with_the_field_and_writes_nothing(capsys, home):
-    code, _, err = run(capsys, "--home", str(home.root), "experiment", "create", "bad", "--prompt", "a dog",
-                       "--start-step", "30", "--final-step", "20", "--queue")
+    code, _, err = run(
+        capsys,
+        "--home",
+        str(home.root),
+        "experiment",
+        "create",
+        "bad",
+        "--prompt",
+        "a dog",
+        "--start-step",
+        "30",
+        "--final-step",
+        "20",
+        "--queue",
+    )
     assert code == 2 and "start_step" in err and "final step 20" in err
     code, out, _ = run(capsys, "--home", str(home.root), "experiment", "list")
     assert out.strip() == ""
     code, _, err = run(capsys, "--home", str(home.root), "runs", "nope")
     assert code == 2 and "no experiment 'nope'" in err
-    code, _, err = run(capsys, "--home", str(home.root), "concept", "add", "m", "--model", "/no/such/folder")
+    code, _, err = run(
+        capsys, "--home", str(home.root), "concept", "add", "m", "--model", "/no/such/folder"
+    )
     assert code == 2 and "/no/such/folder does not exist" in err
 
 
@@ -68,9 +126,32 @@ def test_experiment_create_with_a_concept_uses_its_class_word_as_source(capsys, 
     from store.queries import experiment_by_ref
     from store.sweep.spec import ExperimentSpec
 
-    run(capsys, "concept", "add", "corgi", "--token", "sks", "--class-word", "corgi", "--model", "org/model")
-    code, _, err = run(capsys, "experiment", "create", "fs", "--concept", "corgi", "--prompt",
-                       "a photo of sks corgi on the beach", "--mask-mode", "auto", "--mask-words", "corgi")
+    run(
+        capsys,
+        "concept",
+        "add",
+        "corgi",
+        "--token",
+        "sks",
+        "--class-word",
+        "corgi",
+        "--model",
+        "org/model",
+    )
+    code, _, err = run(
+        capsys,
+        "experiment",
+        "create",
+        "fs",
+        "--concept",
+        "corgi",
+        "--prompt",
+        "a photo of sks corgi on the beach",
+        "--mask-mode",
+        "auto",
+        "--mask-words",
+        "corgi",
+    )
     assert code == 0, err
     store = Store(home)
     try:
@@ -78,8 +159,20 @@ def test_experiment_create_with_a_concept_uses_its_class_word_as_source(capsys, 
     finally:
         store.close()
     assert spec.source_prompt == "a photo of a corgi"
-    code, _, err = run(capsys, "experiment", "create", "bad", "--concept", "corgi", "--prompt",
-                       "a photo of sks corgi on the beach", "--mask-mode", "auto", "--mask-words", "beach")
+    code, _, err = run(
+        capsys,
+        "experiment",
+        "create",
+        "bad",
+        "--concept",
+        "corgi",
+        "--prompt",
+        "a photo of sks corgi on the beach",
+        "--mask-mode",
+        "auto",
+        "--mask-words",
+        "beach",
+    )
     assert code == 2 and "source prompt" in err
 
 
@@ -105,9 +198,28 @@ def test_output_into_a_closed_pipe_is_not_a_traceback(home, tmp_path):
     import sys
 
     # 4000 runs print ~300 kB: far more than a pipe holds once `head` has gone.
-    subprocess.run([sys.executable, "-m", "tui.cli.main", "experiment", "create", "big", "--model", "org/m",
-                    "--seeds", "0-1999", "--queue"], check=True, capture_output=True)
-    res = subprocess.run(f"{sys.executable} -m tui.cli.main runs --limit 100000 | head -1",
-                         shell=True, capture_output=True, text=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tui.cli.main",
+            "experiment",
+            "create",
+            "big",
+            "--model",
+            "org/m",
+            "--seeds",
+            "0-1999",
+            "--queue",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    res = subprocess.run(
+        f"{sys.executable} -m tui.cli.main runs --limit 100000 | head -1",
+        shell=True,
+        capture_output=True,
+        text=True,
+    )
     assert res.returncode == 0
     assert "Traceback" not in res.stderr and "BrokenPipe" not in res.stderr

@@ -6,7 +6,7 @@ import pytest
 from sqlmodel import select
 
 from store.db import SCHEMA_VERSION, SchemaTooNew, Store
-from store.models import Experiment, Meta, Run
+from store.models import Experiment, Run
 from store.paths import Home
 from store.queries import list_runs, save_experiment
 from store.sweep.spec import ExperimentSpec
@@ -72,9 +72,11 @@ def _engine_like(home_root, n):
 def test_app_and_engine_share_one_database_without_lock_errors(home):
     Store(home).close()
     ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_app_like, args=(str(home.root), 25)),
-             ctx.Process(target=_engine_like, args=(str(home.root), 50)),
-             ctx.Process(target=_engine_like, args=(str(home.root), 50))]
+    procs = [
+        ctx.Process(target=_app_like, args=(str(home.root), 25)),
+        ctx.Process(target=_engine_like, args=(str(home.root), 50)),
+        ctx.Process(target=_engine_like, args=(str(home.root), 50)),
+    ]
     for p in procs:
         p.start()
     for p in procs:
@@ -90,7 +92,9 @@ def test_app_and_engine_share_one_database_without_lock_errors(home):
 def test_database_file_is_plain_sqlite(store):
     # Anyone can open the record with the sqlite3 shell or pandas.
     con = sqlite3.connect(store.home.db_path)
-    assert ("schema_version", str(SCHEMA_VERSION)) in con.execute("select key, value from meta").fetchall()
+    assert ("schema_version", str(SCHEMA_VERSION)) in con.execute(
+        "select key, value from meta"
+    ).fetchall()
     con.close()
 
 

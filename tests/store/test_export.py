@@ -1,18 +1,24 @@
 """CSV exports round-trip every field; exports never land outside the chosen folder."""
+
 from __future__ import annotations
 
 import csv
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 from sqlmodel import select
 
-from store.report.aggregate import aggregate
-from store.report.export import (
-    export_grid_png, export_plot_png, export_runs_csv, export_summary_csv, resolve_output, safe_filename,
-)
 from store.models import Run, Score
 from store.queries import InputError
+from store.report.aggregate import aggregate
+from store.report.export import (
+    export_grid_png,
+    export_plot_png,
+    export_runs_csv,
+    export_summary_csv,
+    resolve_output,
+    safe_filename,
+)
 from tests.store.test_aggregate import B32, add_runs, make_experiment, seed_sweep
 
 NASTY = 'comma, "quote", new\nline, ünïcode'
@@ -20,15 +26,43 @@ NASTY = 'comma, "quote", new\nline, ünïcode'
 
 def _odd_experiment(store):
     exp_id, (concept,) = make_experiment(store, "odd")
-    ids = add_runs(store, exp_id, [
-        dict(final_step=10, notes=NASTY, tags="a,b", target_prompt="a <new1> dog", seed=2**40, guidance=7.25,
-             mask_threshold=None, duration_s=1.0 / 3, concept_id=concept, layers="{0,2,4}",
-             started_at=datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=timezone.utc)),
-        dict(final_step=20, is_baseline=True, mask_threshold=0.125, error="Traceback\n  boom", marked=True),
-    ], [{"clip_t": 0.123456789012345678, "clip_i_ref": -0.5, "dino_ref": 0.25}, {"clip_t": 0.2}])
+    ids = add_runs(
+        store,
+        exp_id,
+        [
+            dict(
+                final_step=10,
+                notes=NASTY,
+                tags="a,b",
+                target_prompt="a <new1> dog",
+                seed=2**40,
+                guidance=7.25,
+                mask_threshold=None,
+                duration_s=1.0 / 3,
+                concept_id=concept,
+                layers="{0,2,4}",
+                started_at=datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC),
+            ),
+            dict(
+                final_step=20,
+                is_baseline=True,
+                mask_threshold=0.125,
+                error="Traceback\n  boom",
+                marked=True,
+            ),
+        ],
+        [{"clip_t": 0.123456789012345678, "clip_i_ref": -0.5, "dino_ref": 0.25}, {"clip_t": 0.2}],
+    )
     with store.write() as s:
-        s.add(Score(run_id=ids[0], metric="clip_t", backbone="ViT-L-14/openai", value=0.31,
-                    scored_text="a dog"))
+        s.add(
+            Score(
+                run_id=ids[0],
+                metric="clip_t",
+                backbone="ViT-L-14/openai",
+                value=0.31,
+                scored_text="a dog",
+            )
+        )
     return exp_id, ids
 
 
@@ -38,7 +72,7 @@ def _expected(value) -> str:
     if isinstance(value, bool):
         return str(int(value))
     if isinstance(value, datetime):
-        return value.astimezone(timezone.utc).replace(tzinfo=None).isoformat() + "Z"
+        return value.astimezone(UTC).replace(tzinfo=None).isoformat() + "Z"
     return str(value)
 
 
@@ -65,7 +99,7 @@ def test_runs_csv_round_trip_preserves_every_field(store, tmp_path):
     assert first["scored_text"] in ("a photo of a dog", "a dog")
     assert second[f"clip_i_ref@{B32}"] == "" and second["marked"] == "1"
     started = datetime.fromisoformat(first["started_at"].replace("Z", "+00:00"))
-    assert started == datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=timezone.utc)
+    assert started == datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
     assert datetime.fromisoformat(first["created_at"].replace("Z", "+00:00")).tzinfo is not None
 
 
@@ -80,13 +114,17 @@ def test_runs_csv_in_pandas(store, tmp_path):
 
 def test_runs_csv_scales(store, tmp_path):
     exp_id, _ = _odd_experiment(store)
-    with open(export_runs_csv(store, exp_id, "s.csv", scale="clipscore", folder=tmp_path), newline="") as fh:
+    with open(
+        export_runs_csv(store, exp_id, "s.csv", scale="clipscore", folder=tmp_path), newline=""
+    ) as fh:
         first = next(csv.DictReader(fh))
     # Custom Diffusion's clipscore scales text alignment only; image metrics stay raw.
     assert float(first[f"clip_t@{B32}"]) == pytest.approx(2.5 * 0.123456789012345678)
     assert float(first[f"clip_i_ref@{B32}"]) == pytest.approx(-0.5)
     assert float(first[f"dino_ref@{B32}"]) == pytest.approx(0.25)
-    with open(export_runs_csv(store, exp_id, "h.csv", scale="100", folder=tmp_path), newline="") as fh:
+    with open(
+        export_runs_csv(store, exp_id, "h.csv", scale="100", folder=tmp_path), newline=""
+    ) as fh:
         first = next(csv.DictReader(fh))
     assert float(first[f"clip_i_ref@{B32}"]) == pytest.approx(-50.0)
     with pytest.raises(InputError):
@@ -128,7 +166,10 @@ def test_paths_are_sanitised(tmp_path):
     assert resolve_output("plot", ".png", tmp_path) == tmp_path.resolve() / "plot.png"
     (tmp_path / "d").mkdir()
     assert resolve_output("d/x.csv", ".csv", tmp_path) == tmp_path.resolve() / "d" / "x.csv"
-    assert resolve_output(tmp_path / "d" / "in.csv", ".csv", tmp_path) == tmp_path.resolve() / "d" / "in.csv"
+    assert (
+        resolve_output(tmp_path / "d" / "in.csv", ".csv", tmp_path)
+        == tmp_path.resolve() / "d" / "in.csv"
+    )
     with pytest.raises(InputError):  # absolute, but outside the chosen folder
         resolve_output(tmp_path / "abs.csv", ".csv", tmp_path / "d")
     # Without a folder an absolute path is the user's own explicit choice; only its name is cleaned.
@@ -145,8 +186,12 @@ def test_export_refuses_escape_and_writes_nothing(store, tmp_path):
         export_runs_csv(store, exp_id, tmp_path / "abs.csv")  # absolute, outside home/exports
     inner = tmp_path / "inner"
     inner.mkdir()
-    for fn, args in ((export_runs_csv, ()), (export_summary_csv, ("final_step",)),
-                     (export_plot_png, ("final_step",)), (export_grid_png, ("final_step",))):
+    for fn, args in (
+        (export_runs_csv, ()),
+        (export_summary_csv, ("final_step",)),
+        (export_plot_png, ("final_step",)),
+        (export_grid_png, ("final_step",)),
+    ):
         with pytest.raises(InputError):
             fn(store, exp_id, *args, "../evil", folder=inner)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["home", "inner"]
@@ -168,9 +213,13 @@ def test_cli_exports(store, home, tmp_path, monkeypatch, capsys):
     work.mkdir()
     monkeypatch.chdir(work)
     h = ["--home", str(home.root)]
-    assert main(h + ["export", "runs", "corgi final step", "--csv", "runs.csv", "--scale", "100"]) == 0
+    assert (
+        main(h + ["export", "runs", "corgi final step", "--csv", "runs.csv", "--scale", "100"]) == 0
+    )
     assert main(h + ["export", "summary", "1", "--by", "final_step", "--csv", "sum.csv"]) == 0
-    assert main(h + ["export", "plot", "1", "--by", "final_step", "--png", "plot.png", "--text"]) == 0
+    assert (
+        main(h + ["export", "plot", "1", "--by", "final_step", "--png", "plot.png", "--text"]) == 0
+    )
     assert main(h + ["export", "grid", "1", "--by", "final_step", "--png", "grid.png"]) == 0
     assert sorted(p.name for p in work.iterdir()) == ["grid.png", "plot.png", "runs.csv", "sum.csv"]
     assert "baseline" in capsys.readouterr().out
@@ -203,25 +252,36 @@ def test_summary_csv_states_unit_scale_references_and_gaps(store, tmp_path):
     from tests.store.test_aggregate import unbalanced
 
     exp_id = unbalanced(store)
-    out = export_summary_csv(store, exp_id, "final_step", "u.csv", scale="clipscore", folder=tmp_path)
+    out = export_summary_csv(
+        store, exp_id, "final_step", "u.csv", scale="clipscore", folder=tmp_path
+    )
     with open(out, newline="") as fh:
         base, r10, r20 = list(csv.DictReader(fh))
     for line in (base, r10, r20):
         assert line["unit"] == "concepts" and "SEM over concepts" in line["unit_definition"]
         assert line["scale"] == "clipscore"
-        assert line["clip_t_scale"].startswith("clipscore") and line["clip_i_ref_scale"].startswith("raw")
+        assert line["clip_t_scale"].startswith("clipscore") and line["clip_i_ref_scale"].startswith(
+            "raw"
+        )
         assert line["dino_ref_scale"].startswith("raw")
-        assert line["image_alignment"].startswith("clip_i_ref") and "reference images" in line["image_alignment"]
+        assert (
+            line["image_alignment"].startswith("clip_i_ref")
+            and "reference images" in line["image_alignment"]
+        )
     assert [line["n_unit"] for line in (base, r10, r20)] == ["2", "2", "1"]  # concepts in each row
     assert float(r10["clip_t_mean"]) == pytest.approx(0.70)  # 2.5 x (0.32 + 0.24) / 2
     assert float(r10["clip_i_ref_mean"]) == pytest.approx(0.82)  # unscaled
     # One concept: n = 1, std and SEM empty (undefined), the missing concept named.
     assert r10["clip_i_ref_n"] == "1" and r10["clip_i_ref_sem"] == r10["clip_i_ref_std"] == ""
-    assert r10["clip_i_ref_missing"] == "unbalanced-concept1" and "unbalanced-concept1" in r10["incomplete"]
+    assert (
+        r10["clip_i_ref_missing"] == "unbalanced-concept1"
+        and "unbalanced-concept1" in r10["incomplete"]
+    )
     assert r20["clip_t_sem"] == "" and "unbalanced-concept1" in r20["incomplete"]
     # The baseline has no DINO at all and no CLIP-I for B.
-    assert base["incomplete"] == ("clip_i_ref: unbalanced-concept1 | "
-                                  "dino_ref: unbalanced-concept0, unbalanced-concept1")
+    assert base["incomplete"] == (
+        "clip_i_ref: unbalanced-concept1 | dino_ref: unbalanced-concept0, unbalanced-concept1"
+    )
     assert r10["clip_t_missing"] == "" and r10["clip_t_sem"] != ""
 
 
@@ -231,8 +291,24 @@ def test_cli_summary_states_unit_and_warns_of_gaps(store, home, tmp_path, monkey
 
     exp_id = unbalanced(store)
     monkeypatch.chdir(tmp_path)
-    assert main(["--home", str(home.root), "export", "summary", str(exp_id), "--by", "final_step",
-                 "--scale", "clipscore", "--csv", "s.csv"]) == 0
+    assert (
+        main(
+            [
+                "--home",
+                str(home.root),
+                "export",
+                "summary",
+                str(exp_id),
+                "--by",
+                "final_step",
+                "--scale",
+                "clipscore",
+                "--csv",
+                "s.csv",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr()
     assert out.out.strip().endswith("s.csv")  # stdout stays the path
     assert "SEM over concepts" in out.err and "clipscore (2.5*max(cos,0)) on clip_t" in out.err

@@ -1,5 +1,6 @@
 """Image grids with X/Y/Z axes and pinned values (issue 10 item 6), checked on pixels: every run
 has its own solid colour, so a cell's centre says which run it shows."""
+
 from __future__ import annotations
 
 import pytest
@@ -26,8 +27,16 @@ def sweep(store):
 def make_axes_sweep(store) -> int:
     """Prompts x seeds 0,1,2 x layers x start_step x final_step x mask_threshold (mask auto), every
     run done with a solid image in its own colour and a grey source."""
-    exp = seed_experiment(store, "axes", seeds="0,1,2", layers="decoder,encoder", start_step="2,4",
-                          final_step="10,15", mask_mode="auto", mask_threshold="0.2,0.4")
+    exp = seed_experiment(
+        store,
+        "axes",
+        seeds="0,1,2",
+        layers="decoder,encoder",
+        start_step="2,4",
+        final_step="10,15",
+        mask_mode="auto",
+        mask_threshold="0.2,0.4",
+    )
     with store.write() as s:
         runs = list(s.exec(select(Run).where(Run.experiment_id == exp.id)))
         for run in runs:
@@ -57,8 +66,15 @@ def expected_run(store, exp_id, **cols) -> Run:
 
 
 def test_xyz_grid_shows_the_pinned_runs_and_names_the_pins(store, sweep):
-    layout = render_grid(store, sweep, "layers", x="final_step", z="start_step", thumb=24,
-                         pins={"seed": "1", "target_prompt": "a dog in snow", "mask_threshold": "0.4"})
+    layout = render_grid(
+        store,
+        sweep,
+        "layers",
+        x="final_step",
+        z="start_step",
+        thumb=24,
+        pins={"seed": "1", "target_prompt": "a dog in snow", "mask_threshold": "0.4"},
+    )
     assert (layout.by, layout.columns, layout.z) == ("layers", "final_step", "start_step")
     assert layout.pins == {"target_prompt": "a dog in snow", "seed": "1", "mask_threshold": "0.4"}
     assert "pinned: target_prompt=a dog in snow, seed=1, mask_threshold=0.4" in layout.caption_text
@@ -72,8 +88,17 @@ def test_xyz_grid_shows_the_pinned_runs_and_names_the_pins(store, sweep):
         start = (2, 4)[cell.panel]
         layers = ("decoder", "encoder")[cell.row - 1]
         final = (10, 15)[cell.col - 1]
-        run = expected_run(store, sweep, is_baseline=False, seed=1, prompt_index=1, mask_threshold=0.4,
-                           layers=layers, start_step=start, final_step=final)
+        run = expected_run(
+            store,
+            sweep,
+            is_baseline=False,
+            seed=1,
+            prompt_index=1,
+            mask_threshold=0.4,
+            layers=layers,
+            start_step=start,
+            final_step=final,
+        )
         assert cell.run_id == run.id and centre(layout, cell) == colour(run.id)
     # The baseline row is the pinned seed and prompt's baseline (control settings do not apply to it).
     base = expected_run(store, sweep, is_baseline=True, seed=1, prompt_index=1)
@@ -90,21 +115,42 @@ def test_unpinned_axes_default_to_the_first_run_and_say_so(store, sweep):
     layout = render_grid(store, sweep, "final_step", thumb=16)
     # Columns default to the prompts; every other varied axis is pinned to the first run's value.
     assert layout.columns == "target_prompt"
-    assert layout.pins == {"seed": "0", "layers": "decoder", "start_step": "2", "mask_threshold": "0.2"}
+    assert layout.pins == {
+        "seed": "0",
+        "layers": "decoder",
+        "start_step": "2",
+        "mask_threshold": "0.2",
+    }
     assert "pinned: seed=0, layers=decoder, start_step=2, mask_threshold=0.2" in layout.caption_text
     with store.session() as s:
         for cell in layout.cells:
             if cell.kind == "target":
                 run = s.get(Run, cell.run_id)
-                assert (run.seed, run.layers, run.start_step, run.mask_threshold) == (0, "decoder", 2, 0.2)
+                assert (run.seed, run.layers, run.start_step, run.mask_threshold) == (
+                    0,
+                    "decoder",
+                    2,
+                    0.2,
+                )
                 assert centre(layout, cell) == colour(run.id)
 
 
 def test_a_row_per_seed(store, sweep):
-    layout = render_grid(store, sweep, "final_step", x="layers", seeds="each", thumb=16,
-                         pins={"start_step": 4, "mask_threshold": 0.2, "target_prompt": 0})
+    layout = render_grid(
+        store,
+        sweep,
+        "final_step",
+        x="layers",
+        seeds="each",
+        thumb=16,
+        pins={"start_step": 4, "mask_threshold": 0.2, "target_prompt": 0},
+    )
     assert layout.row_labels[:3] == ["baseline, seed 0", "baseline, seed 1", "baseline, seed 2"]
-    assert layout.row_labels[3:6] == ["final_step=10, seed 0", "final_step=10, seed 1", "final_step=10, seed 2"]
+    assert layout.row_labels[3:6] == [
+        "final_step=10, seed 0",
+        "final_step=10, seed 1",
+        "final_step=10, seed 2",
+    ]
     assert "one row per seed" in layout.caption_text and "seed" not in layout.pins
     with store.session() as s:
         for cell in layout.cells:
@@ -120,8 +166,17 @@ def test_a_row_per_seed(store, sweep):
 
 
 def test_missing_images_are_labelled_and_counted(store, sweep):
-    run = expected_run(store, sweep, is_baseline=False, seed=0, prompt_index=0, mask_threshold=0.2,
-                       layers="decoder", start_step=2, final_step=15)
+    run = expected_run(
+        store,
+        sweep,
+        is_baseline=False,
+        seed=0,
+        prompt_index=0,
+        mask_threshold=0.2,
+        layers="decoder",
+        start_step=2,
+        final_step=15,
+    )
     with store.write() as s:
         r = s.get(Run, run.id)
         r.image_path, r.status = None, "failed"
@@ -154,13 +209,68 @@ def test_cli_grid_with_axes_and_pins(store, home, sweep, tmp_path, monkeypatch, 
 
     monkeypatch.chdir(tmp_path)
     h = ["--home", str(home.root)]
-    assert main(h + ["export", "grid", str(sweep), "--x", "final_step", "--y", "layers", "--z", "start_step",
-                     "--pin", "seed=1", "--pin", "mask_threshold=0.2", "--png", "g.png", "--thumb", "16"]) == 0
+    assert (
+        main(
+            h
+            + [
+                "export",
+                "grid",
+                str(sweep),
+                "--x",
+                "final_step",
+                "--y",
+                "layers",
+                "--z",
+                "start_step",
+                "--pin",
+                "seed=1",
+                "--pin",
+                "mask_threshold=0.2",
+                "--png",
+                "g.png",
+                "--thumb",
+                "16",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr()
     assert (tmp_path / "g.png").is_file()
     assert "seed=1" in out.err and "mask_threshold=0.2" in out.err
-    assert main(h + ["export", "grid", str(sweep), "--by", "final_step", "--pin", "seed", "--png", "x.png"]) == 2
-    assert main(h + ["export", "grid", str(sweep), "--by", "final_step", "--pin", "seed=9", "--png", "x.png"]) == 2
+    assert (
+        main(
+            h
+            + [
+                "export",
+                "grid",
+                str(sweep),
+                "--by",
+                "final_step",
+                "--pin",
+                "seed",
+                "--png",
+                "x.png",
+            ]
+        )
+        == 2
+    )
+    assert (
+        main(
+            h
+            + [
+                "export",
+                "grid",
+                str(sweep),
+                "--by",
+                "final_step",
+                "--pin",
+                "seed=9",
+                "--png",
+                "x.png",
+            ]
+        )
+        == 2
+    )
     assert not (tmp_path / "x.png").exists()
 
 
@@ -169,4 +279,7 @@ def test_no_baseline_row_when_the_sweep_made_none(store):
     layout = render_grid(store, exp.id, "final_step", thumb=16)
     assert layout.row_labels == ["final_step=10", "final_step=15"]
     # Nothing ran yet: every target cell is a counted "no image" cell, none silently dropped.
-    assert layout.missing == {"queued": 4} and "4 cells without image (queued 4)" in layout.caption_text
+    assert (
+        layout.missing == {"queued": 4}
+        and "4 cells without image (queued 4)" in layout.caption_text
+    )

@@ -3,6 +3,7 @@ implements, enumerated per cell: a cell shows the first run in sweep order that 
 panel, row, column), preferring one with an image; ``ambiguous`` counts the extra fitting runs;
 sources are shown along rows or columns only where every cell of the line shares one source pass.
 The data set mixes mask on/off, baselines, duplicated cells, missing images and split sources."""
+
 from __future__ import annotations
 
 import pytest
@@ -15,8 +16,16 @@ from tests.tui import seed_experiment
 
 @pytest.fixture
 def varied(store) -> int:
-    exp = seed_experiment(store, "varied", seeds="0,1,2", layers="decoder,encoder", start_step="2,4",
-                          final_step="10,15", mask_mode="auto", mask_threshold="0.2,0.4")
+    exp = seed_experiment(
+        store,
+        "varied",
+        seeds="0,1,2",
+        layers="decoder,encoder",
+        start_step="2,4",
+        final_step="10,15",
+        mask_mode="auto",
+        mask_threshold="0.2,0.4",
+    )
     with store.write() as s:
         runs = list(s.exec(select(Run).where(Run.experiment_id == exp.id).order_by(Run.grid_index)))
         top = max(r.grid_index for r in runs)
@@ -29,10 +38,20 @@ def varied(store) -> int:
             s.add(run)
             if not run.is_baseline and i % 6 == 0:
                 # The same settings with the mask off: mask details do not apply to it.
-                s.add(_copy(run, grid_index=top + 1 + i, mask_mode="off", image_path=f"runs/off{i}.png"))
+                s.add(
+                    _copy(
+                        run, grid_index=top + 1 + i, mask_mode="off", image_path=f"runs/off{i}.png"
+                    )
+                )
             if i % 9 == 2:
                 # A second run for the same cell, later in sweep order, sometimes the only image.
-                s.add(_copy(run, grid_index=run.grid_index, image_path=None if i % 2 else f"runs/dup{i}.png"))
+                s.add(
+                    _copy(
+                        run,
+                        grid_index=run.grid_index,
+                        image_path=None if i % 2 else f"runs/dup{i}.png",
+                    )
+                )
     return exp.id
 
 
@@ -53,7 +72,10 @@ def expected_cells(runs, plan, panel) -> tuple[dict, int]:
         seed = (r["seed"],) if each else ()
         if r["is_baseline"]:
             if row_mode:
-                return BASELINE + seed, ("value", key_of(x, r)) if x not in CONTROL_AXES else plan.col_keys[0]
+                return BASELINE + seed, (
+                    "value",
+                    key_of(x, r),
+                ) if x not in CONTROL_AXES else plan.col_keys[0]
             if col_mode:
                 return ("value", key_of(y, r)) + seed, BASELINE
             return None
@@ -65,8 +87,12 @@ def expected_cells(runs, plan, panel) -> tuple[dict, int]:
     cells, extra = {}, 0
     for row in plan.row_keys:
         for col in plan.col_keys:
-            fits = [r for r in runs if all(not applies(a, r) or key_of(a, r) == k for a, k in fixed.items())
-                    and place(r) == (row, col)]
+            fits = [
+                r
+                for r in runs
+                if all(not applies(a, r) or key_of(a, r) == k for a, k in fixed.items())
+                and place(r) == (row, col)
+            ]
             if fits:
                 extra += len(fits) - 1
                 cells[(row, col)] = next((r for r in fits if r["image_path"]), fits[0])
@@ -92,20 +118,36 @@ def test_every_cell_holds_the_run_the_rule_picks(store, varied, y, options):
     total = 0
     for panel in plan.panels:
         cells, extra = expected_cells(runs, plan, panel)
-        assert {k: r["id"] for k, r in panel.cells.items()} == {k: r["id"] for k, r in cells.items()}
+        assert {k: r["id"] for k, r in panel.cells.items()} == {
+            k: r["id"] for k, r in cells.items()
+        }
         total += extra
     assert plan.ambiguous == total
 
     def shared(by_row: bool) -> bool:
-        return all(len({r["group_key"] for (row, col), r in p.cells.items() if (row if by_row else col) == k}) <= 1
-                   for p in plan.panels for k in (plan.row_keys if by_row else plan.col_keys))
+        return all(
+            len(
+                {
+                    r["group_key"]
+                    for (row, col), r in p.cells.items()
+                    if (row if by_row else col) == k
+                }
+            )
+            <= 1
+            for p in plan.panels
+            for k in (plan.row_keys if by_row else plan.col_keys)
+        )
 
     mode = "column" if shared(True) else "row" if shared(False) else "none"
     assert plan.source_mode == mode
     for panel in plan.panels:
         want = {}
         if mode != "none":
-            lines, across = (plan.row_keys, plan.col_keys) if mode == "column" else (plan.col_keys, plan.row_keys)
+            lines, across = (
+                (plan.row_keys, plan.col_keys)
+                if mode == "column"
+                else (plan.col_keys, plan.row_keys)
+            )
             for k in lines:
                 members = [panel.cells.get((k, o) if mode == "column" else (o, k)) for o in across]
                 first = next((m for m in members if m and m["source_image_path"]), None)
@@ -118,4 +160,6 @@ def test_the_data_set_exercises_duplicates_and_source_modes(store, varied):
     plans = [plan_grid(store, varied, y, **o) for y, o in OPTIONS]
     assert sum(p.ambiguous > 0 for p in plans) >= 2
     assert len({p.source_mode for p in plans}) >= 2
-    assert any(r["image_path"] is None for p in plans for panel in p.panels for r in panel.cells.values())
+    assert any(
+        r["image_path"] is None for p in plans for panel in p.panels for r in panel.cells.values()
+    )

@@ -1,4 +1,5 @@
 """The inversion guidance setting on the store side: grid, group keys, checks, migration, export."""
+
 from __future__ import annotations
 
 import csv
@@ -18,9 +19,14 @@ from store.sweep.spec import ExperimentSpec, expand, swept_axes
 
 
 def spec(**kw):
-    base = dict(source_prompt="a photo of a dog", source_image="/data/dog.png",
-                target_prompts=["a dog on the beach", "a dog in the snow"], num_steps=50, seeds="0,1",
-                final_step="20,end")
+    base = dict(
+        source_prompt="a photo of a dog",
+        source_image="/data/dog.png",
+        target_prompts=["a dog on the beach", "a dog in the snow"],
+        num_steps=50,
+        seeds="0,1",
+        final_step="20,end",
+    )
     base.update(kw)
     return ExperimentSpec(**base)
 
@@ -28,7 +34,9 @@ def spec(**kw):
 def test_each_inversion_guidance_is_its_own_source_with_its_own_baselines():
     rows = expand(spec(inversion_guidance="1,7.5"))
     assert {r["inversion_guidance"] for r in rows} == {1.0, 7.5} and all(r["invert"] for r in rows)
-    baselines = [(r["target_prompt"], r["seed"], r["inversion_guidance"]) for r in rows if r["is_baseline"]]
+    baselines = [
+        (r["target_prompt"], r["seed"], r["inversion_guidance"]) for r in rows if r["is_baseline"]
+    ]
     assert len(baselines) == len(set(baselines)) == 2 * 2 * 2
     keys = {}
     for r in rows:
@@ -47,11 +55,14 @@ def test_default_is_one_and_the_setting_is_ignored_without_an_image():
     assert expand(generated) == rows
 
 
-@pytest.mark.parametrize("kw, message", [
-    (dict(inversion_guidance="0.5"), "below the minimum 1"),
-    (dict(inversion_guidance="lots"), "not a number"),
-    (dict(inversion_guidance="1,7.5", source_image=None), "image to invert"),
-])
+@pytest.mark.parametrize(
+    "kw, message",
+    [
+        (dict(inversion_guidance="0.5"), "below the minimum 1"),
+        (dict(inversion_guidance="lots"), "not a number"),
+        (dict(inversion_guidance="1,7.5", source_image=None), "image to invert"),
+    ],
+)
 def test_bad_inversion_guidance_names_its_field(kw, message):
     with pytest.raises(SweepError, match=message) as info:
         expand(spec(**kw))
@@ -67,20 +78,34 @@ def test_invert_without_an_image_is_refused():
 def test_older_specs_and_numbers_in_spec_files_load():
     old = ExperimentSpec.from_json({"source_image": "/data/dog.png", "seeds": "0"})
     assert old.inversion_guidance == "1"
-    from_file = ExperimentSpec.from_json({"source_image": "/data/dog.png", "seeds": "0", "inversion_guidance": 7.5})
+    from_file = ExperimentSpec.from_json(
+        {"source_image": "/data/dog.png", "seeds": "0", "inversion_guidance": 7.5}
+    )
     assert {r["inversion_guidance"] for r in expand(from_file)} == {7.5}
 
 
 def test_recorded_exported_and_groupable(store, tmp_path):
     img = tmp_path / "dog.png"
     Image.new("RGB", (8, 8), (120, 80, 40)).save(img)
-    exp = save_experiment(store, "inv", spec(source_image=str(img), inversion_guidance="1,7.5", seeds="0",
-                                             target_prompts=["a dog"], final_step="end"), queue=True)
+    exp = save_experiment(
+        store,
+        "inv",
+        spec(
+            source_image=str(img),
+            inversion_guidance="1,7.5",
+            seeds="0",
+            target_prompts=["a dog"],
+            final_step="end",
+        ),
+        queue=True,
+    )
     with store.write() as s:
         runs = list(s.exec(select(Run).where(Run.experiment_id == exp.id)))
         for r in runs:
             r.status = "done"
-            s.add(Score(run_id=r.id, metric="clip_t", backbone="b", value=0.1 * r.inversion_guidance))
+            s.add(
+                Score(run_id=r.id, metric="clip_t", backbone="b", value=0.1 * r.inversion_guidance)
+            )
     path = export_runs_csv(store, exp.id, "inv.csv")
     with open(path, newline="") as fh:
         exported = list(csv.DictReader(fh))
@@ -97,10 +122,26 @@ def test_schema_1_database_gains_the_column_and_old_inversions_read_as_one(home,
     s = Store(home)
     dog = tmp_path / "dog.png"  # source images are checked and copied when an experiment is saved
     Image.new("RGB", (8, 8)).save(dog)
-    save_experiment(s, "generated", spec(source_image=None, seeds="0", target_prompts=["a dog"],
-                                         final_step="end", baseline=False), queue=True)
-    save_experiment(s, "inverted", spec(source_image=str(dog), seeds="0", target_prompts=["a dog"],
-                                        final_step="end", baseline=False), queue=True)
+    save_experiment(
+        s,
+        "generated",
+        spec(
+            source_image=None, seeds="0", target_prompts=["a dog"], final_step="end", baseline=False
+        ),
+        queue=True,
+    )
+    save_experiment(
+        s,
+        "inverted",
+        spec(
+            source_image=str(dog),
+            seeds="0",
+            target_prompts=["a dog"],
+            final_step="end",
+            baseline=False,
+        ),
+        queue=True,
+    )
     s.close()
     # Make it what a schema-1 mtp wrote: no column, version 1.
     con = sqlite3.connect(home.db_path)

@@ -1,5 +1,6 @@
 """Several hosts on one database: the data folder's identity, concurrent first starts, 64-bit
 seeds, the PostgreSQL migration, and the database URL taken the same way by every command."""
+
 from __future__ import annotations
 
 import multiprocessing as mp
@@ -89,7 +90,10 @@ def _first_start(home_root, url, barrier, out):
 def test_four_processes_starting_at_once_on_an_empty_database(home):
     ctx = mp.get_context("spawn")
     barrier, out = ctx.Barrier(4), ctx.Queue()
-    procs = [ctx.Process(target=_first_start, args=(str(home.root), _db_url(home), barrier, out)) for _ in range(4)]
+    procs = [
+        ctx.Process(target=_first_start, args=(str(home.root), _db_url(home), barrier, out))
+        for _ in range(4)
+    ]
     for p in procs:
         p.start()
     results = [out.get(timeout=120) for _ in procs]
@@ -101,8 +105,17 @@ def test_four_processes_starting_at_once_on_an_empty_database(home):
 
 
 def test_64_bit_seeds_are_stored_claimed_and_read_back_exactly(store):
-    spec = ExperimentSpec(model="m", source_prompt="a dog", target_prompts=["a dog"], num_steps=4, width=64,
-                          height=64, seeds=f"{BIG_SEED - 1}-{BIG_SEED}", start_step="1", baseline=False)
+    spec = ExperimentSpec(
+        model="m",
+        source_prompt="a dog",
+        target_prompts=["a dog"],
+        num_steps=4,
+        width=64,
+        height=64,
+        seeds=f"{BIG_SEED - 1}-{BIG_SEED}",
+        start_step="1",
+        baseline=False,
+    )
     save_experiment(store, "big", spec, queue=True)
     claimed = q.claim_group(store, "w", max_batch=8) + q.claim_group(store, "w", max_batch=8)
     assert sorted(r.seed for r in claimed) == [BIG_SEED - 1, BIG_SEED]
@@ -121,8 +134,12 @@ def test_a_version_1_postgresql_database_gets_64_bit_seeds(home):
     st.close()
     st = Store(home, url=url)
     with st.session() as s:
-        kind = s.exec(text("SELECT data_type FROM information_schema.columns "
-                           "WHERE table_name = 'run' AND column_name = 'seed'")).one()[0]
+        kind = s.exec(
+            text(
+                "SELECT data_type FROM information_schema.columns "
+                "WHERE table_name = 'run' AND column_name = 'seed'"
+            )
+        ).one()[0]
     st.close()
     assert kind == "bigint"
 
@@ -149,10 +166,20 @@ def test_passwords_are_masked():
 
 
 def test_workers_are_listed_grouped_by_host(store):
-    for host, dev in (("gpu-b", "cuda:0"), ("gpu-a", "cuda:1"), ("gpu-b", "cuda:1"), ("gpu-a", "cuda:0")):
+    for host, dev in (
+        ("gpu-b", "cuda:0"),
+        ("gpu-a", "cuda:1"),
+        ("gpu-b", "cuda:1"),
+        ("gpu-a", "cuda:0"),
+    ):
         q.register_worker(store, dev, host=host, pid=100)
     listed = [(w.host, w.device) for w in q.list_workers(store)]
-    assert listed == [("gpu-a", "cuda:0"), ("gpu-a", "cuda:1"), ("gpu-b", "cuda:0"), ("gpu-b", "cuda:1")]
+    assert listed == [
+        ("gpu-a", "cuda:0"),
+        ("gpu-a", "cuda:1"),
+        ("gpu-b", "cuda:0"),
+        ("gpu-b", "cuda:1"),
+    ]
     assert all(w.id.startswith(f"{w.host}:100:") for w in q.list_workers(store))
 
 
@@ -161,22 +188,56 @@ def test_grid_export_warns_when_done_runs_have_no_image_here(store, tmp_path, ca
 
     from tui.cli.main import main as mtp_main
 
-    spec = ExperimentSpec(model="m", source_prompt="a dog", target_prompts=["a dog"], num_steps=4, width=64,
-                          height=64, seeds="0", start_step="1", final_step="2,3", baseline=False)
+    spec = ExperimentSpec(
+        model="m",
+        source_prompt="a dog",
+        target_prompts=["a dog"],
+        num_steps=4,
+        width=64,
+        height=64,
+        seeds="0",
+        start_step="1",
+        final_step="2,3",
+        baseline=False,
+    )
     exp = save_experiment(store, "g", spec, queue=True)
     runs = q.claim_group(store, "w", max_batch=8)
     here = store.home.run_dir(runs[0].id)
     here.mkdir(parents=True)
     Image.new("RGB", (8, 8)).save(here / "target.png")
-    q.complete_runs(store, "w", [
-        {"run_id": runs[0].id, "image_path": f"artifacts/run-{runs[0].id}/target.png"},
-        {"run_id": runs[1].id, "image_path": f"artifacts/run-{runs[1].id}/target.png"},  # written elsewhere
-    ])
+    q.complete_runs(
+        store,
+        "w",
+        [
+            {"run_id": runs[0].id, "image_path": f"artifacts/run-{runs[0].id}/target.png"},
+            {
+                "run_id": runs[1].id,
+                "image_path": f"artifacts/run-{runs[1].id}/target.png",
+            },  # written elsewhere
+        ],
+    )
     monkeypatch.chdir(tmp_path)
-    assert mtp_main(["--home", str(store.home.root), "export", "grid", str(exp.id), "--by", "final_step",
-                     "--png", "g.png"]) == 0
+    assert (
+        mtp_main(
+            [
+                "--home",
+                str(store.home.root),
+                "export",
+                "grid",
+                str(exp.id),
+                "--by",
+                "final_step",
+                "--png",
+                "g.png",
+            ]
+        )
+        == 0
+    )
     err = capsys.readouterr().err
-    assert f"1 done run(s) have no image file under {store.home.root}" in err and f"run {runs[1].id}" in err
+    assert (
+        f"1 done run(s) have no image file under {store.home.root}" in err
+        and f"run {runs[1].id}" in err
+    )
 
 
 def test_a_source_image_inside_the_data_folder_is_recorded_relative_to_it(store):
@@ -185,8 +246,17 @@ def test_a_source_image_inside_the_data_folder_is_recorded_relative_to_it(store)
     img = store.home.root / "inputs" / "cat.png"
     img.parent.mkdir()
     Image.new("RGB", (8, 8)).save(img)
-    spec = ExperimentSpec(model="m", source_image=str(img), target_prompts=["a cat"], num_steps=4, width=64,
-                          height=64, seeds="0", start_step="1", baseline=False)
+    spec = ExperimentSpec(
+        model="m",
+        source_image=str(img),
+        target_prompts=["a cat"],
+        num_steps=4,
+        width=64,
+        height=64,
+        seeds="0",
+        start_step="1",
+        baseline=False,
+    )
     save_experiment(store, "real", spec, queue=True)
     (run,) = q.claim_group(store, "w")
     assert run.source_image == "inputs/cat.png"
@@ -198,14 +268,19 @@ def test_seed_text_is_read_as_whole_numbers_never_through_float():
 
     seeds = AXES["seeds"]
     assert parse_values(seeds, str(BIG_SEED)) == [BIG_SEED]
-    assert parse_values(seeds, f"{BIG_SEED - 2}-{BIG_SEED}") == [BIG_SEED - 2, BIG_SEED - 1, BIG_SEED]
-    assert parse_values(seeds, f"{BIG_SEED - 6}-{BIG_SEED} [3]") == [BIG_SEED - 6, BIG_SEED - 3, BIG_SEED]
+    assert parse_values(seeds, f"{BIG_SEED - 2}-{BIG_SEED}") == [
+        BIG_SEED - 2,
+        BIG_SEED - 1,
+        BIG_SEED,
+    ]
+    assert parse_values(seeds, f"{BIG_SEED - 6}-{BIG_SEED} [3]") == [
+        BIG_SEED - 6,
+        BIG_SEED - 3,
+        BIG_SEED,
+    ]
     with pytest.raises(SweepError, match="above the maximum 9223372036854775807"):
         parse_values(seeds, str(2**63))
 
 
 # The runs-CSV round trip of tests/store/test_export.py, collected here so it also runs on
 # PostgreSQL: booleans as 0/1 and timestamps as ISO 8601 UTC with "Z" on both backends.
-from tests.store.test_export import (  # noqa: E402
-    test_runs_csv_round_trip_preserves_every_field as test_runs_csv_is_the_same_on_each_backend,
-)

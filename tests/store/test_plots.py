@@ -1,4 +1,5 @@
 """Trade-off plots (PNG and terminal) and the annotated image grid."""
+
 from __future__ import annotations
 
 import math
@@ -7,10 +8,10 @@ import sys
 import pytest
 from PIL import Image
 
+from store.models import Run
 from store.report.aggregate import aggregate
 from store.report.export import export_grid_png, export_plot_png
 from store.report.grid_image import render_grid
-from store.models import Run
 from store.report.plots import draw_tradeoff, render_tradeoff_png, tradeoff_points, tradeoff_text
 from tests.store.test_aggregate import add_runs, make_experiment, seed_sweep
 
@@ -18,10 +19,14 @@ from tests.store.test_aggregate import add_runs, make_experiment, seed_sweep
 def test_store_modules_stay_light():
     import subprocess
 
-    code = ("import sys, store.report.aggregate, store.report.export, store.report.plots, store.report.grid_image, tui.cli.export;"
-            "bad = [m for m in ('torch', 'matplotlib', 'open_clip', 'transformers') if m in sys.modules];"
-            "print(','.join(bad))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    code = (
+        "import sys, store.report.aggregate, store.report.export, store.report.plots, store.report.grid_image, tui.cli.export;"
+        "bad = [m for m in ('torch', 'matplotlib', 'open_clip', 'transformers') if m in sys.modules];"
+        "print(','.join(bad))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.strip()
     assert out == ""
 
 
@@ -81,11 +86,24 @@ def _grid_experiment(store, n_values=3, n_prompts=2, n_seeds=2):
     runs, i = [], 0
     for prompt in range(n_prompts):
         for seed in range(n_seeds):
-            runs.append(dict(is_baseline=True, final_step=0, prompt_index=prompt, seed=seed,
-                             target_prompt=f"a photo of a corgi number {prompt}"))
+            runs.append(
+                dict(
+                    is_baseline=True,
+                    final_step=0,
+                    prompt_index=prompt,
+                    seed=seed,
+                    target_prompt=f"a photo of a corgi number {prompt}",
+                )
+            )
             for v in range(n_values):
-                runs.append(dict(final_step=10 * (v + 1), prompt_index=prompt, seed=seed,
-                                 target_prompt=f"a photo of a corgi number {prompt}"))
+                runs.append(
+                    dict(
+                        final_step=10 * (v + 1),
+                        prompt_index=prompt,
+                        seed=seed,
+                        target_prompt=f"a photo of a corgi number {prompt}",
+                    )
+                )
     ids = add_runs(store, exp_id, runs, [{} for _ in runs])
     colours = {}
     with store.write() as s:
@@ -112,11 +130,17 @@ def test_grid_rows_columns_labels_and_pixels(store):
     layout = render_grid(store, exp_id, "final_step", thumb=40)
     assert layout.columns == "target_prompt"  # two prompts -> prompts across, seed held at 0
     assert layout.row_labels == ["baseline", "final_step=10", "final_step=20", "final_step=30"]
-    assert layout.col_labels == ["source", "a photo of a corgi number 0", "a photo of a corgi number 1"]
+    assert layout.col_labels == [
+        "source",
+        "a photo of a corgi number 0",
+        "a photo of a corgi number 1",
+    ]
     assert len(layout.cells) == 4 * 3 and layout.n_images == 12
     assert layout.truncated_rows == layout.truncated_cols == 0
     w, h = layout.image.size
-    assert all(0 <= c.box[0] < c.box[2] <= w and 0 <= c.box[1] < c.box[3] <= h for c in layout.cells)
+    assert all(
+        0 <= c.box[0] < c.box[2] <= w and 0 <= c.box[1] < c.box[3] <= h for c in layout.cells
+    )
     for cell in layout.cells:
         expected = (128, 128, 128) if cell.col == 0 else colours[cell.run_id]
         assert _centre(layout.image, cell.box) == expected
@@ -125,7 +149,9 @@ def test_grid_rows_columns_labels_and_pixels(store):
             if cell.col:
                 run = s.get(Run, cell.run_id)
                 assert run.seed == 0 and run.prompt_index == cell.col - 1
-                assert (run.is_baseline, run.final_step) == ((True, 0) if cell.row == 0 else (False, 10 * cell.row))
+                assert (run.is_baseline, run.final_step) == (
+                    (True, 0) if cell.row == 0 else (False, 10 * cell.row)
+                )
 
 
 def test_small_images_fill_their_cells(store):
@@ -135,7 +161,10 @@ def test_small_images_fill_their_cells(store):
     for cell in layout.cells:
         if cell.col:
             x0, y0, x1, y1 = cell.box
-            inset = (x0 + 3, (y0 + y1) // 2)  # near the left edge, where a centred 64 px image is not
+            inset = (
+                x0 + 3,
+                (y0 + y1) // 2,
+            )  # near the left edge, where a centred 64 px image is not
             assert layout.image.getpixel(inset) == colours[cell.run_id]
 
 
@@ -146,7 +175,12 @@ def test_grid_by_seed_and_missing_images(store):
         run.image_path, run.status = None, "failed"
         s.add(run)
     layout = render_grid(store, exp_id, "final_step", thumb=32)
-    assert layout.columns == "seed" and layout.col_labels == ["source", "seed 0", "seed 1", "seed 2"]
+    assert layout.columns == "seed" and layout.col_labels == [
+        "source",
+        "seed 0",
+        "seed 1",
+        "seed 2",
+    ]
     assert len(layout.cells) == 4 * 4 and layout.n_images == 15
     missing = next(c for c in layout.cells if c.run_id == 2 and c.col)
     assert not missing.has_image and _centre(layout.image, missing.box) == (225, 225, 225)

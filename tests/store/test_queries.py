@@ -5,8 +5,20 @@ from PIL import Image
 from store.demo import seed_demo
 from store.models import Run, Score
 from store.queries import (
-    InputError, RunFilter, add_tag, check_image, counts_by_status, duplicate_experiment, experiment_by_ref,
-    get_run, list_experiments, list_runs, neighbour_run, queue_experiment, save_concept, save_experiment,
+    InputError,
+    RunFilter,
+    add_tag,
+    check_image,
+    counts_by_status,
+    duplicate_experiment,
+    experiment_by_ref,
+    get_run,
+    list_experiments,
+    list_runs,
+    neighbour_run,
+    queue_experiment,
+    save_concept,
+    save_experiment,
     update_runs,
 )
 from store.sweep.spec import ExperimentSpec
@@ -19,8 +31,9 @@ def _png(path, size=16):
 
 def test_concept_round_trip_copies_reference_images(store, tmp_path):
     refs = [_png(tmp_path / "a.png"), _png(tmp_path / "b.png")]
-    c = save_concept(store, "corgi", token="<new1>", class_word="dog", ref_images=refs,
-                     base_model="org/model")
+    c = save_concept(
+        store, "corgi", token="<new1>", class_word="dog", ref_images=refs, base_model="org/model"
+    )
     assert len(c.ref_images) == 2
     for rel in c.ref_images:
         copied = store.home.resolve_artifact(rel)
@@ -29,12 +42,15 @@ def test_concept_round_trip_copies_reference_images(store, tmp_path):
     assert store.home.resolve_artifact(c.ref_images[0]).is_file()
 
 
-@pytest.mark.parametrize("kw,fragment", [
-    (dict(name=""), "needs a name"),
-    (dict(base_model="/nowhere/model"), "does not exist"),
-    (dict(weights_kind="lora", weights_path="/nowhere/w.safetensors"), "does not exist"),
-    (dict(weights_kind="magic"), "not one of"),
-])
+@pytest.mark.parametrize(
+    "kw,fragment",
+    [
+        (dict(name=""), "needs a name"),
+        (dict(base_model="/nowhere/model"), "does not exist"),
+        (dict(weights_kind="lora", weights_path="/nowhere/w.safetensors"), "does not exist"),
+        (dict(weights_kind="magic"), "not one of"),
+    ],
+)
 def test_bad_concepts_are_rejected_and_write_nothing(store, kw, fragment):
     args = dict(name="x", base_model="org/model")
     args.update(kw)
@@ -78,18 +94,33 @@ def test_bad_sweep_writes_nothing(store):
 
 
 def test_paging_filtering_sorting_in_sql(store):
-    spec = ExperimentSpec(target_prompts=["a dog on the beach", "a dog in snow"], seeds="0-4",
-                          layers="encoder,decoder", final_step="10,20,30")
+    spec = ExperimentSpec(
+        target_prompts=["a dog on the beach", "a dog in snow"],
+        seeds="0-4",
+        layers="encoder,decoder",
+        final_step="10,20,30",
+    )
     exp = save_experiment(store, "grid", spec, queue=True)
     all_rows, total = list_runs(store, RunFilter(experiment_id=exp.id), limit=1000)
     assert total == exp.run_count == len(all_rows) == 2 * 5 * (1 + 6)
-    page1, t = list_runs(store, RunFilter(experiment_id=exp.id, equals={"layers": "decoder"}),
-                         sort="final_step", descending=True, limit=7)
+    page1, t = list_runs(
+        store,
+        RunFilter(experiment_id=exp.id, equals={"layers": "decoder"}),
+        sort="final_step",
+        descending=True,
+        limit=7,
+    )
     assert t == 2 * 5 * 3 and len(page1) == 7
     assert all(r.layers == "decoder" for r in page1)
     assert [r.final_step for r in page1] == sorted((r.final_step for r in page1), reverse=True)
-    page2, _ = list_runs(store, RunFilter(experiment_id=exp.id, equals={"layers": "decoder"}),
-                         sort="final_step", descending=True, offset=7, limit=7)
+    page2, _ = list_runs(
+        store,
+        RunFilter(experiment_id=exp.id, equals={"layers": "decoder"}),
+        sort="final_step",
+        descending=True,
+        offset=7,
+        limit=7,
+    )
     assert not {r.id for r in page1} & {r.id for r in page2}
     snow, t = list_runs(store, RunFilter(experiment_id=exp.id, text="snow", baseline=False))
     assert t == 5 * 6 and all("snow" in r.target_prompt for r in snow)
@@ -98,12 +129,16 @@ def test_paging_filtering_sorting_in_sql(store):
 
 
 def test_sort_by_score_and_tags(store):
-    exp = save_experiment(store, "s", ExperimentSpec(final_step="10,20,30", baseline=False), queue=True)
+    exp = save_experiment(
+        store, "s", ExperimentSpec(final_step="10,20,30", baseline=False), queue=True
+    )
     runs, _ = list_runs(store, RunFilter(experiment_id=exp.id))
     with store.write() as s:
         for value, run in zip([0.2, 0.9, 0.5], runs):
             s.add(Score(run_id=run.id, metric="clip_t", backbone="b", value=value))
-    ranked, _ = list_runs(store, RunFilter(experiment_id=exp.id), sort="score:clip_t", descending=True)
+    ranked, _ = list_runs(
+        store, RunFilter(experiment_id=exp.id), sort="score:clip_t", descending=True
+    )
     assert [r.id for r in ranked] == [runs[1].id, runs[2].id, runs[0].id]
     assert add_tag(store, [runs[0].id], "keep") == 1
     assert add_tag(store, [runs[0].id, runs[1].id], "keep") == 1  # not added twice
@@ -133,11 +168,26 @@ def test_demo_seed_is_idempotent(store):
 
 
 def test_run_columns_hold_every_parameter(store):
-    exp = save_experiment(store, "cols", ExperimentSpec(mask_mode="auto", mask_words="dog", mask_threshold="otsu",
-                                                        target_prompts=["a dog"], baseline=False), queue=True)
+    exp = save_experiment(
+        store,
+        "cols",
+        ExperimentSpec(
+            mask_mode="auto",
+            mask_words="dog",
+            mask_threshold="otsu",
+            target_prompts=["a dog"],
+            baseline=False,
+        ),
+        queue=True,
+    )
     run = list_runs(store, RunFilter(experiment_id=exp.id))[0][0]
     assert isinstance(run, Run)
-    assert (run.mask_mode, run.mask_words, run.mask_threshold, run.layers) == ("auto", "dog", None, "decoder")
+    assert (run.mask_mode, run.mask_words, run.mask_threshold, run.layers) == (
+        "auto",
+        "dog",
+        None,
+        "decoder",
+    )
     assert (run.start_step, run.final_step, run.skip_interval, run.num_steps) == (4, 50, 1, 50)
 
 

@@ -1,4 +1,5 @@
 """The queue: atomic claims, grouping and ordering, cancel/requeue/pause/priority, recovery."""
+
 from __future__ import annotations
 
 import os
@@ -13,14 +14,26 @@ from store.models import Experiment, ExperimentStatus, Run, RunStatus, Score, Wo
 from store.queries import save_experiment
 from store.sweep.spec import ExperimentSpec
 
-
 # Each test that uses `home` or `store` runs on SQLite and on a real PostgreSQL server (tests/conftest.py).
 DB_BACKENDS = ("sqlite", "postgresql")
 
-def make_exp(store, name="exp", model="tiny-model", seeds="0", final_step="2,3,end", priority=0, **kw):
-    spec = ExperimentSpec(model=model, source_prompt="a photo of a dog", target_prompts=["a dog on the beach"],
-                          num_steps=4, width=64, height=64, seeds=seeds, start_step="1",
-                          final_step=final_step, baseline=kw.pop("baseline", True), **kw)
+
+def make_exp(
+    store, name="exp", model="tiny-model", seeds="0", final_step="2,3,end", priority=0, **kw
+):
+    spec = ExperimentSpec(
+        model=model,
+        source_prompt="a photo of a dog",
+        target_prompts=["a dog on the beach"],
+        num_steps=4,
+        width=64,
+        height=64,
+        seeds=seeds,
+        start_step="1",
+        final_step=final_step,
+        baseline=kw.pop("baseline", True),
+        **kw,
+    )
     return save_experiment(store, name, spec, queue=True, priority=priority)
 
 
@@ -37,8 +50,10 @@ def test_claim_takes_one_group_and_marks_it(store):
     runs = q.claim_group(store, "w1", max_batch=8)
     assert len(runs) == 4
     assert len({r.group_key for r in runs}) == 1
-    assert all(r.status == RunStatus.RUNNING and r.worker_id == "w1" and r.attempts == 1 and r.claimed_at
-               for r in runs)
+    assert all(
+        r.status == RunStatus.RUNNING and r.worker_id == "w1" and r.attempts == 1 and r.claimed_at
+        for r in runs
+    )
     rest = q.claim_group(store, "w2", max_batch=8)
     assert len(rest) == 4 and not {r.id for r in rest} & {r.id for r in runs}
     assert q.claim_group(store, "w3") == []
@@ -112,7 +127,11 @@ def test_cancel_queued_and_running(store):
     assert res == {"cancelled": 4, "requested": 4}
     rows = runs_of(store)
     assert {r.status for r in rows if r.id not in {x.id for x in running}} == {RunStatus.CANCELLED}
-    assert all(r.cancel_requested and r.status == RunStatus.RUNNING for r in rows if r.id in {x.id for x in running})
+    assert all(
+        r.cancel_requested and r.status == RunStatus.RUNNING
+        for r in rows
+        if r.id in {x.id for x in running}
+    )
     assert q.cancel_requested_ids(store, [r.id for r in running]) == {r.id for r in running}
     # The worker notices and ends them; the experiment is then finished.
     q.fail_runs(store, "w", [r.id for r in running], "cancelled by the user while running")
@@ -131,8 +150,17 @@ def test_cancel_single_runs(store):
 def test_requeue_failed_and_cancelled_clears_errors_and_scores(store):
     exp = make_exp(store)
     runs = q.claim_group(store, "w")
-    done = q.complete_runs(store, "w", [{"run_id": runs[0].id, "image_path": "x.png",
-                                         "scores": [{"metric": "clip_t", "backbone": "b", "value": 0.3}]}])
+    done = q.complete_runs(
+        store,
+        "w",
+        [
+            {
+                "run_id": runs[0].id,
+                "image_path": "x.png",
+                "scores": [{"metric": "clip_t", "backbone": "b", "value": 0.3}],
+            }
+        ],
+    )
     assert done == [runs[0].id]
     q.fail_runs(store, "w", [runs[1].id], "boom")
     q.cancel_runs(store, [runs[2].id, runs[3].id])
@@ -147,7 +175,11 @@ def test_requeue_failed_and_cancelled_clears_errors_and_scores(store):
     rows = {r.id: r for r in runs_of(store)}
     assert rows[runs[0].id].status == RunStatus.DONE
     for rid in (runs[1].id, runs[2].id, runs[3].id):
-        assert rows[rid].status == RunStatus.QUEUED and rows[rid].error is None and rows[rid].attempts == 0
+        assert (
+            rows[rid].status == RunStatus.QUEUED
+            and rows[rid].error is None
+            and rows[rid].attempts == 0
+        )
     with store.session() as s:
         assert s.get(Experiment, exp.id).status == ExperimentStatus.QUEUED
 
@@ -195,7 +227,9 @@ def test_stale_heartbeat_requeues_then_fails_after_max_in_flight_deaths(store):
     # Issue 11 changed this: only deaths with the run in flight count (Run.crashes), not claims.
     make_exp(store, final_step="end", baseline=False)  # one run
     for attempt in (1, 2, 3):
-        wid = q.register_worker(store, "cpu", worker_id=f"h:1:cpu:{attempt}", host="other-host", pid=1)
+        wid = q.register_worker(
+            store, "cpu", worker_id=f"h:1:cpu:{attempt}", host="other-host", pid=1
+        )
         runs = q.claim_group(store, wid)
         assert [r.attempts for r in runs] == [attempt]
         q.mark_in_flight(store, wid, [r.id for r in runs])
@@ -262,9 +296,17 @@ def test_dead_pid_on_this_host_is_recovered_at_once(store):
 
 def test_heartbeat_updates_progress(store):
     wid = q.register_worker(store, "cuda:0")
-    q.heartbeat(store, wid, status="running", current_run_id=7, step=3, total_steps=50, its_per_s=2.5)
+    q.heartbeat(
+        store, wid, status="running", current_run_id=7, step=3, total_steps=50, its_per_s=2.5
+    )
     (w,) = q.list_workers(store)
-    assert (w.status, w.current_run_id, w.step, w.total_steps, w.its_per_s) == ("running", 7, 3, 50, 2.5)
+    assert (w.status, w.current_run_id, w.step, w.total_steps, w.its_per_s) == (
+        "running",
+        7,
+        3,
+        50,
+        2.5,
+    )
     st = q.queue_status(store)
     assert st.workers[0].id == wid and not st.paused
 
@@ -295,8 +337,13 @@ def test_claims_from_four_processes_take_each_run_once(home):
     setup.close()
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
-    procs = [ctx.Process(target=_claim_until_empty, args=(str(home.root), os.environ.get("MTP_DB_URL"), f"p{i}", out))
-             for i in range(4)]
+    procs = [
+        ctx.Process(
+            target=_claim_until_empty,
+            args=(str(home.root), os.environ.get("MTP_DB_URL"), f"p{i}", out),
+        )
+        for i in range(4)
+    ]
     for p in procs:
         p.start()
     claimed = dict(out.get(timeout=120) for _ in procs)
@@ -323,7 +370,9 @@ def test_a_claim_skips_runs_locked_by_a_claim_in_progress(store):
     with store.write() as held:
         locked = held.exec(select(Run).where(Run.experiment_id == a.id).with_for_update()).all()
         result: list = []
-        t = threading.Thread(target=lambda: result.append(q.claim_group(store, "other", max_batch=8)))
+        t = threading.Thread(
+            target=lambda: result.append(q.claim_group(store, "other", max_batch=8))
+        )
         t.start()
         t.join(60)
         assert not t.is_alive(), "the claim waited on the locked rows (no SKIP LOCKED)"
@@ -360,6 +409,8 @@ def test_queue_and_launch_stay_torch_free():
     import subprocess
     import sys
 
-    code = ("import sys, engine.cli, engine.launch, store.queue, tui.cli.queue; engine.cli.build_parser(); "
-            "sys.exit(1 if {'torch', 'diffusers', 'transformers'} & set(sys.modules) else 0)")
+    code = (
+        "import sys, engine.cli, engine.launch, store.queue, tui.cli.queue; engine.cli.build_parser(); "
+        "sys.exit(1 if {'torch', 'diffusers', 'transformers'} & set(sys.modules) else 0)"
+    )
     assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0

@@ -1,5 +1,6 @@
 """Tables and grids kept between results-screen visits (issue 13 item 9): a kept result is what a
 fresh computation returns, and it is dropped as soon as runs, scores or image files change."""
+
 from __future__ import annotations
 
 from PIL import Image
@@ -15,15 +16,33 @@ from tests.store.test_grid_axes import make_axes_sweep
 
 def table(rows) -> list:
     """Everything a reader of an aggregate sees: per row its label, counts, stats, gaps, flags."""
-    return [(r.label, r.value, r.is_baseline, r.n_runs, r.n_concepts, sorted(r.metrics.items()),
-             sorted(r.backbones.items()), r.pareto, sorted(r.missing.items())) for r in rows] + [
-        rows.unit, rows.unit_text, rows.scale, rows.describe()]
+    return [
+        (
+            r.label,
+            r.value,
+            r.is_baseline,
+            r.n_runs,
+            r.n_concepts,
+            sorted(r.metrics.items()),
+            sorted(r.backbones.items()),
+            r.pareto,
+            sorted(r.missing.items()),
+        )
+        for r in rows
+    ] + [rows.unit, rows.unit_text, rows.scale, rows.describe()]
 
 
 def drawn(layout) -> tuple:
-    return (layout.caption, layout.row_labels, layout.col_labels, layout.pins, layout.pin_choices, layout.z,
-            [(c.row, c.col, c.panel, c.run_id, c.kind, c.has_image, c.box) for c in layout.cells],
-            layout.image.tobytes())
+    return (
+        layout.caption,
+        layout.row_labels,
+        layout.col_labels,
+        layout.pins,
+        layout.pin_choices,
+        layout.z,
+        [(c.row, c.col, c.panel, c.run_id, c.kind, c.has_image, c.box) for c in layout.cells],
+        layout.image.tobytes(),
+    )
 
 
 def test_kept_tables_equal_fresh_ones_and_follow_new_scores(store):
@@ -36,17 +55,24 @@ def test_kept_tables_equal_fresh_ones_and_follow_new_scores(store):
                 hits = cache.hits
                 again = cached_aggregate(store, exp_id, by, scale=scale)
                 assert cache.hits == hits + 1
-                assert table(first) == table(again) == table(aggregate(store, exp_id, by, scale=scale))
+                assert (
+                    table(first) == table(again) == table(aggregate(store, exp_id, by, scale=scale))
+                )
     # A copy per caller: changing one never reaches the kept table.
     mine = cached_aggregate(store, exps[0], "final_step")
     mine[0].pareto = not mine[0].pareto
     mine.clear()
-    assert table(cached_aggregate(store, exps[0], "final_step")) == table(aggregate(store, exps[0], "final_step"))
+    assert table(cached_aggregate(store, exps[0], "final_step")) == table(
+        aggregate(store, exps[0], "final_step")
+    )
 
     before = table(cached_aggregate(store, exps[0], "final_step"))
     with store.write() as s:
-        score = s.exec(select(Score).join(Run, Run.id == Score.run_id)
-                       .where(Run.experiment_id == exps[0], Score.metric == "clip_t", Run.final_step == 25)).first()
+        score = s.exec(
+            select(Score)
+            .join(Run, Run.id == Score.run_id)
+            .where(Run.experiment_id == exps[0], Score.metric == "clip_t", Run.final_step == 25)
+        ).first()
         score.value += 0.5
         s.add(score)
     after = table(cached_aggregate(store, exps[0], "final_step"))
@@ -55,14 +81,22 @@ def test_kept_tables_equal_fresh_ones_and_follow_new_scores(store):
 
 def test_kept_grids_equal_fresh_ones_and_follow_runs_and_files(store):
     exp_id = make_axes_sweep(store)
-    options = [dict(), dict(x="final_step", z="start_step", pins={"seed": "1", "mask_threshold": "0.4"}),
-               dict(seeds="each"), dict(x="seed", pins={"start_step": "4"})]
-    assert cached_render_grid(store, exp_id, "layers", only_cached=True) is None  # nothing drawn yet
+    options = [
+        dict(),
+        dict(x="final_step", z="start_step", pins={"seed": "1", "mask_threshold": "0.4"}),
+        dict(seeds="each"),
+        dict(x="seed", pins={"start_step": "4"}),
+    ]
+    assert (
+        cached_render_grid(store, exp_id, "layers", only_cached=True) is None
+    )  # nothing drawn yet
     for opts in options:
         kept = cached_render_grid(store, exp_id, "layers", thumb=24, **opts)
         assert drawn(kept) == drawn(render_grid(store, exp_id, "layers", thumb=24, **opts))
         assert cached_render_grid(store, exp_id, "layers", thumb=24, **opts) is kept
-        assert cached_render_grid(store, exp_id, "layers", only_cached=True, thumb=24, **opts) is kept
+        assert (
+            cached_render_grid(store, exp_id, "layers", only_cached=True, thumb=24, **opts) is kept
+        )
 
     # A run finishing (status and image written) is a new grid.
     kept = cached_render_grid(store, exp_id, "layers", thumb=24)
@@ -72,8 +106,12 @@ def test_kept_grids_equal_fresh_ones_and_follow_runs_and_files(store):
         run.image_path, run.status = None, "failed"
         s.add(run)
     fresh = cached_render_grid(store, exp_id, "layers", thumb=24)
-    assert fresh is not kept and drawn(fresh) == drawn(render_grid(store, exp_id, "layers", thumb=24))
-    assert not next(c for c in fresh.cells if c.run_id == shown.run_id and c.kind == "target").has_image
+    assert fresh is not kept and drawn(fresh) == drawn(
+        render_grid(store, exp_id, "layers", thumb=24)
+    )
+    assert not next(
+        c for c in fresh.cells if c.run_id == shown.run_id and c.kind == "target"
+    ).has_image
 
     # An image rewritten on disk (no database write) is redrawn too.
     other = next(c for c in fresh.cells if c.kind == "target" and c.has_image)
@@ -81,8 +119,12 @@ def test_kept_grids_equal_fresh_ones_and_follow_runs_and_files(store):
         path = store.home.resolve_artifact(s.get(Run, other.run_id).image_path)
     Image.new("RGB", (20, 20), (1, 2, 3)).save(path)
     redrawn = cached_render_grid(store, exp_id, "layers", thumb=24)
-    assert redrawn is not fresh and drawn(redrawn) == drawn(render_grid(store, exp_id, "layers", thumb=24))
-    x0, y0, x1, y1 = next(c for c in redrawn.cells if c.run_id == other.run_id and c.kind == "target").box
+    assert redrawn is not fresh and drawn(redrawn) == drawn(
+        render_grid(store, exp_id, "layers", thumb=24)
+    )
+    x0, y0, x1, y1 = next(
+        c for c in redrawn.cells if c.run_id == other.run_id and c.kind == "target"
+    ).box
     assert redrawn.image.getpixel(((x0 + x1) // 2, (y0 + y1) // 2)) == (1, 2, 3)
 
 

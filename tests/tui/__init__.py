@@ -1,4 +1,5 @@
 """Helpers shared by the TUI pilot tests: a seeded store, artifact files, waiting on workers."""
+
 from __future__ import annotations
 
 import asyncio
@@ -37,8 +38,15 @@ def seed_experiment(store, name="exp", **axes):
 
     model = store.home.models / "fake-sd"
     model.mkdir(parents=True, exist_ok=True)
-    spec = ExperimentSpec(model=str(model), num_steps=20, target_prompts=["a dog on the beach", "a dog in snow"],
-                          seeds="0,1", layers="decoder", start_step="4", final_step="10,15,end")
+    spec = ExperimentSpec(
+        model=str(model),
+        num_steps=20,
+        target_prompts=["a dog on the beach", "a dog in snow"],
+        seeds="0,1",
+        layers="decoder",
+        start_step="4",
+        final_step="10,15,end",
+    )
     for k, v in axes.items():
         setattr(spec, k, v)
     return save_experiment(store, name, spec, queue=True)

@@ -1,8 +1,9 @@
 """`mtp show RUN` prints a run's images, scores and parameters outside the TUI."""
+
 from __future__ import annotations
 
-from tui.cli.main import main
 from tests.tui import add_scores, seed_experiment, write_png
+from tui.cli.main import main
 
 
 def test_show_prints_image_scores_and_params(store, capsys):
@@ -18,7 +19,9 @@ def test_show_prints_image_scores_and_params(store, capsys):
         s.add(r)
     assert main(["--home", str(store.home.root), "show", str(run.id), "--width", "8"]) == 0
     out = capsys.readouterr().out
-    assert "\x1b[48;2;200;120;40m" in out  # the target drawn as coloured blocks (not a terminal here)
+    assert (
+        "\x1b[48;2;200;120;40m" in out
+    )  # the target drawn as coloured blocks (not a terminal here)
     assert "no image recorded" in out  # the source was never written
     assert "clip_t" in out and "final_step" in out
 

@@ -1,4 +1,5 @@
 """Pilot tests of the main flows: concept -> sweep -> queue -> runs, and bad grammar."""
+
 from __future__ import annotations
 
 from sqlmodel import select
@@ -19,7 +20,9 @@ async def test_concept_sweep_queue_runs_appear(store, tmp_path):
     app = MtpApp(store)
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("c")
-        await wait_for(pilot, lambda: type(app.screen).__name__ == "ConceptScreen", what="concept screen")
+        await wait_for(
+            pilot, lambda: type(app.screen).__name__ == "ConceptScreen", what="concept screen"
+        )
         screen = app.screen
         screen.start_dir = refs
         screen.query_one("#input-name").value = "corgi"
@@ -27,8 +30,11 @@ async def test_concept_sweep_queue_runs_appear(store, tmp_path):
         screen.query_one("#input-class_word").value = "dog"
         screen.query_one("#input-base_model").value = str(model)
         screen.add_image(bad)
-        await wait_for(pilot, lambda: "rejected" in str(screen.query_one("#concept-status").content),
-                       what="rejection of the broken file")
+        await wait_for(
+            pilot,
+            lambda: "rejected" in str(screen.query_one("#concept-status").content),
+            what="rejection of the broken file",
+        )
         assert "not a readable image" in str(screen.query_one("#concept-status").content)
         screen.add_image(good)
         await wait_for(pilot, lambda: len(screen.images) == 1, what="the good image")
@@ -40,8 +46,11 @@ async def test_concept_sweep_queue_runs_appear(store, tmp_path):
         assert concept.name == "corgi" and len(concept.ref_images) == 1
 
         await pilot.press("f4")  # the sweep builder, even with an input focused
-        await wait_for(pilot, lambda: type(app.screen).__name__ == "SweepScreen" and app.screen._ready,
-                       what="sweep screen")
+        await wait_for(
+            pilot,
+            lambda: type(app.screen).__name__ == "SweepScreen" and app.screen._ready,
+            what="sweep screen",
+        )
         sweep = app.screen
         sweep.query_one("#concept").value = concept.id
         sweep.query_one("#input-name").value = "corgi final step"
@@ -54,8 +63,11 @@ async def test_concept_sweep_queue_runs_appear(store, tmp_path):
         assert "10 runs" in str(sweep.query_one("#sweep-summary").content)
         assert "10, 15, 20, end" in str(sweep.query_one("#field-final_step .field-info").content)
         await pilot.press("ctrl+r")
-        await wait_for(pilot, lambda: type(app.screen).__name__ == "RunsScreen" and app.screen.loaded,
-                       what="runs browser after queueing")
+        await wait_for(
+            pilot,
+            lambda: type(app.screen).__name__ == "RunsScreen" and app.screen.loaded,
+            what="runs browser after queueing",
+        )
         with store.session() as s:
             exp = s.exec(select(Experiment)).one()
             runs = list(s.exec(select(Run).where(Run.experiment_id == exp.id)))
@@ -70,8 +82,11 @@ async def test_bad_grammar_shows_error_at_field_and_queues_nothing(store):
     app = MtpApp(store)
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("n")
-        await wait_for(pilot, lambda: type(app.screen).__name__ == "SweepScreen" and app.screen._ready,
-                       what="sweep screen")
+        await wait_for(
+            pilot,
+            lambda: type(app.screen).__name__ == "SweepScreen" and app.screen._ready,
+            what="sweep screen",
+        )
         sweep = app.screen
         sweep.query_one("#input-name").value = "broken"
         sweep.query_one("#input-model").value = "org/model"
@@ -88,8 +103,11 @@ async def test_bad_grammar_shows_error_at_field_and_queues_nothing(store):
         sweep.query_one("#input-layers").value = "decoder"
         sweep.query_one("#input-final_step").value = "20,80"
         final = sweep.query_one("#field-final_step")
-        await wait_for(pilot, lambda: final.has_class("invalid") and not field.has_class("invalid"),
-                       what="final_step error")
+        await wait_for(
+            pilot,
+            lambda: final.has_class("invalid") and not field.has_class("invalid"),
+            what="final_step error",
+        )
         assert "beyond" in str(final.query_one(".field-info").content)
         await pilot.press("ctrl+r")
         await pilot.pause(0.5)
@@ -111,7 +129,9 @@ async def test_preset_fills_axes(store):
     app = MtpApp(store)
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("n")
-        await wait_for(pilot, lambda: type(app.screen).__name__ == "SweepScreen" and app.screen._ready)
+        await wait_for(
+            pilot, lambda: type(app.screen).__name__ == "SweepScreen" and app.screen._ready
+        )
         await pilot.press("ctrl+t")
         await pilot.pause(0.2)
         first = next(iter(PRESETS.values()))
@@ -125,7 +145,9 @@ async def test_unreadable_source_image_is_refused_at_its_field(store, tmp_path):
     app = MtpApp(store)
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("n")
-        await wait_for(pilot, lambda: type(app.screen).__name__ == "SweepScreen" and app.screen._ready)
+        await wait_for(
+            pilot, lambda: type(app.screen).__name__ == "SweepScreen" and app.screen._ready
+        )
         sweep = app.screen
         sweep.query_one("#input-name").value = "inverted"
         sweep.query_one("#input-model").value = "org/model"

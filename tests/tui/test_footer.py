@@ -1,6 +1,7 @@
 """The footer shows the focused widget's keys, and is rebuilt only when they change (issue 13
 item 9: Textual's footer rebuilt every key widget on each focus change, after each screen's
 first paint)."""
+
 from __future__ import annotations
 
 from textual.app import App
@@ -84,6 +85,7 @@ async def test_footer_follows_binding_changes_and_skips_identical_rebuilds():
 
     app = KeysApp()
     async with app.run_test(size=(60, 10)) as pilot:
+
         def descriptions():
             return [k.description for k in app.screen.query(FooterKey)]
 

@@ -1,5 +1,6 @@
 """Forms never lose what was typed: no crash on odd error texts, drafts survive leaving the
 sweep builder, and letter keys typed on a form control never navigate away (issue 13)."""
+
 from __future__ import annotations
 
 from tests.tui import SIZE, seed_experiment, wait_for, write_png
@@ -10,7 +11,9 @@ def name(app) -> str:
     return type(app.screen).__name__
 
 
-async def test_saving_a_concept_whose_image_was_deleted_reports_it_and_keeps_the_form(store, tmp_path):
+async def test_saving_a_concept_whose_image_was_deleted_reports_it_and_keeps_the_form(
+    store, tmp_path
+):
     # The issue's steps: pick a reference image, delete the file, ctrl+s. The error text starts
     # with the image path, which used to become a CSS query and crash the app.
     image = write_png(tmp_path / "refs dir" / "my corgi [1].png")
@@ -24,8 +27,11 @@ async def test_saving_a_concept_whose_image_was_deleted_reports_it_and_keeps_the
         await wait_for(pilot, lambda: len(screen.images) == 1, what="image added")
         image.unlink()
         await pilot.press("ctrl+s")
-        await wait_for(pilot, lambda: "not saved" in str(screen.query_one("#concept-status").content),
-                       what="save refused")
+        await wait_for(
+            pilot,
+            lambda: "not saved" in str(screen.query_one("#concept-status").content),
+            what="save refused",
+        )
         assert app.is_running and name(app) == "ConceptScreen"
         assert "no such file" in str(screen.query_one("#concept-status").content)
         assert screen.query_one("#input-name").value == "corgi" and len(screen.images) == 1
@@ -35,7 +41,9 @@ async def test_sweep_error_naming_no_field_goes_to_the_status_line(store):
     app = MtpApp(store)
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("f4")
-        await wait_for(pilot, lambda: name(app) == "SweepScreen" and app.screen._ready, what="sweep screen")
+        await wait_for(
+            pilot, lambda: name(app) == "SweepScreen" and app.screen._ready, what="sweep screen"
+        )
         sweep = app.screen
         from store.queries import InputError
 
@@ -47,17 +55,24 @@ async def test_sweep_form_survives_escape_and_comes_back(store):
     app = MtpApp(store)
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("f4")
-        await wait_for(pilot, lambda: name(app) == "SweepScreen" and app.screen._ready, what="sweep screen")
+        await wait_for(
+            pilot, lambda: name(app) == "SweepScreen" and app.screen._ready, what="sweep screen"
+        )
         sweep = app.screen
         sweep.query_one("#input-name").value = "half built"
         sweep.query_one("#input-final_step").value = "10,20,end"
         sweep.query_one("#target_prompts").text = "a dog in the snow\na dog on the moon"
-        await wait_for(pilot, lambda: (app.sweep_draft or {}).get("fields", {}).get("final_step") == "10,20,end",
-                       what="draft kept")
+        await wait_for(
+            pilot,
+            lambda: (app.sweep_draft or {}).get("fields", {}).get("final_step") == "10,20,end",
+            what="draft kept",
+        )
         await pilot.press("escape")
         await wait_for(pilot, lambda: name(app) == "HomeScreen", what="back home")
         await pilot.press("f4")
-        await wait_for(pilot, lambda: name(app) == "SweepScreen" and app.screen._ready, what="sweep again")
+        await wait_for(
+            pilot, lambda: name(app) == "SweepScreen" and app.screen._ready, what="sweep again"
+        )
         again = app.screen
         assert again is sweep  # kept: reopening is a resume, the form as it was left
         assert again.query_one("#input-name").value == "half built"
@@ -70,7 +85,9 @@ async def test_letter_keys_on_form_controls_do_not_navigate(store):
     app = MtpApp(store)
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("f4")
-        await wait_for(pilot, lambda: name(app) == "SweepScreen" and app.screen._ready, what="sweep screen")
+        await wait_for(
+            pilot, lambda: name(app) == "SweepScreen" and app.screen._ready, what="sweep screen"
+        )
         sweep = app.screen
         sweep.query_one("#input-name").value = "76 runs"
         for widget_id in ("#baseline", "#queue", "#concept"):
@@ -96,11 +113,16 @@ async def test_picking_a_concept_sets_the_source_prompt_from_its_class_word(stor
     app = MtpApp(store)
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("f4")
-        await wait_for(pilot, lambda: name(app) == "SweepScreen" and app.screen._ready, what="sweep screen")
+        await wait_for(
+            pilot, lambda: name(app) == "SweepScreen" and app.screen._ready, what="sweep screen"
+        )
         sweep = app.screen
         sweep.query_one("#concept").value = concept.id
-        await wait_for(pilot, lambda: sweep.query_one("#input-source_prompt").value == "a photo of a corgi",
-                       what="source prompt from the class word")
+        await wait_for(
+            pilot,
+            lambda: sweep.query_one("#input-source_prompt").value == "a photo of a corgi",
+            what="source prompt from the class word",
+        )
         assert sweep.query_one("#input-model").value == str(model)
         # Mask words must be in the source prompt too: "beach" is only in the target.
         sweep.query_one("#target_prompts").text = "a photo of sks corgi on the beach"
@@ -117,7 +139,9 @@ async def test_missing_model_folder_is_refused_by_the_builder_like_the_concept_s
     app = MtpApp(store)
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("f4")
-        await wait_for(pilot, lambda: name(app) == "SweepScreen" and app.screen._ready, what="sweep screen")
+        await wait_for(
+            pilot, lambda: name(app) == "SweepScreen" and app.screen._ready, what="sweep screen"
+        )
         sweep = app.screen
         sweep.query_one("#input-model").value = str(store.home.root / "no-such-model")
         field = sweep.query_one("#field-model")
@@ -137,11 +161,15 @@ async def test_concept_file_tree_goes_up_and_takes_a_typed_path(store, tmp_path)
         await wait_for(pilot, lambda: name(app) == "ConceptScreen")
         screen = app.screen
         await pilot.press("ctrl+g")
-        await wait_for(pilot, lambda: screen.query_one("#tree").path == tmp_path / "a", what="one folder up")
+        await wait_for(
+            pilot, lambda: screen.query_one("#tree").path == tmp_path / "a", what="one folder up"
+        )
         await pilot.press("ctrl+l")
         await pilot.press("ctrl+a", "ctrl+k")  # empty the path field, then type a folder
         await pilot.press(*str(image.parent), "enter")
-        await wait_for(pilot, lambda: screen.query_one("#tree").path == image.parent, what="typed folder")
+        await wait_for(
+            pilot, lambda: screen.query_one("#tree").path == image.parent, what="typed folder"
+        )
         screen.query_one("#tree-path").value = str(image)
         screen.query_one("#tree-path").focus()
         await pilot.press("enter")
@@ -160,7 +188,9 @@ async def test_results_picks_its_experiment_by_name(store):
         await pilot.press("o")
         await wait_for(pilot, lambda: name(app) == "PickScreen", what="experiment picker")
         picker = app.screen
-        picker.query_one("OptionList").highlighted = [v for v, _ in picker.items].index(str(second.id))
+        picker.query_one("OptionList").highlighted = [v for v, _ in picker.items].index(
+            str(second.id)
+        )
         await pilot.press("enter")
         await wait_for(pilot, lambda: app.screen is results and results.experiment_id == second.id)
         assert app.experiment_id == second.id
@@ -178,7 +208,9 @@ async def test_concept_form_survives_escape_until_saved(store, tmp_path):
         screen.query_one("#input-name").value = "corgi"
         screen.query_one("#input-base_model").value = str(model)
         screen.add_image(image)
-        await wait_for(pilot, lambda: (app.concept_draft or {}).get("images") == [image], what="draft kept")
+        await wait_for(
+            pilot, lambda: (app.concept_draft or {}).get("images") == [image], what="draft kept"
+        )
         await pilot.press("escape")
         await wait_for(pilot, lambda: name(app) == "HomeScreen")
         await pilot.press("c")

@@ -1,5 +1,6 @@
 """Screens follow the engines without F5; destructive keys ask first; bulk actions act on the
 marked runs; experiments can be deleted (with their files) or archived (issue 13)."""
+
 from __future__ import annotations
 
 from sqlmodel import select
@@ -40,18 +41,26 @@ async def test_runs_and_detail_show_a_run_finished_by_another_connection_without
         first = screen.runs[0]
         assert first.status == "queued"
         finish_elsewhere(store.home, first.id)
-        await wait_for(pilot, lambda: screen.runs[0].status == "done", timeout=5, what="live runs table")
+        await wait_for(
+            pilot, lambda: screen.runs[0].status == "done", timeout=5, what="live runs table"
+        )
         assert "0.3100" in [str(c) for c in screen.query_one("DataTable").get_row_at(0)]
 
         await pilot.press("enter")
-        await wait_for(pilot, lambda: name(app) == "RunDetailScreen" and app.screen.bundle is not None)
+        await wait_for(
+            pilot, lambda: name(app) == "RunDetailScreen" and app.screen.bundle is not None
+        )
         detail = app.screen
         second = screen.runs[1] if detail.run_id != screen.runs[1].id else screen.runs[2]
         detail.load(second.id)
         await wait_for(pilot, lambda: detail.bundle.run.id == second.id)
         finish_elsewhere(store.home, second.id)
-        await wait_for(pilot, lambda: detail.bundle.run.status == "done" and detail.bundle.scores,
-                       timeout=5, what="live run detail")
+        await wait_for(
+            pilot,
+            lambda: detail.bundle.run.status == "done" and detail.bundle.scores,
+            timeout=5,
+            what="live run detail",
+        )
 
 
 async def test_results_regroup_when_scores_arrive(store):
@@ -60,7 +69,9 @@ async def test_results_regroup_when_scores_arrive(store):
     app.experiment_id = exp.id
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("e")
-        await wait_for(pilot, lambda: name(app) == "ResultsScreen" and app.screen._counts is not None)
+        await wait_for(
+            pilot, lambda: name(app) == "ResultsScreen" and app.screen._counts is not None
+        )
         results = app.screen
         assert not results.rows
         add_scores(store, exp.id)
@@ -107,7 +118,9 @@ async def test_delete_experiment_removes_runs_scores_and_artifacts(store):
         await pilot.press("D")
         await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen))
         await pilot.press("y")
-        await wait_for(pilot, lambda: str(exp.id) not in [r.value for r in table.rows], what="row gone")
+        await wait_for(
+            pilot, lambda: str(exp.id) not in [r.value for r in table.rows], what="row gone"
+        )
     with store.session() as s:
         assert s.get(Experiment, exp.id) is None and s.get(Experiment, keep.id) is not None
         assert not list(s.exec(select(Run).where(Run.experiment_id == exp.id)))
@@ -148,11 +161,15 @@ async def test_bulk_actions_act_on_the_marked_runs(store):
         table.move_cursor(row=1)  # the cursor is elsewhere: the marked set still wins
 
         await pilot.press("t", *"best", "enter")
-        await wait_for(pilot, lambda: sum("best" in r.tags for r in screen.runs) == 3, what="tags on marked")
+        await wait_for(
+            pilot, lambda: sum("best" in r.tags for r in screen.runs) == 3, what="tags on marked"
+        )
 
         # Requeue of done runs discards scores: asked first; no keeps everything.
         await pilot.press("R")
-        await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen), what="requeue confirmation")
+        await wait_for(
+            pilot, lambda: isinstance(app.screen, ConfirmScreen), what="requeue confirmation"
+        )
         assert "3 marked runs" in app.screen.question and "scores" in app.screen.question
         await pilot.press("n")
         await wait_for(pilot, lambda: app.screen is screen)
@@ -161,18 +178,26 @@ async def test_bulk_actions_act_on_the_marked_runs(store):
         await pilot.press("R")
         await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen))
         await pilot.press("y")
-        await wait_for(pilot, lambda: sum(r.status == "queued" for r in screen.runs) == 3, what="requeued")
+        await wait_for(
+            pilot, lambda: sum(r.status == "queued" for r in screen.runs) == 3, what="requeued"
+        )
         with store.session() as s:
             queued = {r.id for r in s.exec(select(Run).where(Run.status == "queued"))}
             assert not list(s.exec(select(Score).where(Score.run_id.in_(marked))))
         assert queued == set(marked)
 
         await pilot.press("X")
-        await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen), what="cancel confirmation")
+        await wait_for(
+            pilot, lambda: isinstance(app.screen, ConfirmScreen), what="cancel confirmation"
+        )
         await pilot.press("y")
-        await wait_for(pilot, lambda: sum(r.status == "cancelled" for r in screen.runs) == 3, what="cancelled")
+        await wait_for(
+            pilot, lambda: sum(r.status == "cancelled" for r in screen.runs) == 3, what="cancelled"
+        )
         with store.session() as s:
-            assert {r.id for r in s.exec(select(Run).where(Run.status == "cancelled"))} == set(marked)
+            assert {r.id for r in s.exec(select(Run).where(Run.status == "cancelled"))} == set(
+                marked
+            )
 
         await pilot.press("U")
         await wait_for(pilot, lambda: not any(r.marked for r in screen.runs), what="unmarked")
@@ -186,10 +211,14 @@ async def test_detail_brackets_follow_the_browsers_filter_and_sort(store):
         await wait_for(pilot, lambda: isinstance(app.screen, RunsScreen) and app.screen.loaded)
         screen = app.screen
         screen.set_sort("final_step")
-        await wait_for(pilot, lambda: screen.sort == "final_step" and screen.runs[0].final_step == 0)
+        await wait_for(
+            pilot, lambda: screen.sort == "final_step" and screen.runs[0].final_step == 0
+        )
         shown = [r.id for r in screen.runs]
         await pilot.press("enter")
-        await wait_for(pilot, lambda: name(app) == "RunDetailScreen" and app.screen.bundle is not None)
+        await wait_for(
+            pilot, lambda: name(app) == "RunDetailScreen" and app.screen.bundle is not None
+        )
         detail = app.screen
         seen = [detail.bundle.run.id]
         for _ in range(len(shown) - 1):

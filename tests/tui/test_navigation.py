@@ -1,4 +1,5 @@
 """Every screen reachable by keyboard at 120x40; help, palette, keymap overrides; no torch."""
+
 from __future__ import annotations
 
 import json
@@ -19,19 +20,34 @@ async def test_every_screen_reachable_by_keyboard(store):
     add_scores(store, exp.id)
     app = MtpApp(store)
     async with app.run_test(size=SIZE) as pilot:
-        await wait_for(pilot, lambda: app.experiment_id == exp.id, what="home selects the experiment")
+        await wait_for(
+            pilot, lambda: app.experiment_id == exp.id, what="home selects the experiment"
+        )
         # (keys, expected screen); function keys work even while a form input has focus.
         steps = [
-            (["c"], "ConceptScreen"), (["f4"], "SweepScreen"), (["f6"], "RunsScreen"),
-            (["enter"], "RunDetailScreen"), (["b"], "CompareScreen"), (["escape"], "RunDetailScreen"),
-            (["escape"], "RunsScreen"), (["v"], "CompareScreen"), (["e"], "ResultsScreen"),
-            (["x"], "ExportScreen"), (["f1"], "HelpScreen"), (["escape"], "ExportScreen"),
-            (["escape"], "ResultsScreen"), (["h"], "HomeScreen"),
+            (["c"], "ConceptScreen"),
+            (["f4"], "SweepScreen"),
+            (["f6"], "RunsScreen"),
+            (["enter"], "RunDetailScreen"),
+            (["b"], "CompareScreen"),
+            (["escape"], "RunDetailScreen"),
+            (["escape"], "RunsScreen"),
+            (["v"], "CompareScreen"),
+            (["e"], "ResultsScreen"),
+            (["x"], "ExportScreen"),
+            (["f1"], "HelpScreen"),
+            (["escape"], "ExportScreen"),
+            (["escape"], "ResultsScreen"),
+            (["h"], "HomeScreen"),
         ]
         for keys, expected in steps:
             await pilot.press(*keys)
-            await wait_for(pilot, lambda: name(app) == expected, timeout=5,
-                           what=f"{keys} -> {expected} (at {name(app)})")
+            await wait_for(
+                pilot,
+                lambda: name(app) == expected,
+                timeout=5,
+                what=f"{keys} -> {expected} (at {name(app)})",
+            )
             await pilot.pause(0.05)
         assert len(app.screen_stack) == 1
 
@@ -58,7 +74,9 @@ async def test_command_palette_lists_main_actions(store):
         await pilot.pause(0.5)
         await pilot.press("enter")
         await wait_for(pilot, lambda: name(app) == "RunsScreen", what="palette opens runs")
-    assert {"Runs browser", "New sweep", "Export", "Pause / resume queue"} <= {c[0] for c in COMMANDS}
+    assert {"Runs browser", "New sweep", "Export", "Pause / resume queue"} <= {
+        c[0] for c in COMMANDS
+    }
 
 
 async def test_keymap_override_from_home_folder(store):
@@ -82,7 +100,9 @@ async def test_pause_toggle_from_home(store):
 
 
 def test_help_works_without_starting_the_ui():
-    out = subprocess.run([sys.executable, "-m", "tui.app", "--help"], capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", "tui.app", "--help"], capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 0 and "--demo" in out.stdout and "--home" in out.stdout
     assert build_parser().parse_args(["--demo"]).demo
 
@@ -95,7 +115,7 @@ def test_tui_never_imports_torch(tmp_path):
         from tui.app import MtpApp
         from tests.tui import seed_experiment, add_scores
 
-        store = Store(Home.resolve({str(tmp_path / 'home')!r}))
+        store = Store(Home.resolve({str(tmp_path / "home")!r}))
         exp = seed_experiment(store)
         add_scores(store, exp.id)
 
@@ -112,8 +132,13 @@ def test_tui_never_imports_torch(tmp_path):
         bad = sorted(m for m in ("torch", "diffusers", "transformers", "open_clip") if m in sys.modules)
         print("BAD", bad)
     """)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                         cwd=str(__import__("pathlib").Path(__file__).resolve().parents[2]))
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=str(__import__("pathlib").Path(__file__).resolve().parents[2]),
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "BAD []" in out.stdout, out.stdout
 
@@ -126,7 +151,7 @@ def test_sighup_exits_cleanly(tmp_path):
         from store.paths import Home
         from tui.app import MtpApp
 
-        store = Store(Home.resolve({str(tmp_path / 'home')!r}))
+        store = Store(Home.resolve({str(tmp_path / "home")!r}))
 
         async def main():
             app = MtpApp(store)
@@ -141,8 +166,13 @@ def test_sighup_exits_cleanly(tmp_path):
 
         asyncio.run(main())
     """)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                         cwd=str(__import__("pathlib").Path(__file__).resolve().parents[2]))
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=str(__import__("pathlib").Path(__file__).resolve().parents[2]),
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     assert "EXITED" in out.stdout
 
@@ -151,7 +181,7 @@ async def test_runs_screen_comes_back_as_left_and_retargets(store):
     """F6 returns to the runs list as it was left (one screen, kept); Home's enter on an
     experiment shows that experiment's runs with a cleared filter, and F6 from a run detail
     uncovers the list instead of stacking a second one."""
-    exp = seed_experiment(store)
+    seed_experiment(store)
     other = seed_experiment(store, name="other")
     app = MtpApp(store)
     async with app.run_test(size=SIZE) as pilot:
@@ -159,7 +189,9 @@ async def test_runs_screen_comes_back_as_left_and_retargets(store):
         await wait_for(pilot, lambda: name(app) == "RunsScreen" and app.screen.loaded, what="runs")
         runs = app.screen
         await pilot.press("slash", *"seed=1", "enter")
-        await wait_for(pilot, lambda: runs.runs and all(r.seed == 1 for r in runs.runs), what="filtered")
+        await wait_for(
+            pilot, lambda: runs.runs and all(r.seed == 1 for r in runs.runs), what="filtered"
+        )
         await pilot.press("f2")
         await wait_for(pilot, lambda: name(app) == "HomeScreen")
         await pilot.press("f6")
@@ -180,9 +212,16 @@ async def test_runs_screen_comes_back_as_left_and_retargets(store):
         await wait_for(pilot, lambda: table.row_count == 2, what="experiments listed")
         table.move_cursor(row=table.get_row_index(str(other.id)))
         await pilot.press("enter")
-        await wait_for(pilot, lambda: name(app) == "RunsScreen" and runs._shown == runs._token,
-                       what="runs of the other experiment")
-        assert app.screen is runs and runs.filter_text == "" and runs.query_one("#filter-bar").value == ""
+        await wait_for(
+            pilot,
+            lambda: name(app) == "RunsScreen" and runs._shown == runs._token,
+            what="runs of the other experiment",
+        )
+        assert (
+            app.screen is runs
+            and runs.filter_text == ""
+            and runs.query_one("#filter-bar").value == ""
+        )
         assert runs.runs and {r.experiment_id for r in runs.runs} == {other.id}
         assert app.experiment_id == other.id
 

@@ -1,4 +1,5 @@
 """Results screen (aggregate table, plot, grid) and the export dialog writing files."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -18,7 +19,9 @@ async def test_results_table_and_plot(store):
     async with app.run_test(size=SIZE) as pilot:
         app.experiment_id = exp.id
         await pilot.press("e")
-        await wait_for(pilot, lambda: isinstance(app.screen, ResultsScreen) and app.screen.rows, what="results")
+        await wait_for(
+            pilot, lambda: isinstance(app.screen, ResultsScreen) and app.screen.rows, what="results"
+        )
         screen = app.screen
         assert screen.by == "final_step"  # the swept axis comes first
         table = screen.query_one("DataTable")
@@ -30,7 +33,10 @@ async def test_results_table_and_plot(store):
         await wait_for(pilot, lambda: screen.by != "final_step" and screen.rows, what="next axis")
 
 
-@pytest.mark.skipif(importlib.util.find_spec("store.report.export") is None, reason="store.report.export not integrated yet")
+@pytest.mark.skipif(
+    importlib.util.find_spec("store.report.export") is None,
+    reason="store.report.export not integrated yet",
+)
 async def test_export_writes_files(store, tmp_path):
     exp = seed_experiment(store)
     add_scores(store, exp.id)
@@ -65,8 +71,12 @@ async def test_results_state_unit_and_grid_pins(store):
     async with app.run_test(size=SIZE) as pilot:
         app.experiment_id = exp_id
         await pilot.press("e")
-        await wait_for(pilot, lambda: isinstance(app.screen, ResultsScreen) and app.screen.grid_layout,
-                       timeout=20, what="results with grid")
+        await wait_for(
+            pilot,
+            lambda: isinstance(app.screen, ResultsScreen) and app.screen.grid_layout,
+            timeout=20,
+            what="results with grid",
+        )
         screen = app.screen
         unit = str(screen.query_one("#results-unit").content)
         assert "one concept" in unit and "n = runs" in unit and "scale: raw" in unit
@@ -76,13 +86,22 @@ async def test_results_state_unit_and_grid_pins(store):
         screen.query_one("#grid-pin-axis", Select).value = "seed"
         await pilot.pause(0.1)
         screen.query_one("#grid-pin-value", Select).value = "2"
-        await wait_for(pilot, lambda: screen.grid_layout.pins.get("seed") == "2", timeout=20, what="seed pinned")
+        await wait_for(
+            pilot,
+            lambda: screen.grid_layout.pins.get("seed") == "2",
+            timeout=20,
+            what="seed pinned",
+        )
         assert "seed=2" in str(screen.query_one("#results-grid-caption").content)
         screen.query_one("#grid-seeds", Select).value = "each"
-        await wait_for(pilot, lambda: "seed" not in screen.grid_layout.pins, timeout=20, what="row per seed")
+        await wait_for(
+            pilot, lambda: "seed" not in screen.grid_layout.pins, timeout=20, what="row per seed"
+        )
         assert "one row per seed" in str(screen.query_one("#results-grid-caption").content)
         screen.query_one("#grid-z", Select).value = "start_step"
-        await wait_for(pilot, lambda: screen.grid_layout.z == "start_step", timeout=20, what="z axis")
+        await wait_for(
+            pilot, lambda: screen.grid_layout.z == "start_step", timeout=20, what="z axis"
+        )
 
 
 async def test_export_dialog_takes_the_grid_choices_of_results(store, tmp_path):
@@ -97,13 +116,19 @@ async def test_export_dialog_takes_the_grid_choices_of_results(store, tmp_path):
     async with app.run_test(size=SIZE) as pilot:
         app.experiment_id = exp_id
         await pilot.press("e")
-        await wait_for(pilot, lambda: isinstance(app.screen, ResultsScreen) and app.screen.grid_layout,
-                       timeout=20, what="results with grid")
+        await wait_for(
+            pilot,
+            lambda: isinstance(app.screen, ResultsScreen) and app.screen.grid_layout,
+            timeout=20,
+            what="results with grid",
+        )
         results = app.screen
         results.query_one("#grid-pin-axis", Select).value = "seed"
         await pilot.pause(0.1)
         results.query_one("#grid-pin-value", Select).value = "1"
-        await wait_for(pilot, lambda: results.grid_layout.pins.get("seed") == "1", timeout=20, what="pin")
+        await wait_for(
+            pilot, lambda: results.grid_layout.pins.get("seed") == "1", timeout=20, what="pin"
+        )
         await pilot.press("x")
         await wait_for(pilot, lambda: isinstance(app.screen, ExportScreen))
         screen = app.screen
@@ -114,6 +139,6 @@ async def test_export_dialog_takes_the_grid_choices_of_results(store, tmp_path):
             screen.query_one(f"#kind-{kind}").value = False
         await pilot.press("ctrl+s")
         await wait_for(pilot, lambda: len(screen.results) == 1, timeout=30, what="grid export")
-    (kind, path, ok), = screen.results
+    ((kind, path, ok),) = screen.results
     assert kind == "grid" and ok, path
     assert (out / path.split("/")[-1]).is_file()

@@ -1,6 +1,7 @@
 """F7 reopens the results screen as it was left (issue 13 item 9: building its widgets again was
 most of its opening time), but never shows less than a new screen would: it follows Home's
 experiment and reloads when the store moved while it was away."""
+
 from __future__ import annotations
 
 from sqlmodel import select
@@ -17,8 +18,15 @@ def name(app) -> str:
 
 async def open_results(pilot):
     await pilot.press("f7")
-    await wait_for(pilot, lambda: isinstance(pilot.app.screen, ResultsScreen) and pilot.app.screen.rows
-                   and pilot.app.screen.grid_shown, what="results with grid")
+    await wait_for(
+        pilot,
+        lambda: (
+            isinstance(pilot.app.screen, ResultsScreen)
+            and pilot.app.screen.rows
+            and pilot.app.screen.grid_shown
+        ),
+        what="results with grid",
+    )
     return pilot.app.screen
 
 
@@ -31,8 +39,11 @@ async def test_reopened_results_keep_their_choices_and_reload_only_on_changes(st
         results = await open_results(pilot)
         first_axis = results.by
         results.action_next_axis()
-        await wait_for(pilot, lambda: results.by != first_axis and results.rows and results.rows.by == results.by,
-                       what="second axis")
+        await wait_for(
+            pilot,
+            lambda: results.by != first_axis and results.rows and results.rows.by == results.by,
+            what="second axis",
+        )
         chosen, rows = results.by, results.rows
         await pilot.press("f2")
         await wait_for(pilot, lambda: name(app) == "HomeScreen")
@@ -45,12 +56,17 @@ async def test_reopened_results_keep_their_choices_and_reload_only_on_changes(st
         await pilot.press("f2")
         await wait_for(pilot, lambda: name(app) == "HomeScreen")
         with store.write() as s:
-            for score in s.exec(select(Score).join(Run, Run.id == Score.run_id)
-                                .where(Run.experiment_id == exp.id, Score.metric == "clip_t")):
+            for score in s.exec(
+                select(Score)
+                .join(Run, Run.id == Score.run_id)
+                .where(Run.experiment_id == exp.id, Score.metric == "clip_t")
+            ):
                 score.value += 1.0
                 s.add(score)
         await pilot.press("f7")
-        await wait_for(pilot, lambda: results.rows is not rows and results.rows.by == chosen, what="reload")
+        await wait_for(
+            pilot, lambda: results.rows is not rows and results.rows.by == chosen, what="reload"
+        )
         assert all(r.metrics["clip_t"].mean > 1.0 for r in results.rows)
 
 
@@ -70,7 +86,16 @@ async def test_reopened_results_follow_homes_experiment(store):
         await wait_for(pilot, lambda: name(app) == "HomeScreen")
         app.experiment_id = second.id  # Home's cursor moved to another experiment
         await pilot.press("f7")
-        await wait_for(pilot, lambda: results.experiment_id == second.id and results.rows
-                       and "second" in str(results.query_one("#results-title").render()), what="second experiment")
+        await wait_for(
+            pilot,
+            lambda: (
+                results.experiment_id == second.id
+                and results.rows
+                and "second" in str(results.query_one("#results-title").render())
+            ),
+            what="second experiment",
+        )
         assert app.screen is results
-        assert results.by == "final_step"  # that experiment's first axis, not the choice made on the first
+        assert (
+            results.by == "final_step"
+        )  # that experiment's first axis, not the choice made on the first

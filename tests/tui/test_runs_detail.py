@@ -1,4 +1,5 @@
 """Runs browser filter/sort/page and the run detail's images, masks and maps."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -11,9 +12,13 @@ from tui.screens.runs import RunsScreen, parse_filter
 
 
 def test_parse_filter_reads_every_kind_of_term():
-    f = parse_filter('status=failed,done seed=1 final_step=20 tag=good marked=1 exp=3 "on the beach"')
+    f = parse_filter(
+        'status=failed,done seed=1 final_step=20 tag=good marked=1 exp=3 "on the beach"'
+    )
     assert list(f.statuses) == ["failed", "done"] and f.equals == {"seed": 1, "final_step": 20}
-    assert f.tag == "good" and f.marked is True and f.experiment_id == 3 and f.text == "on the beach"
+    assert (
+        f.tag == "good" and f.marked is True and f.experiment_id == 3 and f.text == "on the beach"
+    )
 
 
 async def test_runs_browser_filter_sort_page(store):
@@ -35,10 +40,15 @@ async def test_runs_browser_filter_sort_page(store):
 
         screen.filter_text = ""
         screen.set_sort("score:clip_t")  # best first
-        await wait_for(pilot, lambda: screen.total == 16 and screen.runs[0].id == max(r.id for r in runs),
-                       what="sorted by clip_t")
+        await wait_for(
+            pilot,
+            lambda: screen.total == 16 and screen.runs[0].id == max(r.id for r in runs),
+            what="sorted by clip_t",
+        )
         screen.set_sort("score:clip_t")  # again: ascending
-        await wait_for(pilot, lambda: screen.runs[0].id == min(r.id for r in runs), what="ascending")
+        await wait_for(
+            pilot, lambda: screen.runs[0].id == min(r.id for r in runs), what="ascending"
+        )
 
         # Sort by a column picked by name with `s` (issue 13: no invisible column cursor).
         from tui.screens.pick import PickScreen
@@ -46,9 +56,13 @@ async def test_runs_browser_filter_sort_page(store):
         await pilot.press("s")
         await wait_for(pilot, lambda: isinstance(app.screen, PickScreen), what="sort picker")
         picker = app.screen
-        picker.query_one("OptionList").highlighted = [v for v, _ in picker.items].index("final_step")
+        picker.query_one("OptionList").highlighted = [v for v, _ in picker.items].index(
+            "final_step"
+        )
         await pilot.press("enter")
-        await wait_for(pilot, lambda: screen.sort == "final_step" and screen.runs[0].final_step == 0)
+        await wait_for(
+            pilot, lambda: screen.sort == "final_step" and screen.runs[0].final_step == 0
+        )
 
         # Mark and tag the row under the cursor.
         await pilot.press("m")
@@ -95,20 +109,30 @@ async def test_run_detail_shows_images_masks_and_maps(store):
 
         r = s.get(Run, run.id)
         r.image_path, r.source_image_path = rel("target.png"), rel("source.png")
-        r.mask_path, r.source_mask_path, r.maps_path = rel("mask_target.png"), rel("mask_source.png"), rel("maps.npz")
+        r.mask_path, r.source_mask_path, r.maps_path = (
+            rel("mask_target.png"),
+            rel("mask_source.png"),
+            rel("maps.npz"),
+        )
         r.status, r.error = "failed", "CUDA out of memory [while decoding]"
         s.add(r)
         o = s.get(Run, other.id)
-        o.image_path = "artifacts/run-999/target.png"  # recorded but gone: a placeholder, not a crash
+        o.image_path = (
+            "artifacts/run-999/target.png"  # recorded but gone: a placeholder, not a crash
+        )
         s.add(o)
 
     app = MtpApp(store)
     async with app.run_test(size=SIZE) as pilot:
         app.push_screen(RunDetailScreen(run.id))
-        await wait_for(pilot, lambda: isinstance(app.screen, RunDetailScreen) and app.screen.bundle is not None)
+        await wait_for(
+            pilot, lambda: isinstance(app.screen, RunDetailScreen) and app.screen.bundle is not None
+        )
         screen = app.screen
         ids = ("#img-source", "#img-target", "#img-source-mask", "#img-target-mask", "#img-map")
-        await wait_for(pilot, lambda: all(screen.query_one(i).has_picture for i in ids), what="all pictures")
+        await wait_for(
+            pilot, lambda: all(screen.query_one(i).has_picture for i in ids), what="all pictures"
+        )
         assert "dog" in screen.query_one("#img-map").caption
         await pilot.press("w")
         assert "beach" in screen.query_one("#img-map").caption
@@ -123,8 +147,13 @@ async def test_run_detail_shows_images_masks_and_maps(store):
         await wait_for(pilot, lambda: screen.run_id == run.id, what="previous run")
 
         await pilot.press("b")  # this run against its no-control baseline
-        await wait_for(pilot, lambda: isinstance(app.screen, CompareScreen)
-                       and "baseline" in str(app.screen.query_one("#compare-title").content))
+        await wait_for(
+            pilot,
+            lambda: (
+                isinstance(app.screen, CompareScreen)
+                and "baseline" in str(app.screen.query_one("#compare-title").content)
+            ),
+        )
 
 
 async def test_compare_two_marked_runs(store):
@@ -156,6 +185,10 @@ async def test_detail_says_a_done_run_is_not_scored_and_why(store):
     app = MtpApp(store)
     async with app.run_test(size=SIZE) as pilot:
         app.push_screen(RunDetailScreen(runs[0].id))
-        await wait_for(pilot, lambda: isinstance(app.screen, RunDetailScreen) and app.screen.bundle, what="detail")
+        await wait_for(
+            pilot,
+            lambda: isinstance(app.screen, RunDetailScreen) and app.screen.bundle,
+            what="detail",
+        )
         text = str(app.screen.query_one("#detail-error").content)
         assert "not scored" in text and "00-corgi.png: no such file" in text

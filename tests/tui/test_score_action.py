@@ -1,5 +1,6 @@
 """The app's Score action (results and runs screens, palette): it queues a score request for an
 engine and starts a score-only engine when none runs; it never imports torch."""
+
 from __future__ import annotations
 
 from sqlmodel import select
@@ -24,7 +25,9 @@ def _fake_launch(monkeypatch):
     return started
 
 
-async def test_results_score_key_queues_a_request_and_starts_a_score_only_engine(store, monkeypatch):
+async def test_results_score_key_queues_a_request_and_starts_a_score_only_engine(
+    store, monkeypatch
+):
     exp = seed_experiment(store)
     add_scores(store, exp.id)
     started = _fake_launch(monkeypatch)
@@ -55,7 +58,9 @@ async def test_runs_score_key_and_palette_entry(store, monkeypatch):
     async with app.run_test(size=SIZE) as pilot:
         await wait_for(pilot, lambda: app.experiment_id == exp.id)
         await pilot.press("r")
-        await wait_for(pilot, lambda: type(app.screen).__name__ == "RunsScreen" and app.screen.loaded)
+        await wait_for(
+            pilot, lambda: type(app.screen).__name__ == "RunsScreen" and app.screen.loaded
+        )
         await pilot.press("S")
         await wait_for(pilot, lambda: len(_requests(store)) == 1, what="a score request")
         await pilot.press("S")  # a second press adds no second open request

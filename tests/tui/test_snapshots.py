@@ -6,6 +6,7 @@ file tree rooted at a committed folder, and no images (no run has artifacts, and
 screen is opened empty), so nothing depends on the terminal's image protocol.
 Regenerate after an intended change: pytest tests/tui/test_snapshots.py --snapshot-update
 """
+
 from __future__ import annotations
 
 import shutil
@@ -46,7 +47,9 @@ async def _home(pilot):
     from store.queries import list_experiments
 
     shown = len(list_experiments(pilot.app.store))  # every demo experiment
-    await wait_for(pilot, lambda: pilot.app.screen.query_one("#experiments").row_count == shown, what="home")
+    await wait_for(
+        pilot, lambda: pilot.app.screen.query_one("#experiments").row_count == shown, what="home"
+    )
 
 
 async def _concept(pilot):
@@ -55,32 +58,50 @@ async def _concept(pilot):
     await _home(pilot)
     pilot.app.push_screen(ConceptScreen(start_dir=FILES))
     await wait_for(pilot, lambda: _name(pilot.app) == "ConceptScreen", what="concept")
-    await wait_for(pilot, lambda: len(pilot.app.screen.query_one("#tree").root.children) == 2, what="file tree")
+    await wait_for(
+        pilot, lambda: len(pilot.app.screen.query_one("#tree").root.children) == 2, what="file tree"
+    )
 
 
 async def _sweep(pilot):
     await _home(pilot)
     await pilot.press("f4")
-    await wait_for(pilot, lambda: _name(pilot.app) == "SweepScreen" and pilot.app.screen.last_count, what="sweep")
+    await wait_for(
+        pilot,
+        lambda: _name(pilot.app) == "SweepScreen" and pilot.app.screen.last_count,
+        what="sweep",
+    )
 
 
 async def _runs(pilot):
     await _home(pilot)
     await pilot.press("f6")
-    await wait_for(pilot, lambda: _name(pilot.app) == "RunsScreen" and pilot.app.screen.loaded, what="runs")
+    await wait_for(
+        pilot, lambda: _name(pilot.app) == "RunsScreen" and pilot.app.screen.loaded, what="runs"
+    )
 
 
 async def _detail(pilot):
     await _runs(pilot)
     await pilot.press("enter")
-    await wait_for(pilot, lambda: _name(pilot.app) == "RunDetailScreen" and pilot.app.screen.bundle, what="detail")
+    await wait_for(
+        pilot,
+        lambda: _name(pilot.app) == "RunDetailScreen" and pilot.app.screen.bundle,
+        what="detail",
+    )
 
 
 async def _compare(pilot):
     await _runs(pilot)
     await pilot.press("j", "v")
-    await wait_for(pilot, lambda: _name(pilot.app) == "CompareScreen"
-                   and "vs" in str(pilot.app.screen.query_one("#compare-title").content), what="compare")
+    await wait_for(
+        pilot,
+        lambda: (
+            _name(pilot.app) == "CompareScreen"
+            and "vs" in str(pilot.app.screen.query_one("#compare-title").content)
+        ),
+        what="compare",
+    )
 
 
 async def _queued_experiment(pilot):
@@ -88,7 +109,9 @@ async def _queued_experiment(pilot):
     from store.queries import list_experiments
 
     await _home(pilot)
-    (queued,) = [r.experiment.id for r in list_experiments(pilot.app.store) if r.experiment.status != "draft"]
+    (queued,) = [
+        r.experiment.id for r in list_experiments(pilot.app.store) if r.experiment.status != "draft"
+    ]
     table = pilot.app.screen.query_one("#experiments")
     table.move_cursor(row=table.get_row_index(str(queued)), animate=False)
     await wait_for(pilot, lambda: pilot.app.experiment_id == queued, what="the queued experiment")
@@ -97,7 +120,11 @@ async def _queued_experiment(pilot):
 async def _results(pilot):
     await _queued_experiment(pilot)
     await pilot.press("f7")
-    await wait_for(pilot, lambda: _name(pilot.app) == "ResultsScreen" and pilot.app.screen.grid_shown, what="results")
+    await wait_for(
+        pilot,
+        lambda: _name(pilot.app) == "ResultsScreen" and pilot.app.screen.grid_shown,
+        what="results",
+    )
 
 
 async def _export(pilot):
@@ -118,8 +145,18 @@ async def _confirm(pilot):
     await wait_for(pilot, lambda: _name(pilot.app) == "ConfirmScreen", what="confirm")
 
 
-SCREENS = {"home": _home, "concept": _concept, "sweep": _sweep, "runs": _runs, "detail": _detail,
-           "compare": _compare, "results": _results, "export": _export, "help": _help, "confirm": _confirm}
+SCREENS = {
+    "home": _home,
+    "concept": _concept,
+    "sweep": _sweep,
+    "runs": _runs,
+    "detail": _detail,
+    "compare": _compare,
+    "results": _results,
+    "export": _export,
+    "help": _help,
+    "confirm": _confirm,
+}
 
 
 @pytest.mark.parametrize("size", list(SIZES))

@@ -1,4 +1,5 @@
 """The app says which database and data folder it is on, and groups engines by host."""
+
 from __future__ import annotations
 
 import os
@@ -23,12 +24,19 @@ async def test_home_names_the_database_without_its_password_and_the_folder(home,
     app = MtpApp(store)
     try:
         async with app.run_test(size=SIZE) as pilot:
-            await wait_for(pilot, lambda: app.screen.query_one("#workers", DataTable).row_count == 3,
-                           what="the workers table")
+            await wait_for(
+                pilot,
+                lambda: app.screen.query_one("#workers", DataTable).row_count == 3,
+                what="the workers table",
+            )
             label = str(app.screen.query_one("#where-label", Static).render())
             assert str(home.root) in label and str(home.root) in app.sub_title
             if db_backend == "postgresql":
-                assert "s3cret-pw" not in label + app.sub_title and "***" in label and "postgresql" in label
+                assert (
+                    "s3cret-pw" not in label + app.sub_title
+                    and "***" in label
+                    and "postgresql" in label
+                )
             else:
                 assert "SQLite" in label
             table = app.screen.query_one("#workers", DataTable)

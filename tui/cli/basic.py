@@ -1,4 +1,5 @@
 """`mtp init | concept | experiment | runs | demo`: build and inspect sweeps without the app."""
+
 from __future__ import annotations
 
 import argparse
@@ -12,47 +13,69 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("init", help="create the data folder and database, print where they are")
     p.set_defaults(func=cmd_init)
 
-    p = sub.add_parser("demo", help="add the demo concept and experiments (tiny random model) to the demo "
-                                    "data folder, <data folder>/demo (address it with mtp --demo ...)")
+    p = sub.add_parser(
+        "demo",
+        help="add the demo concept and experiments (tiny random model) to the demo "
+        "data folder, <data folder>/demo (address it with mtp --demo ...)",
+    )
     p.set_defaults(func=cmd_demo, uses_demo_home=True)
 
-    concept = sub.add_parser("concept", help="concepts: a subject with reference images").add_subparsers(
-        dest="concept_cmd", metavar="ACTION")
-    p = concept.add_parser("add", help="add a concept (reference images are copied into the data folder)")
+    concept = sub.add_parser(
+        "concept", help="concepts: a subject with reference images"
+    ).add_subparsers(dest="concept_cmd", metavar="ACTION")
+    p = concept.add_parser(
+        "add", help="add a concept (reference images are copied into the data folder)"
+    )
     p.add_argument("name")
-    p.add_argument("--token", default="", help="the token written in prompts, e.g. '<new1>' or 'sks'")
+    p.add_argument(
+        "--token", default="", help="the token written in prompts, e.g. '<new1>' or 'sks'"
+    )
     p.add_argument("--class-word", default="", help="e.g. 'dog'; replaces the token for CLIP-T")
     p.add_argument("--image", action="append", default=[], help="reference image (repeatable)")
     p.add_argument("--weights", default=None, help="personalization weights file")
-    p.add_argument("--weights-kind", default="none",
-                   choices=WEIGHT_KINDS)
-    p.add_argument("--model", default="runwayml/stable-diffusion-v1-5", help="hub id or local folder")
+    p.add_argument("--weights-kind", default="none", choices=WEIGHT_KINDS)
+    p.add_argument(
+        "--model", default="runwayml/stable-diffusion-v1-5", help="hub id or local folder"
+    )
     p.add_argument("--notes", default="")
     p.set_defaults(func=cmd_concept_add)
     p = concept.add_parser("list", help="list concepts")
     p.set_defaults(func=cmd_concept_list)
 
     exp = sub.add_parser("experiment", help="experiments: sweep definitions").add_subparsers(
-        dest="experiment_cmd", metavar="ACTION")
+        dest="experiment_cmd", metavar="ACTION"
+    )
     p = exp.add_parser("create", help="define a sweep; --queue to queue its runs")
     p.add_argument("name")
     p.add_argument("--concept", help="concept name or id")
-    p.add_argument("--preset", choices=sorted(PRESETS), help="start from one of the seed's four sweeps")
+    p.add_argument(
+        "--preset", choices=sorted(PRESETS), help="start from one of the seed's four sweeps"
+    )
     p.add_argument("--spec", help="a JSON file with ExperimentSpec fields")
     p.add_argument("--model")
     p.add_argument("--source-prompt")
     p.add_argument("--source-image", help="a real image to invert as the source (DDIM inversion)")
-    p.add_argument("--invert", action="store_true", default=None,
-                   help="invert --source-image (implied by it; stated for clarity)")
+    p.add_argument(
+        "--invert",
+        action="store_true",
+        default=None,
+        help="invert --source-image (implied by it; stated for clarity)",
+    )
     p.add_argument("--prompt", action="append", help="target prompt (repeatable)")
     p.add_argument("--steps", type=int, dest="num_steps")
     p.add_argument("--guidance", type=float)
     p.add_argument("--size", type=int, help="width and height")
     p.add_argument("--no-baseline", action="store_true", help="do not add no-control baseline runs")
-    helps = {"inversion_guidance": "classifier-free guidance while inverting --source-image, sweep grammar "
-                                   "(default 1 = none, the better-behaved choice; MasaCtrl's notebook: 7.5)"}
+    helps = {
+        "inversion_guidance": "classifier-free guidance while inverting --source-image, sweep grammar "
+        "(default 1 = none, the better-behaved choice; MasaCtrl's notebook: 7.5)"
+    }
     for name in AXES:
-        p.add_argument("--" + name.replace("_", "-"), dest=name, help=helps.get(name, f"sweep grammar for {name}"))
+        p.add_argument(
+            "--" + name.replace("_", "-"),
+            dest=name,
+            help=helps.get(name, f"sweep grammar for {name}"),
+        )
     p.add_argument("--queue", action="store_true", help="queue the runs now")
     p.add_argument("--dry-run", action="store_true", help="print the run count and write nothing")
     p.add_argument("--tags", default="")
@@ -72,11 +95,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("experiment")
     p.add_argument("--name")
     p.set_defaults(func=cmd_experiment_duplicate)
-    p = exp.add_parser("delete", help="delete an experiment with its runs, scores and artifact folders")
+    p = exp.add_parser(
+        "delete", help="delete an experiment with its runs, scores and artifact folders"
+    )
     p.add_argument("experiment")
-    p.add_argument("--yes", action="store_true", help="do not ask (needed when stdin is not a terminal)")
+    p.add_argument(
+        "--yes", action="store_true", help="do not ask (needed when stdin is not a terminal)"
+    )
     p.set_defaults(func=cmd_experiment_delete)
-    p = exp.add_parser("archive", help="hide an experiment from Home and the queue, keeping its runs and files")
+    p = exp.add_parser(
+        "archive", help="hide an experiment from Home and the queue, keeping its runs and files"
+    )
     p.add_argument("experiment")
     p.add_argument("--undo", action="store_true", help="bring an archived experiment back")
     p.set_defaults(func=cmd_experiment_archive)
@@ -105,7 +134,9 @@ def cmd_demo(args, store) -> int:
     concept, exp = seed_demo(store)
     print(DEMO_BANNER)
     print(f"demo data folder: {store.home.root}")
-    print(f"concept {concept.name} (id {concept.id}); experiment {exp.name!r} (id {exp.id}, {exp.run_count} runs)")
+    print(
+        f"concept {concept.name} (id {concept.id}); experiment {exp.name!r} (id {exp.id}, {exp.run_count} runs)"
+    )
     home = f" --home {args.home}" if args.home else ""
     print(f"browse it with: mtp --demo{home} runs   or   mtp-tui --demo{home}")
     print(f"run it with:    mtp-engine --demo{home} --once")
@@ -115,9 +146,17 @@ def cmd_demo(args, store) -> int:
 def cmd_concept_add(args, store) -> int:
     from store.queries import save_concept
 
-    c = save_concept(store, args.name, token=args.token, class_word=args.class_word, ref_images=args.image,
-                     weights_path=args.weights, weights_kind=args.weights_kind, base_model=args.model,
-                     notes=args.notes)
+    c = save_concept(
+        store,
+        args.name,
+        token=args.token,
+        class_word=args.class_word,
+        ref_images=args.image,
+        weights_path=args.weights,
+        weights_kind=args.weights_kind,
+        base_model=args.model,
+        notes=args.notes,
+    )
     print(f"concept {c.id}: {c.name} ({len(c.ref_images)} reference images)")
     return 0
 
@@ -126,8 +165,10 @@ def cmd_concept_list(args, store) -> int:
     from store.queries import list_concepts
 
     for c in list_concepts(store):
-        print(f"{c.id:>4}  {c.name:<24} token={c.token!r:<12} class={c.class_word!r:<10} "
-              f"refs={len(c.ref_images)} weights={c.weights_kind} model={c.base_model}")
+        print(
+            f"{c.id:>4}  {c.name:<24} token={c.token!r:<12} class={c.class_word!r:<10} "
+            f"refs={len(c.ref_images)} weights={c.weights_kind} model={c.base_model}"
+        )
     return 0
 
 
@@ -153,9 +194,7 @@ def _experiment(store, ref):
 
 def cmd_experiment_create(args, store) -> int:
     from store.queries import get_concept, save_experiment
-    from store.sweep.spec import expand
-
-    from store.sweep.spec import source_prompt_for
+    from store.sweep.spec import expand, source_prompt_for
 
     concept_id = _concept_id(store, args.concept)
     spec = ExperimentSpec()
@@ -170,7 +209,15 @@ def cmd_experiment_create(args, store) -> int:
     if args.preset:
         for k, v in PRESETS[args.preset].items():
             setattr(spec, k, v)
-    for name in ("model", "source_prompt", "source_image", "invert", "num_steps", "guidance", *AXES):
+    for name in (
+        "model",
+        "source_prompt",
+        "source_image",
+        "invert",
+        "num_steps",
+        "guidance",
+        *AXES,
+    ):
         value = getattr(args, name)
         if value is not None:
             setattr(spec, name, value)
@@ -196,8 +243,16 @@ def cmd_experiment_create(args, store) -> int:
         concept = get_concept(store, concept_id) if concept_id else None
         print(f"{len(expand(spec, concept))} runs")
         return 0
-    exp = save_experiment(store, args.name, spec, concept_id, queue=args.queue, tags=args.tags,
-                          notes=args.notes, priority=args.priority)
+    exp = save_experiment(
+        store,
+        args.name,
+        spec,
+        concept_id,
+        queue=args.queue,
+        tags=args.tags,
+        notes=args.notes,
+        priority=args.priority,
+    )
     print(f"experiment {exp.id}: {exp.name} ({exp.run_count} runs, {exp.status})")
     return 0
 
@@ -207,8 +262,10 @@ def cmd_experiment_list(args, store) -> int:
 
     for row in list_experiments(store, include_archived=args.archived):
         e = row.experiment
-        print(f"{e.id:>4}  {e.name:<32} {row.state:<9} {row.done}/{e.run_count} done, {row.failed} failed"
-              f"  prio={e.priority} tags={e.tags}")
+        print(
+            f"{e.id:>4}  {e.name:<32} {row.state:<9} {row.done}/{e.run_count} done, {row.failed} failed"
+            f"  prio={e.priority} tags={e.tags}"
+        )
     return 0
 
 
@@ -247,10 +304,14 @@ def cmd_experiment_delete(args, store) -> int:
     n = sum(counts_by_status(store, exp.id).values())
     if not args.yes:
         if not sys.stdin.isatty():
-            print(f"mtp: deleting {exp.name!r} removes {n} runs and their files; pass --yes to confirm",
-                  file=sys.stderr)
+            print(
+                f"mtp: deleting {exp.name!r} removes {n} runs and their files; pass --yes to confirm",
+                file=sys.stderr,
+            )
             return 2
-        answer = input(f"delete experiment {exp.id} {exp.name!r} with {n} runs, scores and images? [y/N] ")
+        answer = input(
+            f"delete experiment {exp.id} {exp.name!r} with {n} runs, scores and images? [y/N] "
+        )
         if answer.strip().lower() not in ("y", "yes"):
             print("nothing deleted")
             return 1
@@ -282,12 +343,18 @@ def cmd_runs(args, store) -> int:
         equals=equals,
         text=args.search,
     )
-    rows, total = list_runs(store, filt, sort=args.sort, descending=args.desc, offset=args.offset,
-                            limit=args.limit)
+    rows, total = list_runs(
+        store, filt, sort=args.sort, descending=args.desc, offset=args.offset, limit=args.limit
+    )
     print(f"{total} runs match; showing {args.offset + 1 if rows else 0}-{args.offset + len(rows)}")
     for r in rows:
-        control = "baseline" if r.is_baseline else (
-            f"layers={r.layers} steps={r.start_step}..{r.final_step}/{r.skip_interval} mask={r.mask_mode}")
+        control = (
+            "baseline"
+            if r.is_baseline
+            else (
+                f"layers={r.layers} steps={r.start_step}..{r.final_step}/{r.skip_interval} mask={r.mask_mode}"
+            )
+        )
         if r.invert and r.inversion_guidance is not None:
             control += f" inversion_guidance={r.inversion_guidance:g}"
         err = f"  error: {r.error.splitlines()[-1]}" if r.error else ""
@@ -295,5 +362,3 @@ def cmd_runs(args, store) -> int:
             err += f"  not scored: {r.score_error.splitlines()[-1]}"
         print(f"{r.id:>6} {r.status:<9} seed={r.seed} {control}  {r.target_prompt!r}{err}")
     return 0
-
-

@@ -3,6 +3,7 @@
 A relative output path is taken inside the current directory and may not leave it; without
 one, the file goes to the data folder's exports/ under a name made from the experiment.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -13,26 +14,41 @@ from store.report.aggregate import SCALES
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    export = sub.add_parser("export", help="export runs, summaries, plots and image grids").add_subparsers(
-        dest="export_cmd", metavar="WHAT")
+    export = sub.add_parser(
+        "export", help="export runs, summaries, plots and image grids"
+    ).add_subparsers(dest="export_cmd", metavar="WHAT")
 
     def common(p: argparse.ArgumentParser, by: bool) -> None:
         p.add_argument("experiment", help="experiment id or name")
         if by:
             p.add_argument("--by", required=True, help="the swept parameter, e.g. final_step")
 
-    p = export.add_parser("runs", help="every run with its parameters, status, timings and scores (CSV)")
+    p = export.add_parser(
+        "runs", help="every run with its parameters, status, timings and scores (CSV)"
+    )
     common(p, by=False)
-    p.add_argument("--csv", help="output file (default: exports/<experiment>-runs.csv in the data folder)")
-    p.add_argument("--scale", choices=SCALES, default="raw",
-                   help="raw cosine, 100*cos (torchmetrics), or clipscore = 2.5*max(cos,0) on text alignment only")
+    p.add_argument(
+        "--csv", help="output file (default: exports/<experiment>-runs.csv in the data folder)"
+    )
+    p.add_argument(
+        "--scale",
+        choices=SCALES,
+        default="raw",
+        help="raw cosine, 100*cos (torchmetrics), or clipscore = 2.5*max(cos,0) on text alignment only",
+    )
     p.set_defaults(func=cmd_runs)
 
-    p = export.add_parser("summary", help="n, mean, std and SEM of every metric per parameter value (CSV)")
+    p = export.add_parser(
+        "summary", help="n, mean, std and SEM of every metric per parameter value (CSV)"
+    )
     common(p, by=True)
     p.add_argument("--csv", help="output file")
-    p.add_argument("--scale", choices=SCALES, default="raw",
-                   help="raw cosine, 100*cos, or clipscore = 2.5*max(cos,0) on text alignment only")
+    p.add_argument(
+        "--scale",
+        choices=SCALES,
+        default="raw",
+        help="raw cosine, 100*cos, or clipscore = 2.5*max(cos,0) on text alignment only",
+    )
     p.set_defaults(func=cmd_summary)
 
     p = export.add_parser("plot", help="text vs image alignment trade-off plot (PNG)")
@@ -42,16 +58,28 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--text", action="store_true", help="also print the plot in the terminal")
     p.set_defaults(func=cmd_plot)
 
-    p = export.add_parser("grid", help="annotated image grid: rows = --y values, columns = --x values, one panel "
-                                        "per --z value, every other swept axis pinned (PNG)")
+    p = export.add_parser(
+        "grid",
+        help="annotated image grid: rows = --y values, columns = --x values, one panel "
+        "per --z value, every other swept axis pinned (PNG)",
+    )
     p.add_argument("experiment", help="experiment id or name")
     p.add_argument("--y", "--by", dest="by", required=True, help="rows, e.g. layers")
-    p.add_argument("--x", "--columns", dest="x", help="columns (default: prompts when several, else seeds)")
+    p.add_argument(
+        "--x", "--columns", dest="x", help="columns (default: prompts when several, else seeds)"
+    )
     p.add_argument("--z", help="one panel per value of this axis, e.g. start_step")
-    p.add_argument("--pin", action="append", default=[], metavar="AXIS=VALUE",
-                   help="hold an axis at a value, e.g. --pin seed=1 --pin mask_threshold=0.2 "
-                        "(unpinned axes take the first run's value; all pins are printed on the grid)")
-    p.add_argument("--seeds", metavar="each|SEED", help="'each': one row per seed; a number: that seed")
+    p.add_argument(
+        "--pin",
+        action="append",
+        default=[],
+        metavar="AXIS=VALUE",
+        help="hold an axis at a value, e.g. --pin seed=1 --pin mask_threshold=0.2 "
+        "(unpinned axes take the first run's value; all pins are printed on the grid)",
+    )
+    p.add_argument(
+        "--seeds", metavar="each|SEED", help="'each': one row per seed; a number: that seed"
+    )
     p.add_argument("--png", help="output file")
     p.add_argument("--max-cells", type=int, default=400)
     p.add_argument("--thumb", type=int, default=256, help="thumbnail size in pixels")
@@ -73,7 +101,9 @@ def _where(store, exp, given: str | None, kind: str, suffix: str, by: str | None
 
     if given:
         # An absolute path on the command line is the user's own choice of folder.
-        return given, Path(given).expanduser().parent if Path(given).expanduser().is_absolute() else Path.cwd()
+        return given, Path(given).expanduser().parent if Path(
+            given
+        ).expanduser().is_absolute() else Path.cwd()
     return default_name(store, exp.id, kind, suffix, by), store.home.exports
 
 
@@ -94,7 +124,9 @@ def cmd_summary(args, store) -> int:
     check_by(args.by)
     path, folder = _where(store, exp, args.csv, "summary", ".csv", args.by)
     rows = aggregate(store, exp.id, args.by, scale=args.scale)
-    print(export_summary_csv(store, exp.id, args.by, path, scale=args.scale, folder=folder, rows=rows))
+    print(
+        export_summary_csv(store, exp.id, args.by, path, scale=args.scale, folder=folder, rows=rows)
+    )
     # What the numbers mean goes to stderr: stdout stays the path, for scripts.
     for line in rows.describe():
         print(line, file=sys.stderr)
@@ -114,8 +146,13 @@ def cmd_plot(args, store) -> int:
         from store.report.aggregate import aggregate
         from store.report.plots import tradeoff_text
 
-        print(tradeoff_text(aggregate(store, exp.id, args.by, scale=args.scale), by=args.by,
-                            title=f"{exp.name} by {args.by}"))
+        print(
+            tradeoff_text(
+                aggregate(store, exp.id, args.by, scale=args.scale),
+                by=args.by,
+                title=f"{exp.name} by {args.by}",
+            )
+        )
     print(out)
     return 0
 
@@ -141,16 +178,32 @@ def cmd_grid(args, store) -> int:
     pins = parse_pins(args.pin)
     path, folder = _where(store, exp, args.png, "grid", ".png", args.by)
     layouts = []
-    print(export_grid_png(store, exp.id, args.by, path, folder=folder, x=args.x, z=args.z, pins=pins,
-                          seeds=args.seeds, max_cells=args.max_cells, thumb=args.thumb, on_layout=layouts.append))
+    print(
+        export_grid_png(
+            store,
+            exp.id,
+            args.by,
+            path,
+            folder=folder,
+            x=args.x,
+            z=args.z,
+            pins=pins,
+            seeds=args.seeds,
+            max_cells=args.max_cells,
+            thumb=args.thumb,
+            on_layout=layouts.append,
+        )
+    )
     # The caption printed on the grid, repeated here: what was pinned, what is missing.
     for line in layouts[0].caption if layouts else []:
         print(line, file=sys.stderr)
     missing = _missing_images(store, exp.id)
     if missing:
-        print(f"mtp: warning: {len(missing)} done run(s) have no image file under {store.home.root} "
-              f"(e.g. run {missing[0]}); their cells are grey. Is this the data folder the engines write to?",
-              file=sys.stderr)
+        print(
+            f"mtp: warning: {len(missing)} done run(s) have no image file under {store.home.root} "
+            f"(e.g. run {missing[0]}); their cells are grey. Is this the data folder the engines write to?",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -161,6 +214,9 @@ def _missing_images(store, experiment_id: int) -> list[int]:
     from store.models import Run, RunStatus
 
     with store.session() as s:
-        rows = s.exec(select(Run.id, Run.image_path).where(Run.experiment_id == experiment_id,
-                                                           Run.status == RunStatus.DONE)).all()
+        rows = s.exec(
+            select(Run.id, Run.image_path).where(
+                Run.experiment_id == experiment_id, Run.status == RunStatus.DONE
+            )
+        ).all()
     return [rid for rid, rel in rows if not (rel and store.home.resolve_artifact(rel).is_file())]

@@ -3,6 +3,7 @@
 Each command module registers its own subcommands (`register(sub)`), and each handler takes
 (args, store) and returns an exit code. Imports stay lazy so `mtp --help` is instant.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,10 +26,17 @@ def build_parser() -> argparse.ArgumentParser:
         description="mtp headless commands: concepts, experiments, runs, queue control and export.",
     )
     parser.add_argument("--home", help="data folder (default: $MTP_HOME or the platform data dir)")
-    parser.add_argument("--db", help="database URL, e.g. postgresql+psycopg://user@host/mtp "
-                                     "(default: $MTP_DB_URL, else the SQLite file in the data folder)")
-    parser.add_argument("--demo", action="store_true", dest="use_demo",
-                        help="use the demo data folder (<data folder>/demo, where `mtp demo` writes)")
+    parser.add_argument(
+        "--db",
+        help="database URL, e.g. postgresql+psycopg://user@host/mtp "
+        "(default: $MTP_DB_URL, else the SQLite file in the data folder)",
+    )
+    parser.add_argument(
+        "--demo",
+        action="store_true",
+        dest="use_demo",
+        help="use the demo data folder (<data folder>/demo, where `mtp demo` writes)",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
@@ -44,15 +52,17 @@ def main(argv: list[str] | None = None) -> int:
     import os
 
     from store.db import StoreError, open_store, use_db_url
-    from store.paths import set_umask
-    from store.paths import demo_home
-    from store.sweep.grammar import SweepError
+    from store.paths import demo_home, set_umask
     from store.queries import InputError
+    from store.sweep.grammar import SweepError
 
     # The demo lives in its own folder so it never mixes with real work.
     # (`mtp engine start --demo` too: like `mtp-engine --demo`, it serves the demo folder.)
-    demo = args.use_demo or getattr(args, "uses_demo_home", False) or (
-        args.command == "engine" and getattr(args, "demo", False))
+    demo = (
+        args.use_demo
+        or getattr(args, "uses_demo_home", False)
+        or (args.command == "engine" and getattr(args, "demo", False))
+    )
     args.use_demo = demo
     home = demo_home(args.home) if demo else args.home
     if demo and not args.db:

@@ -1,10 +1,11 @@
 """`mtp queue | cancel | requeue | priority | workers | engine`: drive the queue and the engines
 headless (over SSH, from scripts) exactly as the app does."""
+
 from __future__ import annotations
 
 import argparse
 import sys
-from datetime import timezone
+from datetime import UTC
 
 from store import queue as q
 from store.models import RunStatus, utcnow
@@ -16,14 +17,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("action", nargs="?", default="status", choices=["status", "pause", "resume"])
     p.set_defaults(func=cmd_queue)
 
-    p = sub.add_parser("cancel", help="cancel an experiment's unfinished runs, or single runs with --run")
+    p = sub.add_parser(
+        "cancel", help="cancel an experiment's unfinished runs, or single runs with --run"
+    )
     p.add_argument("experiment", nargs="?", help="experiment id or name")
     p.add_argument("--run", type=int, action="append", default=[], help="run id (repeatable)")
     p.set_defaults(func=cmd_cancel)
 
-    p = sub.add_parser("requeue", help="put an experiment's failed/cancelled runs (or single runs) back in the queue")
+    p = sub.add_parser(
+        "requeue",
+        help="put an experiment's failed/cancelled runs (or single runs) back in the queue",
+    )
     p.add_argument("experiment", nargs="?", help="experiment id or name")
-    p.add_argument("--status", default="failed,cancelled", help="comma separated: failed, cancelled, done")
+    p.add_argument(
+        "--status", default="failed,cancelled", help="comma separated: failed, cancelled, done"
+    )
     p.add_argument("--run", type=int, action="append", default=[], help="run id (repeatable)")
     p.set_defaults(func=cmd_requeue)
 
@@ -33,15 +41,28 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_priority)
 
     p = sub.add_parser("workers", help="engine workers: device, status, heartbeat, progress")
-    p.add_argument("--recover", action="store_true", help="first requeue runs of workers that stopped heartbeating")
+    p.add_argument(
+        "--recover",
+        action="store_true",
+        help="first requeue runs of workers that stopped heartbeating",
+    )
     p.set_defaults(func=cmd_workers)
 
     p = sub.add_parser("engine", help="start, stop or show detached engines on this machine")
     p.add_argument("action", choices=["start", "stop", "status"])
-    p.add_argument("--device", default=None, help="cuda:0, cpu, ... (start default: cpu; stop/status default: all)")
-    p.add_argument("--devices", default=None,
-                   help="start: one detached engine per device, e.g. cuda:0,cuda:1 or `all` (every GPU of this host)")
-    p.add_argument("--demo", action="store_true", help="serve the demo data folder with the offline tiny model")
+    p.add_argument(
+        "--device",
+        default=None,
+        help="cuda:0, cpu, ... (start default: cpu; stop/status default: all)",
+    )
+    p.add_argument(
+        "--devices",
+        default=None,
+        help="start: one detached engine per device, e.g. cuda:0,cuda:1 or `all` (every GPU of this host)",
+    )
+    p.add_argument(
+        "--demo", action="store_true", help="serve the demo data folder with the offline tiny model"
+    )
     p.add_argument("--max-batch", type=int, default=None)
     p.set_defaults(func=cmd_engine)
 
@@ -56,7 +77,7 @@ def _experiment(store, ref: str):
 def _age(dt) -> str:
     if dt is None:
         return "-"
-    dt = dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
+    dt = dt if dt.tzinfo else dt.replace(tzinfo=UTC)
     s = (utcnow() - dt).total_seconds()
     return f"{s:.0f}s ago" if s < 120 else f"{s / 60:.0f}m ago"
 
@@ -87,7 +108,9 @@ def cmd_cancel(args, store) -> int:
         res = q.cancel_experiment(store, _experiment(store, args.experiment).id)
     else:
         raise InputError("cancel: give an experiment or --run ID")
-    print(f"cancelled {res['cancelled']} queued run(s); {res['requested']} running run(s) will stop at their next step")
+    print(
+        f"cancelled {res['cancelled']} queued run(s); {res['requested']} running run(s) will stop at their next step"
+    )
     return 0
 
 
@@ -98,7 +121,9 @@ def cmd_requeue(args, store) -> int:
         statuses = [s.strip() for s in args.status.split(",") if s.strip()]
         bad = [s for s in statuses if s not in RunStatus.FINISHED]
         if bad:
-            raise InputError(f"--status: {', '.join(bad)} cannot be requeued (use failed, cancelled or done)")
+            raise InputError(
+                f"--status: {', '.join(bad)} cannot be requeued (use failed, cancelled or done)"
+            )
         n = q.requeue(store, _experiment(store, args.experiment).id, statuses)
     else:
         raise InputError("requeue: give an experiment or --run ID")
@@ -116,17 +141,23 @@ def cmd_priority(args, store) -> int:
 def cmd_workers(args, store) -> int:
     if args.recover:
         rec = q.recover_stale(store)
-        print(f"requeued {len(rec.requeued)} run(s), failed {len(rec.failed)} (dead workers: {len(rec.dead_workers)})")
+        print(
+            f"requeued {len(rec.requeued)} run(s), failed {len(rec.failed)} (dead workers: {len(rec.dead_workers)})"
+        )
     workers = q.list_workers(store)
     if not workers:
         print("no workers have run on this database")
         return 0
-    print(f"{'worker':40} {'device':8} {'status':8} {'heartbeat':10} {'run':>6} {'step':>9} {'it/s':>6}  message")
+    print(
+        f"{'worker':40} {'device':8} {'status':8} {'heartbeat':10} {'run':>6} {'step':>9} {'it/s':>6}  message"
+    )
     for w in workers:
         step = f"{w.step}/{w.total_steps}" if w.total_steps else "-"
         rate = f"{w.its_per_s:.2f}" if w.its_per_s else "-"
-        print(f"{w.id[:40]:40} {w.device:8} {w.status:8} {_age(w.heartbeat_at):10} {w.current_run_id or '-':>6} "
-              f"{step:>9} {rate:>6}  {w.message}")
+        print(
+            f"{w.id[:40]:40} {w.device:8} {w.status:8} {_age(w.heartbeat_at):10} {w.current_run_id or '-':>6} "
+            f"{step:>9} {rate:>6}  {w.message}"
+        )
     return 0
 
 
@@ -140,7 +171,9 @@ def cmd_engine(args, store) -> int:
         device = args.device or "cpu"
         extra = ["--max-batch", str(args.max_batch)] if args.max_batch else []
         try:
-            pid = start_engine(home, device=device, demo=args.demo or args.use_demo, extra_args=extra)
+            pid = start_engine(
+                home, device=device, demo=args.demo or args.use_demo, extra_args=extra
+            )
         except EngineError as exc:
             print(f"mtp: {exc}", file=sys.stderr)
             return 1
@@ -152,7 +185,10 @@ def cmd_engine(args, store) -> int:
             print("no engine is running" + (f" on {args.device}" if args.device else ""))
             return 1
         left = engine_running(home, args.device)
-        print(f"stopped engine pid(s) {', '.join(map(str, pids))}" + (" (still finishing)" if left else ""))
+        print(
+            f"stopped engine pid(s) {', '.join(map(str, pids))}"
+            + (" (still finishing)" if left else "")
+        )
         return 0
     running = engine_running(home, args.device)
     if not running:

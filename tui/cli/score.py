@@ -5,6 +5,7 @@ The command only writes a ScoreRequest (store.scoring); an engine does the work,
 it has nothing to generate; with none running here, a detached score-only engine
 (`mtp-engine --score-only --once`) is started for it and exits when the work is done.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -16,17 +17,35 @@ from store.queries import InputError, experiment_by_ref
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("score", help="score an experiment's existing images (no regeneration) on an engine")
+    p = sub.add_parser(
+        "score", help="score an experiment's existing images (no regeneration) on an engine"
+    )
     p.add_argument("experiment", help="experiment id or name")
-    p.add_argument("--metric", action="append", default=[],
-                   help="metric family: clip, dino, dreamsim (repeatable or comma separated; default clip,dino)")
-    p.add_argument("--rescore", action="store_true",
-                   help="replace existing scores of these metrics (default: score only runs that lack them)")
-    p.add_argument("--device", default="cpu", help="device of the score-only engine started when none runs (default cpu)")
-    p.add_argument("--demo", action="store_true",
-                   help="score with the tiny offline backbones (automatic for experiments on the demo model)")
+    p.add_argument(
+        "--metric",
+        action="append",
+        default=[],
+        help="metric family: clip, dino, dreamsim (repeatable or comma separated; default clip,dino)",
+    )
+    p.add_argument(
+        "--rescore",
+        action="store_true",
+        help="replace existing scores of these metrics (default: score only runs that lack them)",
+    )
+    p.add_argument(
+        "--device",
+        default="cpu",
+        help="device of the score-only engine started when none runs (default cpu)",
+    )
+    p.add_argument(
+        "--demo",
+        action="store_true",
+        help="score with the tiny offline backbones (automatic for experiments on the demo model)",
+    )
     p.add_argument("--no-wait", action="store_true", help="queue the request and return at once")
-    p.add_argument("--timeout", type=float, default=None, help="stop waiting after this many seconds")
+    p.add_argument(
+        "--timeout", type=float, default=None, help="stop waiting after this many seconds"
+    )
     p.set_defaults(func=cmd_score)
 
 
@@ -58,8 +77,10 @@ def cmd_score(args, store) -> int:
     families = parse_families(",".join(args.metric) if args.metric else None)
     req, created = request_scoring(store, exp.id, families, rescore=args.rescore)
     what = ",".join(families) + (" (rescore)" if args.rescore else "")
-    print(f"score request #{req.id} for experiment {exp.id} ({exp.name}): {what}"
-          + ("" if created else " (already queued)"))
+    print(
+        f"score request #{req.id} for experiment {exp.id} ({exp.name}): {what}"
+        + ("" if created else " (already queued)")
+    )
     home = store.home
     demo = args.demo or _on_demo_model(store, exp.id)
     extra = ["--score-only", "--once", "--metrics", ",".join(families)]
@@ -71,7 +92,9 @@ def cmd_score(args, store) -> int:
         except EngineError as exc:
             print(f"mtp: {exc}", file=sys.stderr)
             return False
-        print(f"started a score-only engine on {args.device}{' (demo scorer)' if demo else ''}: pid {pid}")
+        print(
+            f"started a score-only engine on {args.device}{' (demo scorer)' if demo else ''}: pid {pid}"
+        )
         return True
 
     started = False
@@ -88,7 +111,9 @@ def cmd_score(args, store) -> int:
     while True:
         cur = get_request(store, req.id)
         if cur.status == ScoreRequestStatus.QUEUED:
-            line = "waiting for an engine" + (" (the queue is paused: mtp queue resume)" if is_paused(store) else "")
+            line = "waiting for an engine" + (
+                " (the queue is paused: mtp queue resume)" if is_paused(store) else ""
+            )
         else:
             line = f"scored {cur.scored + cur.failed}/{cur.total} run(s)"
         if line != last:
@@ -96,13 +121,20 @@ def cmd_score(args, store) -> int:
             last = line
         if cur.status == ScoreRequestStatus.DONE:
             note = f", {cur.failed} not scorable (see `mtp runs`)" if cur.failed else ""
-            print(f"done: {cur.scored} run(s) scored{note}" if cur.total else
-                  "nothing to score: every done run already has these scores")
+            print(
+                f"done: {cur.scored} run(s) scored{note}"
+                if cur.total
+                else "nothing to score: every done run already has these scores"
+            )
             return 0 if not cur.failed else 1
         if cur.status == ScoreRequestStatus.FAILED:
             print(f"mtp: scoring failed: {cur.error}", file=sys.stderr)
             return 1
-        if cur.status == ScoreRequestStatus.QUEUED and not engine_running(home) and not _live_engines(store):
+        if (
+            cur.status == ScoreRequestStatus.QUEUED
+            and not engine_running(home)
+            and not _live_engines(store)
+        ):
             if not started:
                 # The engine seen running at first has exited (e.g. a --once engine finishing).
                 if not start():
@@ -112,12 +144,19 @@ def cmd_score(args, store) -> int:
                 continue
             if started:
                 log = tail(log_path(home, args.device), 8)
-                print(f"mtp: the score-only engine exited without taking the request:\n{log}", file=sys.stderr)
+                print(
+                    f"mtp: the score-only engine exited without taking the request:\n{log}",
+                    file=sys.stderr,
+                )
             else:
-                print("mtp: no engine is running to take the request; start one with `mtp engine start`",
-                      file=sys.stderr)
+                print(
+                    "mtp: no engine is running to take the request; start one with `mtp engine start`",
+                    file=sys.stderr,
+                )
             return 1
         if deadline is not None and time.monotonic() > deadline:
-            print(f"still {line}; the request stays queued (check with `mtp score {exp.id} --no-wait`)")
+            print(
+                f"still {line}; the request stays queued (check with `mtp score {exp.id} --no-wait`)"
+            )
             return 0
         time.sleep(0.5)

@@ -1,7 +1,8 @@
 """What every screen shares: access to the store and value formatting."""
+
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from textual import work
 from textual.message import Message
@@ -76,8 +77,8 @@ def age(ts: datetime | None) -> str:
     if ts is None:
         return "-"
     if ts.tzinfo is None:  # SQLite drops the zone; the store writes UTC
-        ts = ts.replace(tzinfo=timezone.utc)
-    s = (datetime.now(timezone.utc) - ts).total_seconds()
+        ts = ts.replace(tzinfo=UTC)
+    s = (datetime.now(UTC) - ts).total_seconds()
     if s < 90:
         return f"{s:.0f}s"
     if s < 5400:

@@ -1,5 +1,6 @@
 """Concept editor: name, token, class word, reference images from a file browser (checked and
 shown as thumbnails, rejected with the reason), personalization weights and base model."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -47,21 +48,46 @@ class ConceptScreen(StoreScreen):
         yield Header()
         with Horizontal(id="concept-body"):
             with Vertical(id="concept-tree"):
-                yield Label("Files (enter adds an image; ctrl+g: folder up; ctrl+l: type a path)", classes="field-label")
-                yield Input(str(self.start_dir), placeholder="a folder to browse or an image to add",
-                            id="tree-path", compact=True)
+                yield Label(
+                    "Files (enter adds an image; ctrl+g: folder up; ctrl+l: type a path)",
+                    classes="field-label",
+                )
+                yield Input(
+                    str(self.start_dir),
+                    placeholder="a folder to browse or an image to add",
+                    id="tree-path",
+                    compact=True,
+                )
                 yield DirectoryTree(str(self.start_dir), id="tree")
             with VerticalScroll(id="concept-form"):
                 yield Field("name", "Name", placeholder="e.g. corgi")
                 yield Field("token", "Token", placeholder="written in prompts, e.g. <new1> or sks")
-                yield Field("class_word", "Class word", placeholder="replaces the token when CLIP-T is scored, e.g. dog")
-                yield Field("base_model", "Base model", DEFAULT_MODEL, placeholder="hub id (org/name) or a local folder")
-                yield Field("weights", "Weights file", placeholder="personalization weights, e.g. delta.bin")
+                yield Field(
+                    "class_word",
+                    "Class word",
+                    placeholder="replaces the token when CLIP-T is scored, e.g. dog",
+                )
+                yield Field(
+                    "base_model",
+                    "Base model",
+                    DEFAULT_MODEL,
+                    placeholder="hub id (org/name) or a local folder",
+                )
+                yield Field(
+                    "weights", "Weights file", placeholder="personalization weights, e.g. delta.bin"
+                )
                 with Horizontal(classes="field-line"):
                     yield Label("Weights kind", classes="field-label")
-                    yield Select([(k, k) for k in WEIGHT_KINDS], value="none", allow_blank=False,
-                                 id="weights_kind", compact=True)
-                yield Label("Reference images (delete removes the focused one)", classes="field-label")
+                    yield Select(
+                        [(k, k) for k in WEIGHT_KINDS],
+                        value="none",
+                        allow_blank=False,
+                        id="weights_kind",
+                        compact=True,
+                    )
+                yield Label(
+                    "Reference images (delete removes the focused one)", classes="field-label"
+                )
                 yield Horizontal(id="ref-images")
                 yield Static("", id="concept-status")
                 yield Button("Save concept (ctrl+s)", id="save", variant="primary")
@@ -78,8 +104,12 @@ class ConceptScreen(StoreScreen):
 
     # ------------------------------------------------------------------ the unsaved form
     def _snapshot(self) -> dict:
-        return {"concept_id": self.concept_id, "fields": {f.field_name: f.value for f in self.query(Field)},
-                "weights_kind": self.query_one("#weights_kind", Select).value, "images": list(self.images)}
+        return {
+            "concept_id": self.concept_id,
+            "fields": {f.field_name: f.value for f in self.query(Field)},
+            "weights_kind": self.query_one("#weights_kind", Select).value,
+            "images": list(self.images),
+        }
 
     def _restore(self, draft: dict) -> None:
         fields = fields_by_name(self)
@@ -109,8 +139,13 @@ class ConceptScreen(StoreScreen):
         self.post_message(self.Saved(get_concept(self.store, concept_id), loaded=True))
 
     def _fill(self, concept) -> None:
-        values = {"name": concept.name, "token": concept.token, "class_word": concept.class_word,
-                  "base_model": concept.base_model, "weights": concept.weights_path or ""}
+        values = {
+            "name": concept.name,
+            "token": concept.token,
+            "class_word": concept.class_word,
+            "base_model": concept.base_model,
+            "weights": concept.weights_path or "",
+        }
         fields = fields_by_name(self)
         for name, value in values.items():
             fields[name].value = value
@@ -215,7 +250,9 @@ class ConceptScreen(StoreScreen):
             field.show_error(exc)
             return
         local = Path(event.value).expanduser().is_dir()
-        field.show_info("local folder found" if local else "hub id: checked when an engine loads it")
+        field.show_info(
+            "local folder found" if local else "hub id: checked when an engine loads it"
+        )
 
     @on(Button.Pressed, "#save")
     def action_save(self) -> None:
@@ -229,9 +266,17 @@ class ConceptScreen(StoreScreen):
         from store.queries import InputError, save_concept
 
         try:
-            concept = save_concept(self.store, v["name"], token=v["token"], class_word=v["class_word"],
-                                   ref_images=images, weights_path=v["weights"].strip() or None,
-                                   weights_kind=kind, base_model=v["base_model"], concept_id=self.concept_id)
+            concept = save_concept(
+                self.store,
+                v["name"],
+                token=v["token"],
+                class_word=v["class_word"],
+                ref_images=images,
+                weights_path=v["weights"].strip() or None,
+                weights_kind=kind,
+                base_model=v["base_model"],
+                concept_id=self.concept_id,
+            )
         except InputError as exc:
             self.post_message(self.Saved(error=exc))
             return

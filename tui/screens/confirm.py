@@ -1,4 +1,5 @@
 """A yes/no question before anything destructive (cancel, delete, requeue that drops scores)."""
+
 from __future__ import annotations
 
 from rich.text import Text
@@ -25,8 +26,12 @@ class ConfirmScreen(ModalScreen[bool]):
     def compose(self) -> ComposeResult:
         with Vertical(id="confirm-box"):
             yield Static(Text(self.question), id="confirm-question")
-            yield Static(Text.assemble(("y", "bold"), f"/enter: {self.yes}    ", ("n", "bold"), "/esc: keep as is"),
-                         id="confirm-keys")
+            yield Static(
+                Text.assemble(
+                    ("y", "bold"), f"/enter: {self.yes}    ", ("n", "bold"), "/esc: keep as is"
+                ),
+                id="confirm-keys",
+            )
 
     def action_answer(self, answer: bool) -> None:
         self.dismiss(answer)

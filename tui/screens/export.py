@@ -1,4 +1,5 @@
 """Export dialog: runs CSV, summary CSV, trade-off plot PNG and image grid PNG into a folder."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -24,8 +25,14 @@ KINDS = [
 ]
 
 
-def run_exports(store, experiment_id: int, folder: Path, by: str, kinds: list[str],
-                grid_options: dict | None = None) -> list[tuple[str, str, bool]]:
+def run_exports(
+    store,
+    experiment_id: int,
+    folder: Path,
+    by: str,
+    kinds: list[str],
+    grid_options: dict | None = None,
+) -> list[tuple[str, str, bool]]:
     """(kind, path or error, ok) per requested export; one failure does not stop the others.
     ``grid_options``: x, z, pins, seeds of the image grid (as chosen on the Results screen)."""
     from store.report import export
@@ -36,7 +43,9 @@ def run_exports(store, experiment_id: int, folder: Path, by: str, kinds: list[st
         if kind not in kinds:
             continue
         try:
-            name = export.default_name(store, experiment_id, kind, suffix, by if needs_axis else None)
+            name = export.default_name(
+                store, experiment_id, kind, suffix, by if needs_axis else None
+            )
             args = (store, experiment_id, by, name) if needs_axis else (store, experiment_id, name)
             extra: dict = {}
             layouts: list = []
@@ -77,8 +86,12 @@ class ExportScreen(ModalScreen):
 
     def compose(self) -> ComposeResult:
         with Vertical(id="export-box"):
-            yield Label(f"Export experiment {self.experiment_id}" if self.experiment_id is not None
-                        else "[yellow]No experiment selected: pick one on Home first[/]", id="export-title")
+            yield Label(
+                f"Export experiment {self.experiment_id}"
+                if self.experiment_id is not None
+                else "[yellow]No experiment selected: pick one on Home first[/]",
+                id="export-title",
+            )
             yield Label("Folder")
             yield Input(str(self.store.home.exports), id="export-folder", compact=True)
             yield Label("Group by (summary, plot, grid)")
@@ -103,14 +116,18 @@ class ExportScreen(ModalScreen):
                 select.set_options([(a, a) for a in axes])
                 select.value = self.results_axis if self.results_axis in axes else axes[0]
                 self._show_grid_note()
-                self.query_one("#export-title", Label).update(f"Export [b]{escape(exp.name)}[/] (#{exp.id})")
+                self.query_one("#export-title", Label).update(
+                    f"Export [b]{escape(exp.name)}[/] (#{exp.id})"
+                )
         self.query_one("#export-go", Button).focus()
 
     def _take_results_choices(self) -> None:
         """Opened over Results for the same experiment: export the grid as shown there."""
         from .results import ResultsScreen
 
-        below = next((s for s in reversed(self.app.screen_stack[:-1]) if isinstance(s, ResultsScreen)), None)
+        below = next(
+            (s for s in reversed(self.app.screen_stack[:-1]) if isinstance(s, ResultsScreen)), None
+        )
         if below is not None and below.experiment_id == self.experiment_id:
             self.results_axis = below.by
             self.grid_options = below._grid_options()
@@ -119,9 +136,14 @@ class ExportScreen(ModalScreen):
         o = self.grid_options
         parts = [f"{k}={o[k]}" for k in ("x", "z", "seeds") if o.get(k)]
         pins = ", ".join(f"{a}={v}" for a, v in (o.get("pins") or {}).items())
-        text = ("Grid as chosen on Results: " + ", ".join(parts + ([f"pinned {pins}"] if pins else []))
-                if parts or pins else "Grid: rows = the axis above; other axes pinned to the first run's values")
-        self.query_one("#export-grid-note", Static).update(escape(text + " (pins are printed on the grid)"))
+        text = (
+            "Grid as chosen on Results: " + ", ".join(parts + ([f"pinned {pins}"] if pins else []))
+            if parts or pins
+            else "Grid: rows = the axis above; other axes pinned to the first run's values"
+        )
+        self.query_one("#export-grid-note", Static).update(
+            escape(text + " (pins are printed on the grid)")
+        )
 
     @on(Select.Changed, "#export-axis")
     def _axis_changed(self, event: Select.Changed) -> None:
@@ -149,7 +171,9 @@ class ExportScreen(ModalScreen):
     @work(thread=True, exclusive=True, group="export")
     def _export(self, folder: Path, by: str, kinds: list[str]) -> None:
         try:
-            results = run_exports(self.store, self.experiment_id, folder, by, kinds, self.grid_options)
+            results = run_exports(
+                self.store, self.experiment_id, folder, by, kinds, self.grid_options
+            )
         except OSError as exc:
             self.post_message(self.Done([], f"folder {folder}: {exc}"))
             return
@@ -161,5 +185,9 @@ class ExportScreen(ModalScreen):
         if message.error:
             log.update(f"[red]{escape(message.error)}[/]")
             return
-        log.update("\n".join(f"[green]✓ {k}: {escape(p)}[/]" if ok else f"[red]✗ {k}: {escape(p)}[/]"
-                             for k, p, ok in message.results))
+        log.update(
+            "\n".join(
+                f"[green]✓ {k}: {escape(p)}[/]" if ok else f"[red]✗ {k}: {escape(p)}[/]"
+                for k, p, ok in message.results
+            )
+        )

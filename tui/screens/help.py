@@ -1,4 +1,5 @@
 """Help (f1 / ?): the keys of the screen underneath and the global ones, with binding ids."""
+
 from __future__ import annotations
 
 from rich.table import Table
@@ -10,9 +11,16 @@ from textual.widgets import Static
 
 from .. import keymap
 
-SCOPES = {"HomeScreen": "home", "ConceptScreen": "concept", "SweepScreen": "sweep", "RunsScreen": "runs",
-          "RunDetailScreen": "detail", "CompareScreen": "detail", "ResultsScreen": "results",
-          "ExportScreen": "export"}
+SCOPES = {
+    "HomeScreen": "home",
+    "ConceptScreen": "concept",
+    "SweepScreen": "sweep",
+    "RunsScreen": "runs",
+    "RunDetailScreen": "detail",
+    "CompareScreen": "detail",
+    "ResultsScreen": "results",
+    "ExportScreen": "export",
+}
 
 
 class HelpScreen(ModalScreen):
@@ -30,10 +38,12 @@ class HelpScreen(ModalScreen):
             table.add_section()
             for keys, desc, bid in keymap.describe(scope):
                 table.add_row(keys.replace("_", " "), desc, bid)
-        text = ("\nctrl+p: command palette.  In tables: j/k move, g/G top/bottom, enter opens.\n"
-                "Sweep grammar: 20,25,50 | 4-50 (+5) | 0.1-0.5 [5] | encoder,decoder | {0,2,4} | up_blocks.3\n"
-                "Runs filter (/): words search prompts/tags/notes/errors; status=failed seed=1 "
-                "final_step=20 tag=good marked=1 exp=3")
+        text = (
+            "\nctrl+p: command palette.  In tables: j/k move, g/G top/bottom, enter opens.\n"
+            "Sweep grammar: 20,25,50 | 4-50 (+5) | 0.1-0.5 [5] | encoder,decoder | {0,2,4} | up_blocks.3\n"
+            "Runs filter (/): words search prompts/tags/notes/errors; status=failed seed=1 "
+            "final_step=20 tag=good marked=1 exp=3"
+        )
         with VerticalScroll(id="help-body"):
             yield Static(table)
             yield Static(text)

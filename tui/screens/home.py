@@ -1,4 +1,5 @@
 """Home: concepts, experiments with progress, the queue and its workers; engine control."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -42,15 +43,27 @@ def best_points(store, experiment_ids: list[int]) -> dict[int, tuple[int, float,
 
     t = func.avg(case((Score.metric == "clip_t", Score.value))).label("t")
     i = func.avg(case((Score.metric == "clip_i_ref", Score.value))).label("i")
-    per_run = (select(Run.experiment_id.label("exp"), Run.id.label("run"), t, i)
-               .join(Score, Score.run_id == Run.id)
-               .where(col(Run.experiment_id).in_(experiment_ids), Run.is_baseline == False,  # noqa: E712
-                      col(Score.metric).in_(["clip_t", "clip_i_ref"]))
-               .group_by(Run.id).subquery())
-    rank = func.row_number().over(partition_by=per_run.c.exp,
-                                  order_by=(per_run.c.t + per_run.c.i).desc()).label("rank")
-    ranked = (select(per_run.c.exp, per_run.c.run, per_run.c.t, per_run.c.i, rank)
-              .where(per_run.c.t.is_not(None), per_run.c.i.is_not(None)).subquery())
+    per_run = (
+        select(Run.experiment_id.label("exp"), Run.id.label("run"), t, i)
+        .join(Score, Score.run_id == Run.id)
+        .where(
+            col(Run.experiment_id).in_(experiment_ids),
+            Run.is_baseline == False,  # noqa: E712
+            col(Score.metric).in_(["clip_t", "clip_i_ref"]),
+        )
+        .group_by(Run.id)
+        .subquery()
+    )
+    rank = (
+        func.row_number()
+        .over(partition_by=per_run.c.exp, order_by=(per_run.c.t + per_run.c.i).desc())
+        .label("rank")
+    )
+    ranked = (
+        select(per_run.c.exp, per_run.c.run, per_run.c.t, per_run.c.i, rank)
+        .where(per_run.c.t.is_not(None), per_run.c.i.is_not(None))
+        .subquery()
+    )
     q = select(ranked.c.exp, ranked.c.run, ranked.c.t, ranked.c.i).where(ranked.c.rank == 1)
     with store.session() as s:
         return {exp: (run, tv, iv) for exp, run, tv, iv in s.execute(q)}
@@ -105,8 +118,10 @@ class HomeScreen(StoreScreen):
                 yield Static("Concepts  [dim](enter: edit, c: new)[/]", classes="pane-title")
                 yield FastTable(id="concepts", cursor_type="row", zebra_stripes=True)
             with Vertical(id="experiments-pane"):
-                yield Static("Experiments  [dim](enter: runs, e: results, E: edit/duplicate, D: delete)[/]",
-                             classes="pane-title")
+                yield Static(
+                    "Experiments  [dim](enter: runs, e: results, E: edit/duplicate, D: delete)[/]",
+                    classes="pane-title",
+                )
                 yield FastTable(id="experiments", cursor_type="row", zebra_stripes=True)
         yield Static("Workers", classes="pane-title")
         yield FastTable(id="workers", cursor_type="row")
@@ -115,9 +130,11 @@ class HomeScreen(StoreScreen):
     def on_mount(self) -> None:
         self.query_one("#concepts", DataTable).add_columns("id", "name", "token", "refs")
         self.query_one("#experiments", DataTable).add_columns(
-            "id", "name", "status", "done/N", "failed", "running", "best (T, I)", "tags")
+            "id", "name", "status", "done/N", "failed", "running", "best (T, I)", "tags"
+        )
         self.query_one("#workers", DataTable).add_columns(
-            "host", "device", "status", "run", "step", "it/s", "heartbeat", "id")
+            "host", "device", "status", "run", "step", "it/s", "heartbeat", "id"
+        )
         self.query_one("#experiments", DataTable).focus()
         # The first load is synchronous (tens of ms even on 100k runs, and WAL reads never wait
         # on an engine's writes) so the first frame already has data; a worker would be starved
@@ -154,9 +171,17 @@ class HomeScreen(StoreScreen):
             self._compute_best(key, [r.experiment.id for r in data.experiments if r.done])
         parts = []
         if data.paused is not None:
-            parts.append("[b red]queue PAUSED[/] (p: resume)" if data.paused else "[green]queue running[/] (p: pause)")
+            parts.append(
+                "[b red]queue PAUSED[/] (p: resume)"
+                if data.paused
+                else "[green]queue running[/] (p: pause)"
+            )
         if data.engines is not None:
-            parts.append(f"engines: {len(data.engines)} running" if data.engines else "engines: none (S: start)")
+            parts.append(
+                f"engines: {len(data.engines)} running"
+                if data.engines
+                else "engines: none (S: start)"
+            )
         queued = sum(r.counts.get("queued", 0) for r in data.experiments)
         running = sum(r.counts.get("running", 0) for r in data.experiments)
         parts.append(f"{queued} queued, {running} running")
@@ -165,20 +190,38 @@ class HomeScreen(StoreScreen):
         if self.app.demo:
             from store.demo import DEMO_BANNER
 
-            hint = ("  The demo engine is running." if data.engines
-                    else "  Press S to start the demo engine.")
+            hint = (
+                "  The demo engine is running."
+                if data.engines
+                else "  Press S to start the demo engine."
+            )
             self.query_one("#demo-banner", Static).update(DEMO_BANNER + hint)
 
-        self._fill("#concepts", [
-            (str(c.id), (c.id, c.name, c.token, len(c.ref_images))) for c in data.concepts])
+        self._fill(
+            "#concepts",
+            [(str(c.id), (c.id, c.name, c.token, len(c.ref_images))) for c in data.concepts],
+        )
         rows = []
         for r in data.experiments:
             e = r.experiment
             best = data.best.get(e.id)
             best_txt = f"#{best[0]} {best[1]:.3f}, {best[2]:.3f}" if best else "-"
             total = r.total or e.run_count
-            rows.append((str(e.id), (e.id, e.name, r.state, f"{r.done}/{total}", r.failed or "",
-                                     r.counts.get("running", 0) or "", best_txt, e.tags)))
+            rows.append(
+                (
+                    str(e.id),
+                    (
+                        e.id,
+                        e.name,
+                        r.state,
+                        f"{r.done}/{total}",
+                        r.failed or "",
+                        r.counts.get("running", 0) or "",
+                        best_txt,
+                        e.tags,
+                    ),
+                )
+            )
         self._fill("#experiments", rows)
         wrows = []
         prev_host = None
@@ -189,8 +232,21 @@ class HomeScreen(StoreScreen):
             prev_host = w.host
             # A paused engine (disk full, read-only folder) says why right in its status cell.
             status = f"{w.status}: {w.message}" if w.status == "paused" else w.status
-            wrows.append((w.id, (host, w.device, status, w.current_run_id or "-", step, its, age(w.heartbeat_at),
-                                 w.id)))
+            wrows.append(
+                (
+                    w.id,
+                    (
+                        host,
+                        w.device,
+                        status,
+                        w.current_run_id or "-",
+                        step,
+                        its,
+                        age(w.heartbeat_at),
+                        w.id,
+                    ),
+                )
+            )
         if data.workers is None:
             wrows = [("-", ("store.queue not available", "", "", "", "", "", "", ""))]
         self._fill("#workers", wrows)
@@ -300,8 +356,8 @@ class HomeScreen(StoreScreen):
         exp_id = self._selected("#experiments")
         if exp_id is None:
             return
-        from store.sweep.grammar import SweepError
         from store.queries import InputError, queue_experiment
+        from store.sweep.grammar import SweepError
 
         try:
             exp = queue_experiment(self.store, exp_id)
@@ -342,13 +398,18 @@ class HomeScreen(StoreScreen):
             from store import queue
 
             n = queue.cancel_experiment(self.store, row.experiment.id)
-            self.notify(f"cancelled {n['cancelled']} queued runs; {n['requested']} running runs stop after their step")
+            self.notify(
+                f"cancelled {n['cancelled']} queued runs; {n['requested']} running runs stop after their step"
+            )
             self.refresh_data()
 
-        self.app.confirm(f"Cancel experiment #{row.experiment.id} {row.experiment.name!r}?\n"
-                         f"{row.counts.get('queued', 0)} queued runs are cancelled now, "
-                         f"{row.counts.get('running', 0)} running runs stop after their current step.",
-                         cancel, yes="cancel them")
+        self.app.confirm(
+            f"Cancel experiment #{row.experiment.id} {row.experiment.name!r}?\n"
+            f"{row.counts.get('queued', 0)} queued runs are cancelled now, "
+            f"{row.counts.get('running', 0)} running runs stop after their current step.",
+            cancel,
+            yes="cancel them",
+        )
 
     def action_delete_experiment(self) -> None:
         row = self._selected_row()
@@ -366,9 +427,13 @@ class HomeScreen(StoreScreen):
             self.notify(escape(f"deleted {row.experiment.name!r} and its {n} runs"))
             self.refresh_data()
 
-        self.app.confirm(f"Delete experiment #{row.experiment.id} {row.experiment.name!r}?\n"
-                         f"Its {row.total} runs, their scores and their images are removed for good. "
-                         f"(A: archive hides it and keeps everything.)", delete, yes="delete")
+        self.app.confirm(
+            f"Delete experiment #{row.experiment.id} {row.experiment.name!r}?\n"
+            f"Its {row.total} runs, their scores and their images are removed for good. "
+            f"(A: archive hides it and keeps everything.)",
+            delete,
+            yes="delete",
+        )
 
     def action_archive_experiment(self) -> None:
         row = self._selected_row()
@@ -383,14 +448,21 @@ class HomeScreen(StoreScreen):
             except InputError as exc:
                 self.notify(escape(str(exc)), severity="error", timeout=8)
                 return
-            self.notify(escape(f"archived {row.experiment.name!r} (mtp experiment archive --undo brings it back)"))
+            self.notify(
+                escape(
+                    f"archived {row.experiment.name!r} (mtp experiment archive --undo brings it back)"
+                )
+            )
             self.refresh_data()
 
         queued = row.counts.get("queued", 0)
-        self.app.confirm(f"Archive experiment #{row.experiment.id} {row.experiment.name!r}?\n"
-                         f"It leaves Home; runs, scores and images stay"
-                         + (f", and its {queued} queued runs are cancelled." if queued else "."),
-                         archive, yes="archive")
+        self.app.confirm(
+            f"Archive experiment #{row.experiment.id} {row.experiment.name!r}?\n"
+            f"It leaves Home; runs, scores and images stay"
+            + (f", and its {queued} queued runs are cancelled." if queued else "."),
+            archive,
+            yes="archive",
+        )
 
 
 def _default_device() -> str:

@@ -1,4 +1,5 @@
 """Pick one item from a short list by name (sort column, experiment), or None on escape."""
+
 from __future__ import annotations
 
 from rich.text import Text
@@ -22,8 +23,10 @@ class PickScreen(ModalScreen[str | None]):
     def compose(self) -> ComposeResult:
         with Vertical(id="pick-box"):
             yield Label(self.title_text)
-            yield OptionList(*[Option(Text(label), id=f"opt-{i}") for i, (_, label) in enumerate(self.items)],
-                             id="pick-list")
+            yield OptionList(
+                *[Option(Text(label), id=f"opt-{i}") for i, (_, label) in enumerate(self.items)],
+                id="pick-list",
+            )
 
     def on_mount(self) -> None:
         values = [v for v, _ in self.items]

@@ -1,4 +1,5 @@
 """A one-line question (tag, note, filter text) returning the typed text, or None on escape."""
+
 from __future__ import annotations
 
 from textual import on

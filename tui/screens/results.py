@@ -5,6 +5,7 @@ The line under the title states the table's statistical unit, the scale and what
 compares against; rows missing a concept or runs are marked. The grid's rows follow the table's
 axis; its columns, optional panels (z), pinned values and seed layout are chosen in the selects
 above it, and the pins it used are printed with it."""
+
 from __future__ import annotations
 
 import threading
@@ -40,7 +41,9 @@ def axes_for(spec_json: str) -> list[str]:
     # Seeds and prompts are replicates to average over, so the control axes come first.
     rename = {"seeds": "seed"}
     swept = [rename.get(a, a) for a in swept]
-    out = [a for a in swept if a not in ("seed", "target_prompt")] + [a for a in swept if a in ("seed", "target_prompt")]
+    out = [a for a in swept if a not in ("seed", "target_prompt")] + [
+        a for a in swept if a in ("seed", "target_prompt")
+    ]
     return out + [a for a in FALLBACK_AXES if a not in out]
 
 
@@ -50,8 +53,18 @@ class ResultsScreen(StoreScreen):
     KEPT = True  # F7 reopens this screen as it was left (see on_screen_resume)
 
     class Loaded(Message):
-        def __init__(self, experiment=None, axes=(), rows=(), grid=None, grid_note="", error="", by="",
-                     shown=None, layout=None):
+        def __init__(
+            self,
+            experiment=None,
+            axes=(),
+            rows=(),
+            grid=None,
+            grid_note="",
+            error="",
+            by="",
+            shown=None,
+            layout=None,
+        ):
             super().__init__()
             self.shown = shown  # set once the table is painted, so the worker may go on to the grid
             self.layout = layout  # the grid when it was ready at once (unchanged since last drawn)
@@ -98,8 +111,13 @@ class ResultsScreen(StoreScreen):
                     yield Select([], prompt="default", id="grid-x", compact=True)
                     yield Static("z", classes="grid-label")
                     yield Select([], prompt="none", id="grid-z", compact=True)
-                    yield Select([("seed pinned", "pinned"), ("row per seed", "each")], id="grid-seeds",
-                                 value="pinned", allow_blank=False, compact=True)
+                    yield Select(
+                        [("seed pinned", "pinned"), ("row per seed", "each")],
+                        id="grid-seeds",
+                        value="pinned",
+                        allow_blank=False,
+                        compact=True,
+                    )
                 with Horizontal(classes="grid-controls"):
                     yield Static("pin", classes="grid-label")
                     yield Select([], prompt="axis", id="grid-pin-axis", compact=True)
@@ -132,7 +150,11 @@ class ResultsScreen(StoreScreen):
         taken = {self.by, self.grid_x, self.grid_z}
         x = self.grid_x if self.grid_x != self.by else None
         z = self.grid_z if self.grid_z not in (self.by, x) else None
-        pins = {a: v for a, v in self.pins.items() if a not in taken and not (a == "seed" and self.seeds == "each")}
+        pins = {
+            a: v
+            for a, v in self.pins.items()
+            if a not in taken and not (a == "seed" and self.seeds == "each")
+        }
         seeds = self.seeds if "seed" not in taken else None
         return dict(x=x, z=z, pins=pins, seeds=seeds)
 
@@ -179,7 +201,9 @@ class ResultsScreen(StoreScreen):
 
     def _after_quiet(self) -> None:
         self._deferred = None
-        if self.experiment_id is not None and self.is_current:  # a suspended screen checks on resume
+        if (
+            self.experiment_id is not None and self.is_current
+        ):  # a suspended screen checks on resume
             self._reload_if_changed(self.experiment_id)
 
     class Stale(Message):
@@ -201,8 +225,14 @@ class ResultsScreen(StoreScreen):
 
         from .pick import PickScreen
 
-        items = [(str(r.experiment.id), f"#{r.experiment.id} {r.experiment.name}  [{r.state}, {r.done}/{r.total} done]")
-                 for r in list_experiments(self.store) if r.experiment.status != "draft"]
+        items = [
+            (
+                str(r.experiment.id),
+                f"#{r.experiment.id} {r.experiment.name}  [{r.state}, {r.done}/{r.total} done]",
+            )
+            for r in list_experiments(self.store)
+            if r.experiment.status != "draft"
+        ]
         if not items:
             self.notify("no queued experiments yet")
             return
@@ -248,15 +278,29 @@ class ResultsScreen(StoreScreen):
             return
         options = dict(grid_options or {})
         # A grid drawn since the last change comes with the table: one paint, no second pass.
-        kept = render_grid(self.store, experiment_id, by, only_cached=True, **options) if rows else None
+        kept = (
+            render_grid(self.store, experiment_id, by, only_cached=True, **options)
+            if rows
+            else None
+        )
         if kept is not None:
             self.post_message(self.Loaded(exp, axes, rows, by=by, layout=kept))
             return
         # The table and the plot first: the image grid reads every run and image and comes after.
         shown = threading.Event()
-        self.post_message(self.Loaded(exp, axes, rows, None, "rendering the image grid..." if rows else
-                                      "no finished runs yet: the grid appears as runs complete", by=by,
-                                      shown=shown))
+        self.post_message(
+            self.Loaded(
+                exp,
+                axes,
+                rows,
+                None,
+                "rendering the image grid..."
+                if rows
+                else "no finished runs yet: the grid appears as runs complete",
+                by=by,
+                shown=shown,
+            )
+        )
         if not rows:
             return
         # Planning the grid holds the GIL for a second on a big sweep, which would keep the event
@@ -270,7 +314,9 @@ class ResultsScreen(StoreScreen):
             try:
                 layout = render_grid(self.store, experiment_id, by, **options)
             except InputError as exc:  # a pin from another axis choice: show the defaults, say why
-                layout = render_grid(self.store, experiment_id, by, x=options.get("x"), z=options.get("z"))
+                layout = render_grid(
+                    self.store, experiment_id, by, x=options.get("x"), z=options.get("z")
+                )
                 note = f"grid choices reset: {exc}"
             grid = layout.image
         except Exception as exc:  # a missing image or a run still running: the table still shows
@@ -280,7 +326,13 @@ class ResultsScreen(StoreScreen):
     class Grid(Message):
         def __init__(self, experiment_id, by, grid, note, layout):
             super().__init__()
-            self.experiment_id, self.by, self.grid, self.note, self.layout = experiment_id, by, grid, note, layout
+            self.experiment_id, self.by, self.grid, self.note, self.layout = (
+                experiment_id,
+                by,
+                grid,
+                note,
+                layout,
+            )
 
     def on_results_screen_grid(self, message: Grid) -> None:
         if (message.experiment_id, message.by) != (self.experiment_id, self.by):
@@ -294,7 +346,8 @@ class ResultsScreen(StoreScreen):
         if note and grid is not None:
             caption.append(f"[yellow]{escape(note)}[/]")
         self.query_one("#results-grid-caption", Static).update(
-            "\n".join(c if c.startswith("[yellow]") else escape(c) for c in caption))
+            "\n".join(c if c.startswith("[yellow]") else escape(c) for c in caption)
+        )
         self.query_one("#results-grid", ArtifactImage).show_image(grid, note or "no grid yet")
 
     def on_results_screen_loaded(self, message: Loaded) -> None:
@@ -309,8 +362,10 @@ class ResultsScreen(StoreScreen):
             select.set_options([(a, a) for a in self.axes])
             select.value = self.by
         done = f"{len(self.rows)} groups" if self.rows else "no scored runs yet"
-        title.update(f"[b]{escape(exp.name)}[/] (#{exp.id}) by [b]{self.by}[/]: {done}"
-                     + (f"  [red]{escape(message.error)}[/]" if message.error else ""))
+        title.update(
+            f"[b]{escape(exp.name)}[/] (#{exp.id}) by [b]{self.by}[/]: {done}"
+            + (f"  [red]{escape(message.error)}[/]" if message.error else "")
+        )
         self._fill_table()
         self._show_unit()
         if not self.rows:
@@ -320,7 +375,9 @@ class ResultsScreen(StoreScreen):
 
         try:
             plot.plt.clear_figure()
-            draw_tradeoff(plot.plt, self.rows, by=self.by, title=f"text vs image alignment by {self.by}")
+            draw_tradeoff(
+                plot.plt, self.rows, by=self.by, title=f"text vs image alignment by {self.by}"
+            )
         except Exception as exc:  # a plot failure leaves the table usable
             plot.plt.clear_figure()
             plot.plt.title(f"plot failed: {exc}")
@@ -328,7 +385,9 @@ class ResultsScreen(StoreScreen):
         if message.layout is not None:
             self._show_grid(message.layout.image, "", message.layout)
         else:
-            self.query_one("#results-grid", ArtifactImage).show_image(message.grid, message.grid_note or "no grid yet")
+            self.query_one("#results-grid", ArtifactImage).show_image(
+                message.grid, message.grid_note or "no grid yet"
+            )
         if message.shown is not None:
             self.call_after_refresh(message.shown.set)
 
@@ -359,7 +418,8 @@ class ResultsScreen(StoreScreen):
         if flagged:
             lines.append(f"[yellow]{flagged} rows incomplete (see 'missing')[/]")
         self.query_one("#results-unit", Static).update(
-            " · ".join(line if line.startswith("[yellow]") else escape(line) for line in lines))
+            " · ".join(line if line.startswith("[yellow]") else escape(line) for line in lines)
+        )
 
     def _fill_grid_controls(self, layout) -> None:
         self.grid_layout = layout
@@ -368,7 +428,9 @@ class ResultsScreen(StoreScreen):
         axes = list(dict.fromkeys(list(layout.axes) + [layout.columns]))
         self.grid_x = layout.columns
         self._set_select("#grid-x", [a for a in axes if a != self.by], layout.columns)
-        self._set_select("#grid-z", [a for a in layout.axes if a not in (self.by, layout.columns)], layout.z)
+        self._set_select(
+            "#grid-z", [a for a in layout.axes if a not in (self.by, layout.columns)], layout.z
+        )
         pinnable = list(layout.pin_choices)
         if self.pin_axis not in pinnable:
             self.pin_axis = pinnable[0] if pinnable else None
@@ -411,7 +473,11 @@ class ResultsScreen(StoreScreen):
 
     @on(Select.Changed, "#grid-pin-value")
     def _grid_pin_value(self, event: Select.Changed) -> None:
-        if self.pin_axis and isinstance(event.value, str) and self.pins.get(self.pin_axis) != event.value:
+        if (
+            self.pin_axis
+            and isinstance(event.value, str)
+            and self.pins.get(self.pin_axis) != event.value
+        ):
             self.pins[self.pin_axis] = event.value
             if self.pin_axis == "seed":
                 self.seeds = None

@@ -1,13 +1,13 @@
 """Run detail: source and target, their masks, per-word attention maps, scores and every
 parameter; `[` / `]` step through the experiment's grid. Compare puts two runs side by side."""
-from __future__ import annotations
 
-from rich.text import Text
+from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
 from textual.containers import Horizontal, VerticalScroll
@@ -19,11 +19,42 @@ from ..widgets.artifact_image import ArtifactImage, array_to_image
 from ..widgets.footer import Footer
 from ._common import StoreScreen, duration, fmt
 
-PARAMS = ("experiment_id", "grid_index", "status", "is_baseline", "model", "source_prompt", "source_image",
-          "invert", "inversion_guidance", "target_prompt", "seed", "num_steps", "guidance", "width", "height", "layers",
-          "start_step", "final_step", "skip_interval", "mask_mode", "mask_layers", "mask_words",
-          "mask_threshold", "mask_timing", "weights_kind", "weights_path", "token", "class_word",
-          "attempts", "worker_id", "duration_s", "tags", "notes", "marked")
+PARAMS = (
+    "experiment_id",
+    "grid_index",
+    "status",
+    "is_baseline",
+    "model",
+    "source_prompt",
+    "source_image",
+    "invert",
+    "inversion_guidance",
+    "target_prompt",
+    "seed",
+    "num_steps",
+    "guidance",
+    "width",
+    "height",
+    "layers",
+    "start_step",
+    "final_step",
+    "skip_interval",
+    "mask_mode",
+    "mask_layers",
+    "mask_words",
+    "mask_threshold",
+    "mask_timing",
+    "weights_kind",
+    "weights_path",
+    "token",
+    "class_word",
+    "attempts",
+    "worker_id",
+    "duration_s",
+    "tags",
+    "notes",
+    "marked",
+)
 
 
 @dataclass
@@ -77,9 +108,14 @@ def baseline_of(store, run_id: int) -> int | None:
     if run is None:
         return None
     with store.session() as s:
-        return s.exec(select(Run.id).where(
-            Run.experiment_id == run.experiment_id, Run.group_key == run.group_key,
-            Run.target_prompt == run.target_prompt, Run.is_baseline == True)).first()  # noqa: E712
+        return s.exec(
+            select(Run.id).where(
+                Run.experiment_id == run.experiment_id,
+                Run.group_key == run.group_key,
+                Run.target_prompt == run.target_prompt,
+                Run.is_baseline == True,  # noqa: E712
+            )
+        ).first()
 
 
 def params_table(run, scores: dict) -> Table:
@@ -136,15 +172,26 @@ class RunDetailScreen(StoreScreen):
         bundle = message.bundle
         run = bundle.run
         if run is None:
-            self.query_one("#detail-title", Static).update(f"[red]run {self.run_id} does not exist[/]")
+            self.query_one("#detail-title", Static).update(
+                f"[red]run {self.run_id} does not exist[/]"
+            )
             return
         self.bundle, self.run_id, self.word_index = bundle, run.id, 0
-        kind = "baseline (no control)" if run.is_baseline else f"layers {run.layers}, steps {run.start_step}-{run.final_step} every {run.skip_interval}"
+        kind = (
+            "baseline (no control)"
+            if run.is_baseline
+            else f"layers {run.layers}, steps {run.start_step}-{run.final_step} every {run.skip_interval}"
+        )
         self.query_one("#detail-title", Static).update(
-            f"[b]run {run.id}[/] \\[{run.status}]  {escape(run.target_prompt)!r}  seed {run.seed}  {kind}")
+            f"[b]run {run.id}[/] \\[{run.status}]  {escape(run.target_prompt)!r}  seed {run.seed}  {kind}"
+        )
         resolve = self.store.home.resolve_artifact
-        for wid, rel in (("#img-source", run.source_image_path), ("#img-target", run.image_path),
-                         ("#img-source-mask", run.source_mask_path), ("#img-target-mask", run.mask_path)):
+        for wid, rel in (
+            ("#img-source", run.source_image_path),
+            ("#img-target", run.image_path),
+            ("#img-source-mask", run.source_mask_path),
+            ("#img-target-mask", run.mask_path),
+        ):
             self.query_one(wid, ArtifactImage).show_path(resolve(rel))
         self._show_map()
         problems = [f"[b red]error:[/] {escape(run.error)}"] if run.error else []
@@ -177,8 +224,18 @@ class RunDetailScreen(StoreScreen):
         if self.browse is not None:
             b = self.browse
             position = b.position + direction
-            rows = list_runs(self.store, b.filt, sort=b.sort, descending=b.descending,
-                             offset=position, limit=1)[0] if position >= 0 else []
+            rows = (
+                list_runs(
+                    self.store,
+                    b.filt,
+                    sort=b.sort,
+                    descending=b.descending,
+                    offset=position,
+                    limit=1,
+                )[0]
+                if position >= 0
+                else []
+            )
             other = rows[0] if rows else None
             if other is not None:
                 b.position = position
@@ -197,8 +254,16 @@ class RunDetailScreen(StoreScreen):
 
     @staticmethod
     def _state(run) -> tuple:
-        return (run.status, run.finished_at, run.image_path, run.tags, run.notes, run.marked, run.error,
-                run.score_error)
+        return (
+            run.status,
+            run.finished_at,
+            run.image_path,
+            run.tags,
+            run.notes,
+            run.marked,
+            run.error,
+            run.score_error,
+        )
 
     @work(thread=True, exclusive=True, group="detail-watch")
     def _reload_if_changed(self, run_id: int) -> None:
@@ -254,15 +319,23 @@ class CompareScreen(StoreScreen):
                 b, note = None, "A is itself a baseline (no control)"
             else:
                 note = "B is the no-control baseline of A" if b else "A has no baseline run"
-        bundles = [load_bundle(self.store, self.run_a)] + ([load_bundle(self.store, b)] if b else [])
+        bundles = [load_bundle(self.store, self.run_a)] + (
+            [load_bundle(self.store, b)] if b else []
+        )
         self.post_message(self.Loaded(bundles, note))
 
     def on_compare_screen_loaded(self, message: Loaded) -> None:
         ids = [b.run.id for b in message.bundles if b.run]
         self.query_one("#compare-title", Static).update(
-            Text("compare " + " vs ".join(f"run {i}" for i in ids) + (f"  ({message.note})" if message.note else "")))
-        for bundle, img_id, info_id, label in zip(message.bundles, ("#cmp-a", "#cmp-b"),
-                                                   ("#cmp-info-a", "#cmp-info-b"), "AB"):
+            Text(
+                "compare "
+                + " vs ".join(f"run {i}" for i in ids)
+                + (f"  ({message.note})" if message.note else "")
+            )
+        )
+        for bundle, img_id, info_id, label in zip(
+            message.bundles, ("#cmp-a", "#cmp-b"), ("#cmp-info-a", "#cmp-info-b"), "AB"
+        ):
             if bundle.run is None:
                 continue
             image = self.query_one(img_id, ArtifactImage)

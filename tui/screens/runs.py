@@ -1,4 +1,5 @@
 """Runs browser: one SQL page at a time, so 100k runs filter, sort and page instantly."""
+
 from __future__ import annotations
 
 import shlex
@@ -20,15 +21,27 @@ PAGE = 50  # more than a tall terminal shows; a smaller page paints faster
 LOADING_AFTER_S = 0.15
 SCORES = ("clip_t", "clip_i_ref", "dino_ref")
 # (column key, header, sort name)
-COLUMNS = [
-    ("id", "id", "id"), ("experiment_id", "exp", "id"), ("status", "status", "status"), ("marked", "*", "id"),
-    ("target_prompt", "target prompt", "target_prompt"), ("seed", "seed", "seed"), ("layers", "layers", "layers"),
-    ("start_step", "start", "start_step"), ("final_step", "final", "final_step"),
-    ("skip_interval", "skip", "skip_interval"), ("mask_mode", "mask", "mask_mode"),
-    ("mask_threshold", "thr", "mask_threshold"),
-] + [(s, s, f"score:{s}") for s in SCORES] + [
-    ("duration_s", "time", "duration_s"), ("tags", "tags", "id"),
-]
+COLUMNS = (
+    [
+        ("id", "id", "id"),
+        ("experiment_id", "exp", "id"),
+        ("status", "status", "status"),
+        ("marked", "*", "id"),
+        ("target_prompt", "target prompt", "target_prompt"),
+        ("seed", "seed", "seed"),
+        ("layers", "layers", "layers"),
+        ("start_step", "start", "start_step"),
+        ("final_step", "final", "final_step"),
+        ("skip_interval", "skip", "skip_interval"),
+        ("mask_mode", "mask", "mask_mode"),
+        ("mask_threshold", "thr", "mask_threshold"),
+    ]
+    + [(s, s, f"score:{s}") for s in SCORES]
+    + [
+        ("duration_s", "time", "duration_s"),
+        ("tags", "tags", "id"),
+    ]
+)
 SORT_BY_KEY = {key: sort for key, _, sort in COLUMNS}
 
 
@@ -68,11 +81,15 @@ def parse_filter(text: str, experiment_id: int | None = None):
         elif key in RUN_SORT_COLUMNS:
             kind = Run.__table__.c[key].type.python_type
             try:
-                f.equals[key] = (value.lower() in ("1", "true", "yes")) if kind is bool else kind(value)
+                f.equals[key] = (
+                    (value.lower() in ("1", "true", "yes")) if kind is bool else kind(value)
+                )
             except ValueError:
                 raise InputError(f"filter: {key} needs a {kind.__name__}, not {value!r}") from None
         else:
-            raise InputError(f"filter: unknown field {key!r} (status, tag, exp, marked, baseline or a run column)")
+            raise InputError(
+                f"filter: unknown field {key!r} (status, tag, exp, marked, baseline or a run column)"
+            )
     f.text = " ".join(words) or None
     return f
 
@@ -86,7 +103,13 @@ class RunsScreen(StoreScreen):
         def __init__(self, runs, scores, total, offset, error=None, token=0, marked=0):
             super().__init__()
             self.runs, self.scores, self.total, self.offset, self.error, self.token = (
-                runs, scores, total, offset, error, token)
+                runs,
+                scores,
+                total,
+                offset,
+                error,
+                token,
+            )
             self.marked = marked
 
     def __init__(self, experiment_id: int | None = None, filter_text: str = ""):
@@ -101,13 +124,19 @@ class RunsScreen(StoreScreen):
         self._token = 0
         self._shown = -1  # the token of the page on screen
         self._retargeted = False
-        self._page_cells: list[list[str]] | None = None  # what the table shows, to skip identical pages
+        self._page_cells: list[list[str]] | None = (
+            None  # what the table shows, to skip identical pages
+        )
         self.loaded = False
 
     def compose(self) -> ComposeResult:
         yield Header()
-        yield Input(self.filter_text, placeholder="filter: words, status=failed, seed=1, tag=x, marked=1, "
-                    "exp=all, final_step=20 ... (enter applies, escape closes)", id="filter-bar")
+        yield Input(
+            self.filter_text,
+            placeholder="filter: words, status=failed, seed=1, tag=x, marked=1, "
+            "exp=all, final_step=20 ... (enter applies, escape closes)",
+            id="filter-bar",
+        )
         yield Static("", id="runs-status")
         yield FastTable(id="runs-table", cursor_type="cell", zebra_stripes=True)
         yield Footer(compact=True, show_command_palette=False)
@@ -164,14 +193,18 @@ class RunsScreen(StoreScreen):
             self._status("loading...")
 
     def _status(self, text: str) -> None:
-        self.query_one("#runs-status", Static).update(text, layout=False)  # one line, fixed size (app.tcss)
+        self.query_one("#runs-status", Static).update(
+            text, layout=False
+        )  # one line, fixed size (app.tcss)
 
     @work(thread=True, exclusive=True, group="runs-page")
     def _load(self, filt, sort, descending, offset, token) -> None:
         from store.queries import list_runs, run_scores
 
         try:
-            runs, total = list_runs(self.store, filt, sort=sort, descending=descending, offset=offset, limit=PAGE)
+            runs, total = list_runs(
+                self.store, filt, sort=sort, descending=descending, offset=offset, limit=PAGE
+            )
             scores = run_scores(self.store, [r.id for r in runs])
             marked = len(marked_ids(self.store, filt))
         except Exception as exc:
@@ -205,14 +238,20 @@ class RunsScreen(StoreScreen):
                 else:
                     cells.append(fmt(getattr(run, key)))
             page.append(cells)
-        if page != self._page_cells:  # a live refresh or a return usually finds the same page: no repaint
+        if (
+            page != self._page_cells
+        ):  # a live refresh or a return usually finds the same page: no repaint
             self._page_cells = page
             table.clear()
             # Text cells skip markup parsing: faster, and prompts like "a [b] c" stay literal.
-            table.add_rows([Text(c, no_wrap=True, overflow="ellipsis") for c in cells] for cells in page)
+            table.add_rows(
+                [Text(c, no_wrap=True, overflow="ellipsis") for c in cells] for cells in page
+            )
             table.settle()  # column widths before the first paint of this page
             if self._keep_cursor and table.row_count:
-                table.move_cursor(row=min(cursor.row, table.row_count - 1), column=cursor.column, animate=False)
+                table.move_cursor(
+                    row=min(cursor.row, table.row_count - 1), column=cursor.column, animate=False
+                )
         elif not self._keep_cursor and table.row_count:
             table.move_cursor(row=0, column=0, animate=False)
         self.loaded = True
@@ -221,9 +260,15 @@ class RunsScreen(StoreScreen):
         exp = filt.experiment_id if filt is not None else self.experiment_id
         where = f"exp {exp}" if exp is not None else "all experiments"
         arrow = "desc" if self.descending else "asc"
-        marked = f"  [b]{message.marked} marked[/] (t/N/R/X act on them, U unmarks)" if message.marked else ""
-        self._status(f"runs {message.offset + 1 if self.runs else 0}-{end} of {self.total} ({where})"
-                     f"  sort: {self.sort} {arrow} (s)  filter: {escape(self.filter_text or '-')}{marked}")
+        marked = (
+            f"  [b]{message.marked} marked[/] (t/N/R/X act on them, U unmarks)"
+            if message.marked
+            else ""
+        )
+        self._status(
+            f"runs {message.offset + 1 if self.runs else 0}-{end} of {self.total} ({where})"
+            f"  sort: {self.sort} {arrow} (s)  filter: {escape(self.filter_text or '-')}{marked}"
+        )
 
     # ------------------------------------------------------------------ filter, sort, page
     def action_filter(self) -> None:
@@ -266,7 +311,11 @@ class RunsScreen(StoreScreen):
             if sort in seen or (sort == "id" and key != "id"):
                 continue
             seen.add(sort)
-            arrow = (" (desc, again: asc)" if self.descending else " (asc, again: desc)") if sort == self.sort else ""
+            arrow = (
+                (" (desc, again: asc)" if self.descending else " (asc, again: desc)")
+                if sort == self.sort
+                else ""
+            )
             items.append((sort, f"{label}{arrow}"))
 
         def done(sort: str | None) -> None:
@@ -277,12 +326,18 @@ class RunsScreen(StoreScreen):
 
     def action_results(self) -> None:
         filt = self._safe_filter()
-        exp = filt.experiment_id if filt is not None and filt.experiment_id is not None else self.experiment_id
+        exp = (
+            filt.experiment_id
+            if filt is not None and filt.experiment_id is not None
+            else self.experiment_id
+        )
         if exp is None and self.current is not None:
             exp = self.current.experiment_id
         if exp is not None:
             self.app.experiment_id = exp
-        self.app.action_open("results", experiment_id=exp) if exp is not None else self.app.action_open("results")
+        self.app.action_open(
+            "results", experiment_id=exp
+        ) if exp is not None else self.app.action_open("results")
 
     def _safe_filter(self):
         try:
@@ -338,7 +393,9 @@ class RunsScreen(StoreScreen):
 
             # [ and ] in the detail walk this list: same filter, same sort.
             position = self.page_offset + self.query_one(DataTable).cursor_coordinate.row
-            browse = Browse(filt, self.sort, self.descending, position) if filt is not None else None
+            browse = (
+                Browse(filt, self.sort, self.descending, position) if filt is not None else None
+            )
             self.app.push_screen(RunDetailScreen(run.id, browse=browse))
 
     def action_mark(self) -> None:
@@ -422,8 +479,12 @@ class RunsScreen(StoreScreen):
 
         done = counts.get("done", 0)
         if done:
-            self.app.confirm(f"Requeue {what}?\n{done} of them are done: their scores and images are "
-                             f"discarded and made again.", requeue, yes="requeue")
+            self.app.confirm(
+                f"Requeue {what}?\n{done} of them are done: their scores and images are "
+                f"discarded and made again.",
+                requeue,
+                yes="requeue",
+            )
         else:
             requeue()
 
@@ -442,12 +503,17 @@ class RunsScreen(StoreScreen):
 
         def cancel() -> None:
             n = queue.cancel_runs(self.store, ids)
-            self.notify(f"cancelled {n['cancelled']}; {n['requested']} running stop after their step")
+            self.notify(
+                f"cancelled {n['cancelled']}; {n['requested']} running stop after their step"
+            )
             self.reload(keep_cursor=True)
 
-        self.app.confirm(f"Cancel {what}?\n{counts.get('queued', 0)} queued are cancelled now, "
-                         f"{counts.get('running', 0)} running stop after their current step.", cancel,
-                         yes="cancel them")
+        self.app.confirm(
+            f"Cancel {what}?\n{counts.get('queued', 0)} queued are cancelled now, "
+            f"{counts.get('running', 0)} running stop after their current step.",
+            cancel,
+            yes="cancel them",
+        )
 
     def action_compare(self) -> None:
         """Two marked runs on this page side by side; else the cursor run against its baseline."""

@@ -3,6 +3,7 @@
 Each axis parses on every keystroke (instant, pure Python); the whole grid is expanded in a
 thread worker for the run count and cross-field checks, so a 10k-run sweep never stalls typing.
 """
+
 from __future__ import annotations
 
 from rich.markup import escape
@@ -31,8 +32,12 @@ AXIS_LABELS = {
     "mask_words": ("Mask words", "words of the target prompt; '-' = all prompt tokens"),
     "mask_threshold": ("Mask threshold", "0-1 or otsu"),
 }
-BASE_NUMBERS = {"num_steps": ("Steps", int), "guidance": ("Guidance", float), "width": ("Width", int),
-                "height": ("Height", int)}
+BASE_NUMBERS = {
+    "num_steps": ("Steps", int),
+    "guidance": ("Guidance", float),
+    "width": ("Width", int),
+    "height": ("Height", int),
+}
 
 
 # Up to this many runs, the check as the builder opens expands the grid in place (~1 ms).
@@ -53,8 +58,8 @@ class BaseFieldError(ValueError):
 
 def check_source_image(path: str) -> None:
     """The image to invert must be readable now, not when an engine reaches the run."""
-    from store.sweep.grammar import SweepError
     from store.queries import InputError, check_image
+    from store.sweep.grammar import SweepError
 
     try:
         check_image(path)
@@ -123,30 +128,58 @@ class SweepScreen(StoreScreen):
             with VerticalScroll(id="sweep-form"):
                 yield Field("name", "Experiment name", "", placeholder="e.g. corgi final step")
                 with Horizontal(classes="row"):
-                    yield FormSelect([], prompt="Concept: (none)", id="concept", allow_blank=True, compact=True)
-                    yield FormSelect([(k, k) for k in PRESETS], prompt="Preset: the seed's four sweeps",
-                                     id="preset", allow_blank=True, compact=True)
+                    yield FormSelect(
+                        [], prompt="Concept: (none)", id="concept", allow_blank=True, compact=True
+                    )
+                    yield FormSelect(
+                        [(k, k) for k in PRESETS],
+                        prompt="Preset: the seed's four sweeps",
+                        id="preset",
+                        allow_blank=True,
+                        compact=True,
+                    )
                 yield Static("Base settings", classes="section")
                 yield Field("source_prompt", "Source prompt", s.source_prompt)
-                yield Field("source_image", "...or image to invert", "",
-                            placeholder="path of a real source image (empty: generate from the prompt)")
-                yield Field("inversion_guidance", "Inversion guidance", s.inversion_guidance,
-                            placeholder="1 = none, the better-behaved default; MasaCtrl's notebook: 7.5; 1,7.5 compares",
-                            axis=AXES["inversion_guidance"])
-                yield Static("inversion guidance: 1 (no guidance while inverting) is the better-behaved default, "
-                             "as inversion error grows with guidance; MasaCtrl's notebook uses 7.5",
-                             classes="field-info")
-                yield Label("Target prompts, one per line (may use the concept's token)", classes="field-label")
+                yield Field(
+                    "source_image",
+                    "...or image to invert",
+                    "",
+                    placeholder="path of a real source image (empty: generate from the prompt)",
+                )
+                yield Field(
+                    "inversion_guidance",
+                    "Inversion guidance",
+                    s.inversion_guidance,
+                    placeholder="1 = none, the better-behaved default; MasaCtrl's notebook: 7.5; 1,7.5 compares",
+                    axis=AXES["inversion_guidance"],
+                )
+                yield Static(
+                    "inversion guidance: 1 (no guidance while inverting) is the better-behaved default, "
+                    "as inversion error grows with guidance; MasaCtrl's notebook uses 7.5",
+                    classes="field-info",
+                )
+                yield Label(
+                    "Target prompts, one per line (may use the concept's token)",
+                    classes="field-label",
+                )
                 yield TextArea("\n".join(s.target_prompts), id="target_prompts")
                 yield Static("", id="error-target_prompts", classes="field-info")
                 with Horizontal(classes="row"):
                     for name, (label, _) in BASE_NUMBERS.items():
                         yield Field(name, label, str(getattr(s, name)))
-                yield Field("model", "Model", s.model, placeholder="hub id (org/name) or a local folder")
-                yield FormCheckbox("Add a no-control baseline per prompt and seed", s.baseline, id="baseline",
-                                   compact=True)
+                yield Field(
+                    "model", "Model", s.model, placeholder="hub id (org/name) or a local folder"
+                )
+                yield FormCheckbox(
+                    "Add a no-control baseline per prompt and seed",
+                    s.baseline,
+                    id="baseline",
+                    compact=True,
+                )
                 yield Static("Sweep axes", classes="section")
-                yield Static("[dim]grammar: 20,25,50 | 4-50 (+5) | 0.1-0.5 [5] | encoder,decoder | {0,2,4}[/]")
+                yield Static(
+                    "[dim]grammar: 20,25,50 | 4-50 (+5) | 0.1-0.5 [5] | encoder,decoder | {0,2,4}[/]"
+                )
                 for name, (label, hint) in AXIS_LABELS.items():
                     yield Field(name, label, getattr(s, name), placeholder=hint, axis=AXES[name])
             with Vertical(id="sweep-side"):
@@ -165,11 +198,17 @@ class SweepScreen(StoreScreen):
             event.refresh_styles = False
         elif self.reopened:  # F4 again, not back from a dialog
             self.reopened = False
-            if self._ready and self.app.sweep_draft is None:  # queued since: the next F4 starts afresh
+            if (
+                self._ready and self.app.sweep_draft is None
+            ):  # queued since: the next F4 starts afresh
                 self._reset_form()
                 self._reload_form()
-            elif self._ready:  # the form as it was left; concepts, timings and engines are read again
-                self.query_one("#sweep-status", Static).update("your unsaved form is back (ctrl+n clears it)")
+            elif (
+                self._ready
+            ):  # the form as it was left; concepts, timings and engines are read again
+                self.query_one("#sweep-status", Static).update(
+                    "your unsaved form is back (ctrl+n clears it)"
+                )
                 self._load_context()
 
     def retarget(self, experiment_id: int | None = None, concept_id: int | None = None) -> None:
@@ -206,11 +245,14 @@ class SweepScreen(StoreScreen):
     # ------------------------------------------------------------------ the unsaved form
     def snapshot(self) -> dict:
         """Everything typed so far, to bring back when the builder is opened again."""
-        return {"fields": {name: f.value for name, f in self._fields.items()},
-                "targets": self.query_one("#target_prompts", TextArea).text,
-                "baseline": self.query_one("#baseline", Checkbox).value,
-                "concept": self.selected_concept, "experiment_id": self.experiment_id,
-                "auto_source": self._auto_source}
+        return {
+            "fields": {name: f.value for name, f in self._fields.items()},
+            "targets": self.query_one("#target_prompts", TextArea).text,
+            "baseline": self.query_one("#baseline", Checkbox).value,
+            "concept": self.selected_concept,
+            "experiment_id": self.experiment_id,
+            "auto_source": self._auto_source,
+        }
 
     def restore(self, draft: dict) -> None:
         fields = self._fields
@@ -238,8 +280,11 @@ class SweepScreen(StoreScreen):
             self.query_one("#sweep-status", Static).update("form cleared")
             self.recheck()
 
-        self.app.confirm("Clear the sweep form? What is typed here is lost (saved drafts stay on Home).",
-                         clear, yes="clear")
+        self.app.confirm(
+            "Clear the sweep form? What is typed here is lost (saved drafts stay on Home).",
+            clear,
+            yes="clear",
+        )
 
     def _reset_form(self) -> None:
         """The defaults, no experiment, no concept (nothing kept: the caller decides)."""
@@ -261,9 +306,15 @@ class SweepScreen(StoreScreen):
 
         store = self.store
         with store.session() as s:
-            durations = [d for d in s.exec(
-                select(Run.duration_s).where(Run.status == "done", col(Run.duration_s).is_not(None))
-                .order_by(col(Run.id).desc()).limit(200))]
+            durations = [
+                d
+                for d in s.exec(
+                    select(Run.duration_s)
+                    .where(Run.status == "done", col(Run.duration_s).is_not(None))
+                    .order_by(col(Run.id).desc())
+                    .limit(200)
+                )
+            ]
         spr = sorted(durations)[len(durations) // 2] if durations else None
         from store.queue import list_workers
 
@@ -302,8 +353,10 @@ class SweepScreen(StoreScreen):
         select.set_options([(c.name, c.id) for c in message.concepts])
         exp = message.experiment
         draft = self.app.sweep_draft
-        restored = draft is not None and (draft.get("experiment_id") == self.experiment_id
-                                          or (self.experiment_id is None and self.concept_id is None))
+        restored = draft is not None and (
+            draft.get("experiment_id") == self.experiment_id
+            or (self.experiment_id is None and self.concept_id is None)
+        )
         if restored:
             self.restore(draft)
         elif exp is not None:
@@ -316,7 +369,9 @@ class SweepScreen(StoreScreen):
                 select.value = self.concept_id
         self._ready = True
         if restored:
-            self.query_one("#sweep-status", Static).update("your unsaved form is back (ctrl+n clears it)")
+            self.query_one("#sweep-status", Static).update(
+                "your unsaved form is back (ctrl+n clears it)"
+            )
         self.recheck(now=True)
 
     # ------------------------------------------------------------------ form <-> spec
@@ -347,14 +402,21 @@ class SweepScreen(StoreScreen):
         spec.source_image = values["source_image"].strip() or None
         spec.invert = bool(spec.source_image)
         spec.model = values["model"].strip()
-        spec.target_prompts = [p.strip() for p in self.query_one("#target_prompts", TextArea).text.splitlines()
-                               if p.strip()]
+        spec.target_prompts = [
+            p.strip()
+            for p in self.query_one("#target_prompts", TextArea).text.splitlines()
+            if p.strip()
+        ]
         spec.baseline = self.query_one("#baseline", Checkbox).value
         for name, (_, kind) in BASE_NUMBERS.items():
             try:
                 setattr(spec, name, kind(values[name].strip()))
             except ValueError:
-                raise BaseFieldError(name, values[name], f"{values[name]!r} is not a {'whole ' if kind is int else ''}number") from None
+                raise BaseFieldError(
+                    name,
+                    values[name],
+                    f"{values[name]!r} is not a {'whole ' if kind is int else ''}number",
+                ) from None
         for name in AXES:
             setattr(spec, name, values[name])
         return spec
@@ -419,7 +481,11 @@ class SweepScreen(StoreScreen):
             model.value = concept.base_model
         source = self._fields["source_prompt"]
         suggested = source_prompt_for(concept.class_word) if concept is not None else ""
-        untouched = source.value.strip() in ("", ExperimentSpec().source_prompt, self._auto_source or "")
+        untouched = source.value.strip() in (
+            "",
+            ExperimentSpec().source_prompt,
+            self._auto_source or "",
+        )
         if suggested and untouched:
             source.value = self._auto_source = suggested
         self.recheck()
@@ -493,8 +559,10 @@ class SweepScreen(StoreScreen):
         lines = [f"[b]{n} runs[/] ({message.baselines} baselines)"]
         if self._seconds_per_run:
             total = n * self._seconds_per_run / self._workers
-            lines.append(f"estimated {duration(total)} at {self._seconds_per_run:.1f} s/run "
-                         f"(median of recent runs) on {self._workers} worker(s)")
+            lines.append(
+                f"estimated {duration(total)} at {self._seconds_per_run:.1f} s/run "
+                f"(median of recent runs) on {self._workers} worker(s)"
+            )
         else:
             lines.append("estimated time: no finished runs yet to time")
         summary.update("\n".join(lines))
@@ -513,7 +581,9 @@ class SweepScreen(StoreScreen):
     def show_field_error(self, exc) -> None:
         """Put the error under the field it names; a base field gets it, axes already show theirs."""
         if self._field_name(exc) == "target_prompts":
-            self.query_one("#error-target_prompts", Static).update(f"[red]✗ {escape(str(getattr(exc, 'message', exc)))}[/]")
+            self.query_one("#error-target_prompts", Static).update(
+                f"[red]✗ {escape(str(getattr(exc, 'message', exc)))}[/]"
+            )
             return
         field = self._field_for(exc)
         if field is not None:
@@ -543,14 +613,15 @@ class SweepScreen(StoreScreen):
 
     @work(thread=True, exclusive=True, group="sweep-save")
     def _save_worker(self, spec, name: str, concept_id, queue: bool) -> None:
-        from store.sweep.grammar import SweepError
         from store.queries import InputError, save_experiment
+        from store.sweep.grammar import SweepError
 
         try:
             if spec.source_image:
                 check_source_image(spec.source_image)
-            exp = save_experiment(self.store, name, spec, concept_id, queue=queue,
-                                  experiment_id=self.experiment_id)
+            exp = save_experiment(
+                self.store, name, spec, concept_id, queue=queue, experiment_id=self.experiment_id
+            )
         except (SweepError, InputError) as exc:
             self.post_message(self.Saved(error=exc, queued=queue))
             return
@@ -560,7 +631,9 @@ class SweepScreen(StoreScreen):
         status = self.query_one("#sweep-status", Static)
         if message.error is not None:
             self.show_field_error(message.error)
-            status.update(f"[red]Nothing {'queued' if message.queued else 'saved'}: {escape(str(message.error))}[/]")
+            status.update(
+                f"[red]Nothing {'queued' if message.queued else 'saved'}: {escape(str(message.error))}[/]"
+            )
             return
         exp = message.experiment
         self.app.experiment_id = exp.id

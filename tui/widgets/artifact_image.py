@@ -4,6 +4,7 @@ Rendering: textual-image picks kitty (TGP) or sixel when the terminal answers fo
 half-cell blocks. Inside tmux the graphics protocols do not pass through reliably, so half
 cells are forced there. MTP_IMAGE=auto|halfcell|unicode|sixel|tgp overrides the choice.
 """
+
 from __future__ import annotations
 
 import os
@@ -76,7 +77,9 @@ def array_to_image(arr, size: int = 128) -> PILImage.Image:
         a = a.mean(axis=0)
     lo, hi = float(np.nanmin(a)), float(np.nanmax(a))
     a = (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
-    stops = np.array([[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]], np.float32)
+    stops = np.array(
+        [[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]], np.float32
+    )
     x = a * (len(stops) - 1)
     i = np.clip(np.floor(x).astype(int), 0, len(stops) - 2)
     t = (x - i)[..., None]
@@ -104,7 +107,9 @@ class ArtifactImage(Vertical):
     """A captioned picture; `show_path` / `show_image` swap its content."""
 
     class Loaded(Message):
-        def __init__(self, target: "ArtifactImage", image: PILImage.Image | None, reason: str, token: int):
+        def __init__(
+            self, target: ArtifactImage, image: PILImage.Image | None, reason: str, token: int
+        ):
             super().__init__()
             self.target = target
             self.image = image
@@ -137,7 +142,7 @@ class ArtifactImage(Vertical):
         image, reason = load_thumbnail(path)
         self.post_message(self.Loaded(self, image, reason, token))
 
-    def on_artifact_image_loaded(self, message: "ArtifactImage.Loaded") -> None:
+    def on_artifact_image_loaded(self, message: ArtifactImage.Loaded) -> None:
         message.stop()
         if message.token == self._token:  # a later request superseded this decode
             self._apply(message.image, message.reason)

@@ -10,6 +10,7 @@ text, rows taller than one line) to DataTable. `tests/tui/test_fast_table.py` re
 both ways and requires identical segments, so a Textual upgrade that changes the stock output
 fails there instead of drawing differently.
 """
+
 from __future__ import annotations
 
 from rich.cells import cell_len, set_cell_size
@@ -32,14 +33,29 @@ class FastTable(DataTable):
             self._new_rows.clear()
             self._update_dimensions(new_rows)
 
-    def _render_cell(self, row_index: int, column_index: int, base_style: Style, width: int,
-                     cursor: bool = False, hover: bool = False):
+    def _render_cell(
+        self,
+        row_index: int,
+        column_index: int,
+        base_style: Style,
+        width: int,
+        cursor: bool = False,
+        hover: bool = False,
+    ):
         if row_index < 0 or column_index < 0:  # header row, row labels: stock rendering
             return super()._render_cell(row_index, column_index, base_style, width, cursor, hover)
         row_key = self._row_locations.get_key(row_index)
         column_key = self._column_locations.get_key(column_index)
-        cache_key = (row_key, column_key, base_style, cursor, hover, self._show_hover_cursor,
-                     self._update_count, self._pseudo_class_state)
+        cache_key = (
+            row_key,
+            column_key,
+            base_style,
+            cursor,
+            hover,
+            self._show_hover_cursor,
+            self._update_count,
+            self._pseudo_class_state,
+        )
         cache = self._cell_render_cache
         if cache_key in cache:
             return cache[cache_key]
@@ -49,10 +65,21 @@ class FastTable(DataTable):
             return super()._render_cell(row_index, column_index, base_style, width, cursor, hover)
 
         component_style, post_style = self._get_styles_to_render_cell(
-            False, False, row_index < self.fixed_rows or column_index < self.fixed_columns, hover, cursor,
-            self.show_cursor, self._show_hover_cursor, self.cursor_foreground_priority == "css",
-            self.cursor_background_priority == "css")
-        pre_style = base_style + Style.from_meta({"row": row_index, "column": column_index}) + component_style
+            False,
+            False,
+            row_index < self.fixed_rows or column_index < self.fixed_columns,
+            hover,
+            cursor,
+            self.show_cursor,
+            self._show_hover_cursor,
+            self.cursor_foreground_priority == "css",
+            self.cursor_background_priority == "css",
+        )
+        pre_style = (
+            base_style
+            + Style.from_meta({"row": row_index, "column": column_index})
+            + component_style
+        )
         pad = self.cell_padding
         inner = max(width - 2 * pad, 0)
         text = cell.plain
@@ -65,8 +92,9 @@ class FastTable(DataTable):
             length = cell_len(text)
         # The styles Styled gives each piece: pre + piece + post (a null piece style adds nothing).
         pad_style = _styled(pre_style + _NULL, post_style)
-        text_style = _styled(pre_style + self.app.console.get_style(cell.style or "", default=_NULL),
-                             post_style)
+        text_style = _styled(
+            pre_style + self.app.console.get_style(cell.style or "", default=_NULL), post_style
+        )
         line = []
         if pad:
             line.append(Segment(" " * pad, pad_style))
@@ -86,8 +114,17 @@ def _styled(style: Style, post_style: Style) -> Style:
 def _plain_line(cell) -> bool:
     """One line of text without spans, justification, tabs or trailing blanks (which Rich trims
     before cutting to width): the case drawn directly."""
-    if type(cell) is not Text or cell.spans or not cell.no_wrap or cell.justify not in (None, "default"):
+    if (
+        type(cell) is not Text
+        or cell.spans
+        or not cell.no_wrap
+        or cell.justify not in (None, "default")
+    ):
         return False
     plain = cell.plain
-    return (cell.overflow in ("ellipsis", "crop") and "\n" not in plain and "\t" not in plain
-            and plain == plain.rstrip())
+    return (
+        cell.overflow in ("ellipsis", "crop")
+        and "\n" not in plain
+        and "\t" not in plain
+        and plain == plain.rstrip()
+    )

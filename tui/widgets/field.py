@@ -1,4 +1,5 @@
 """A labelled input that shows, right under itself, what it parsed to or what is wrong with it."""
+
 from __future__ import annotations
 
 from textual.app import ComposeResult
@@ -8,7 +9,7 @@ from textual.widgets import Input, Label
 from .quiet import FormInput, FormStatic, StyledWhenMounted
 
 
-def fields_by_name(root) -> dict[str, "Field"]:
+def fields_by_name(root) -> dict[str, Field]:
     """The Fields under `root` by spec field name. Error texts name fields, and an error text
     (a file path, a prompt) must never reach a CSS query, so callers look names up here."""
     return {f.field_name: f for f in root.query(Field)}
@@ -26,14 +27,19 @@ class Field(StyledWhenMounted, Vertical):
     An axis field parses its first value as it is built, so it is mounted already showing the
     result (setting it after mounting would restyle and re-lay the form out once per field)."""
 
-    def __init__(self, name: str, label: str, value: str = "", placeholder: str = "", axis=None, **kwargs):
+    def __init__(
+        self, name: str, label: str, value: str = "", placeholder: str = "", axis=None, **kwargs
+    ):
         super().__init__(id=f"field-{name}", classes="field", **kwargs)
         self.field_name = name
         self.label = label
         self.axis = axis
         self._input = FormInput(value, placeholder=placeholder, id=f"input-{name}", compact=True)
         self._info = FormStatic("", classes="field-info empty")
-        self._shown: tuple | None = ("info", "")  # what the info line shows, to skip identical updates
+        self._shown: tuple | None = (
+            "info",
+            "",
+        )  # what the info line shows, to skip identical updates
         # The value the info line was last brought up to date with; the input's Changed message
         # for its first value (or for a value already handled) then needs no new check.
         self.checked_value = value

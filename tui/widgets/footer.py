@@ -6,6 +6,7 @@ four or five rebuilds of identical keys after its first paint, ~30 ms that kept 
 Here updates are coalesced to one check after the next refresh, and the keys are rebuilt only
 when what compose would show (keys, labels, enabled state, tooltips) differs from what is shown.
 """
+
 from __future__ import annotations
 
 from textual.widgets import Footer as _TextualFooter
@@ -18,9 +19,18 @@ class Footer(_TextualFooter):
     def _signature(self) -> tuple:
         app = self.app
         return (self.compact, self.show_command_palette) + tuple(
-            (binding.key, app.get_key_display(binding), binding.description, binding.action, binding.group,
-             enabled, tooltip)
-            for (_node, binding, enabled, tooltip) in self.screen.active_bindings.values() if binding.show)
+            (
+                binding.key,
+                app.get_key_display(binding),
+                binding.description,
+                binding.action,
+                binding.group,
+                enabled,
+                tooltip,
+            )
+            for (_node, binding, enabled, tooltip) in self.screen.active_bindings.values()
+            if binding.show
+        )
 
     def compose(self):
         if self._bindings_ready:

@@ -8,6 +8,7 @@ mounting, likewise). Mounting then styles the widget in full anyway, so those re
 wasted: for the sweep builder's ~20 controls they were ~15% of opening it. These subclasses
 look and behave exactly like Textual's (CSS rules for `Input`, `Select`, `Checkbox`, `Button` match them).
 """
+
 from __future__ import annotations
 
 from textual.widgets import Button, Checkbox, Input, Select, Static
