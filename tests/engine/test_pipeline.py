@@ -99,10 +99,14 @@ def test_batched_targets_match_separate_runs(pipe, noise):
     ]
     prompts = [TGT, "a corgi sitting in the snow", "a dog on the grass"]
     together = _gen(pipe, [Target(p, s) for p, s in zip(prompts, specs)], noise)
+    # A batch of 4 rows and a batch of 2 take different GEMM blockings: on an AVX-512 CPU one
+    # element of 256 differed by 1.45e-5 (latents of scale ~1), on AVX2 none above 1e-5. A row
+    # reading the wrong keys/values moves latents by more than 1e-3 (the test above), so 5e-5
+    # still separates rounding from a control bug.
     for i, (p, s) in enumerate(zip(prompts, specs)):
         alone = _gen(pipe, [Target(p, s)], noise)
-        torch.testing.assert_close(together.latents[i + 1], alone.latents[1], rtol=1e-4, atol=1e-5)
-        torch.testing.assert_close(together.latents[0], alone.latents[0], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(together.latents[i + 1], alone.latents[1], rtol=1e-4, atol=5e-5)
+        torch.testing.assert_close(together.latents[0], alone.latents[0], rtol=1e-4, atol=5e-5)
 
 
 def test_schedules_trace_exactly(pipe, noise):
