@@ -45,11 +45,11 @@ class Param:
             number = int(value) if self.kind == "int" else float(value)
         except (TypeError, ValueError):
             want = "/".join(self.choices) if self.kind == "choice" else self.kind
-            raise SweepError(f"{self.name}: {value!r} is not a valid {want}") from None
+            raise SweepError(self.name, str(value), -1, f"not a valid {want}") from None
         if self.minimum is not None and number < self.minimum:
-            raise SweepError(f"{self.name}: {number} is below {self.minimum}")
+            raise SweepError(self.name, str(value), -1, f"below the minimum {self.minimum}")
         if self.maximum is not None and number > self.maximum:
-            raise SweepError(f"{self.name}: {number} is above {self.maximum}")
+            raise SweepError(self.name, str(value), -1, f"above the maximum {self.maximum}")
         return number
 
 
@@ -110,7 +110,7 @@ def params_of(method: str) -> tuple[Param, ...]:
     try:
         return METHODS[method]
     except KeyError:
-        raise SweepError(f"method: {method!r} is not one of {', '.join(METHODS)}") from None
+        raise SweepError("method", method, -1, f"not one of {', '.join(METHODS)}") from None
 
 
 def canonical_params(method: str, given: dict[str, Any] | str | None = None) -> str:
@@ -121,7 +121,9 @@ def canonical_params(method: str, given: dict[str, Any] | str | None = None) -> 
     unknown = sorted(set(raw) - names)
     if unknown:
         allowed = ", ".join(sorted(names)) or "none"
-        raise SweepError(f"{method}: unknown parameter {unknown[0]!r} (its parameters: {allowed})")
+        raise SweepError(
+            f"{method} parameters", unknown[0], -1, f"unknown parameter (its parameters: {allowed})"
+        )
     if not schema:
         return ""
     values = {p.name: p.coerce(raw[p.name]) if p.name in raw else p.default for p in schema}
