@@ -89,9 +89,10 @@ def build(home: Path, n_runs: int):
 COLD = r"""
 import sys, time, asyncio
 t0 = float(sys.argv[1])
+from store.entrypoint import apply_rule
 from tui.app import MtpApp, open_store
 from tui.widgets import artifact_image  # as main() does, before the app starts
-store = open_store(sys.argv[2], False)
+store = open_store(apply_rule(sys.argv[2], None, False))
 marks = {}
 async def main():
     app = MtpApp(store)

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from store.paths import Home
+from store.settings import settings
 
 # ------------------------------------------------------------------ fault injection (tests only)
 # The fault-injection hook: called with ("write", path) before every artifact file is written
@@ -31,7 +32,7 @@ FAULT_ENV = "MTP_FAULT"
 
 
 def _env_fault_hook() -> Callable[[str, Path], None] | None:
-    spec = os.environ.get(FAULT_ENV, "")
+    spec = settings().fault
     kind, _, arg = spec.partition(":")
     if kind in ("enospc", "erofs", "eacces") and arg:
         code = getattr(errno, kind.upper())

@@ -17,88 +17,113 @@ from pathlib import Path
 
 log = logging.getLogger("mtp.engine")
 
-# The generator backend, also settable for engines started by other tools (README, "Engine backends").
-BACKEND_ENV = "MTP_ENGINE_BACKEND"
 BACKENDS = ("diffusers", "fake")
 
 
+# The engine's own options, one row each: the parser is built from this table, and so is the
+# command line of the engines `--devices` starts (every option as given, the device replaced).
+ENGINE_OPTIONS: list[tuple[str, dict]] = [
+    (
+        "--device",
+        dict(default=None, help="torch device, e.g. cuda:0 or cpu (default: cuda:0 if available)"),
+    ),
+    (
+        "--devices",
+        dict(
+            default=None,
+            help="one worker process per device, in the foreground: cuda:0,cuda:1, 0,1 or all "
+            "(`mtp engine start --devices` starts them detached)",
+        ),
+    ),
+    ("--max-batch", dict(type=int, default=8, help="targets per shared-source batch (default 8)")),
+    ("--once", dict(action="store_true", help="drain the queue and exit")),
+    (
+        "--poll",
+        dict(type=float, default=2.0, help="seconds between queue polls when idle (default 2)"),
+    ),
+    ("--heartbeat", dict(type=float, default=5.0, help="seconds between heartbeats (default 5)")),
+    (
+        "--stale-after",
+        dict(
+            type=float,
+            default=60.0,
+            help="a worker silent this long is dead and its runs are requeued (default 60)",
+        ),
+    ),
+    (
+        "--max-attempts",
+        dict(
+            type=int,
+            default=5,
+            help="engine deaths while a run is being generated before that run is failed as the "
+            "likely cause (default 5; deaths during model load or restarts do not count)",
+        ),
+    ),
+    (
+        "--no-score",
+        dict(
+            action="store_true",
+            help="finish runs without computing scores (score them later with `mtp score`)",
+        ),
+    ),
+    (
+        "--metrics",
+        dict(
+            default="clip,dino",
+            help="metric families scored for new runs: clip, dino, dreamsim (default clip,dino)",
+        ),
+    ),
+    (
+        "--score-only",
+        dict(
+            action="store_true",
+            help="only score existing images (`mtp score` requests); generate nothing",
+        ),
+    ),
+    (
+        "--backend",
+        dict(
+            choices=BACKENDS,
+            default=None,
+            help="generator: diffusers (default), or fake = flat-colour images without torch or "
+            "weights, to check a queue or multi-host setup (default: $MTP_ENGINE_BACKEND or diffusers)",
+        ),
+    ),
+    ("--verbose", dict(action="store_true", help="log debug lines too")),
+]
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from store.entrypoint import add_common_arguments
+
     p = argparse.ArgumentParser(
         prog="mtp-engine",
         description="Run queued mtp runs: claim a group, generate source + targets in one batch, "
         "write artifacts, score, commit. Stops cleanly on SIGTERM/SIGINT; ignores SIGHUP, so "
         "an engine started in a terminal keeps working when the terminal closes. "
         "On a full disk, a read-only data folder or an unusable database it pauses "
-        "(runs stay queued) and resumes when the fault clears; with --once it exits 4 instead.",
+        "(runs stay queued) and resumes when the fault clears; with --once it exits 4 instead. "
+        "--demo serves the demo data folder (as `mtp --demo` does) with the offline tiny model.",
     )
-    p.add_argument("--home", help="data folder (default: $MTP_HOME or the platform data dir)")
-    p.add_argument(
-        "--db",
-        help="database URL, e.g. postgresql+psycopg://user@host/mtp "
-        "(default: $MTP_DB_URL, else the SQLite file in the data folder)",
-    )
-    p.add_argument(
-        "--device",
-        default=None,
-        help="torch device, e.g. cuda:0 or cpu (default: cuda:0 if available)",
-    )
-    p.add_argument(
-        "--devices",
-        help="one worker process per device, in the foreground: cuda:0,cuda:1, 0,1 or all "
-        "(`mtp engine start --devices` starts them detached)",
-    )
-    p.add_argument(
-        "--max-batch", type=int, default=8, help="targets per shared-source batch (default 8)"
-    )
-    p.add_argument("--once", action="store_true", help="drain the queue and exit")
-    p.add_argument(
-        "--demo",
-        action="store_true",
-        help="use the offline tiny model (built under home/models) and tiny scorer",
-    )
-    p.add_argument(
-        "--poll", type=float, default=2.0, help="seconds between queue polls when idle (default 2)"
-    )
-    p.add_argument(
-        "--heartbeat", type=float, default=5.0, help="seconds between heartbeats (default 5)"
-    )
-    p.add_argument(
-        "--stale-after",
-        type=float,
-        default=60.0,
-        help="a worker silent this long is dead and its runs are requeued (default 60)",
-    )
-    p.add_argument(
-        "--max-attempts",
-        type=int,
-        default=5,
-        help="engine deaths while a run is being generated before that run is failed as the likely "
-        "cause (default 5; deaths during model load or restarts do not count)",
-    )
-    p.add_argument(
-        "--no-score",
-        action="store_true",
-        help="finish runs without computing scores (score them later with `mtp score`)",
-    )
-    p.add_argument(
-        "--metrics",
-        default="clip,dino",
-        help="metric families scored for new runs: clip, dino, dreamsim (default clip,dino)",
-    )
-    p.add_argument(
-        "--score-only",
-        action="store_true",
-        help="only score existing images (`mtp score` requests); generate nothing",
-    )
-    p.add_argument(
-        "--backend",
-        choices=BACKENDS,
-        default=None,
-        help="generator: diffusers (default), or fake = flat-colour images without torch or weights, "
-        "to check a queue or multi-host setup (default: $MTP_ENGINE_BACKEND or diffusers)",
-    )
-    p.add_argument("-v", "--verbose", action="store_true")
+    add_common_arguments(p)
+    for flag, kwargs in ENGINE_OPTIONS:
+        names = (flag, "-v") if flag == "--verbose" else (flag,)
+        p.add_argument(*names, **kwargs)
     return p
+
+
+def child_argv(args: argparse.Namespace, device: str) -> list[str]:
+    """The command line of one engine of `--devices`: this one's options on `device`."""
+    argv = ["--device", device]
+    for flag, kwargs in [("--home", {}), ("--db", {}), ("--demo", {"action": "store_true"})] + [
+        row for row in ENGINE_OPTIONS if row[0] not in ("--device", "--devices")
+    ]:
+        value = getattr(args, flag[2:].replace("-", "_"))
+        if kwargs.get("action") == "store_true":
+            argv += [flag] if value else []
+        elif value is not None and value != kwargs.get("default"):
+            argv += [flag, str(value)]
+    return argv
 
 
 def _setup_logging(logfile: Path, verbose: bool) -> None:
@@ -128,7 +153,7 @@ def _default_device() -> str:
     return "cuda:0" if torch.cuda.is_available() else "cpu"
 
 
-def _run_many(args, argv: list[str]) -> int:
+def _run_many(args) -> int:
     """Parent of one engine process per GPU; forwards SIGTERM/SIGINT and waits for all."""
     from .launch import EngineError, parse_devices
 
@@ -137,21 +162,9 @@ def _run_many(args, argv: list[str]) -> int:
     except EngineError as exc:
         print(f"mtp-engine: {exc}", file=sys.stderr)
         return 2
-    base = []
-    skip = False
-    for a in argv:
-        if skip:
-            skip = False
-            continue
-        if a in ("--devices", "--device"):
-            skip = True
-            continue
-        if a.startswith(("--devices=", "--device=")):
-            continue
-        base.append(a)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # as each engine does
     procs = [
-        subprocess.Popen([sys.executable, "-m", "engine.cli", *base, "--device", dev])
+        subprocess.Popen([sys.executable, "-m", "engine.cli", *child_argv(args, dev)])
         for dev in devices
     ]
 
@@ -166,29 +179,24 @@ def _run_many(args, argv: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    if args.devices:
-        return _run_many(args, argv)
+    from store.entrypoint import exit_code, start
+    from store.errors import MtpError
+    from store.settings import settings
+
+    try:
+        where = start("mtp-engine", args)
+        if args.devices:
+            return _run_many(args)
+        home = where.resolve_home()
+    except MtpError as exc:
+        return exit_code("mtp-engine", exc)
 
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from store.paths import Home, StoreError, set_umask
-
     from .launch import DeviceLock, EngineAlreadyRunning, EngineError, log_path, normalize_device
 
-    set_umask()
-    try:
-        if args.demo:
-            from store.paths import demo_home
-
-            home = Home.resolve(demo_home(args.home))
-        else:
-            home = Home.resolve(args.home)
-    except StoreError as exc:
-        print(f"mtp-engine: {exc}", file=sys.stderr)
-        return 2
-    fake = (args.backend or os.environ.get(BACKEND_ENV, "") or "diffusers") == "fake"
+    fake = (args.backend or settings().engine_backend or "diffusers") == "fake"
     try:
         # One spelling per device, so `cuda` and `cuda:0` share a lock, a log and a worker id.
         device = normalize_device(args.device or ("cpu" if fake else _default_device()))

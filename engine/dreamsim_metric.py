@@ -48,8 +48,9 @@ class DreamSimSpec:
     def for_home(cls, home, demo: bool) -> DreamSimSpec:
         if demo:
             return cls(ensure_random_dreamsim(home.models / DEMO_DIRNAME), DEMO_TYPE)
-        folder = os.environ.get(DREAMSIM_DIR_ENV) or str(home.models / "dreamsim")
-        return cls(Path(folder).expanduser(), DEFAULT_TYPE)
+        from store.settings import settings
+
+        return cls(settings().dreamsim_dir or home.models / "dreamsim", DEFAULT_TYPE)
 
 
 def required_files(dreamsim_type: str) -> list[str]:

@@ -27,6 +27,7 @@ from sqlmodel import Session, SQLModel, create_engine, select
 from . import models  # noqa: F401  (registers the tables)
 from .models import Meta
 from .paths import Home, StoreError
+from .settings import settings
 
 __all__ = [
     "Store",
@@ -83,7 +84,7 @@ def use_db_url(arg: str | None) -> None:
 
 def db_url_from(arg: str | None = None) -> str | None:
     """`--db` wins over $MTP_DB_URL; None means the SQLite file in the data folder."""
-    return arg or os.environ.get(ENV_DB_URL) or None
+    return arg or settings().db_url or None
 
 
 def _sqlite_engine(url: str) -> Engine:
@@ -181,7 +182,18 @@ class Store:
         self.home = home or Home.resolve()
         self.url = db_url_from(url) or self.home.db_url
         self.is_sqlite = self.url.startswith("sqlite")
-        self.engine = _sqlite_engine(self.url) if self.is_sqlite else _pg_engine(self.url)
+        # A database this Store creates and then refuses (another folder's id) is removed again:
+        # no command leaves behind a database it would not use.
+        new_file = self._sqlite_file() if self.is_sqlite else None
+        if new_file is not None and os.path.exists(new_file):
+            new_file = None
+        try:
+            self.engine = _sqlite_engine(self.url) if self.is_sqlite else _pg_engine(self.url)
+        except ImportError as exc:
+            raise StoreError(
+                f"cannot use {self.display_url}: its driver is not installed ({exc.name or exc}); "
+                f"for PostgreSQL: pip install 'mtp[postgres]'"
+            ) from None
         self._write_engine = (
             self.engine.execution_options(sqlite_immediate=True) if self.is_sqlite else self.engine
         )
@@ -190,10 +202,24 @@ class Store:
             self._migrate()
         except DBAPIError as exc:
             self.engine.dispose()
+            self._remove_new_file(new_file)
             raise StoreError(self.explain(exc)) from None
         except BaseException:
             self.engine.dispose()
+            self._remove_new_file(new_file)
             raise
+
+    def _sqlite_file(self) -> str | None:
+        db = make_url(self.url).database
+        return db if db and db != ":memory:" and not db.startswith("file:") else None
+
+    @staticmethod
+    def _remove_new_file(path: str | None) -> None:
+        for p in (path, f"{path}-wal", f"{path}-shm") if path else ():
+            try:
+                os.unlink(p)
+            except OSError:
+                pass
 
     @property
     def display_url(self) -> str:
@@ -354,6 +380,6 @@ class Store:
         self.engine.dispose()
 
 
-def open_store(home: str | os.PathLike | None = None, url: str | None = None) -> Store:
+def open_store(home: Home | str | os.PathLike | None = None, url: str | None = None) -> Store:
     """The data folder's store; raises StoreError with a message fit to show as is."""
-    return Store(Home.resolve(home), url=url)
+    return Store(home if isinstance(home, Home) else Home.resolve(home), url=url)

@@ -155,3 +155,11 @@ def seed_demo(store: Store) -> tuple[Concept, Experiment]:
     )
     _ensure_sdxl_demo(store, concept)
     return concept, exp
+
+
+def seed_demo_if_empty(store: Store) -> None:
+    """Seed a demo folder the app opens for the first time (one with no concept at all)."""
+    with store.session() as s:
+        empty = s.exec(select(Concept.id).limit(1)).first() is None
+    if empty:
+        seed_demo(store)

@@ -8,18 +8,16 @@ from pathlib import Path
 
 import platformdirs
 
+from .errors import StoreError  # re-exported: callers import it from here
+from .settings import settings
+
 ENV_HOME = "MTP_HOME"
-# Set to 1 to share the data folder with your group (folders 2770 setgid, files 0660) instead of
-# keeping it private (0700 / 0600), the default. README, "Sharing a data folder".
-ENV_SHARED = "MTP_SHARED_GROUP"
-
-
-class StoreError(RuntimeError):
-    """The data folder or its database cannot be used; the message says why and what to do."""
 
 
 def shared_group() -> bool:
-    return os.environ.get(ENV_SHARED, "").strip().lower() not in ("", "0", "no", "false")
+    """MTP_SHARED_GROUP=1 shares the data folder with its group (folders 2770 setgid, files
+    0660) instead of keeping it private (0700 / 0600), the default."""
+    return settings().shared_group
 
 
 def set_umask() -> None:
@@ -32,9 +30,9 @@ def set_umask() -> None:
 
 
 def default_home() -> Path:
-    env = os.environ.get(ENV_HOME)
+    env = settings().home
     if env:
-        return Path(env).expanduser()
+        return env
     return Path(platformdirs.user_data_dir("mtp", appauthor=False))
 
 

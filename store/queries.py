@@ -17,6 +17,7 @@ from sqlmodel import col, select
 from store.sweep.spec import ExperimentSpec, expand
 
 from .db import Store
+from .errors import InputError  # noqa: F401  (re-exported: callers import it from here)
 from .models import (
     RUN_SORT_COLUMNS,
     WEIGHT_KINDS,
@@ -28,11 +29,6 @@ from .models import (
     Score,
     utcnow,
 )
-
-
-class InputError(ValueError):
-    """Bad user input, with a message fit to show as is."""
-
 
 # ------------------------------------------------------------------ images
 # Far above any size Stable Diffusion takes (sources are resized), far below what exhausts memory.

@@ -33,6 +33,17 @@ def pytest_generate_tests(metafunc):
         metafunc.parametrize("db_backend", backends, indirect=True)
 
 
+@pytest.fixture(autouse=True)
+def _restore_mtp_environment():
+    """The entry points export --db as MTP_DB_URL (and drop it under --demo) for the engines they
+    start; a test that calls one in-process must not hand that to the next test."""
+    saved = {k: v for k, v in os.environ.items() if k.startswith("MTP_")}
+    yield
+    for key in [k for k in os.environ if k.startswith("MTP_")]:
+        del os.environ[key]
+    os.environ.update(saved)
+
+
 @pytest.fixture(scope="session")
 def pg_server():
     """A throwaway PostgreSQL server for the session. On CI a missing server fails the tests."""

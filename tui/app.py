@@ -282,64 +282,37 @@ def in_form(widget) -> bool:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from store.entrypoint import add_common_arguments
+
     parser = argparse.ArgumentParser(
         prog="mtp-tui",
         description="mtp research workbench: build sweeps, watch the queue, browse runs and results.",
     )
-    parser.add_argument(
-        "--home",
-        help="data folder (default: $MTP_HOME or the platform data dir; "
-        "with --demo: <data dir>/demo)",
-    )
-    parser.add_argument(
-        "--db",
-        help="database URL, e.g. postgresql+psycopg://user@host/mtp "
-        "(default: $MTP_DB_URL, else the SQLite file in the data folder)",
-    )
-    parser.add_argument(
-        "--demo",
-        action="store_true",
-        help="use a demo data folder seeded with a concept and a small sweep on the random tiny model",
-    )
+    add_common_arguments(parser)
     return parser
 
 
-def open_store(home: str | None, demo: bool):
+def open_store(where):
+    """The store of `where` (store.entrypoint.Where); the demo folder is seeded on first open."""
     from store.db import Store
-    from store.paths import Home, demo_home
 
-    if demo:
-        home = demo_home(home)
-    store = Store(Home.resolve(home))
-    if demo:
-        from sqlmodel import select
+    store = Store(where.resolve_home())
+    if where.demo:
+        from store.demo import seed_demo_if_empty
 
-        from store.models import Concept
-
-        with store.session() as s:
-            empty = s.exec(select(Concept.id).limit(1)).first() is None
-        if empty:
-            from store.demo import seed_demo
-
-            seed_demo(store)
+        seed_demo_if_empty(store)
     return store
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from store.db import StoreError, use_db_url
-    from store.paths import set_umask
+    from store.entrypoint import exit_code, start
+    from store.errors import MtpError
 
-    set_umask()
-    if args.demo and not args.db:
-        # The demo keeps its own SQLite record in its own folder, and so do engines it starts.
-        os.environ.pop("MTP_DB_URL", None)
-    use_db_url(args.db)
     try:
-        store = open_store(args.home, args.demo)
-    except StoreError as exc:
-        print(f"mtp-tui: {exc}", file=sys.stderr)
-        return 2
+        store = open_store(start("mtp-tui", args))
+    except MtpError as exc:
+        return exit_code("mtp-tui", exc)
     # textual-image must query the terminal before Textual takes it over (see artifact_image).
     from .widgets import artifact_image  # noqa: F401
 

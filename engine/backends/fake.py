@@ -42,8 +42,10 @@ class FakeBackend:
         log_path: str | os.PathLike | None = None,
         oom_above: int | None = None,
         fail: dict[str, BaseException] | None = None,
+        crash_prompt: str | None = None,
     ):
         self.step_s = step_s
+        self.crash_prompt = crash_prompt
         self.log_path = Path(log_path) if log_path else None
         self.oom_above = oom_above
         self.fail = fail or {}
@@ -53,9 +55,13 @@ class FakeBackend:
 
     @classmethod
     def from_env(cls) -> FakeBackend:
+        from store.settings import settings
+
+        env = settings()
         return cls(
-            step_s=float(os.environ.get("MTP_FAKE_STEP_S", "0") or 0),
-            log_path=os.environ.get("MTP_FAKE_LOG") or None,
+            step_s=env.fake_step_s,
+            log_path=str(env.fake_log) if env.fake_log else None,
+            crash_prompt=env.fake_crash_prompt,
         )
 
     def load(self, key: LoadKey) -> None:
@@ -98,7 +104,7 @@ class FakeBackend:
         for p in prompts:
             if p in self.fail:
                 raise self.fail[p]
-        if os.environ.get("MTP_FAKE_CRASH_PROMPT") in prompts:
+        if self.crash_prompt is not None and self.crash_prompt in prompts:
             # A run that takes the whole engine down (as a segfault in a native library would).
             os.kill(os.getpid(), signal.SIGKILL)
         for i in range(source.num_steps):

@@ -27,8 +27,10 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from fractions import Fraction
 
+from ..errors import InputError
 
-class SweepError(ValueError):
+
+class SweepError(InputError):
     """A parse or validation error that names the field, the offending text and its position."""
 
     def __init__(self, field: str, text: str, pos: int, message: str):

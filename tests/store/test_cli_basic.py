@@ -1,5 +1,7 @@
 """The `mtp` headless commands, run in-process through tui.cli.main."""
 
+from pathlib import Path
+
 import numpy as np
 from PIL import Image
 
@@ -115,10 +117,52 @@ def test_demo_writes_into_its_own_folder_and_mtp_demo_addresses_it(capsys, home)
     code, out, _ = run(capsys, "demo")
     assert code == 0 and str(home.root / "demo") in out
     assert (home.root / "demo" / "mtp.db").is_file()
-    code, out, _ = run(capsys, "experiment", "list")
-    assert code == 0 and "demo" not in out  # the real data folder stays clean
+    # The real data folder stays clean: a listing there says where it looked and creates nothing.
+    code, out, err = run(capsys, "experiment", "list")
+    assert code == 2 and f"no mtp database in {home.root}" in err and "nothing was created" in err
+    assert not (home.root / "mtp.db").exists()
     code, out, _ = run(capsys, "--demo", "experiment", "list")
     assert code == 0 and "demo: final step" in out
+    # One --demo, one meaning, before or after the subcommand.
+    assert run(capsys, "experiment", "list", "--demo")[1] == out
+
+
+def test_demo_is_one_rule_for_every_entry_point_even_under_mtp_db_url(capsys, home, monkeypatch):
+    """An exported MTP_DB_URL (README's several-hosts setup) does not reach the demo: `mtp`,
+    `mtp-tui` and `mtp-engine` all use the demo folder's own SQLite file, and nothing creates a
+    database it then refuses."""
+    import argparse
+
+    from store.entrypoint import apply_rule
+
+    elsewhere = home.root / "other.db"
+    monkeypatch.setenv("MTP_DB_URL", f"sqlite:///{elsewhere}")
+    assert run(capsys, "demo")[0] == 0
+    code, out, err = run(capsys, "--demo", "experiment", "list")
+    assert code == 0 and "demo: final step" in out, err
+    where = apply_rule(None, None, True)
+    assert where.db_url is None and where.home == (home.root / "demo").resolve()
+    # the engine takes the same rule: it drains the demo queue instead of refusing
+    from engine.cli import build_parser
+
+    args = build_parser().parse_args(["--demo", "--once", "--backend", "fake"])
+    assert isinstance(args, argparse.Namespace) and args.demo
+    monkeypatch.setenv("MTP_DB_URL", f"sqlite:///{elsewhere}")
+    from engine.cli import main as engine_main
+
+    assert engine_main(["--demo", "--once", "--backend", "fake"]) == 0
+    assert not elsewhere.exists()
+    code, out, _ = run(capsys, "--demo", "runs", "--status", "queued")
+    assert code == 0 and out.startswith("0 runs match")
+
+
+def test_a_database_that_is_refused_is_not_left_behind(capsys, home, monkeypatch):
+    monkeypatch.delenv("MTP_DB_URL", raising=False)  # --db exports it; undone after the test
+    run(capsys, "init")
+    stray = home.root.parent / "stray.db"
+    code, _, err = run(capsys, "--db", f"sqlite:///{stray}", "init")
+    assert code == 2 and "belongs to another database" in err
+    assert not stray.exists() and not Path(f"{stray}-wal").exists()
 
 
 def test_experiment_create_with_a_concept_uses_its_class_word_as_source(capsys, home):

@@ -100,8 +100,11 @@ def test_corrupt_database_gets_a_message_in_every_entry_point(tmp_path, capsys):
 def test_unusable_data_folder_gets_a_message(tmp_path, capsys):
     blocker = tmp_path / "a-file"
     blocker.write_text("x")
-    code, _, err = run(capsys, "--home", str(blocker / "home"), "queue")
+    code, _, err = run(capsys, "--home", str(blocker / "home"), "init")
     assert code == 2 and "cannot create the data folder" in err and "--home" in err
+    # a command that only reads names the folder it looked in and creates nothing
+    code, _, err = run(capsys, "--home", str(blocker / "home"), "queue")
+    assert code == 2 and f"no data folder {blocker / 'home'}" in err and "--home" in err
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes through a read-only mode")

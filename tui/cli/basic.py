@@ -11,14 +11,14 @@ from store.sweep.spec import AXES, PRESETS, ExperimentSpec
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("init", help="create the data folder and database, print where they are")
-    p.set_defaults(func=cmd_init)
+    p.set_defaults(func=cmd_init, creates_home=True)
 
     p = sub.add_parser(
         "demo",
         help="add the demo concept and experiments (tiny random model) to the demo "
         "data folder, <data folder>/demo (address it with mtp --demo ...)",
     )
-    p.set_defaults(func=cmd_demo, uses_demo_home=True)
+    p.set_defaults(func=cmd_demo, uses_demo_home=True, creates_home=True)
 
     concept = sub.add_parser(
         "concept", help="concepts: a subject with reference images"
@@ -38,7 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--model", default="runwayml/stable-diffusion-v1-5", help="hub id or local folder"
     )
     p.add_argument("--notes", default="")
-    p.set_defaults(func=cmd_concept_add)
+    p.set_defaults(func=cmd_concept_add, creates_home=True)
     p = concept.add_parser("list", help="list concepts")
     p.set_defaults(func=cmd_concept_list)
 
@@ -81,7 +81,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tags", default="")
     p.add_argument("--notes", default="")
     p.add_argument("--priority", type=int, default=0)
-    p.set_defaults(func=cmd_experiment_create)
+    p.set_defaults(func=cmd_experiment_create, creates_home=True)
     p = exp.add_parser("list", help="experiments with progress")
     p.add_argument("--archived", action="store_true", help="include archived experiments")
     p.set_defaults(func=cmd_experiment_list)

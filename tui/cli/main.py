@@ -21,23 +21,14 @@ COMMAND_MODULES = [
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from store.entrypoint import SubcommandParser, add_common_arguments
+
     parser = argparse.ArgumentParser(
         prog="mtp",
         description="mtp headless commands: concepts, experiments, runs, queue control and export.",
     )
-    parser.add_argument("--home", help="data folder (default: $MTP_HOME or the platform data dir)")
-    parser.add_argument(
-        "--db",
-        help="database URL, e.g. postgresql+psycopg://user@host/mtp "
-        "(default: $MTP_DB_URL, else the SQLite file in the data folder)",
-    )
-    parser.add_argument(
-        "--demo",
-        action="store_true",
-        dest="use_demo",
-        help="use the demo data folder (<data folder>/demo, where `mtp demo` writes)",
-    )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    add_common_arguments(parser)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=SubcommandParser)
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
     return parser
@@ -49,38 +40,25 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0 if args.command is None else 2
-    import os
+    from store.db import open_store
+    from store.entrypoint import exit_code, say, start
+    from store.errors import MtpError
 
-    from store.db import StoreError, open_store, use_db_url
-    from store.paths import demo_home, set_umask
-    from store.queries import InputError
-    from store.sweep.grammar import SweepError
-
-    # The demo lives in its own folder so it never mixes with real work.
-    # (`mtp engine start --demo` too: like `mtp-engine --demo`, it serves the demo folder.)
-    demo = (
-        args.use_demo
-        or getattr(args, "uses_demo_home", False)
-        or (args.command == "engine" and getattr(args, "demo", False))
-    )
-    args.use_demo = demo
-    home = demo_home(args.home) if demo else args.home
-    if demo and not args.db:
-        # The demo keeps its own SQLite record in its own folder, and so do engines it starts.
-        os.environ.pop("MTP_DB_URL", None)
-    use_db_url(args.db)
-    set_umask()
+    # `mtp demo` always writes the demo folder; `mtp engine start --demo` serves it.
+    args.demo = bool(args.demo or getattr(args, "uses_demo_home", False))
     try:
-        store = open_store(home)
-    except StoreError as exc:
-        print(f"mtp: {exc}", file=sys.stderr)
-        return 2
+        where = start("mtp", args)
+        # Only commands that make something new create a data folder; the others say where
+        # they looked instead of leaving an empty folder behind.
+        store = open_store(where.resolve_home(create=getattr(args, "creates_home", False)))
+    except MtpError as exc:
+        return exit_code("mtp", exc)
     from sqlalchemy.exc import DBAPIError, IntegrityError
 
     try:
         return int(args.func(args, store) or 0)
-    except (InputError, SweepError) as exc:
-        print(f"mtp: {exc}", file=sys.stderr)
+    except MtpError as exc:
+        say("mtp", exc)
         return 2
     except BrokenPipeError:
         # `mtp show 53 | head`: the reader left; that is not an error worth a traceback.
@@ -89,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     except DBAPIError as exc:
         if isinstance(exc, IntegrityError):
             raise  # a bug, not the machine: keep the traceback
-        print(f"mtp: {store.explain(exc)}", file=sys.stderr)
+        say("mtp", store.explain(exc))
         return 2
     finally:
         store.close()

@@ -60,11 +60,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="start: one detached engine per device, e.g. cuda:0,cuda:1 or `all` (every GPU of this host)",
     )
-    p.add_argument(
-        "--demo", action="store_true", help="serve the demo data folder with the offline tiny model"
-    )
     p.add_argument("--max-batch", type=int, default=None)
-    p.set_defaults(func=cmd_engine)
+    p.set_defaults(func=cmd_engine, creates_home=True)
 
 
 def _experiment(store, ref: str):
@@ -172,7 +169,7 @@ def cmd_engine(args, store) -> int:
         extra = ["--max-batch", str(args.max_batch)] if args.max_batch else []
         try:
             pid = start_engine(
-                home, device=device, demo=args.demo or args.use_demo, extra_args=extra
+                home, device=device, demo=args.demo, extra_args=extra
             )
         except EngineError as exc:
             print(f"mtp: {exc}", file=sys.stderr)

@@ -37,11 +37,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         default="cpu",
         help="device of the score-only engine started when none runs (default cpu)",
     )
-    p.add_argument(
-        "--demo",
-        action="store_true",
-        help="score with the tiny offline backbones (automatic for experiments on the demo model)",
-    )
     p.add_argument("--no-wait", action="store_true", help="queue the request and return at once")
     p.add_argument(
         "--timeout", type=float, default=None, help="stop waiting after this many seconds"

@@ -17,6 +17,8 @@ from textual.containers import Vertical
 from textual.message import Message
 from textual.widgets import Static
 
+from store.settings import settings
+
 THUMB_PX = 384
 
 
@@ -40,7 +42,7 @@ def _import_textual_image():
     already reads stdin and takes the reply for key presses (a stray '?' opened Help)."""
     import sys
 
-    if os.environ.get("TMUX") or os.environ.get("MTP_IMAGE", "auto").lower() != "auto":
+    if os.environ.get("TMUX") or settings().image != "auto":
         real = sys.__stdout__
         sys.__stdout__ = _NotATerminal(real)
         try:
@@ -57,7 +59,7 @@ _ti = _import_textual_image()
 
 
 def image_widget_class():
-    choice = os.environ.get("MTP_IMAGE", "auto").lower()
+    choice = settings().image
     if choice == "auto" and os.environ.get("TMUX"):
         choice = "halfcell"
     return {
