@@ -161,9 +161,10 @@ def load_tiny_pipeline(path: str | os.PathLike):
     return pipe
 
 
-def ensure_built(final: Path, build) -> Path:
-    """Run ``build(folder)`` once into ``final``; a crash mid-build never leaves a half model there."""
-    if (final / "model_index.json").is_file():
+def ensure_built(final: Path, build, marker: str = "model_index.json") -> Path:
+    """Run ``build(folder)`` once into ``final`` (done when ``final/marker`` exists); a crash
+    mid-build never leaves a half model there. Every offline tiny model is built through here."""
+    if (final / marker).is_file():
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
@@ -173,7 +174,7 @@ def ensure_built(final: Path, build) -> Path:
             os.rename(tmp / final.name, final)
         except OSError:
             # Another process finished first; its copy is equally valid.
-            if not (final / "model_index.json").is_file():
+            if not (final / marker).is_file():
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

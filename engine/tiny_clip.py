@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
+
+from .tiny import ensure_built
 
 TINY_CLIP_NAME = "mtp-tiny-clip"  # the open_clip model name its config registers
 TINY_CLIP_DIRNAME = "tiny-clip"
@@ -87,28 +87,9 @@ def build_tiny_dino(folder: str | os.PathLike, seed: int = 0) -> Path:
     return folder
 
 
-def _ensure(final: Path, marker: str, build) -> Path:
-    """Build ``final`` once; a crash mid-build never leaves a half model there."""
-    if (final / marker).is_file():
-        return final
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
-    try:
-        build(tmp / final.name)
-        try:
-            os.rename(tmp / final.name, final)
-        except OSError:
-            # Another process finished first; its copy is equally valid.
-            if not (final / marker).is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return final
-
-
 def ensure_tiny_clip(models_dir: str | os.PathLike) -> tuple[str, Path]:
     """(open_clip model name, weights file) of the tiny CLIP under ``models_dir``, built if missing."""
-    folder = _ensure(Path(models_dir) / TINY_CLIP_DIRNAME, TINY_CLIP_WEIGHTS, build_tiny_clip)
+    folder = ensure_built(Path(models_dir) / TINY_CLIP_DIRNAME, build_tiny_clip, TINY_CLIP_WEIGHTS)
     config = clip_config_path(folder)
     if json.loads(config.read_text()) != TINY_CLIP_CONFIG:
         # A demo folder built before the config gained quick_gelu: same weights, new activation.
@@ -119,4 +100,4 @@ def ensure_tiny_clip(models_dir: str | os.PathLike) -> tuple[str, Path]:
 
 
 def ensure_tiny_dino(models_dir: str | os.PathLike) -> Path:
-    return _ensure(Path(models_dir) / TINY_DINO_DIRNAME, "config.json", build_tiny_dino)
+    return ensure_built(Path(models_dir) / TINY_DINO_DIRNAME, build_tiny_dino, "config.json")

@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, delete, exists, or_, update
+from sqlalchemy import delete, exists, or_, update
 from sqlmodel import col, select
 
 from .db import Store
@@ -246,10 +245,6 @@ def runs_to_score(
         return list(s.exec(q))
 
 
-def count_runs_to_score(store: Store, req: ScoreRequest, backbones: dict[str, str]) -> int:
-    return len(runs_to_score(store, req, backbones))
-
-
 def save_scores(store: Store, results: Iterable[dict[str, Any]]) -> int:
     """Write scores of existing runs: each result {run_id, scores, score_error}. A score replaces
     the one of the same run, metric and backbone; other backbones' scores stay. Runs are only
@@ -296,43 +291,3 @@ def save_scores(store: Store, results: Iterable[dict[str, Any]]) -> int:
                     .values(score_error=r["score_error"])
                 )
     return len(results)
-
-
-@dataclass
-class ScoreProgress:
-    """What `mtp score` and the app show about an experiment's scoring."""
-
-    open: list[ScoreRequest]
-    unscored: int  # done runs with a score_error
-
-    @property
-    def line(self) -> str:
-        if not self.open:
-            return "no scoring queued" + (
-                f"; {self.unscored} run(s) not scored" if self.unscored else ""
-            )
-        parts = []
-        for r in self.open:
-            what = f"{r.metrics}{' (rescore)' if r.rescore else ''}"
-            parts.append(
-                f"scoring {what}: waiting for an engine"
-                if r.status == ScoreRequestStatus.QUEUED
-                else f"scoring {what}: {r.scored}/{r.total} run(s)"
-            )
-        return "; ".join(parts)
-
-
-def score_progress(store: Store, experiment_id: int) -> ScoreProgress:
-    from sqlalchemy import func
-
-    with store.session() as s:
-        unscored = s.exec(
-            select(func.count())
-            .select_from(Run)
-            .where(
-                Run.experiment_id == experiment_id,
-                Run.status == RunStatus.DONE,
-                and_(col(Run.score_error).is_not(None)),
-            )
-        ).one()
-    return ScoreProgress(open_requests(store, experiment_id), int(unscored))

@@ -5,7 +5,6 @@ while engines keep running."""
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import sys
 

@@ -371,10 +371,6 @@ def expand(spec: ExperimentSpec, concept: Any | None = None) -> list[dict[str, A
     return rows
 
 
-def count_runs(spec: ExperimentSpec) -> int:
-    return len(expand(spec))
-
-
 def swept_axes(spec: ExperimentSpec) -> list[str]:
     """Axes with more than one value: what the results screen offers to group by."""
     axes = parse_axes(spec)

@@ -168,9 +168,7 @@ def cmd_engine(args, store) -> int:
         device = args.device or "cpu"
         extra = ["--max-batch", str(args.max_batch)] if args.max_batch else []
         try:
-            pid = start_engine(
-                home, device=device, demo=args.demo, extra_args=extra
-            )
+            pid = start_engine(home, device=device, demo=args.demo, extra_args=extra)
         except EngineError as exc:
             print(f"mtp: {exc}", file=sys.stderr)
             return 1
