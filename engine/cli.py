@@ -14,6 +14,10 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .backends.base import Backend
 
 log = logging.getLogger("mtp.engine")
 
@@ -246,6 +250,7 @@ def _serve(args, home, device: str, fake: bool, ready=lambda: None) -> int:
         log.error("--score-only needs the real scorer (not --backend fake or --no-score)")
         store.close()
         return 2
+    backend: Backend
     if fake:
         from .backends.fake import FakeBackend, fake_score
 
@@ -338,6 +343,7 @@ def _serve(args, home, device: str, fake: bool, ready=lambda: None) -> int:
         if args.score_only:
             from .rescore import serve_score_only
 
+            assert worker.rescorer is not None  # --score-only refused above without a scorer
             stats = serve_score_only(
                 store,
                 worker.rescorer,

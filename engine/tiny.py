@@ -148,7 +148,7 @@ def build_tiny_pipeline(path: str | os.PathLike, seed: int = 0) -> Path:
         feature_extractor=None,
         requires_safety_checker=False,
     )
-    pipe.save_pretrained(path, safe_serialization=True)
+    pipe.save_pretrained(path, safe_serialization=True)  # type: ignore[attr-defined]
     return path
 
 

@@ -88,7 +88,7 @@ def build_tiny_sdxl_pipeline(path: str | os.PathLike, seed: int = 0) -> Path:
         force_zeros_for_empty_prompt=True,
         add_watermarker=False,
     )
-    pipe.save_pretrained(path, safe_serialization=True)
+    pipe.save_pretrained(path, safe_serialization=True)  # type: ignore[attr-defined]
     return path
 
 

@@ -26,7 +26,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from store.db import Store
 from store.models import Concept, Run
@@ -62,6 +62,9 @@ from .faults import (
     systemic_reason,
 )
 from .scoring import scored_text as default_scored_text  # torch-free at import
+
+if TYPE_CHECKING:
+    from .rescore import Rescorer
 
 log = logging.getLogger("mtp.engine")
 
@@ -168,7 +171,8 @@ class Worker:
         self.config = config or WorkerConfig()
         self.score = score
         self.scored_text = scored_text or default_scored_text
-        self.rescorer = None  # engine.rescore.Rescorer, set by engine.cli when scoring is on
+        # set by engine.cli when scoring is on
+        self.rescorer: Rescorer | None = None
         self.scorers: dict[str, str] = {}  # family -> backbone, recorded in the engine session
         self._session: tuple[LoadKey, int] | None = None
         self.worker_id = worker_id or make_worker_id(self.config.device)

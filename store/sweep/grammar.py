@@ -130,16 +130,16 @@ def _number(raw: str, kind: str, field: str, text: str, pos: int) -> float | int
     if kind == "int":
         # Decimal, never float: seeds are 64-bit and a float keeps only 53 bits of them.
         try:
-            value = Decimal(raw)
+            exact = Decimal(raw)
         except InvalidOperation:
             raise SweepError(field, text, pos, f"{raw!r} is not a number") from None
-        if not value.is_finite():
+        if not exact.is_finite():
             raise SweepError(field, text, pos, f"{raw!r} is not a finite number")
-        if value.adjusted() > 40:  # '1e999999' would build a huge int before any bound check
+        if exact.adjusted() > 40:  # '1e999999' would build a huge int before any bound check
             raise SweepError(field, text, pos, f"{raw!r} is far too large")
-        if value != value.to_integral_value():
+        if exact != exact.to_integral_value():
             raise SweepError(field, text, pos, f"{raw!r} is not a whole number")
-        return int(value)
+        return int(exact)
     try:
         value = float(raw)
     except ValueError:
@@ -176,7 +176,7 @@ def _expand_range(m: re.Match, kind: str, field: str, text: str, pos: int) -> li
             raise SweepError(
                 field, text, pos, "a decimal range needs a step '(+0.1)' or a count '[5]'"
             )
-        step = 1 if b >= a else -1
+        step: float | int = 1 if b >= a else -1
     else:
         step = _number(step_raw.replace("-", ""), kind, field, text, pos)
         if step_raw.replace(" ", "").startswith("-"):
@@ -185,7 +185,7 @@ def _expand_range(m: re.Match, kind: str, field: str, text: str, pos: int) -> li
         raise SweepError(field, text, pos, "the step of a range cannot be 0")
     if (b - a) * step < 0:
         raise SweepError(field, text, pos, f"a step of {step} never goes from {a} to {b}")
-    n = (b - a) // step + 1 if kind == "int" else int(math.floor((b - a) / step + 1e-9)) + 1
+    n = int((b - a) // step) + 1 if kind == "int" else int(math.floor((b - a) / step + 1e-9)) + 1
     if n > _MAX_VALUES:
         raise SweepError(field, text, pos, f"range has {n} values (more than {_MAX_VALUES})")
     values = [a + i * step for i in range(n)]
@@ -313,6 +313,7 @@ def resolve_layer_set(expr: str, blocks: Sequence[str], field: str = "layers") -
             continue
         for term in part.split("+"):
             m = _LAYER_TERM.match(term)
+            assert m is not None  # parse_layer_set accepted every term
             if m["a"]:
                 a = int(m["a"])
                 b = int(m["b"]) if m["b"] else a
