@@ -675,3 +675,55 @@ def add_tag(store: Store, run_ids: Sequence[int], tag: str) -> int:
             .values(tags=case((Run.tags == "", tag), else_=Run.tags + "," + tag))
         )
         return res.rowcount
+
+
+# ------------------------------------------------------------------ what screens show
+def best_points(store: Store, experiment_ids: list[int]) -> dict[int, tuple[int, float, float]]:
+    """The run with the highest CLIP-T + CLIP-I per experiment: always on the Pareto front.
+
+    Ranked inside SQLite (which releases the GIL), so 100k scored runs never stall the UI."""
+    if not experiment_ids:
+        return {}
+
+    t = func.avg(case((Score.metric == "clip_t", Score.value))).label("t")
+    i = func.avg(case((Score.metric == "clip_i_ref", Score.value))).label("i")
+    per_run = (
+        select(Run.experiment_id.label("exp"), Run.id.label("run"), t, i)
+        .join(Score, Score.run_id == Run.id)
+        .where(
+            col(Run.experiment_id).in_(experiment_ids),
+            Run.is_baseline == False,  # noqa: E712
+            col(Score.metric).in_(["clip_t", "clip_i_ref"]),
+        )
+        .group_by(Run.id)
+        .subquery()
+    )
+    rank = (
+        func.row_number()
+        .over(partition_by=per_run.c.exp, order_by=(per_run.c.t + per_run.c.i).desc())
+        .label("rank")
+    )
+    ranked = (
+        select(per_run.c.exp, per_run.c.run, per_run.c.t, per_run.c.i, rank)
+        .where(per_run.c.t.is_not(None), per_run.c.i.is_not(None))
+        .subquery()
+    )
+    q = select(ranked.c.exp, ranked.c.run, ranked.c.t, ranked.c.i).where(ranked.c.rank == 1)
+    with store.session() as s:
+        return {exp: (run, tv, iv) for exp, run, tv, iv in s.execute(q)}
+
+
+def baseline_of(store: Store, run_id: int) -> int | None:
+    """The no-control run that shares this run's source, prompt and seed (None if there is none)."""
+    run = get_run(store, run_id)
+    if run is None:
+        return None
+    with store.session() as s:
+        return s.exec(
+            select(Run.id).where(
+                Run.experiment_id == run.experiment_id,
+                Run.group_key == run.group_key,
+                Run.target_prompt == run.target_prompt,
+                Run.is_baseline == True,  # noqa: E712
+            )
+        ).first()

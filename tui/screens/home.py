@@ -30,45 +30,6 @@ class HomeData:
     notes: list = field(default_factory=list)
 
 
-def best_points(store, experiment_ids: list[int]) -> dict[int, tuple[int, float, float]]:
-    """The run with the highest CLIP-T + CLIP-I per experiment: always on the Pareto front.
-
-    Ranked inside SQLite (which releases the GIL), so 100k scored runs never stall the UI."""
-    if not experiment_ids:
-        return {}
-    from sqlalchemy import case, func
-    from sqlmodel import col, select
-
-    from store.models import Run, Score
-
-    t = func.avg(case((Score.metric == "clip_t", Score.value))).label("t")
-    i = func.avg(case((Score.metric == "clip_i_ref", Score.value))).label("i")
-    per_run = (
-        select(Run.experiment_id.label("exp"), Run.id.label("run"), t, i)
-        .join(Score, Score.run_id == Run.id)
-        .where(
-            col(Run.experiment_id).in_(experiment_ids),
-            Run.is_baseline == False,  # noqa: E712
-            col(Score.metric).in_(["clip_t", "clip_i_ref"]),
-        )
-        .group_by(Run.id)
-        .subquery()
-    )
-    rank = (
-        func.row_number()
-        .over(partition_by=per_run.c.exp, order_by=(per_run.c.t + per_run.c.i).desc())
-        .label("rank")
-    )
-    ranked = (
-        select(per_run.c.exp, per_run.c.run, per_run.c.t, per_run.c.i, rank)
-        .where(per_run.c.t.is_not(None), per_run.c.i.is_not(None))
-        .subquery()
-    )
-    q = select(ranked.c.exp, ranked.c.run, ranked.c.t, ranked.c.i).where(ranked.c.rank == 1)
-    with store.session() as s:
-        return {exp: (run, tv, iv) for exp, run, tv, iv in s.execute(q)}
-
-
 def collect(store) -> HomeData:
     from engine import launch
     from store import queue
@@ -152,6 +113,8 @@ class HomeScreen(StoreScreen):
 
     @work(thread=True, exclusive=True, group="home-best")
     def _compute_best(self, key: tuple, experiment_ids: list[int]) -> None:
+        from store.queries import best_points
+
         self.post_message(self.BestPoints(key, best_points(self.store, experiment_ids)))
 
     def on_home_screen_best_points(self, message: BestPoints) -> None:

@@ -98,26 +98,6 @@ def load_bundle(store, run_id: int) -> RunBundle:
     return bundle
 
 
-def baseline_of(store, run_id: int) -> int | None:
-    from sqlmodel import select
-
-    from store.models import Run
-    from store.queries import get_run
-
-    run = get_run(store, run_id)
-    if run is None:
-        return None
-    with store.session() as s:
-        return s.exec(
-            select(Run.id).where(
-                Run.experiment_id == run.experiment_id,
-                Run.group_key == run.group_key,
-                Run.target_prompt == run.target_prompt,
-                Run.is_baseline == True,  # noqa: E712
-            )
-        ).first()
-
-
 def params_table(run, scores: dict) -> Table:
     table = Table(show_header=False, box=None, expand=True, padding=(0, 1))
     table.add_column(style="dim", no_wrap=True)
@@ -314,6 +294,8 @@ class CompareScreen(StoreScreen):
         note = ""
         b = self.run_b
         if b is None:
+            from store.queries import baseline_of
+
             b = baseline_of(self.store, self.run_a)
             if b == self.run_a:
                 b, note = None, "A is itself a baseline (no control)"
