@@ -33,6 +33,53 @@ def pytest_generate_tests(metafunc):
         metafunc.parametrize("db_backend", backends, indirect=True)
 
 
+# Test tiers (README, "Run the tests"). Markers follow from what a test uses, so a new test lands
+# in its tier without anyone remembering to mark it: `pg` (a PostgreSQL server), `snapshot`
+# (SVG snapshots), `subprocess` (starts mtp / mtp-engine processes), `model` (builds or runs a
+# torch model); each of these is also `slow`, and `pytest -m "not slow"` is the quick loop.
+PG_FIXTURES = {"pg_server", "pg_url"}
+MODEL_FIXTURES = {"tiny_model_dir", "tiny_sdxl_dir", "pipe", "sdxl_pipe"}
+# Modules whose tests start engine or CLI processes (the process boundary is what they test).
+SUBPROCESS_MODULES = {
+    "test_recovery",
+    "test_faults",
+    "test_score_cli",
+    "test_entrypoints",
+    "test_multihost",
+}
+# Engine modules that build the tiny models or scorers in every test.
+MODEL_MODULES = {
+    "test_pipeline",
+    "test_processors",
+    "test_inversion",
+    "test_inversion_sdxl",
+    "test_personalize",
+    "test_scoring",
+    "test_dreamsim",
+    "test_rescore",
+    "test_tiny",
+    "test_worker",
+}
+TIERS = ("pg", "snapshot", "subprocess", "model")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        module = item.module.__name__.rsplit(".", 1)[-1] if item.module else ""
+        if fixtures & PG_FIXTURES or params.get("db_backend") == "postgresql":
+            item.add_marker(pytest.mark.pg)
+        if "snap_compare" in fixtures:
+            item.add_marker(pytest.mark.snapshot)
+        if module in SUBPROCESS_MODULES:
+            item.add_marker(pytest.mark.subprocess)
+        if fixtures & MODEL_FIXTURES or module in MODEL_MODULES:
+            item.add_marker(pytest.mark.model)
+        if any(item.get_closest_marker(tier) for tier in TIERS):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(autouse=True)
 def _restore_mtp_environment():
     """The entry points export --db as MTP_DB_URL (and drop it under --demo) for the engines they
