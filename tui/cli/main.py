@@ -56,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     from store.queries import InputError
     from store.sweep.grammar import SweepError
 
+    from .out import echo  # errors echo names and paths: shown safe like all output
+
     # The demo lives in its own folder so it never mixes with real work.
     # (`mtp engine start --demo` too: like `mtp-engine --demo`, it serves the demo folder.)
     demo = (
@@ -73,14 +75,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         store = open_store(home)
     except StoreError as exc:
-        print(f"mtp: {exc}", file=sys.stderr)
+        echo(f"mtp: {exc}", file=sys.stderr)
         return 2
     from sqlalchemy.exc import DBAPIError, IntegrityError
 
     try:
         return int(args.func(args, store) or 0)
     except (InputError, SweepError) as exc:
-        print(f"mtp: {exc}", file=sys.stderr)
+        echo(f"mtp: {exc}", file=sys.stderr)
         return 2
     except BrokenPipeError:
         # `mtp show 53 | head`: the reader left; that is not an error worth a traceback.
@@ -89,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     except DBAPIError as exc:
         if isinstance(exc, IntegrityError):
             raise  # a bug, not the machine: keep the traceback
-        print(f"mtp: {store.explain(exc)}", file=sys.stderr)
+        echo(f"mtp: {store.explain(exc)}", file=sys.stderr)
         return 2
     finally:
         store.close()
