@@ -24,6 +24,7 @@ sanitised again at the next boundary without growing.
 
 from __future__ import annotations
 
+import logging
 import re
 
 # Format characters (category Cf) that render as a visible glyph or only join marks of their own
@@ -85,3 +86,12 @@ def safe_text(value: object, *, multiline: bool = False) -> str:
 def is_safe(value: str, *, multiline: bool = False) -> bool:
     """Whether `value` shows as it is (nothing `safe_text` would escape)."""
     return (_UNSAFE_MULTILINE if multiline else _UNSAFE_LINE).search(value) is None
+
+
+class SafeFormatter(logging.Formatter):
+    """A log formatter whose lines are shown safe: log lines echo model names, file names,
+    prompts and exception texts, and logs are read with `tail -f` in a terminal. Newlines and
+    tabs stay (tracebacks)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return safe_text(super().format(record), multiline=True)
