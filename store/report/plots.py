@@ -11,6 +11,8 @@ import math
 from dataclasses import dataclass, field
 from typing import IO, Any
 
+from store.safe_text import safe_text
+
 from .aggregate import TEXT_METRIC, Aggregate, AggregateRow, image_metric
 
 AXIS_NAMES = {
@@ -185,8 +187,11 @@ def draw_tradeoff(plt: Any, rows: list[AggregateRow], by: str = "", title: str =
     lift = (max(ys_all) - min(ys_all)) * 0.06 if ys_all else 0.0  # one text row above the marker
 
     def label(text: str, x: float, y: float, color: str | None = None) -> None:
-        # Labels right of centre grow leftwards so they are not cut at the frame.
-        plt.text(text, x, y + lift, color=color, alignment="right" if x > mid else "left")
+        # Labels right of centre grow leftwards so they are not cut at the frame. A label may be
+        # a prompt, and the plot is drawn in a terminal: shown safe.
+        plt.text(
+            safe_text(text), x, y + lift, color=color, alignment="right" if x > mid else "left"
+        )
 
     sweep = info.sweep
     if sweep:
@@ -203,7 +208,7 @@ def draw_tradeoff(plt: Any, rows: list[AggregateRow], by: str = "", title: str =
         label(base.label, base.x, base.y)
     plt.xlabel(SHORT_AXIS.get(info.x_metric, info.x_metric))
     plt.ylabel(SHORT_AXIS.get(info.y_metric or "", info.y_metric or "image"))
-    plt.title(f"{title}   {TERMINAL_KEY}" if title else TERMINAL_KEY)
+    plt.title(safe_text(f"{title}   {TERMINAL_KEY}" if title else TERMINAL_KEY))
     return info
 
 
