@@ -6,34 +6,42 @@ a name went to the terminal as is (a window title, a cleared screen, a hyperlink
 given to Static, Label, a DataTable cell, a Select option or a notification is read as markup,
 so `[bold red]x[/]` in a name was drawn styled and `[link=file:///etc/passwd]` became a live
 link (or, being invalid markup, an exception). So the rule in `tui/` is: user text only ever
-reaches a widget as a `Text` built here (`plain`, `assemble`, `cell`), never inside a markup
-string, and the app's notify and titles (MtpApp) sanitise whatever they are given.
+reaches a widget as Content or Text built here (`plain`, `assemble`, `rich`, `cell`), never inside a
+markup string, and the app's notify and titles (MtpApp) sanitise whatever they are given.
 """
 
 from __future__ import annotations
 
 from rich.text import Span, Text
+from textual.content import Content
 
 from store.safe_text import is_safe, safe_text
 
 
-def plain(value: object, style: str = "", *, multiline: bool = False, **kwargs) -> Text:
-    """`value` as one Text, shown safe and taken literally (no markup)."""
-    return Text(safe_text(value, multiline=multiline), style=style, **kwargs)
+def plain(value: object, style: str = "", *, multiline: bool = False) -> Content:
+    """`value` for a Static or Label: shown safe, taken literally (no markup), in `style`
+    (a Textual style, as markup would give it: the colours match the rest of the app)."""
+    return Content.styled(safe_text(value, multiline=multiline), style)
 
 
-def assemble(*parts: object, multiline: bool = False) -> Text:
-    """Text.assemble of str, (str, style) and Text parts, every part shown safe: program text
-    and user text alike, so a caller cannot forget which part came from a user."""
+def assemble(*parts: object, multiline: bool = False) -> Content:
+    """Content.assemble of str, (str, style) and Content parts, every str shown safe: program
+    text and user text alike, so a caller cannot forget which part came from a user."""
     out = []
     for part in parts:
-        if isinstance(part, Text):
-            out.append(safe_rich(part, multiline=multiline))
+        if isinstance(part, Content):
+            out.append(part)
         elif isinstance(part, tuple):
             out.append((safe_text(part[0], multiline=multiline), *part[1:]))
         else:
             out.append(safe_text(part, multiline=multiline))
-    return Text.assemble(*out)
+    return Content.assemble(*out)
+
+
+def rich(value: object, style: str = "", *, multiline: bool = False) -> Text:
+    """`value` as a Rich Text, for what takes Rich renderables (Rich tables, tree labels,
+    select options): shown safe, taken literally."""
+    return Text(safe_text(value, multiline=multiline), style=style)
 
 
 def cell(value: object) -> Text:

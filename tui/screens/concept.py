@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical, VerticalScroll
@@ -298,7 +297,7 @@ class ConceptScreen(StoreScreen):
             return
         concept = message.concept
         if concept is None:
-            status.update(Text("that concept no longer exists", "red"))
+            status.update(plain("that concept no longer exists", "red"))
             return
         self.concept_id = concept.id
         if not message.loaded:

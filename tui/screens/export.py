@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
+from textual.content import Content
 from textual.message import Message
 from textual.screen import ModalScreen
 from textual.widgets import Button, Checkbox, Input, Label, Select, Static
@@ -89,9 +89,9 @@ class ExportScreen(ModalScreen):
     def compose(self) -> ComposeResult:
         with Vertical(id="export-box"):
             yield Label(
-                Text(f"Export experiment {self.experiment_id}")
+                plain(f"Export experiment {self.experiment_id}")
                 if self.experiment_id is not None
-                else Text("No experiment selected: pick one on Home first", "yellow"),
+                else plain("No experiment selected: pick one on Home first", "yellow"),
                 id="export-title",
             )
             yield Label("Folder")
@@ -162,7 +162,7 @@ class ExportScreen(ModalScreen):
     def action_export(self) -> None:
         log = self.query_one("#export-log", Static)
         if self.experiment_id is None:
-            log.update(Text("no experiment selected", "red"))
+            log.update(plain("no experiment selected", "red"))
             return
         by = self.query_one("#export-axis", Select).value
         kinds = [k for k, *_ in KINDS if self.query_one(f"#kind-{k}", Checkbox).value]
@@ -188,7 +188,7 @@ class ExportScreen(ModalScreen):
             log.update(plain(message.error, "red"))
             return
         log.update(
-            Text("\n").join(
+            Content("\n").join(
                 plain(f"✓ {k}: {p}", "green") if ok else plain(f"✗ {k}: {p}", "red")
                 for k, p, ok in message.results
             )

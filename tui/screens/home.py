@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
+from textual.content import Content
 from textual.message import Message
 from textual.widgets import DataTable, Header, Static
 
 from .. import keymap
-from ..safe import plain
+from ..safe import assemble, plain
 from ..widgets.fast_table import FastTable
 from ..widgets.footer import Footer
 from ._common import StoreScreen, age
@@ -170,16 +170,16 @@ class HomeScreen(StoreScreen):
         if key != self._best_key:
             self._best_key = key
             self._compute_best(key, [r.experiment.id for r in data.experiments if r.done])
-        parts: list[Text] = []
+        parts: list[Content] = []
         if data.paused is not None:
             parts.append(
-                Text.assemble(("queue PAUSED", "b red"), " (p: resume)")
+                assemble(("queue PAUSED", "b red"), " (p: resume)")
                 if data.paused
-                else Text.assemble(("queue running", "green"), " (p: pause)")
+                else assemble(("queue running", "green"), " (p: pause)")
             )
         if data.engines is not None:
             parts.append(
-                Text(
+                plain(
                     f"engines: {len(data.engines)} running"
                     if data.engines
                     else "engines: none (S: start)"
@@ -187,9 +187,9 @@ class HomeScreen(StoreScreen):
             )
         queued = sum(r.counts.get("queued", 0) for r in data.experiments)
         running = sum(r.counts.get("running", 0) for r in data.experiments)
-        parts.append(Text(f"{queued} queued, {running} running"))
+        parts.append(plain(f"{queued} queued, {running} running"))
         parts += [plain(n, "yellow") for n in data.notes]
-        self.query_one("#queue-status", Static).update(Text("  |  ").join(parts))
+        self.query_one("#queue-status", Static).update(Content("  |  ").join(parts))
         if self.app.demo:
             from store.demo import DEMO_BANNER
 

@@ -11,10 +11,10 @@ from __future__ import annotations
 import threading
 import time
 
-from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
+from textual.content import Content
 from textual.message import Message
 from textual.widgets import DataTable, Header, Select, Static
 from textual_plotext import PlotextPlot
@@ -144,7 +144,7 @@ class ResultsScreen(StoreScreen):
     def _show_loading(self) -> bool:
         title = self.query_one("#results-title", Static)
         if self.experiment_id is None:
-            title.update(Text("No experiment selected: press o to pick one.", "yellow"))
+            title.update(plain("No experiment selected: press o to pick one.", "yellow"))
             return False
         title.update(f"experiment {self.experiment_id}: loading...")
         return True
@@ -350,7 +350,7 @@ class ResultsScreen(StoreScreen):
         lines = [plain(c) for c in caption]
         if note and grid is not None:
             lines.append(plain(note, "yellow"))
-        self.query_one("#results-grid-caption", Static).update(Text("\n").join(lines))
+        self.query_one("#results-grid-caption", Static).update(Content("\n").join(lines))
         self.query_one("#results-grid", ArtifactImage).show_image(grid, note or "no grid yet")
 
     def on_results_screen_loaded(self, message: Loaded) -> None:
@@ -425,8 +425,8 @@ class ResultsScreen(StoreScreen):
         flagged = sum(1 for r in self.rows if r.incomplete)
         shown = [plain(line) for line in lines]
         if flagged:
-            shown.append(Text(f"{flagged} rows incomplete (see 'missing')", "yellow"))
-        self.query_one("#results-unit", Static).update(Text(" · ").join(shown))
+            shown.append(plain(f"{flagged} rows incomplete (see 'missing')", "yellow"))
+        self.query_one("#results-unit", Static).update(Content(" · ").join(shown))
 
     def _fill_grid_controls(self, layout) -> None:
         self.grid_layout = layout

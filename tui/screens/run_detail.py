@@ -10,11 +10,12 @@ from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
 from textual.containers import Horizontal, VerticalScroll
+from textual.content import Content
 from textual.message import Message
 from textual.widgets import Header, Static
 
 from .. import keymap
-from ..safe import assemble, plain
+from ..safe import assemble, plain, rich
 from ..widgets.artifact_image import ArtifactImage, array_to_image
 from ..widgets.footer import Footer
 from ._common import StoreScreen, duration, fmt
@@ -123,11 +124,11 @@ def params_table(run, scores: dict) -> Table:
     table.add_column(style="dim", no_wrap=True)
     table.add_column()
     for k, v in sorted(scores.items()):
-        table.add_row(plain(k), Text(f"{v:.4f}", style="bold"))
+        table.add_row(rich(k), Text(f"{v:.4f}", style="bold"))
     for name in PARAMS:
         value = getattr(run, name, None)
         shown = duration(value) if name == "duration_s" and value else fmt(value)
-        table.add_row(name, plain(shown, multiline=name == "notes"))
+        table.add_row(name, rich(shown, multiline=name == "notes"))
     return table
 
 
@@ -174,7 +175,7 @@ class RunDetailScreen(StoreScreen):
         run = bundle.run
         if run is None:
             self.query_one("#detail-title", Static).update(
-                Text(f"run {self.run_id} does not exist", "red")
+                plain(f"run {self.run_id} does not exist", "red")
             )
             return
         self.bundle, self.run_id, self.word_index = bundle, run.id, 0
@@ -205,7 +206,7 @@ class RunDetailScreen(StoreScreen):
             problems.append(
                 assemble(("not scored:", "b yellow"), " ", run.score_error, multiline=True)
             )
-        self.query_one("#detail-error", Static).update(Text("\n").join(problems))
+        self.query_one("#detail-error", Static).update(Content("\n").join(problems))
         self.query_one("#detail-info", Static).update(params_table(run, bundle.scores))
 
     def _show_map(self) -> None:

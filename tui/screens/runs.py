@@ -8,6 +8,7 @@ from functools import partial
 from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
+from textual.content import Content
 from textual.message import Message
 from textual.widgets import DataTable, Header, Input, Static
 
@@ -193,9 +194,9 @@ class RunsScreen(StoreScreen):
 
     def _still_loading(self, token: int) -> None:
         if self._token == token and self._shown != token:
-            self._status(Text("loading..."))
+            self._status(plain("loading..."))
 
-    def _status(self, text: Text) -> None:
+    def _status(self, text: Content) -> None:
         self.query_one("#runs-status", Static).update(
             text, layout=False
         )  # one line, fixed size (app.tcss)

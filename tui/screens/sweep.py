@@ -6,7 +6,6 @@ thread worker for the run count and cross-field checks, so a 10k-run sweep never
 
 from __future__ import annotations
 
-from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical, VerticalScroll
@@ -649,4 +648,4 @@ class SweepScreen(StoreScreen):
             self.experiment_id = exp.id
             self.sub_title = f"editing draft #{exp.id}"
             self._keep_draft()
-            status.update(Text(f"saved draft #{exp.id} ({exp.run_count} runs)", "green"))
+            status.update(plain(f"saved draft #{exp.id} ({exp.run_count} runs)", "green"))

@@ -14,7 +14,7 @@ from textual.widgets import DirectoryTree, Input, Select, TextArea
 
 from store.safe_text import safe_text
 
-from ..safe import plain, safe_rich
+from ..safe import rich, safe_rich
 
 
 class SafeInput(Input):
@@ -40,7 +40,7 @@ class SafeTextArea(TextArea):
 
 def _label(label):
     if isinstance(label, str):
-        return plain(label)
+        return rich(label)
     if isinstance(label, Text):
         return safe_rich(label)
     return label
@@ -60,4 +60,4 @@ class SafeDirectoryTree(DirectoryTree):
     """File and folder names are whatever the disk holds: shown safe, never read as markup."""
 
     def process_label(self, label) -> Text:
-        return super().process_label(plain(label) if isinstance(label, str) else safe_rich(label))
+        return super().process_label(rich(label) if isinstance(label, str) else safe_rich(label))
