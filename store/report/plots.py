@@ -129,7 +129,13 @@ def render_tradeoff_png(
             zorder=3,
         )
         for p in sweep:
-            ax.annotate(p.label, (p.x, p.y), textcoords="offset points", xytext=(5, 5), fontsize=8)
+            ax.annotate(
+                safe_text(p.label),
+                (p.x, p.y),
+                textcoords="offset points",
+                xytext=(5, 5),
+                fontsize=8,
+            )
     for i, base in enumerate(info.baselines):
         ax.errorbar(
             [base.x],
@@ -142,7 +148,11 @@ def render_tradeoff_png(
             label="baseline (no control)" if i == 0 else None,
         )
         ax.annotate(
-            base.label, (base.x, base.y), textcoords="offset points", xytext=(5, -12), fontsize=8
+            safe_text(base.label),
+            (base.x, base.y),
+            textcoords="offset points",
+            xytext=(5, -12),
+            fontsize=8,
         )
     if not info.points:
         ax.text(0.5, 0.5, "no scored runs yet", ha="center", va="center", transform=ax.transAxes)
@@ -157,7 +167,7 @@ def render_tradeoff_png(
             0.01, 0.005, f"error bars: SEM; {rows.unit_text}", fontsize=6, ha="left", va="bottom"
         )
     if title:
-        ax.set_title(title, fontsize=10)
+        ax.set_title(safe_text(title), fontsize=10)
     if info.points:
         ax.legend(fontsize=8, loc="best")
     ax.grid(True, alpha=0.3)
