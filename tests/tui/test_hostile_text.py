@@ -120,8 +120,8 @@ def cli(store, capsys):
         got = main(["--home", home, *argv])
         out = capsys.readouterr()
         assert got == code, (argv, out.out, out.err)
-        assert_clean(out.out, f"mtp {' '.join(argv)} (stdout)")
-        assert_clean(out.err, f"mtp {' '.join(argv)} (stderr)")
+        assert_clean(out.out, f"mtp {argv!r} (stdout)")
+        assert_clean(out.err, f"mtp {argv!r} (stderr)")
         return out.out + out.err
 
     return run
