@@ -223,6 +223,12 @@ def check_screen(app, where: str, literal: str | None = "[bold red]") -> str:
     return text
 
 
+async def check(pilot, app, where: str, literal: str = "[bold red]") -> str:
+    """check_screen once `literal` is on screen (a loaded machine paints late)."""
+    await wait_for(pilot, lambda: literal in rendered(app), what=f"{where}: {literal!r} shown")
+    return check_screen(app, where, literal)
+
+
 async def test_every_screen_shows_hostile_text_safe_and_literal(store, tmp_path):
     from tui.app import MtpApp
 
@@ -233,14 +239,14 @@ async def test_every_screen_shows_hostile_text_safe_and_literal(store, tmp_path)
         await wait_for(
             pilot, lambda: app.screen.query_one("#experiments").row_count == 2, what="home"
         )
-        text = check_screen(app, "home")
+        text = await check(pilot, app, "home")
         assert "\\x1b]0;pwned" in text and "disk full" in text
 
         # Titles: whatever is set shows safe
         app.sub_title = hostile("sub")
         app.title = hostile("title")
         assert "\x1b" not in app.title and "\\x1b" in app.sub_title
-        check_screen(app, "home, hostile titles")
+        await check(pilot, app, "home, hostile titles")
         app.title, app.sub_title = "mtp", "data"
 
         # A notification echoing a name (queueing the draft) and one given raw
@@ -254,12 +260,12 @@ async def test_every_screen_shows_hostile_text_safe_and_literal(store, tmp_path)
             shown = str(toast.render())
             assert_clean(shown, "toast")
         assert any("[bold red]x[/]" in str(t.render()) for t in toasts)
-        check_screen(app, "home with toasts")
+        await check(pilot, app, "home with toasts")
 
         # The confirm dialog names the experiment
         await pilot.press("D")
         await wait_for(pilot, lambda: type(app.screen).__name__ == "ConfirmScreen", what="confirm")
-        check_screen(app, "confirm")
+        await check(pilot, app, "confirm")
         await pilot.press("n")
         await wait_for(pilot, lambda: type(app.screen).__name__ == "HomeScreen", what="back")
 
@@ -272,14 +278,14 @@ async def test_every_screen_shows_hostile_text_safe_and_literal(store, tmp_path)
         )
         sweep = app.screen
         await pilot.pause(0.2)
-        check_screen(app, "sweep builder")
+        await check(pilot, app, "sweep builder")
         assert "\x1b" not in sweep.query_one("#input-name").value
         assert "\x1b" not in sweep.query_one("#target_prompts").text
         # Pasted text is held safe too
         sweep.query_one("#target_prompts").insert("pasted \x1b[2J")
         sweep.query_one("#input-model").value = "pasted \x1b]0;x\x07"
         await pilot.pause(0.2)
-        check_screen(app, "sweep builder after paste")
+        await check(pilot, app, "sweep builder after paste")
         assert "\x1b" not in sweep.query_one("#target_prompts").text
         app.sweep_draft = None
 
@@ -292,7 +298,7 @@ async def test_every_screen_shows_hostile_text_safe_and_literal(store, tmp_path)
         )
         runs = app.screen
         await pilot.pause(0.2)
-        check_screen(app, "runs")
+        await check(pilot, app, "runs")
         # The tag prompt and the sort picker
         await pilot.press("t")
         await wait_for(pilot, lambda: type(app.screen).__name__ == "PromptScreen", what="prompt")
@@ -309,12 +315,13 @@ async def test_every_screen_shows_hostile_text_safe_and_literal(store, tmp_path)
             what="run detail",
         )
         await pilot.pause(0.2)
-        check_screen(app, "run detail")
+        check_screen(app, "run detail", literal=None)  # its prompt is the harmless one
         detail = app.screen
-        assert "ValueError" in str(detail.query_one("#detail-error").content)
+        error = str(detail.query_one("#detail-error").content)
+        assert "ValueError" in error and "[bold red]x[/]" in error and not unsafe(error)
         detail.query_one("#detail-info").scroll_visible(animate=False)  # params: tags, notes
-        await pilot.pause(0.3)
-        text = check_screen(app, "run detail, parameters")
+        await wait_for(pilot, lambda: "runnote" in rendered(app), what="the parameters")
+        text = await check(pilot, app, "run detail, parameters")
         assert "runnote" in text and "\\x1b[2J" in text
         await pilot.press("escape")
 
@@ -333,11 +340,11 @@ async def test_every_screen_shows_hostile_text_safe_and_literal(store, tmp_path)
             pilot, lambda: results.by == "target_prompt" and results.rows, what="regroup"
         )
         await pilot.pause(0.5)
-        check_screen(app, "results")
+        await check(pilot, app, "results")
         # The experiment picker lists names
         await pilot.press("o")
         await wait_for(pilot, lambda: type(app.screen).__name__ == "PickScreen", what="picker")
-        check_screen(app, "experiment picker")
+        await check(pilot, app, "experiment picker")
         await pilot.press("escape")
 
         # The concept editor: name, notes, the reference image's file name, the file tree
