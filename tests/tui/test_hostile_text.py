@@ -281,12 +281,19 @@ async def test_every_screen_shows_hostile_text_safe_and_literal(store, tmp_path)
         await check(pilot, app, "sweep builder")
         assert "\x1b" not in sweep.query_one("#input-name").value
         assert "\x1b" not in sweep.query_one("#target_prompts").text
-        # Pasted text is held safe too
-        sweep.query_one("#target_prompts").insert("pasted \x1b[2J")
-        sweep.query_one("#input-model").value = "pasted \x1b]0;x\x07"
-        await pilot.pause(0.2)
+        # Pasted (bracketed paste, as a terminal sends it) and set text is held safe too
+        from textual import events
+
+        prompts, model = sweep.query_one("#target_prompts"), sweep.query_one("#input-model")
+        prompts.focus()
+        prompts.post_message(events.Paste("pasted \x1b[2J"))
+        await wait_for(pilot, lambda: "pasted" in prompts.text, what="the paste")
+        model.focus()
+        model.post_message(events.Paste("pasted \x1b]0;x\x07"))
+        await wait_for(pilot, lambda: "pasted" in model.value, what="the paste")
         await check(pilot, app, "sweep builder after paste")
-        assert "\x1b" not in sweep.query_one("#target_prompts").text
+        assert "\x1b" not in prompts.text and "\\x1b[2J" in prompts.text
+        assert "pasted \\x1b]0;x\\x07" in model.value and "\x1b" not in model.value
         app.sweep_draft = None
 
         # Runs: prompts, tags, the status line
@@ -367,3 +374,20 @@ async def test_every_screen_shows_hostile_text_safe_and_literal(store, tmp_path)
         text = check_screen(app, "concept editor", literal=None)
         assert "\\x1b]0;pwned" in text  # the file name, escaped in the tree and the caption
         assert "\x1b" not in screen.query_one("#input-name").value
+
+
+def test_safe_rich_escapes_and_keeps_styles():
+    """The backstop for Text cells handed to FastTable: controls escaped, styles kept."""
+    from rich.text import Text
+
+    from tui.safe import assemble, safe_rich
+
+    out = safe_rich(Text.assemble(("a\x1bb", "red"), "c\u202e"))
+    assert out.plain == "a\\x1bbc\\u202e"
+    red = set()
+    for span in out.spans:
+        if span.style == "red":
+            red.update(range(span.start, span.end))
+    assert red == set(range(len("a\\x1bb")))
+    content = assemble(("[b]x[/b]\x07", "bold"), " ", MARKUP)
+    assert content.plain == "[b]x[/b]\\x07 " + MARKUP  # markup taken literally
