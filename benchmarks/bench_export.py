@@ -119,6 +119,21 @@ def main() -> None:
             cpu.append(time.process_time() - c)
         with open(out, encoding="utf-8", newline="") as fh:
             lines = sum(1 for _ in csv.reader(fh)) - 1
+        # Baseline in the same process: the export without its scan for control characters
+        # (store.safe_text on each formatted chunk), to state what showing user text safe costs.
+        import store.report.export as export_module
+
+        scan = export_module.is_safe
+        export_module.is_safe = lambda *_a, **_k: True
+        try:
+            plain_times, plain_cpu = [], []
+            for _ in range(args.repeat):
+                t, c = time.perf_counter(), time.process_time()
+                export_runs_csv(store, exp_id, "runs.csv", folder=tmp)
+                plain_times.append(time.perf_counter() - t)
+                plain_cpu.append(time.process_time() - c)
+        finally:
+            export_module.is_safe = scan
         store.close()
     print(f"insert {args.runs} runs + {args.runs * len(METRICS)} scores: {t1 - t0:.2f} s")
     print(
@@ -132,6 +147,11 @@ def main() -> None:
     print(
         f"{lines} rows: best {best:.2f} s ({lines / best:,.0f} rows/s), median {median:.2f} s "
         f"({lines / median:,.0f} rows/s)"
+    )
+    print(
+        f"control-character scan: best {best:.2f} s wall, {min(cpu):.2f} s CPU; without it "
+        f"{min(plain_times):.2f} s wall, {min(plain_cpu):.2f} s CPU "
+        f"(ratio {best / min(plain_times):.3f} wall, {min(cpu) / min(plain_cpu):.3f} CPU)"
     )
 
 

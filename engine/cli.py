@@ -135,7 +135,10 @@ def _setup_logging(logfile: Path, verbose: bool) -> None:
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     # Libraries that call logging.basicConfig() would otherwise print every line twice.
     root.propagate = False
-    fmt = logging.Formatter("%(asctime)s %(levelname)s [%(process)d] %(message)s")
+    from store.safe_text import SafeFormatter
+
+    # Lines echo names, paths, prompts and error texts: written with their controls escaped.
+    fmt = SafeFormatter("%(asctime)s %(levelname)s [%(process)d] %(message)s")
     logfile.parent.mkdir(parents=True, exist_ok=True)
     fh = logging.FileHandler(logfile)
     fh.setFormatter(fmt)

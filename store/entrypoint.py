@@ -21,6 +21,7 @@ from pathlib import Path
 
 from .errors import MtpError, StoreError
 from .paths import Home, default_home, demo_home, set_umask
+from .safe_text import safe_text
 from .settings import ENV_PREFIX, check_settings
 
 ENV_DB_URL = ENV_PREFIX + "DB_URL"
@@ -109,18 +110,10 @@ def start(prog: str, args: argparse.Namespace) -> Where:
 
 def say(prog: str, exc: BaseException | str) -> None:
     """One line on stderr, `prog: message`, with user text made safe for the terminal."""
-    print(f"{prog}: {_visible(str(exc))}", file=sys.stderr)
+    print(f"{prog}: {safe_text(str(exc), multiline=True)}", file=sys.stderr)
 
 
 def exit_code(prog: str, exc: MtpError) -> int:
     """The "cannot use this data folder" exit (and any other refusal at start): one line, code 2."""
     say(prog, exc)
     return 2
-
-
-def _visible(text: str) -> str:
-    # Messages quote paths and names a user typed; never pass their control bytes to a terminal.
-    return "".join(
-        ch if ch in "\t\n" or (ch.isprintable() and not 0x80 <= ord(ch) < 0xA0) else repr(ch)[1:-1]
-        for ch in text
-    )

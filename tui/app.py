@@ -8,8 +8,9 @@ import argparse
 import signal
 import sys
 
-from rich.markup import escape
 from textual.app import App
+
+from store.safe_text import safe_text
 
 from . import keymap
 from .commands import MtpCommands
@@ -59,7 +60,7 @@ class MtpApp(App):
             if overrides:
                 self.set_keymap(overrides)
         except (ValueError, OSError) as exc:
-            self.notify(escape(f"keymap.json ignored: {exc}"), severity="warning", timeout=8)
+            self.notify(f"keymap.json ignored: {exc}", severity="warning", timeout=8)
         try:
             # An SSH drop sends SIGHUP: leave cleanly (terminal restored, DB sessions closed).
             import asyncio
@@ -67,6 +68,34 @@ class MtpApp(App):
             asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.exit)
         except (NotImplementedError, RuntimeError, AttributeError):
             pass
+
+    # ------------------------------------------------------------------ user text out
+    # Titles and notifications echo names, paths and error texts; they are shown safe here, once
+    # for every caller, and a notification is never read as markup.
+    def validate_title(self, title) -> str:
+        return safe_text(super().validate_title(title))
+
+    def validate_sub_title(self, sub_title) -> str:
+        return safe_text(super().validate_sub_title(sub_title))
+
+    def notify(
+        self,
+        message: str,
+        *,
+        title: str = "",
+        severity="information",
+        timeout: float | None = None,
+        markup: bool = False,
+    ) -> None:
+        """App.notify with the message and title shown safe and taken literally: `markup` is
+        accepted for Textual's signature and ignored, since messages carry user text."""
+        super().notify(
+            safe_text(message, multiline=True),
+            title=safe_text(title),
+            severity=severity,
+            timeout=timeout,
+            markup=False,
+        )
 
     def get_default_screen(self):
         from .screens.home import HomeScreen
@@ -177,11 +206,9 @@ class MtpApp(App):
         try:
             pid = launch.start_engine(self.store.home.root, device=device, demo=self.demo)
         except Exception as exc:  # a failed launch is reported, the app keeps going
-            self.notify(escape(f"engine did not start: {exc}"), severity="error", timeout=10)
+            self.notify(f"engine did not start: {exc}", severity="error", timeout=10)
             return
-        self.notify(
-            escape(f"engine started on {device} (pid {pid}); logs in {self.store.home.logs}")
-        )
+        self.notify(f"engine started on {device} (pid {pid}); logs in {self.store.home.logs}")
 
     def score_experiment(self, experiment_id: int | None = None) -> None:
         """`mtp score` from the app: queue a score request for an engine (the app never imports
@@ -205,7 +232,7 @@ class MtpApp(App):
                 )
             except Exception as exc:
                 self.notify(
-                    escape(f"scoring queued{note}, but the engine did not start: {exc}"),
+                    f"scoring queued{note}, but the engine did not start: {exc}",
                     severity="error",
                     timeout=10,
                 )
@@ -225,9 +252,7 @@ class MtpApp(App):
             if req is None or req.status in (ScoreRequestStatus.DONE, ScoreRequestStatus.FAILED):
                 self._score_watch.discard(rid)
                 if req is not None and req.status == ScoreRequestStatus.FAILED:
-                    self.notify(
-                        escape(f"scoring failed: {req.error}"), severity="error", timeout=15
-                    )
+                    self.notify(f"scoring failed: {req.error}", severity="error", timeout=15)
                 elif req is not None:
                     self.notify(
                         f"scoring done: {req.scored} run(s) scored"
@@ -250,7 +275,7 @@ class MtpApp(App):
         try:
             launch.stop_engine(self.store.home.root)
         except Exception as exc:
-            self.notify(escape(f"could not stop the engine: {exc}"), severity="error", timeout=10)
+            self.notify(f"could not stop the engine: {exc}", severity="error", timeout=10)
             return
         self.notify("engine asked to stop after its current run")
 

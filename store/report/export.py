@@ -36,6 +36,7 @@ from sqlalchemy import (
 
 from store.db import Store
 from store.models import EngineSession, Experiment, Run, Score
+from store.safe_text import is_safe, safe_text
 
 from .aggregate import (
     SCALE_DEFS,
@@ -254,9 +255,13 @@ _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 def _csv_text(v):
     """Neutralise a text cell a spreadsheet would run as a formula, with a leading single quote
-    (OWASP's advice); numbers, negative ones included, are not text and stay numbers."""
-    if isinstance(v, str) and v.startswith(_FORMULA_START):
-        return "'" + v
+    (OWASP's advice); numbers, negative ones included, are not text and stay numbers. Control,
+    bidi and invisible characters are shown as escapes (store.safe_text): a CSV is also read
+    with `cat` and `less`, where a raw ESC acts. Newlines and tabs stay (notes, tracebacks)."""
+    if isinstance(v, str):
+        v = safe_text(v, multiline=True)
+        if v.startswith(_FORMULA_START):
+            return "'" + v
     return v
 
 
@@ -290,7 +295,15 @@ def export_runs_csv(
             # Formatting a chunk in memory and writing it once beat 5000 small writes by ~25%.
             buf = io.StringIO()
             csv.writer(buf).writerows(chunk)
-            fh.write(buf.getvalue())
+            text = buf.getvalue()
+            # The SQLite path hands raw rows over (formulas neutralised in SQL): one scan of the
+            # formatted chunk finds the rare control or bidi character; only then is the chunk
+            # redone cell by cell. The writer's own line ends are "\r\n".
+            if not is_safe(text.replace("\r\n", "\n"), multiline=True):
+                buf = io.StringIO()
+                csv.writer(buf).writerows([_csv_text(v) for v in row] for row in chunk)
+                text = buf.getvalue()
+            fh.write(text)
     return target
 
 

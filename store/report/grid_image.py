@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from store.db import Store
+from store.safe_text import safe_text
 
 from .grid_plan import CONTROL_AXES, GridPlan, canonical_axis, plan_grid
 
@@ -153,8 +154,10 @@ def render_grid(
             plan.col_keys[:keep_cols],
             plan.panels[:keep_panels],
         )
-        row_labels = (["source"] if row_side else []) + [plan.row_label(k) for k in rows]
-        col_labels = (["source"] if col_side else []) + [plan.col_label(k) for k in cols]
+        # Labels, titles and caption lines carry prompts and names: shown safe (store.safe_text)
+        # on the image and wherever the caption is printed (CLI, the results screen).
+        row_labels = (["source"] if row_side else []) + [safe_text(plan.row_label(k)) for k in rows]
+        col_labels = (["source"] if col_side else []) + [safe_text(plan.col_label(k)) for k in cols]
         font = _font(max(9, min(18, size // 14)))
         line_h = font.size + 2 if hasattr(font, "size") else 12
         char_w = max(1, _text_width(probe, "n", font))
@@ -217,7 +220,7 @@ def render_grid(
         truncated_rows=len(plan.row_keys) - len(rows),
         truncated_cols=len(plan.col_keys) - len(cols),
         z=plan.z.name if plan.z else None,
-        panel_titles=[p.title for p in panels],
+        panel_titles=[safe_text(p.title) for p in panels],
         truncated_panels=n_panels - len(panels),
         pins={a: plan.axes[a].label(k) for a, k in plan.pins.items()},
         pin_choices={
@@ -230,7 +233,7 @@ def render_grid(
     top = PAD + len(caption) * line_h + PAD
     for p_index, panel in enumerate(panels):
         if plan.z:
-            draw.text((PAD, top), panel.title, fill=(0, 0, 0), font=font)
+            draw.text((PAD, top), safe_text(panel.title), fill=(0, 0, 0), font=font)
             top += title_h
         for c, lines in enumerate(wrapped):
             for i, line in enumerate(lines):
@@ -272,7 +275,9 @@ def render_grid(
 
 
 def plan_lines(plan: GridPlan, notes: list[str]) -> list[tuple[str, tuple[int, int, int]]]:
-    return [(t, (0, 0, 0)) for t in plan.caption()] + [(t, WARN) for t in notes]
+    return [(safe_text(t), (0, 0, 0)) for t in plan.caption()] + [
+        (safe_text(t), WARN) for t in notes
+    ]
 
 
 def _notes(plan: GridPlan, rows: int, cols: int, panels: int) -> list[str]:

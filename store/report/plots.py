@@ -11,6 +11,8 @@ import math
 from dataclasses import dataclass, field
 from typing import IO, Any
 
+from store.safe_text import safe_text
+
 from .aggregate import TEXT_METRIC, Aggregate, AggregateRow, image_metric
 
 AXIS_NAMES = {
@@ -127,7 +129,13 @@ def render_tradeoff_png(
             zorder=3,
         )
         for p in sweep:
-            ax.annotate(p.label, (p.x, p.y), textcoords="offset points", xytext=(5, 5), fontsize=8)
+            ax.annotate(
+                safe_text(p.label),
+                (p.x, p.y),
+                textcoords="offset points",
+                xytext=(5, 5),
+                fontsize=8,
+            )
     for i, base in enumerate(info.baselines):
         ax.errorbar(
             [base.x],
@@ -140,7 +148,11 @@ def render_tradeoff_png(
             label="baseline (no control)" if i == 0 else None,
         )
         ax.annotate(
-            base.label, (base.x, base.y), textcoords="offset points", xytext=(5, -12), fontsize=8
+            safe_text(base.label),
+            (base.x, base.y),
+            textcoords="offset points",
+            xytext=(5, -12),
+            fontsize=8,
         )
     if not info.points:
         ax.text(0.5, 0.5, "no scored runs yet", ha="center", va="center", transform=ax.transAxes)
@@ -155,7 +167,7 @@ def render_tradeoff_png(
             0.01, 0.005, f"error bars: SEM; {rows.unit_text}", fontsize=6, ha="left", va="bottom"
         )
     if title:
-        ax.set_title(title, fontsize=10)
+        ax.set_title(safe_text(title), fontsize=10)
     if info.points:
         ax.legend(fontsize=8, loc="best")
     ax.grid(True, alpha=0.3)
@@ -185,8 +197,11 @@ def draw_tradeoff(plt: Any, rows: list[AggregateRow], by: str = "", title: str =
     lift = (max(ys_all) - min(ys_all)) * 0.06 if ys_all else 0.0  # one text row above the marker
 
     def label(text: str, x: float, y: float, color: str | None = None) -> None:
-        # Labels right of centre grow leftwards so they are not cut at the frame.
-        plt.text(text, x, y + lift, color=color, alignment="right" if x > mid else "left")
+        # Labels right of centre grow leftwards so they are not cut at the frame. A label may be
+        # a prompt, and the plot is drawn in a terminal: shown safe.
+        plt.text(
+            safe_text(text), x, y + lift, color=color, alignment="right" if x > mid else "left"
+        )
 
     sweep = info.sweep
     if sweep:
@@ -203,7 +218,7 @@ def draw_tradeoff(plt: Any, rows: list[AggregateRow], by: str = "", title: str =
         label(base.label, base.x, base.y)
     plt.xlabel(SHORT_AXIS.get(info.x_metric, info.x_metric))
     plt.ylabel(SHORT_AXIS.get(info.y_metric or "", info.y_metric or "image"))
-    plt.title(f"{title}   {TERMINAL_KEY}" if title else TERMINAL_KEY)
+    plt.title(safe_text(f"{title}   {TERMINAL_KEY}" if title else TERMINAL_KEY))
     return info
 
 

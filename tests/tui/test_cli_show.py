@@ -6,7 +6,7 @@ from tests.tui import add_scores, seed_experiment, write_png
 from tui.cli.main import main
 
 
-def test_show_prints_image_scores_and_params(store, capsys):
+def test_show_prints_image_scores_and_params(store, capsys, monkeypatch):
     exp = seed_experiment(store)
     runs = add_scores(store, exp.id)
     run = runs[1]
@@ -17,13 +17,23 @@ def test_show_prints_image_scores_and_params(store, capsys):
         r = s.get(Run, run.id)
         r.image_path = f"artifacts/run-{run.id}/target.png"
         s.add(r)
-    assert main(["--home", str(store.home.root), "show", str(run.id), "--width", "8"]) == 0
+    argv = ["--home", str(store.home.root), "show", str(run.id), "--width", "8"]
+    assert main(argv) == 0
     out = capsys.readouterr().out
-    assert (
-        "\x1b[48;2;200;120;40m" in out
-    )  # the target drawn as coloured blocks (not a terminal here)
+    # Not a terminal (captured): no image escapes at all, the file's path instead.
+    assert "\x1b" not in out and "not drawn: the output is not a terminal" in out
+    assert f"run-{run.id}/target.png" in out
     assert "no image recorded" in out  # the source was never written
     assert "clip_t" in out and "final_step" in out
+
+    # On a terminal (inside tmux: coloured blocks) the target is drawn.
+    import sys
+
+    monkeypatch.setenv("TMUX", "1")
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "\x1b[48;2;200;120;40m" in out
 
 
 def test_show_unknown_run_fails(store, capsys):

@@ -26,9 +26,10 @@ async def test_results_table_and_plot(store):
         assert screen.by == "final_step"  # the swept axis comes first
         table = screen.query_one("DataTable")
         assert table.row_count == 4  # baseline + 10, 15, end
-        labels = [table.get_row_at(i)[0] for i in range(table.row_count)]
-        assert labels[0] == "baseline" and "±" in table.get_row_at(1)[2]
-        assert any(table.get_row_at(i)[-1] == "*" for i in range(table.row_count))
+        # Cells are Text (user text shown safe, never markup): compared as their plain text.
+        labels = [str(table.get_row_at(i)[0]) for i in range(table.row_count)]
+        assert labels[0] == "baseline" and "±" in str(table.get_row_at(1)[2])
+        assert any(str(table.get_row_at(i)[-1]) == "*" for i in range(table.row_count))
         await pilot.press("a")
         await wait_for(pilot, lambda: screen.by != "final_step" and screen.rows, what="next axis")
 

@@ -8,6 +8,8 @@ import json
 from store.models import WEIGHT_KINDS
 from store.sweep.spec import AXES, PRESETS, ExperimentSpec
 
+from .out import echo, one
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("init", help="create the data folder and database, print where they are")
@@ -123,8 +125,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_init(args, store) -> int:
-    print(f"data folder: {store.home.root}")
-    print(f"database:    {store.display_url} (schema {store.schema_version()})")
+    echo(f"data folder: {store.home.root}")
+    echo(f"database:    {store.display_url} (schema {store.schema_version()})")
     return 0
 
 
@@ -132,14 +134,14 @@ def cmd_demo(args, store) -> int:
     from store.demo import DEMO_BANNER, seed_demo
 
     concept, exp = seed_demo(store)
-    print(DEMO_BANNER)
-    print(f"demo data folder: {store.home.root}")
-    print(
-        f"concept {concept.name} (id {concept.id}); experiment {exp.name!r} (id {exp.id}, {exp.run_count} runs)"
+    echo(DEMO_BANNER)
+    echo(f"demo data folder: {store.home.root}")
+    echo(
+        f"concept {one(concept.name)} (id {concept.id}); experiment {exp.name!r} (id {exp.id}, {exp.run_count} runs)"
     )
     home = f" --home {args.home}" if args.home else ""
-    print(f"browse it with: mtp --demo{home} runs   or   mtp-tui --demo{home}")
-    print(f"run it with:    mtp-engine --demo{home} --once")
+    echo(f"browse it with: mtp --demo{home} runs   or   mtp-tui --demo{home}")
+    echo(f"run it with:    mtp-engine --demo{home} --once")
     return 0
 
 
@@ -157,7 +159,7 @@ def cmd_concept_add(args, store) -> int:
         base_model=args.model,
         notes=args.notes,
     )
-    print(f"concept {c.id}: {c.name} ({len(c.ref_images)} reference images)")
+    echo(f"concept {c.id}: {one(c.name)} ({len(c.ref_images)} reference images)")
     return 0
 
 
@@ -165,9 +167,9 @@ def cmd_concept_list(args, store) -> int:
     from store.queries import list_concepts
 
     for c in list_concepts(store):
-        print(
-            f"{c.id:>4}  {c.name:<24} token={c.token!r:<12} class={c.class_word!r:<10} "
-            f"refs={len(c.ref_images)} weights={c.weights_kind} model={c.base_model}"
+        echo(
+            f"{c.id:>4}  {one(c.name):<24} token={c.token!r:<12} class={c.class_word!r:<10} "
+            f"refs={len(c.ref_images)} weights={c.weights_kind} model={one(c.base_model)}"
         )
     return 0
 
@@ -241,7 +243,7 @@ def cmd_experiment_create(args, store) -> int:
         spec.baseline = False
     if args.dry_run:
         concept = get_concept(store, concept_id) if concept_id else None
-        print(f"{len(expand(spec, concept))} runs")
+        echo(f"{len(expand(spec, concept))} runs")
         return 0
     exp = save_experiment(
         store,
@@ -253,7 +255,7 @@ def cmd_experiment_create(args, store) -> int:
         notes=args.notes,
         priority=args.priority,
     )
-    print(f"experiment {exp.id}: {exp.name} ({exp.run_count} runs, {exp.status})")
+    echo(f"experiment {exp.id}: {one(exp.name)} ({exp.run_count} runs, {exp.status})")
     return 0
 
 
@@ -262,9 +264,9 @@ def cmd_experiment_list(args, store) -> int:
 
     for row in list_experiments(store, include_archived=args.archived):
         e = row.experiment
-        print(
-            f"{e.id:>4}  {e.name:<32} {row.state:<9} {row.done}/{e.run_count} done, {row.failed} failed"
-            f"  prio={e.priority} tags={e.tags}"
+        echo(
+            f"{e.id:>4}  {one(e.name):<32} {row.state:<9} {row.done}/{e.run_count} done, {row.failed} failed"
+            f"  prio={e.priority} tags={one(e.tags)}"
         )
     return 0
 
@@ -273,9 +275,9 @@ def cmd_experiment_show(args, store) -> int:
     from store.queries import counts_by_status
 
     exp = _experiment(store, args.experiment)
-    print(f"experiment {exp.id}: {exp.name} [{exp.status}] {exp.run_count} runs")
-    print(json.dumps(json.loads(exp.spec_json), indent=2, sort_keys=True))
-    print("status counts:", counts_by_status(store, exp.id))
+    echo(f"experiment {exp.id}: {one(exp.name)} [{exp.status}] {exp.run_count} runs")
+    echo(json.dumps(json.loads(exp.spec_json), indent=2, sort_keys=True))
+    echo("status counts:", counts_by_status(store, exp.id))
     return 0
 
 
@@ -283,7 +285,7 @@ def cmd_experiment_queue(args, store) -> int:
     from store.queries import queue_experiment
 
     exp = queue_experiment(store, _experiment(store, args.experiment).id)
-    print(f"experiment {exp.id}: {exp.run_count} runs queued")
+    echo(f"experiment {exp.id}: {exp.run_count} runs queued")
     return 0
 
 
@@ -291,7 +293,7 @@ def cmd_experiment_duplicate(args, store) -> int:
     from store.queries import duplicate_experiment
 
     exp = duplicate_experiment(store, _experiment(store, args.experiment).id, args.name)
-    print(f"experiment {exp.id}: {exp.name} (draft)")
+    echo(f"experiment {exp.id}: {one(exp.name)} (draft)")
     return 0
 
 
@@ -304,19 +306,19 @@ def cmd_experiment_delete(args, store) -> int:
     n = sum(counts_by_status(store, exp.id).values())
     if not args.yes:
         if not sys.stdin.isatty():
-            print(
+            echo(
                 f"mtp: deleting {exp.name!r} removes {n} runs and their files; pass --yes to confirm",
                 file=sys.stderr,
             )
             return 2
         answer = input(
-            f"delete experiment {exp.id} {exp.name!r} with {n} runs, scores and images? [y/N] "
+            one(f"delete experiment {exp.id} {exp.name!r} with {n} runs, scores and images? [y/N] ")
         )
         if answer.strip().lower() not in ("y", "yes"):
-            print("nothing deleted")
+            echo("nothing deleted")
             return 1
     removed = delete_experiment(store, exp.id)
-    print(f"deleted experiment {exp.id} {exp.name!r} ({removed} runs)")
+    echo(f"deleted experiment {exp.id} {exp.name!r} ({removed} runs)")
     return 0
 
 
@@ -324,7 +326,7 @@ def cmd_experiment_archive(args, store) -> int:
     from store.queries import archive_experiment
 
     exp = archive_experiment(store, _experiment(store, args.experiment).id, archived=not args.undo)
-    print(f"experiment {exp.id} {exp.name!r}: {exp.status}")
+    echo(f"experiment {exp.id} {exp.name!r}: {exp.status}")
     return 0
 
 
@@ -346,7 +348,7 @@ def cmd_runs(args, store) -> int:
     rows, total = list_runs(
         store, filt, sort=args.sort, descending=args.desc, offset=args.offset, limit=args.limit
     )
-    print(f"{total} runs match; showing {args.offset + 1 if rows else 0}-{args.offset + len(rows)}")
+    echo(f"{total} runs match; showing {args.offset + 1 if rows else 0}-{args.offset + len(rows)}")
     for r in rows:
         control = (
             "baseline"
@@ -357,8 +359,8 @@ def cmd_runs(args, store) -> int:
         )
         if r.invert and r.inversion_guidance is not None:
             control += f" inversion_guidance={r.inversion_guidance:g}"
-        err = f"  error: {r.error.splitlines()[-1]}" if r.error else ""
+        err = f"  error: {one(r.error.splitlines()[-1])}" if r.error else ""
         if r.score_error:
-            err += f"  not scored: {r.score_error.splitlines()[-1]}"
-        print(f"{r.id:>6} {r.status:<9} seed={r.seed} {control}  {r.target_prompt!r}{err}")
+            err += f"  not scored: {one(r.score_error.splitlines()[-1])}"
+        echo(f"{r.id:>6} {r.status:<9} seed={r.seed} {one(control)}  {r.target_prompt!r}{err}")
     return 0

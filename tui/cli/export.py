@@ -12,6 +12,8 @@ from pathlib import Path
 
 from store.report.aggregate import SCALES
 
+from .out import echo
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     export = sub.add_parser(
@@ -112,7 +114,7 @@ def cmd_runs(args, store) -> int:
 
     exp = _experiment(store, args.experiment)
     path, folder = _where(store, exp, args.csv, "runs", ".csv")
-    print(export_runs_csv(store, exp.id, path, scale=args.scale, folder=folder))
+    echo(export_runs_csv(store, exp.id, path, scale=args.scale, folder=folder))
     return 0
 
 
@@ -124,15 +126,15 @@ def cmd_summary(args, store) -> int:
     check_by(args.by)
     path, folder = _where(store, exp, args.csv, "summary", ".csv", args.by)
     rows = aggregate(store, exp.id, args.by, scale=args.scale)
-    print(
+    echo(
         export_summary_csv(store, exp.id, args.by, path, scale=args.scale, folder=folder, rows=rows)
     )
     # What the numbers mean goes to stderr: stdout stays the path, for scripts.
     for line in rows.describe():
-        print(line, file=sys.stderr)
+        echo(line, file=sys.stderr)
     for r in rows:
         if r.incomplete:
-            print(f"warning: {r.label}: missing {r.incomplete}", file=sys.stderr)
+            echo(f"warning: {r.label}: missing {r.incomplete}", file=sys.stderr)
     return 0
 
 
@@ -146,14 +148,14 @@ def cmd_plot(args, store) -> int:
         from store.report.aggregate import aggregate
         from store.report.plots import tradeoff_text
 
-        print(
+        echo(
             tradeoff_text(
                 aggregate(store, exp.id, args.by, scale=args.scale),
                 by=args.by,
                 title=f"{exp.name} by {args.by}",
             )
         )
-    print(out)
+    echo(out)
     return 0
 
 
@@ -178,7 +180,7 @@ def cmd_grid(args, store) -> int:
     pins = parse_pins(args.pin)
     path, folder = _where(store, exp, args.png, "grid", ".png", args.by)
     layouts = []
-    print(
+    echo(
         export_grid_png(
             store,
             exp.id,
@@ -196,10 +198,10 @@ def cmd_grid(args, store) -> int:
     )
     # The caption printed on the grid, repeated here: what was pinned, what is missing.
     for line in layouts[0].caption if layouts else []:
-        print(line, file=sys.stderr)
+        echo(line, file=sys.stderr)
     missing = _missing_images(store, exp.id)
     if missing:
-        print(
+        echo(
             f"mtp: warning: {len(missing)} done run(s) have no image file under {store.home.root} "
             f"(e.g. run {missing[0]}); their cells are grey. Is this the data folder the engines write to?",
             file=sys.stderr,

@@ -11,6 +11,8 @@ from store import queue as q
 from store.models import RunStatus, utcnow
 from store.queries import InputError, experiment_by_ref
 
+from .out import echo, one
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("queue", help="queue status, pause and resume")
@@ -82,19 +84,19 @@ def _age(dt) -> str:
 def cmd_queue(args, store) -> int:
     if args.action == "pause":
         q.set_paused(store, True)
-        print("queue paused: engines finish their current batch and claim nothing new")
+        echo("queue paused: engines finish their current batch and claim nothing new")
     elif args.action == "resume":
         q.set_paused(store, False)
-        print("queue resumed")
+        echo("queue resumed")
     st = q.queue_status(store)
     counts = ", ".join(f"{st.counts.get(k, 0)} {k}" for k in RunStatus.ALL)
-    print(f"queue {'PAUSED' if st.paused else 'active'}: {counts}")
+    echo(f"queue {'PAUSED' if st.paused else 'active'}: {counts}")
     live = [w for w in st.workers if w.status in q.WorkerStatus.LIVE]
-    print(f"{len(live)} live worker(s)")
+    echo(f"{len(live)} live worker(s)")
     for w in live:
         if w.status == q.WorkerStatus.PAUSED:
             # An engine that cannot write keeps its runs queued and retries; say why it waits.
-            print(f"engine {w.id} on {w.device} is PAUSED: {w.message}")
+            echo(f"engine {one(w.id)} on {one(w.device)} is PAUSED: {one(w.message)}")
     return 0
 
 
@@ -105,7 +107,7 @@ def cmd_cancel(args, store) -> int:
         res = q.cancel_experiment(store, _experiment(store, args.experiment).id)
     else:
         raise InputError("cancel: give an experiment or --run ID")
-    print(
+    echo(
         f"cancelled {res['cancelled']} queued run(s); {res['requested']} running run(s) will stop at their next step"
     )
     return 0
@@ -124,36 +126,38 @@ def cmd_requeue(args, store) -> int:
         n = q.requeue(store, _experiment(store, args.experiment).id, statuses)
     else:
         raise InputError("requeue: give an experiment or --run ID")
-    print(f"requeued {n} run(s)")
+    echo(f"requeued {n} run(s)")
     return 0
 
 
 def cmd_priority(args, store) -> int:
     exp = _experiment(store, args.experiment)
     n = q.set_priority(store, exp.id, args.priority)
-    print(f"experiment {exp.id} ({exp.name}): priority {args.priority}, {n} queued run(s) moved")
+    echo(
+        f"experiment {exp.id} ({one(exp.name)}): priority {args.priority}, {n} queued run(s) moved"
+    )
     return 0
 
 
 def cmd_workers(args, store) -> int:
     if args.recover:
         rec = q.recover_stale(store)
-        print(
+        echo(
             f"requeued {len(rec.requeued)} run(s), failed {len(rec.failed)} (dead workers: {len(rec.dead_workers)})"
         )
     workers = q.list_workers(store)
     if not workers:
-        print("no workers have run on this database")
+        echo("no workers have run on this database")
         return 0
-    print(
+    echo(
         f"{'worker':40} {'device':8} {'status':8} {'heartbeat':10} {'run':>6} {'step':>9} {'it/s':>6}  message"
     )
     for w in workers:
         step = f"{w.step}/{w.total_steps}" if w.total_steps else "-"
         rate = f"{w.its_per_s:.2f}" if w.its_per_s else "-"
-        print(
-            f"{w.id[:40]:40} {w.device:8} {w.status:8} {_age(w.heartbeat_at):10} {w.current_run_id or '-':>6} "
-            f"{step:>9} {rate:>6}  {w.message}"
+        echo(
+            f"{one(w.id)[:40]:40} {one(w.device):8} {w.status:8} {_age(w.heartbeat_at):10} {w.current_run_id or '-':>6} "
+            f"{step:>9} {rate:>6}  {one(w.message)}"
         )
     return 0
 
@@ -170,27 +174,27 @@ def cmd_engine(args, store) -> int:
         try:
             pid = start_engine(home, device=device, demo=args.demo, extra_args=extra)
         except EngineError as exc:
-            print(f"mtp: {exc}", file=sys.stderr)
+            echo(f"mtp: {exc}", file=sys.stderr)
             return 1
-        print(f"engine started on {device}: pid {pid}; log {home.logs}")
+        echo(f"engine started on {device}: pid {pid}; log {home.logs}")
         return 0
     if args.action == "stop":
         pids = stop_engine(home, args.device, wait_s=30)
         if not pids:
-            print("no engine is running" + (f" on {args.device}" if args.device else ""))
+            echo("no engine is running" + (f" on {args.device}" if args.device else ""))
             return 1
         left = engine_running(home, args.device)
-        print(
+        echo(
             f"stopped engine pid(s) {', '.join(map(str, pids))}"
             + (" (still finishing)" if left else "")
         )
         return 0
     running = engine_running(home, args.device)
     if not running:
-        print("no engine is running" + (f" on {args.device}" if args.device else ""))
+        echo("no engine is running" + (f" on {args.device}" if args.device else ""))
         return 1
     for e in running:
-        print(f"{e['device']}: pid {e['pid']}, log {e['log']}")
+        echo(f"{e['device']}: pid {e['pid']}, log {e['log']}")
     return 0
 
 
@@ -206,8 +210,8 @@ def _start_many(args, home) -> int:
     extra = ["--max-batch", str(args.max_batch)] if args.max_batch else []
     started, failed = start_engines(home, devices, demo=args.demo, extra_args=extra)
     for dev, pid in started.items():
-        print(f"engine started on {dev}: pid {pid}")
+        echo(f"engine started on {dev}: pid {pid}")
     for dev, why in failed.items():
-        print(f"mtp: {dev}: {why}", file=sys.stderr)
-    print(f"{len(started)} of {len(devices)} engine(s) started; logs in {home.logs}")
+        echo(f"mtp: {dev}: {why}", file=sys.stderr)
+    echo(f"{len(started)} of {len(devices)} engine(s) started; logs in {home.logs}")
     return 0 if not failed else 1

@@ -15,6 +15,8 @@ import time
 from store.models import ScoreRequestStatus
 from store.queries import InputError, experiment_by_ref
 
+from .out import echo, one
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -72,8 +74,8 @@ def cmd_score(args, store) -> int:
     families = parse_families(",".join(args.metric) if args.metric else None)
     req, created = request_scoring(store, exp.id, families, rescore=args.rescore)
     what = ",".join(families) + (" (rescore)" if args.rescore else "")
-    print(
-        f"score request #{req.id} for experiment {exp.id} ({exp.name}): {what}"
+    echo(
+        f"score request #{req.id} for experiment {exp.id} ({one(exp.name)}): {what}"
         + ("" if created else " (already queued)")
     )
     home = store.home
@@ -85,9 +87,9 @@ def cmd_score(args, store) -> int:
             # Long enough for the engine to load its scorer, so a refusal comes back as a message.
             pid = start_engine(home, device=args.device, demo=demo, extra_args=extra, wait_s=120)
         except EngineError as exc:
-            print(f"mtp: {exc}", file=sys.stderr)
+            echo(f"mtp: {exc}", file=sys.stderr)
             return False
-        print(
+        echo(
             f"started a score-only engine on {args.device}{' (demo scorer)' if demo else ''}: pid {pid}"
         )
         return True
@@ -98,7 +100,7 @@ def cmd_score(args, store) -> int:
             return 1
         started = True
     else:
-        print("a running engine will pick it up when it has nothing to generate")
+        echo("a running engine will pick it up when it has nothing to generate")
     if args.no_wait:
         return 0
     deadline = None if args.timeout is None else time.monotonic() + args.timeout
@@ -112,18 +114,18 @@ def cmd_score(args, store) -> int:
         else:
             line = f"scored {cur.scored + cur.failed}/{cur.total} run(s)"
         if line != last:
-            print(line, flush=True)
+            echo(line, flush=True)
             last = line
         if cur.status == ScoreRequestStatus.DONE:
             note = f", {cur.failed} not scorable (see `mtp runs`)" if cur.failed else ""
-            print(
+            echo(
                 f"done: {cur.scored} run(s) scored{note}"
                 if cur.total
                 else "nothing to score: every done run already has these scores"
             )
             return 0 if not cur.failed else 1
         if cur.status == ScoreRequestStatus.FAILED:
-            print(f"mtp: scoring failed: {cur.error}", file=sys.stderr)
+            echo(f"mtp: scoring failed: {cur.error}", file=sys.stderr)
             return 1
         if (
             cur.status == ScoreRequestStatus.QUEUED
@@ -139,18 +141,18 @@ def cmd_score(args, store) -> int:
                 continue
             if started:
                 log = tail(log_path(home, args.device), 8)
-                print(
+                echo(
                     f"mtp: the score-only engine exited without taking the request:\n{log}",
                     file=sys.stderr,
                 )
             else:
-                print(
+                echo(
                     "mtp: no engine is running to take the request; start one with `mtp engine start`",
                     file=sys.stderr,
                 )
             return 1
         if deadline is not None and time.monotonic() > deadline:
-            print(
+            echo(
                 f"still {line}; the request stays queued (check with `mtp score {exp.id} --no-wait`)"
             )
             return 0

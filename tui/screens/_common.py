@@ -8,6 +8,8 @@ from textual import work
 from textual.message import Message
 from textual.screen import Screen
 
+from store.safe_text import safe_text
+
 # Below this size side panes collapse and rows of fields stack (see app.tcss, `.narrow`).
 NARROW_WIDTH, SHORT_HEIGHT = 100, 30
 # How often screens that show runs ask the store whether anything changed (one row read).
@@ -32,6 +34,15 @@ class StoreScreen(Screen):
     @property
     def store(self):
         return self.app.store
+
+    # Screen titles show in the header and may name experiments and concepts: shown safe.
+    def validate_title(self, title):
+        title = super().validate_title(title)
+        return None if title is None else safe_text(title)
+
+    def validate_sub_title(self, sub_title):
+        sub_title = super().validate_sub_title(sub_title)
+        return None if sub_title is None else safe_text(sub_title)
 
     def on_mount(self) -> None:
         self._change_token: str | None = None

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rich.markup import escape
-from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical, VerticalScroll
@@ -14,9 +12,11 @@ from textual.message import Message
 from textual.widgets import Button, DirectoryTree, Header, Input, Label, Select, Static
 
 from .. import keymap
+from ..safe import assemble, plain
 from ..widgets.artifact_image import ArtifactImage
 from ..widgets.field import Field, fields_by_name
 from ..widgets.footer import Footer
+from ..widgets.safe_widgets import SafeDirectoryTree, SafeInput
 from ._common import StoreScreen
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
@@ -52,13 +52,13 @@ class ConceptScreen(StoreScreen):
                     "Files (enter adds an image; ctrl+g: folder up; ctrl+l: type a path)",
                     classes="field-label",
                 )
-                yield Input(
+                yield SafeInput(
                     str(self.start_dir),
                     placeholder="a folder to browse or an image to add",
                     id="tree-path",
                     compact=True,
                 )
-                yield DirectoryTree(str(self.start_dir), id="tree")
+                yield SafeDirectoryTree(str(self.start_dir), id="tree")
             with VerticalScroll(id="concept-form"):
                 yield Field("name", "Name", placeholder="e.g. corgi")
                 yield Field("token", "Token", placeholder="written in prompts, e.g. <new1> or sks")
@@ -180,7 +180,7 @@ class ConceptScreen(StoreScreen):
         elif path.is_file():
             self.add_image(path)
         else:
-            status.update(Text(f"no such file or folder: {path}", style="red"))
+            status.update(plain(f"no such file or folder: {path}", "red"))
 
     @on(DirectoryTree.DirectorySelected)
     def _dir_selected(self, event: DirectoryTree.DirectorySelected) -> None:
@@ -192,7 +192,7 @@ class ConceptScreen(StoreScreen):
         self.add_image(Path(event.path))
 
     def add_image(self, path: Path) -> None:
-        self.query_one("#concept-status", Static).update(Text(f"checking {path.name}..."))
+        self.query_one("#concept-status", Static).update(plain(f"checking {path.name}..."))
         self._check(path)
 
     @work(thread=True, group="concept-check")
@@ -209,14 +209,16 @@ class ConceptScreen(StoreScreen):
     def on_concept_screen_checked(self, message: Checked) -> None:
         status = self.query_one("#concept-status", Static)
         if message.error:
-            status.update(f"[red]rejected: {escape(message.error)}[/]")
+            status.update(plain(f"rejected: {message.error}", "red"))
             return
         if message.path in self.images:
-            status.update(Text(f"{message.path.name} is already in the list"))
+            status.update(plain(f"{message.path.name} is already in the list"))
             return
         self._add_thumb(message.path)
         self._keep_draft()
-        status.update(f"[green]added {escape(message.path.name)}[/] ({len(self.images)} images)")
+        status.update(
+            assemble((f"added {message.path.name}", "green"), f" ({len(self.images)} images)")
+        )
 
     def _add_thumb(self, path: Path) -> None:
         self.images.append(path)
@@ -291,19 +293,19 @@ class ConceptScreen(StoreScreen):
             field = fields_by_name(self).get(name)
             if field is not None:
                 field.show_error(message.error)
-            status.update(f"[red]not saved: {escape(text)}[/]")
+            status.update(plain(f"not saved: {text}", "red"))
             return
         concept = message.concept
         if concept is None:
-            status.update("[red]that concept no longer exists[/]")
+            status.update(plain("that concept no longer exists", "red"))
             return
         self.concept_id = concept.id
         if not message.loaded:
             self.app.concept_draft = None  # saved: nothing left to keep
         self._fill(concept)
         self._saved = self._snapshot()  # what the database holds: not a draft
-        verb = "editing" if message.loaded else "[green]saved[/]"
-        status.update(f"{verb} concept #{concept.id} {escape(repr(concept.name))}")
+        verb = ("editing", "") if message.loaded else ("saved", "green")
+        status.update(assemble(verb, f" concept #{concept.id} {concept.name!r}"))
 
     def action_next_concept(self) -> None:
         """Start a fresh concept (the saved one stays in the list on Home)."""

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Static
+
+from ..safe import assemble, plain
 
 
 class ConfirmScreen(ModalScreen[bool]):
@@ -25,9 +26,10 @@ class ConfirmScreen(ModalScreen[bool]):
 
     def compose(self) -> ComposeResult:
         with Vertical(id="confirm-box"):
-            yield Static(Text(self.question), id="confirm-question")
+            # The question names what is at stake (an experiment's name): shown safe, literally.
+            yield Static(plain(self.question, multiline=True), id="confirm-question")
             yield Static(
-                Text.assemble(
+                assemble(
                     ("y", "bold"), f"/enter: {self.yes}    ", ("n", "bold"), "/esc: keep as is"
                 ),
                 id="confirm-keys",

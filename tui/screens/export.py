@@ -4,16 +4,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rich.markup import escape
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
+from textual.content import Content
 from textual.message import Message
 from textual.screen import ModalScreen
 from textual.widgets import Button, Checkbox, Input, Label, Select, Static
 
 from .. import keymap
+from ..safe import assemble, plain
+from ..widgets.safe_widgets import SafeInput, SafeSelect
 from .results import axes_for
 
 # (checkbox id, label, export function, file suffix, needs an axis)
@@ -87,15 +89,15 @@ class ExportScreen(ModalScreen):
     def compose(self) -> ComposeResult:
         with Vertical(id="export-box"):
             yield Label(
-                f"Export experiment {self.experiment_id}"
+                plain(f"Export experiment {self.experiment_id}")
                 if self.experiment_id is not None
-                else "[yellow]No experiment selected: pick one on Home first[/]",
+                else plain("No experiment selected: pick one on Home first", "yellow"),
                 id="export-title",
             )
             yield Label("Folder")
-            yield Input(str(self.store.home.exports), id="export-folder", compact=True)
+            yield SafeInput(str(self.store.home.exports), id="export-folder", compact=True)
             yield Label("Group by (summary, plot, grid)")
-            yield Select([], id="export-axis", allow_blank=True, prompt="axis", compact=True)
+            yield SafeSelect([], id="export-axis", allow_blank=True, prompt="axis", compact=True)
             yield Static("", id="export-grid-note")
             for kind, label, *_ in KINDS:
                 yield Checkbox(label, True, id=f"kind-{kind}", compact=True)
@@ -117,7 +119,7 @@ class ExportScreen(ModalScreen):
                 select.value = self.results_axis if self.results_axis in axes else axes[0]
                 self._show_grid_note()
                 self.query_one("#export-title", Label).update(
-                    f"Export [b]{escape(exp.name)}[/] (#{exp.id})"
+                    assemble("Export ", (exp.name, "b"), f" (#{exp.id})")
                 )
         self.query_one("#export-go", Button).focus()
 
@@ -142,7 +144,7 @@ class ExportScreen(ModalScreen):
             else "Grid: rows = the axis above; other axes pinned to the first run's values"
         )
         self.query_one("#export-grid-note", Static).update(
-            escape(text + " (pins are printed on the grid)")
+            plain(text + " (pins are printed on the grid)")
         )
 
     @on(Select.Changed, "#export-axis")
@@ -160,7 +162,7 @@ class ExportScreen(ModalScreen):
     def action_export(self) -> None:
         log = self.query_one("#export-log", Static)
         if self.experiment_id is None:
-            log.update("[red]no experiment selected[/]")
+            log.update(plain("no experiment selected", "red"))
             return
         by = self.query_one("#export-axis", Select).value
         kinds = [k for k, *_ in KINDS if self.query_one(f"#kind-{k}", Checkbox).value]
@@ -183,11 +185,11 @@ class ExportScreen(ModalScreen):
         self.results = message.results
         log = self.query_one("#export-log", Static)
         if message.error:
-            log.update(f"[red]{escape(message.error)}[/]")
+            log.update(plain(message.error, "red"))
             return
         log.update(
-            "\n".join(
-                f"[green]✓ {k}: {escape(p)}[/]" if ok else f"[red]✗ {k}: {escape(p)}[/]"
+            Content("\n").join(
+                plain(f"✓ {k}: {p}", "green") if ok else plain(f"✗ {k}: {p}", "red")
                 for k, p, ok in message.results
             )
         )

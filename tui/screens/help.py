@@ -10,6 +10,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Static
 
 from .. import keymap
+from ..safe import rich
 
 SCOPES = {
     "HomeScreen": "home",
@@ -37,7 +38,8 @@ class HelpScreen(ModalScreen):
         for scope in [s for s in (self.scope, "app") if s]:
             table.add_section()
             for keys, desc, bid in keymap.describe(scope):
-                table.add_row(keys.replace("_", " "), desc, bid)
+                # Keys and ids may come from the user's keymap.json: taken literally, shown safe.
+                table.add_row(rich(keys.replace("_", " ")), rich(desc), rich(bid))
         text = (
             "\nctrl+p: command palette.  In tables: j/k move, g/G top/bottom, enter opens.\n"
             "Sweep grammar: 20,25,50 | 4-50 (+5) | 0.1-0.5 [5] | encoder,decoder | {0,2,4} | up_blocks.3\n"

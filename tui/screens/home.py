@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from rich.markup import escape
 from textual import on, work
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
+from textual.content import Content
 from textual.message import Message
 from textual.widgets import DataTable, Header, Static
 
 from .. import keymap
+from ..safe import assemble, plain
 from ..widgets.fast_table import FastTable
 from ..widgets.footer import Footer
 from ._common import StoreScreen, age
@@ -73,7 +74,7 @@ class HomeScreen(StoreScreen):
         yield Static("loading...", id="queue-status")
         from ..app import where_label
 
-        yield Static(escape(where_label(self.app.store)), id="where-label")
+        yield Static(plain(where_label(self.app.store)), id="where-label")
         with Horizontal(id="home-top"):
             with Vertical(id="concepts-pane"):
                 yield Static("Concepts  [dim](enter: edit, c: new)[/]", classes="pane-title")
@@ -132,24 +133,26 @@ class HomeScreen(StoreScreen):
         if key != self._best_key:
             self._best_key = key
             self._compute_best(key, [r.experiment.id for r in data.experiments if r.done])
-        parts = []
+        parts: list[Content] = []
         if data.paused is not None:
             parts.append(
-                "[b red]queue PAUSED[/] (p: resume)"
+                assemble(("queue PAUSED", "b red"), " (p: resume)")
                 if data.paused
-                else "[green]queue running[/] (p: pause)"
+                else assemble(("queue running", "green"), " (p: pause)")
             )
         if data.engines is not None:
             parts.append(
-                f"engines: {len(data.engines)} running"
-                if data.engines
-                else "engines: none (S: start)"
+                plain(
+                    f"engines: {len(data.engines)} running"
+                    if data.engines
+                    else "engines: none (S: start)"
+                )
             )
         queued = sum(r.counts.get("queued", 0) for r in data.experiments)
         running = sum(r.counts.get("running", 0) for r in data.experiments)
-        parts.append(f"{queued} queued, {running} running")
-        parts += [f"[yellow]{escape(n)}[/]" for n in data.notes]
-        self.query_one("#queue-status", Static).update("  |  ".join(parts))
+        parts.append(plain(f"{queued} queued, {running} running"))
+        parts += [plain(n, "yellow") for n in data.notes]
+        self.query_one("#queue-status", Static).update(Content("  |  ").join(parts))
         if self.app.demo:
             from store.demo import DEMO_BANNER
 
@@ -310,9 +313,9 @@ class HomeScreen(StoreScreen):
             try:
                 exp = duplicate_experiment(self.store, exp_id)
             except InputError as exc:
-                self.notify(escape(str(exc)), severity="error")
+                self.notify(str(exc), severity="error")
                 return
-            self.notify(escape(f"duplicated as draft #{exp.id} {exp.name!r}"))
+            self.notify(f"duplicated as draft #{exp.id} {exp.name!r}")
         self.app.action_open("sweep", experiment_id=exp.id)
 
     def action_queue_experiment(self) -> None:
@@ -325,9 +328,9 @@ class HomeScreen(StoreScreen):
         try:
             exp = queue_experiment(self.store, exp_id)
         except (InputError, SweepError) as exc:
-            self.notify(escape(str(exc)), severity="error", timeout=8)
+            self.notify(str(exc), severity="error", timeout=8)
             return
-        self.notify(escape(f"queued {exp.run_count} runs of {exp.name!r}"))
+        self.notify(f"queued {exp.run_count} runs of {exp.name!r}")
         self.refresh_data()
 
     def _queue_call(self, fn: str, done: str) -> None:
@@ -354,7 +357,7 @@ class HomeScreen(StoreScreen):
             return
         open_runs = row.counts.get("queued", 0) + row.counts.get("running", 0)
         if not open_runs:
-            self.notify(escape(f"{row.experiment.name!r} has no queued or running runs"))
+            self.notify(f"{row.experiment.name!r} has no queued or running runs")
             return
 
         def cancel() -> None:
@@ -385,9 +388,9 @@ class HomeScreen(StoreScreen):
             try:
                 n = delete_experiment(self.store, row.experiment.id)
             except InputError as exc:
-                self.notify(escape(str(exc)), severity="error", timeout=8)
+                self.notify(str(exc), severity="error", timeout=8)
                 return
-            self.notify(escape(f"deleted {row.experiment.name!r} and its {n} runs"))
+            self.notify(f"deleted {row.experiment.name!r} and its {n} runs")
             self.refresh_data()
 
         self.app.confirm(
@@ -409,12 +412,10 @@ class HomeScreen(StoreScreen):
             try:
                 archive_experiment(self.store, row.experiment.id)
             except InputError as exc:
-                self.notify(escape(str(exc)), severity="error", timeout=8)
+                self.notify(str(exc), severity="error", timeout=8)
                 return
             self.notify(
-                escape(
-                    f"archived {row.experiment.name!r} (mtp experiment archive --undo brings it back)"
-                )
+                f"archived {row.experiment.name!r} (mtp experiment archive --undo brings it back)"
             )
             self.refresh_data()
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -10,6 +9,8 @@ from textual.containers import Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Label, OptionList
 from textual.widgets.option_list import Option
+
+from ..safe import plain
 
 
 class PickScreen(ModalScreen[str | None]):
@@ -22,9 +23,10 @@ class PickScreen(ModalScreen[str | None]):
 
     def compose(self) -> ComposeResult:
         with Vertical(id="pick-box"):
-            yield Label(self.title_text)
+            # Items name experiments: shown safe and literally, like the title.
+            yield Label(plain(self.title_text))
             yield OptionList(
-                *[Option(Text(label), id=f"opt-{i}") for i, (_, label) in enumerate(self.items)],
+                *[Option(plain(label), id=f"opt-{i}") for i, (_, label) in enumerate(self.items)],
                 id="pick-list",
             )
 

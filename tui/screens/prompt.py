@@ -9,6 +9,9 @@ from textual.containers import Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Input, Label
 
+from ..safe import plain
+from ..widgets.safe_widgets import SafeInput
+
 
 class PromptScreen(ModalScreen[str | None]):
     BINDINGS = [Binding("escape", "cancel", "Cancel", id="prompt.cancel")]
@@ -19,8 +22,8 @@ class PromptScreen(ModalScreen[str | None]):
 
     def compose(self) -> ComposeResult:
         with Vertical(id="prompt-box"):
-            yield Label(self.question)
-            yield Input(self.value, id="prompt-input")
+            yield Label(plain(self.question))
+            yield SafeInput(self.value, id="prompt-input")
 
     @on(Input.Submitted)
     def _submit(self, event: Input.Submitted) -> None:

@@ -11,17 +11,21 @@ from __future__ import annotations
 import threading
 import time
 
-from rich.markup import escape
 from textual import on, work
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
+from textual.content import Content
 from textual.message import Message
 from textual.widgets import DataTable, Header, Select, Static
 from textual_plotext import PlotextPlot
 
+from store.safe_text import safe_text
+
 from .. import keymap
+from ..safe import assemble, cell, plain
 from ..widgets.artifact_image import ArtifactImage
 from ..widgets.footer import Footer
+from ..widgets.safe_widgets import SafeSelect
 from ._common import StoreScreen
 
 # Live refreshes wait this many load-times after a load: a running engine finishes runs every few
@@ -101,17 +105,17 @@ class ResultsScreen(StoreScreen):
         yield Header()
         with Horizontal(id="results-head"):
             yield Static("", id="results-title")
-            yield Select([], prompt="axis", id="axis", allow_blank=True, compact=True)
+            yield SafeSelect([], prompt="axis", id="axis", allow_blank=True, compact=True)
         yield Static("", id="results-unit")
         with Horizontal(id="results-body"):
             with Vertical(id="results-left"):
                 yield DataTable(id="results-table", cursor_type="row", zebra_stripes=True)
                 with Horizontal(classes="grid-controls"):
                     yield Static("grid x", classes="grid-label")
-                    yield Select([], prompt="default", id="grid-x", compact=True)
+                    yield SafeSelect([], prompt="default", id="grid-x", compact=True)
                     yield Static("z", classes="grid-label")
-                    yield Select([], prompt="none", id="grid-z", compact=True)
-                    yield Select(
+                    yield SafeSelect([], prompt="none", id="grid-z", compact=True)
+                    yield SafeSelect(
                         [("seed pinned", "pinned"), ("row per seed", "each")],
                         id="grid-seeds",
                         value="pinned",
@@ -120,9 +124,9 @@ class ResultsScreen(StoreScreen):
                     )
                 with Horizontal(classes="grid-controls"):
                     yield Static("pin", classes="grid-label")
-                    yield Select([], prompt="axis", id="grid-pin-axis", compact=True)
+                    yield SafeSelect([], prompt="axis", id="grid-pin-axis", compact=True)
                     yield Static("=", classes="grid-label")
-                    yield Select([], prompt="value", id="grid-pin-value", compact=True)
+                    yield SafeSelect([], prompt="value", id="grid-pin-value", compact=True)
                 yield Static("", id="results-grid-caption")
                 yield ArtifactImage("image grid", id="results-grid")
             with Vertical(id="results-right"):
@@ -140,7 +144,7 @@ class ResultsScreen(StoreScreen):
     def _show_loading(self) -> bool:
         title = self.query_one("#results-title", Static)
         if self.experiment_id is None:
-            title.update("[yellow]No experiment selected: press o to pick one.[/]")
+            title.update(plain("No experiment selected: press o to pick one.", "yellow"))
             return False
         title.update(f"experiment {self.experiment_id}: loading...")
         return True
@@ -343,18 +347,17 @@ class ResultsScreen(StoreScreen):
         self.grid_shown = True
         self._fill_grid_controls(layout)
         caption = list(layout.caption) if layout else []
+        lines = [plain(c) for c in caption]
         if note and grid is not None:
-            caption.append(f"[yellow]{escape(note)}[/]")
-        self.query_one("#results-grid-caption", Static).update(
-            "\n".join(c if c.startswith("[yellow]") else escape(c) for c in caption)
-        )
+            lines.append(plain(note, "yellow"))
+        self.query_one("#results-grid-caption", Static).update(Content("\n").join(lines))
         self.query_one("#results-grid", ArtifactImage).show_image(grid, note or "no grid yet")
 
     def on_results_screen_loaded(self, message: Loaded) -> None:
         title = self.query_one("#results-title", Static)
         exp = message.experiment
         if exp is None:
-            title.update(f"[red]{escape(message.error)}[/]")
+            title.update(plain(message.error, "red"))
             return
         self.by, self.axes, self.rows = message.by, message.axes, message.rows
         select = self.query_one("#axis", Select)
@@ -363,8 +366,13 @@ class ResultsScreen(StoreScreen):
             select.value = self.by
         done = f"{len(self.rows)} groups" if self.rows else "no scored runs yet"
         title.update(
-            f"[b]{escape(exp.name)}[/] (#{exp.id}) by [b]{self.by}[/]: {done}"
-            + (f"  [red]{escape(message.error)}[/]" if message.error else "")
+            assemble(
+                (exp.name, "b"),
+                f" (#{exp.id}) by ",
+                (self.by, "b"),
+                f": {done}",
+                (f"  {message.error}" if message.error else "", "red"),
+            )
         )
         self._fill_table()
         self._show_unit()
@@ -380,7 +388,7 @@ class ResultsScreen(StoreScreen):
             )
         except Exception as exc:  # a plot failure leaves the table usable
             plot.plt.clear_figure()
-            plot.plt.title(f"plot failed: {exc}")
+            plot.plt.title(safe_text(f"plot failed: {exc}"))
         plot.refresh()
         if message.layout is not None:
             self._show_grid(message.layout.image, "", message.layout)
@@ -409,17 +417,16 @@ class ResultsScreen(StoreScreen):
                 cells.append(f"{fmt_number(st.mean)} ± {fmt_number(st.sem)}" if st else "–")
             cells.append(f"! {r.incomplete}" if r.incomplete else "")
             cells.append("*" if r.pareto else "")
-            table.add_row(*cells)
+            table.add_row(*map(cell, cells))  # the label may be a prompt: shown safe, literally
 
     def _show_unit(self) -> None:
         describe = getattr(self.rows, "describe", None)
         lines = describe() if describe and self.rows else []
         flagged = sum(1 for r in self.rows if r.incomplete)
+        shown = [plain(line) for line in lines]
         if flagged:
-            lines.append(f"[yellow]{flagged} rows incomplete (see 'missing')[/]")
-        self.query_one("#results-unit", Static).update(
-            " · ".join(line if line.startswith("[yellow]") else escape(line) for line in lines)
-        )
+            shown.append(plain(f"{flagged} rows incomplete (see 'missing')", "yellow"))
+        self.query_one("#results-unit", Static).update(Content(" · ").join(shown))
 
     def _fill_grid_controls(self, layout) -> None:
         self.grid_layout = layout

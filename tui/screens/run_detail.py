@@ -5,16 +5,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
 from textual.containers import Horizontal, VerticalScroll
+from textual.content import Content
 from textual.message import Message
 from textual.widgets import Header, Static
 
 from .. import keymap
+from ..safe import assemble, plain, rich
 from ..widgets.artifact_image import ArtifactImage, array_to_image
 from ..widgets.footer import Footer
 from ._common import StoreScreen, duration, fmt
@@ -103,10 +104,11 @@ def params_table(run, scores: dict) -> Table:
     table.add_column(style="dim", no_wrap=True)
     table.add_column()
     for k, v in sorted(scores.items()):
-        table.add_row(Text(k), Text(f"{v:.4f}", style="bold"))
+        table.add_row(rich(k), Text(f"{v:.4f}", style="bold"))
     for name in PARAMS:
         value = getattr(run, name, None)
-        table.add_row(name, Text(duration(value) if name == "duration_s" and value else fmt(value)))
+        shown = duration(value) if name == "duration_s" and value else fmt(value)
+        table.add_row(name, rich(shown, multiline=name == "notes"))
     return table
 
 
@@ -153,7 +155,7 @@ class RunDetailScreen(StoreScreen):
         run = bundle.run
         if run is None:
             self.query_one("#detail-title", Static).update(
-                f"[red]run {self.run_id} does not exist[/]"
+                plain(f"run {self.run_id} does not exist", "red")
             )
             return
         self.bundle, self.run_id, self.word_index = bundle, run.id, 0
@@ -163,7 +165,10 @@ class RunDetailScreen(StoreScreen):
             else f"layers {run.layers}, steps {run.start_step}-{run.final_step} every {run.skip_interval}"
         )
         self.query_one("#detail-title", Static).update(
-            f"[b]run {run.id}[/] \\[{run.status}]  {escape(run.target_prompt)!r}  seed {run.seed}  {kind}"
+            assemble(
+                (f"run {run.id}", "b"),
+                f" [{run.status}]  {run.target_prompt!r}  seed {run.seed}  {kind}",
+            )
         )
         resolve = self.store.home.resolve_artifact
         for wid, rel in (
@@ -174,10 +179,14 @@ class RunDetailScreen(StoreScreen):
         ):
             self.query_one(wid, ArtifactImage).show_path(resolve(rel))
         self._show_map()
-        problems = [f"[b red]error:[/] {escape(run.error)}"] if run.error else []
+        problems = (
+            [assemble(("error:", "b red"), " ", run.error, multiline=True)] if run.error else []
+        )
         if run.score_error:  # done with its images, but scoring failed (`mtp score` / S retries)
-            problems.append(f"[b yellow]not scored:[/] {escape(run.score_error)}")
-        self.query_one("#detail-error", Static).update("\n".join(problems))
+            problems.append(
+                assemble(("not scored:", "b yellow"), " ", run.score_error, multiline=True)
+            )
+        self.query_one("#detail-error", Static).update(Content("\n").join(problems))
         self.query_one("#detail-info", Static).update(params_table(run, bundle.scores))
 
     def _show_map(self) -> None:

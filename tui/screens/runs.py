@@ -5,16 +5,20 @@ from __future__ import annotations
 import shlex
 from functools import partial
 
-from rich.markup import escape
 from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
+from textual.content import Content
 from textual.message import Message
 from textual.widgets import DataTable, Header, Input, Static
 
+from store.safe_text import safe_text
+
 from .. import keymap
+from ..safe import assemble, plain
 from ..widgets.fast_table import FastTable
 from ..widgets.footer import Footer
+from ..widgets.safe_widgets import SafeInput
 from ._common import StoreScreen, duration, fmt
 
 PAGE = 50  # more than a tall terminal shows; a smaller page paints faster
@@ -131,7 +135,7 @@ class RunsScreen(StoreScreen):
 
     def compose(self) -> ComposeResult:
         yield Header()
-        yield Input(
+        yield SafeInput(
             self.filter_text,
             placeholder="filter: words, status=failed, seed=1, tag=x, marked=1, "
             "exp=all, final_step=20 ... (enter applies, escape closes)",
@@ -181,7 +185,7 @@ class RunsScreen(StoreScreen):
         try:
             filt = parse_filter(self.filter_text, self.experiment_id)
         except Exception as exc:
-            self._status(f"[red]{escape(str(exc))}[/]")
+            self._status(plain(exc, "red"))
             return
         if not quiet:  # a live refresh must not flash "loading..." every second
             # Only a slow page says so: painting "loading..." first would cost a fast page a frame.
@@ -190,9 +194,9 @@ class RunsScreen(StoreScreen):
 
     def _still_loading(self, token: int) -> None:
         if self._token == token and self._shown != token:
-            self._status("loading...")
+            self._status(plain("loading..."))
 
-    def _status(self, text: str) -> None:
+    def _status(self, text: Content) -> None:
         self.query_one("#runs-status", Static).update(
             text, layout=False
         )  # one line, fixed size (app.tcss)
@@ -217,7 +221,7 @@ class RunsScreen(StoreScreen):
             return
         self._shown = message.token
         if message.error is not None:
-            self._status(f"[red]{escape(str(message.error))}[/]")
+            self._status(plain(message.error, "red"))
             return
         table = self.query_one(DataTable)
         cursor = table.cursor_coordinate
@@ -243,9 +247,11 @@ class RunsScreen(StoreScreen):
         ):  # a live refresh or a return usually finds the same page: no repaint
             self._page_cells = page
             table.clear()
-            # Text cells skip markup parsing: faster, and prompts like "a [b] c" stay literal.
+            # Text cells skip markup parsing: faster, and prompts like "a [b] c" stay literal;
+            # prompts, tags and layers are shown safe (controls escaped).
             table.add_rows(
-                [Text(c, no_wrap=True, overflow="ellipsis") for c in cells] for cells in page
+                [Text(safe_text(c), no_wrap=True, overflow="ellipsis") for c in cells]
+                for cells in page
             )
             table.settle()  # column widths before the first paint of this page
             if self._keep_cursor and table.row_count:
@@ -261,13 +267,16 @@ class RunsScreen(StoreScreen):
         where = f"exp {exp}" if exp is not None else "all experiments"
         arrow = "desc" if self.descending else "asc"
         marked = (
-            f"  [b]{message.marked} marked[/] (t/N/R/X act on them, U unmarks)"
+            [(f"  {message.marked} marked", "b"), " (t/N/R/X act on them, U unmarks)"]
             if message.marked
-            else ""
+            else []
         )
         self._status(
-            f"runs {message.offset + 1 if self.runs else 0}-{end} of {self.total} ({where})"
-            f"  sort: {self.sort} {arrow} (s)  filter: {escape(self.filter_text or '-')}{marked}"
+            assemble(
+                f"runs {message.offset + 1 if self.runs else 0}-{end} of {self.total} ({where})"
+                f"  sort: {self.sort} {arrow} (s)  filter: {self.filter_text or '-'}",
+                *marked,
+            )
         )
 
     # ------------------------------------------------------------------ filter, sort, page
@@ -437,7 +446,7 @@ class RunsScreen(StoreScreen):
 
             if tag:
                 n = add_tag(self.store, ids, tag)
-                self.notify(escape(f"tagged {n} of {what} with {tag!r}"))
+                self.notify(f"tagged {n} of {what} with {tag!r}")
                 self.reload(keep_cursor=True)
 
         self.app.push_screen(PromptScreen(f"Tag for {what}"), done)

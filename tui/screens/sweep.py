@@ -6,7 +6,6 @@ thread worker for the run count and cross-field checks, so a 10k-run sweep never
 
 from __future__ import annotations
 
-from rich.markup import escape
 from textual import on, work
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical, VerticalScroll
@@ -14,9 +13,11 @@ from textual.message import Message
 from textual.widgets import Button, Checkbox, Header, Input, Label, Select, Static, TextArea
 
 from .. import keymap
+from ..safe import assemble, plain
 from ..widgets.field import Field, fields_by_name
 from ..widgets.footer import Footer
 from ..widgets.quiet import FormButton, FormCheckbox, FormSelect
+from ..widgets.safe_widgets import SafeTextArea
 from ._common import StoreScreen, duration
 
 # spec field -> (label, placeholder hint)
@@ -162,7 +163,7 @@ class SweepScreen(StoreScreen):
                     "Target prompts, one per line (may use the concept's token)",
                     classes="field-label",
                 )
-                yield TextArea("\n".join(s.target_prompts), id="target_prompts")
+                yield SafeTextArea("\n".join(s.target_prompts), id="target_prompts")
                 yield Static("", id="error-target_prompts", classes="field-info")
                 with Horizontal(classes="row"):
                     for name, (label, _) in BASE_NUMBERS.items():
@@ -553,7 +554,9 @@ class SweepScreen(StoreScreen):
         self.last_count = message.count
         if message.error is not None:
             self.show_field_error(message.error)
-            summary.update(f"[b red]Not queueable[/]\n{escape(str(message.error))}")
+            summary.update(
+                assemble(("Not queueable", "b red"), "\n", message.error, multiline=True)
+            )
             return
         n = message.count
         lines = [f"[b]{n} runs[/] ({message.baselines} baselines)"]
@@ -582,14 +585,14 @@ class SweepScreen(StoreScreen):
         """Put the error under the field it names; a base field gets it, axes already show theirs."""
         if self._field_name(exc) == "target_prompts":
             self.query_one("#error-target_prompts", Static).update(
-                f"[red]✗ {escape(str(getattr(exc, 'message', exc)))}[/]"
+                plain(f"✗ {getattr(exc, 'message', exc)}", "red")
             )
             return
         field = self._field_for(exc)
         if field is not None:
             field.show_error(exc)
         else:
-            self.query_one("#sweep-status", Static).update(f"[red]{escape(str(exc))}[/]")
+            self.query_one("#sweep-status", Static).update(plain(exc, "red"))
 
     # ------------------------------------------------------------------ save / queue
     @on(Button.Pressed, "#save-draft")
@@ -606,7 +609,7 @@ class SweepScreen(StoreScreen):
             spec = self.read_spec()
         except BaseFieldError as exc:
             self.show_field_error(exc)
-            status.update(f"[red]Nothing saved: {escape(str(exc))}[/]")
+            status.update(plain(f"Nothing saved: {exc}", "red"))
             return
         status.update("queueing..." if queue else "saving...")
         self._save_worker(spec, self.experiment_name, self.selected_concept, queue)
@@ -632,17 +635,17 @@ class SweepScreen(StoreScreen):
         if message.error is not None:
             self.show_field_error(message.error)
             status.update(
-                f"[red]Nothing {'queued' if message.queued else 'saved'}: {escape(str(message.error))}[/]"
+                plain(f"Nothing {'queued' if message.queued else 'saved'}: {message.error}", "red")
             )
             return
         exp = message.experiment
         self.app.experiment_id = exp.id
         if message.queued:
             self.app.sweep_draft = None  # it is in the queue now; the next F4 starts afresh
-            self.notify(escape(f"queued {exp.run_count} runs of {exp.name!r}"))
+            self.notify(f"queued {exp.run_count} runs of {exp.name!r}")
             self.app.action_open("runs", experiment_id=exp.id)
         else:
             self.experiment_id = exp.id
             self.sub_title = f"editing draft #{exp.id}"
             self._keep_draft()
-            status.update(f"[green]saved draft #{exp.id} ({exp.run_count} runs)[/]")
+            status.update(plain(f"saved draft #{exp.id} ({exp.run_count} runs)", "green"))

@@ -19,6 +19,8 @@ from textual.widgets import Static
 
 from store.settings import settings
 
+from ..safe import plain
+
 THUMB_PX = 384
 
 
@@ -124,12 +126,12 @@ class ArtifactImage(Vertical):
         self._token = 0
 
     def compose(self) -> ComposeResult:
-        yield Static(self.caption, classes="caption")
+        yield Static(plain(self.caption), classes="caption")
         yield Static("(no image)", classes="placeholder")
 
     def set_caption(self, caption: str) -> None:
         self.caption = caption
-        self.query_one(".caption", Static).update(caption)
+        self.query_one(".caption", Static).update(plain(caption))
 
     def show_path(self, path: Path | None) -> None:
         self._token += 1
@@ -153,7 +155,7 @@ class ArtifactImage(Vertical):
         for old in self.query(".picture, .placeholder"):
             old.remove()
         if image is None:
-            self.mount(Static(reason, classes="placeholder"))
+            self.mount(Static(plain(reason), classes="placeholder"))
         else:
             self.mount(image_widget_class()(image, classes="picture"))
 

@@ -9,6 +9,9 @@ for mouse clicks) and hands anything else (headers, labels, markup strings, styl
 text, rows taller than one line) to DataTable. `tests/tui/test_fast_table.py` renders every case
 both ways and requires identical segments, so a Textual upgrade that changes the stock output
 fails there instead of drawing differently.
+
+Every cell is user text until shown otherwise: `add_row` and `update_cell` show str cells safe
+and literally (`tui.safe.cell`: no markup, controls escaped) and escape controls in Text cells.
 """
 
 from __future__ import annotations
@@ -19,10 +22,32 @@ from rich.style import Style
 from rich.text import Text
 from textual.widgets import DataTable
 
+from ..safe import cell as safe_cell
+from ..safe import safe_rich
+
 _NULL = Style.null()
 
 
+def _safe(value):
+    if isinstance(value, str):
+        return safe_cell(value)
+    if isinstance(value, Text):
+        return safe_rich(value)
+    return value  # numbers, None: DataTable formats them itself
+
+
 class FastTable(DataTable):
+    def add_row(self, *cells, height=1, key=None, label=None):
+        return super().add_row(
+            *map(_safe, cells),
+            height=height,
+            key=key,
+            label=None if label is None else _safe(label),
+        )
+
+    def update_cell(self, row_key, column_key, value, *, update_width: bool = False) -> None:
+        super().update_cell(row_key, column_key, _safe(value), update_width=update_width)
+
     def settle(self) -> None:
         """Measure the rows just added now, not on the next idle as DataTable does: a paint in
         between showed a page with header-wide columns and every cell cut (and a snapshot taken

@@ -87,25 +87,29 @@ class Field(StyledWhenMounted, Vertical):
         return values
 
     def show_info(self, text: str) -> None:
-        from rich.text import Text
+        from ..safe import plain
 
         if self._shown == ("info", text):
             return  # an update re-lays the form out: skip it when nothing changes
         self._shown = ("info", text)
         self.remove_class("invalid")
-        self._info.update(Text(text))
+        self._info.update(plain(text))
         self._info.set_class(not text, "empty")
 
     def show_error(self, exc) -> None:
-        """A SweepError points at the offending character; anything else shows its message."""
+        """A SweepError points at the offending character; anything else shows its message.
+        Both are user text: shown safe (an escape widens the text, so the caret moves with it)."""
         from rich.text import Text
+
+        from store.safe_text import safe_text
 
         message = getattr(exc, "message", None) or str(exc)
         pos = getattr(exc, "pos", -1)
-        text = Text("✗ " + message, style="bold red")
+        text = Text("✗ " + safe_text(message), style="bold red")
         source = getattr(exc, "text", None)
         if source and 0 <= pos <= len(source):
-            text.append(f"\n  {source}\n  " + " " * pos + "^", style="red")
+            caret = len(safe_text(source[:pos]))
+            text.append(f"\n  {safe_text(source)}\n  " + " " * caret + "^", style="red")
         if self._shown == ("error", text.plain):
             return
         self._shown = ("error", text.plain)

@@ -6,12 +6,15 @@ each class change re-applies the whole stylesheet to the widget and to every one
 component classes (a Button's variant too; a Static given its first text and classes before
 mounting, likewise). Mounting then styles the widget in full anyway, so those restyles are
 wasted: for the sweep builder's ~20 controls they were ~15% of opening it. These subclasses
-look and behave exactly like Textual's (CSS rules for `Input`, `Select`, `Checkbox`, `Button` match them).
+look and behave exactly like Textual's (CSS rules for `Input`, `Select`, `Checkbox`, `Button` match them);
+FormInput and FormSelect show user text safe (widgets/safe_widgets.py).
 """
 
 from __future__ import annotations
 
-from textual.widgets import Button, Checkbox, Input, Select, Static
+from textual.widgets import Button, Checkbox, Static
+
+from .safe_widgets import SafeInput, SafeSelect
 
 
 class StyledWhenMounted:
@@ -22,11 +25,11 @@ class StyledWhenMounted:
             super().update_node_styles(animate)
 
 
-class FormInput(StyledWhenMounted, Input):
+class FormInput(StyledWhenMounted, SafeInput):
     pass
 
 
-class FormSelect(StyledWhenMounted, Select):
+class FormSelect(StyledWhenMounted, SafeSelect):
     pass
 
 
