@@ -162,12 +162,14 @@ def _default_device() -> str:
 
 def _run_many(args) -> int:
     """Parent of one engine process per GPU; forwards SIGTERM/SIGINT and waits for all."""
+    from store.entrypoint import say
+
     from .launch import EngineError, parse_devices
 
     try:
         devices = parse_devices(args.devices)
     except EngineError as exc:
-        print(f"mtp-engine: {exc}", file=sys.stderr)
+        say("mtp-engine", exc)
         return 2
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # as each engine does
     procs = [
@@ -187,7 +189,7 @@ def _run_many(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from store.entrypoint import exit_code, start
+    from store.entrypoint import exit_code, say, start
     from store.errors import MtpError
     from store.settings import settings
 
@@ -208,27 +210,27 @@ def main(argv: list[str] | None = None) -> int:
         # One spelling per device, so `cuda` and `cuda:0` share a lock, a log and a worker id.
         device = normalize_device(args.device or ("cpu" if fake else _default_device()))
     except EngineError as exc:
-        print(f"mtp-engine: {exc}", file=sys.stderr)
+        say("mtp-engine", exc)
         return 2
     try:
         lock = DeviceLock(home, device).acquire()
     except EngineAlreadyRunning as exc:
-        print(f"mtp-engine: {exc}", file=sys.stderr)
+        say("mtp-engine", exc)
         return 3
     except OSError as exc:
-        print(
-            f"mtp-engine: cannot create the device lock in the data folder {home.root} "
+        say(
+            "mtp-engine",
+            f"cannot create the device lock in the data folder {home.root} "
             f"({exc.strerror or exc}); the data folder must be writable by you",
-            file=sys.stderr,
         )
         return 2
     try:
         try:
             _setup_logging(log_path(home, device), args.verbose)
         except OSError as exc:
-            print(
-                f"mtp-engine: cannot write the log {log_path(home, device)} ({exc.strerror or exc})",
-                file=sys.stderr,
+            say(
+                "mtp-engine",
+                f"cannot write the log {log_path(home, device)} ({exc.strerror or exc})",
             )
             return 2
         return _serve(args, home, device, fake, ready=lock.mark_ready)

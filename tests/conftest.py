@@ -3,6 +3,7 @@ were seen to make a denoising step 100x slower."""
 
 from __future__ import annotations
 
+import inspect
 import os
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -35,8 +36,9 @@ def pytest_generate_tests(metafunc):
 
 # Test tiers (README, "Run the tests"). Markers follow from what a test uses, so a new test lands
 # in its tier without anyone remembering to mark it: `pg` (a PostgreSQL server), `snapshot`
-# (SVG snapshots), `subprocess` (starts mtp / mtp-engine processes), `model` (builds or runs a
-# torch model); each of these is also `slow`, and `pytest -m "not slow"` is the quick loop.
+# (SVG snapshots), `subprocess` (starts processes), `model` (builds or runs a torch model),
+# `pilot` (drives the app); each of these is also `slow`, and `pytest -m "not slow"` is the
+# quick loop.
 PG_FIXTURES = {"pg_server", "pg_url"}
 MODEL_FIXTURES = {"tiny_model_dir", "tiny_sdxl_dir", "pipe", "sdxl_pipe"}
 # Modules whose tests start engine or CLI processes (the process boundary is what they test).
@@ -60,7 +62,7 @@ MODEL_MODULES = {
     "test_tiny",
     "test_worker",
 }
-TIERS = ("pg", "snapshot", "subprocess", "model")
+TIERS = ("pg", "snapshot", "subprocess", "model", "pilot")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -76,6 +78,11 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.subprocess)
         if fixtures & MODEL_FIXTURES or module in MODEL_MODULES:
             item.add_marker(pytest.mark.model)
+        # The app driven by Textual's pilot: seconds each, a loop of its own (`pytest -m pilot`).
+        if "/tests/tui/" in str(item.path) and inspect.iscoroutinefunction(
+            getattr(item, "function", None)
+        ):
+            item.add_marker(pytest.mark.pilot)
         if any(item.get_closest_marker(tier) for tier in TIERS):
             item.add_marker(pytest.mark.slow)
 

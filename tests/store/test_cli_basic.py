@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from tui.cli.main import main
@@ -237,6 +238,7 @@ def test_experiment_delete_and_archive(capsys, home):
     assert code == 0 and "done" in out
 
 
+@pytest.mark.subprocess
 def test_output_into_a_closed_pipe_is_not_a_traceback(home, tmp_path):
     import subprocess
     import sys

@@ -69,6 +69,7 @@ def _engine_like(home_root, n):
     s.close()
 
 
+@pytest.mark.subprocess
 def test_app_and_engine_share_one_database_without_lock_errors(home):
     Store(home).close()
     ctx = mp.get_context("spawn")

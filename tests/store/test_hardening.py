@@ -75,6 +75,7 @@ def test_non_finite_guidance_is_refused_with_a_message(capsys, home, value):
         )
 
 
+@pytest.mark.subprocess
 def test_corrupt_database_gets_a_message_in_every_entry_point(tmp_path, capsys):
     home = tmp_path / "home"
     home.mkdir()
@@ -155,6 +156,7 @@ def _mode(p: Path) -> int:
 
 
 @pytest.mark.parametrize("shared", [False, True])
+@pytest.mark.subprocess
 def test_data_folder_is_private_unless_shared_with_the_group(tmp_path, shared):
     home = tmp_path / "home"
     env = dict(os.environ, PYTHONPATH=str(ROOT))
@@ -181,6 +183,7 @@ def test_data_folder_is_private_unless_shared_with_the_group(tmp_path, shared):
         )
 
 
+@pytest.mark.subprocess
 def test_copied_images_do_not_keep_the_originals_world_readable_mode(tmp_path):
     from tests.poison import good_png
 

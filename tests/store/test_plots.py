@@ -16,6 +16,7 @@ from store.report.plots import draw_tradeoff, render_tradeoff_png, tradeoff_poin
 from tests.store.test_aggregate import add_runs, make_experiment, seed_sweep
 
 
+@pytest.mark.subprocess
 def test_store_modules_stay_light():
     import subprocess
 

@@ -326,6 +326,7 @@ def _claim_until_empty(home_root, db_url, name, out):
     out.put((name, mine))
 
 
+@pytest.mark.subprocess
 def test_claims_from_four_processes_take_each_run_once(home):
     import multiprocessing as mp
 
@@ -405,6 +406,7 @@ def test_queue_commands(store, capsys):
     assert "queue paused" in out and "requeued 4 run(s)" in out and "no engine is running" in out
 
 
+@pytest.mark.subprocess
 def test_queue_and_launch_stay_torch_free():
     import subprocess
     import sys
