@@ -226,6 +226,12 @@ class Store:
         return mask_url(self.url)
 
     @property
+    def where(self) -> str:
+        """Which record and which data folder this is (the password masked), for titles."""
+        db = "SQLite in the data folder" if self.owns_folder else self.display_url
+        return f"{db} · data {self.home.root}"
+
+    @property
     def owns_folder(self) -> bool:
         """The database is the SQLite file inside its data folder (they cannot be mismatched)."""
         return self.url == self.home.db_url

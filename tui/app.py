@@ -54,7 +54,7 @@ class MtpApp(App):
         import gc
 
         gc.freeze()
-        self.sub_title = where_label(self.store)
+        self.sub_title = self.store.where
         try:
             overrides = keymap.load_overrides(self.store.home.root)
             if overrides:
@@ -278,12 +278,6 @@ class MtpApp(App):
             self.notify(f"could not stop the engine: {exc}", severity="error", timeout=10)
             return
         self.notify("engine asked to stop after its current run")
-
-
-def where_label(store) -> str:
-    """Which record and which data folder this app is on (the password masked)."""
-    db = "SQLite in the data folder" if store.owns_folder else store.display_url
-    return f"{db} · data {store.home.root}"
 
 
 def in_form(widget) -> bool:

@@ -72,9 +72,8 @@ class HomeScreen(StoreScreen):
 
             yield Static(DEMO_BANNER, id="demo-banner")
         yield Static("loading...", id="queue-status")
-        from ..app import where_label
 
-        yield Static(plain(where_label(self.app.store)), id="where-label")
+        yield Static(plain(self.app.store.where), id="where-label")
         with Horizontal(id="home-top"):
             with Vertical(id="concepts-pane"):
                 yield Static("Concepts  [dim](enter: edit, c: new)[/]", classes="pane-title")
