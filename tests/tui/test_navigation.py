@@ -99,6 +99,7 @@ async def test_pause_toggle_from_home(store):
         assert not is_paused(store)
 
 
+@pytest.mark.subprocess
 def test_help_works_without_starting_the_ui():
     out = subprocess.run(
         [sys.executable, "-m", "tui.app", "--help"], capture_output=True, text=True, timeout=60
@@ -107,6 +108,7 @@ def test_help_works_without_starting_the_ui():
     assert build_parser().parse_args(["--demo"]).demo
 
 
+@pytest.mark.subprocess
 def test_tui_never_imports_torch(tmp_path):
     code = textwrap.dedent(f"""
         import asyncio, sys
@@ -143,6 +145,7 @@ def test_tui_never_imports_torch(tmp_path):
     assert "BAD []" in out.stdout, out.stdout
 
 
+@pytest.mark.subprocess
 def test_sighup_exits_cleanly(tmp_path):
     """An SSH drop (SIGHUP) ends the app through App.exit, not a traceback."""
     code = textwrap.dedent(f"""
