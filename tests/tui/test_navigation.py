@@ -7,6 +7,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 from tests.tui import SIZE, add_scores, seed_experiment, wait_for
 from tui.app import MtpApp, build_parser
 
