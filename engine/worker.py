@@ -482,7 +482,15 @@ class Worker:
         by_id = {r.id: r for r in runs}
         for run in runs:
             try:
-                targets.append(TargetJob(run.id, run.target_prompt, self._control_for(run)))
+                targets.append(
+                    TargetJob(
+                        run.id,
+                        run.target_prompt,
+                        self._control_for(run),
+                        method=run.method or "masactrl",
+                        prompt_index=run.prompt_index,
+                    )
+                )
             except ControlError as exc:
                 self._fail([run.id], f"invalid control: {exc}")
             except RunError as exc:
