@@ -225,7 +225,8 @@ def parse_param_option(text: str) -> tuple[str, str, str]:
             0,
             "expected METHOD.NAME=VALUES, e.g. consistory.mask_dropout=0,0.5",
         )
-    params_of(method)
+    if method not in METHODS:
+        raise SweepError("param", text, 0, f"{method!r} is not one of {', '.join(METHODS)}")
     if name not in {p.name for p in METHODS[method]}:
         allowed = ", ".join(p.name for p in METHODS[method]) or "none"
         raise SweepError(

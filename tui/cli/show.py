@@ -7,6 +7,7 @@ elsewhere (inside tmux, and when the output is not a terminal, blocks are always
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import warnings
@@ -14,6 +15,7 @@ import warnings
 SHOWN = (
     "experiment_id",
     "status",
+    "method",
     "target_prompt",
     "source_prompt",
     "seed",
@@ -132,6 +134,23 @@ def _print_session(store, session_id) -> None:
     print(f"{'libraries':14s} " + ", ".join(f"{k} {v}" for k, v in sorted(sess.versions.items())))
 
 
+def _print_set(store, run) -> None:
+    """The other images of a set method's set: each image's run, prompt, image and mask."""
+    from store.queries import set_runs
+
+    members = set_runs(store, run)
+    if not members:
+        return
+    print(f"--- set ({len(members)} images, {run.method})")
+    for m in members:
+        here = "*" if m.id == run.id else " "
+        image = store.home.resolve_artifact(m.image_path) if m.image_path else "(no image yet)"
+        print(f"{here}#{m.prompt_index} run {m.id} [{m.status}] {m.target_prompt!r}")
+        print(f"      image {image}")
+        if m.mask_path:
+            print(f"      mask  {store.home.resolve_artifact(m.mask_path)}")
+
+
 def cmd_show(args, store) -> int:
     from store.queries import get_run
 
@@ -160,6 +179,10 @@ def cmd_show(args, store) -> int:
     print("--- parameters")
     for name in SHOWN:
         print(f"{name:14s} {getattr(run, name)}")
+    if run.method_params:
+        for name, value in json.loads(run.method_params).items():
+            print(f"{'  ' + name:14s} {value}")
+    _print_set(store, run)
     _print_session(store, run.session_id)
     if run.error:
         print("--- error")
