@@ -564,4 +564,9 @@ def swept_axes(spec: ExperimentSpec) -> list[str]:
     out = [name for name, values in axes.items() if len(values) > 1]
     if len([p for p in spec.target_prompts if p.strip()]) > 1:
         out.append("target_prompt")
+    if any(
+        len(sweep_params(m, _param_texts((spec.method_params or {}).get(m, {})))) > 1
+        for m in axes["method"]
+    ):
+        out.append("method_params")
     return out

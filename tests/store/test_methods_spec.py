@@ -237,3 +237,52 @@ def test_a_set_is_claimed_whole_whatever_max_batch_says(store):
     with store.session() as s:
         runs = list(s.exec(select(Run).where(Run.experiment_id == exp.id)))
     assert Counter(r.status for r in runs) == {"done": len(runs)} and len(runs) == 3 + 3
+
+
+def test_results_and_grids_group_by_method(store):
+    from store import queue
+    from store.queries import save_experiment
+    from store.report.aggregate import aggregate
+    from store.report.grid_plan import plan_grid
+    from store.sweep.spec import swept_axes
+
+    s = spec(
+        method="masactrl,consistory",
+        seeds="0",
+        method_params={"consistory": {"mask_dropout": "0,0.5"}},
+    )
+    assert {"method", "method_params"} <= set(swept_axes(s))
+    exp = save_experiment(store, "by-method", s, queue=True)
+    while batch := queue.claim_group(store, "w:1:cpu"):
+        queue.complete_runs(
+            store,
+            "w:1:cpu",
+            [
+                {
+                    "run_id": r.id,
+                    "duration_s": 0.1,
+                    "scores": [
+                        {"metric": "clip_t", "backbone": "b", "value": 0.1 * (1 + r.prompt_index)}
+                    ],
+                }
+                for r in batch
+            ],
+        )
+    agg = aggregate(store, exp.id, "method")
+    rows = {(r.is_baseline, r.value): r.n_runs for r in agg}
+    # baselines split by method too: each method's baseline is its own plain generation
+    assert rows == {
+        (True, "masactrl"): 3,
+        (True, "consistory"): 3,
+        (False, "masactrl"): 3,
+        (False, "consistory"): 6,
+    }
+    plan = plan_grid(store, exp.id, y="method", x="target_prompt")
+    assert plan is not None and plan.y.name == "method"
+    assert {k[1] for k in plan.row_keys if k[0] == "value"} == {"masactrl", "consistory"}
+    # method_params pins only the methods that have parameters: masactrl still fills its row
+    assert len(plan.axes["method_params"].values) == 2 and "method_params" in plan.pins
+    cells = plan.panels[0].cells
+    for method in ("masactrl", "consistory"):
+        row = [cells.get((("value", method), ("value", i))) for i in range(3)]
+        assert all(r is not None and r["method"] == method for r in row), method
