@@ -82,3 +82,124 @@ async def test_method_field_shows_its_parameters_and_queues_sets(store):
         for r in runs
         if r.method == "consistory" and not r.is_baseline
     )
+
+
+def _done_consistory_sets(store):
+    """A queued consistory experiment whose runs are done with an image and a mask each."""
+    from store import queue
+    from store.queries import save_experiment
+    from store.sweep.spec import ExperimentSpec
+    from tests.tui import write_png
+
+    exp = save_experiment(
+        store,
+        "sets",
+        ExperimentSpec(
+            model="tiny",
+            target_prompts=["a dog on the beach", "a dog in the snow", "a dog in a car"],
+            num_steps=10,
+            start_step="1",
+            method="masactrl,consistory",
+            mask_words="dog",
+            mask_threshold="otsu",
+        ),
+        queue=True,
+    )
+    while batch := queue.claim_group(store, "w:1:cpu"):
+        results = []
+        for r in batch:
+            image = f"artifacts/run-{r.id}/target.png"
+            write_png(store.home.root / image, (20 * r.prompt_index, 100, 50))
+            mask = None
+            if r.mask_mode != "off":
+                mask = f"artifacts/run-{r.id}/mask_target.png"
+                write_png(store.home.root / mask, (255, 255, 255))
+            results.append(
+                {
+                    "run_id": r.id,
+                    "duration_s": 0.1,
+                    "scores": [],
+                    "image_path": image,
+                    "mask_path": mask,
+                }
+            )
+        queue.complete_runs(store, "w:1:cpu", results)
+    return exp
+
+
+async def test_run_detail_shows_the_method_its_parameters_and_the_whole_set(store):
+    from store.models import Run
+    from tui.screens.run_detail import CompareScreen, RunDetailScreen
+
+    exp = _done_consistory_sets(store)
+    with store.session() as s:
+        runs = list(s.exec(select(Run).where(Run.experiment_id == exp.id)))
+    one = next(
+        r for r in runs if r.method == "consistory" and not r.is_baseline and r.prompt_index == 1
+    )
+    members = sorted(
+        (r for r in runs if r.group_key == one.group_key), key=lambda r: r.prompt_index
+    )
+    app = MtpApp(store)
+    async with app.run_test(size=SIZE) as pilot:
+        app.push_screen(RunDetailScreen(one.id))
+        await wait_for(
+            pilot,
+            lambda: len(app.screen.query(".set-images ArtifactImage")) == 3,
+            what="the set's images",
+        )
+        screen = app.screen
+        listing = str(screen.query_one(".set-list").content)
+        for m in members:
+            assert f"run {m.id} [done] {m.target_prompt!r}" in listing
+            assert str(store.home.root / m.image_path) in listing
+            assert str(store.home.root / m.mask_path) in listing
+        assert len(screen.query(".set-masks ArtifactImage")) == 3
+        await wait_for(
+            pilot,
+            lambda: all(w.has_picture for w in screen.query(".set-images ArtifactImage")),
+            what="thumbnails decoded",
+        )
+        info = screen.query_one("#detail-info").content
+        rows = [[str(c) for c in col.cells] for col in info.columns]
+        params = dict(zip(rows[0], rows[1]))
+        assert params["method"] == "consistory" and params["  n_anchors"] == "2"
+        # its baseline is the plain generation of the same image of the set
+        await pilot.press("b")
+        await wait_for(pilot, lambda: isinstance(app.screen, CompareScreen), what="compare")
+        await wait_for(
+            pilot, lambda: "baseline" in str(app.screen.query_one("#compare-title").content)
+        )
+        title = str(app.screen.query_one("#compare-title").content)
+        base = next(
+            r for r in runs if r.method == "consistory" and r.is_baseline and r.prompt_index == 1
+        )
+        assert f"run {one.id} vs run {base.id}" in title
+
+
+async def test_runs_table_has_a_method_column_and_filters_on_it(store):
+    from tui.screens.runs import RunsScreen
+
+    exp = _done_consistory_sets(store)
+    app = MtpApp(store)
+    async with app.run_test(size=SIZE) as pilot:
+        app.push_screen(RunsScreen(experiment_id=exp.id))
+        await wait_for(pilot, lambda: isinstance(app.screen, RunsScreen) and app.screen.loaded)
+        screen = app.screen
+        table = screen.query_one("DataTable")
+        assert "method" in [str(c.label) for c in table.columns.values()]
+        await pilot.press("slash")
+        await pilot.press(*"method=consistory")
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: screen.total == 6, what="filtered by method")
+        assert {r.method for r in screen.runs} == {"consistory"}
+        column = [str(c.label) for c in table.columns.values()].index("method")
+        assert {str(table.get_row_at(i)[column]) for i in range(table.row_count)} == {"consistory"}
+
+
+def test_filter_on_a_text_column_reads_its_value_as_text():
+    from tui.screens.runs import parse_filter
+
+    # every str column: SQLModel reports its python type as object
+    f = parse_filter("method=consistory layers=decoder")
+    assert f.equals == {"method": "consistory", "layers": "decoder"}

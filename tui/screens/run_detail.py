@@ -10,7 +10,7 @@ from rich.table import Table
 from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
-from textual.containers import Horizontal, VerticalScroll
+from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.message import Message
 from textual.widgets import Header, Static
 
@@ -24,6 +24,7 @@ PARAMS = (
     "grid_index",
     "status",
     "is_baseline",
+    "method",
     "model",
     "source_prompt",
     "source_image",
@@ -73,6 +74,7 @@ class RunBundle:
     scores: dict = field(default_factory=dict)
     maps: dict = field(default_factory=dict)  # word -> 2D array
     maps_note: str = ""
+    members: list = field(default_factory=list)  # a set method's set, in prompt order ([]: none)
 
 
 def load_bundle(store, run_id: int) -> RunBundle:
@@ -81,7 +83,11 @@ def load_bundle(store, run_id: int) -> RunBundle:
     run = get_run(store, run_id)
     if run is None:
         return RunBundle(None)
-    bundle = RunBundle(run, run_scores(store, [run.id]).get(run.id, {}))
+    from store.queries import set_runs
+
+    bundle = RunBundle(
+        run, run_scores(store, [run.id]).get(run.id, {}), members=set_runs(store, run)
+    )
     path = store.home.resolve_artifact(run.maps_path)
     if path is None:
         bundle.maps_note = "no attention maps recorded"
@@ -107,7 +113,20 @@ def baseline_of(store, run_id: int) -> int | None:
     run = get_run(store, run_id)
     if run is None:
         return None
+    from store.sweep.methods import is_set_method
+
     with store.session() as s:
+        if is_set_method(run.method or ""):
+            # A set's baseline is the plain generation of the same image of the same set.
+            return s.exec(
+                select(Run.id).where(
+                    Run.experiment_id == run.experiment_id,
+                    Run.method == run.method,
+                    Run.seed == run.seed,
+                    Run.prompt_index == run.prompt_index,
+                    Run.is_baseline == True,  # noqa: E712
+                )
+            ).first()
         return s.exec(
             select(Run.id).where(
                 Run.experiment_id == run.experiment_id,
@@ -127,6 +146,11 @@ def params_table(run, scores: dict) -> Table:
     for name in PARAMS:
         value = getattr(run, name, None)
         table.add_row(name, Text(duration(value) if name == "duration_s" and value else fmt(value)))
+        if name == "method" and getattr(run, "method_params", ""):
+            import json
+
+            for k, v in json.loads(run.method_params).items():
+                table.add_row(f"  {k}", Text(fmt(v)))
     return table
 
 
@@ -157,6 +181,9 @@ class RunDetailScreen(StoreScreen):
                 yield ArtifactImage("source mask", id="img-source-mask")
                 yield ArtifactImage("target mask", id="img-target-mask")
                 yield ArtifactImage("attention map", id="img-map")
+            # A set method's run: every image of its set and each image's subject mask
+            # (filled in by _show_set; empty, and no height, for MasaCtrl's runs).
+            yield Vertical(id="detail-set")
             yield Static("", id="detail-error")
             yield Static("", id="detail-info")
         yield Footer(compact=True, show_command_palette=False)
@@ -194,11 +221,42 @@ class RunDetailScreen(StoreScreen):
         ):
             self.query_one(wid, ArtifactImage).show_path(resolve(rel))
         self._show_map()
+        self._show_set(bundle)
         problems = [f"[b red]error:[/] {escape(run.error)}"] if run.error else []
         if run.score_error:  # done with its images, but scoring failed (`mtp score` / S retries)
             problems.append(f"[b yellow]not scored:[/] {escape(run.score_error)}")
         self.query_one("#detail-error", Static).update("\n".join(problems))
         self.query_one("#detail-info", Static).update(params_table(run, bundle.scores))
+
+    def _show_set(self, bundle: RunBundle) -> None:
+        box = self.query_one("#detail-set", Vertical)
+        shown = tuple((m.id, m.image_path, m.mask_path) for m in bundle.members)
+        if getattr(self, "_set_shown", None) == shown:
+            return  # the same set with the same files: keep the widgets
+        self._set_shown = shown
+        box.remove_children()
+        if not bundle.members:
+            return
+        run = bundle.run
+        resolve = self.store.home.resolve_artifact
+        images, masks = [], []
+        lines = Text(f"set of {len(bundle.members)} images ({run.method})\n", style="bold")
+        for m in bundle.members:
+            mark = "*" if m.id == run.id else " "
+            lines.append(f"{mark}#{m.prompt_index} run {m.id} [{m.status}] {m.target_prompt!r}\n")
+            lines.append(f"    {resolve(m.image_path) or '(no image yet)'}\n", style="dim")
+            if m.mask_path:
+                lines.append(f"    mask {resolve(m.mask_path)}\n", style="dim")
+            image = ArtifactImage(f"{mark}#{m.prompt_index} run {m.id}")
+            images.append((image, resolve(m.image_path)))
+            if m.mask_path:
+                masks.append((ArtifactImage(f"#{m.prompt_index} mask"), resolve(m.mask_path)))
+        box.mount(Static(lines, classes="set-list"))
+        box.mount(Horizontal(*(w for w, _ in images), classes="images set-images"))
+        if masks:
+            box.mount(Horizontal(*(w for w, _ in masks), classes="images set-masks"))
+        # Decoded once mounted: a thumbnail worker needs its widget in the DOM.
+        self.call_after_refresh(lambda: [w.show_path(p) for w, p in images + masks])
 
     def _show_map(self) -> None:
         image = self.query_one("#img-map", ArtifactImage)
