@@ -573,7 +573,11 @@ class Worker:
         )
         blocks = self.backend.blocks()
         if blocks:
-            spec.validate(run.num_steps, blocks, run.target_prompt, run.source_prompt)
+            from store.sweep.methods import is_set_method
+
+            # A set has no source: its subject words need only be in each image's own prompt.
+            source = None if is_set_method(run.method or "") else run.source_prompt
+            spec.validate(run.num_steps, blocks, run.target_prompt, source)
         return spec
 
     def _run_chunk(self, source: SourceJob, chunk: list[TargetJob], by_id: dict[int, Run]) -> None:

@@ -91,8 +91,18 @@ def test_three_methods_through_a_fake_engine_each_run_once_each_set_in_one_call(
     from store.db import Store
     from store.models import Run
 
+    # The source prompt does not name the subject: set methods have no source, so their subject
+    # words need only be in the target prompts (masactrl is unmasked here).
     code, out, err = create(
-        capsys, home, "--method", "masactrl,consistent_sa,consistory", "--seeds", "0,1", "--queue"
+        capsys,
+        home,
+        "--method",
+        "masactrl,consistent_sa,consistory",
+        "--seeds",
+        "0,1",
+        "--source-prompt",
+        "a photo",
+        "--queue",
     )
     assert code == 0, err
     log = tmp_path / "generate.log"
