@@ -286,3 +286,19 @@ def test_results_and_grids_group_by_method(store):
     for method in ("masactrl", "consistory"):
         row = [cells.get((("value", method), ("value", i))) for i in range(3)]
         assert all(r is not None and r["method"] == method for r in row), method
+
+
+def test_a_set_with_a_run_charged_by_engine_deaths_is_still_claimed_whole(store):
+    from store import queue
+    from store.models import Run
+    from store.queries import save_experiment
+
+    save_experiment(
+        store, "charged", spec(method="consistent_sa", seeds="0", baseline=False), queue=True
+    )
+    with store.write() as s:
+        run = s.exec(select(Run).where(Run.prompt_index == 1)).one()
+        run.crashes = 1  # MasaCtrl would claim such a run alone
+        s.add(run)
+    batch = queue.claim_group(store, "w:1:cpu", max_batch=1)
+    assert sorted(r.prompt_index for r in batch) == [0, 1, 2]
