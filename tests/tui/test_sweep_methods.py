@@ -41,6 +41,8 @@ async def test_method_field_shows_its_parameters_and_queues_sets(store):
         await wait_for(pilot, lambda: sweep.query(".method-params"), what="parameter fields")
         group = sweep.query_one(".method-params")
         assert group.display
+        # what the shared axes mean for this method, under its heading
+        assert "mask: subject masks" in " ".join(str(w.content) for w in group.query("Static"))
         fields = {f.field_name: f for f in group.query("Field")}
         assert set(fields) == {f"method_params.consistory.{p.name}" for p in METHODS["consistory"]}
         assert fields["method_params.consistory.n_anchors"].value == "2"  # the authors'

@@ -461,7 +461,9 @@ class SweepScreen(StoreScreen):
     def _sync_param_fields(self) -> None:
         """Show the parameter fields of the chosen methods (built on first choice, with the
         authors' defaults), hide the others' (what was typed there stays for a later choice)."""
-        from store.sweep.methods import METHODS, default_text, param_axis
+        from rich.text import Text
+
+        from store.sweep.methods import AXIS_MEANING, METHODS, default_text, param_axis
 
         chosen = set(self._chosen_methods())
         for method, params in METHODS.items():
@@ -479,11 +481,16 @@ class SweepScreen(StoreScreen):
                     )
                     for p in params
                 ]
+                meaning = "; ".join(
+                    f"{axis}: {text or 'not used'}"
+                    for axis, text in AXIS_MEANING.get(method, {}).items()
+                )
                 group = Vertical(
                     Static(
                         f"[b]{method}[/] parameters (defaults are the authors'; sweep grammar)",
                         classes="field-info",
                     ),
+                    Static(Text(meaning, style="dim"), classes="field-info"),
                     *fields,
                     classes="method-params",
                 )
