@@ -38,7 +38,11 @@ async def test_method_field_shows_its_parameters_and_queues_sets(store):
         sweep.query_one("#input-mask_words").value = "dog"
         sweep.query_one("#input-mask_threshold").value = "otsu"
         sweep.query_one("#input-method").value = "masactrl,consistory"
-        await wait_for(pilot, lambda: sweep.query(".method-params"), what="parameter fields")
+        await wait_for(
+            pilot,
+            lambda: sweep.query("#input-method_params--consistory--draws"),
+            what="parameter fields",
+        )
         group = sweep.query_one(".method-params")
         assert group.display
         # what the shared axes mean for this method, under its heading
@@ -205,3 +209,41 @@ def test_filter_on_a_text_column_reads_its_value_as_text():
     # every str column: SQLModel reports its python type as object
     f = parse_filter("method=consistory layers=decoder")
     assert f.equals == {"method": "consistory", "layers": "decoder"}
+
+
+async def test_a_draft_keeps_the_method_parameters(store):
+    app = MtpApp(store)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("f4")
+        await wait_for(
+            pilot, lambda: name(app) == "SweepScreen" and app.screen._ready, what="sweep screen"
+        )
+        sweep = app.screen
+        sweep.query_one("#input-method").value = "consistent_sa"
+        await wait_for(
+            pilot,
+            lambda: sweep.query("#input-method_params--consistent_sa--sa_rate_high"),
+            what="parameter fields",
+        )
+        sweep.query_one("#input-method_params--consistent_sa--sa_rate_high").value = "0.5,1"
+        await wait_for(
+            pilot,
+            lambda: (
+                (app.sweep_draft or {})
+                .get("fields", {})
+                .get("method_params.consistent_sa.sa_rate_high")
+                == "0.5,1"
+            ),
+            what="draft kept",
+        )
+        draft = app.sweep_draft
+        sweep._reset_form()  # the defaults: MasaCtrl, parameters back to the authors'
+        await pilot.pause()
+        field = sweep._fields["method_params.consistent_sa.sa_rate_high"]
+        assert field.value == "0.5" and not sweep.query_one(".method-params").display
+        sweep.restore(draft)
+        await pilot.pause()
+        assert field.value == "0.5,1" and sweep.query_one(".method-params").display
+        spec = sweep.read_spec()
+        assert spec.method == "consistent_sa"
+        assert spec.method_params["consistent_sa"]["sa_rate_high"] == "0.5,1"
