@@ -427,6 +427,9 @@ class LazyScorer:
     def __call__(self, images, texts, source, refs):
         return self._current().score(images, texts, source, refs)
 
+    def set_scores(self, images):
+        return self._current().set_scores(images)
+
     def _current(self):
         # A load failure here (after a successful start check) reaches the worker, which keeps
         # the runs done with their images and records why they are not scored.

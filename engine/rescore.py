@@ -167,7 +167,53 @@ class Rescorer:
                 continue
             for r, sc in zip(ok, out):
                 results[r.id]["scores"] = list(sc)
+        self._score_sets(scorer, families, runs, results)
         return list(results.values())
+
+    def _score_sets(self, scorer, families, runs: list[Run], results: dict[int, dict]) -> None:
+        """Set consistency of the set-method runs here, over every done image of each one's set
+        (its other images may be in another batch, or already scored)."""
+        from PIL import Image
+        from sqlmodel import select
+
+        from store.sweep.methods import is_set_method
+
+        from .worker import _image_problem
+
+        keys = {
+            (r.experiment_id, r.group_key)
+            for r in runs
+            if is_set_method(r.method or "") and not results[r.id]["score_error"]
+        }
+        for experiment_id, key in sorted(keys):
+            with self.store.session() as s:
+                members = list(
+                    s.exec(
+                        select(Run)
+                        .where(Run.experiment_id == experiment_id, Run.group_key == key)
+                        .order_by(Run.prompt_index, Run.id)
+                    )
+                )
+            # Scored only when the whole set is there: a partial set is another set.
+            if len(members) < 2 or any(m.status != "done" or not m.image_path for m in members):
+                continue
+            images = []
+            for m in members:
+                path = self.store.home.resolve_artifact(m.image_path)
+                if _image_problem(str(path)):
+                    break
+                with Image.open(path) as im:
+                    images.append(im.convert("RGB"))
+            if len(images) != len(members):
+                continue
+            try:
+                out = scorer.set_scores(images, families=families)
+            except Exception:
+                log.error("set scores of set %s failed:\n%s", key, traceback.format_exc())
+                continue
+            for m, sc in zip(members, out):
+                if m.id in results and not results[m.id]["score_error"]:
+                    results[m.id]["scores"] = list(results[m.id]["scores"]) + list(sc)
 
     def _refs(self, concept_id: int | None, cache) -> list[Path] | str:
         """The concept's reference images, or a message naming the one that cannot be read."""

@@ -492,3 +492,53 @@ class Scorer:
                 sfeat = cache.get([f"src:{_image_digest(source)}"], lambda i: source)
                 add(f"{i_metric}_src", backbone, as_value(gen @ sfeat[0]).tolist(), pre)
         return out
+
+    def set_scores(self, images: list, families: Sequence[str] | None = None) -> list[list[dict]]:
+        """Set consistency, per image of one set: the mean over its pairs with the set's other
+        images of CLIP-I / DINO cosine and DreamSim distance (``clip_i_set``, ``dino_set``,
+        ``dreamsim_set``), as ConsiStory and 1Prompt1Story report it. [] per image when the set
+        has fewer than 2 images (no pair)."""
+        out: list[list[dict]] = [[] for _ in images]
+        if len(images) < 2:
+            return out
+        wanted = set(self.families if families is None else families)
+        for family, encode, backbone, pre in (
+            ("clip", self._encode_clip_images, self.clip_backbone, None),
+            ("dino", self._encode_dino_images, self.dino_backbone, DINO_PREPROCESS),
+            ("dreamsim", self._encode_dreamsim_images, self.dreamsim_backbone, None),
+        ):
+            if getattr(self, family) is None or family not in wanted:
+                continue
+            if pre is None:
+                pre = (
+                    self.clip_preprocess_text if family == "clip" else self.dreamsim.preprocess_text
+                )
+            feats = self.torch.cat(
+                [encode(list(images[k : k + BATCH])) for k in range(0, len(images), BATCH)]
+            )
+            values = pairwise_means(feats, distance=family == "dreamsim")
+            for i, v in enumerate(values):
+                out[i].append(
+                    {
+                        "metric": SET_METRICS[family],
+                        "backbone": backbone,
+                        "value": float(v),
+                        "preprocess": pre,
+                        "scored_text": None,
+                    }
+                )
+        return out
+
+
+SET_METRICS = {"clip": "clip_i_set", "dino": "dino_set", "dreamsim": "dreamsim_set"}
+
+
+def pairwise_means(feats, distance: bool = False) -> list[float]:
+    """Per row of L2-normalised ``feats`` (n, d), the mean over the other rows of the cosine
+    (or, with ``distance``, of 1 - cosine, DreamSim's distance)."""
+    sims = feats @ feats.T
+    if distance:
+        sims = 1.0 - sims
+    n = sims.shape[0]
+    off_diagonal = sims.sum(dim=1) - sims.diagonal()
+    return (off_diagonal / (n - 1)).tolist()

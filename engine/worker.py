@@ -486,7 +486,15 @@ class Worker:
         by_id = {r.id: r for r in runs}
         for run in runs:
             try:
-                targets.append(TargetJob(run.id, run.target_prompt, self._control_for(run)))
+                targets.append(
+                    TargetJob(
+                        run.id,
+                        run.target_prompt,
+                        self._control_for(run),
+                        method=run.method or "masactrl",
+                        prompt_index=run.prompt_index,
+                    )
+                )
             except ControlError as exc:
                 self._fail([run.id], f"invalid control: {exc}")
             except RunError as exc:
@@ -569,7 +577,11 @@ class Worker:
         )
         blocks = self.backend.blocks()
         if blocks:
-            spec.validate(run.num_steps, blocks, run.target_prompt, run.source_prompt)
+            from store.sweep.methods import is_set_method
+
+            # A set has no source: its subject words need only be in each image's own prompt.
+            source = None if is_set_method(run.method or "") else run.source_prompt
+            spec.validate(run.num_steps, blocks, run.target_prompt, source)
         return spec
 
     def _run_chunk(self, source: SourceJob, chunk: list[TargetJob], by_id: dict[int, Run]) -> None:
@@ -630,7 +642,7 @@ class Worker:
             )
         if self.score is not None:
             self.progress.message = f"scoring runs {ids[0]}..{ids[-1]}"
-            self._score(runs, result, results)
+            self._score(runs, result, results, by_id)
         # Said before the commit: a log ending here means the engine died committing these runs
         # (they are either all done or all re-run, never half).
         log.info("committing run(s) %s", ids)
@@ -643,9 +655,12 @@ class Worker:
         if skipped:
             log.info("runs %s not marked done (cancelled or no longer ours)", sorted(skipped))
 
-    def _score(self, runs: list[Run], result, results: list[dict]) -> None:
+    def _score(
+        self, runs: list[Run], result, results: list[dict], claimed: dict[int, Run] | None = None
+    ) -> None:
         """Fill each result's scores, or its `score_error` when its concept could not be scored:
-        one concept's bad reference image never touches another concept's runs."""
+        one concept's bad reference image never touches another concept's runs. The runs of a
+        set also get its set-consistency scores (`_set_scores`)."""
         # Runs of one batch can belong to different concepts (group_key ignores the concept).
         by_concept: dict[int | None, list[int]] = {}
         for k, run in enumerate(runs):
@@ -676,6 +691,43 @@ class Worker:
                 continue
             for k, sc in zip(idx, scores):
                 results[k]["scores"] = list(sc)
+            try:
+                self._set_scores(
+                    [runs[k] for k in idx],
+                    [result.images[k] for k in idx],
+                    [results[k] for k in idx],
+                    claimed or {},
+                )
+            except Exception as exc:
+                if systemic_reason(exc) is not None or is_oom(exc):
+                    raise
+                # The per-image scores stand; `mtp score --rescore` can add the set's later.
+                log.error(
+                    "set scores of runs %s failed:\n%s",
+                    [runs[k].id for k in idx],
+                    traceback.format_exc(),
+                )
+
+    def _set_scores(
+        self, runs: list[Run], images: list, results: list[dict], claimed: dict[int, Run]
+    ) -> None:
+        """Mean pairwise CLIP-I / DINO / DreamSim among the images of each whole set here."""
+        set_scores = getattr(self.score, "set_scores", None)
+        if set_scores is None:
+            return
+        from store.sweep.methods import is_set_method
+
+        sets: dict[str, list[int]] = {}
+        for k, run in enumerate(runs):
+            if is_set_method(run.method or ""):
+                sets.setdefault(run.group_key, []).append(k)
+        for key, idx in sets.items():
+            # Only a whole set: a partial one would score a different set than the one made.
+            whole = sum(1 for r in claimed.values() if r.group_key == key)
+            if len(idx) < 2 or (claimed and len(idx) != whole):
+                continue
+            for k, sc in zip(idx, set_scores([images[k] for k in idx])):
+                results[k]["scores"] = list(results[k]["scores"]) + list(sc)
 
     def _session_id(self) -> int | None:
         """The EngineSession row of the loaded model, written once per model load."""

@@ -40,7 +40,7 @@ __all__ = [
     "db_url_from",
 ]
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 BUSY_TIMEOUT_MS = 30_000
 ENV_DB_URL = "MTP_DB_URL"
 HOME_ID_KEY = "home_id"
@@ -165,6 +165,12 @@ MIGRATIONS: dict[int, list[str | Only | AddColumn]] = {
         "CREATE INDEX IF NOT EXISTS ix_score_run ON score (run_id, metric, value)",
         "DROP INDEX IF EXISTS ix_score_run_id",
         "CREATE INDEX IF NOT EXISTS ix_score_sort ON score (metric, backbone, value, run_id)",
+    ],
+    4: [
+        # the consistency method of each run; every run before it was MasaCtrl's
+        AddColumn("run", "method", "VARCHAR NOT NULL DEFAULT 'masactrl'"),
+        AddColumn("run", "method_params", "TEXT NOT NULL DEFAULT ''"),
+        "CREATE INDEX IF NOT EXISTS ix_run_method ON run (method)",
     ],
 }
 

@@ -108,6 +108,11 @@ class Run(SQLModel, table=True):
     width: int = 512
     height: int = 512
 
+    # the consistency method (store.sweep.methods) and its own parameters as canonical JSON; for
+    # a set method the runs of one set share group_key and differ in prompt_index
+    method: str = Field(default="masactrl", index=True)
+    method_params: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
+
     # the target and its control
     target_prompt: str = ""
     prompt_index: int = 0
@@ -262,6 +267,8 @@ class Worker(SQLModel, table=True):
 
 # Run columns a user can sort and filter on; the TUI and export read this list.
 RUN_PARAM_COLUMNS = (
+    "method",
+    "method_params",
     "target_prompt",
     "seed",
     "layers",

@@ -447,6 +447,7 @@ class RunFilter:
     text: str | None = None  # matched against prompts, layers, tags, notes, error
     marked: bool | None = None
     baseline: bool | None = None
+    methods: Sequence[str] = ()  # consistency methods (store.sweep.methods); empty = all
 
 
 def _filter_clause(f: RunFilter):
@@ -480,6 +481,13 @@ def _filter_conditions(f: RunFilter) -> list:
         clauses.append(Run.marked == f.marked)
     if f.baseline is not None:
         clauses.append(Run.is_baseline == f.baseline)
+    if f.methods:
+        from .sweep.methods import METHODS
+
+        unknown = [m for m in f.methods if m not in METHODS]
+        if unknown:
+            raise InputError(f"method: {unknown[0]!r} is not one of {', '.join(METHODS)}")
+        clauses.append(col(Run.method).in_(list(f.methods)))
     return clauses
 
 
@@ -625,6 +633,23 @@ def get_run(store: Store, run_id: int) -> Run | None:
         return s.get(Run, run_id)
 
 
+def set_runs(store: Store, run: Run) -> list[Run]:
+    """Every run of ``run``'s set (itself included) in prompt_index order; [] for a run that is
+    not part of a set (MasaCtrl's runs are one image each)."""
+    from .sweep.methods import is_set_method
+
+    if not is_set_method(run.method or ""):
+        return []
+    with store.session() as s:
+        return list(
+            s.exec(
+                select(Run)
+                .where(Run.experiment_id == run.experiment_id, Run.group_key == run.group_key)
+                .order_by(col(Run.prompt_index), col(Run.id))
+            )
+        )
+
+
 def run_scores(store: Store, run_ids: Iterable[int]) -> dict[int, dict[str, float]]:
     """metric -> value per run (the first backbone wins when several scored the same metric)."""
     ids = list(run_ids)
@@ -718,7 +743,20 @@ def baseline_of(store: Store, run_id: int) -> int | None:
     run = get_run(store, run_id)
     if run is None:
         return None
+    from store.sweep.methods import is_set_method
+
     with store.session() as s:
+        if is_set_method(run.method or ""):
+            # A set's baseline is the plain generation of the same image of the same set.
+            return s.exec(
+                select(Run.id).where(
+                    Run.experiment_id == run.experiment_id,
+                    Run.method == run.method,
+                    Run.seed == run.seed,
+                    Run.prompt_index == run.prompt_index,
+                    Run.is_baseline == True,  # noqa: E712
+                )
+            ).first()
         return s.exec(
             select(Run.id).where(
                 Run.experiment_id == run.experiment_id,

@@ -20,6 +20,7 @@ from sqlmodel import col, select
 
 from .db import Store
 from .models import Experiment, ExperimentStatus, Meta, Run, RunStatus, Score, Worker, utcnow
+from .sweep.methods import is_set_method
 
 PAUSED_KEY = "queue_paused"
 # Engine deaths with a run in flight before that run is failed as the likely cause (see Run.crashes).
@@ -127,7 +128,8 @@ def claim_group(
     max_batch: int = 8,
     loaded: ModelKey | None = None,
 ) -> list[Run]:
-    """Claim up to ``max_batch`` queued runs sharing one group_key, atomically.
+    """Claim up to ``max_batch`` queued runs sharing one group_key, atomically; the runs of a
+    set method's set (one group_key) are claimed all together whatever ``max_batch`` says.
 
     The head run is the best queued run: fewest engine deaths charged (Run.crashes), then same
     model/weights as ``loaded`` (a model switch costs far more than a batch), then higher
@@ -148,7 +150,9 @@ def claim_group(
             )
             order.append(case((same, 0), else_=1))
         order += [col(Run.priority).desc(), col(Run.id).asc()]
-        queued = select(Run.id, Run.group_key, Run.crashes).where(Run.status == RunStatus.QUEUED)
+        queued = select(Run.id, Run.group_key, Run.crashes, Run.method).where(
+            Run.status == RunStatus.QUEUED
+        )
         # Runs charged with engine deaths go last, the least charged first: a run that kills
         # engines never holds up healthy work, and random kills (which hit whatever runs first
         # after a restart) spread over many runs instead of piling onto one. Two queries, so
@@ -167,7 +171,18 @@ def claim_group(
             ).first()
         if head is None:
             return []
-        if head.crashes:
+        if is_set_method(head.method):
+            # A set is generated jointly (each image attends to the others), so it is one unit:
+            # claimed whole whatever max_batch says, charged runs included, never split.
+            ids = list(
+                s.exec(
+                    select(Run.id)
+                    .where(Run.status == RunStatus.QUEUED, Run.group_key == head.group_key)
+                    .order_by(col(Run.id).asc())
+                    .with_for_update(skip_locked=True)
+                )
+            )
+        elif head.crashes:
             # A run that was in flight when an engine died runs alone, so a run that kills
             # engines takes no batchmates down with it and is found out in a few deaths.
             ids = [head.id]

@@ -31,9 +31,10 @@ from .models import (
 
 # Families `mtp score --metric` accepts, and the Score metrics each family writes.
 FAMILY_METRICS = {
-    "clip": ("clip_t", "clip_i_ref", "clip_i_src"),
-    "dino": ("dino_ref", "dino_src"),
-    "dreamsim": ("dreamsim_ref", "dreamsim_src"),
+    # *_set: mean over pairs with the other images of the run's set (set methods only)
+    "clip": ("clip_t", "clip_i_ref", "clip_i_src", "clip_i_set"),
+    "dino": ("dino_ref", "dino_src", "dino_set"),
+    "dreamsim": ("dreamsim_ref", "dreamsim_src", "dreamsim_set"),
 }
 DEFAULT_FAMILIES = ("clip", "dino")
 

@@ -80,6 +80,10 @@ class TargetJob:
     run_id: int
     prompt: str
     control: ControlSpec | None  # None: the no-control baseline
+    # The run's consistency method (store.sweep.methods); a set method's targets are one set,
+    # in prompt_index order.
+    method: str = "masactrl"
+    prompt_index: int = 0
 
 
 class Backend(Protocol):

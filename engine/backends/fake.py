@@ -31,8 +31,8 @@ class FakeBackend:
 
     Images are flat colours derived from the seed and prompt; masks/maps appear for masked
     targets. ``step_s`` sleeps per step so a test can kill a worker mid-batch; ``log_path``
-    gets one line per generate call (pid, batch size, run ids) for counting source passes
-    across processes. ``fail`` maps a prompt to an exception to raise for it; a target prompt
+    gets one line per generate call (pid, batch size, run ids, methods) for counting source
+    passes across processes and checking that a set is generated in one call. ``fail`` maps a prompt to an exception to raise for it; a target prompt
     equal to $MTP_FAKE_CRASH_PROMPT SIGKILLs the whole engine (a run that crashes engines).
     """
 
@@ -96,8 +96,11 @@ class FakeBackend:
         self.calls.append((source, [t.run_id for t in targets]))
         if self.log_path:
             with open(self.log_path, "a") as fh:
+                # pid, batch size, run ids, each target's method: enough to see that a set
+                # went in one call
                 fh.write(
-                    f"{os.getpid()}\t{len(targets)}\t{','.join(str(t.run_id) for t in targets)}\n"
+                    f"{os.getpid()}\t{len(targets)}\t{','.join(str(t.run_id) for t in targets)}"
+                    f"\t{','.join(t.method for t in targets)}\n"
                 )
         if self.oom_above is not None and len(targets) > self.oom_above:
             raise _fake_oom(len(targets))
@@ -119,6 +122,8 @@ class FakeBackend:
         size = (source.width, source.height)
         side = max(1, source.width // 32)
         masks, maps = [], []
+        # One image per target, a set's too: each run of a set gets its own image (and, for a
+        # masked method, its own subject mask), as the real backend's generate_set returns them.
         for t in targets:
             masked = t.control is not None and t.control.mask.enabled
             m = np.linspace(0, 1, side * side, dtype=np.float32).reshape(side, side)

@@ -41,6 +41,9 @@ METRIC_ORDER = (
     "dreamsim_ref",
     "dreamsim_src",
     "dreamsim",
+    "clip_i_set",
+    "dino_set",
+    "dreamsim_set",
 )
 GROUPABLE = tuple(c for c in RUN_PARAM_COLUMNS if c != "is_baseline") + (
     "prompt_index",
@@ -48,6 +51,8 @@ GROUPABLE = tuple(c for c in RUN_PARAM_COLUMNS if c != "is_baseline") + (
 )
 # Settings shared by a run and its baseline: grouping by one of these splits the baseline too.
 BASE_AXES = (
+    # a set method's baselines carry that method, so grouping by method splits baselines too
+    "method",
     "target_prompt",
     "prompt_index",
     "seed",
@@ -95,6 +100,8 @@ METRICS: dict[str, MetricDef] = {
     "clip_i_src": MetricDef("target image vs source image", _COSINE),
     "dino_ref": MetricDef("target image vs concept reference images", _COSINE),
     "dino_src": MetricDef("target image vs source image", _COSINE),
+    "clip_i_set": MetricDef("image vs the other images of its set (mean over pairs)", _COSINE),
+    "dino_set": MetricDef("image vs the other images of its set (mean over pairs)", _COSINE),
 }
 
 
@@ -107,6 +114,8 @@ def metric_def(metric: str) -> MetricDef:
         return MetricDef("target image vs concept reference images")
     if metric.endswith("_src"):
         return MetricDef("target image vs source image")
+    if metric.endswith("_set"):
+        return MetricDef("image vs the other images of its set (mean over pairs)")
     return MetricDef("see the metric's definition")
 
 

@@ -30,10 +30,12 @@ from sqlalchemy import select
 
 from store.db import Store
 from store.models import Concept, Run
+from store.sweep.methods import SET_METHODS
 
 from .aggregate import GROUPABLE, _fmt, iter_rows
 
 CONTROL_AXES = (
+    "method_params",  # a baseline has none: it is the plain generation of its set
     "layers",
     "start_step",
     "final_step",
@@ -44,6 +46,9 @@ CONTROL_AXES = (
     "mask_threshold",
     "mask_timing",
 )
+# A set method's mask is fixed by the method (consistent_sa: none; consistory: its subject mask
+# with Otsu's threshold), so these axes do not apply to its runs.
+NOT_SET_KNOBS = ("mask_mode", "mask_threshold")
 MASK_DETAIL = ("mask_layers", "mask_words", "mask_threshold", "mask_timing")
 # prompt_index and target_prompt are one axis: the index keys it, the text labels it.
 ALIASES = {
@@ -90,6 +95,10 @@ def applies(axis: str, run: Mapping[str, Any]) -> bool:
     if axis in CONTROL_AXES and run["is_baseline"]:
         return False
     if axis in MASK_DETAIL and run["mask_mode"] == "off":
+        return False
+    if axis == "method_params" and not run["method_params"]:
+        return False  # MasaCtrl has no parameters of its own
+    if axis in NOT_SET_KNOBS and run["method"] in SET_METHODS:
         return False
     return True
 
@@ -225,6 +234,8 @@ def _axes(store: Store, runs: list[dict]) -> dict[str, Axis]:
     for axis in GRID_AXES:
         col = _KEY_COLUMN.get(axis, axis)
         pool = masked if axis in MASK_DETAIL else controlled if axis in CONTROL_AXES else runs
+        if axis == "method_params" or axis in NOT_SET_KNOBS:
+            pool = [r for r in pool if applies(axis, r)]
         values = list(dict.fromkeys(map(itemgetter(col), pool)))
         labels: dict[Any, str] = {}
         if axis == "target_prompt":

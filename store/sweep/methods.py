@@ -9,11 +9,12 @@ as `AXIS_MEANING` says; `axis_problem` refuses combinations that mean nothing.
 
 from __future__ import annotations
 
+import itertools
 import json
 from dataclasses import dataclass
 from typing import Any
 
-from .grammar import SweepError
+from .grammar import Axis, SweepError, parse_values
 
 
 @dataclass(frozen=True)
@@ -45,11 +46,11 @@ class Param:
             number = int(value) if self.kind == "int" else float(value)
         except (TypeError, ValueError):
             want = "/".join(self.choices) if self.kind == "choice" else self.kind
-            raise SweepError(self.name, str(value), -1, f"not a valid {want}") from None
+            raise SweepError(self.name, str(value), 0, f"{value!r} is not a valid {want}") from None
         if self.minimum is not None and number < self.minimum:
-            raise SweepError(self.name, str(value), -1, f"below the minimum {self.minimum}")
+            raise SweepError(self.name, str(value), 0, f"{number} is below {self.minimum}")
         if self.maximum is not None and number > self.maximum:
-            raise SweepError(self.name, str(value), -1, f"above the maximum {self.maximum}")
+            raise SweepError(self.name, str(value), 0, f"{number} is above {self.maximum}")
         return number
 
 
@@ -110,7 +111,9 @@ def params_of(method: str) -> tuple[Param, ...]:
     try:
         return METHODS[method]
     except KeyError:
-        raise SweepError("method", method, -1, f"not one of {', '.join(METHODS)}") from None
+        raise SweepError(
+            "method", str(method), 0, f"{method!r} is not one of {', '.join(METHODS)}"
+        ) from None
 
 
 def canonical_params(method: str, given: dict[str, Any] | str | None = None) -> str:
@@ -122,7 +125,10 @@ def canonical_params(method: str, given: dict[str, Any] | str | None = None) -> 
     if unknown:
         allowed = ", ".join(sorted(names)) or "none"
         raise SweepError(
-            f"{method} parameters", unknown[0], -1, f"unknown parameter (its parameters: {allowed})"
+            f"method_params.{method}",
+            str(unknown[0]),
+            0,
+            f"unknown parameter {unknown[0]!r} (its parameters: {allowed})",
         )
     if not schema:
         return ""
@@ -133,3 +139,162 @@ def canonical_params(method: str, given: dict[str, Any] | str | None = None) -> 
 def decode_params(method: str, text: str | None) -> dict[str, Any]:
     """The parameters a run stores, with defaults for any the text lacks."""
     return json.loads(canonical_params(method, text or None) or "{}")
+
+
+def is_set_method(method: str) -> bool:
+    """A set method generates the experiment's target prompts jointly, as one set."""
+    return method in SET_METHODS
+
+
+def parse_methods(text: str) -> list[str]:
+    """The `method` axis: comma-separated method names, order kept, duplicates dropped."""
+    return parse_values(Axis("method", "enum", choices=tuple(METHODS)), text or "")
+
+
+_BOOL_WORDS = ("true", "false", "yes", "no", "on", "off", "1", "0")
+
+
+def param_axis(method: str, param: Param) -> Axis:
+    """How a parameter's text is read: the sweep grammar of an axis of its kind."""
+    name = f"method_params.{method}.{param.name}"
+    if param.kind in ("int", "float"):
+        return Axis(name, param.kind, minimum=param.minimum, maximum=param.maximum)
+    if param.kind == "bool":
+        return Axis(name, "enum", choices=_BOOL_WORDS)
+    return Axis(name, "enum", choices=param.choices)
+
+
+def default_text(param: Param) -> str:
+    """A parameter's default as the text a field shows."""
+    if param.kind == "bool":
+        return "true" if param.default else "false"
+    return str(param.default)
+
+
+def sweep_params(method: str, given: dict[str, Any] | None = None) -> list[str]:
+    """Every combination of `method`'s parameter values as canonical JSON (defaults filled in).
+
+    Each given value is sweep grammar ("0,0.5", "0.1-0.5 [5]", "true,false"); one combination
+    per element of the cartesian product, in field order. [""] for a method without parameters.
+    """
+    schema = params_of(method)
+    given = dict(given or {})
+    unknown = sorted(set(given) - {p.name for p in schema})
+    if unknown:
+        allowed = ", ".join(p.name for p in schema) or "none"
+        raise SweepError(
+            f"method_params.{method}",
+            str(unknown[0]),
+            0,
+            f"unknown parameter {unknown[0]!r} (its parameters: {allowed})",
+        )
+    lists: list[list[Any]] = []
+    for p in schema:
+        if p.name not in given or str(given[p.name]).strip() == "":
+            lists.append([p.default])
+            continue
+        axis = param_axis(method, p)
+        text = given[p.name]
+        if isinstance(text, bool):
+            text = "true" if text else "false"
+        text = str(text)
+        try:
+            values = parse_values(axis, text)
+            lists.append([p.coerce(v) for v in values])
+        except SweepError as exc:
+            if exc.field == axis.name:
+                raise
+            # Param.coerce names the parameter alone: say which method's field it is.
+            raise SweepError(axis.name, text, 0, exc.message) from None
+    if not schema:
+        return [""]
+    return [
+        json.dumps(dict(zip((p.name for p in schema), combo)), sort_keys=True)
+        for combo in itertools.product(*lists)
+    ]
+
+
+def parse_param_option(text: str) -> tuple[str, str, str]:
+    """`--param method.name=values` -> (method, name, values); the values stay sweep grammar."""
+    head, sep, values = (text or "").partition("=")
+    method, dot, name = head.strip().partition(".")
+    if not sep or not dot or not method or not name or not values.strip():
+        raise SweepError(
+            "param",
+            text or "",
+            0,
+            "expected METHOD.NAME=VALUES, e.g. consistory.mask_dropout=0,0.5",
+        )
+    if method not in METHODS:
+        raise SweepError("param", text, 0, f"{method!r} is not one of {', '.join(METHODS)}")
+    if name not in {p.name for p in METHODS[method]}:
+        allowed = ", ".join(p.name for p in METHODS[method]) or "none"
+        raise SweepError(
+            "param",
+            text,
+            len(method) + 1,
+            f"{method} has no parameter {name!r} (its parameters: {allowed})",
+        )
+    return method, name.strip(), values.strip()
+
+
+def axis_problem(
+    methods: list[str],
+    *,
+    mask_modes: list[str] = ("off",),
+    mask_words: list[str] = ("-",),
+    mask_thresholds: list[Any] = ("otsu",),
+    set_size: int = 0,
+    param_sets: dict[str, list[str]] | None = None,
+) -> tuple[str, str] | None:
+    """(field, why) when an axis value means nothing to every chosen method that would get it.
+
+    Each method takes the axis values that mean something to it (AXIS_MEANING): consistent_sa has
+    no mask, ConsiStory's mask is always its subject mask (the mask words', Otsu threshold) and
+    MasaCtrl takes them all. So a mask on consistent_sa alone is refused, ConsiStory without
+    subject words is refused, a numeric threshold nobody uses is refused, and a set method needs
+    a set (and its parameters must fit in it).
+    """
+    masks_on = [m for m in mask_modes if m != "off"]
+    masactrl_masked = MASACTRL in methods and bool(masks_on)
+    if masks_on and not any(AXIS_MEANING[m]["mask"] is not None for m in methods):
+        return (
+            "mask_mode",
+            f"{', '.join(methods)} has no subject mask (it shares sampled tokens of the whole "
+            "image): use mask_mode off",
+        )
+    if CONSISTORY in methods:
+        if any(w in ("-", "") for w in mask_words):
+            return (
+                "mask_words",
+                "consistory needs the subject word(s) whose cross-attention makes its subject "
+                "masks (a word of every target prompt)",
+            )
+        if not masactrl_masked and any(t not in (None, "otsu") for t in mask_thresholds):
+            return (
+                "mask_threshold",
+                "consistory thresholds its subject maps with Otsu's method: use otsu",
+            )
+    for method in methods:
+        if not is_set_method(method):
+            continue
+        if set_size < 2:
+            return (
+                "target_prompts",
+                f"{method} generates the target prompts as one set: give at least 2 target prompts",
+            )
+        for params in (param_sets or {}).get(method, [""]):
+            p = decode_params(method, params)
+            if method == CONSISTORY and p["n_anchors"] > set_size:
+                return (
+                    f"method_params.{method}.n_anchors",
+                    f"{p['n_anchors']} anchors in a set of {set_size} images "
+                    "(at most the set size)",
+                )
+            if method == CONSISTENT_SA and p["id_length"] > set_size:
+                return (
+                    f"method_params.{method}.id_length",
+                    f"{p['id_length']} images written jointly in a set of {set_size} "
+                    "(at most the set size)",
+                )
+    return None

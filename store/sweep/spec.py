@@ -20,6 +20,15 @@ from .grammar import (
     prompt_words,
     resolve_layer_set,
 )
+from .methods import (
+    CONSISTENT_SA,
+    CONSISTORY,
+    MASACTRL,
+    METHODS,
+    axis_problem,
+    is_set_method,
+    sweep_params,
+)
 
 DEFAULT_MODEL = "runwayml/stable-diffusion-v1-5"
 # The offline tiny model (engine/tiny.py), built by the engine under <home>/models on first use.
@@ -31,6 +40,8 @@ MASK_TIMINGS = ("current", "previous")
 
 # The swept fields, in the order the grid nests them (first = outermost).
 AXES: dict[str, Axis] = {
+    # The consistency method (store.sweep.methods): each value its own block of runs.
+    "method": Axis("method", "enum", choices=tuple(METHODS)),
     "seeds": Axis("seeds", "int", minimum=0, maximum=2**63 - 1),
     # A source setting like the seed: each value is its own source pass (group_key).
     "inversion_guidance": Axis("inversion_guidance", "float", minimum=1.0),
@@ -44,6 +55,17 @@ AXES: dict[str, Axis] = {
     "mask_threshold": Axis("mask_threshold", "float", minimum=0.0, maximum=1.0, specials=("otsu",)),
     "mask_timing": Axis("mask_timing", "enum", choices=MASK_TIMINGS),
 }
+_CONTROL_COLUMNS = (
+    "layers",
+    "start_step",
+    "final_step",
+    "skip_interval",
+    "mask_mode",
+    "mask_layers",
+    "mask_words",
+    "mask_threshold",
+    "mask_timing",
+)
 MASK_AXES = ("mask_layers", "mask_words", "mask_threshold", "mask_timing")
 # 1.0 inverts without classifier-free guidance: DDIM inversion error grows with guidance
 # (Mokady et al., Null-text Inversion, 2023), so it is the better-behaved default; MasaCtrl's
@@ -68,7 +90,11 @@ class ExperimentSpec:
     width: int = 512
     height: int = 512
     baseline: bool = True  # add one no-control run per (prompt, seed)
+    # Per method, its own parameters in sweep grammar ({"consistory": {"mask_dropout": "0,0.5"}});
+    # a parameter not given takes the authors' default.
+    method_params: dict[str, dict[str, str]] = field(default_factory=dict)
     # axes
+    method: str = MASACTRL
     seeds: str = "0"
     layers: str = "decoder"
     start_step: str = "4"
@@ -200,8 +226,11 @@ def validate_base(spec: ExperimentSpec) -> None:
         raise SweepError("source_image", "", 0, "inverting needs an image to invert")
 
 
-def group_key(row: dict[str, Any]) -> str:
-    """Runs with equal keys share model, weights, source, seed, steps, guidance and size."""
+def group_key(row: dict[str, Any], set_of: tuple | None = None) -> str:
+    """Runs with equal keys share model, weights, source, seed, steps, guidance and size.
+
+    ``set_of`` (method, method_params, is_baseline) makes the key a set's: the control columns
+    join it, so each set of a set method is its own group."""
     parts = [
         row.get(k)
         for k in (
@@ -221,6 +250,8 @@ def group_key(row: dict[str, Any]) -> str:
     # Appended only when set, so keys of runs without inversion stay what they were.
     if row.get("inversion_guidance") is not None:
         parts.append(row["inversion_guidance"])
+    if set_of is not None:
+        parts.append(["set", *set_of, *(row.get(k) for k in _CONTROL_COLUMNS)])
     return hashlib.sha1(json.dumps(parts, default=str).encode()).hexdigest()[:16]
 
 
@@ -276,7 +307,8 @@ def expand(spec: ExperimentSpec, concept: Any | None = None) -> list[dict[str, A
         )
     prompts = [" ".join(p.split()) for p in spec.target_prompts if p.strip()]
     for words in axes["mask_words"]:
-        if words == "-" or not masks_on:
+        # Only MasaCtrl reads a source; set methods check their words below.
+        if words == "-" or not masks_on or MASACTRL not in axes["method"]:
             continue
         for prompt in prompts:
             problem = mask_word_problem(words, prompt, spec.source_prompt.strip())
@@ -285,6 +317,45 @@ def expand(spec: ExperimentSpec, concept: Any | None = None) -> list[dict[str, A
                 raise SweepError(
                     "mask_words", spec.mask_words, spec.mask_words.find(first), problem
                 )
+
+    method_params = _method_param_sets(spec, axes["method"])
+    set_methods = [m for m in axes["method"] if is_set_method(m)]
+    if set_methods and inverting:
+        raise SweepError(
+            "source_image",
+            spec.source_image or "",
+            0,
+            f"{set_methods[0]} generates a set from its prompts and has no source image; "
+            "drop the source image or the method",
+        )
+    problem = axis_problem(
+        axes["method"],
+        mask_modes=axes["mask_mode"],
+        mask_words=axes["mask_words"],
+        mask_thresholds=axes["mask_threshold"],
+        set_size=len(prompts),
+        param_sets=method_params,
+    )
+    if problem:
+        name, why = problem
+        if name.startswith("method_params."):
+            method, param = name.split(".")[1:]
+            text = str((spec.method_params or {}).get(method, {}).get(param, ""))
+        elif name == "target_prompts":
+            text = " | ".join(prompts)
+        else:
+            text = str(getattr(spec, name, ""))
+        raise SweepError(name, text, 0, why)
+    if CONSISTORY in axes["method"]:
+        # Its subject is named in every prompt of the set (a set has no source prompt).
+        for words in axes["mask_words"]:
+            for prompt in prompts:
+                problem = mask_word_problem(words, prompt)
+                if problem:
+                    first = next(w for w in words.split() if repr(w) in problem)
+                    raise SweepError(
+                        "mask_words", spec.mask_words, spec.mask_words.find(first), problem
+                    )
 
     base = {
         "model": spec.model.strip(),
@@ -326,6 +397,71 @@ def expand(spec: ExperimentSpec, concept: Any | None = None) -> list[dict[str, A
             )
 
     rows: list[dict[str, Any]] = []
+    for method in axes["method"]:
+        if method == MASACTRL:
+            rows += _masactrl_rows(
+                spec, axes, base, prompts, finals, mask_variants, inversion_guidances
+            )
+        else:
+            rows += _set_rows(spec, axes, base, prompts, finals, method, method_params[method])
+    for i, row in enumerate(rows):
+        row["grid_index"] = i
+    return rows
+
+
+def _method_param_sets(spec: ExperimentSpec, methods: list[str]) -> dict[str, list[str]]:
+    """Per chosen method, every combination of its parameters (canonical JSON)."""
+    given = spec.method_params or {}
+    if not isinstance(given, dict):
+        raise SweepError("method_params", str(given), 0, "must map a method to its parameters")
+    for name, values in given.items():
+        if name not in METHODS:
+            raise SweepError(
+                "method_params", str(name), 0, f"{name!r} is not one of {', '.join(METHODS)}"
+            )
+        if not isinstance(values, dict):
+            raise SweepError(
+                f"method_params.{name}", str(values), 0, "must map parameter names to values"
+            )
+    out = {}
+    for method in methods:
+        out[method] = sweep_params(method, _param_texts(given.get(method, {})))
+    # Parameters of a method not chosen are checked too: a typo there should not wait until the
+    # method is switched on.
+    for method in set(given) - set(methods):
+        sweep_params(method, _param_texts(given[method]))
+    return out
+
+
+def _param_texts(values: dict[str, Any]) -> dict[str, str]:
+    """Spec-file values as sweep text: a JSON list is a comma list, true/false stay words."""
+
+    def text(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, (list, tuple)):
+            return ",".join(text(x) for x in v)
+        return str(v)
+
+    return {k: text(v) for k, v in values.items()}
+
+
+_NEUTRAL_CONTROL = dict(
+    layers="",
+    start_step=0,
+    final_step=0,
+    skip_interval=1,
+    mask_mode="off",
+    mask_layers="",
+    mask_words="",
+    mask_threshold=None,
+    mask_timing="current",
+)
+
+
+def _masactrl_rows(spec, axes, base, prompts, finals, mask_variants, inversion_guidances):
+    """MasaCtrl: per prompt x seed a baseline and every control variant, one source pass each."""
+    rows = []
     for p_index, prompt in enumerate(prompts):
         for seed, inv_guidance in itertools.product(axes["seeds"], inversion_guidances):
             shared = dict(
@@ -336,22 +472,9 @@ def expand(spec: ExperimentSpec, concept: Any | None = None) -> list[dict[str, A
                 prompt_index=p_index,
             )
             shared["group_key"] = group_key(shared)
+            shared.update(method=MASACTRL, method_params="")
             if spec.baseline:
-                rows.append(
-                    dict(
-                        shared,
-                        is_baseline=True,
-                        layers="",
-                        start_step=0,
-                        final_step=0,
-                        skip_interval=1,
-                        mask_mode="off",
-                        mask_layers="",
-                        mask_words="",
-                        mask_threshold=None,
-                        mask_timing="current",
-                    )
-                )
+                rows.append(dict(shared, is_baseline=True, **_NEUTRAL_CONTROL))
             for layers, start, final, skip, mask in itertools.product(
                 axes["layers"], axes["start_step"], finals, axes["skip_interval"], mask_variants
             ):
@@ -366,8 +489,68 @@ def expand(spec: ExperimentSpec, concept: Any | None = None) -> list[dict[str, A
                         **mask,
                     )
                 )
-    for i, row in enumerate(rows):
-        row["grid_index"] = i
+    return rows
+
+
+def _one_set(shared, prompts, control, params, baseline):
+    key = group_key(dict(shared, **control), set_of=(shared["method"], params, baseline))
+    return [
+        dict(
+            shared,
+            **control,
+            method_params=params,
+            is_baseline=baseline,
+            target_prompt=prompt,
+            prompt_index=i,
+            group_key=key,
+        )
+        for i, prompt in enumerate(prompts)
+    ]
+
+
+def _set_mask_variants(axes, method):
+    """What the mask axes give a set method: nothing for consistent_sa (no mask), ConsiStory's
+    subject mask (always on, from the mask words, Otsu) for consistory."""
+    if method == CONSISTENT_SA:
+        return [
+            {k: _NEUTRAL_CONTROL[k] for k in ("mask_mode", "mask_layers", "mask_words")}
+            | {"mask_threshold": None, "mask_timing": "current"}
+        ]
+    return [
+        {
+            "mask_mode": "auto",
+            "mask_layers": ml,
+            "mask_words": mw,
+            "mask_threshold": None,
+            "mask_timing": mtime,
+        }
+        for ml, mw, mtime in itertools.product(
+            axes["mask_layers"], axes["mask_words"], axes["mask_timing"]
+        )
+    ]
+
+
+def _set_rows(spec, axes, base, prompts, finals, method, param_sets):
+    """A set method: the target prompts are one set. Per seed a baseline set, then one set per
+    (parameters, layers, step window, mask) value; a set's runs share one group_key and differ in
+    prompt_index, so a claim takes them together."""
+    rows = []
+    for seed in axes["seeds"]:
+        shared = dict(base, seed=seed, inversion_guidance=None, method=method)
+        if spec.baseline:
+            rows += _one_set(shared, prompts, dict(_NEUTRAL_CONTROL), "", True)
+        for params, layers, start, final, skip, mask in itertools.product(
+            param_sets,
+            axes["layers"],
+            axes["start_step"],
+            finals,
+            axes["skip_interval"],
+            _set_mask_variants(axes, method),
+        ):
+            control = dict(
+                layers=layers, start_step=start, final_step=final, skip_interval=skip, **mask
+            )
+            rows += _one_set(shared, prompts, control, params, False)
     return rows
 
 
@@ -377,4 +560,9 @@ def swept_axes(spec: ExperimentSpec) -> list[str]:
     out = [name for name, values in axes.items() if len(values) > 1]
     if len([p for p in spec.target_prompts if p.strip()]) > 1:
         out.append("target_prompt")
+    if any(
+        len(sweep_params(m, _param_texts((spec.method_params or {}).get(m, {})))) > 1
+        for m in axes["method"]
+    ):
+        out.append("method_params")
     return out

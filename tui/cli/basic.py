@@ -69,8 +69,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--size", type=int, help="width and height")
     p.add_argument("--no-baseline", action="store_true", help="do not add no-control baseline runs")
     helps = {
+        "method": "consistency method(s), a comma list swept like the seeds: "
+        "masactrl (default), consistent_sa, consistory",
         "inversion_guidance": "classifier-free guidance while inverting --source-image, sweep grammar "
-        "(default 1 = none, the better-behaved choice; MasaCtrl's notebook: 7.5)"
+        "(default 1 = none, the better-behaved choice; MasaCtrl's notebook: 7.5)",
     }
     for name in AXES:
         p.add_argument(
@@ -78,6 +80,13 @@ def register(sub: argparse._SubParsersAction) -> None:
             dest=name,
             help=helps.get(name, f"sweep grammar for {name}"),
         )
+    p.add_argument(
+        "--param",
+        action="append",
+        metavar="METHOD.NAME=VALUES",
+        help="a method's own parameter in sweep grammar, e.g. consistory.mask_dropout=0,0.5 "
+        "(repeatable; unset ones keep the authors' defaults)",
+    )
     p.add_argument("--queue", action="store_true", help="queue the runs now")
     p.add_argument("--dry-run", action="store_true", help="print the run count and write nothing")
     p.add_argument("--tags", default="")
@@ -117,6 +126,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--status", help="comma separated statuses")
     p.add_argument("--where", action="append", default=[], help="COLUMN=VALUE (repeatable)")
     p.add_argument("--search", help="text in prompt, layers, tags, notes or error")
+    p.add_argument("--method", help="comma separated methods (masactrl, consistent_sa, consistory)")
     p.add_argument("--sort", default="id", help="a column or score:METRIC")
     p.add_argument("--desc", action="store_true")
     p.add_argument("--offset", type=int, default=0)
@@ -241,6 +251,14 @@ def cmd_experiment_create(args, store) -> int:
         spec.width = spec.height = args.size
     if args.no_baseline:
         spec.baseline = False
+    if args.param:
+        from store.sweep.methods import parse_param_option
+
+        params = {m: dict(v) for m, v in (spec.method_params or {}).items()}
+        for option in args.param:
+            method, name, values = parse_param_option(option)
+            params.setdefault(method, {})[name] = values
+        spec.method_params = params
     if args.dry_run:
         concept = get_concept(store, concept_id) if concept_id else None
         echo(f"{len(expand(spec, concept))} runs")
@@ -344,6 +362,7 @@ def cmd_runs(args, store) -> int:
         statuses=[s for s in (args.status or "").split(",") if s],
         equals=equals,
         text=args.search,
+        methods=[m.strip() for m in (args.method or "").split(",") if m.strip()],
     )
     rows, total = list_runs(
         store, filt, sort=args.sort, descending=args.desc, offset=args.offset, limit=args.limit
@@ -362,5 +381,18 @@ def cmd_runs(args, store) -> int:
         err = f"  error: {one(r.error.splitlines()[-1])}" if r.error else ""
         if r.score_error:
             err += f"  not scored: {one(r.score_error.splitlines()[-1])}"
-        echo(f"{r.id:>6} {r.status:<9} seed={r.seed} {one(control)}  {r.target_prompt!r}{err}")
+        method = r.method or "masactrl"
+        if method != "masactrl":
+            # A set method's run is one image of a set: which one, and the method's settings.
+            control += f" set#{r.prompt_index} {_params_text(r.method_params)}".rstrip()
+        echo(
+            f"{r.id:>6} {r.status:<9} {method:<13} seed={r.seed} {one(control)}  {r.target_prompt!r}{err}"
+        )
     return 0
+
+
+def _params_text(canonical: str) -> str:
+    """A run's method parameters as name=value words (canonical JSON in the store)."""
+    if not canonical:
+        return ""
+    return " ".join(f"{k}={v}" for k, v in json.loads(canonical).items())

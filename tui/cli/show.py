@@ -10,6 +10,7 @@ made here from pixels, is written as terminal escapes.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import warnings
@@ -19,6 +20,7 @@ from .out import echo, one
 SHOWN = (
     "experiment_id",
     "status",
+    "method",
     "target_prompt",
     "source_prompt",
     "seed",
@@ -139,6 +141,23 @@ def _print_session(store, session_id) -> None:
     echo(f"{'libraries':14s} " + ", ".join(f"{k} {v}" for k, v in sorted(sess.versions.items())))
 
 
+def _print_set(store, run) -> None:
+    """The other images of a set method's set: each image's run, prompt, image and mask."""
+    from store.queries import set_runs
+
+    members = set_runs(store, run)
+    if not members:
+        return
+    echo(f"--- set ({len(members)} images, {run.method})")
+    for m in members:
+        here = "*" if m.id == run.id else " "
+        image = store.home.resolve_artifact(m.image_path) if m.image_path else "(no image yet)"
+        echo(f"{here}#{m.prompt_index} run {m.id} [{m.status}] {one(repr(m.target_prompt))}")
+        echo(f"      image {one(image)}")
+        if m.mask_path:
+            echo(f"      mask  {one(store.home.resolve_artifact(m.mask_path))}")
+
+
 def cmd_show(args, store) -> int:
     from store.queries import get_run
 
@@ -171,6 +190,10 @@ def cmd_show(args, store) -> int:
     echo("--- parameters")
     for name in SHOWN:
         echo(f"{name:14s} {one(getattr(run, name))}")
+    if run.method_params:
+        for name, value in json.loads(run.method_params).items():
+            echo(f"{'  ' + name:14s} {one(value)}")
+    _print_set(store, run)
     _print_session(store, run.session_id)
     if run.error:
         echo("--- error")

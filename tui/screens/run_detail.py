@@ -9,7 +9,7 @@ from rich.table import Table
 from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
-from textual.containers import Horizontal, VerticalScroll
+from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.content import Content
 from textual.message import Message
 from textual.widgets import Header, Static
@@ -25,6 +25,7 @@ PARAMS = (
     "grid_index",
     "status",
     "is_baseline",
+    "method",
     "model",
     "source_prompt",
     "source_image",
@@ -74,6 +75,7 @@ class RunBundle:
     scores: dict = field(default_factory=dict)
     maps: dict = field(default_factory=dict)  # word -> 2D array
     maps_note: str = ""
+    members: list = field(default_factory=list)  # a set method's set, in prompt order ([]: none)
 
 
 def load_bundle(store, run_id: int) -> RunBundle:
@@ -82,7 +84,11 @@ def load_bundle(store, run_id: int) -> RunBundle:
     run = get_run(store, run_id)
     if run is None:
         return RunBundle(None)
-    bundle = RunBundle(run, run_scores(store, [run.id]).get(run.id, {}))
+    from store.queries import set_runs
+
+    bundle = RunBundle(
+        run, run_scores(store, [run.id]).get(run.id, {}), members=set_runs(store, run)
+    )
     path = store.home.resolve_artifact(run.maps_path)
     if path is None:
         bundle.maps_note = "no attention maps recorded"
@@ -109,6 +115,11 @@ def params_table(run, scores: dict) -> Table:
         value = getattr(run, name, None)
         shown = duration(value) if name == "duration_s" and value else fmt(value)
         table.add_row(name, rich(shown, multiline=name == "notes"))
+        if name == "method" and getattr(run, "method_params", ""):
+            import json
+
+            for k, v in json.loads(run.method_params).items():
+                table.add_row(rich(f"  {k}"), rich(fmt(v)))
     return table
 
 
@@ -139,6 +150,9 @@ class RunDetailScreen(StoreScreen):
                 yield ArtifactImage("source mask", id="img-source-mask")
                 yield ArtifactImage("target mask", id="img-target-mask")
                 yield ArtifactImage("attention map", id="img-map")
+            # A set method's run: every image of its set and each image's subject mask
+            # (filled in by _show_set; empty, and no height, for MasaCtrl's runs).
+            yield Vertical(id="detail-set")
             yield Static("", id="detail-error")
             yield Static("", id="detail-info")
         yield Footer(compact=True, show_command_palette=False)
@@ -179,6 +193,7 @@ class RunDetailScreen(StoreScreen):
         ):
             self.query_one(wid, ArtifactImage).show_path(resolve(rel))
         self._show_map()
+        self._show_set(bundle)
         problems = (
             [assemble(("error:", "b red"), " ", run.error, multiline=True)] if run.error else []
         )
@@ -188,6 +203,43 @@ class RunDetailScreen(StoreScreen):
             )
         self.query_one("#detail-error", Static).update(Content("\n").join(problems))
         self.query_one("#detail-info", Static).update(params_table(run, bundle.scores))
+
+    def _show_set(self, bundle: RunBundle) -> None:
+        box = self.query_one("#detail-set", Vertical)
+        shown = tuple((m.id, m.image_path, m.mask_path) for m in bundle.members)
+        if getattr(self, "_set_shown", None) == shown:
+            return  # the same set with the same files: keep the widgets
+        self._set_shown = shown
+        box.remove_children()
+        if not bundle.members:
+            return
+        run = bundle.run
+        resolve = self.store.home.resolve_artifact
+        images, masks = [], []
+        from store.safe_text import safe_text
+
+        lines = Text(f"set of {len(bundle.members)} images ({run.method})\n", style="bold")
+        for m in bundle.members:
+            mark = "*" if m.id == run.id else " "
+            lines.append(
+                safe_text(f"{mark}#{m.prompt_index} run {m.id} [{m.status}] {m.target_prompt!r}")
+                + "\n"
+            )
+            lines.append(
+                f"    {safe_text(resolve(m.image_path) or '(no image yet)')}\n", style="dim"
+            )
+            if m.mask_path:
+                lines.append(f"    mask {safe_text(resolve(m.mask_path))}\n", style="dim")
+            image = ArtifactImage(f"{mark}#{m.prompt_index} run {m.id}")
+            images.append((image, resolve(m.image_path)))
+            if m.mask_path:
+                masks.append((ArtifactImage(f"#{m.prompt_index} mask"), resolve(m.mask_path)))
+        box.mount(Static(lines, classes="set-list"))
+        box.mount(Horizontal(*(w for w, _ in images), classes="images set-images"))
+        if masks:
+            box.mount(Horizontal(*(w for w, _ in masks), classes="images set-masks"))
+        # Decoded once mounted: a thumbnail worker needs its widget in the DOM.
+        self.call_after_refresh(lambda: [w.show_path(p) for w, p in images + masks])
 
     def _show_map(self) -> None:
         image = self.query_one("#img-map", ArtifactImage)

@@ -31,6 +31,7 @@ COLUMNS = (
         ("experiment_id", "exp", "id"),
         ("status", "status", "status"),
         ("marked", "*", "id"),
+        ("method", "method", "method"),
         ("target_prompt", "target prompt", "target_prompt"),
         ("seed", "seed", "seed"),
         ("layers", "layers", "layers"),
@@ -84,6 +85,8 @@ def parse_filter(text: str, experiment_id: int | None = None):
             setattr(f, key, value.lower() in ("1", "true", "yes", "y"))
         elif key in RUN_SORT_COLUMNS:
             kind = Run.__table__.c[key].type.python_type
+            if kind is object:  # SQLModel's AutoString (every plain str column) says object
+                kind = str
             try:
                 f.equals[key] = (
                     (value.lower() in ("1", "true", "yes")) if kind is bool else kind(value)

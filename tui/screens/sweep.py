@@ -22,6 +22,11 @@ from ._common import StoreScreen, duration
 
 # spec field -> (label, placeholder hint)
 AXIS_LABELS = {
+    "method": (
+        "Method",
+        "masactrl, consistent_sa, consistory (a comma list compares them; set methods "
+        "generate the target prompts as one set)",
+    ),
     "seeds": ("Seeds", "0,1,2 or 0-9"),
     "layers": ("Layers", "encoder, decoder, mid, all, 10-15, up_blocks.3, {0,2,4}"),
     "start_step": ("Start step", "first controlled step, e.g. 4 or 0,4,10"),
@@ -40,6 +45,9 @@ BASE_NUMBERS = {
     "height": ("Height", int),
 }
 
+
+# Field names of method parameters: method_params.<method>.<parameter>, as SweepError names them.
+PARAM_PREFIX = "method_params."
 
 # Up to this many runs, the check as the builder opens expands the grid in place (~1 ms).
 INSTANT_CHECK_RUNS = 500
@@ -109,6 +117,7 @@ class SweepScreen(StoreScreen):
         self._loaded_context: SweepScreen.Context | None = None  # set by _load_context's thread
         self._applied_context: SweepScreen.Context | None = None
         self._fields: dict[str, Field] = {}
+        self._param_groups: dict[str, Vertical] = {}  # method -> its mounted parameter fields
         self._recheck_queued = False
         self._resumed = False
         self._resized = False
@@ -183,6 +192,10 @@ class SweepScreen(StoreScreen):
                 )
                 for name, (label, hint) in AXIS_LABELS.items():
                     yield Field(name, label, getattr(s, name), placeholder=hint, axis=AXES[name])
+                    if name == "method":
+                        # The chosen methods' own parameter fields are mounted here when a
+                        # method that has parameters is chosen (_sync_param_fields).
+                        yield Vertical(id="method-params")
             with Vertical(id="sweep-side"):
                 yield Static("", id="sweep-summary")
                 yield Static("", id="sweep-status")
@@ -258,6 +271,10 @@ class SweepScreen(StoreScreen):
     def restore(self, draft: dict) -> None:
         fields = self._fields
         with self.prevent(*FORM_CHANGES):  # one check for the whole form, by the caller
+            if "method" in draft["fields"] and "method" in fields:
+                fields["method"].value = draft["fields"]["method"]
+                fields["method"].parse()
+                self._sync_param_fields()
             for name, value in draft["fields"].items():
                 if name in fields:
                     fields[name].value = value
@@ -379,10 +396,13 @@ class SweepScreen(StoreScreen):
     def set_spec(self, spec) -> None:
         with self.prevent(*FORM_CHANGES):  # one check for the whole form, by the caller
             for f in self._fields.values():
-                if f.field_name == "name":
+                if f.field_name == "name" or f.field_name.startswith(PARAM_PREFIX):
                     continue
                 value = getattr(spec, f.field_name, None)
                 f.value = "" if value is None else str(value)
+            self._fields["method"].parse()
+            self._sync_param_fields()
+            self._set_param_values(spec.method_params or {})
             self.query_one("#target_prompts", TextArea).text = "\n".join(spec.target_prompts)
             self.query_one("#baseline", Checkbox).value = spec.baseline
         self._show_fields()
@@ -420,7 +440,77 @@ class SweepScreen(StoreScreen):
                 ) from None
         for name in AXES:
             setattr(spec, name, values[name])
+        spec.method_params = {
+            method: {
+                f.field_name[len(PARAM_PREFIX) + len(method) + 1 :]: f.value
+                for f in self._param_fields(method)
+            }
+            for method in self._chosen_methods()
+            if method in self._param_groups
+        }
         return spec
+
+    # ------------------------------------------------------------------ method parameters
+    def _chosen_methods(self) -> list[str]:
+        field = self._fields.get("method")
+        return list(field.values or []) if field is not None else []
+
+    def _param_fields(self, method: str) -> list[Field]:
+        head = f"{PARAM_PREFIX}{method}."
+        return [f for name, f in self._fields.items() if name.startswith(head)]
+
+    def _sync_param_fields(self) -> None:
+        """Show the parameter fields of the chosen methods (built on first choice, with the
+        authors' defaults), hide the others' (what was typed there stays for a later choice)."""
+        from rich.text import Text
+
+        from store.sweep.methods import AXIS_MEANING, METHODS, default_text, param_axis
+
+        chosen = set(self._chosen_methods())
+        for method, params in METHODS.items():
+            group = self._param_groups.get(method)
+            if not params or (group is None and method not in chosen):
+                continue
+            if group is None:
+                fields = [
+                    Field(
+                        f"{PARAM_PREFIX}{method}.{p.name}",
+                        f"  {p.name}",
+                        default_text(p),
+                        placeholder=p.help,
+                        axis=param_axis(method, p),
+                    )
+                    for p in params
+                ]
+                meaning = "; ".join(
+                    f"{axis}: {text or 'not used'}"
+                    for axis, text in AXIS_MEANING.get(method, {}).items()
+                )
+                group = Vertical(
+                    Static(
+                        f"[b]{method}[/] parameters (defaults are the authors'; sweep grammar)",
+                        classes="field-info",
+                    ),
+                    Static(Text(meaning, style="dim"), classes="field-info"),
+                    *fields,
+                    classes="method-params",
+                )
+                self._param_groups[method] = group
+                self.query_one("#method-params", Vertical).mount(group)
+                for f in fields:
+                    self._fields[f.field_name] = f
+            group.display = method in chosen
+
+    def _set_param_values(self, given: dict) -> None:
+        """Every parameter field to the spec's value, or its default when the spec has none."""
+        from store.sweep.methods import METHODS, default_text
+        from store.sweep.spec import _param_texts
+
+        for method in self._param_groups:
+            texts = _param_texts((given or {}).get(method, {}))
+            for p in METHODS[method]:
+                field = self._fields[f"{PARAM_PREFIX}{method}.{p.name}"]
+                field.value = texts.get(p.name, default_text(p))
 
     @property
     def experiment_name(self) -> str:
@@ -440,6 +530,8 @@ class SweepScreen(StoreScreen):
                 return  # an input reporting the value it was built with: nothing new to check
             field.checked_value = event.value
             field.parse() if field.axis else field.show_info("")
+            if field.field_name == "method":
+                self._sync_param_fields()
         self._request_recheck()
 
     @on(TextArea.Changed)
@@ -519,7 +611,10 @@ class SweepScreen(StoreScreen):
     def _grid_bound(self, spec) -> int:
         """At most how many runs the form expands to (baselines counted as one per grid point)."""
         bound = 2 * max(1, len(spec.target_prompts))
+        chosen = self._chosen_methods()
         for f in self._fields.values():
+            if f.field_name.startswith(PARAM_PREFIX) and f.field_name.split(".")[1] not in chosen:
+                continue
             if f.axis is not None:
                 bound *= max(1, len(f.values or ()))
         return bound

@@ -30,11 +30,13 @@ class Field(StyledWhenMounted, Vertical):
     def __init__(
         self, name: str, label: str, value: str = "", placeholder: str = "", axis=None, **kwargs
     ):
-        super().__init__(id=f"field-{name}", classes="field", **kwargs)
+        # A method parameter's name has dots (method_params.consistory.n_anchors); ids cannot.
+        safe = name.replace(".", "--")
+        super().__init__(id=f"field-{safe}", classes="field", **kwargs)
         self.field_name = name
         self.label = label
         self.axis = axis
-        self._input = FormInput(value, placeholder=placeholder, id=f"input-{name}", compact=True)
+        self._input = FormInput(value, placeholder=placeholder, id=f"input-{safe}", compact=True)
         self._info = FormStatic("", classes="field-info empty")
         self._shown: tuple | None = (
             "info",
