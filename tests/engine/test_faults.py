@@ -83,7 +83,7 @@ def assert_each_done_once(store, n: int) -> None:
 # ------------------------------------------------------------------ poison inputs
 @pytest.mark.parametrize("kind", sorted(POISONS))
 def test_check_image_refuses_every_kind_of_poison(tmp_path, kind):
-    from store.queries import InputError, check_image
+    from store.images import InputError, check_image
 
     bad = tmp_path / f"{kind}.png"
     POISONS[kind](bad)
