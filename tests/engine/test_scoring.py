@@ -199,8 +199,9 @@ def test_embedding_cache_is_bounded_and_batched():
 
     calls = []
 
-    def encode(items):
-        calls.append(list(items))
+    def encode(items):  # items come as a one-pass iterable (loaded one at a time)
+        items = list(items)
+        calls.append(items)
         return torch.tensor([[float(x)] for x in items])
 
     cache = _Cache(encode, limit=2)
