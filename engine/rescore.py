@@ -170,9 +170,7 @@ class Rescorer:
                     if len(part) > 1:
                         parts = [[i] for i in part] + parts
                         continue
-                    log.error(
-                        "scoring run %s failed:\n%s", ok[part[0]].id, traceback.format_exc()
-                    )
+                    log.error("scoring run %s failed:\n%s", ok[part[0]].id, traceback.format_exc())
                     results[ok[part[0]].id]["score_error"] = (
                         f"scoring failed: {type(exc).__name__}: {exc}"
                     )

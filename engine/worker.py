@@ -755,4 +755,3 @@ class Worker:
         self.claimed = [i for i in self.claimed if i not in run_ids]
         self.stats["cancelled"] += len(run_ids)
         log.info("run(s) %s cancelled", run_ids)
-

@@ -58,7 +58,7 @@ def _kind(mode: int) -> str:
     return "not a regular file"
 
 
-def file_problem(path: str | os.PathLike) -> str | None:
+def file_problem(path: str | os.PathLike, what: str = "an image file") -> str | None:
     """None when ``path`` is a regular file (through symlinks), else what it is instead.
 
     Only ``stat`` is used: a FIFO would block an ``open`` and ``/dev/zero`` never ends a read,
@@ -76,10 +76,10 @@ def file_problem(path: str | os.PathLike) -> str | None:
         return f"cannot be looked at ({exc.strerror or exc})"
     if stat.S_ISREG(st.st_mode):
         return None
-    what = _kind(st.st_mode)
+    kind = _kind(st.st_mode)
     if p.is_symlink():
-        what = f"a symbolic link to {os.path.realpath(p)}, {what}"
-    return f"is {what}, not an image file"
+        kind = f"a symbolic link to {os.path.realpath(p)}, {kind}"
+    return f"is {kind}, not {what}"
 
 
 def open_regular(path: str | os.PathLike) -> IO[bytes]:
