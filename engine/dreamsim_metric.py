@@ -12,8 +12,8 @@ Values are distances, 1 - cosine of DreamSim embeddings (what ``model(a, b)`` re
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
