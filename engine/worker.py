@@ -62,6 +62,7 @@ from .faults import (
     probe,
     systemic_reason,
 )
+from .scoring import ScorerUnavailable
 from .scoring import scored_text as default_scored_text  # torch-free at import
 
 log = logging.getLogger("mtp.engine")
@@ -669,7 +670,9 @@ class Worker:
                         [result.images[k] for k in part], texts, result.source_image, refs
                     )
                 except Exception as exc:
-                    if len(part) > 1 and systemic_reason(exc) is None and not is_oom(exc):
+                    # A scorer that cannot load fails every run alike: not worth a call per run.
+                    shared = isinstance(exc, ScorerUnavailable) or systemic_reason(exc) is not None
+                    if len(part) > 1 and not shared and not is_oom(exc):
                         parts = [[k] for k in part] + parts
                         continue
                     self._not_scored(runs, results, part, concept_id, exc)
