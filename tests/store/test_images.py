@@ -189,3 +189,21 @@ def test_bounded_and_crop_leave_normal_images_alone():
     cropped = crop_aspect(tall)
     assert cropped.size == (16, 16 * MAX_ASPECT)
     assert cropped.tobytes() == tall.crop((0, 2048 - 64, 16, 2048 + 64)).tobytes()
+
+
+def test_mtp_says_what_a_bad_reference_is(capsys, home, tmp_path):
+    from tui.cli.main import main
+
+    os.mkfifo(tmp_path / "pipe.png")
+    (tmp_path / "zero.png").symlink_to("/dev/zero")
+    thin = tmp_path / "thin.png"
+    Image.new("RGB", (30000, 1)).save(thin)
+    for image, says in (
+        (tmp_path / "pipe.png", "is a FIFO (named pipe), not an image file"),
+        (tmp_path / "zero.png", "is a symbolic link to /dev/zero, a character device"),
+        (thin, "not a usable image shape (30000x1 pixels)"),
+    ):
+        argv = ["--home", str(home.root), "concept", "add", "c", "--image", str(image)]
+        code = _no_hang(main, argv + ["--model", "org/model"])
+        err = capsys.readouterr().err
+        assert code != 0 and says in err and "no such file" not in err, err
