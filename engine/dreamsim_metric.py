@@ -13,6 +13,7 @@ Values are distances, 1 - cosine of DreamSim embeddings (what ``model(a, b)`` re
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -93,12 +94,12 @@ class DreamSimModel:
         self.backbone = backbone_id("dreamsim", spec.dreamsim_type, checkpoint)
         self.preprocess_text = "resize 224x224 bicubic, per-branch mean/std, distance = 1 - cos"
 
-    def embed(self, images: list) -> Any:
+    def embed(self, images: Iterable) -> Any:
         with self.torch.no_grad():
-            batch = self.torch.cat([self.preprocess(im.convert("RGB")) for im in images]).to(
-                self.device
-            )
-            return self.model.embed(batch).reshape(len(images), -1)
+            # Preprocessed one by one as they come: a generator of decoded files holds one.
+            tensors = [self.preprocess(im.convert("RGB")) for im in images]
+            batch = self.torch.cat(tensors).to(self.device)
+            return self.model.embed(batch).reshape(len(tensors), -1)
 
 
 def load_dreamsim(spec: DreamSimSpec, device: str = "cpu") -> DreamSimModel:

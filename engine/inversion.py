@@ -29,16 +29,24 @@ def load_image(image, height: int, width: int, mode: str = "RGB"):
     """A PIL image from a path or a PIL image, converted and resized to (width, height)."""
     from PIL import Image, UnidentifiedImageError
 
+    from store.images import InputError, file_problem, open_bounded
+
     if isinstance(image, Image.Image):
         img = image
     else:
         path = Path(os.fspath(image)).expanduser()
-        if not path.is_file():
+        problem = file_problem(path)
+        if problem == "no such file":
             raise ImageError(f"image file not found: {path}")
+        if problem:
+            raise ImageError(f"{path}: {problem}")
         try:
-            with Image.open(path) as fh:
-                img = fh.copy()
-        except (UnidentifiedImageError, OSError) as exc:
+            # Bounded: a file within 4096 pixels is read exactly as before, a larger one
+            # averaged down first, so the resize below never works on a giant image.
+            img = open_bounded(path, mode)
+        except InputError as exc:
+            raise ImageError(str(exc)) from None
+        except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
             raise ImageError(f"cannot read image {path}: {exc}") from None
     img = img.convert(mode)
     if img.size != (width, height):

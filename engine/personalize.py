@@ -33,15 +33,111 @@ class PersonalizationError(ValueError):
     """Personalization weights that are missing or not understood."""
 
 
+# Bytes per element of each safetensors dtype (the format's own list).
+_SAFETENSORS_DTYPES = {
+    "BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2, "F16": 2,
+    "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8,
+}  # fmt: skip
+_SAFETENSORS_MAX_HEADER = 100_000_000  # the safetensors library refuses longer headers too
+
+
+def _memory_bytes() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _size(n: float) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if n < 1024 or unit == "PiB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} PiB"
+
+
+def safetensors_problem(path: Path) -> str | None:
+    """What is wrong with a .safetensors file, read from its header alone, or None.
+
+    The library reports a bad file as "Error while deserializing header: ..." without naming
+    it, and a header that honestly describes tensors larger than memory would be loaded into
+    memory: both are found here first, before anything is allocated."""
+    import json
+    import math
+
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+        if len(head) < 8:
+            return f"too short to be a safetensors file ({size} bytes)"
+        n = int.from_bytes(head, "little")
+        if n > _SAFETENSORS_MAX_HEADER or 8 + n > size:
+            return (
+                f"not a safetensors file, or cut short: its header claims {_size(n)} "
+                f"and the file has {_size(size)}"
+            )
+        raw = fh.read(n)
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return f"its header is not valid JSON ({exc})"
+    if not isinstance(header, dict):
+        return "its header is not a JSON object"
+    data = size - 8 - n
+    total = 0
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            dtype, shape, (start, end) = info["dtype"], info["shape"], info["data_offsets"]
+            if not all(isinstance(d, int) and d >= 0 for d in shape):
+                raise ValueError
+        except (TypeError, KeyError, ValueError):
+            return f"tensor {name!r} has a malformed entry in the header: {str(info)[:200]}"
+        if dtype not in _SAFETENSORS_DTYPES:
+            return f"tensor {name!r} has an unknown dtype {str(dtype)[:20]!r}"
+        need = math.prod(shape) * _SAFETENSORS_DTYPES[dtype]
+        if end - start != need or start < 0:
+            return (
+                f"tensor {name!r} ({dtype}, shape {list(shape)}) needs {_size(need)}, "
+                f"but its header gives it {_size(max(0, end - start))}"
+            )
+        if end > data:
+            return (
+                f"tensor {name!r} ({dtype}, shape {list(shape)}, {_size(need)}) lies beyond "
+                f"the end of the file (it holds {_size(data)} of tensor data): truncated or forged"
+            )
+        total += need
+    memory = _memory_bytes()
+    if memory and total > memory:
+        return f"its tensors take {_size(total)}, more than this machine's memory ({_size(memory)})"
+    return None
+
+
 def load_weights(path: str | os.PathLike) -> dict:
-    """A state dict from .safetensors, or from a torch file restricted to tensors/containers."""
+    """A state dict from .safetensors, or from a torch file restricted to tensors/containers.
+
+    Every failure is a PersonalizationError naming the file and what is wrong with it."""
+    from store.images import file_problem
+
     path = Path(path)
-    if not path.is_file():
+    problem = file_problem(path, what="a weights file")
+    if problem == "no such file":
         raise PersonalizationError(f"weights file not found: {path}")
+    if problem:
+        raise PersonalizationError(f"weights file {path}: {problem}")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return load_file(str(path), device="cpu")
+        problem = safetensors_problem(path)
+        if problem:
+            raise PersonalizationError(f"weights file {path}: {problem}")
+        try:
+            return load_file(str(path), device="cpu")
+        except Exception as exc:  # noqa: BLE001 - SafetensorError and whatever the reader raises
+            raise PersonalizationError(
+                f"weights file {path}: not a readable safetensors file ({type(exc).__name__}: {exc})"
+            ) from None
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
@@ -51,14 +147,19 @@ def load_weights(path: str | os.PathLike) -> dict:
 
 
 def _find(path: Path, names: tuple[str, ...], kind: str) -> Path:
-    if path.is_file():
-        return path
-    if not path.exists():
+    from store.images import file_problem
+
+    if path.is_dir():
+        for name in names:
+            if os.path.lexists(path / name):  # load_weights says what it is when it is no file
+                return path / name
+        raise PersonalizationError(f"no {kind} weights in {path} (looked for {', '.join(names)})")
+    problem = file_problem(path, what="a weights file")
+    if problem == "no such file":
         raise PersonalizationError(f"{kind} weights not found: {path}")
-    for name in names:
-        if (path / name).is_file():
-            return path / name
-    raise PersonalizationError(f"no {kind} weights in {path} (looked for {', '.join(names)})")
+    if problem:
+        raise PersonalizationError(f"{kind} weights {path}: {problem}")
+    return path
 
 
 def _add_tokens(pipe, embeddings: dict[str, torch.Tensor], token: str | None = None) -> list[str]:

@@ -107,9 +107,7 @@ class Rescorer:
 
     # ------------------------------------------------------------------ one batch
     def _score_chunk(self, scorer, families, runs: list[Run], refs_cache) -> list[dict]:
-        from PIL import Image
-
-        from .worker import _image_problem
+        from store.images import image_problem, open_bounded
 
         home = self.store.home
         results: dict[int, dict] = {
@@ -136,74 +134,75 @@ class Rescorer:
                 continue
             source = None
             if source_rel:
-                problem = _image_problem(str(home.resolve_artifact(source_rel)))
+                # The engine's own output, at the size the sweep chose: no shape limits.
+                problem = image_problem(home.resolve_artifact(source_rel), shape=False)
                 if problem:
                     for r in members:
                         results[r.id]["score_error"] = f"source image {problem}"
                     continue
-                with Image.open(home.resolve_artifact(source_rel)) as im:
-                    source = im.convert("RGB")
+                source = open_bounded(home.resolve_artifact(source_rel))
             images, ok = [], []
             for r in members:
                 path = home.resolve_artifact(r.image_path)
-                problem = _image_problem(str(path))
+                problem = image_problem(path, shape=False)
                 if problem:
                     results[r.id]["score_error"] = f"image {problem}"
                     continue
-                with Image.open(path) as im:
-                    images.append(im.convert("RGB"))
+                images.append(open_bounded(path))
                 ok.append(r)
             if not ok:
                 continue
             texts = [
                 self.scored_text(r.target_prompt, r.token or "", r.class_word or "") for r in ok
             ]
-            try:
-                out = scorer.score(images, texts, source, refs, families=families)
-            except Exception as exc:
-                log.error("scoring runs %s failed:\n%s", [r.id for r in ok], traceback.format_exc())
-                for r in ok:
-                    results[r.id]["score_error"] = f"scoring failed: {type(exc).__name__}: {exc}"
-                continue
-            for r, sc in zip(ok, out):
-                results[r.id]["scores"] = list(sc)
+            parts = [list(range(len(ok)))]  # one call; run by run when it fails
+            while parts:
+                part = parts.pop(0)
+                try:
+                    out = scorer.score(
+                        [images[i] for i in part],
+                        [texts[i] for i in part],
+                        source,
+                        refs,
+                        families=families,
+                    )
+                except Exception as exc:
+                    if len(part) > 1:
+                        parts = [[i] for i in part] + parts
+                        continue
+                    log.error("scoring run %s failed:\n%s", ok[part[0]].id, traceback.format_exc())
+                    results[ok[part[0]].id]["score_error"] = (
+                        f"scoring failed: {type(exc).__name__}: {exc}"
+                    )
+                    continue
+                for i, sc in zip(part, out):
+                    results[ok[i].id]["scores"] = list(sc)
         self._score_sets(scorer, families, runs, results)
         return list(results.values())
 
     def _score_sets(self, scorer, families, runs: list[Run], results: dict[int, dict]) -> None:
         """Set consistency of the set-method runs here, over every done image of each one's set
         (its other images may be in another batch, or already scored)."""
-        from PIL import Image
-        from sqlmodel import select
-
+        from store.images import image_problem, open_bounded
+        from store.queries import set_runs
         from store.sweep.methods import is_set_method
 
-        from .worker import _image_problem
-
-        keys = {
-            (r.experiment_id, r.group_key)
+        firsts = {
+            (r.experiment_id, r.group_key): r
             for r in runs
             if is_set_method(r.method or "") and not results[r.id]["score_error"]
         }
-        for experiment_id, key in sorted(keys):
-            with self.store.session() as s:
-                members = list(
-                    s.exec(
-                        select(Run)
-                        .where(Run.experiment_id == experiment_id, Run.group_key == key)
-                        .order_by(Run.prompt_index, Run.id)
-                    )
-                )
+        for (_experiment_id, key), first in sorted(firsts.items(), key=lambda kv: kv[0]):
+            members = set_runs(self.store, first)
             # Scored only when the whole set is there: a partial set is another set.
             if len(members) < 2 or any(m.status != "done" or not m.image_path for m in members):
                 continue
             images = []
             for m in members:
                 path = self.store.home.resolve_artifact(m.image_path)
-                if _image_problem(str(path)):
+                if image_problem(path, shape=False):
                     break
-                with Image.open(path) as im:
-                    images.append(im.convert("RGB"))
+                images.append(open_bounded(path))
             if len(images) != len(members):
                 continue
             try:
@@ -219,7 +218,7 @@ class Rescorer:
         """The concept's reference images, or a message naming the one that cannot be read."""
         if concept_id in cache:
             return cache[concept_id]
-        from .worker import _image_problem
+        from store.images import image_problem
 
         refs: list[Path] | str = []
         if concept_id is not None:
@@ -227,7 +226,7 @@ class Rescorer:
                 concept = s.get(Concept, concept_id)
             for rel in concept.ref_images if concept else []:
                 path = self.store.home.resolve_artifact(rel)
-                problem = _image_problem(str(path))
+                problem = image_problem(path)
                 if problem:
                     refs = f"reference image {problem}"
                     break

@@ -18,9 +18,11 @@ import hashlib
 import os
 import re
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
+
+from store.images import bounded, crop_aspect, open_bounded
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -110,6 +112,14 @@ def _describe_clip_preprocess(cfg: dict[str, Any]) -> str:
     )
 
 
+def _square_ready(image):
+    """``image`` in RGB, bounded, for a preprocess that resizes the shorter side and center-crops a
+    square (CLIP, DINO). Unchanged for any image within the input limits (pixels equal to
+    ``convert("RGB")``); an extreme shape keeps its central part (all the crop looks at),
+    so the resize never makes a giant image."""
+    return crop_aspect(bounded(image.convert("RGB")))
+
+
 class _Cache:
     """Embeddings by key, least recently used dropped past ``limit`` (a worker lives through many
     sweeps, each with new sources); ``misses`` counts the items that had to be encoded."""
@@ -132,7 +142,9 @@ class _Cache:
         fresh: dict[str, Any] = {}
         for start in range(0, len(items), BATCH):
             chunk = items[start : start + BATCH]
-            feats = self._encode([load(i) for _, i in chunk])
+            # A generator: encoders preprocess each item as it is loaded, so only one decoded
+            # reference image is alive at a time, not a batch of them.
+            feats = self._encode(load(i) for _, i in chunk)
             fresh.update((key, f) for (key, _), f in zip(chunk, feats))
             self.misses += len(chunk)
         out = torch.stack([fresh[k] if k in fresh else self._store[k] for k in keys])
@@ -356,9 +368,9 @@ class Scorer:
     def _normalise(self, x):
         return self.torch.nn.functional.normalize(x.float(), dim=-1).cpu()
 
-    def _encode_clip_images(self, images: list) -> Any:
+    def _encode_clip_images(self, images: Iterable) -> Any:
         with self.torch.no_grad():
-            batch = self.torch.stack([self.clip_preprocess(im.convert("RGB")) for im in images]).to(
+            batch = self.torch.stack([self.clip_preprocess(_square_ready(im)) for im in images]).to(
                 self.device
             )
             return self._normalise(self.clip.encode_image(batch))
@@ -367,15 +379,16 @@ class Scorer:
         with self.torch.no_grad():
             return self._normalise(self.clip.encode_text(self.tokenizer(texts).to(self.device)))
 
-    def _encode_dino_images(self, images: list) -> Any:
+    def _encode_dino_images(self, images: Iterable) -> Any:
         with self.torch.no_grad():
-            batch = self.torch.stack([self.dino_preprocess(im.convert("RGB")) for im in images]).to(
+            batch = self.torch.stack([self.dino_preprocess(_square_ready(im)) for im in images]).to(
                 self.device
             )
             return self._normalise(self.dino(pixel_values=batch).last_hidden_state[:, 0])
 
-    def _encode_dreamsim_images(self, images: list) -> Any:
-        return self._normalise(self.dreamsim.embed(images))
+    def _encode_dreamsim_images(self, images: Iterable) -> Any:
+        # DreamSim squashes the whole image to 224x224 (no aspect-keeping resize to blow up).
+        return self._normalise(self.dreamsim.embed(bounded(im) for im in images))
 
     @property
     def encode_counts(self) -> dict[str, int]:
@@ -402,8 +415,6 @@ class Scorer:
         loaded families (default: all loaded). DreamSim values are distances (1 - cosine of
         its embeddings, lower = more alike), the others cosines.
         """
-        from PIL import Image
-
         if len(texts) not in (len(images), 1) and images:
             raise ValueError(f"{len(texts)} texts for {len(images)} images")
         if len(texts) == 1:
@@ -414,8 +425,7 @@ class Scorer:
         ref_keys = [f"ref:{_file_digest(r)}" for r in refs]
 
         def load_ref(i: int):
-            with Image.open(refs[i]) as im:
-                return im.convert("RGB")
+            return open_bounded(refs[i])
 
         out: list[list[dict]] = [[] for _ in images]
 

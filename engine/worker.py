@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from store.db import Store
+from store.images import image_problem
 from store.models import Concept, Run
 from store.queue import (
     DEFAULT_MAX_ATTEMPTS,
@@ -61,6 +62,7 @@ from .faults import (
     probe,
     systemic_reason,
 )
+from .scoring import ScorerUnavailable
 from .scoring import scored_text as default_scored_text  # torch-free at import
 
 if TYPE_CHECKING:
@@ -477,7 +479,7 @@ class Worker:
 
         source = SourceJob.of(first, self.home.root)
         if first.source_image:
-            problem = _image_problem(source.image)
+            problem = image_problem(source.image)
             if problem:
                 self._fail(ids, f"source image {problem}")
                 return
@@ -658,9 +660,10 @@ class Worker:
     def _score(
         self, runs: list[Run], result, results: list[dict], claimed: dict[int, Run] | None = None
     ) -> None:
-        """Fill each result's scores, or its `score_error` when its concept could not be scored:
-        one concept's bad reference image never touches another concept's runs. The runs of a
-        set also get its set-consistency scores (`_set_scores`)."""
+        """Fill each result's scores, or its `score_error` when it could not be scored: one
+        concept's bad reference image never touches another concept's runs, and a failure
+        scoring one run's image never touches the other runs of its concept. The runs of a set
+        also get its set-consistency scores (`_set_scores`)."""
         # Runs of one batch can belong to different concepts (group_key ignores the concept).
         by_concept: dict[int | None, list[int]] = {}
         for k, run in enumerate(runs):
@@ -668,29 +671,33 @@ class Worker:
         for concept_id, idx in by_concept.items():
             try:
                 refs = self._refs(concept_id)
-                texts = [
-                    self.scored_text(
-                        runs[k].target_prompt, runs[k].token or "", runs[k].class_word or ""
-                    )
-                    for k in idx
-                ]
-                scores = self.score(
-                    [result.images[k] for k in idx], texts, result.source_image, refs
-                )
             except Exception as exc:
-                if systemic_reason(exc) is not None or is_oom(exc):
-                    raise  # a machine fault pauses the engine; OOM retries the batch smaller
-                # The images are good: the runs end done with them, marked not scored and why
-                # (`mtp score` scores them later). Only this concept's runs are affected.
-                reason = str(exc) if isinstance(exc, RunError) else f"{type(exc).__name__}: {exc}"
-                if not isinstance(exc, RunError):
-                    log.error("scoring concept %s failed:\n%s", concept_id, traceback.format_exc())
-                log.warning("runs %s not scored: %s", [runs[k].id for k in idx], reason)
-                for k in idx:
-                    results[k]["score_error"] = reason
+                # The references are every run's of this concept: all of them are not scored.
+                self._not_scored(runs, results, idx, concept_id, exc)
                 continue
-            for k, sc in zip(idx, scores):
-                results[k]["scores"] = list(sc)
+            parts = [idx]  # one call per concept; split run by run when it fails
+            while parts:
+                part = parts.pop(0)
+                try:
+                    texts = [
+                        self.scored_text(
+                            runs[k].target_prompt, runs[k].token or "", runs[k].class_word or ""
+                        )
+                        for k in part
+                    ]
+                    scores = self.score(
+                        [result.images[k] for k in part], texts, result.source_image, refs
+                    )
+                except Exception as exc:
+                    # A scorer that cannot load fails every run alike: not worth a call per run.
+                    shared = isinstance(exc, ScorerUnavailable) or systemic_reason(exc) is not None
+                    if len(part) > 1 and not shared and not is_oom(exc):
+                        parts = [[k] for k in part] + parts
+                        continue
+                    self._not_scored(runs, results, part, concept_id, exc)
+                    continue
+                for k, sc in zip(part, scores):
+                    results[k]["scores"] = list(sc)
             try:
                 self._set_scores(
                     [runs[k] for k in idx],
@@ -728,6 +735,23 @@ class Worker:
                 continue
             for k, sc in zip(idx, set_scores([images[k] for k in idx])):
                 results[k]["scores"] = list(results[k]["scores"]) + list(sc)
+
+    def _not_scored(self, runs, results, idx: list[int], concept_id, exc: Exception) -> None:
+        if systemic_reason(exc) is not None or is_oom(exc):
+            raise exc  # a machine fault pauses the engine; OOM retries the batch smaller
+        # The images are good: the runs end done with them, marked not scored and why
+        # (`mtp score` scores them later).
+        reason = str(exc) if isinstance(exc, RunError) else f"{type(exc).__name__}: {exc}"
+        if not isinstance(exc, RunError):
+            log.error(
+                "scoring runs %s (concept %s) failed:\n%s",
+                [runs[k].id for k in idx],
+                concept_id,
+                "".join(traceback.format_exception(exc)),
+            )
+        log.warning("runs %s not scored: %s", [runs[k].id for k in idx], reason)
+        for k in idx:
+            results[k]["score_error"] = reason
 
     def _session_id(self) -> int | None:
         """The EngineSession row of the loaded model, written once per model load."""
@@ -770,7 +794,7 @@ class Worker:
         refs: list[Path] = []
         for rel in rels:
             path = self.home.resolve_artifact(rel)
-            problem = _image_problem(str(path))
+            problem = image_problem(path)
             if problem:
                 raise RunError(f"reference image {problem}")
             refs.append(path)
@@ -790,16 +814,3 @@ class Worker:
         self.claimed = [i for i in self.claimed if i not in run_ids]
         self.stats["cancelled"] += len(run_ids)
         log.info("run(s) %s cancelled", run_ids)
-
-
-def _image_problem(path: str | None) -> str | None:
-    """None when ``path`` is a readable image, else a message naming it."""
-    from store.queries import InputError, check_image
-
-    try:
-        check_image(path or "")
-    except InputError as exc:
-        return str(exc)
-    except Exception as exc:  # noqa: BLE001 - whatever a decoder raises, the image is unusable
-        return f"{path}: not a readable image ({type(exc).__name__}: {exc})"
-    return None

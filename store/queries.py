@@ -18,6 +18,7 @@ from store.sweep.spec import ExperimentSpec, expand
 
 from .db import Store
 from .errors import InputError  # noqa: F401  (re-exported: callers import it from here)
+from .images import check_image
 from .models import (
     RUN_SORT_COLUMNS,
     WEIGHT_KINDS,
@@ -29,50 +30,6 @@ from .models import (
     Score,
     utcnow,
 )
-
-# ------------------------------------------------------------------ images
-# Far above any size Stable Diffusion takes (sources are resized), far below what exhausts memory.
-MAX_IMAGE_PIXELS = 64 * 1024 * 1024
-
-
-def check_image(path: str | Path) -> None:
-    """Raise InputError naming the file and the reason when it is not a readable image.
-
-    Anything a decoder raises counts (decompression bombs, truncated files, empty files, other
-    formats), so a bad file is refused here and can never stall an engine.
-    """
-    from PIL import Image, UnidentifiedImageError
-
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise InputError(f"{p}: no such file")
-    try:
-        if p.stat().st_size == 0:
-            raise InputError(f"{p}: not a readable image (the file is empty)")
-        with Image.open(p) as im:
-            w, h = im.size
-            if w * h > MAX_IMAGE_PIXELS:
-                raise InputError(
-                    f"{p}: image too large ({w}x{h} pixels; the limit is "
-                    f"{MAX_IMAGE_PIXELS // (1024 * 1024)} megapixels): resize it first"
-                )
-            im.verify()
-        with Image.open(p) as im:
-            im.load()
-    except InputError:
-        raise
-    except Image.DecompressionBombError as exc:
-        raise InputError(
-            f"{p}: image too large, refused as a possible decompression bomb ({exc})"
-        ) from None
-    except UnidentifiedImageError:
-        raise InputError(f"{p}: not a readable image (no image format recognises it)") from None
-    except PermissionError as exc:
-        raise InputError(f"{p}: not a readable image (permission denied: {exc.strerror})") from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise InputError(f"{p}: not a readable image, truncated or corrupt ({exc})") from None
-    except (Exception, MemoryError) as exc:  # noqa: BLE001 - a decoder may raise anything
-        raise InputError(f"{p}: not a readable image ({type(exc).__name__}: {exc})") from None
 
 
 def _stored_source_image(store: Store, path: str) -> tuple[str, Path | None]:

@@ -83,7 +83,7 @@ def assert_each_done_once(store, n: int) -> None:
 # ------------------------------------------------------------------ poison inputs
 @pytest.mark.parametrize("kind", sorted(POISONS))
 def test_check_image_refuses_every_kind_of_poison(tmp_path, kind):
-    from store.queries import InputError, check_image
+    from store.images import InputError, check_image
 
     bad = tmp_path / f"{kind}.png"
     POISONS[kind](bad)
@@ -193,6 +193,67 @@ def test_mixed_concept_batch_with_one_bad_concept(store, tmp_path):
         for r in runs_of(store, ea.id)
     )
     assert all(r.status == RunStatus.DONE and r.score_error is None for r in runs_of(store, eb.id))
+
+
+def test_an_extreme_reference_fails_no_batchmate_and_charges_no_crash(store, tmp_path):
+    """A concept whose stored reference is 30000x1 (saved before the shape rule, or replaced in
+    the data folder) shares a batch with a concept whose reference is the widest accepted shape:
+    the first concept's runs end done and not scored, saying why; the second's are scored on
+    the real tiny CLIP/DINO; nothing fails, nothing is charged a crash, one generation call."""
+    from PIL import Image
+
+    from engine.cli import LazyScorer
+    from store.images import MAX_ASPECT
+
+    a = save_concept(store, "a", "sks", "dog", [good_png(tmp_path / "a.png")], check_model=False)
+    wide = tmp_path / "wide.png"
+    Image.new("RGB", (256 * MAX_ASPECT, 256), (90, 60, 30)).save(wide)
+    b = save_concept(store, "b", "sks", "dog", [wide], check_model=False)
+    Image.new("RGB", (30000, 1)).save(store.home.root / a.ref_images[0])
+    ea = save_experiment(store, "ea", spec(), concept_id=a.id, queue=True)
+    eb = save_experiment(store, "eb", spec(), concept_id=b.id, queue=True)
+    backend = FakeBackend()
+    worker = Worker(
+        store,
+        backend,
+        WorkerConfig(once=True, heartbeat_s=0.2, poll_s=0.05, max_batch=8),
+        score=LazyScorer(store.home, demo=True, device="cpu"),
+        worker_id="w-extreme",
+    )
+    worker.run()
+    assert len(backend.calls) == 1 and len(backend.calls[0][1]) == 4  # one batch, both concepts
+    for r in runs_of(store, ea.id):
+        assert r.status == RunStatus.DONE and r.error is None and r.crashes == 0
+        assert r.score_error.startswith("reference image ") and (
+            "not a usable image shape (30000x1 pixels)" in r.score_error
+        ), r.score_error
+    with store.session() as s:
+        for r in runs_of(store, eb.id):
+            assert r.status == RunStatus.DONE and r.score_error is None and r.crashes == 0
+            metrics = {sc.metric for sc in s.exec(select(Score).where(Score.run_id == r.id))}
+            assert {"clip_i_ref", "dino_ref"} <= metrics
+
+
+def test_one_runs_scoring_failure_leaves_its_concept_mates_scored(store, tmp_path):
+    def score(images, texts, source, refs):
+        if any("explode" in t for t in texts):
+            raise ValueError("this image cannot be scored")
+        return fake_score(images, texts, source, refs)
+
+    exp = save_experiment(
+        store, "e", spec(target_prompts=["a dog on the beach", "explode"]), queue=True
+    )
+    backend = FakeBackend()
+    config = WorkerConfig(once=True, heartbeat_s=0.2, poll_s=0.05, max_batch=8)
+    Worker(store, backend, config, score=score, worker_id="w-one").run()
+    assert len(backend.calls) == 1  # scoring failures never regenerate anything
+    runs = runs_of(store, exp.id)
+    assert {r.status for r in runs} == {RunStatus.DONE}
+    for r in runs:
+        if r.target_prompt == "explode":
+            assert r.score_error == "ValueError: this image cannot be scored"
+        else:
+            assert r.score_error is None
 
 
 # ------------------------------------------------------------------ a bad machine

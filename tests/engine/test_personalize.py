@@ -200,3 +200,108 @@ def test_weights_never_unpickle_code(tmp_path):
         pickle.dump({"x": Evil()}, fh)
     with pytest.raises(PersonalizationError, match="evil.bin"):
         load_weights(tmp_path / "evil.bin")
+
+
+# ------------------------------------------------------------------ bad weights files
+def _safetensors(path, header, data: bytes = b"", length: int | None = None):
+    import json
+    import struct
+
+    raw = json.dumps(header).encode() if isinstance(header, dict) else header
+    path.write_bytes(struct.pack("<Q", len(raw) if length is None else length) + raw + data)
+    return path
+
+
+BAD_SAFETENSORS = {
+    # a few bytes whose header claims a 4 TiB tensor: refused from the header, nothing allocated
+    "huge": (
+        {"w": {"dtype": "F32", "shape": [1 << 20, 1 << 20], "data_offsets": [0, 4 << 40]}},
+        b"\0" * 16,
+        None,
+        "lies beyond the end of the file",
+    ),
+    "length": ({"w": {}}, b"", 1 << 40, "its header claims 1.0 TiB and the file has"),
+    "garbage": (b"{not json at all", b"", None, "its header is not valid JSON"),
+    "shape": (
+        {"w": {"dtype": "F32", "shape": [2, 3], "data_offsets": [0, 8]}},
+        b"\0" * 8,
+        None,
+        r"tensor 'w' \(F32, shape \[2, 3\]\) needs 24 bytes, but its header gives it 8 bytes",
+    ),
+    "dtype": (
+        {"w": {"dtype": "Q99", "shape": [1], "data_offsets": [0, 1]}},
+        b"\0",
+        None,
+        "unknown dtype 'Q99'",
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_SAFETENSORS))
+def test_bad_safetensors_name_the_file_and_what_is_wrong(tmp_path, kind):
+    header, data, length, says = BAD_SAFETENSORS[kind]
+    path = _safetensors(tmp_path / f"{kind}.safetensors", header, data, length)
+    with pytest.raises(PersonalizationError, match=f"{kind}.safetensors: .*{says}"):
+        load_weights(path)
+
+
+def test_empty_safetensors_is_too_short(tmp_path):
+    (tmp_path / "empty.safetensors").write_bytes(b"")
+    with pytest.raises(PersonalizationError, match="empty.safetensors: too short"):
+        load_weights(tmp_path / "empty.safetensors")
+
+
+def test_honest_safetensors_larger_than_memory_is_refused_before_loading(tmp_path, monkeypatch):
+    from safetensors.torch import save_file
+
+    import engine.personalize as personalize
+
+    path = tmp_path / "big.safetensors"
+    save_file({"w": torch.zeros(512, 1024)}, str(path))  # 2 MiB
+    assert set(load_weights(path)) == {"w"}
+    monkeypatch.setattr(personalize, "_memory_bytes", lambda: 1 << 20)
+    with pytest.raises(
+        PersonalizationError, match="big.safetensors: its tensors take 2.0 MiB, more"
+    ):
+        load_weights(path)
+
+
+def test_weights_that_are_no_file_say_what_they_are(tmp_path):
+    import os
+    from types import SimpleNamespace
+
+    os.mkfifo(tmp_path / "fifo.safetensors")
+    (tmp_path / "zero.bin").symlink_to("/dev/zero")
+    (tmp_path / "folder.safetensors").mkdir()
+    cases = {
+        "fifo.safetensors": "is a FIFO",
+        "zero.bin": "is a symbolic link to /dev/zero, a character device, not a weights file",
+        "folder.safetensors": "is a folder",
+    }
+    for name, says in cases.items():  # a FIFO is never opened: this would hang
+        with pytest.raises(PersonalizationError, match=f"{name}: {says}"):
+            load_weights(tmp_path / name)
+    with pytest.raises(PersonalizationError, match="zero.bin: is a symbolic link to /dev/zero"):
+        apply_personalization(None, "textual_inversion", tmp_path / "zero.bin")
+    # A folder of weights whose expected file is a FIFO: named, not "no weights in".
+    (tmp_path / "lora").mkdir()
+    os.mkfifo(tmp_path / "lora" / "pytorch_lora_weights.safetensors")
+    pytest.importorskip("peft")
+    with pytest.raises(PersonalizationError, match="pytorch_lora_weights.safetensors: is a FIFO"):
+        apply_personalization(SimpleNamespace(load_lora_weights=print), "lora", tmp_path / "lora")
+
+
+def test_engine_names_the_bad_weights_file_not_the_model(tiny_model_dir, tmp_path):
+    from engine.backends.base import LoadKey, ModelUnavailable
+    from engine.backends.diffusion import PipelineBackend
+
+    header, data, length, _ = BAD_SAFETENSORS["huge"]
+    folder = tmp_path / "cd"
+    folder.mkdir()
+    bad = _safetensors(folder / "pytorch_custom_diffusion_weights.safetensors", header, data)
+    key = LoadKey(str(tiny_model_dir), "custom_diffusion", str(folder))
+    with pytest.raises(ModelUnavailable) as err:
+        PipelineBackend().load(key)
+    msg = str(err.value)
+    assert str(bad) in msg and "lies beyond the end of the file" in msg, msg
+    assert "cannot load model" not in msg

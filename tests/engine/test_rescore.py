@@ -214,6 +214,49 @@ def test_a_missing_image_is_reported_per_run_and_the_rest_are_scored(store, tmp_
     assert get_request(store, req.id).failed == 1
 
 
+def test_rescoring_refuses_an_extreme_reference_and_isolates_one_runs_failure(
+    store, tmp_path, tiny_scorer
+):
+    exp = _experiment(store, tmp_path, seeds="0")
+    _generate(store)
+    runs = _runs(store, exp.id)
+    with store.session() as s:
+        from store.models import Concept
+
+        (ref,) = s.get(Concept, runs[0].concept_id).ref_images
+    good = (store.home.root / ref).read_bytes()
+    # A reference replaced by a sliver after it was accepted: refused by its header, not scored.
+    Image.new("RGB", (30000, 1)).save(store.home.root / ref, format="PNG")
+    request_scoring(store, exp.id)
+    assert _rescorer(store, tiny_scorer).run_one()
+    for r in _runs(store, exp.id):
+        assert r.status == RunStatus.DONE and "not a usable image shape (30000x1" in r.score_error
+    # Fixed again; one run's image now makes the scorer raise: only that run is not scored.
+    (store.home.root / ref).write_bytes(good)
+    bad = runs[1]
+
+    class Picky:
+        def __getattr__(self, name):
+            return getattr(tiny_scorer, name)
+
+        def score(self, images, texts, *args, **kw):
+            if any(im.getpixel((0, 0)) == (1, 2, 3) for im in images):
+                raise ValueError("cannot score this one")
+            return tiny_scorer.score(images, texts, *args, **kw)
+
+    Image.new("RGB", (64, 64), (1, 2, 3)).save(store.home.root / bad.image_path)
+    from engine.scoring import scored_text
+
+    request_scoring(store, exp.id)
+    q.register_worker(store, "cpu", "picky")
+    assert Rescorer(store, "picky", lambda families: Picky(), scored_text).run_one()
+    for r in _runs(store, exp.id):
+        if r.id == bad.id:
+            assert r.score_error == "scoring failed: ValueError: cannot score this one"
+        else:
+            assert r.score_error is None, (r.id, r.score_error)
+
+
 def test_a_request_held_by_a_dead_engine_is_taken_over(store, tmp_path):
     exp = _experiment(store, tmp_path, seeds="0")
     q.register_worker(store, "cpu", "dead:1:cpu", pid=2**22 + 7)  # no such pid on this host

@@ -199,8 +199,9 @@ def test_embedding_cache_is_bounded_and_batched():
 
     calls = []
 
-    def encode(items):
-        calls.append(list(items))
+    def encode(items):  # items come as a one-pass iterable (loaded one at a time)
+        items = list(items)
+        calls.append(items)
         return torch.tensor([[float(x)] for x in items])
 
     cache = _Cache(encode, limit=2)
@@ -279,3 +280,34 @@ def test_old_demo_clip_config_gains_quickgelu(tmp_path):
     cfg.write_text(json.dumps(old))
     ensure_tiny_clip(tmp_path)
     assert json.loads(cfg.read_text())["quick_gelu"] is True
+
+
+# ---------------------------------------------------------------- bounded image reading
+@pytest.mark.parametrize(
+    "name, size, mode",
+    [
+        ("photo.jpg", (1000, 750), "RGB"),
+        ("alpha.png", (640, 480), "RGBA"),
+        ("palette.png", (300, 400), "P"),
+        ("widest.png", (4096, 512), "RGB"),  # 8:1 at the largest side read untouched
+    ],
+)
+def test_references_within_the_bound_embed_bit_identically(scorer, tmp_path, name, size, mode):
+    """Reading references through store.images changes no score: the same tensors as before."""
+    from store.images import open_bounded
+
+    path = tmp_path / name
+    _noise(5, size).convert(mode).save(path)
+    with Image.open(path) as im:
+        before = im.convert("RGB")
+    for encode in (scorer._encode_clip_images, scorer._encode_dino_images):
+        assert torch.equal(encode([open_bounded(path)]), encode([before]))
+
+
+def test_an_extreme_generated_image_is_scored_on_its_central_part(scorer):
+    from store.images import MAX_ASPECT
+
+    tall = _noise(9, (16, 4096))  # a size a sweep may ask for (multiples of 8)
+    centre = tall.crop((0, 2048 - 8 * MAX_ASPECT, 16, 2048 + 8 * MAX_ASPECT))
+    (got,), (want,) = scorer.score([tall], ["a dog"]), scorer.score([centre], ["a dog"])
+    assert [s["value"] for s in got] == [s["value"] for s in want]

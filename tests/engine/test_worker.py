@@ -324,7 +324,7 @@ def test_unreadable_reference_image_leaves_the_run_done_and_not_scored(store, tm
     from store.queries import save_concept
 
     img = tmp_path / "ref.png"
-    Image.new("RGB", (8, 8), (200, 100, 0)).save(img)
+    Image.new("RGB", (16, 16), (200, 100, 0)).save(img)
     concept = save_concept(store, "corgi", token="sks", class_word="dog", ref_images=[img])
     copied = store.home.root / concept.ref_images[0]
     copied.write_bytes(b"truncated")  # the copy in the data folder went bad after saving

@@ -27,7 +27,7 @@ def test_help_lists_commands(capsys):
 
 def test_concept_experiment_runs_flow(capsys, home, tmp_path):
     img = tmp_path / "ref.png"
-    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(img)
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(img)
     code, out, _ = run(
         capsys,
         "--home",

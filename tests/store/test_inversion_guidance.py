@@ -86,7 +86,7 @@ def test_older_specs_and_numbers_in_spec_files_load():
 
 def test_recorded_exported_and_groupable(store, tmp_path):
     img = tmp_path / "dog.png"
-    Image.new("RGB", (8, 8), (120, 80, 40)).save(img)
+    Image.new("RGB", (16, 16), (120, 80, 40)).save(img)
     exp = save_experiment(
         store,
         "inv",
@@ -121,7 +121,7 @@ def test_recorded_exported_and_groupable(store, tmp_path):
 def test_schema_1_database_gains_the_column_and_old_inversions_read_as_one(home, tmp_path):
     s = Store(home)
     dog = tmp_path / "dog.png"  # source images are checked and copied when an experiment is saved
-    Image.new("RGB", (8, 8)).save(dog)
+    Image.new("RGB", (16, 16)).save(dog)
     save_experiment(
         s,
         "generated",

@@ -245,7 +245,7 @@ def test_a_source_image_inside_the_data_folder_is_recorded_relative_to_it(store)
 
     img = store.home.root / "inputs" / "cat.png"
     img.parent.mkdir()
-    Image.new("RGB", (8, 8)).save(img)
+    Image.new("RGB", (16, 16)).save(img)
     spec = ExperimentSpec(
         model="m",
         source_image=str(img),

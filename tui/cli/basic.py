@@ -236,7 +236,7 @@ def cmd_experiment_create(args, store) -> int:
     if spec.source_image:
         from pathlib import Path
 
-        from store.queries import InputError, check_image
+        from store.images import InputError, check_image
 
         # The engine reads it later, maybe from another folder: refuse a bad file now and keep
         # the path absolute (a relative one would be taken as relative to the data folder).

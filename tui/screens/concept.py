@@ -197,7 +197,7 @@ class ConceptScreen(StoreScreen):
 
     @work(thread=True, group="concept-check")
     def _check(self, path: Path) -> None:
-        from store.queries import InputError, check_image
+        from store.images import InputError, check_image
 
         try:
             check_image(path)

@@ -67,7 +67,7 @@ class BaseFieldError(ValueError):
 
 def check_source_image(path: str) -> None:
     """The image to invert must be readable now, not when an engine reaches the run."""
-    from store.queries import InputError, check_image
+    from store.images import InputError, check_image
     from store.sweep.grammar import SweepError
 
     try:
