@@ -26,6 +26,8 @@ from store.paths import Home
 #   MTP_FAULT=enospc:FLAG            every write raises ENOSPC while the file FLAG exists
 #   MTP_FAULT=erofs:FLAG, eacces:FLAG  the same with a read-only file system / permission denied
 #   MTP_FAULT=kill-after-write:P     SIGKILL self with probability P between write and commit
+#   MTP_FAULT=oserror:FLAG           every generation raises OSError(EMFILE) while FLAG exists
+#                                    (an engine whose environment fails every run alike)
 # Never set in production; unset, it costs one attribute check per file.
 FAULT_ENV = "MTP_FAULT"
 
@@ -39,6 +41,13 @@ def _env_fault_hook() -> Callable[[str, Path], None] | None:
         def hook(stage: str, path: Path) -> None:
             if stage == "write" and os.path.exists(arg):
                 raise OSError(code, os.strerror(code), str(path))
+
+        return hook
+    if kind == "oserror" and arg:
+
+        def hook(stage: str, path: Path) -> None:
+            if stage == "generate" and os.path.exists(arg):
+                raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
 
         return hook
     if kind == "kill-after-write":
@@ -58,6 +67,9 @@ fault_hook: Callable[[str, Path], None] | None = _env_fault_hook()
 def _fault(stage: str, path: Path) -> None:
     if fault_hook is not None:
         fault_hook(stage, path)
+
+
+fault = _fault  # stages: "write", "written" (here) and "generate" (engine.worker)
 
 
 def probe_writable(home: Home) -> None:

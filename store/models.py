@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+import os
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import BigInteger, Column, Index, Text
 from sqlmodel import Field, SQLModel
 
+# This host's clock shifted by MTP_CLOCK_OFFSET_S seconds (tests only: it stands in for a host
+# whose clock is wrong). Nothing that decides whether an engine is alive reads this clock: heartbeats,
+# claims and staleness use the database's (store.db.db_now), so a skewed host cannot declare a
+# live engine dead.
+_CLOCK_OFFSET = timedelta(seconds=float(os.environ.get("MTP_CLOCK_OFFSET_S") or 0))
+
 
 def utcnow() -> datetime:
-    return datetime.now(UTC)
+    """This host's idea of now (UTC): for records only (created_at), never for liveness."""
+    return datetime.now(UTC) + _CLOCK_OFFSET
 
 
 class RunStatus:

@@ -158,11 +158,13 @@ def claim_score_request(
 ) -> ScoreRequest | None:
     """The oldest queued request (or one held by a dead engine), now running for ``worker_id``;
     None while the queue is paused."""
+    from .db import db_now
     from .queue import _paused_in, worker_is_stale
 
     with store.write() as s:
         if _paused_in(s):  # a paused queue pauses scoring too: engines take nothing new
             return None
+        now = db_now(s)  # heartbeats carry the database's clock
         candidates = list(
             s.exec(
                 select(ScoreRequest)
@@ -174,7 +176,7 @@ def claim_score_request(
         for req in candidates:
             if req.status == ScoreRequestStatus.RUNNING:
                 owner = s.get(Worker, req.worker_id) if req.worker_id else None
-                if req.worker_id == worker_id or not worker_is_stale(owner, stale_after_s):
+                if req.worker_id == worker_id or not worker_is_stale(owner, stale_after_s, now):
                     continue
             req.status, req.worker_id, req.started_at = (
                 ScoreRequestStatus.RUNNING,
