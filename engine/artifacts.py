@@ -11,6 +11,7 @@ import errno
 import os
 import random
 import signal
+import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -75,7 +76,8 @@ fault = _fault  # stages: "write", "written" (here) and "generate" (engine.worke
 def probe_writable(home: Home) -> None:
     """Raise the OSError that writing an artifact would meet now (full disk, read-only folder)."""
     home.artifacts.mkdir(parents=True, exist_ok=True)
-    path = home.artifacts / f".probe-{os.getpid()}"
+    # Per thread too: probes of in-process workers must not remove each other's file.
+    path = home.artifacts / f".probe-{os.getpid()}-{threading.get_ident()}"
     # Some blocks, not one byte: a nearly full disk often still takes a tiny file.
     _atomic_write(path, lambda fh: (fh.write(b"\0" * 65536), fh.flush(), os.fsync(fh.fileno())))
     path.unlink(missing_ok=True)

@@ -130,10 +130,34 @@ class DatabaseFileWatch:
         path = sqlite_path(store)
         self.path = os.path.realpath(path) if path else None
         self._known: tuple[int, int] | None = None
+        self.wal_lost = False  # the -wal file under the open connections was deleted or replaced
 
     def reset(self) -> None:
         """After a reconnect: the file now open is the one at the path."""
         self._known = None
+        self.wal_lost = False
+
+    def rescue_wal(self, store: Store) -> str | None:
+        """Save what only the engine still sees after its -wal file was deleted: the open
+        connections still read the old (unlinked) log, so a checkpoint copies every commit in it
+        into mtp.db, which is still the file on disk; then reconnect, on a fresh -wal. None when
+        done, else why not."""
+        if not self.wal_lost:
+            return None
+        try:
+            with store.engine.connect() as conn:
+                busy, _log, _done = conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)").first()
+        except Exception as exc:  # noqa: BLE001 - reported, the pause goes on
+            logging.getLogger("mtp.engine").error("saving the deleted -wal failed: %r", exc)
+            return f"database unusable: {shown_error(exc)}"
+        if busy:
+            return f"database file {self.path}: another process holds it, the engine's commits wait to be saved"
+        store.engine.dispose()
+        self.reset()
+        logging.getLogger("mtp.engine").warning(
+            "the deleted %s-wal was checkpointed into %s: no commit is lost", self.path, self.path
+        )
+        return None
 
     def _open_ids(self) -> dict[str, set[tuple[int, int]]] | None:
         """(dev, ino) of this process's open files at the database's paths, deleted ones included."""
@@ -177,6 +201,8 @@ class DatabaseFileWatch:
                     current = None
                 if current not in ids:
                     what = "deleted" if current is None else "replaced by another file"
+                    if name.endswith("-wal"):
+                        self.wal_lost = True
                     return (
                         f"database file {name} was {what} while the engine had it open; other "
                         f"processes cannot see what it writes now"
@@ -250,6 +276,9 @@ def probe(
         return f"cannot write artifacts in {home.artifacts}: {exc.strerror or exc}"
     try:
         # Connections opened before the fault may point at a file that is gone or was replaced.
+        problem = watch.rescue_wal(store)
+        if problem:
+            return problem
         store.engine.dispose()
         watch.reset()
         # An upsert (Store.set_meta): engines probing at the same moment never collide.

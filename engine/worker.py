@@ -301,6 +301,11 @@ class Worker:
         if isinstance(exc, EngineSick):
             return self._brake(exc)
         self.stats["pauses"] += 1
+        if self._db_watch.wal_lost:
+            # First of all: the commits only this engine still sees go into mtp.db.
+            problem = self._db_watch.rescue_wal(self.store)
+            if problem:
+                log.error("engine commits in the deleted -wal not saved yet: %s", problem)
         self.fault = reason
         self.progress.pause(reason)
         # Limited: a fault that the probe misses (a database full only for bigger writes) comes
