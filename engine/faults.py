@@ -131,11 +131,43 @@ class DatabaseFileWatch:
         self.path = os.path.realpath(path) if path else None
         self._known: tuple[int, int] | None = None
         self.wal_lost = False  # the -wal file under the open connections was deleted or replaced
+        self.rescued_to: str | None = None  # where a deleted mtp.db's contents were saved
 
     def reset(self) -> None:
         """After a reconnect: the file now open is the one at the path."""
         self._known = None
         self.wal_lost = False
+        self.rescued_to = None
+
+    def rescue_deleted(self, store: Store) -> str | None:
+        """mtp.db deleted while this process still has it open: write what the open connection
+        sees (every commit, the -wal's included) to a new file next to it, for a person to move
+        back. The path written, or None (not deleted but moved away, or the copy failed)."""
+        if not self.path or os.path.exists(self.path) or self.rescued_to:
+            return self.rescued_to
+        opened = self._open_ids() or {}
+        if self.path not in opened:
+            return None  # moved (our descriptor shows its new name): moving it back is enough
+        target = f"{self.path}.rescued-{time.strftime('%Y%m%d-%H%M%S')}"
+        try:
+            raw = store.engine.raw_connection()  # a pooled one: it has the deleted file open
+            try:
+                if os.path.exists(self.path):
+                    return None  # a new connection made a new, empty file there: nothing to save
+                # Outside any transaction (VACUUM refuses one); the driver is in autocommit.
+                raw.driver_connection.execute("VACUUM INTO ?", (target,))
+            finally:
+                raw.close()
+        except Exception as exc:  # noqa: BLE001 - reported; the pause goes on
+            logging.getLogger("mtp.engine").error(
+                "could not save the deleted %s: %r", self.path, exc
+            )
+            return None
+        self.rescued_to = target
+        logging.getLogger("mtp.engine").warning(
+            "%s was deleted while open; its contents were saved to %s", self.path, target
+        )
+        return target
 
     def rescue_wal(self, store: Store) -> str | None:
         """Save what only the engine still sees after its -wal file was deleted: the open
@@ -187,6 +219,11 @@ class DatabaseFileWatch:
         try:
             st = os.stat(path)
         except FileNotFoundError:
+            if self.rescued_to:
+                return (
+                    f"database file {path} was deleted; everything the engine had committed is "
+                    f"saved in {self.rescued_to}: move that file to {path} to resume"
+                )
             return f"database file {path} is gone"
         except OSError as exc:
             return f"database file {path} cannot be examined: {exc.strerror or exc}"
@@ -267,7 +304,7 @@ def probe(
     watch = watch or DatabaseFileWatch(store)
     path = sqlite_path(store)
     if path and not os.path.exists(path):
-        return f"database file {path} is gone"
+        return watch.problem() or f"database file {path} is gone"
     if ballast is not None and not ballast.room():
         return f"the disk of {home.root} is still (nearly) full"
     try:

@@ -301,6 +301,9 @@ class Worker:
         if isinstance(exc, EngineSick):
             return self._brake(exc)
         self.stats["pauses"] += 1
+        saved = self._db_watch.rescue_deleted(self.store)
+        if saved:
+            reason = self._db_watch.problem() or reason
         if self._db_watch.wal_lost:
             # First of all: the commits only this engine still sees go into mtp.db.
             problem = self._db_watch.rescue_wal(self.store)

@@ -439,3 +439,27 @@ def test_deleted_wal_file_pauses_the_engine_and_every_commit_is_saved(store, cap
     store.close()
     # What the engine committed, before and after the deletion, is in the file others read.
     assert _done_ids_seen_by_a_new_process(db) == list(range(1, 13))
+
+
+def test_deleted_database_file_is_saved_aside_and_moving_it_back_resumes(store):
+    """mtp.db deleted (not moved) under the engine: only its open connection still has the
+    record. It pauses, writes that record next to the path, says where, and resumes once the
+    copy is moved back; nothing it committed is lost."""
+    save_experiment(store, "e", spec(seeds="0-5"), queue=True)  # 12 runs in 6 groups
+    db = store.home.db_path
+    with serving(store, FakeBackend(step_s=0.02), max_batch=1) as worker:
+        wait_for(lambda: worker.stats["done"] >= 2, what="some runs done")
+        os.unlink(db)
+        wait_for(lambda: worker.progress.status == q.WorkerStatus.PAUSED, what="paused")
+        wait_for(lambda: "saved in" in (worker.fault or ""), what="the copy")
+        done = worker.stats["done"]
+        (saved,) = db.parent.glob("mtp.db.rescued-*")
+        assert str(saved) in worker.fault and "move that file" in worker.fault
+        assert len(_done_ids_seen_by_a_new_process(saved)) == done  # every commit is in it
+        os.rename(saved, db)
+        wait_for(
+            lambda: worker.progress.status != q.WorkerStatus.PAUSED and worker.stats["done"] == 12,
+            what="resumed and drained",
+        )
+    assert_each_done_once(store, 12)
+    assert _done_ids_seen_by_a_new_process(db) == list(range(1, 13))
