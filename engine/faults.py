@@ -81,12 +81,22 @@ def is_database_fault(reason: str) -> bool:
 
 def systemic_reason(exc: BaseException) -> str | None:
     """Why ``exc`` is a fault of the machine (disk, database), or None when it is not."""
-    from sqlalchemy.exc import DatabaseError, DataError, IntegrityError
+    from sqlalchemy.exc import (
+        DataError,
+        DBAPIError,
+        DisconnectionError,
+        IntegrityError,
+        PendingRollbackError,
+    )
+    from sqlalchemy.exc import TimeoutError as PoolTimeout
 
     if isinstance(exc, EngineFault):
         return exc.reason
+    if isinstance(exc, (DisconnectionError, PendingRollbackError, PoolTimeout)):
+        return f"database unusable: {describe_db_error(exc)}"
     # Integrity and data errors come from a run's own values (a NaN score, say): the run's fault.
-    if isinstance(exc, DatabaseError) and not isinstance(exc, (IntegrityError, DataError)):
+    # Any other driver error (InterfaceError "connection already closed" included) is the database's.
+    if isinstance(exc, DBAPIError) and not isinstance(exc, (IntegrityError, DataError)):
         # disk or database full, read-only database, unable to open, not a database, locked
         # past the busy timeout, server gone: nothing a run did.
         # In words: the driver's text (SQL, constraint names) is for the log, not a person.

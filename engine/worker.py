@@ -46,6 +46,7 @@ from store.queue import (
     recover_stale,
     register_worker,
     release_runs,
+    release_worker_runs,
     resume_token,
     run_origins,
     unfail_runs,
@@ -369,8 +370,12 @@ class Worker:
             if problem is None:
                 try:
                     self._release_claimed()
+                    # Claims it does not know it holds (a commit in doubt when the fault hit).
+                    stray = release_worker_runs(self.store, self.worker_id)
+                    if stray:
+                        log.warning("gave back runs %s claimed as the fault hit", stray)
                 except Exception as exc:
-                    problem = systemic_reason(exc) or f"{type(exc).__name__}: {exc}"
+                    problem = systemic_reason(exc) or shown_error(exc)
             if problem is None:
                 break
             if problem != self.fault:
@@ -423,6 +428,7 @@ class Worker:
                 back = unfail_runs(self.store, self.worker_id, sick.run_ids)
                 self.stats["failed"] -= len(back)
                 self._release_claimed()
+                release_worker_runs(self.store, self.worker_id)
                 heartbeat(
                     self.store,
                     self.worker_id,

@@ -360,6 +360,19 @@ def release_runs(store: Store, worker_id: str, run_ids: Sequence[int]) -> list[i
     return [r.id for r in runs]
 
 
+def release_worker_runs(store: Store, worker_id: str) -> list[int]:
+    """Give back every run still claimed by ``worker_id`` (release_runs on all of them). For an
+    engine resuming after a database fault: a claim whose commit reached the server while the
+    connection broke is held by it without its knowing, and would stay running forever."""
+    with store.session() as s:
+        ids = list(
+            s.exec(
+                select(Run.id).where(Run.worker_id == worker_id, Run.status == RunStatus.RUNNING)
+            )
+        )
+    return release_runs(store, worker_id, ids)
+
+
 def unfail_runs(store: Store, worker_id: str, run_ids: Sequence[int]) -> list[int]:
     """Put runs this worker failed back in the queue as if never claimed: the engine, not the
     runs, was at fault (its brake). Only runs still failed by ``worker_id`` move; a run the user
