@@ -881,6 +881,7 @@ class Worker:
         for rid in run_ids:
             exp_id, model = origins.get(rid, (-1, ""))
             self._streak.append((sig, exp_id, model, rid, error))
+        del self._streak[:-1000]  # one experiment failing for days must not grow it forever
         if len(self._streak) < limit:
             return
         exps = {e for _, e, _, _, _ in self._streak}
