@@ -420,7 +420,7 @@ class Worker:
         self.fault = reason
         self.progress.pause(reason)
         self._streak.clear()
-        log.error("engine stopped itself: %s", reason)
+        log.error("%s", reason)
         token = None
         while True:
             try:

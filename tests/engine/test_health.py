@@ -314,6 +314,8 @@ def test_an_engine_failing_every_run_alike_stops_itself_and_gives_the_runs_back(
     try:
         wait_for(lambda: worker.stats.get("brakes"), what="the brake")
         wait_for(lambda: q.list_workers(store)[0].status == q.WorkerStatus.PAUSED, what="shown")
+        # The brake gives the runs back as it pauses (the failed ones and the batch it held).
+        wait_for(lambda: {r.status for r in runs_of(store)} == {RunStatus.QUEUED}, what="runs back")
         runs = runs_of(store)
         # Given back uncharged: none failed, none charged, no claim counted.
         assert {r.status for r in runs} == {RunStatus.QUEUED}, [(r.id, r.status) for r in runs]
