@@ -186,13 +186,17 @@ def db_now(s) -> datetime:
     """The database's clock (UTC, aware), read inside a session or connection.
 
     Heartbeats, claims and the staleness checks all use it, never a host's clock: engines on
-    hosts whose clocks disagree still agree on how old a heartbeat is. SQLite lives on one host,
-    so its clock is that host's; PostgreSQL's is the server's.
+    hosts whose clocks disagree still agree on how old a heartbeat is. PostgreSQL's is the
+    server's; SQLite's is computed in each process, from that process's clock.
     """
     conn = s.connection() if hasattr(s, "connection") else s
     if conn.dialect.name == "sqlite":
+        from .models import CLOCK_OFFSET
+
         value = conn.exec_driver_sql("SELECT strftime('%Y-%m-%d %H:%M:%f', 'now')").scalar()
-        dt = datetime.fromisoformat(value)
+        # SQLite runs in this process, so its clock is this host's: a host clock shifted for
+        # tests shifts it too, as libfaketime would (store.queue._is_dead copes with that).
+        dt = datetime.fromisoformat(value) + CLOCK_OFFSET
     else:
         # now() is a timestamptz: psycopg returns it aware, whatever the session's zone.
         dt = conn.exec_driver_sql("SELECT now()").scalar()

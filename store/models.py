@@ -10,15 +10,16 @@ from sqlalchemy import BigInteger, Column, Index, Text
 from sqlmodel import Field, SQLModel
 
 # This host's clock shifted by MTP_CLOCK_OFFSET_S seconds (tests only: it stands in for a host
-# whose clock is wrong). Nothing that decides whether an engine is alive reads this clock: heartbeats,
-# claims and staleness use the database's (store.db.db_now), so a skewed host cannot declare a
-# live engine dead.
-_CLOCK_OFFSET = timedelta(seconds=float(os.environ.get("MTP_CLOCK_OFFSET_S") or 0))
+# whose clock is wrong, for this process and the SQLite it runs, as libfaketime would). Liveness
+# never compares two hosts' clocks: heartbeats, claims and staleness use the database's clock
+# (store.db.db_now), and an engine on this host is judged by its own heartbeats moving
+# (store.queue._is_dead).
+CLOCK_OFFSET = timedelta(seconds=float(os.environ.get("MTP_CLOCK_OFFSET_S") or 0))
 
 
 def utcnow() -> datetime:
     """This host's idea of now (UTC): for records only (created_at), never for liveness."""
-    return datetime.now(UTC) + _CLOCK_OFFSET
+    return datetime.now(UTC) + CLOCK_OFFSET
 
 
 class RunStatus:

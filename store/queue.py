@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -517,6 +518,42 @@ def worker_is_stale(
     return worker.host == (host or socket.gethostname()) and not pid_alive(worker.pid)
 
 
+# (database, worker id) -> (its heartbeat value, when this process first saw that value).
+_OBSERVED: dict[tuple[str, str], tuple[Any, float]] = {}
+
+
+def _silent_for(store: Store, worker: Worker) -> float:
+    """Seconds of this process's monotonic clock since it first saw ``worker``'s current
+    heartbeat value (0 at first sight): a measure of silence no wall clock can skew."""
+    key, t = (store.url, worker.id), time.monotonic()
+    seen = _OBSERVED.get(key)
+    if seen is None or seen[0] != worker.heartbeat_at:
+        if len(_OBSERVED) > 10_000:
+            _OBSERVED.clear()
+        _OBSERVED[key] = (worker.heartbeat_at, t)
+        return 0.0
+    return t - seen[1]
+
+
+def _is_dead(
+    store: Store, worker: Worker | None, stale_after_s: float, now: datetime, host: str
+) -> bool:
+    """worker_is_stale, except for a worker alive on this host whose heartbeat only looks old:
+    there the database's clock is this host's, which a clock shifted for one process (as
+    libfaketime does) skews too, so its own heartbeats decide: dead once this process has seen
+    the same one for ``stale_after_s`` (a hung engine is still found, one recovery check later)."""
+    live_here = (
+        worker is not None
+        and worker.status in WorkerStatus.LIVE
+        and worker.host == host
+        and pid_alive(worker.pid)
+    )
+    if live_here:
+        silent = _silent_for(store, worker)
+        return worker_is_stale(worker, stale_after_s, now, host) and silent > stale_after_s
+    return worker_is_stale(worker, stale_after_s, now, host)
+
+
 @dataclass
 class Recovery:
     requeued: list[int] = field(default_factory=list)
@@ -532,8 +569,9 @@ def recover_stale(
 ) -> Recovery:
     """Requeue runs held by dead workers; a run in flight in ``max_attempts`` deaths is failed.
 
-    A worker is dead when its heartbeat is older than ``stale_after_s``, or it runs on this host
-    and its pid is gone, or it said it stopped. Only a death while the run was being generated
+    A worker is dead when its heartbeat is older than ``stale_after_s`` by the database's clock
+    (for a worker alive on this host: and this process saw no new heartbeat from it for that
+    long, see _is_dead), or it runs on this host and its pid is gone, or it said it stopped. Only a death while the run was being generated
     (`mark_in_flight`) counts against it (Run.crashes), so an engine killed while loading its
     model or restarted by hand never burns runs, while a run that kills every engine that
     generates it (it is retried alone) ends failed with a message saying so instead of looping.
@@ -553,11 +591,15 @@ def recover_stale(
         stale = {
             wid
             for wid in {r.worker_id for r in running}
-            if worker_is_stale(workers.get(wid), stale_after_s, now, host)
+            if _is_dead(store, workers.get(wid), stale_after_s, now, host)
         }
         # Workers that died with nothing claimed are marked too, so the registry tells the truth.
         for w in workers.values():
-            if w.status in WorkerStatus.LIVE and worker_is_stale(w, stale_after_s, now, host):
+            if (
+                w.id not in stale
+                and w.status in WorkerStatus.LIVE
+                and _is_dead(store, w, stale_after_s, now, host)
+            ):
                 stale.add(w.id)
         touched = []
         for run in running:
