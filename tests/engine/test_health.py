@@ -51,11 +51,31 @@ def mtp(env, *args) -> subprocess.CompletedProcess:
 def test_engines_with_skewed_clocks_requeue_nothing_and_show_no_negative_age(store, tmp_path):
     """One host 5 minutes behind, one 5 minutes ahead (default stale settings): the ahead one,
     and `mtp workers --recover` under either clock, never take the behind one for dead."""
+    base = fake_env(tmp_path, step_s=0.1)
+    skewed_engines(
+        store, dict(base, MTP_CLOCK_OFFSET_S="-300"), dict(base, MTP_CLOCK_OFFSET_S="300")
+    )
+
+
+def _libfaketime() -> str | None:
+    import glob
+
+    found = glob.glob("/usr/lib/*/faketime/libfaketime.so.1") + glob.glob(
+        "/usr/lib/faketime/libfaketime.so.1"
+    )
+    return found[0] if found else None
+
+
+@pytest.mark.skipif(_libfaketime() is None, reason="libfaketime is not installed (apt faketime)")
+def test_engines_under_libfaketime_requeue_nothing(store, tmp_path):
+    """The same with the whole process's clock shifted (SQLite's included), as by a wrong host."""
+    base = dict(fake_env(tmp_path, step_s=0.1), LD_PRELOAD=_libfaketime())
+    skewed_engines(store, dict(base, FAKETIME="-5m"), dict(base, FAKETIME="+5m"))
+
+
+def skewed_engines(store, behind_env, ahead_env) -> None:
     for seed in range(8):
         make_exp(store, f"e{seed}", seeds=str(seed))  # 64 runs in 8 groups
-    base = fake_env(tmp_path, step_s=0.1)
-    behind_env = dict(base, MTP_CLOCK_OFFSET_S="-300")
-    ahead_env = dict(base, MTP_CLOCK_OFFSET_S="300")
     home = str(store.home.root)
     behind = engine(store.home, behind_env, "cpu", "--max-batch", "4")
     try:
