@@ -11,6 +11,7 @@ import errno
 import os
 import random
 import signal
+import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,8 @@ from store.settings import settings
 #   MTP_FAULT=enospc:FLAG            every write raises ENOSPC while the file FLAG exists
 #   MTP_FAULT=erofs:FLAG, eacces:FLAG  the same with a read-only file system / permission denied
 #   MTP_FAULT=kill-after-write:P     SIGKILL self with probability P between write and commit
+#   MTP_FAULT=oserror:FLAG           every generation raises OSError(EMFILE) while FLAG exists
+#                                    (an engine whose environment fails every run alike)
 # Never set in production; unset, it costs one attribute check per file.
 FAULT_ENV = "MTP_FAULT"
 
@@ -40,6 +43,13 @@ def _env_fault_hook() -> Callable[[str, Path], None] | None:
         def hook(stage: str, path: Path) -> None:
             if stage == "write" and os.path.exists(arg):
                 raise OSError(code, os.strerror(code), str(path))
+
+        return hook
+    if kind == "oserror" and arg:
+
+        def hook(stage: str, path: Path) -> None:
+            if stage == "generate" and os.path.exists(arg):
+                raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
 
         return hook
     if kind == "kill-after-write":
@@ -61,10 +71,14 @@ def _fault(stage: str, path: Path) -> None:
         fault_hook(stage, path)
 
 
+fault = _fault  # stages: "write", "written" (here) and "generate" (engine.worker)
+
+
 def probe_writable(home: Home) -> None:
     """Raise the OSError that writing an artifact would meet now (full disk, read-only folder)."""
     home.artifacts.mkdir(parents=True, exist_ok=True)
-    path = home.artifacts / f".probe-{os.getpid()}"
+    # Per thread too: probes of in-process workers must not remove each other's file.
+    path = home.artifacts / f".probe-{os.getpid()}-{threading.get_ident()}"
     # Some blocks, not one byte: a nearly full disk often still takes a tiny file.
     _atomic_write(path, lambda fh: (fh.write(b"\0" * 65536), fh.flush(), os.fsync(fh.fileno())))
     path.unlink(missing_ok=True)

@@ -14,10 +14,12 @@ import os
 import re
 import shutil
 import socket
+import sqlite3
+import stat
 import time
 from pathlib import Path
 
-from store.db import Store
+from store.db import Store, describe_db_error
 
 from .artifacts import probe_writable
 
@@ -38,17 +40,67 @@ class EngineFault(Exception):
         self.reason = reason
 
 
-def systemic_reason(exc: BaseException) -> str | None:
-    """Why ``exc`` is a fault of the machine (disk, database), or None when it is not."""
-    from sqlalchemy.exc import DatabaseError, DataError, IntegrityError
+class EngineSick(EngineFault):
+    """Run after run of different experiments or models failed alike: the engine, not the runs,
+    is broken (the brake in engine.worker). ``run_ids`` are the runs it failed in that streak,
+    given back to the queue uncharged. Cleared by `mtp queue resume` or a restart, not by a probe:
+    nothing here can test whether the cause went away."""
+
+    def __init__(self, reason: str, run_ids: list[int]):
+        super().__init__(reason)
+        self.run_ids = list(run_ids)
+
+
+def shown_error(exc: BaseException) -> str:
+    """An exception as a person reads it: database errors in words (their SQL and driver text
+    go to the log only), anything else as type and message."""
+    from sqlalchemy.exc import SQLAlchemyError
 
     if isinstance(exc, EngineFault):
         return exc.reason
+    if isinstance(exc, SQLAlchemyError):
+        return describe_db_error(exc)
+    return f"{type(exc).__name__}: {exc}"
+
+
+_PATH_RE = re.compile(r"""(?:[A-Za-z]:)?(?:~|\.{1,2})?[\\/][^\s'",:;()\[\]]*""")
+_NUMBER_RE = re.compile(r"0x[0-9a-fA-F]+|\d+(?:\.\d+)?")
+
+
+def error_signature(exc: BaseException) -> str:
+    """What makes two failures "the same error": the exception type and its message without
+    paths and numbers (which name the run, not the cause)."""
+    msg = _PATH_RE.sub("<path>", str(exc))
+    msg = _NUMBER_RE.sub("#", msg)
+    return f"{type(exc).__name__}: {' '.join(msg.split())[:200]}"
+
+
+def is_database_fault(reason: str) -> bool:
+    return reason.startswith("database")
+
+
+def systemic_reason(exc: BaseException) -> str | None:
+    """Why ``exc`` is a fault of the machine (disk, database), or None when it is not."""
+    from sqlalchemy.exc import (
+        DataError,
+        DBAPIError,
+        DisconnectionError,
+        IntegrityError,
+        PendingRollbackError,
+    )
+    from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+    if isinstance(exc, EngineFault):
+        return exc.reason
+    if isinstance(exc, (DisconnectionError, PendingRollbackError, PoolTimeout)):
+        return f"database unusable: {describe_db_error(exc)}"
     # Integrity and data errors come from a run's own values (a NaN score, say): the run's fault.
-    if isinstance(exc, DatabaseError) and not isinstance(exc, (IntegrityError, DataError)):
+    # Any other driver error (InterfaceError "connection already closed" included) is the database's.
+    if isinstance(exc, DBAPIError) and not isinstance(exc, (IntegrityError, DataError)):
         # disk or database full, read-only database, unable to open, not a database, locked
         # past the busy timeout, server gone: nothing a run did.
-        return f"database unusable: {getattr(exc, 'orig', None) or exc}"
+        # In words: the driver's text (SQL, constraint names) is for the log, not a person.
+        return f"database unusable: {describe_db_error(exc)}"
     if isinstance(exc, OSError) and exc.errno in SYSTEMIC_ERRNOS:
         return f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else "")
     return None
@@ -74,19 +126,195 @@ def sqlite_path(store: Store) -> str | None:
     return db if db and db != ":memory:" and "mode=memory" not in str(store.engine.url) else None
 
 
-def check_database_file(store: Store) -> None:
-    """A deleted SQLite file raises nothing (the open connection writes to the unlinked file,
-    and every result would be lost), so look for it."""
-    path = sqlite_path(store)
-    if path and not os.path.exists(path):
-        raise EngineFault(f"database file {path} is gone")
+class DatabaseFileWatch:
+    """Whether the SQLite file this engine has open is still the one on disk and usable by others.
+
+    An open connection notices none of this: a deleted or replaced mtp.db, a deleted -wal file
+    or a chmod 000 leave it committing happily into files nobody else can read (or that no
+    longer exist), so every result after that is lost or unseen. Checked by the heartbeat
+    thread and before each commit. On Linux the files this process has open are compared
+    (st_dev/st_ino) with those at the paths; elsewhere the main file's identity at first sight.
+    """
+
+    def __init__(self, store: Store):
+        path = sqlite_path(store)
+        self.path = os.path.realpath(path) if path else None
+        self._known: tuple[int, int] | None = None
+        self.wal_lost = False  # the -wal file under the open connections was deleted or replaced
+        self.rescued_to: str | None = None  # where a deleted mtp.db's contents were saved
+
+    def reset(self) -> None:
+        """After a reconnect: the file now open is the one at the path."""
+        self._known = None
+        self.wal_lost = False
+        self.rescued_to = None
+
+    def rescue_deleted(self, store: Store) -> str | None:
+        """mtp.db deleted while this process still has it open: write what the open connection
+        sees (every commit, the -wal's included) to a new file next to it, for a person to move
+        back. The path written, or None (not deleted but moved away, or the copy failed)."""
+        if not self.path or os.path.exists(self.path) or self.rescued_to:
+            return self.rescued_to
+        opened = self._open_ids() or {}
+        if self.path not in opened:
+            return None  # moved (our descriptor shows its new name): moving it back is enough
+        target = f"{self.path}.rescued-{time.strftime('%Y%m%d-%H%M%S')}"
+        try:
+            raw = store.engine.raw_connection()  # a pooled one: it has the deleted file open
+            try:
+                if os.path.exists(self.path):
+                    return None  # a new connection made a new, empty file there: nothing to save
+                # Outside any transaction (VACUUM refuses one); the driver is in autocommit.
+                raw.driver_connection.execute("VACUUM INTO ?", (target,))
+            finally:
+                raw.close()
+        except Exception as exc:  # noqa: BLE001 - reported; the pause goes on
+            logging.getLogger("mtp.engine").error(
+                "could not save the deleted %s: %r", self.path, exc
+            )
+            return None
+        self.rescued_to = target
+        logging.getLogger("mtp.engine").warning(
+            "%s was deleted while open; its contents were saved to %s", self.path, target
+        )
+        return target
+
+    def rescue_wal(self, store: Store) -> str | None:
+        """Save what only the engine still sees after its -wal file was deleted: the open
+        connections still read the old (unlinked) log, so a checkpoint copies every commit in it
+        into mtp.db, which is still the file on disk; then reconnect, on a fresh -wal. None when
+        done, else why not."""
+        if not self.wal_lost:
+            return None
+        try:
+            with store.engine.connect() as conn:
+                busy, _log, _done = conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)").first()
+        except Exception as exc:  # noqa: BLE001 - reported, the pause goes on
+            logging.getLogger("mtp.engine").error("saving the deleted -wal failed: %r", exc)
+            return f"database unusable: {shown_error(exc)}"
+        if busy:
+            return f"database file {self.path}: another process holds it, the engine's commits wait to be saved"
+        store.engine.dispose()
+        self.reset()
+        logging.getLogger("mtp.engine").warning(
+            "the deleted %s-wal was checkpointed into %s: no commit is lost", self.path, self.path
+        )
+        return None
+
+    def _open_ids(self) -> dict[str, set[tuple[int, int]]] | None:
+        """(dev, ino) of this process's open files at the database's paths, deleted ones included."""
+        try:
+            fds = os.listdir("/proc/self/fd")
+        except OSError:
+            return None
+        names = {self.path, self.path + "-wal"}
+        out: dict[str, set[tuple[int, int]]] = {}
+        for fd in fds:
+            try:
+                target = os.readlink(f"/proc/self/fd/{fd}")
+                if target.endswith(" (deleted)"):
+                    target = target[: -len(" (deleted)")]
+                if target not in names:
+                    continue
+                st = os.fstat(int(fd))
+            except (OSError, ValueError):
+                continue
+            out.setdefault(target, set()).add((st.st_dev, st.st_ino))
+        return out
+
+    def problem(self) -> str | None:
+        path = self.path
+        if not path:
+            return None
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            if self.rescued_to:
+                return (
+                    f"database file {path} was deleted; everything the engine had committed is "
+                    f"saved in {self.rescued_to}: move that file to {path} to resume"
+                )
+            return f"database file {path} is gone"
+        except OSError as exc:
+            return f"database file {path} cannot be examined: {exc.strerror or exc}"
+        ident = (st.st_dev, st.st_ino)
+        opened = self._open_ids()
+        if opened is not None:
+            for name, ids in opened.items():
+                try:
+                    now = os.stat(name)
+                    current = (now.st_dev, now.st_ino)
+                except OSError:
+                    current = None
+                if current not in ids:
+                    what = "deleted" if current is None else "replaced by another file"
+                    if name.endswith("-wal"):
+                        self.wal_lost = True
+                    return (
+                        f"database file {name} was {what} while the engine had it open; other "
+                        f"processes cannot see what it writes now"
+                    )
+        if self._known is None:
+            self._known = ident
+        elif self._known != ident:
+            return f"database file {path} was replaced by another file while the engine had it open"
+        if not _usable(path, st):
+            return (
+                f"database file {path} is no longer readable and writable (mode "
+                f"{stat.S_IMODE(st.st_mode):03o}): other processes cannot open it; restore its "
+                f"permissions"
+            )
+        return _fresh_read(path)
 
 
-def probe(store: Store, home, ballast: Ballast | None = None) -> str | None:
+def _usable(path: str, st: os.stat_result) -> bool:
+    if not os.access(path, os.R_OK | os.W_OK):
+        return False
+    # root passes every access check; others (the app, `mtp`) may not be root.
+    return os.geteuid() != 0 or st.st_mode & (stat.S_IRUSR | stat.S_IWUSR) == (
+        stat.S_IRUSR | stat.S_IWUSR
+    )
+
+
+def _fresh_read(path: str) -> str | None:
+    """Read through a new, short-lived connection, as another process would (a deleted -wal
+    makes that fail with "disk I/O error" while the engine's own connection still works)."""
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=rw", uri=True, timeout=2.0)
+    except sqlite3.Error as exc:
+        return f"database file {path} cannot be opened by other processes: {describe_db_error(exc)}"
+    try:
+        conn.execute("SELECT count(*) FROM meta").fetchone()
+    except sqlite3.Error as exc:
+        low = str(exc).lower()
+        if "locked" in low or "busy" in low:
+            return None  # someone is writing: usable, only not this instant
+        return f"database file {path} cannot be read by other processes: {describe_db_error(exc)}"
+    finally:
+        conn.close()
+    return None
+
+
+def check_database_file(store: Store, watch: DatabaseFileWatch | None = None) -> None:
+    """Raise EngineFault when the SQLite file is no longer the one on disk or unusable
+    (DatabaseFileWatch): the open connection raises nothing and every result would be lost."""
+    problem = (watch or DatabaseFileWatch(store)).problem()
+    if problem:
+        raise EngineFault(problem)
+
+
+def probe(
+    store: Store,
+    home,
+    ballast: Ballast | None = None,
+    watch: DatabaseFileWatch | None = None,
+    who: str = "",
+) -> str | None:
     """None when the engine can write artifacts and the database again, else why not."""
+    watch = watch or DatabaseFileWatch(store)
     path = sqlite_path(store)
     if path and not os.path.exists(path):
-        return f"database file {path} is gone"
+        return watch.problem() or f"database file {path} is gone"
     if ballast is not None and not ballast.room():
         return f"the disk of {home.root} is still (nearly) full"
     try:
@@ -95,11 +323,17 @@ def probe(store: Store, home, ballast: Ballast | None = None) -> str | None:
         return f"cannot write artifacts in {home.artifacts}: {exc.strerror or exc}"
     try:
         # Connections opened before the fault may point at a file that is gone or was replaced.
+        problem = watch.rescue_wal(store)
+        if problem:
+            return problem
         store.engine.dispose()
-        store.set_meta("engine_probe", str(time.time()))
+        watch.reset()
+        # An upsert (Store.set_meta): engines probing at the same moment never collide.
+        store.set_meta("engine_probe", f"{who or os.getpid()} {time.time():.3f}")
     except Exception as exc:  # noqa: BLE001 - any failure means "not yet"
-        return systemic_reason(exc) or f"database: {type(exc).__name__}: {exc}"
-    return None
+        logging.getLogger("mtp.engine").debug("probe: database write failed: %r", exc)
+        return systemic_reason(exc) or f"database unusable: {shown_error(exc)}"
+    return watch.problem()
 
 
 class LogLimiter:

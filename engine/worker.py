@@ -47,19 +47,28 @@ from store.queue import (
     recover_stale,
     register_worker,
     release_runs,
+    release_worker_runs,
+    resume_token,
+    run_origins,
+    unfail_runs,
 )
 
+from . import artifacts
 from .artifacts import write_run_artifacts
 from .backends.base import Backend, LoadKey, ModelUnavailable, RunError, SourceJob, TargetJob
 from .control import ControlError, ControlSpec
 from .faults import (
     Ballast,
+    DatabaseFileWatch,
     EngineFault,
+    EngineSick,
     LogLimiter,
     artifact_write_fault,
-    check_database_file,
+    error_signature,
+    is_database_fault,
     is_space_fault,
     probe,
+    shown_error,
     systemic_reason,
 )
 from .scoring import ScorerUnavailable
@@ -152,6 +161,12 @@ class WorkerConfig:
     recover_every_s: float = 30.0
     cancel_check_s: float = 0.5
     max_backoff_s: float = 60.0  # longest wait between probes while paused by a fault
+    # ... and while paused by a database fault: a database back from an outage or a restart
+    # must be seen within seconds, and a probe of it costs one small write.
+    db_backoff_s: float = 2.0
+    # The brake: this many runs in a row failing with the same error signature, across at least
+    # two experiments or models, stop the engine (0: never).
+    brake_after: int = 5
     ballast_bytes: int = (
         1 << 20
     )  # disk space held back to record a pause on a full disk (engine.faults.Ballast)
@@ -199,6 +214,9 @@ class Worker:
             None  # set by the heartbeat thread when the database refuses writes
         )
         self._resumed_at: float | None = None
+        self._db_watch = DatabaseFileWatch(store)
+        # The current streak of runs failed alike: (signature, experiment id, model, run id, error).
+        self._streak: list[tuple[str, int, str, int, str]] = []
         self._done_at_resume = 0
         self._hb_thread: threading.Thread | None = None
         self._hb_stop = threading.Event()
@@ -236,7 +254,10 @@ class Worker:
                 except Exception as exc:
                     reason = systemic_reason(exc)
                     if reason is not None:
-                        if not self._pause(reason):
+                        if not isinstance(exc, EngineFault):
+                            # The words are in the reason; the driver's text only here.
+                            self._limited(logging.ERROR, "database error: %r", exc)
+                        if not self._pause(reason, exc):
                             break
                         continue
                     # Not the machine and not a run (runs claimed are failed in _step): a bug or
@@ -244,7 +265,7 @@ class Worker:
                     errors += 1
                     self._limited(logging.ERROR, "engine loop error:\n%s", traceback.format_exc())
                     if self.config.once and errors >= 3:
-                        self.fault = f"engine loop error: {type(exc).__name__}: {exc}"
+                        self.fault = f"engine loop error: {shown_error(exc)}"
                         break
                     self.stop_event.wait(
                         min(self.config.poll_s * 2 ** min(errors, 10), self.config.max_backoff_s)
@@ -281,10 +302,20 @@ class Worker:
             release_runs(self.store, self.worker_id, self.claimed)
             self.claimed = []
 
-    def _pause(self, reason: str) -> bool:
+    def _pause(self, reason: str, exc: BaseException | None = None) -> bool:
         """Hold off a fault of the machine: runs back to the queue, probe with backoff until it
         clears. False when the loop should end (--once, or asked to stop)."""
+        if isinstance(exc, EngineSick):
+            return self._brake(exc)
         self.stats["pauses"] += 1
+        saved = self._db_watch.rescue_deleted(self.store)
+        if saved:
+            reason = self._db_watch.problem() or reason
+        if self._db_watch.wal_lost:
+            # First of all: the commits only this engine still sees go into mtp.db.
+            problem = self._db_watch.rescue_wal(self.store)
+            if problem:
+                log.error("engine commits in the deleted -wal not saved yet: %s", problem)
         self.fault = reason
         self.progress.pause(reason)
         # Limited: a fault that the probe misses (a database full only for bigger writes) comes
@@ -323,16 +354,34 @@ class Worker:
         recent = self._resumed_at is not None and self.stats["done"] == self._done_at_resume
         delay = self._fault_delay if recent else max(0.05, self.config.poll_s)
         while True:
+            # A database back from an outage is seen within db_backoff_s; a full disk or a
+            # read-only folder is probed less often (each probe writes 64 KiB there).
+            cap = (
+                min(self.config.db_backoff_s, self.config.max_backoff_s)
+                if is_database_fault(self.fault or reason)
+                else self.config.max_backoff_s
+            )
+            delay = min(delay, cap)
             if self.stop_event.wait(delay):
                 return False
-            problem = probe(self.store, self.home, self._ballast if space else None)
+            problem = probe(
+                self.store,
+                self.home,
+                self._ballast if space else None,
+                watch=self._db_watch,
+                who=self.worker_id,
+            )
             if problem is None and space and not self._ballast.fill():
                 problem = f"the disk of {self.home.root} is still (nearly) full"
             if problem is None:
                 try:
                     self._release_claimed()
+                    # Claims it does not know it holds (a commit in doubt when the fault hit).
+                    stray = release_worker_runs(self.store, self.worker_id)
+                    if stray:
+                        log.warning("gave back runs %s claimed as the fault hit", stray)
                 except Exception as exc:
-                    problem = systemic_reason(exc) or f"{type(exc).__name__}: {exc}"
+                    problem = systemic_reason(exc) or shown_error(exc)
             if problem is None:
                 break
             if problem != self.fault:
@@ -346,14 +395,85 @@ class Worker:
         log.debug("resumed after %.1fs paused", time.monotonic() - t0)
         self.fault = None
         self._hb_fault = None  # the probe just wrote; a stale heartbeat failure must not re-pause
-        self.progress.idle("resumed after: " + reason)
+        self._resumed()
         return True
+
+    def _resumed(self) -> None:
+        """Clear the pause where people look (the Worker row) now, not at the next heartbeat."""
+        self.progress.idle("resumed")
+        try:
+            heartbeat(
+                self.store,
+                self.worker_id,
+                status=WorkerStatus.IDLE,
+                current_run_id=None,
+                step=0,
+                total_steps=0,
+                its_per_s=None,
+                message="resumed",
+            )
+        except Exception as exc:  # the heartbeat thread writes it shortly
+            log.warning("could not record the resume yet: %s", exc)
+
+    def _brake(self, sick: EngineSick) -> bool:
+        """Stop taking runs until `mtp queue resume` or a restart: the engine fails everything
+        alike, so every run it took would be failed for nothing. The runs it failed in the
+        streak and those it holds go back to the queue uncharged (attempts as before the claim,
+        no crash counted): the engine was sick, not they."""
+        self.stats["pauses"] += 1
+        self.stats["brakes"] = self.stats.get("brakes", 0) + 1
+        reason = sick.reason
+        self.fault = reason
+        self.progress.pause(reason)
+        self._streak.clear()
+        log.error("%s", reason)
+        token = None
+        while True:
+            try:
+                token = resume_token(self.store)
+                back = unfail_runs(self.store, self.worker_id, sick.run_ids)
+                self.stats["failed"] -= len(back)
+                self._release_claimed()
+                release_worker_runs(self.store, self.worker_id)
+                heartbeat(
+                    self.store,
+                    self.worker_id,
+                    status=WorkerStatus.PAUSED,
+                    current_run_id=None,
+                    step=0,
+                    total_steps=0,
+                    its_per_s=None,
+                    message=reason,
+                )
+                log.warning("runs %s given back to the queue uncharged", back)
+                break
+            except Exception as exc:  # the database is down too: try again shortly
+                self._limited(logging.ERROR, "could not give the runs back yet: %r", exc)
+                if self.config.once or self.stop_event.wait(self.config.db_backoff_s):
+                    return False
+        if self.config.once:
+            return False
+        while not self.stop_event.wait(max(0.05, min(self.config.poll_s, 2.0))):
+            try:
+                if resume_token(self.store) != token:
+                    break
+            except Exception as exc:  # noqa: BLE001 - keep waiting; the log says why
+                self._limited(logging.WARNING, "waiting for a resume: %r", exc)
+        else:
+            return False
+        log.warning("resumed by `mtp queue resume` after: %s", reason)
+        self.fault = None
+        self._resumed()
+        return True
+
+    def _check_database(self) -> None:
+        problem = self._hb_fault or self._db_watch.problem()
+        if problem:
+            raise EngineFault(problem)
 
     def _step(self) -> bool:
         """Claim and run one group; False when the loop should end (--once and nothing left)."""
-        check_database_file(self.store)
-        if self._hb_fault:
-            raise EngineFault(self._hb_fault)
+        self._check_database()
         if time.monotonic() - self._last_recover > self.config.recover_every_s:
             self._recover()
         runs = claim_group(self.store, self.worker_id, self.config.max_batch, self._model_key())
@@ -378,7 +498,7 @@ class Worker:
             # giving the claim back would hand the same poison to every engine forever.
             if self.claimed:
                 log.error("runs %s failed:\n%s", self.claimed, traceback.format_exc())
-                self._fail(list(self.claimed), f"{type(exc).__name__}: {exc}")
+                self._fail(list(self.claimed), shown_error(exc), exc)
         self._release_claimed()
         self.progress.idle()
         return True
@@ -418,6 +538,13 @@ class Worker:
         while not self._hb_stop.is_set():
             p = self.progress
             try:
+                # The file under the open connection (SQLite): deleted, replaced or unreadable
+                # raises nothing there, so look.
+                problem = self._db_watch.problem()
+            except Exception as exc:  # noqa: BLE001 - a check that fails must not stop the beat
+                problem = None
+                self._limited(logging.WARNING, "database file check failed: %r", exc)
+            try:
                 heartbeat(
                     self.store,
                     self.worker_id,
@@ -431,9 +558,9 @@ class Worker:
             except Exception as exc:  # a busy or full database must not kill the thread
                 self._limited(logging.WARNING, "heartbeat failed: %s", exc)
                 # The loop pauses on it: an idle engine would otherwise never notice a full disk.
-                self._hb_fault = systemic_reason(exc)
+                self._hb_fault = problem or systemic_reason(exc)
             else:
-                self._hb_fault = None
+                self._hb_fault = problem
             self._hb_stop.wait(self.config.heartbeat_s)
 
     # ---------------------------------------------------------- one group
@@ -551,11 +678,12 @@ class Worker:
                         [chunk[0].run_id],
                         f"out of memory even with a batch of 1 target at {source.width}x{source.height} "
                         f"on {self.config.device}: {exc}",
+                        exc,
                     )
                     pending = pending[1:]
                     continue
                 log.error("runs %s failed:\n%s", [t.run_id for t in chunk], traceback.format_exc())
-                self._fail([t.run_id for t in chunk], f"{type(exc).__name__}: {exc}")
+                self._fail([t.run_id for t in chunk], shown_error(exc), exc)
                 pending = pending[len(chunk) :]
 
     def _control_for(self, run: Run) -> ControlSpec | None:
@@ -607,6 +735,7 @@ class Worker:
                     raise Cancelled()
 
         self.stats["generate_calls"] += 1
+        artifacts.fault("generate", self.home.root)  # test faults (MTP_FAULT=oserror:FLAG)
         result = self.backend.generate(source, chunk, on_step)
         elapsed = time.monotonic() - t0
         log.info(
@@ -647,8 +776,13 @@ class Worker:
             self._score(runs, result, results, by_id)
         # Said before the commit: a log ending here means the engine died committing these runs
         # (they are either all done or all re-run, never half).
+        # A database file deleted, replaced or made unreadable under the open connection would
+        # take this commit and lose it (or hide it): pause instead, the runs are redone later.
+        self._check_database()
         log.info("committing run(s) %s", ids)
         done = complete_runs(self.store, self.worker_id, results)
+        if done:
+            self._streak.clear()  # a run came out fine: whatever failed before was not the engine
         self.claimed = [i for i in self.claimed if i not in ids]
         self.stats["done"] += len(done)
         for rid in done:
@@ -802,11 +936,49 @@ class Worker:
         return refs
 
     # ---------------------------------------------------------- endings
-    def _fail(self, run_ids: list[int], error: str) -> None:
+    def _fail(self, run_ids: list[int], error: str, exc: BaseException | None = None) -> None:
+        """Fail runs with ``error``. ``exc`` is given where the failure may be the engine's rather
+        than the runs' (generation, artifacts): those count towards the brake (_note_failures).
+        A run's own bad input, or a model that cannot be loaded, is never the engine's."""
         failed = fail_runs(self.store, self.worker_id, run_ids, error)
         self.claimed = [i for i in self.claimed if i not in run_ids]
         self.stats["failed"] += len(failed)
         log.warning("run(s) %s failed: %s", failed, error)
+        if exc is not None and failed:
+            self._note_failures(failed, exc, error)
+
+    def _note_failures(self, run_ids: list[int], exc: BaseException, error: str) -> None:
+        """The brake: ``brake_after`` runs in a row failing with one error signature, spanning
+        at least two experiments or two models, mean the engine is sick (an environment that
+        fails everything); it raises EngineSick, which pauses it (_brake)."""
+        limit = self.config.brake_after
+        if limit <= 0:
+            return
+        sig = error_signature(exc)
+        if self._streak and self._streak[-1][0] != sig:
+            self._streak.clear()
+        origins = run_origins(self.store, run_ids)
+        for rid in run_ids:
+            exp_id, model = origins.get(rid, (-1, ""))
+            self._streak.append((sig, exp_id, model, rid, error))
+        del self._streak[:-1000]  # one experiment failing for days must not grow it forever
+        if len(self._streak) < limit:
+            return
+        exps = {e for _, e, _, _, _ in self._streak}
+        models = {m for _, _, m, _, _ in self._streak}
+        if len(exps) < 2 and len(models) < 2:
+            return
+        example = self._streak[-1][4]
+        if len(example) > 200:
+            example = example[:199] + "…"
+        reason = (
+            f"engine stopped itself: {len(self._streak)} runs of {len(exps)} experiments"
+            + (f" and {len(models)} models" if len(models) > 1 else "")
+            + f" failed in a row with the same error ({example}); the engine looks broken, not "
+            "the runs, so they went back to the queue. Fix the cause, then `mtp queue resume` "
+            "or restart the engine"
+        )
+        raise EngineSick(reason, [rid for _, _, _, rid, _ in self._streak])
 
     def _cancelled(self, run_ids: list[int]) -> None:
         # fail_runs turns runs with cancel_requested into cancelled.

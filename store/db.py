@@ -18,6 +18,7 @@ import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from sqlalchemy import event, inspect, text
 from sqlalchemy.engine import Engine, make_url
@@ -38,6 +39,8 @@ __all__ = [
     "mask_url",
     "use_db_url",
     "db_url_from",
+    "db_now",
+    "describe_db_error",
 ]
 
 SCHEMA_VERSION = 4
@@ -178,7 +181,80 @@ MIGRATIONS: dict[int, list[str | Only | AddColumn]] = {
 def _pg_engine(url: str) -> Engine:
     # Timestamps are stored without a zone and read back as UTC (store.queue._aware), so the
     # session zone must be UTC whatever the server's default is.
-    return create_engine(url, pool_pre_ping=True, connect_args={"options": "-c timezone=UTC"})
+    args: dict = {"options": "-c timezone=UTC"}
+    if "connect_timeout" not in url:
+        # An unreachable host would otherwise hang a paused engine's probe for minutes (the
+        # TCP timeout); the probe must say "not yet" quickly so a return is seen within seconds.
+        args["connect_timeout"] = 5
+    return create_engine(url, pool_pre_ping=True, connect_args=args)
+
+
+def db_now(s) -> datetime:
+    """The database's clock (UTC, aware), read inside a session or connection.
+
+    Heartbeats, claims and the staleness checks all use it, never a host's clock: engines on
+    hosts whose clocks disagree still agree on how old a heartbeat is. PostgreSQL's is the
+    server's; SQLite's is computed in each process, from that process's clock.
+    """
+    conn = s.connection() if hasattr(s, "connection") else s
+    if conn.dialect.name == "sqlite":
+        from .models import clock_offset
+
+        value = conn.exec_driver_sql("SELECT strftime('%Y-%m-%d %H:%M:%f', 'now')").scalar()
+        # SQLite runs in this process, so its clock is this host's: a host clock shifted for
+        # tests shifts it too, as libfaketime would (store.queue._is_dead copes with that).
+        dt = datetime.fromisoformat(value) + clock_offset()
+    else:
+        # now() is a timestamptz: psycopg returns it aware, whatever the session's zone.
+        dt = conn.exec_driver_sql("SELECT now()").scalar()
+        if dt.tzinfo is not None:
+            return dt.astimezone(UTC)
+    return dt.replace(tzinfo=UTC)
+
+
+# What a database error means, in words for a person; the driver's own text (SQL, constraint
+# names, psycopg's multi-line messages) stays in the log.
+_DB_ERROR_WORDS = (
+    (
+        ("connection refused", "could not connect", "connection to server", "no route to host"),
+        "the database server cannot be reached",
+    ),
+    (
+        (
+            "server closed the connection",
+            "terminating connection",
+            "connection is closed",
+            "ssl connection has been closed",
+            "consuming input failed",
+            "connection already closed",
+        ),
+        "the connection to the database server was lost",
+    ),
+    (("timeout expired", "timed out"), "the database server does not answer"),
+    (
+        ("the database system is starting up", "the database system is shutting down"),
+        "the database server is restarting",
+    ),
+    (("disk is full", "no space left", "could not extend file"), "the database's disk is full"),
+    (("readonly", "read-only"), "the database is read-only"),
+    (("database is locked",), "the database stayed locked by another process"),
+    (("disk i/o error",), "the database file cannot be read or written (disk I/O error)"),
+    (("unable to open",), "the database file cannot be opened"),
+    (("not a database", "malformed"), "the database file is damaged"),
+    (("too many connections", "remaining connection slots"), "the database server is full"),
+    (("duplicate key", "unique constraint"), "the database refused a duplicate record"),
+    (("password authentication failed",), "the database refused the login"),
+)
+
+
+def describe_db_error(exc: BaseException) -> str:
+    """A short, clear sentence for a database error, fit to show a person (no SQL, no driver text)."""
+    why = str(getattr(exc, "orig", None) or exc).lower()
+    for needles, words in _DB_ERROR_WORDS:
+        if any(n in why for n in needles):
+            return words
+    kind = type(getattr(exc, "orig", None) or exc).__name__
+    return f"the database refused the operation ({kind}; details in the engine log)"
 
 
 class Store:
@@ -385,8 +461,21 @@ class Store:
             return row.value if row else default
 
     def set_meta(self, key: str, value: str) -> None:
+        # An upsert, not merge(): merge reads then inserts, and two processes setting a new key
+        # at once made one fail on the primary key.
         with self.write() as s:
-            s.merge(Meta(key=key, value=value))
+            s.execute(
+                text(
+                    "INSERT INTO meta (key, value) VALUES (:k, :v) "
+                    "ON CONFLICT (key) DO UPDATE SET value = excluded.value"
+                ),
+                {"k": key, "v": value},
+            )
+
+    def now(self) -> datetime:
+        """The database's clock (see db_now)."""
+        with self.session() as s:
+            return db_now(s)
 
     def close(self) -> None:
         self.engine.dispose()

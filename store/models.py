@@ -3,14 +3,29 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from functools import cache
 
 from sqlalchemy import BigInteger, Column, Index, Text
 from sqlmodel import Field, SQLModel
 
+from .settings import settings
+
+
+# This host's clock shifted by MTP_CLOCK_OFFSET_S seconds (tests only: it stands in for a host
+# whose clock is wrong, for this process and the SQLite it runs, as libfaketime would). Liveness
+# never compares two hosts' clocks: heartbeats, claims and staleness use the database's clock
+# (store.db.db_now), and an engine on this host is judged by its own heartbeats moving
+# (store.queue._is_dead).
+@cache
+def clock_offset() -> timedelta:
+    # Read on first use, not at import: the entry points check the settings first.
+    return timedelta(seconds=settings().clock_offset_s)
+
 
 def utcnow() -> datetime:
-    return datetime.now(UTC)
+    """This host's idea of now (UTC): for records only (created_at), never for liveness."""
+    return datetime.now(UTC) + clock_offset()
 
 
 class RunStatus:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -18,11 +19,12 @@ from typing import Any
 from sqlalchemy import and_, case, delete, update
 from sqlmodel import col, select
 
-from .db import Store
+from .db import Store, db_now
 from .models import Experiment, ExperimentStatus, Meta, Run, RunStatus, Score, Worker, utcnow
 from .sweep.methods import is_set_method
 
 PAUSED_KEY = "queue_paused"
+RESUMED_KEY = "queue_resumed"  # the database time of the last resume; a braked engine waits for it
 # Engine deaths with a run in flight before that run is failed as the likely cause (see Run.crashes).
 # Several, because a suspect runs alone and random kills (OOM killer, a restart) seldom hit the
 # same lone run that often, while a run that really crashes the engine does so every time.
@@ -47,6 +49,19 @@ def _aware(dt: datetime | None) -> datetime | None:
     if dt is None:
         return None
     return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
+
+
+def age_s(ts: datetime | None, now: datetime) -> float | None:
+    """Seconds from ``ts`` to ``now``, both the database's clock; never negative (a heartbeat
+    written a moment after ``now`` was read is 0 s old, not -0.1 s)."""
+    if ts is None:
+        return None
+    return max(0.0, (now - _aware(ts)).total_seconds())
+
+
+def database_now(store: Store) -> datetime:
+    """The database's clock: what every age shown to a person is measured against."""
+    return store.now()
 
 
 def pid_alive(pid: int) -> bool:
@@ -82,7 +97,7 @@ def _refresh_experiments(session, experiment_ids: Iterable[int]) -> None:
             .distinct()
         )
     )
-    now = utcnow()
+    now = db_now(session)
     for exp in session.exec(select(Experiment).where(col(Experiment.id).in_(ids))):
         if exp.status in (ExperimentStatus.DRAFT, ExperimentStatus.ARCHIVED):
             continue
@@ -95,8 +110,16 @@ def _refresh_experiments(session, experiment_ids: Iterable[int]) -> None:
 
 # ------------------------------------------------------------------ pause
 def set_paused(store: Store, paused: bool) -> None:
-    """Paused: engines finish their current batch and claim nothing new."""
+    """Paused: engines finish their current batch and claim nothing new. A resume also wakes
+    engines that stopped themselves (every run failing alike): see `resume_token`."""
     store.set_meta(PAUSED_KEY, "1" if paused else "0")
+    if not paused:
+        store.set_meta(RESUMED_KEY, store.now().isoformat())
+
+
+def resume_token(store: Store) -> str:
+    """Moves on every `mtp queue resume` (or the app's resume)."""
+    return store.get_meta(RESUMED_KEY, "")
 
 
 def is_paused(store: Store) -> bool:
@@ -200,7 +223,7 @@ def claim_group(
                     .with_for_update(skip_locked=True)
                 )
             )
-        now = utcnow()
+        now = db_now(s)
         s.execute(
             update(Run)
             .where(col(Run.id).in_(ids), Run.status == RunStatus.QUEUED)
@@ -239,7 +262,7 @@ def mark_in_flight(store: Store, worker_id: str, run_ids: Sequence[int]) -> None
                 Run.worker_id == worker_id,
                 Run.status == RunStatus.RUNNING,
             )
-            .values(started_at=utcnow())
+            .values(started_at=db_now(s))
         )
 
 
@@ -255,8 +278,8 @@ def complete_runs(store: Store, worker_id: str, results: Sequence[dict[str, Any]
     if not results:
         return done
     by_id = {int(r["run_id"]): r for r in results}
-    now = utcnow()
     with store.write() as s:
+        now = db_now(s)
         runs = list(
             s.exec(
                 select(Run).where(
@@ -314,7 +337,7 @@ def fail_runs(store: Store, worker_id: str | None, run_ids: Sequence[int], error
         if worker_id is not None:
             q = q.where(Run.worker_id == worker_id)
         runs = list(s.exec(q))
-        now = utcnow()
+        now = db_now(s)
         for run in runs:
             run.status = RunStatus.CANCELLED if run.cancel_requested else RunStatus.FAILED
             run.error = error
@@ -338,7 +361,7 @@ def release_runs(store: Store, worker_id: str, run_ids: Sequence[int]) -> list[i
                 )
             )
         )
-        now = utcnow()
+        now = db_now(s)
         for run in runs:
             if run.cancel_requested:
                 run.status, run.finished_at = RunStatus.CANCELLED, now
@@ -351,6 +374,58 @@ def release_runs(store: Store, worker_id: str, run_ids: Sequence[int]) -> list[i
             s.add(run)
         _refresh_experiments(s, [r.experiment_id for r in runs])
     return [r.id for r in runs]
+
+
+def release_worker_runs(store: Store, worker_id: str) -> list[int]:
+    """Give back every run still claimed by ``worker_id`` (release_runs on all of them). For an
+    engine resuming after a database fault: a claim whose commit reached the server while the
+    connection broke is held by it without its knowing, and would stay running forever."""
+    with store.session() as s:
+        ids = list(
+            s.exec(
+                select(Run.id).where(Run.worker_id == worker_id, Run.status == RunStatus.RUNNING)
+            )
+        )
+    return release_runs(store, worker_id, ids)
+
+
+def unfail_runs(store: Store, worker_id: str, run_ids: Sequence[int]) -> list[int]:
+    """Put runs this worker failed back in the queue as if never claimed: the engine, not the
+    runs, was at fault (its brake). Only runs still failed by ``worker_id`` move; a run the user
+    requeued, cancelled or another engine finished since is left alone."""
+    if not run_ids:
+        return []
+    with store.write() as s:
+        runs = list(
+            s.exec(
+                select(Run).where(
+                    col(Run.id).in_(list(run_ids)),
+                    Run.worker_id == worker_id,
+                    Run.status == RunStatus.FAILED,
+                )
+            )
+        )
+        for run in runs:
+            run.status = RunStatus.QUEUED
+            run.attempts = max(0, run.attempts - 1)
+            run.error = None
+            run.worker_id = None
+            run.claimed_at = run.started_at = run.finished_at = None
+            run.duration_s = None
+            s.add(run)
+        _refresh_experiments(s, [r.experiment_id for r in runs])
+    return [r.id for r in runs]
+
+
+def run_origins(store: Store, run_ids: Sequence[int]) -> dict[int, tuple[int, str]]:
+    """Experiment id and model of each run."""
+    if not run_ids:
+        return {}
+    with store.session() as s:
+        rows = s.exec(
+            select(Run.id, Run.experiment_id, Run.model).where(col(Run.id).in_(list(run_ids)))
+        )
+        return {rid: (exp, model) for rid, exp, model in rows}
 
 
 def cancel_requested_ids(store: Store, run_ids: Sequence[int]) -> set[int]:
@@ -383,8 +458,8 @@ def register_worker(
     host = host or socket.gethostname()
     pid = pid or os.getpid()
     worker_id = worker_id or make_worker_id(device, host, pid)
-    now = utcnow()
     with store.write() as s:
+        now = db_now(s)
         s.merge(
             Worker(
                 id=worker_id,
@@ -414,7 +489,7 @@ def heartbeat(
     message: str | None = None,
 ) -> None:
     """Refresh a worker's heartbeat and whatever progress fields are given."""
-    values: dict[str, Any] = {"heartbeat_at": utcnow()}
+    values: dict[str, Any] = {}
     if status is not None:
         values["status"] = status
     if current_run_id is not _UNSET:
@@ -428,6 +503,8 @@ def heartbeat(
     if message is not None:
         values["message"] = message[:500]
     with store.write() as s:
+        # The database's clock: a host whose clock is behind must not look dead to the others.
+        values["heartbeat_at"] = db_now(s)
         s.execute(update(Worker).where(Worker.id == worker_id).values(**values))
 
 
@@ -446,12 +523,50 @@ def worker_is_stale(
     now: datetime | None = None,
     host: str | None = None,
 ) -> bool:
+    """Whether ``worker`` is dead; ``now`` is the database's clock (db_now, Store.now), the one
+    its heartbeat was written with. Without it the database is not asked and only a stopped
+    or missing worker counts as stale."""
     if worker is None or worker.status in (WorkerStatus.STOPPED, WorkerStatus.DEAD):
         return True
-    now = now or utcnow()
-    if now - _aware(worker.heartbeat_at) > timedelta(seconds=stale_after_s):
+    if now is not None and now - _aware(worker.heartbeat_at) > timedelta(seconds=stale_after_s):
         return True
     return worker.host == (host or socket.gethostname()) and not pid_alive(worker.pid)
+
+
+# (database, worker id) -> (its heartbeat value, when this process first saw that value).
+_OBSERVED: dict[tuple[str, str], tuple[Any, float]] = {}
+
+
+def _silent_for(store: Store, worker: Worker) -> float:
+    """Seconds of this process's monotonic clock since it first saw ``worker``'s current
+    heartbeat value (0 at first sight): a measure of silence no wall clock can skew."""
+    key, t = (store.url, worker.id), time.monotonic()
+    seen = _OBSERVED.get(key)
+    if seen is None or seen[0] != worker.heartbeat_at:
+        if len(_OBSERVED) > 10_000:
+            _OBSERVED.clear()
+        _OBSERVED[key] = (worker.heartbeat_at, t)
+        return 0.0
+    return t - seen[1]
+
+
+def _is_dead(
+    store: Store, worker: Worker | None, stale_after_s: float, now: datetime, host: str
+) -> bool:
+    """worker_is_stale, except for a worker alive on this host whose heartbeat only looks old:
+    there the database's clock is this host's, which a clock shifted for one process (as
+    libfaketime does) skews too, so its own heartbeats decide: dead once this process has seen
+    the same one for ``stale_after_s`` (a hung engine is still found, one recovery check later)."""
+    live_here = (
+        worker is not None
+        and worker.status in WorkerStatus.LIVE
+        and worker.host == host
+        and pid_alive(worker.pid)
+    )
+    if live_here:
+        silent = _silent_for(store, worker)
+        return worker_is_stale(worker, stale_after_s, now, host) and silent > stale_after_s
+    return worker_is_stale(worker, stale_after_s, now, host)
 
 
 @dataclass
@@ -469,8 +584,9 @@ def recover_stale(
 ) -> Recovery:
     """Requeue runs held by dead workers; a run in flight in ``max_attempts`` deaths is failed.
 
-    A worker is dead when its heartbeat is older than ``stale_after_s``, or it runs on this host
-    and its pid is gone, or it said it stopped. Only a death while the run was being generated
+    A worker is dead when its heartbeat is older than ``stale_after_s`` by the database's clock
+    (for a worker alive on this host: and this process saw no new heartbeat from it for that
+    long, see _is_dead), or it runs on this host and its pid is gone, or it said it stopped. Only a death while the run was being generated
     (`mark_in_flight`) counts against it (Run.crashes), so an engine killed while loading its
     model or restarted by hand never burns runs, while a run that kills every engine that
     generates it (it is retried alone) ends failed with a message saying so instead of looping.
@@ -478,8 +594,9 @@ def recover_stale(
     """
     out = Recovery()
     host = socket.gethostname()
-    now = utcnow()
     with store.write() as s:
+        # Heartbeats were written with the database's clock, so they are judged by it too.
+        now = db_now(s)
         running = list(
             s.exec(
                 select(Run).where(Run.status == RunStatus.RUNNING).with_for_update(skip_locked=True)
@@ -489,11 +606,15 @@ def recover_stale(
         stale = {
             wid
             for wid in {r.worker_id for r in running}
-            if worker_is_stale(workers.get(wid), stale_after_s, now, host)
+            if _is_dead(store, workers.get(wid), stale_after_s, now, host)
         }
         # Workers that died with nothing claimed are marked too, so the registry tells the truth.
         for w in workers.values():
-            if w.status in WorkerStatus.LIVE and worker_is_stale(w, stale_after_s, now, host):
+            if (
+                w.id not in stale
+                and w.status in WorkerStatus.LIVE
+                and _is_dead(store, w, stale_after_s, now, host)
+            ):
                 stale.add(w.id)
         touched = []
         for run in running:
@@ -552,7 +673,7 @@ def cancel_runs(store: Store, run_ids: Sequence[int]) -> dict[str, int]:
     if not ids:
         return {"cancelled": 0, "requested": 0}
     with store.write() as s:
-        now = utcnow()
+        now = db_now(s)
         res = s.execute(
             update(Run)
             .where(col(Run.id).in_(ids), Run.status == RunStatus.QUEUED)
@@ -570,7 +691,7 @@ def cancel_runs(store: Store, run_ids: Sequence[int]) -> dict[str, int]:
 
 def cancel_experiment(store: Store, experiment_id: int) -> dict[str, int]:
     with store.write() as s:
-        now = utcnow()
+        now = db_now(s)
         res = s.execute(
             update(Run)
             .where(Run.experiment_id == experiment_id, Run.status == RunStatus.QUEUED)

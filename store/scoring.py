@@ -158,11 +158,16 @@ def claim_score_request(
 ) -> ScoreRequest | None:
     """The oldest queued request (or one held by a dead engine), now running for ``worker_id``;
     None while the queue is paused."""
-    from .queue import _paused_in, worker_is_stale
+    import socket
+
+    from .db import db_now
+    from .queue import _is_dead, _paused_in
 
     with store.write() as s:
         if _paused_in(s):  # a paused queue pauses scoring too: engines take nothing new
             return None
+        now = db_now(s)  # heartbeats carry the database's clock
+        host = socket.gethostname()
         candidates = list(
             s.exec(
                 select(ScoreRequest)
@@ -174,7 +179,9 @@ def claim_score_request(
         for req in candidates:
             if req.status == ScoreRequestStatus.RUNNING:
                 owner = s.get(Worker, req.worker_id) if req.worker_id else None
-                if req.worker_id == worker_id or not worker_is_stale(owner, stale_after_s):
+                if req.worker_id == worker_id or not _is_dead(
+                    store, owner, stale_after_s, now, host
+                ):
                     continue
             req.status, req.worker_id, req.started_at = (
                 ScoreRequestStatus.RUNNING,

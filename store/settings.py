@@ -60,6 +60,10 @@ class Settings(BaseSettings):
     fake_crash_prompt: str | None = Field(
         None, description="fake backend: a target prompt that kills the engine"
     )
+    clock_offset_s: float = Field(
+        0.0,
+        description="tests: shift this process's clock by that many seconds (a wrong host clock)",
+    )
     test_pg_url: str | None = Field(
         None, description="tests: an existing PostgreSQL server instead of a throwaway one"
     )

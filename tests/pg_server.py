@@ -145,7 +145,7 @@ class PgServer:
             shutil.rmtree(self.folder, ignore_errors=True)
             detail = getattr(exc, "stderr", None) or getattr(exc, "stdout", None) or exc
             raise NoServer(f"PostgreSQL did not start: {detail} {log[-2000:]}") from None
-        self._bindir, self._prefix = bindir, prefix
+        self._bindir, self._prefix, self._opts = bindir, prefix, opts
         self.url = f"postgresql+psycopg://{SUPERUSER}@/postgres?host={self.folder}&port={self.port}"
         return self
 
@@ -174,6 +174,24 @@ class PgServer:
         name = make_url(url).database
         with self._admin_engine().connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+    def _pg_ctl(self, *args: str, check: bool = True) -> None:
+        subprocess.run(
+            self._prefix + [str(self._bindir / "pg_ctl"), "-D", str(self.folder / "data"), *args],
+            capture_output=True,
+            check=check,
+        )
+
+    def halt(self) -> None:
+        """An outage: the server goes away (connections cut), its data stays for `resume`."""
+        if self.folder is None:
+            raise NoServer(f"an external server (${ENV_URL}) cannot be stopped by the tests")
+        self._pg_ctl("-m", "immediate", "-w", "stop")
+
+    def resume(self) -> None:
+        self._pg_ctl(
+            "-o", self._opts, "-l", str(self.folder / "server.log"), "-w", "-t", "60", "start"
+        )
 
     def stop(self) -> None:
         if self._admin is not None:

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from datetime import UTC
 
 from store import queue as q
-from store.models import RunStatus, utcnow
+from store.models import RunStatus
 from store.queries import InputError, experiment_by_ref
 
 from .out import echo, one
@@ -73,11 +72,12 @@ def _experiment(store, ref: str):
     return exp
 
 
-def _age(dt) -> str:
-    if dt is None:
+def _age(dt, now) -> str:
+    """How long ago ``dt`` was by the database's clock (``now``), which wrote it: this host's
+    clock may be minutes off."""
+    s = q.age_s(dt, now)
+    if s is None:
         return "-"
-    dt = dt if dt.tzinfo else dt.replace(tzinfo=UTC)
-    s = (utcnow() - dt).total_seconds()
     return f"{s:.0f}s ago" if s < 120 else f"{s / 60:.0f}m ago"
 
 
@@ -146,6 +146,7 @@ def cmd_workers(args, store) -> int:
             f"requeued {len(rec.requeued)} run(s), failed {len(rec.failed)} (dead workers: {len(rec.dead_workers)})"
         )
     workers = q.list_workers(store)
+    now = q.database_now(store)
     if not workers:
         echo("no workers have run on this database")
         return 0
@@ -156,7 +157,7 @@ def cmd_workers(args, store) -> int:
         step = f"{w.step}/{w.total_steps}" if w.total_steps else "-"
         rate = f"{w.its_per_s:.2f}" if w.its_per_s else "-"
         echo(
-            f"{one(w.id)[:40]:40} {one(w.device):8} {w.status:8} {_age(w.heartbeat_at):10} {w.current_run_id or '-':>6} "
+            f"{one(w.id)[:40]:40} {one(w.device):8} {w.status:8} {_age(w.heartbeat_at, now):10} {w.current_run_id or '-':>6} "
             f"{step:>9} {rate:>6}  {one(w.message)}"
         )
     return 0

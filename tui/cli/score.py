@@ -60,7 +60,8 @@ def _on_demo_model(store, experiment_id: int) -> bool:
 def _live_engines(store) -> int:
     from store import queue as q
 
-    return sum(1 for w in q.list_workers(store) if not q.worker_is_stale(w))
+    now = q.database_now(store)  # heartbeats carry the database's clock, not this host's
+    return sum(1 for w in q.list_workers(store) if not q.worker_is_stale(w, now=now))
 
 
 def cmd_score(args, store) -> int:

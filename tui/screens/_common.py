@@ -84,12 +84,14 @@ class StoreScreen(Screen):
         """Reload what this screen shows; called only when the store changed."""
 
 
-def age(ts: datetime | None) -> str:
+def age(ts: datetime | None, now: datetime | None = None) -> str:
+    """How long ago ``ts`` was; ``now`` should be the clock that wrote it (the database's for
+    heartbeats: this host's may be minutes off). Never negative."""
     if ts is None:
         return "-"
     if ts.tzinfo is None:  # SQLite drops the zone; the store writes UTC
         ts = ts.replace(tzinfo=UTC)
-    s = (datetime.now(UTC) - ts).total_seconds()
+    s = max(0.0, ((now or datetime.now(UTC)) - ts).total_seconds())
     if s < 90:
         return f"{s:.0f}s"
     if s < 5400:

@@ -29,6 +29,7 @@ class HomeData:
     paused: bool | None = None
     engines: list | None = None
     notes: list = field(default_factory=list)
+    db_now: object = None  # the database's clock when the workers were read (ages use it)
 
 
 def collect(store) -> HomeData:
@@ -38,6 +39,7 @@ def collect(store) -> HomeData:
 
     data = HomeData(concepts=list_concepts(store), experiments=list_experiments(store))
     data.workers = list(queue.list_workers(store))
+    data.db_now = queue.database_now(store)  # heartbeat ages by the clock that wrote them
     data.paused = bool(queue.is_paused(store))
     try:
         data.engines = list(launch.engine_running(store.home.root))
@@ -207,7 +209,7 @@ class HomeScreen(StoreScreen):
                         w.current_run_id or "-",
                         step,
                         its,
-                        age(w.heartbeat_at),
+                        age(w.heartbeat_at, data.db_now),
                         w.id,
                     ),
                 )
