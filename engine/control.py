@@ -18,13 +18,15 @@ from store.sweep.grammar import SweepError, resolve_layer_set
 from store.sweep.spec import MASK_MODES, MASK_TIMINGS, mask_word_problem
 
 # MasaCtrl's defaults: start_step=4, start_layer=10 of SD1.x's 16 blocks, to the end.
+from .errors import EngineError
+
 DEFAULT_LAYERS = "10-15"
 DEFAULT_START_STEP = 4
 DEFAULT_MASK_LAYERS = "all"
 DEFAULT_MASK_THRESHOLD = 0.1
 
 
-class ControlError(ValueError):
+class ControlError(EngineError, ValueError):
     """An invalid control setting; ``field`` names the Run column / spec field at fault."""
 
     def __init__(self, field: str, message: str):

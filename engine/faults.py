@@ -22,6 +22,7 @@ from pathlib import Path
 from store.db import Store, describe_db_error
 
 from .artifacts import probe_writable
+from .errors import EngineFault, EngineSick, FaultKind, kind_of_errno  # noqa: F401  (re-exported)
 
 # Errors of the disk itself. EACCES/EPERM are not here: an unreadable input image raises them
 # too; the worker turns them into an EngineFault only where it writes its own artifacts.
@@ -30,25 +31,6 @@ SYSTEMIC_ERRNOS = frozenset(
     for e in (errno.ENOSPC, getattr(errno, "EDQUOT", None), errno.EROFS, errno.EIO)
     if e is not None
 )
-
-
-class EngineFault(Exception):
-    """The engine cannot go on writing results; ``reason`` is fit to show as is."""
-
-    def __init__(self, reason: str):
-        super().__init__(reason)
-        self.reason = reason
-
-
-class EngineSick(EngineFault):
-    """Run after run of different experiments or models failed alike: the engine, not the runs,
-    is broken (the brake in engine.worker). ``run_ids`` are the runs it failed in that streak,
-    given back to the queue uncharged. Cleared by `mtp queue resume` or a restart, not by a probe:
-    nothing here can test whether the cause went away."""
-
-    def __init__(self, reason: str, run_ids: list[int]):
-        super().__init__(reason)
-        self.run_ids = list(run_ids)
 
 
 def shown_error(exc: BaseException) -> str:
@@ -75,8 +57,34 @@ def error_signature(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {' '.join(msg.split())[:200]}"
 
 
-def is_database_fault(reason: str) -> bool:
-    return reason.startswith("database")
+def systemic_fault(exc: BaseException) -> EngineFault | None:
+    """``exc`` as a fault of the machine (disk, database) with its kind, or None when it is not."""
+    from sqlalchemy.exc import DBAPIError
+
+    if isinstance(exc, EngineFault):
+        return exc
+    reason = systemic_reason(exc)
+    if reason is None:
+        return None
+    if isinstance(exc, OSError):
+        return EngineFault(reason, kind_of_errno(exc.errno), exc.errno)
+    if isinstance(exc, DBAPIError) and _database_full(exc.orig):
+        return EngineFault(reason, FaultKind.SPACE)
+    return EngineFault(reason, FaultKind.DATABASE)
+
+
+# SQLite's SQLITE_FULL result code; PostgreSQL's SQLSTATE class 53 is "insufficient resources"
+# (53100 disk_full, 53400 configuration limit).
+_SQLITE_FULL = 13
+_SQLITE_BUSY, _SQLITE_LOCKED = 5, 6
+_PG_DISK_FULL = "53100"
+
+
+def _database_full(orig: BaseException | None) -> bool:
+    code = getattr(orig, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF == _SQLITE_FULL
+    return getattr(orig, "sqlstate", None) == _PG_DISK_FULL
 
 
 def systemic_reason(exc: BaseException) -> str | None:
@@ -113,7 +121,9 @@ def artifact_write_fault(exc: OSError, home) -> EngineFault | None:
         return None
     return EngineFault(
         f"cannot write artifacts in {home.artifacts}: {exc.strerror or exc}"
-        + (f" ({exc.filename})" if exc.filename else "")
+        + (f" ({exc.filename})" if exc.filename else ""),
+        kind_of_errno(exc.errno),
+        exc.errno,
     )
 
 
@@ -286,8 +296,7 @@ def _fresh_read(path: str) -> str | None:
     try:
         conn.execute("SELECT count(*) FROM meta").fetchone()
     except sqlite3.Error as exc:
-        low = str(exc).lower()
-        if "locked" in low or "busy" in low:
+        if getattr(exc, "sqlite_errorcode", 0) & 0xFF in (_SQLITE_BUSY, _SQLITE_LOCKED):
             return None  # someone is writing: usable, only not this instant
         return f"database file {path} cannot be read by other processes: {describe_db_error(exc)}"
     finally:
@@ -300,7 +309,7 @@ def check_database_file(store: Store, watch: DatabaseFileWatch | None = None) ->
     (DatabaseFileWatch): the open connection raises nothing and every result would be lost."""
     problem = (watch or DatabaseFileWatch(store)).problem()
     if problem:
-        raise EngineFault(problem)
+        raise EngineFault(problem, FaultKind.DATABASE_FILE)
 
 
 def probe(
@@ -407,8 +416,3 @@ class Ballast:
             pid = p.name.rsplit("-", 1)[-1]
             if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
                 p.unlink(missing_ok=True)
-
-
-def is_space_fault(reason: str) -> bool:
-    low = reason.lower()
-    return "no space" in low or "disk is full" in low or "quota" in low

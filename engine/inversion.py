@@ -14,8 +14,10 @@ from pathlib import Path
 
 import torch
 
+from .errors import EngineError
 
-class ImageError(ValueError):
+
+class ImageError(EngineError, ValueError):
     """A reference or mask image that cannot be read."""
 
 

@@ -27,9 +27,7 @@ from pathlib import Path
 
 from store.paths import Home
 
-
-class EngineError(RuntimeError):
-    """A start/stop problem with a message fit to show as is."""
+from .errors import EngineError  # start/stop problems are engine errors
 
 
 class EngineAlreadyRunning(EngineError):

@@ -20,6 +20,8 @@ import torch
 
 from store.models import WEIGHT_KINDS as KINDS  # the store validates concepts against the same list
 
+from .errors import EngineError
+
 CUSTOM_DIFFUSION_NAMES = (
     "pytorch_custom_diffusion_weights.safetensors",
     "pytorch_custom_diffusion_weights.bin",
@@ -29,7 +31,7 @@ TEXTUAL_INVERSION_NAMES = ("learned_embeds.safetensors", "learned_embeds.bin")
 LORA_NAMES = ("pytorch_lora_weights.safetensors", "pytorch_lora_weights.bin")
 
 
-class PersonalizationError(ValueError):
+class PersonalizationError(EngineError, ValueError):
     """Personalization weights that are missing or not understood."""
 
 

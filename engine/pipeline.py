@@ -43,11 +43,14 @@ __all__ = [
 ]
 
 
-class ModelNotFound(ValueError):
+from .errors import EngineError
+
+
+class ModelNotFound(EngineError, ValueError):
     """The model folder or hub id cannot be loaded."""
 
 
-class NonFiniteLatents(FloatingPointError):
+class NonFiniteLatents(EngineError, FloatingPointError):
     """Latents became NaN/inf (typically fp16 overflow)."""
 
 

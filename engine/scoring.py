@@ -24,13 +24,15 @@ from typing import Any
 
 from store.images import bounded, crop_aspect, open_bounded
 
+from .errors import EngineError
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 DINO_PREPROCESS = "resize 256 bicubic, center-crop 224, imagenet mean/std, CLS token"
 BATCH = 32
 
 
-class ScorerUnavailable(RuntimeError):
+class ScorerUnavailable(EngineError, RuntimeError):
     """A scoring backbone could not be loaded (usually: weights not available offline)."""
 
 

@@ -57,18 +57,19 @@ from . import artifacts
 from .artifacts import write_run_artifacts
 from .backends.base import Backend, LoadKey, ModelUnavailable, RunError, SourceJob, TargetJob
 from .control import ControlError, ControlSpec
+from .errors import EngineError
 from .faults import (
     Ballast,
     DatabaseFileWatch,
     EngineFault,
     EngineSick,
+    FaultKind,
     LogLimiter,
     artifact_write_fault,
     error_signature,
-    is_database_fault,
-    is_space_fault,
     probe,
     shown_error,
+    systemic_fault,
     systemic_reason,
 )
 from .scoring import ScorerUnavailable
@@ -84,11 +85,11 @@ ScoreFn = Callable[[list, list[str], Any, list[Path]], list[list[dict]]]
 
 
 # ------------------------------------------------------------------ errors
-class Cancelled(Exception):
+class Cancelled(EngineError):
     """Every run of the batch was cancelled by the user."""
 
 
-class Interrupted(Exception):
+class Interrupted(EngineError):
     """The engine was asked to stop; claims go back to the queue."""
 
 
@@ -252,12 +253,12 @@ class Worker:
                 except Interrupted:
                     break
                 except Exception as exc:
-                    reason = systemic_reason(exc)
-                    if reason is not None:
+                    fault = systemic_fault(exc)
+                    if fault is not None:
                         if not isinstance(exc, EngineFault):
                             # The words are in the reason; the driver's text only here.
                             self._limited(logging.ERROR, "database error: %r", exc)
-                        if not self._pause(reason, exc):
+                        if not self._pause(fault):
                             break
                         continue
                     # Not the machine and not a run (runs claimed are failed in _step): a bug or
@@ -302,11 +303,12 @@ class Worker:
             release_runs(self.store, self.worker_id, self.claimed)
             self.claimed = []
 
-    def _pause(self, reason: str, exc: BaseException | None = None) -> bool:
+    def _pause(self, fault: EngineFault) -> bool:
         """Hold off a fault of the machine: runs back to the queue, probe with backoff until it
         clears. False when the loop should end (--once, or asked to stop)."""
-        if isinstance(exc, EngineSick):
-            return self._brake(exc)
+        if isinstance(fault, EngineSick):
+            return self._brake(fault)
+        reason = fault.reason
         self.stats["pauses"] += 1
         saved = self._db_watch.rescue_deleted(self.store)
         if saved:
@@ -325,7 +327,7 @@ class Worker:
             "engine paused: %s; its runs stay queued and it retries until this clears",
             reason,
         )
-        space = is_space_fault(reason)
+        space = fault.kind == FaultKind.SPACE
         if space and self._ballast.free():
             log.info("freed the engine's reserved disk space to record the pause")
         try:
@@ -358,7 +360,7 @@ class Worker:
             # read-only folder is probed less often (each probe writes 64 KiB there).
             cap = (
                 min(self.config.db_backoff_s, self.config.max_backoff_s)
-                if is_database_fault(self.fault or reason)
+                if fault.kind in (FaultKind.DATABASE, FaultKind.DATABASE_FILE)
                 else self.config.max_backoff_s
             )
             delay = min(delay, cap)
@@ -467,9 +469,11 @@ class Worker:
         return True
 
     def _check_database(self) -> None:
-        problem = self._hb_fault or self._db_watch.problem()
+        if self._hb_fault:  # the heartbeat thread could not write
+            raise EngineFault(self._hb_fault, FaultKind.DATABASE)
+        problem = self._db_watch.problem()
         if problem:
-            raise EngineFault(problem)
+            raise EngineFault(problem, FaultKind.DATABASE_FILE)
 
     def _step(self) -> bool:
         """Claim and run one group; False when the loop should end (--once and nothing left)."""

@@ -15,9 +15,11 @@ from typing import Any, Protocol
 from engine.control import ControlSpec
 from store.models import Run
 
-
 # ------------------------------------------------------------------ errors
-class RunError(Exception):
+from ..errors import EngineError
+
+
+class RunError(EngineError):
     """An expected failure with a message fit for the Run's error column (no traceback needed)."""
 
 

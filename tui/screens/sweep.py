@@ -57,7 +57,10 @@ INSTANT_CHECK_RUNS = 500
 FORM_CHANGES = (Input.Changed, TextArea.Changed, Checkbox.Changed)
 
 
-class BaseFieldError(ValueError):
+from store.errors import InputError  # noqa: E402  (next to the class that needs it)
+
+
+class BaseFieldError(InputError):
     """A base setting that is not a number; shaped like SweepError so the field shows it."""
 
     def __init__(self, field: str, text: str, message: str):
