@@ -81,7 +81,7 @@ class DreamSimModel:
     def __init__(self, model, preprocess, spec: DreamSimSpec, device: str):
         import torch
 
-        from .scoring import backbone_id, weights_digest
+        from .backbones import backbone_id, weights_digest
 
         self.model, self.preprocess, self.device, self.torch = model, preprocess, device, torch
         tag = (
@@ -103,7 +103,7 @@ class DreamSimModel:
 
 
 def load_dreamsim(spec: DreamSimSpec, device: str = "cpu") -> DreamSimModel:
-    from .scoring import ScorerUnavailable
+    from .errors import ScorerUnavailable
 
     try:
         missing = missing_files(spec)

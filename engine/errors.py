@@ -63,3 +63,7 @@ class EngineSick(EngineFault):
     def __init__(self, reason: str, run_ids: list[int]):
         super().__init__(reason, FaultKind.SICK)
         self.run_ids = list(run_ids)
+
+
+class ScorerUnavailable(EngineError, RuntimeError):
+    """A scoring backbone could not be loaded (usually: weights not available offline)."""

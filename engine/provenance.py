@@ -79,7 +79,7 @@ def unet_weights_file(folder: str | os.PathLike) -> Path | None:
 
 def file_identity(path: str | os.PathLike | None) -> str | None:
     """sha256 of a weights file, or of the first weights file in a folder."""
-    from .scoring import weights_digest
+    from .backbones import weights_digest
 
     if not path:
         return None
@@ -93,7 +93,7 @@ def file_identity(path: str | os.PathLike | None) -> str | None:
 def model_identity(model: str, resolved: str) -> dict[str, str | None]:
     """{model, model_revision, model_hash}: a folder by the content hash of its UNet weights,
     a hub id by the commit found in the local hub cache."""
-    from .scoring import hub_revision, weights_digest
+    from .backbones import hub_revision, weights_digest
 
     if Path(resolved).is_dir():
         unet = unet_weights_file(resolved)
