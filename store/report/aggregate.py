@@ -627,13 +627,13 @@ def unit_for(by: str, n_concepts: int) -> tuple[str, str]:
     if by != "concept_id" and n_concepts > 1:
         return "concepts", (
             f"concepts: each {cells} cell is averaged over the other swept settings, each concept "
-            f"over its cells; mean, std (n-1) and SEM = std/sqrt(n) over concepts; n = concepts"
+            f"over its cells; mean, std (n-1) and SEM over concepts (SEM = std/sqrt(n)); n = concepts"
         )
     scope = "per concept: " if by == "concept_id" else ""
     return "cells", (
         f"{scope}{cells} cells: each cell's runs are averaged over the other swept settings first "
         f"(runs sharing a prompt and seed share their initial noise); mean, std (n-1) and "
-        f"SEM = std/sqrt(n) over cells; n = cells"
+        f"SEM over cells (SEM = std/sqrt(n)); n = cells"
     )
 
 

@@ -38,12 +38,12 @@ from store.db import Store
 from store.models import EngineSession, Experiment, Run, Score
 
 from .aggregate import (
-    SCALE_DEFS,
     SCALES,
     Aggregate,
     AggregateRow,
     aggregate,
     check_by,
+    direction_text,
     image_metric,
     iter_rows,
     metric_def,
@@ -350,11 +350,19 @@ def summary_header(rows: list[AggregateRow]) -> list[str]:
         "is_baseline",
         "n_runs",
         "n_concepts",
+        "n_cells",
+        "runs_per_cell",
         "pareto",
         "unit",
         "n_unit",
+        "n_text",
         "unit_definition",
+        "cells",
+        "cells_dropped",
         "incomplete",
+        "lacks_planned_runs",
+        "paired_against",
+        "paired_definition",
         "scale",
         "image_alignment",
     ]
@@ -366,8 +374,14 @@ def summary_header(rows: list[AggregateRow]) -> list[str]:
             f"{m}_std",
             f"{m}_sem",
             f"{m}_scale",
+            f"{m}_direction",
             f"{m}_compares",
             f"{m}_missing",
+            f"{m}_diff_n",
+            f"{m}_diff_mean",
+            f"{m}_diff_sem",
+            f"{m}_diff_ci95_low",
+            f"{m}_diff_ci95_high",
         ]
     return head
 
@@ -394,25 +408,35 @@ def summary_rows(rows: list[AggregateRow]) -> Iterator[list]:
     img = table.image_metric
     img_text = f"{img}: {metric_def(img).compares}" if img else ""
     for r in rows:
+        lo, hi = getattr(r, "runs_per_cell", (0, 0))
+        against = next((p.against for p in getattr(r, "paired", {}).values()), "")
         line = [
             r.by,
             "" if r.value is None else r.value,
             r.is_baseline,
             r.n_runs,
             r.n_concepts,
+            r.n_cells,
+            f"{lo}" if lo == hi else f"{lo}-{hi}",
             r.pareto,
             table.unit,
-            r.n_concepts if table.unit == "concepts" else r.n_runs,
+            r.n_concepts if table.unit == "concepts" else r.n_cells,
+            r.n_text,
             table.unit_text,
+            table.cells,
+            "; ".join(f"{m}: {why}" for m, why in table.dropped.items()),
             r.incomplete,
+            r.lacking,
+            against,
+            table.paired_text if against else "",
             table.scale,
             img_text,
         ]
         for m in metrics:
             st = r.metrics.get(m)
-            scale = table.scale_of(m)
             tail = [
-                f"{scale} ({SCALE_DEFS[scale].formula})",
+                table.scale_label(m),
+                direction_text(m),
                 metric_def(m).compares,
                 "; ".join(r.missing.get(m, [])),
             ]
@@ -426,6 +450,12 @@ def summary_rows(rows: list[AggregateRow]) -> Iterator[list]:
                 ] + tail
             else:
                 line += ["", 0, "", "", ""] + tail
+            p = r.paired.get(m)
+            line += (
+                [p.n, p.mean, _number(p.sem), _number(p.low), _number(p.high)]
+                if p
+                else ["", "", "", "", ""]
+            )
         yield line
 
 
@@ -437,13 +467,16 @@ def export_summary_csv(
     scale: str = "raw",
     folder: str | os.PathLike | None = None,
     rows: Aggregate | None = None,
+    cells: str = "common",
+    versus=None,
 ) -> Path:
-    """``rows``: this experiment's ``aggregate(by, scale)`` when the caller already has it."""
+    """``rows``: this experiment's ``aggregate(by, scale, cells=, versus=)`` when the caller
+    already has it."""
     _require_experiment(store, experiment_id)
     check_by(by)
     target = _target(store, path, ".csv", folder)
     if rows is None:
-        rows = aggregate(store, experiment_id, by, scale=scale)
+        rows = aggregate(store, experiment_id, by, scale=scale, cells=cells, versus=versus)
     with _atomic(target) as fh:
         writer = csv.writer(fh)
         writer.writerow(summary_header(rows))
@@ -459,13 +492,14 @@ def export_plot_png(
     path: str | os.PathLike,
     scale: str = "raw",
     folder: str | os.PathLike | None = None,
+    cells: str = "common",
 ) -> Path:
     from .plots import render_tradeoff_png
 
     exp = _require_experiment(store, experiment_id)
     check_by(by)
     target = _target(store, path, ".png", folder)
-    rows = aggregate(store, experiment_id, by, scale=scale)
+    rows = aggregate(store, experiment_id, by, scale=scale, cells=cells)
     with _atomic(target, "wb") as fh:
         render_tradeoff_png(rows, fh, by=by, title=f"{exp.name}: text vs image alignment by {by}")
     return target

@@ -691,3 +691,41 @@ def test_completeness_is_judged_against_the_planned_grid(store):
     all_rows = aggregate(store, exp_id, "final_step", cells="all")
     assert all(not r.pareto for r in all_rows if r.lacks)
     assert all_rows[1].missing["clip_t"] == ["3 of 4 planned runs"]
+
+
+def test_dreamsim_is_a_distance_everywhere(store, tmp_path):
+    import csv
+
+    from store.report.aggregate import best_row, lower_is_better
+    from store.report.export import export_summary_csv
+    from store.report.plots import axis_name, tradeoff_points
+
+    exp_id, _ = make_experiment(store, "ds")
+    # final 10: CLIP-T 0.30, DreamSim 0.20 (closer); final 20: CLIP-T 0.30, DreamSim 0.40
+    add_runs(
+        store,
+        exp_id,
+        [dict(final_step=10), dict(final_step=20)],
+        [
+            {"clip_t": 0.30, "clip_i_ref": 0.8, "dreamsim_ref": 0.20},
+            {"clip_t": 0.30, "clip_i_ref": 0.8, "dreamsim_ref": 0.40},
+        ],
+    )
+    rows = aggregate(store, exp_id, "final_step")
+    assert lower_is_better("dreamsim_ref") and lower_is_better("dreamsim_set")
+    assert not lower_is_better("clip_i_ref")
+    assert best_row(rows, "dreamsim_ref").value == 10 and best_row(rows, "clip_t") is not None
+    # on CLIP-T vs DreamSim only final 10 is on the front: 0.20 is better than 0.40
+    info = tradeoff_points(rows, "clip_t", "dreamsim_ref")
+    assert [p.label for p in info.sweep if p.pareto] == ["10"]
+    mark_pareto(rows, "clip_t", "dreamsim_ref")
+    assert [r.value for r in rows if r.pareto] == [10]
+    assert "lower = more similar" in axis_name("dreamsim_ref")
+    assert "distance" in axis_name("dreamsim_set")
+    assert any("DreamSim distance" in line for line in rows.describe())
+    out = export_summary_csv(store, exp_id, "final_step", "d.csv", folder=tmp_path)
+    with open(out, newline="") as fh:
+        line = next(csv.DictReader(fh))
+    assert "1-cos" in line["dreamsim_ref_scale"] and "cos)" not in line["dreamsim_ref_scale"]
+    assert line["dreamsim_ref_direction"] == "distance: lower = more similar"
+    assert line["clip_t_direction"] == "similarity: higher = more similar"
