@@ -27,7 +27,9 @@ async def test_results_table_and_plot(store):
         table = screen.query_one("DataTable")
         assert table.row_count == 4  # baseline + 10, 15, end
         labels = [table.get_row_at(i)[0] for i in range(table.row_count)]
-        assert labels[0] == "baseline" and "±" in table.get_row_at(1)[2]
+        assert (
+            labels[0] == "baseline" and "±" in table.get_row_at(1)[3]
+        )  # after label, n, runs/cell
         assert any(table.get_row_at(i)[-1] == "*" for i in range(table.row_count))
         await pilot.press("a")
         await wait_for(pilot, lambda: screen.by != "final_step" and screen.rows, what="next axis")
@@ -79,8 +81,21 @@ async def test_results_state_unit_and_grid_pins(store):
         )
         screen = app.screen
         unit = str(screen.query_one("#results-unit").content)
-        assert "one concept" in unit and "n = runs" in unit and "scale: raw" in unit
-        assert "n runs" in [str(c.label) for c in screen.query_one("DataTable").columns.values()]
+        # formerly "n = runs": the unit is the (prompt, seed) cell, and the table says so
+        assert "cells" in unit and "n = cells" in unit and "scale: raw" in unit
+        heads = [str(c.label) for c in screen.query_one("DataTable").columns.values()]
+        assert "n cells" in heads and "runs/cell" in heads
+        assert any("vs baseline [95% CI]" in h for h in heads)
+        # the comparison's options: every run, and a paired column against a chosen value
+        screen.query_one("#cells", Select).value = "all"
+        await wait_for(pilot, lambda: screen.rows.cells == "all", timeout=20, what="all runs")
+        value = next(r.label for r in screen.rows if not r.is_baseline)
+        screen.query_one("#versus", Select).value = value
+        await wait_for(
+            pilot, lambda: screen.rows.reference == value, timeout=20, what="paired vs a value"
+        )
+        heads = [str(c.label) for c in screen.query_one("DataTable").columns.values()]
+        assert any(f"vs {value} [95% CI]" in h for h in heads)
         assert screen.grid_layout.pins["seed"] == "0"  # the default pin, and it is shown
         assert "seed=0" in str(screen.query_one("#results-grid-caption").content)
         screen.query_one("#grid-pin-axis", Select).value = "seed"
