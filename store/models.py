@@ -118,7 +118,9 @@ class Run(SQLModel, table=True):
     mask_mode: str = "off"
     mask_layers: str = ""
     mask_words: str = ""
-    mask_threshold: float | None = None  # None means Otsu
+    # NULL: Otsu's threshold when the mask is on (shown, grouped, filtered and exported as
+    # "otsu", see param_value), no threshold when it is off
+    mask_threshold: float | None = None
     mask_timing: str = "current"
 
     # lifecycle
@@ -258,6 +260,24 @@ class Worker(SQLModel, table=True):
     total_steps: int = 0
     its_per_s: float | None = None
     message: str = ""
+
+
+OTSU = "otsu"
+
+
+def otsu_value(mask_mode: str | None, threshold: float | None) -> float | str | None:
+    """A run's mask threshold as shown, grouped, filtered and exported: ``otsu`` for a masked run
+    whose threshold is NULL (Otsu's method), None for an unmasked run, else the number."""
+    if threshold is None and mask_mode not in (None, "", "off"):
+        return OTSU
+    return threshold
+
+
+def param_value(run, name: str):
+    """``getattr(run, name)``, except that an Otsu mask threshold reads ``otsu``."""
+    if name == "mask_threshold":
+        return otsu_value(getattr(run, "mask_mode", None), getattr(run, "mask_threshold", None))
+    return getattr(run, name)
 
 
 # Run columns a user can sort and filter on; the TUI and export read this list.

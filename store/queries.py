@@ -466,6 +466,9 @@ def _filter_conditions(f: RunFilter) -> list:
     for column, value in f.equals.items():
         if column not in RUN_SORT_COLUMNS:
             raise InputError(f"cannot filter on {column!r}")
+        if column == "mask_threshold":
+            clauses.append(_threshold_clause(value))
+            continue
         clauses.append(getattr(Run, column) == value)
     if f.tag:
         clauses.append(col(Run.tags).contains(f.tag, autoescape=True))
@@ -485,6 +488,20 @@ def _filter_conditions(f: RunFilter) -> list:
     if f.baseline is not None:
         clauses.append(Run.is_baseline == f.baseline)
     return clauses
+
+
+def _threshold_clause(value):
+    """``mask_threshold=otsu`` is a masked run whose threshold is NULL (Otsu's), never an
+    unmasked one; a number matches that threshold."""
+    from .models import OTSU
+
+    if isinstance(value, str) and value.strip().lower() == OTSU:
+        return and_(col(Run.mask_threshold).is_(None), Run.mask_mode != "off")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"filter: mask_threshold needs a number or otsu, not {value!r}") from None
+    return Run.mask_threshold == number
 
 
 def score_column(metric: str, backbone: str | None = None):

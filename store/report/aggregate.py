@@ -34,7 +34,7 @@ from typing import Any
 from sqlalchemy import case, func, literal, or_, select
 
 from store.db import Store
-from store.models import RUN_PARAM_COLUMNS, Concept, Experiment, Run, Score
+from store.models import RUN_PARAM_COLUMNS, Concept, Experiment, Run, Score, otsu_value
 
 TEXT_METRIC = "clip_t"
 IMAGE_METRICS = ("clip_i_ref", "clip_i_src")  # the first one present is the image-alignment axis
@@ -73,7 +73,6 @@ BASE_AXES = (
 CELL_PARTS = ("concept_id", "prompt_index", "seed")
 _CELL_PART_OF = {"concept_id": 0, "prompt_index": 1, "target_prompt": 1, "seed": 2}
 UNDEFINED = "\u2013"  # how an undefined std/SEM is shown
-OTSU = "otsu"  # mask_threshold of a masked run whose threshold is Otsu's (stored as NULL)
 CONFIDENCE = 0.95
 
 
@@ -89,14 +88,6 @@ def direction_text(metric: str) -> str:
         if lower_is_better(metric)
         else "similarity: higher = more similar"
     )
-
-
-def otsu_value(mask_mode: str | None, threshold: float | None) -> float | str | None:
-    """The mask threshold as shown, grouped and exported: ``otsu`` for a masked run whose
-    threshold is NULL (Otsu's method), None for an unmasked run."""
-    if threshold is None and mask_mode not in (None, "", "off"):
-        return OTSU
-    return threshold
 
 
 @dataclass(frozen=True)

@@ -189,6 +189,18 @@ def _run_column(store: Store, column):
     return column
 
 
+def _threshold_column(store: Store, table):
+    """mask_threshold with Otsu's (NULL on a masked run) written as ``otsu``, so it is never the
+    empty cell of an unmasked run."""
+    from store.models import OTSU
+
+    value = table.c.mask_threshold if store.is_sqlite else cast(table.c.mask_threshold, String)
+    return case(
+        (and_(table.c.mask_threshold.is_(None), table.c.mask_mode != "off"), literal(OTSU)),
+        else_=value,
+    ).label("mask_threshold")
+
+
 def runs_query(store: Store, experiment_id: int, scale: str = "raw"):
     """The runs of an experiment with one column per (metric, backbone); returns (query, header)."""
     from store.queries import InputError
@@ -211,7 +223,10 @@ def runs_query(store: Store, experiment_id: int, scale: str = "raw"):
         .group_by(Score.run_id)
         .subquery("p")
     )
-    cols = [_run_column(store, c) for c in table.columns]
+    cols = [
+        _threshold_column(store, table) if c.name == "mask_threshold" else _run_column(store, c)
+        for c in table.columns
+    ]
     score_cols = [
         scaled_sql(pivot.c[f"s{i}"], scale, metric=m).label(score_header(m, b))
         for i, (m, b) in enumerate(pairs)

@@ -29,7 +29,7 @@ from typing import Any
 from sqlalchemy import select
 
 from store.db import Store
-from store.models import Concept, Run
+from store.models import OTSU, Concept, Run
 
 from .aggregate import GROUPABLE, _fmt, iter_rows
 
@@ -231,6 +231,9 @@ def _axes(store: Store, runs: list[dict]) -> dict[str, Axis]:
             labels = {r["prompt_index"]: r["target_prompt"] for r in reversed(runs)}
         elif axis == "concept_id":
             labels = {v: names.get(v, _fmt(v)) for v in values}
+        elif axis == "mask_threshold":
+            # the axis applies to masked runs only, where NULL is Otsu's threshold
+            labels = {None: OTSU}
         out[axis] = Axis(axis, values, labels)
     return out
 

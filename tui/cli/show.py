@@ -158,8 +158,10 @@ def cmd_show(args, store) -> int:
     for metric, backbone, value in rows:
         print(f"{metric:12s} {value:.4f}  {backbone}")
     print("--- parameters")
+    from store.models import param_value
+
     for name in SHOWN:
-        print(f"{name:14s} {getattr(run, name)}")
+        print(f"{name:14s} {param_value(run, name)}")
     _print_session(store, run.session_id)
     if run.error:
         print("--- error")
