@@ -408,6 +408,10 @@ class LazyScorer:
     def __call__(self, images, texts, source, refs):
         return self._current().score(images, texts, source, refs)
 
+    def describe(self) -> dict:
+        """The scorer the current model's runs are scored with (engine.scoring.Scorer.describe)."""
+        return self._current().describe()
+
     def _current(self):
         # A load failure here (after a successful start check) reaches the worker, which keeps
         # the runs done with their images and records why they are not scored.

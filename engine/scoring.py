@@ -373,6 +373,31 @@ class Scorer:
             dreamsim=dreamsim,
         )
 
+    def describe(self) -> dict[str, Any]:
+        """Who scores, for the engine session every score row links to: device, the dtype of
+        the loaded backbones, each family's backbone (its weights are named in it: tag, hub
+        revision or sha256) and preprocessing."""
+        models = [self.clip, self.dino, getattr(self.dreamsim, "model", None)]
+        dtypes = []
+        for m in models:
+            try:
+                dtype = str(next(m.parameters()).dtype) if m is not None else None
+            except (AttributeError, StopIteration, TypeError):
+                dtype = None
+            if dtype and dtype not in dtypes:
+                dtypes.append(dtype)
+        preprocess = {
+            "clip": getattr(self, "clip_preprocess_text", ""),
+            "dino": DINO_PREPROCESS,
+            "dreamsim": getattr(self.dreamsim, "preprocess_text", ""),
+        }
+        return {
+            "device": str(self.device),
+            "dtype": ",".join(dtypes),
+            "backbones": dict(self.backbones),
+            "preprocess": {f: preprocess[f] for f in self.families},
+        }
+
     # ------------------------------------------------------------------ encoders (normalised)
     def _normalise(self, x):
         return self.torch.nn.functional.normalize(x.float(), dim=-1).cpu()

@@ -39,7 +39,7 @@ __all__ = [
     "db_url_from",
 ]
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 BUSY_TIMEOUT_MS = 30_000
 ENV_DB_URL = "MTP_DB_URL"
 HOME_ID_KEY = "home_id"
@@ -165,6 +165,15 @@ MIGRATIONS: dict[int, list[str | Only | AddColumn]] = {
         "DROP INDEX IF EXISTS ix_score_run_id",
         "CREATE INDEX IF NOT EXISTS ix_score_sort ON score (metric, backbone, value, run_id)",
     ],
+    4: [
+        # every score names the engine session that computed it (a rescoring engine records its
+        # own); older scores keep NULL: who computed them was not recorded
+        AddColumn("score", "session_id", "INTEGER REFERENCES enginesession (id)"),
+        AddColumn("enginesession", "role", "VARCHAR NOT NULL DEFAULT 'generate'"),
+        AddColumn("enginesession", "scorer_device", "VARCHAR NOT NULL DEFAULT ''"),
+        AddColumn("enginesession", "scorer_dtype", "VARCHAR NOT NULL DEFAULT ''"),
+        AddColumn("enginesession", "preprocess_json", "TEXT NOT NULL DEFAULT '{}'"),
+    ],
 }
 
 
@@ -277,6 +286,9 @@ class Store:
                                 continue
                             stmt = stmt.sql
                         elif isinstance(stmt, AddColumn):
+                            # a table an older version lacks is created whole below
+                            if stmt.table not in set(inspect(conn).get_table_names()):
+                                continue
                             if stmt.column in {
                                 c["name"] for c in inspect(conn).get_columns(stmt.table)
                             }:

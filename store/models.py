@@ -180,6 +180,10 @@ class Score(SQLModel, table=True):
     preprocess: str = ""
     scored_text: str | None = None  # the exact text for text-alignment metrics
     created_at: datetime = Field(default_factory=utcnow)
+    # The engine session that computed this value (library versions, device, dtype, scorer
+    # weights, preprocessing): the generating engine's, or a rescoring engine's own. NULL for
+    # scores written before scores were linked to sessions.
+    session_id: int | None = Field(default=None, foreign_key="enginesession.id")
 
 
 class EngineSession(SQLModel, table=True):
@@ -208,6 +212,17 @@ class EngineSession(SQLModel, table=True):
     mtp_version: str = ""  # package version, plus "+git <commit>" when run from a checkout
     versions_json: str = Field(default="{}", sa_column=Column(Text, nullable=False, default="{}"))
     scorers_json: str = Field(default="{}", sa_column=Column(Text, nullable=False, default="{}"))
+    # "generate" (an engine that generates, and scores what it generated) or "score" (an engine
+    # rescoring existing images: `mtp score`); what the scorers ran on, and how each family
+    # preprocessed its input (scorers_json names each family's backbone and weights).
+    role: str = "generate"
+    scorer_device: str = ""
+    scorer_dtype: str = ""
+    preprocess_json: str = Field(default="{}", sa_column=Column(Text, nullable=False, default="{}"))
+
+    @property
+    def preprocess(self) -> dict[str, str]:
+        return json.loads(self.preprocess_json or "{}")
 
     @property
     def versions(self) -> dict[str, str]:

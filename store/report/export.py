@@ -201,6 +201,19 @@ def _threshold_column(store: Store, table):
     ).label("mask_threshold")
 
 
+# Per metric/backbone column names (``<name>:<metric>@<backbone>``) of the scoring session.
+_SCORER_NAMES = {
+    "role": "score_session_role",
+    "scorer_device": "score_device",
+    "scorer_dtype": "score_dtype",
+    "torch_version": "score_torch",
+    "open_clip_version": "score_open_clip",
+    "transformers_version": "score_transformers",
+    "mtp_version": "score_mtp",
+    "scorers_json": "score_weights",
+}
+
+
 def runs_query(store: Store, experiment_id: int, scale: str = "raw"):
     """The runs of an experiment with one column per (metric, backbone); returns (query, header)."""
     from store.queries import InputError
@@ -217,8 +230,16 @@ def runs_query(store: Store, experiment_id: int, scale: str = "raw"):
         for i, (m, b) in enumerate(pairs)
     ]
     text = func.max(case((Score.metric == "clip_t", Score.scored_text))).label("scored_text")
+    # Who computed each value: its engine session and its preprocessing, per metric/backbone.
+    who_cols = []
+    for i, (m, b) in enumerate(pairs):
+        this = and_(Score.metric == m, Score.backbone == b)
+        who_cols += [
+            func.max(case((this, Score.session_id))).label(f"w{i}"),
+            func.max(case((this, Score.preprocess))).label(f"p{i}"),
+        ]
     pivot = (
-        select(Score.run_id, *pivot_cols, text)
+        select(Score.run_id, *pivot_cols, text, *who_cols)
         .where(Score.run_id.in_(ids))
         .group_by(Score.run_id)
         .subquery("p")
@@ -232,7 +253,7 @@ def runs_query(store: Store, experiment_id: int, scale: str = "raw"):
         for i, (m, b) in enumerate(pairs)
     ]
     # issue 10: what generated each run (library versions, model identity, dtype, device).
-    from store.scoring import SESSION_EXPORT_COLUMNS
+    from store.scoring import SCORER_EXPORT_COLUMNS, SESSION_EXPORT_COLUMNS
 
     sess = EngineSession.__table__
     # The model name and paths come from users: neutralised like every other text cell.
@@ -242,15 +263,27 @@ def runs_query(store: Store, experiment_id: int, scale: str = "raw"):
         else sess.c[name].label(f"session_{name}")
         for name in SESSION_EXPORT_COLUMNS
     ]
+    joined = table.outerjoin(pivot, pivot.c.run_id == table.c.id).outerjoin(
+        sess, sess.c.id == table.c.session_id
+    )
+    scorer_cols = []
+    for i, (m, b) in enumerate(pairs):
+        who = sess.alias(f"w{i}")
+        joined = joined.outerjoin(who, who.c.id == pivot.c[f"w{i}"])
+        hdr = score_header(m, b)
+        scorer_cols.append(pivot.c[f"w{i}"].label(f"score_session_id:{hdr}"))
+        for name in SCORER_EXPORT_COLUMNS:
+            scorer_cols.append(_neutralised_sql(who.c[name], f"{_SCORER_NAMES[name]}:{hdr}"))
+        scorer_cols.append(_neutralised_sql(pivot.c[f"p{i}"], f"score_preprocess:{hdr}"))
     q = (
         select(
-            *cols, *score_cols, _neutralised_sql(pivot.c.scored_text, "scored_text"), *session_cols
+            *cols,
+            *score_cols,
+            _neutralised_sql(pivot.c.scored_text, "scored_text"),
+            *session_cols,
+            *scorer_cols,
         )
-        .select_from(
-            table.outerjoin(pivot, pivot.c.run_id == table.c.id).outerjoin(
-                sess, sess.c.id == table.c.session_id
-            )
-        )
+        .select_from(joined)
         .where(table.c.experiment_id == experiment_id)
         .order_by(table.c.id)
     )
@@ -259,6 +292,7 @@ def runs_query(store: Store, experiment_id: int, scale: str = "raw"):
         + [score_header(m, b) for m, b in pairs]
         + ["scored_text"]
         + [f"session_{name}" for name in SESSION_EXPORT_COLUMNS]
+        + [c.name for c in scorer_cols]
     )
     return q, header
 
