@@ -335,6 +335,33 @@ class Aggregate(list):
             f"95% interval = mean +- t(0.975, n-1) * SEM (Student's t)"
         )
 
+    def brief(self) -> list[str]:
+        """``describe`` in short, for a screen line: unit, cells, paired column, scale."""
+        cells = cell_name(self.by)
+        unit = (
+            f"unit: concepts (each the mean of its {cells} cells); SEM over concepts"
+            if self.unit == "concepts"
+            else f"unit: {cells} cells (other settings averaged first); SEM over cells"
+        )
+        if self.cells == "all":
+            kept = "all runs; short rows flagged"
+        elif self.dropped:
+            kept = "; ".join(f"{m}: {why}" for m, why in self.dropped.items())
+        else:
+            kept = "no cell dropped"
+        lines = [unit, kept]
+        if self.reference:
+            lines.append(f"Δ vs {self.reference}: paired, 95% t interval")
+        lines.append(
+            f"scale {self.scale}" + (f" on {TEXT_METRIC}" if self.scale == "clipscore" else "")
+        )
+        if any(lower_is_better(m) for m in self.metrics):
+            lines.append("dreamsim: distance, lower = closer")
+        img = self.image_metric
+        if img:
+            lines.append(f"image = {img}")
+        return lines
+
     def describe(self) -> list[str]:
         """Lines stating unit, completeness, paired column, scale and references."""
         lines = [f"unit: {self.unit_text}", self.cells_text, self.paired_text]

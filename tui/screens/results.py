@@ -447,8 +447,9 @@ class ResultsScreen(StoreScreen):
             table.add_row(*cells)
 
     def _show_unit(self) -> None:
-        describe = getattr(self.rows, "describe", None)
-        lines = describe() if describe and self.rows else []
+        # The short form: the full definitions are in the summary CSV and README "Statistics".
+        brief = getattr(self.rows, "brief", None)
+        lines = brief() if brief and self.rows else []
         flagged = sum(1 for r in self.rows if r.incomplete)
         if flagged:
             lines.append(
