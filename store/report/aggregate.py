@@ -800,7 +800,7 @@ def aggregate(
         if cells == "common" and len(every) > len(shared):
             culprits = []
             for key in row_keys:
-                lost = {reduced(c) for c in planned.get(key, {})} - per_row[key]
+                lost = every - per_row[key]
                 if lost:
                     culprits.append(f"{_key_label(by, key)} ({len(lost)})")
             dropped[metric] = (
@@ -843,8 +843,9 @@ def aggregate(
                 chosen = {reduced(c): (c[0], h[1] / h[0], int(h[0])) for c, h in have.items()}
                 if metric in lacks:
                     missing[metric] = [lacks[metric]]
-            if unit == "concepts":
+            if unit == "concepts" and cells == "all":
                 # a metric some concept lacks: the row is not the mean over the table's concepts
+                # (with common cells every row has the same concepts, and the drop is reported)
                 present = {x[0] for x in chosen.values()}
                 absent = sorted(concepts[c] for c in concepts if c not in present)
                 if absent:

@@ -729,3 +729,21 @@ def test_dreamsim_is_a_distance_everywhere(store, tmp_path):
     assert "1-cos" in line["dreamsim_ref_scale"] and "cos)" not in line["dreamsim_ref_scale"]
     assert line["dreamsim_ref_direction"] == "distance: lower = more similar"
     assert line["clip_t_direction"] == "similarity: higher = more similar"
+
+
+def test_concept_unit_over_common_cells(store):
+    """final_step 20 was reached by concept A only: by default every row is compared over A's
+    cells (B's dropped everywhere, and said), so the rows stay comparable and unflagged."""
+    rows = aggregate(store, unbalanced(store), "final_step")
+    base, r10, r20 = rows
+    assert rows.dropped["clip_t"] == "2 of 4 cells dropped, incomplete in final_step=20 (2)"
+    # clip_t over A only: baseline (0.40 + 0.36) / 2, final 10 (0.30 + 0.34) / 2, final 20
+    # (0.20 + 0.24) / 2; one concept each: n = 1, SEM undefined
+    assert base.metrics["clip_t"].mean == pytest.approx(0.38)
+    assert r10.metrics["clip_t"].mean == pytest.approx(0.32)
+    assert r20.metrics["clip_t"].mean == pytest.approx(0.22)
+    assert r10.metrics["clip_t"].n == r10.n_concepts == 1
+    assert math.isnan(r10.metrics["clip_t"].sem)
+    assert not r10.missing.get("clip_t") and not r20.missing.get("clip_t")
+    # the paired difference over A: (0.30 - 0.40 + 0.34 - 0.36) / 2
+    assert r10.paired["clip_t"].mean == pytest.approx(-0.06) and r10.paired["clip_t"].n == 1

@@ -310,6 +310,8 @@ def test_cli_summary_states_unit_and_warns_of_gaps(store, home, tmp_path, monkey
                 "final_step",
                 "--scale",
                 "clipscore",
+                "--cells",
+                "all",
                 "--csv",
                 "s.csv",
             ]
@@ -320,3 +322,12 @@ def test_cli_summary_states_unit_and_warns_of_gaps(store, home, tmp_path, monkey
     assert out.out.strip().endswith("s.csv")  # stdout stays the path
     assert "SEM over concepts" in out.err and "clipscore (2.5*max(cos,0)) on clip_t" in out.err
     assert "warning: 20: missing" in out.err and "unbalanced-concept1" in out.err
+    # by default the rows are compared over common cells, and the drop is said
+    h = ["--home", str(home.root), "export", "summary", str(exp_id), "--by", "final_step"]
+    assert main(h + ["--csv", "d.csv"]) == 0
+    err = capsys.readouterr().err
+    assert "clip_t: 2 of 4 cells dropped, incomplete in final_step=20 (2)" in err
+    assert main(h + ["--csv", "v.csv", "--versus", "20"]) == 0
+    assert "paired: difference to 20" in capsys.readouterr().err
+    assert main(h + ["--csv", "x.csv", "--versus", "99"]) == 2
+    assert "no value '99'" in capsys.readouterr().err

@@ -57,7 +57,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--png", help="output file")
     p.add_argument("--scale", choices=SCALES, default="raw")
     p.add_argument("--text", action="store_true", help="also print the plot in the terminal")
-    cells_and_versus(p)
+    cells_and_versus(p, versus=False)
     p.set_defaults(func=cmd_plot)
 
     p = export.add_parser(
@@ -88,7 +88,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_grid)
 
 
-def cells_and_versus(p: argparse.ArgumentParser) -> None:
+def cells_and_versus(p: argparse.ArgumentParser, versus: bool = True) -> None:
     p.add_argument(
         "--cells",
         choices=CELL_MODES,
@@ -96,6 +96,8 @@ def cells_and_versus(p: argparse.ArgumentParser) -> None:
         help="common: compare rows over the (prompt, seed) cells complete in every row (default; "
         "dropped cells are reported); all: every scored run, rows lacking planned runs flagged",
     )
+    if not versus:
+        return
     p.add_argument(
         "--versus",
         metavar="VALUE",
