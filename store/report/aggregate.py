@@ -31,7 +31,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import case, func, literal, or_, select
+from sqlalchemy import case, func, literal, literal_column, or_, select
 
 from store.db import Store
 from store.models import RUN_PARAM_COLUMNS, Concept, Experiment, Run, Score, otsu_value
@@ -659,6 +659,19 @@ def _value_of(by: str, value: Any, mask_mode: Any) -> Any:
     return otsu_value(mask_mode, value) if by == "mask_threshold" else value
 
 
+def _reducer(by: str):
+    """(concept, prompt, seed) -> the cell without the part a row grouped by ``by`` fixes, so
+    rows are matched on the rest (grouping by seed matches rows on (concept, prompt))."""
+    part = _CELL_PART_OF.get(by)
+    if part == 0:
+        return lambda concept, prompt, seed: (prompt, seed)
+    if part == 1:
+        return lambda concept, prompt, seed: (concept, seed)
+    if part == 2:
+        return lambda concept, prompt, seed: (concept, prompt)
+    return lambda concept, prompt, seed: (concept, prompt, seed)
+
+
 def _planned(store: Store, experiment_id: int, by: str, split: bool):
     """Planned runs per (row key, cell) from the experiment's expansion, and its first grid
     index; None when the spec cannot reproduce the stored runs (an old or hand-made experiment:
@@ -676,12 +689,13 @@ def _planned(store: Store, experiment_id: int, by: str, split: bool):
         return None
     if len(plan) != exp.run_count:
         return None
+    reduce = _reducer(by)
     out: dict[tuple, dict[tuple, list[int]]] = defaultdict(dict)
     for row in plan:
         value = row.get("prompt_index") if by == "prompt_index" else row.get(by)
         value = _value_of(by, value, row.get("mask_mode"))
         key = _row_key(bool(row["is_baseline"]), value, split)
-        cell = (row.get("concept_id"), row.get("prompt_index"), row.get("seed"))
+        cell = reduce(row.get("concept_id"), row.get("prompt_index"), row.get("seed"))
         acc = out[key].setdefault(cell, [0, row["grid_index"]])
         acc[0] += 1
         acc[1] = min(acc[1], row["grid_index"])
@@ -711,12 +725,19 @@ def aggregate(
     check_cells(cells)
     param = Run.prompt_index if by == "prompt_index" else getattr(Run, by)
     split = by in BASE_AXES
-    keys = [Run.is_baseline, param, Run.mask_mode, Run.concept_id, Run.prompt_index, Run.seed]
+    # The mask mode tells an Otsu threshold (NULL) from an unmasked run's; other axes need not it.
+    mode_col = Run.mask_mode if by == "mask_threshold" else literal_column("''")
+    keys = [Run.is_baseline, param, Run.concept_id, Run.prompt_index, Run.seed]
+    if by == "mask_threshold":
+        keys.insert(2, Run.mask_mode)
+    reduce = _reducer(by)
     v = scaled_sql(Score.value, scale, metric=Score.metric)
     # Sums per (row value, cell, metric, backbone) in SQL: one row per cell and metric comes
     # back instead of one per score (Python-side loops over scores took 4x longer on 100k runs).
     q = (
-        select(*keys, Score.metric, Score.backbone, func.count(), func.sum(v))
+        select(
+            *keys[:2], mode_col, *keys[-3:], Score.metric, Score.backbone, func.count(), func.sum(v)
+        )
         .join(Score, Score.run_id == Run.id)
         .where(Run.experiment_id == experiment_id)
         .group_by(*keys, Score.metric, Score.backbone)
@@ -730,7 +751,7 @@ def aggregate(
         return Aggregate(by=by, unit_text=unit_for(by, 0)[1], scale=scale, cells=cells)
     # The runs that exist (any status): the plan when the spec cannot give one.
     rq = (
-        select(*keys, func.count(), func.min(Run.grid_index))
+        select(*keys[:2], mode_col, *keys[-3:], func.count(), func.min(Run.grid_index))
         .where(Run.experiment_id == experiment_id)
         .group_by(*keys)
     )
@@ -739,7 +760,7 @@ def aggregate(
         row for chunk in iter_rows(store, rq) for row in chunk
     ):
         key = _row_key(bool(is_base), _value_of(by, value, mode), split)
-        acc = stored[key].setdefault((concept, prompt, seed), [0, first])
+        acc = stored[key].setdefault(reduce(concept, prompt, seed), [0, first])
         acc[0] += n
         acc[1] = min(acc[1], first)
     plan = _planned(store, experiment_id, by, split)
@@ -752,27 +773,21 @@ def aggregate(
     plan_text = "the experiment's planned grid" if plan is not None else "the runs stored"
     planned = plan if plan is not None else stored
 
-    # key -> metric -> cell -> [n scored, sum]
-    sums: dict[tuple, dict[str, dict[tuple, list[float]]]] = defaultdict(lambda: defaultdict(dict))
+    # key -> metric -> cell (as matched across rows) -> [n scored, sum, concept]
+    sums: dict[tuple, dict[str, dict[tuple, list]]] = defaultdict(lambda: defaultdict(dict))
     for is_base, value, mode, concept, prompt, seed, metric, used, n, s1 in groups:
         if used != backbones[metric]:
             continue
         key = _row_key(bool(is_base), _value_of(by, value, mode), split)
-        acc = sums[key][metric].setdefault((concept, prompt, seed), [0, 0.0])
+        acc = sums[key][metric].setdefault(reduce(concept, prompt, seed), [0, 0.0, concept])
         acc[0] += n
         acc[1] += s1
 
     concepts = _concept_names(
-        store, {c[0] for per in sums.values() for cs in per.values() for c in cs}
+        store, {c[2] for per in sums.values() for cs in per.values() for c in cs.values()}
     )
     unit, unit_text = unit_for(by, len(concepts))
     all_metrics = sorted({m for per in sums.values() for m in per}, key=_metric_key)
-    part = _CELL_PART_OF.get(by)
-
-    def reduced(cell: tuple) -> tuple:
-        # the cell without the part the row fixes, so rows are matched on the rest
-        return tuple(x for i, x in enumerate(cell) if i != part)
-
     order = {key: min(first for _n, first in per.values()) for key, per in planned.items() if per}
     row_keys = sorted(
         set(sums) | {k for k in planned if k in sums},
@@ -780,23 +795,21 @@ def aggregate(
     )
     # Per metric: which cells each row has complete (every planned run scored), and the cells
     # all rows with any complete cell share.
-    complete: dict[str, dict[tuple, set]] = {}
     common: dict[str, set] = {}
     dropped: dict[str, str] = {}
+    every = {c for key in row_keys for c in planned.get(key, {})}
     for metric in all_metrics:
         per_row = {}
         for key in row_keys:
             have = sums[key].get(metric, {})
             per_row[key] = {
-                reduced(cell)
+                cell
                 for cell, (n_plan, _f) in planned.get(key, {}).items()
                 if cell in have and have[cell][0] >= n_plan
             }
-        complete[metric] = per_row
         nonempty = [s for s in per_row.values() if s]
         shared = set.intersection(*nonempty) if nonempty else set()
         common[metric] = shared
-        every = {reduced(c) for key in row_keys for c in planned.get(key, {})}
         if cells == "common" and len(every) > len(shared):
             culprits = []
             for key in row_keys:
@@ -827,20 +840,20 @@ def aggregate(
         lacks: dict[str, str] = {}
         for metric in all_metrics:
             have = sums[key].get(metric, {})
-            n_plan = sum(n for n, _f in planned.get(key, {}).values())
-            n_have = sum(min(h[0], planned.get(key, {}).get(c, [h[0]])[0]) for c, h in have.items())
+            plan_row = planned.get(key, {})
+            n_plan = sum(n for n, _f in plan_row.values())
+            n_have = sum(
+                min(h[0], plan_row[c][0]) if c in plan_row else h[0] for c, h in have.items()
+            )
             if n_have < n_plan:
                 lacks[metric] = f"{n_have} of {n_plan} planned runs"
             if cells == "common":
-                chosen = {
-                    reduced(c): (c[0], h[1] / h[0], int(h[0]))
-                    for c, h in have.items()
-                    if reduced(c) in common[metric]
-                }
+                shared = common[metric]
+                chosen = {c: (h[2], h[1] / h[0], h[0]) for c, h in have.items() if c in shared}
                 if not chosen and have:
                     missing[metric] = ["no cell complete in every row"]
             else:
-                chosen = {reduced(c): (c[0], h[1] / h[0], int(h[0])) for c, h in have.items()}
+                chosen = {c: (h[2], h[1] / h[0], h[0]) for c, h in have.items()}
                 if metric in lacks:
                     missing[metric] = [lacks[metric]]
             if unit == "concepts" and cells == "all":

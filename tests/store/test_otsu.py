@@ -104,3 +104,16 @@ def test_grid_labels_otsu(store):
     exp_id, _ = masked_sweep(store)
     plan = plan_grid(store, exp_id, "mask_threshold", pins={"mask_mode": "auto"})
     assert [plan.y.label(k) for k in plan.y.values] == ["0.2", "otsu"]
+
+
+def test_run_detail_shows_otsu(store):
+    from rich.console import Console
+
+    from tui.screens.run_detail import params_table
+
+    _exp_id, runs = masked_sweep(store)
+    run = next(r for r in runs if r.mask_mode != "off" and r.mask_threshold is None)
+    console = Console(width=100, record=True)
+    console.print(params_table(run, {}))
+    line = next(x for x in console.export_text().splitlines() if "mask_threshold" in x)
+    assert line.split() == ["mask_threshold", "otsu"]
