@@ -350,6 +350,9 @@ class Aggregate(list):
         else:
             kept = "no cell dropped"
         lines = [unit, kept]
+        texts = list(dict.fromkeys(r.n_text for r in self if not r.is_baseline))
+        if len(texts) == 1:
+            lines.append(texts[0])  # e.g. "n = 12 (prompt, seed) cells, each the mean of 4 runs"
         if self.reference:
             lines.append(f"Δ vs {self.reference}: paired, 95% t interval")
         lines.append(

@@ -83,6 +83,7 @@ async def test_results_state_unit_and_grid_pins(store):
         unit = str(screen.query_one("#results-unit").content)
         # formerly "n = runs": the unit is the (prompt, seed) cell, and the table says so
         assert "(prompt, seed) cells" in unit and "SEM over cells" in unit and "scale raw" in unit
+        assert "n = 6 (prompt, seed) cells, each the mean of 8 runs" in unit
         heads = [str(c.label) for c in screen.query_one("DataTable").columns.values()]
         assert "n cells" in heads and "runs/cell" in heads
         assert any("vs baseline [95% CI]" in h for h in heads)
