@@ -145,16 +145,31 @@ async def test_export_dialog_takes_the_grid_choices_of_results(store, tmp_path):
         await wait_for(
             pilot, lambda: results.grid_layout.pins.get("seed") == "1", timeout=20, what="pin"
         )
+        # the table's choices travel too: every run, paired against a chosen value
+        results.query_one("#cells", Select).value = "all"
+        await wait_for(pilot, lambda: results.rows.cells == "all", timeout=20, what="all runs")
+        value = next(r.label for r in results.rows if not r.is_baseline)
+        results.query_one("#versus", Select).value = value
+        await wait_for(pilot, lambda: results.rows.reference == value, timeout=20, what="versus")
         await pilot.press("x")
         await wait_for(pilot, lambda: isinstance(app.screen, ExportScreen))
         screen = app.screen
         assert screen.grid_options["pins"]["seed"] == "1"
         assert "seed=1" in str(screen.query_one("#export-grid-note").content)
         screen.query_one("#export-folder").value = str(out)
-        for kind in ("runs", "summary", "plot"):
+        for kind in ("runs", "plot"):
             screen.query_one(f"#kind-{kind}").value = False
         await pilot.press("ctrl+s")
-        await wait_for(pilot, lambda: len(screen.results) == 1, timeout=30, what="grid export")
-    ((kind, path, ok),) = screen.results
-    assert kind == "grid" and ok, path
+        await wait_for(pilot, lambda: len(screen.results) == 2, timeout=30, what="exports")
+    done = {kind: (path, ok) for kind, path, ok in screen.results}
+    path, ok = done["grid"]
+    assert ok, path
     assert (out / path.split("/")[-1]).is_file()
+    import csv
+
+    path, ok = done["summary"]
+    assert ok, path
+    with open(out / path.split("/")[-1], newline="") as fh:
+        lines = list(csv.DictReader(fh))
+    assert {line["cells"] for line in lines} == {"all"}
+    assert {line["paired_against"] for line in lines} >= {value}
