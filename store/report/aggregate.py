@@ -37,7 +37,8 @@ from store.db import Store
 from store.models import RUN_PARAM_COLUMNS, Concept, Experiment, Run, Score, otsu_value
 
 TEXT_METRIC = "clip_t"
-IMAGE_METRICS = ("clip_i_ref", "clip_i_src")  # the first one present is the image-alignment axis
+# The first one present is the image-alignment axis (a DreamSim distance counts lower as better).
+IMAGE_METRICS = ("clip_i_ref", "clip_i_src", "dino_ref", "dino_src", "dreamsim_ref", "dreamsim_src")
 SCALES = ("raw", "100", "clipscore")
 CELL_MODES = ("common", "all")
 METRIC_ORDER = (

@@ -747,3 +747,17 @@ def test_concept_unit_over_common_cells(store):
     assert not r10.missing.get("clip_t") and not r20.missing.get("clip_t")
     # the paired difference over A: (0.30 - 0.40 + 0.34 - 0.36) / 2
     assert r10.paired["clip_t"].mean == pytest.approx(-0.06) and r10.paired["clip_t"].n == 1
+
+
+def test_a_dreamsim_only_image_axis_ranks_lower_as_better(store):
+    exp_id, _ = make_experiment(store, "ds-only")
+    # equal CLIP-T; DreamSim 0.2 (closer) at final 10 beats 0.4 at final 20
+    add_runs(
+        store,
+        exp_id,
+        [dict(final_step=10), dict(final_step=20)],
+        [{"clip_t": 0.3, "dreamsim_ref": 0.2}, {"clip_t": 0.3, "dreamsim_ref": 0.4}],
+    )
+    rows = aggregate(store, exp_id, "final_step")
+    assert rows.image_metric == "dreamsim_ref"
+    assert [r.value for r in rows if r.pareto] == [10]
