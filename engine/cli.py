@@ -430,6 +430,10 @@ class LazyScorer:
     def set_scores(self, images):
         return self._current().set_scores(images)
 
+    def describe(self) -> dict:
+        """The scorer the current model's runs are scored with (engine.scoring.Scorer.describe)."""
+        return self._current().describe()
+
     def _current(self):
         # A load failure here (after a successful start check) reaches the worker, which keeps
         # the runs done with their images and records why they are not scored.

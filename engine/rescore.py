@@ -49,6 +49,7 @@ class Rescorer:
         self.on_progress = on_progress or (lambda message: None)
         self.stale_after_s = stale_after_s
         self.stats = {"requests": 0, "scored": 0, "failed": 0}
+        self._sessions: dict[int, int | None] = {}  # id(scorer) -> its EngineSession row
 
     def run_one(self) -> bool:
         """Claim and work one request; False when there was none."""
@@ -93,6 +94,9 @@ class Rescorer:
                 return
             chunk = todo[start : start + BATCH]
             results = self._score_chunk(scorer, families, chunk, refs_cache)
+            session_id = self._session_id(scorer)
+            for r in results:
+                r["session_id"] = session_id
             save_scores(self.store, results)
             bad = sum(1 for r in results if r.get("score_error"))
             scored, failed = scored + len(results) - bad, failed + bad
@@ -104,6 +108,44 @@ class Rescorer:
         self.stats["failed"] += failed
         finish_request(self.store, req.id, None)
         log.info("score request %d done: %d scored, %d not scorable", req.id, scored, failed)
+
+    def _session_id(self, scorer) -> int | None:
+        """This engine's own session record for ``scorer`` (written once per scorer): the
+        rescored values were computed here, not by the engine that generated the images."""
+        key = id(scorer)
+        if key in self._sessions:
+            return self._sessions[key]
+        import os
+        import socket
+
+        from store.scoring import record_engine_session
+
+        from .provenance import library_versions
+        from .worker import scorer_description
+
+        info = scorer_description(scorer)
+        try:
+            sid = record_engine_session(
+                self.store,
+                worker_id=self.worker_id,
+                host=socket.gethostname(),
+                pid=os.getpid(),
+                backend="score",
+                role="score",
+                device=info.get("device", ""),
+                dtype=info.get("dtype", ""),
+                scorer_device=info.get("device", ""),
+                scorer_dtype=info.get("dtype", ""),
+                versions=library_versions(),
+                scorers=info.get("backbones") or dict(getattr(scorer, "backbones", {}) or {}),
+                preprocess=info.get("preprocess", {}),
+            )
+        except Exception:
+            # The record is worth less than the scores: go on without it, try again next batch.
+            log.warning("could not record the scoring session:\n%s", traceback.format_exc())
+            return None
+        self._sessions[key] = sid
+        return sid
 
     # ------------------------------------------------------------------ one batch
     def _score_chunk(self, scorer, families, runs: list[Run], refs_cache) -> list[dict]:

@@ -33,14 +33,28 @@ DINO_PREPROCESS = "resize 256 bicubic, center-crop 224, imagenet mean/std, CLS t
 BATCH = 32
 
 
-def _token_pattern(token: str) -> str:
-    """``token`` as a whole token: a side that is a word character must not touch another one.
+# CLIP's tokenizer lowercases the text and splits letters from punctuation, so "SKS", "sks-dog"
+# and "sks_dog" all contain the token "sks"; a word is a run of letters and digits ("_" is not
+# part of a word for it, unlike Python's \w).
+_ALNUM = r"[^\W_]"
+_HEAD = rf"(?<!{_ALNUM})"
+_TAIL = rf"(?!{_ALNUM})"
+_JOINER = r"\s*[-_]\s*"
 
-    ``\\b`` cannot be used: tokens such as ``<new1>`` start and end with non-word characters,
-    where ``\\b`` would demand a word character next to them."""
-    head = r"(?<!\w)" if re.match(r"\w", token[0]) else ""
-    tail = r"(?!\w)" if re.match(r"\w", token[-1]) else ""
-    return head + re.escape(token) + tail
+
+def _is_alnum(ch: str) -> bool:
+    return bool(re.match(_ALNUM, ch))
+
+
+def _token_pattern(token: str) -> str:
+    """``token`` as a whole token, in any case: a side that is a letter or digit must not touch
+    another one ("tasks", "sksdog" and "sks1" are other words; "sks-dog" and "sks_dog" are not).
+
+    ``\b`` cannot be used: tokens such as ``<new1>`` start and end with non-word characters,
+    where ``\b`` would demand a word character next to them."""
+    head = _HEAD if _is_alnum(token[0]) else ""
+    tail = _TAIL if _is_alnum(token[-1]) else ""
+    return "(?i:" + head + re.escape(token) + tail + ")"
 
 
 def _class_forms(class_word: str) -> str:
@@ -53,29 +67,36 @@ def _class_forms(class_word: str) -> str:
             r"\s+".join([*map(re.escape, words[:-1]), re.escape(words[-1][:-1]) + "ies"])
             + r"(?:['\u2019])?"
         )
-    return "(?i:" + "|".join(forms) + r")(?!\w)"
+    return "(?i:" + "|".join(forms) + ")" + _TAIL
 
 
 def scored_text(prompt: str, token: str, class_word: str) -> str:
     """The prompt CLIP-T scores: the modifier token replaced by the class word, or dropped.
 
-    The token is replaced only where it stands as a whole token, matched with its case as
-    written ("a sks dog doing tasks" keeps "tasks", "who asks" is left alone). A token already
-    followed by its class word is dropped so the class word stays once and keeps its form:
-    "<new1> dogs" -> "dogs", "sks dog's" -> "dog's" (the class word matched in any case).
+    The token is matched as CLIP's tokenizer sees it: in any case ("SKS", "<NEW1>"), as a whole
+    token, also when joined to a neighbour by "-" or "_" ("sks-dog", "sks_dog"); words that only
+    contain it ("tasks", "asks", "sksdog") are left alone. Repeats collapse ("<new1> <new1>",
+    "sks sks" are one token). A token next to its class word, before it or joined after it, is
+    dropped so the class word stays once and keeps its form and case: "<new1> dogs" -> "dogs",
+    "sks dog's" -> "dog's", "a sks-dog" -> "a dog", "a dog-sks" -> "a dog".
     """
     text = prompt or ""
     token = (token or "").strip()
     if token:
         replacement = " ".join((class_word or "").split())
         tok = _token_pattern(token)
+        # "<new1>dog" is two tokens to CLIP's tokenizer too, so no space is needed there.
+        space = r"\s+" if _is_alnum(token[-1]) else r"\s*"
+        gap = rf"(?:{_JOINER}|{space})"
+        text = re.sub(rf"{tok}(?:{gap}{tok})+", lambda _m: token, text)
         if replacement:
-            # "<new1>dog" is two tokens to CLIP's tokenizer too, so no space is needed there.
-            gap = r"\s+" if re.match(r"\w", token[-1]) else r"\s*"
-            text = re.sub(tok + gap + r"(?=" + _class_forms(replacement) + ")", "", text)
+            forms = _class_forms(replacement)
+            text = re.sub(tok + gap + "(?=" + forms + ")", "", text)
+            text = re.sub(rf"({_HEAD}{forms}){_JOINER}{tok}", lambda m: m.group(1), text)
             text = re.sub(tok, lambda _m: replacement, text)
         else:
-            text = re.sub(tok, "", text)
+            text = re.sub(rf"{tok}(?:{_JOINER})?", "", text)
+            text = re.sub(rf"{_JOINER}{tok}", "", text)
     return " ".join(text.split())
 
 
@@ -310,6 +331,31 @@ class Scorer:
             dino_model=str(ensure_tiny_dino(home.models)) if "dino" in families else None,
             dreamsim=dreamsim,
         )
+
+    def describe(self) -> dict[str, Any]:
+        """Who scores, for the engine session every score row links to: device, the dtype of
+        the loaded backbones, each family's backbone (its weights are named in it: tag, hub
+        revision or sha256) and preprocessing."""
+        models = [self.clip, self.dino, getattr(self.dreamsim, "model", None)]
+        dtypes = []
+        for m in models:
+            try:
+                dtype = str(next(m.parameters()).dtype) if m is not None else None
+            except (AttributeError, StopIteration, TypeError):
+                dtype = None
+            if dtype and dtype not in dtypes:
+                dtypes.append(dtype)
+        preprocess = {
+            "clip": getattr(self, "clip_preprocess_text", ""),
+            "dino": DINO_PREPROCESS,
+            "dreamsim": getattr(self.dreamsim, "preprocess_text", ""),
+        }
+        return {
+            "device": str(self.device),
+            "dtype": ",".join(dtypes),
+            "backbones": dict(self.backbones),
+            "preprocess": {f: preprocess[f] for f in self.families},
+        }
 
     # ------------------------------------------------------------------ encoders (normalised)
     def _normalise(self, x):

@@ -904,13 +904,18 @@ class Worker:
                 identity = getattr(self.backend, "identity", None)
                 fields = dict(identity() if identity else {"model": self.loaded.model})
                 fields.setdefault("device", self.config.device)
+                scorer = scorer_description(self.score)
                 sid = record_engine_session(
                     self.store,
                     worker_id=self.worker_id,
                     host=socket.gethostname(),
                     pid=os.getpid(),
                     versions=library_versions(),
-                    scorers=self.scorers,
+                    scorers=scorer.get("backbones") or self.scorers,
+                    role="generate",
+                    scorer_device=scorer.get("device", ""),
+                    scorer_dtype=scorer.get("dtype", ""),
+                    preprocess=scorer.get("preprocess", {}),
                     **fields,
                 )
             except Exception:
@@ -990,3 +995,16 @@ class Worker:
         self.claimed = [i for i in self.claimed if i not in run_ids]
         self.stats["cancelled"] += len(run_ids)
         log.info("run(s) %s cancelled", run_ids)
+
+
+def scorer_description(score) -> dict:
+    """``score.describe()`` (engine.scoring.Scorer) when the scorer has one, else {}: a scorer
+    that cannot load now is reported on its runs, not here."""
+    describe = getattr(score, "describe", None)
+    if describe is None:
+        return {}
+    try:
+        return dict(describe() or {})
+    except Exception as exc:
+        log.warning("could not describe the scorer: %s", exc)
+        return {}

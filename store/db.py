@@ -43,7 +43,7 @@ __all__ = [
     "describe_db_error",
 ]
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 BUSY_TIMEOUT_MS = 30_000
 ENV_DB_URL = "MTP_DB_URL"
 HOME_ID_KEY = "home_id"
@@ -174,6 +174,15 @@ MIGRATIONS: dict[int, list[str | Only | AddColumn]] = {
         AddColumn("run", "method", "VARCHAR NOT NULL DEFAULT 'masactrl'"),
         AddColumn("run", "method_params", "TEXT NOT NULL DEFAULT ''"),
         "CREATE INDEX IF NOT EXISTS ix_run_method ON run (method)",
+    ],
+    5: [
+        # every score names the engine session that computed it (a rescoring engine records its
+        # own); older scores keep NULL: who computed them was not recorded
+        AddColumn("score", "session_id", "INTEGER REFERENCES enginesession (id)"),
+        AddColumn("enginesession", "role", "VARCHAR NOT NULL DEFAULT 'generate'"),
+        AddColumn("enginesession", "scorer_device", "VARCHAR NOT NULL DEFAULT ''"),
+        AddColumn("enginesession", "scorer_dtype", "VARCHAR NOT NULL DEFAULT ''"),
+        AddColumn("enginesession", "preprocess_json", "TEXT NOT NULL DEFAULT '{}'"),
     ],
 }
 
@@ -391,6 +400,9 @@ class Store:
                                 continue
                             stmt = stmt.sql
                         elif isinstance(stmt, AddColumn):
+                            # a table an older version lacks is created whole below
+                            if stmt.table not in set(inspect(conn).get_table_names()):
+                                continue
                             if stmt.column in {
                                 c["name"] for c in inspect(conn).get_columns(stmt.table)
                             }:

@@ -138,7 +138,9 @@ class Run(SQLModel, table=True):
     mask_mode: str = "off"
     mask_layers: str = ""
     mask_words: str = ""
-    mask_threshold: float | None = None  # None means Otsu
+    # NULL: Otsu's threshold when the mask is on (shown, grouped, filtered and exported as
+    # "otsu", see param_value), no threshold when it is off
+    mask_threshold: float | None = None
     mask_timing: str = "current"
 
     # lifecycle
@@ -198,6 +200,10 @@ class Score(SQLModel, table=True):
     preprocess: str = ""
     scored_text: str | None = None  # the exact text for text-alignment metrics
     created_at: datetime = Field(default_factory=utcnow)
+    # The engine session that computed this value (library versions, device, dtype, scorer
+    # weights, preprocessing): the generating engine's, or a rescoring engine's own. NULL for
+    # scores written before scores were linked to sessions.
+    session_id: int | None = Field(default=None, foreign_key="enginesession.id")
 
 
 class EngineSession(SQLModel, table=True):
@@ -226,6 +232,17 @@ class EngineSession(SQLModel, table=True):
     mtp_version: str = ""  # package version, plus "+git <commit>" when run from a checkout
     versions_json: str = Field(default="{}", sa_column=Column(Text, nullable=False, default="{}"))
     scorers_json: str = Field(default="{}", sa_column=Column(Text, nullable=False, default="{}"))
+    # "generate" (an engine that generates, and scores what it generated) or "score" (an engine
+    # rescoring existing images: `mtp score`); what the scorers ran on, and how each family
+    # preprocessed its input (scorers_json names each family's backbone and weights).
+    role: str = "generate"
+    scorer_device: str = ""
+    scorer_dtype: str = ""
+    preprocess_json: str = Field(default="{}", sa_column=Column(Text, nullable=False, default="{}"))
+
+    @property
+    def preprocess(self) -> dict[str, str]:
+        return json.loads(self.preprocess_json or "{}")
 
     @property
     def versions(self) -> dict[str, str]:
@@ -278,6 +295,24 @@ class Worker(SQLModel, table=True):
     total_steps: int = 0
     its_per_s: float | None = None
     message: str = ""
+
+
+OTSU = "otsu"
+
+
+def otsu_value(mask_mode: str | None, threshold: float | None) -> float | str | None:
+    """A run's mask threshold as shown, grouped, filtered and exported: ``otsu`` for a masked run
+    whose threshold is NULL (Otsu's method), None for an unmasked run, else the number."""
+    if threshold is None and mask_mode not in (None, "", "off"):
+        return OTSU
+    return threshold
+
+
+def param_value(run, name: str):
+    """``getattr(run, name)``, except that an Otsu mask threshold reads ``otsu``."""
+    if name == "mask_threshold":
+        return otsu_value(getattr(run, "mask_mode", None), getattr(run, "mask_threshold", None))
+    return getattr(run, name)
 
 
 # Run columns a user can sort and filter on; the TUI and export read this list.

@@ -420,6 +420,9 @@ def _filter_conditions(f: RunFilter) -> list:
     for column, value in f.equals.items():
         if column not in RUN_SORT_COLUMNS:
             raise InputError(f"cannot filter on {column!r}")
+        if column == "mask_threshold":
+            clauses.append(_threshold_clause(value))
+            continue
         clauses.append(getattr(Run, column) == value)
     if f.tag:
         clauses.append(col(Run.tags).contains(f.tag, autoescape=True))
@@ -446,6 +449,20 @@ def _filter_conditions(f: RunFilter) -> list:
             raise InputError(f"method: {unknown[0]!r} is not one of {', '.join(METHODS)}")
         clauses.append(col(Run.method).in_(list(f.methods)))
     return clauses
+
+
+def _threshold_clause(value):
+    """``mask_threshold=otsu`` is a masked run whose threshold is NULL (Otsu's), never an
+    unmasked one; a number matches that threshold."""
+    from .models import OTSU
+
+    if isinstance(value, str) and value.strip().lower() == OTSU:
+        return and_(col(Run.mask_threshold).is_(None), Run.mask_mode != "off")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"filter: mask_threshold needs a number or otsu, not {value!r}") from None
+    return Run.mask_threshold == number
 
 
 def score_column(metric: str, backbone: str | None = None):

@@ -321,6 +321,8 @@ def complete_runs(store: Store, worker_id: str, results: Sequence[dict[str, Any]
                             k: sc.get(k)
                             for k in ("metric", "backbone", "value", "preprocess", "scored_text")
                         },
+                        # scored by the engine that generated it, in the same session
+                        session_id=sc.get("session_id", r.get("session_id")),
                     )
                 )
             done.append(run.id)

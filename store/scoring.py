@@ -73,6 +73,18 @@ SESSION_VERSION_COLUMNS = {
     "open_clip_version": "open_clip_torch",
     "mtp_version": "mtp",
 }
+# Per scored metric, what the runs CSV says about the session that computed it
+# (``<metric>@<backbone> scorer_<name>``), besides the score's own preprocessing description.
+SCORER_EXPORT_COLUMNS = (
+    "role",
+    "scorer_device",
+    "scorer_dtype",
+    "torch_version",
+    "open_clip_version",
+    "transformers_version",
+    "mtp_version",
+    "scorers_json",
+)
 # EngineSession columns the runs CSV carries (as session_<name>).
 SESSION_EXPORT_COLUMNS = (
     "backend",
@@ -87,9 +99,11 @@ SESSION_EXPORT_COLUMNS = (
 
 
 def record_engine_session(store: Store, **fields: Any) -> int:
-    """Insert one EngineSession row; ``versions``/``scorers`` dicts are stored as JSON."""
+    """Insert one EngineSession row; ``versions``/``scorers``/``preprocess`` dicts are stored as
+    JSON."""
     versions = fields.pop("versions", {}) or {}
     scorers = fields.pop("scorers", {}) or {}
+    preprocess = fields.pop("preprocess", {}) or {}
     for column, package in SESSION_VERSION_COLUMNS.items():
         fields.setdefault(column, versions.get(package, ""))
     if versions.get("mtp_git"):
@@ -98,6 +112,7 @@ def record_engine_session(store: Store, **fields: Any) -> int:
         row = EngineSession(
             versions_json=json.dumps(versions, sort_keys=True),
             scorers_json=json.dumps(scorers, sort_keys=True),
+            preprocess_json=json.dumps(preprocess, sort_keys=True),
             **fields,
         )
         s.add(row)
@@ -276,6 +291,8 @@ def save_scores(store: Store, results: Iterable[dict[str, Any]]) -> int:
                         k: sc.get(k)
                         for k in ("metric", "backbone", "value", "preprocess", "scored_text")
                     },
+                    # the session that computed it: the scoring engine's own record
+                    "session_id": sc.get("session_id", r.get("session_id")),
                 }
             )
             replaced.setdefault((sc["backbone"], sc["metric"]), []).append(rid)

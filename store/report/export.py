@@ -39,12 +39,12 @@ from store.models import EngineSession, Experiment, Run, Score
 from store.safe_text import is_safe, safe_text
 
 from .aggregate import (
-    SCALE_DEFS,
     SCALES,
     Aggregate,
     AggregateRow,
     aggregate,
     check_by,
+    direction_text,
     image_metric,
     iter_rows,
     metric_def,
@@ -190,6 +190,31 @@ def _run_column(store: Store, column):
     return column
 
 
+def _threshold_column(store: Store, table):
+    """mask_threshold with Otsu's (NULL on a masked run) written as ``otsu``, so it is never the
+    empty cell of an unmasked run."""
+    from store.models import OTSU
+
+    value = table.c.mask_threshold if store.is_sqlite else cast(table.c.mask_threshold, String)
+    return case(
+        (and_(table.c.mask_threshold.is_(None), table.c.mask_mode != "off"), literal(OTSU)),
+        else_=value,
+    ).label("mask_threshold")
+
+
+# Per metric/backbone column names (``<name>:<metric>@<backbone>``) of the scoring session.
+_SCORER_NAMES = {
+    "role": "score_session_role",
+    "scorer_device": "score_device",
+    "scorer_dtype": "score_dtype",
+    "torch_version": "score_torch",
+    "open_clip_version": "score_open_clip",
+    "transformers_version": "score_transformers",
+    "mtp_version": "score_mtp",
+    "scorers_json": "score_weights",
+}
+
+
 def runs_query(store: Store, experiment_id: int, scale: str = "raw"):
     """The runs of an experiment with one column per (metric, backbone); returns (query, header)."""
     from store.queries import InputError
@@ -206,19 +231,30 @@ def runs_query(store: Store, experiment_id: int, scale: str = "raw"):
         for i, (m, b) in enumerate(pairs)
     ]
     text = func.max(case((Score.metric == "clip_t", Score.scored_text))).label("scored_text")
+    # Who computed each value: its engine session and its preprocessing, per metric/backbone.
+    who_cols = []
+    for i, (m, b) in enumerate(pairs):
+        this = and_(Score.metric == m, Score.backbone == b)
+        who_cols += [
+            func.max(case((this, Score.session_id))).label(f"w{i}"),
+            func.max(case((this, Score.preprocess))).label(f"p{i}"),
+        ]
     pivot = (
-        select(Score.run_id, *pivot_cols, text)
+        select(Score.run_id, *pivot_cols, text, *who_cols)
         .where(Score.run_id.in_(ids))
         .group_by(Score.run_id)
         .subquery("p")
     )
-    cols = [_run_column(store, c) for c in table.columns]
+    cols = [
+        _threshold_column(store, table) if c.name == "mask_threshold" else _run_column(store, c)
+        for c in table.columns
+    ]
     score_cols = [
         scaled_sql(pivot.c[f"s{i}"], scale, metric=m).label(score_header(m, b))
         for i, (m, b) in enumerate(pairs)
     ]
     # issue 10: what generated each run (library versions, model identity, dtype, device).
-    from store.scoring import SESSION_EXPORT_COLUMNS
+    from store.scoring import SCORER_EXPORT_COLUMNS, SESSION_EXPORT_COLUMNS
 
     sess = EngineSession.__table__
     # The model name and paths come from users: neutralised like every other text cell.
@@ -228,15 +264,27 @@ def runs_query(store: Store, experiment_id: int, scale: str = "raw"):
         else sess.c[name].label(f"session_{name}")
         for name in SESSION_EXPORT_COLUMNS
     ]
+    joined = table.outerjoin(pivot, pivot.c.run_id == table.c.id).outerjoin(
+        sess, sess.c.id == table.c.session_id
+    )
+    scorer_cols = []
+    for i, (m, b) in enumerate(pairs):
+        who = sess.alias(f"w{i}")
+        joined = joined.outerjoin(who, who.c.id == pivot.c[f"w{i}"])
+        hdr = score_header(m, b)
+        scorer_cols.append(pivot.c[f"w{i}"].label(f"score_session_id:{hdr}"))
+        for name in SCORER_EXPORT_COLUMNS:
+            scorer_cols.append(_neutralised_sql(who.c[name], f"{_SCORER_NAMES[name]}:{hdr}"))
+        scorer_cols.append(_neutralised_sql(pivot.c[f"p{i}"], f"score_preprocess:{hdr}"))
     q = (
         select(
-            *cols, *score_cols, _neutralised_sql(pivot.c.scored_text, "scored_text"), *session_cols
+            *cols,
+            *score_cols,
+            _neutralised_sql(pivot.c.scored_text, "scored_text"),
+            *session_cols,
+            *scorer_cols,
         )
-        .select_from(
-            table.outerjoin(pivot, pivot.c.run_id == table.c.id).outerjoin(
-                sess, sess.c.id == table.c.session_id
-            )
-        )
+        .select_from(joined)
         .where(table.c.experiment_id == experiment_id)
         .order_by(table.c.id)
     )
@@ -245,6 +293,7 @@ def runs_query(store: Store, experiment_id: int, scale: str = "raw"):
         + [score_header(m, b) for m, b in pairs]
         + ["scored_text"]
         + [f"session_{name}" for name in SESSION_EXPORT_COLUMNS]
+        + [c.name for c in scorer_cols]
     )
     return q, header
 
@@ -363,11 +412,19 @@ def summary_header(rows: list[AggregateRow]) -> list[str]:
         "is_baseline",
         "n_runs",
         "n_concepts",
+        "n_cells",
+        "runs_per_cell",
         "pareto",
         "unit",
         "n_unit",
+        "n_text",
         "unit_definition",
+        "cells",
+        "cells_dropped",
         "incomplete",
+        "lacks_planned_runs",
+        "paired_against",
+        "paired_definition",
         "scale",
         "image_alignment",
     ]
@@ -379,8 +436,14 @@ def summary_header(rows: list[AggregateRow]) -> list[str]:
             f"{m}_std",
             f"{m}_sem",
             f"{m}_scale",
+            f"{m}_direction",
             f"{m}_compares",
             f"{m}_missing",
+            f"{m}_diff_n",
+            f"{m}_diff_mean",
+            f"{m}_diff_sem",
+            f"{m}_diff_ci95_low",
+            f"{m}_diff_ci95_high",
         ]
     return head
 
@@ -407,25 +470,35 @@ def summary_rows(rows: list[AggregateRow]) -> Iterator[list]:
     img = table.image_metric
     img_text = f"{img}: {metric_def(img).compares}" if img else ""
     for r in rows:
+        lo, hi = getattr(r, "runs_per_cell", (0, 0))
+        against = next((p.against for p in getattr(r, "paired", {}).values()), "")
         line = [
             r.by,
             "" if r.value is None else r.value,
             r.is_baseline,
             r.n_runs,
             r.n_concepts,
+            r.n_cells,
+            f"{lo}" if lo == hi else f"{lo}-{hi}",
             r.pareto,
             table.unit,
-            r.n_concepts if table.unit == "concepts" else r.n_runs,
+            r.n_concepts if table.unit == "concepts" else r.n_cells,
+            r.n_text,
             table.unit_text,
+            table.cells,
+            "; ".join(f"{m}: {why}" for m, why in table.dropped.items()),
             r.incomplete,
+            r.lacking,
+            against,
+            table.paired_text if against else "",
             table.scale,
             img_text,
         ]
         for m in metrics:
             st = r.metrics.get(m)
-            scale = table.scale_of(m)
             tail = [
-                f"{scale} ({SCALE_DEFS[scale].formula})",
+                table.scale_label(m),
+                direction_text(m),
                 metric_def(m).compares,
                 "; ".join(r.missing.get(m, [])),
             ]
@@ -439,6 +512,12 @@ def summary_rows(rows: list[AggregateRow]) -> Iterator[list]:
                 ] + tail
             else:
                 line += ["", 0, "", "", ""] + tail
+            p = r.paired.get(m)
+            line += (
+                [p.n, p.mean, _number(p.sem), _number(p.low), _number(p.high)]
+                if p
+                else ["", "", "", "", ""]
+            )
         yield line
 
 
@@ -450,13 +529,16 @@ def export_summary_csv(
     scale: str = "raw",
     folder: str | os.PathLike | None = None,
     rows: Aggregate | None = None,
+    cells: str = "common",
+    versus=None,
 ) -> Path:
-    """``rows``: this experiment's ``aggregate(by, scale)`` when the caller already has it."""
+    """``rows``: this experiment's ``aggregate(by, scale, cells=, versus=)`` when the caller
+    already has it."""
     _require_experiment(store, experiment_id)
     check_by(by)
     target = _target(store, path, ".csv", folder)
     if rows is None:
-        rows = aggregate(store, experiment_id, by, scale=scale)
+        rows = aggregate(store, experiment_id, by, scale=scale, cells=cells, versus=versus)
     with _atomic(target) as fh:
         writer = csv.writer(fh)
         writer.writerow(summary_header(rows))
@@ -472,13 +554,14 @@ def export_plot_png(
     path: str | os.PathLike,
     scale: str = "raw",
     folder: str | os.PathLike | None = None,
+    cells: str = "common",
 ) -> Path:
     from .plots import render_tradeoff_png
 
     exp = _require_experiment(store, experiment_id)
     check_by(by)
     target = _target(store, path, ".png", folder)
-    rows = aggregate(store, experiment_id, by, scale=scale)
+    rows = aggregate(store, experiment_id, by, scale=scale, cells=cells)
     with _atomic(target, "wb") as fh:
         render_tradeoff_png(rows, fh, by=by, title=f"{exp.name}: text vs image alignment by {by}")
     return target

@@ -41,6 +41,7 @@ class Cell:
     has_image: bool
     panel: int = 0
     kind: str = "target"  # target | baseline | source | blank
+    reason: str = ""  # why it has no image ("cancelled", "no source", ...), as drawn in it
 
 
 @dataclass
@@ -59,7 +60,10 @@ class GridLayout:
     truncated_panels: int = 0
     pins: dict[str, str] = field(default_factory=dict)  # axis -> pinned value as printed
     caption: list[str] = field(default_factory=list)  # the lines printed above the grid
-    missing: Counter = field(default_factory=Counter)  # reason -> cells without an image
+    # reason -> runs without an image (each run once, however many cells show it), plus cells
+    # no run fits
+    missing: Counter = field(default_factory=Counter)
+    missing_runs: set = field(default_factory=set)
     pin_choices: dict[str, list[str]] = field(default_factory=dict)  # pinnable axis -> its values
     axes: list[str] = field(default_factory=list)  # every axis the experiment varies
     files: list[Any] = field(default_factory=list)  # the image files read to draw it (cache checks)
@@ -258,9 +262,14 @@ def render_grid(
         top += body_h
     # The image count is known only after drawing; its line (never wrapped) was reserved by _notes.
     shown = sum(c.kind in ("target", "baseline") for c in layout.cells)
+    have = sum(c.kind in ("target", "baseline") and c.has_image for c in layout.cells)
     counts = ", ".join(f"{reason} {n}" for reason, n in sorted(layout.missing.items()))
-    status = f"{shown - layout.n_missing} of {shown} cells have an image" + (
-        f"; {layout.n_missing} cells without image ({counts})" if layout.missing else ""
+    repeated = shown - have > layout.n_missing
+    status = f"{have} of {shown} cells have an image" + (
+        f"; {layout.n_missing} cells without image ({counts})"
+        + ("; a run shown in several panels counted once" if repeated else "")
+        if layout.missing
+        else ""
     )
     drawn = [
         (status, WARN if layout.missing else (0, 0, 0), status)
@@ -302,8 +311,14 @@ def _cell(plan: GridPlan, panel, rows, cols, r: int, c: int, col_side: bool, row
     row, col = rows[r - row_side], cols[c - col_side]
     run = panel.cells.get((row, col))
     kind = "baseline" if row[0] == "baseline" or col[0] == "baseline" else "target"
-    if run is None and row[0] == "baseline" and plan.x.name in CONTROL_AXES and c - col_side > 0:
-        return None, "blank", None  # one baseline per row when both axes are control settings
+    if (
+        run is None
+        and plan.x.name in CONTROL_AXES
+        and (row[0] == "baseline") != (col[0] == "baseline")
+    ):
+        # both axes are control settings: the baseline has its own row and column and meets
+        # them in one cell; the rest of that row and column means nothing
+        return None, "blank", None
     return run, kind, run["image_path"] if run else None
 
 
@@ -316,6 +331,7 @@ def _draw_cell(store, sheet, draw, layout, box, run, kind, rel, font, line_h, pa
     if path is not None:
         layout.files.append(path)
     im = _load_thumb(path, size) if rel else None
+    reason = ""
     if im is not None:
         sheet.paste(im, (x0 + (size - im.width) // 2, y0 + (size - im.height) // 2))
     elif kind != "blank":
@@ -328,9 +344,14 @@ def _draw_cell(store, sheet, draw, layout, box, run, kind, rel, font, line_h, pa
         if size >= 64:
             text.text((PAD, PAD + line_h), reason, fill=(90, 90, 90), font=font)
         sheet.paste(tile, (x0, y0))
-        if kind != "source":
+        # A run drawn more than once (a baseline repeated in every Z panel) is one missing run.
+        if kind != "source" and (run is None or run["id"] not in layout.missing_runs):
             layout.missing[reason] += 1
-    layout.cells.append(Cell(r, c, run["id"] if run else None, box, im is not None, panel, kind))
+            if run is not None:
+                layout.missing_runs.add(run["id"])
+    layout.cells.append(
+        Cell(r, c, run["id"] if run else None, box, im is not None, panel, kind, reason)
+    )
 
 
 def _empty(by: str, columns: str) -> GridLayout:

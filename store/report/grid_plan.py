@@ -29,7 +29,7 @@ from typing import Any
 from sqlalchemy import select
 
 from store.db import Store
-from store.models import Concept, Run
+from store.models import OTSU, Concept, Run
 from store.sweep.methods import SET_METHODS
 
 from .aggregate import GROUPABLE, _fmt, iter_rows
@@ -242,6 +242,9 @@ def _axes(store: Store, runs: list[dict]) -> dict[str, Axis]:
             labels = {r["prompt_index"]: r["target_prompt"] for r in reversed(runs)}
         elif axis == "concept_id":
             labels = {v: names.get(v, _fmt(v)) for v in values}
+        elif axis == "mask_threshold":
+            # the axis applies to masked runs only, where NULL is Otsu's threshold
+            labels = {None: OTSU}
         out[axis] = Axis(axis, values, labels)
     return out
 
@@ -341,9 +344,10 @@ def _place(runs, axes, x, y, z, pins, user_pins, swept, each) -> GridPlan:
         [BASELINE + ((s,) if each else ()) for s in seed_values] if baseline_mode == "row" else []
     )
     row_keys += [("value", v) + ((s,) if each else ()) for v in axes[y].values for s in seed_values]
-    col_keys = ([BASELINE] if baseline_mode == "column" else []) + [
-        ("value", v) for v in axes[x].values
-    ]
+    # With control settings on both axes the baseline belongs to no value column: it gets its
+    # own column, labelled as the baseline, instead of sitting under the first value's header.
+    own_column = baseline_mode == "column" or (baseline_mode == "row" and x_control)
+    col_keys = ([BASELINE] if own_column else []) + [("value", v) for v in axes[x].values]
     z_values = axes[z].values if z else [None]
     panels = [Panel(zv, axes[z].named(zv) if z else "") for zv in z_values]
 
@@ -378,8 +382,7 @@ def _place(runs, axes, x, y, z, pins, user_pins, swept, each) -> GridPlan:
                 seed = (r["seed"],) if each else ()
                 if baseline_mode == "row":
                     row = BASELINE + seed
-                    # With two control axes the baseline belongs to no column: it goes in the first.
-                    col = ("value", r[xcol]) if not x_control else col_keys[0]
+                    col = ("value", r[xcol]) if not x_control else BASELINE
                 else:
                     row, col = ("value", r[ycol]) + seed, BASELINE
             else:
@@ -395,15 +398,33 @@ def _place(runs, axes, x, y, z, pins, user_pins, swept, each) -> GridPlan:
             cells[(row, col)] = r
 
     source_mode = _source_mode(panels)
+    # A source pass is shared by every run of its group: a line whose own runs have no source
+    # image (a cancelled baseline) shows it from another run of the same group.
+    group_source: dict[str, dict] = {}
+    for r in runs:
+        if r["source_image_path"]:
+            group_source.setdefault(r["group_key"], r)
     for panel in panels:
         along = row_keys if source_mode == "column" else col_keys if source_mode == "row" else []
         others = col_keys if source_mode == "column" else row_keys
         cells = panel.cells
         for k in along:
             cell = (lambda o, k=k: (k, o)) if source_mode == "column" else (lambda o, k=k: (o, k))
-            first = next(
-                (m for m in map(cells.get, map(cell, others)) if m and m["source_image_path"]), None
-            )
+            members = [m for m in map(cells.get, map(cell, others)) if m]
+            first = next((m for m in members if m["source_image_path"]), None)
+            if first is None:
+                first = next(
+                    (
+                        group_source[m["group_key"]]
+                        for m in members
+                        if m["group_key"] in group_source
+                    ),
+                    None,
+                )
+            if first is None and members:
+                # no run of this source pass has its image: the line's run says why
+                # ("cancelled", "failed", "queued"), not "no source"
+                first = members[0]
             if first:
                 panel.sources[k] = first
     return GridPlan(

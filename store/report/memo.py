@@ -96,15 +96,23 @@ def cache_for(store: Store) -> ReportCache:
 
 
 def cached_aggregate(
-    store: Store, experiment_id: int, by: str, scale: str = "raw", backbone: str | None = None
+    store: Store,
+    experiment_id: int,
+    by: str,
+    scale: str = "raw",
+    backbone: str | None = None,
+    cells: str = "common",
+    versus: Any = None,
 ):
     """``aggregate(...)``, reused while nothing changed. Each caller gets its own copy of the rows
     (a few dozen objects), so marking or sorting them never alters the kept table."""
     from .aggregate import aggregate
 
     rows = cache_for(store).get(
-        ("aggregate", experiment_id, by, scale, backbone),
-        lambda: aggregate(store, experiment_id, by, scale=scale, backbone=backbone),
+        ("aggregate", experiment_id, by, scale, backbone, cells, versus),
+        lambda: aggregate(
+            store, experiment_id, by, scale=scale, backbone=backbone, cells=cells, versus=versus
+        ),
     )
     return copy.deepcopy(rows)
 

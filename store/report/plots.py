@@ -13,13 +13,34 @@ from typing import IO, Any
 
 from store.safe_text import safe_text
 
-from .aggregate import TEXT_METRIC, Aggregate, AggregateRow, image_metric
+from .aggregate import (
+    TEXT_METRIC,
+    Aggregate,
+    AggregateRow,
+    image_metric,
+    lower_is_better,
+    mark_pareto,
+)
 
 AXIS_NAMES = {
     "clip_t": "text alignment (CLIP-T)",
     "clip_i_ref": "image alignment (CLIP-I, references)",
     "clip_i_src": "image alignment (CLIP-I, source)",
+    "dreamsim_ref": "DreamSim distance to references (1-cos, lower = more similar)",
+    "dreamsim_src": "DreamSim distance to source (1-cos, lower = more similar)",
 }
+
+
+def axis_name(metric: str | None, short: bool = False) -> str:
+    """The axis label of ``metric``; a DreamSim metric is named as the distance it is."""
+    names = SHORT_AXIS if short else AXIS_NAMES
+    if not metric:
+        return "image" if short else "image alignment"
+    if metric in names:
+        return names[metric]
+    if lower_is_better(metric):
+        return f"{metric} (distance, lower = more similar)"
+    return metric
 
 
 @dataclass
@@ -73,7 +94,14 @@ def _bar(sem: float) -> float:
 def tradeoff_points(
     rows: list[AggregateRow], x_metric: str = TEXT_METRIC, y_metric: str | None = None
 ) -> PlotInfo:
-    """The points to draw: rows having both metrics, baseline included, in sweep order."""
+    """The points to draw: rows having both metrics, baseline included, in sweep order. Other
+    axes than the table's (CLIP-T vs CLIP-I) get their own Pareto front, a distance such as
+    DreamSim counting lower as better."""
+    if (x_metric, y_metric or image_metric(rows)) != (TEXT_METRIC, image_metric(rows)):
+        import copy
+
+        rows = copy.deepcopy(list(rows))
+        mark_pareto(rows, x_metric, y_metric)
     y_metric = y_metric or image_metric(rows)
     info = PlotInfo(x_metric, y_metric)
     for r in rows:
@@ -94,12 +122,14 @@ def render_tradeoff_png(
     title: str = "",
     size: tuple[float, float] = (7.0, 5.0),
     dpi: int = 100,
+    x_metric: str = TEXT_METRIC,
+    y_metric: str | None = None,
 ) -> PlotInfo:
     """Write the PNG to a path or binary file; returns what was drawn and the pixel size."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    info = tradeoff_points(rows)
+    info = tradeoff_points(rows, x_metric, y_metric)
     # Figure() without pyplot: no global state, safe from threads and from the TUI process.
     fig = Figure(figsize=size, dpi=dpi)
     FigureCanvasAgg(fig)
@@ -156,11 +186,8 @@ def render_tradeoff_png(
         )
     if not info.points:
         ax.text(0.5, 0.5, "no scored runs yet", ha="center", va="center", transform=ax.transAxes)
-    ax.set_xlabel(AXIS_NAMES.get(info.x_metric, info.x_metric) + _scale_note(rows, info.x_metric))
-    ax.set_ylabel(
-        AXIS_NAMES.get(info.y_metric or "", info.y_metric or "image alignment")
-        + _scale_note(rows, info.y_metric)
-    )
+    ax.set_xlabel(axis_name(info.x_metric) + _scale_note(rows, info.x_metric))
+    ax.set_ylabel(axis_name(info.y_metric) + _scale_note(rows, info.y_metric))
     if isinstance(rows, Aggregate) and rows.unit_text:
         # Error bars mean different things per unit; the figure carries its own definition.
         fig.text(
@@ -181,6 +208,8 @@ SHORT_AXIS = {
     "clip_t": "CLIP-T (text)",
     "clip_i_ref": "CLIP-I ref (image)",
     "clip_i_src": "CLIP-I src (image)",
+    "dreamsim_ref": "DreamSim ref (distance, lower = closer)",
+    "dreamsim_src": "DreamSim src (distance, lower = closer)",
 }
 TERMINAL_KEY = "o sweep  * Pareto  x baseline"
 
@@ -216,8 +245,8 @@ def draw_tradeoff(plt: Any, rows: list[AggregateRow], by: str = "", title: str =
     for base in info.baselines:
         plt.scatter([base.x], [base.y], marker="x")
         label(base.label, base.x, base.y)
-    plt.xlabel(SHORT_AXIS.get(info.x_metric, info.x_metric))
-    plt.ylabel(SHORT_AXIS.get(info.y_metric or "", info.y_metric or "image"))
+    plt.xlabel(axis_name(info.x_metric, short=True))
+    plt.ylabel(axis_name(info.y_metric, short=True))
     plt.title(safe_text(f"{title}   {TERMINAL_KEY}" if title else TERMINAL_KEY))
     return info
 

@@ -451,3 +451,64 @@ def test_a_failed_session_record_never_costs_the_images(store, tmp_path, monkeyp
     runs = _runs(store, exp.id)
     assert {r.status for r in runs} == {RunStatus.DONE} and all(r.session_id is None for r in runs)
     assert all((store.home.root / r.image_path).is_file() for r in runs)
+
+
+# ---------------------------------------------------------------- who scored
+def test_every_score_links_to_the_session_that_computed_it(store, tmp_path, tiny_scorer, capsys):
+    """Scores written with the images link to the generating engine's session; a rescore
+    writes its own session record (role "score", the scorer's device, dtype, backbones with
+    their weights, preprocessing), and the runs CSV carries it per metric."""
+    import csv
+
+    from engine.provenance import library_versions
+    from store.report.export import export_runs_csv
+
+    exp = _experiment(store, tmp_path, seeds="0")
+    from engine.backends.fake import fake_score
+
+    _generate(store, score=fake_score)
+    runs = _runs(store, exp.id)
+    generated = _scores(store, exp.id)
+    assert generated and {s.session_id for s in generated} == {runs[0].session_id}
+
+    req, _ = request_scoring(store, exp.id, ("clip",))
+    rescorer = _rescorer(store, tiny_scorer)
+    assert rescorer.run_one()
+    clip = [s for s in _scores(store, exp.id) if s.metric.startswith("clip")]
+    assert clip and len({s.session_id for s in clip}) == 1
+    sid = clip[0].session_id
+    assert sid is not None and sid != runs[0].session_id
+    with store.session() as s:
+        sess = s.get(EngineSession, sid)
+    assert sess.role == "score" and sess.worker_id == "scorer"
+    assert sess.scorer_device == "cpu" and sess.scorer_dtype == "torch.float32"
+    assert sess.torch_version == library_versions()["torch"]
+    assert sess.scorers == tiny_scorer.backbones  # the weights are named in each backbone
+    assert sess.preprocess["clip"] == tiny_scorer.clip_preprocess_text
+    assert "#sha256:" in sess.scorers["clip"]  # a local file: its content digest
+    # a second request reuses the record (one per engine and scorer), not one per batch
+    request_scoring(store, exp.id, ("clip",), rescore=True)
+    assert rescorer.run_one()
+    assert {s.session_id for s in _scores(store, exp.id) if s.metric == "clip_t"} == {sid}
+
+    out = export_runs_csv(store, exp.id, "who.csv", folder=tmp_path)
+    rows = list(csv.DictReader(open(out)))
+    clip_t = next(h for h in rows[0] if h.startswith("clip_t@"))
+    fake = next(h for h in rows[0] if h.startswith("fake@"))
+    done = [r for r in rows if r["status"] == "done"]
+    assert all(r[f"score_session_id:{clip_t}"] == str(sid) for r in done)
+    assert all(r[f"score_session_role:{clip_t}"] == "score" for r in done)
+    assert all(r[f"score_dtype:{clip_t}"] == "torch.float32" for r in done)
+    assert all(r[f"score_torch:{clip_t}"] == library_versions()["torch"] for r in done)
+    assert all(r[f"score_preprocess:{clip_t}"] == tiny_scorer.clip_preprocess_text for r in done)
+    assert all(tiny_scorer.backbones["clip"] in r[f"score_weights:{clip_t}"] for r in done)
+    # the fake score kept its generating session
+    assert all(r[f"score_session_id:{fake}"] == str(r["session_id"]) for r in done)
+    assert all(r[f"score_session_role:{fake}"] == "generate" for r in done)
+    # mtp show names the scoring session apart from the generating one
+    from tui.cli.main import main
+
+    capsys.readouterr()
+    assert main(["--home", str(store.home.root), "show", str(done[0]["id"]), "--no-image"]) == 0
+    out = capsys.readouterr().out
+    assert f"--- scored by session {sid} (score," in out and f"(session {sid})" in out

@@ -23,9 +23,33 @@ CASES = [
     ("a sksdog and asks and sks1", "sks", "dog", "a sksdog and asks and sks1"),
     ("tasks, masks, disks", "sks", "dog", "tasks, masks, disks"),
     ("a <new1>x", "<new1>x", "cat", "a cat"),
-    # the case of the token is as written
-    ("SKS dog", "sks", "dog", "SKS dog"),
+    # CLIP lowercases: the token matches in any case
+    ("SKS dog", "sks", "dog", "dog"),
     ("a Sks dog", "Sks", "dog", "a dog"),
+    ("a Sks dog", "sks", "dog", "a dog"),
+    ("a <NEW1> dog", "<new1>", "dog", "a dog"),
+    ("a photo of SKS", "sks", "dog", "a photo of dog"),
+    ("TASKS and ASKS", "sks", "dog", "TASKS and ASKS"),
+    # joined to a neighbour by - or _: CLIP splits them, so the token is there
+    ("a sks-dog", "sks", "dog", "a dog"),
+    ("a sks_dog", "sks", "dog", "a dog"),
+    ("a sks - dog", "sks", "dog", "a dog"),
+    ("a SKS_Dogs' toys", "sks", "dog", "a Dogs' toys"),
+    ("a <new1>-dog", "<new1>", "dog", "a dog"),
+    ("a dog-sks", "sks", "dog", "a dog"),
+    ("a sks-toy", "sks", "dog", "a dog-toy"),
+    ("a toy_sks", "sks", "dog", "a toy_dog"),
+    ("a sks-dog", "sks", "", "a dog"),
+    # repeats collapse into one token
+    ("a <new1> <new1> dog", "<new1>", "dog", "a dog"),
+    ("sks sks dog", "sks", "dog", "dog"),
+    ("a <new1><new1> dog", "<new1>", "dog", "a dog"),
+    ("a sks SKS-sks on the beach", "sks", "dog", "a dog on the beach"),
+    ("sks and sks", "sks", "dog", "dog and dog"),
+    # words and underscores that only contain the token stay
+    ("sks_1 x", "sks", "dog", "dog_1 x"),
+    ("masks_off", "sks", "dog", "masks_off"),
+    ("a sksdog", "sks", "dog", "a sksdog"),
     # the class word after the token keeps its form and case, once
     ("a sks Dog", "sks", "dog", "a Dog"),
     ("two <new1> dogs' toys", "<new1>", "dog", "two dogs' toys"),

@@ -253,7 +253,7 @@ def test_summary_csv_states_unit_scale_references_and_gaps(store, tmp_path):
 
     exp_id = unbalanced(store)
     out = export_summary_csv(
-        store, exp_id, "final_step", "u.csv", scale="clipscore", folder=tmp_path
+        store, exp_id, "final_step", "u.csv", scale="clipscore", folder=tmp_path, cells="all"
     )
     with open(out, newline="") as fh:
         base, r10, r20 = list(csv.DictReader(fh))
@@ -274,15 +274,22 @@ def test_summary_csv_states_unit_scale_references_and_gaps(store, tmp_path):
     # One concept: n = 1, std and SEM empty (undefined), the missing concept named.
     assert r10["clip_i_ref_n"] == "1" and r10["clip_i_ref_sem"] == r10["clip_i_ref_std"] == ""
     assert (
-        r10["clip_i_ref_missing"] == "unbalanced-concept1"
+        r10["clip_i_ref_missing"] == "unbalanced-concept1; 2 of 4 planned runs"
         and "unbalanced-concept1" in r10["incomplete"]
     )
     assert r20["clip_t_sem"] == "" and "unbalanced-concept1" in r20["incomplete"]
     # The baseline has no DINO at all and no CLIP-I for B.
     assert base["incomplete"] == (
-        "clip_i_ref: unbalanced-concept1 | dino_ref: unbalanced-concept0, unbalanced-concept1"
+        "clip_i_ref: unbalanced-concept1, 2 of 4 planned runs | "
+        "dino_ref: unbalanced-concept0, unbalanced-concept1, 0 of 4 planned runs"
     )
     assert r10["clip_t_missing"] == "" and r10["clip_t_sem"] != ""
+    # paired with the baseline over the same concepts: A -0.06, B -0.05, times 2.5 (clipscore)
+    assert r10["paired_against"] == "baseline" and r10["clip_t_diff_n"] == "2"
+    assert float(r10["clip_t_diff_mean"]) == pytest.approx(2.5 * -0.055)
+    assert float(r10["clip_t_diff_sem"]) == pytest.approx(2.5 * 0.005)
+    assert r10["n_text"].startswith("n = 2 concepts")
+    assert r10["cells"] == "all" and "Student's t" in r10["paired_definition"]
 
 
 def test_cli_summary_states_unit_and_warns_of_gaps(store, home, tmp_path, monkeypatch, capsys):
@@ -303,6 +310,8 @@ def test_cli_summary_states_unit_and_warns_of_gaps(store, home, tmp_path, monkey
                 "final_step",
                 "--scale",
                 "clipscore",
+                "--cells",
+                "all",
                 "--csv",
                 "s.csv",
             ]
@@ -313,3 +322,12 @@ def test_cli_summary_states_unit_and_warns_of_gaps(store, home, tmp_path, monkey
     assert out.out.strip().endswith("s.csv")  # stdout stays the path
     assert "SEM over concepts" in out.err and "clipscore (2.5*max(cos,0)) on clip_t" in out.err
     assert "warning: 20: missing" in out.err and "unbalanced-concept1" in out.err
+    # by default the rows are compared over common cells, and the drop is said
+    h = ["--home", str(home.root), "export", "summary", str(exp_id), "--by", "final_step"]
+    assert main(h + ["--csv", "d.csv"]) == 0
+    err = capsys.readouterr().err
+    assert "clip_t: 2 of 4 cells dropped, incomplete in final_step=20 (2)" in err
+    assert main(h + ["--csv", "v.csv", "--versus", "20"]) == 0
+    assert "paired: difference to 20" in capsys.readouterr().err
+    assert main(h + ["--csv", "x.csv", "--versus", "99"]) == 2
+    assert "no value '99'" in capsys.readouterr().err

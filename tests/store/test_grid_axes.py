@@ -81,13 +81,14 @@ def test_xyz_grid_shows_the_pinned_runs_and_names_the_pins(store, sweep):
     assert "rows: layers, columns: final_step, one panel per start_step" in layout.caption_text
     assert layout.panel_titles == ["start_step=2", "start_step=4"]
     assert layout.row_labels == ["baseline", "layers=decoder", "layers=encoder"]
-    assert layout.col_labels == ["source", "final_step=10", "final_step=15"]
+    # the baseline has its own column, labelled as the baseline (not under final_step=10)
+    assert layout.col_labels == ["source", "baseline", "final_step=10", "final_step=15"]
     targets = [c for c in layout.cells if c.kind == "target"]
     assert len(targets) == 2 * 2 * 2 and layout.n_missing == 0
     for cell in targets:
         start = (2, 4)[cell.panel]
         layers = ("decoder", "encoder")[cell.row - 1]
-        final = (10, 15)[cell.col - 1]
+        final = (10, 15)[cell.col - 2]
         run = expected_run(
             store,
             sweep,
@@ -104,6 +105,7 @@ def test_xyz_grid_shows_the_pinned_runs_and_names_the_pins(store, sweep):
     base = expected_run(store, sweep, is_baseline=True, seed=1, prompt_index=1)
     baseline_cells = [c for c in layout.cells if c.kind == "baseline"]
     assert {c.run_id for c in baseline_cells} == {base.id}
+    assert {(c.row, c.col) for c in baseline_cells} == {(0, 1)}  # baseline row x baseline column
     assert all(centre(layout, c) == colour(base.id) for c in baseline_cells)
     assert all(centre(layout, c) == (128, 128, 128) for c in layout.cells if c.kind == "source")
     # The caption is drawn: its band above the first panel holds dark text pixels.
@@ -283,3 +285,38 @@ def test_no_baseline_row_when_the_sweep_made_none(store):
         layout.missing == {"queued": 4}
         and "4 cells without image (queued 4)" in layout.caption_text
     )
+
+
+def test_a_cancelled_baseline_in_every_panel_is_one_missing_run_and_says_cancelled(store, sweep):
+    """The baseline is drawn in each Z panel: its missing image counts once. Its source pass
+    exists (the targets of its prompt and seed have it), so the source is shown, not "no
+    source"; where no run of the pass has a source image, the cell says "cancelled"."""
+    base = expected_run(store, sweep, is_baseline=True, seed=1, prompt_index=1)
+    with store.write() as s:
+        r = s.get(Run, base.id)
+        r.image_path, r.source_image_path, r.status = None, None, "cancelled"
+        s.add(r)
+    options = dict(
+        x="final_step",
+        z="start_step",
+        thumb=64,
+        pins={"seed": "1", "target_prompt": "a dog in snow", "mask_threshold": "0.4"},
+    )
+    layout = render_grid(store, sweep, "layers", **options)
+    baseline_cells = [c for c in layout.cells if c.kind == "baseline"]
+    assert len(baseline_cells) == 2 and {c.reason for c in baseline_cells} == {"cancelled"}
+    assert layout.missing == {"cancelled": 1} and layout.n_missing == 1
+    assert "1 cells without image (cancelled 1)" in layout.caption_text
+    assert "counted once" in layout.caption_text
+    # the baseline row's source: another run of the same source pass shows it
+    sources = [c for c in layout.cells if c.kind == "source" and c.row == 0]
+    assert sources and all(c.has_image for c in sources)
+    assert all(centre(layout, c) == (128, 128, 128) for c in sources)
+    # no run of that pass has its source image: the cell says why, "cancelled"
+    with store.write() as s:
+        for run in s.exec(select(Run).where(Run.group_key == base.group_key)):
+            run.source_image_path = None
+            s.add(run)
+    layout = render_grid(store, sweep, "layers", **options)
+    sources = [c for c in layout.cells if c.kind == "source" and c.row == 0]
+    assert sources and {c.reason for c in sources} == {"cancelled"}

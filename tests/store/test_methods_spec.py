@@ -204,7 +204,7 @@ def test_version_3_database_gains_the_method_columns(home):
     con.close()
     store = Store(home)
     try:
-        assert store.schema_version() == SCHEMA_VERSION == 4
+        assert store.schema_version() == SCHEMA_VERSION
         with store.session() as s:
             runs = list(s.exec(select(Run)))
         assert len(runs) == n > 0

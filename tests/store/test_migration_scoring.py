@@ -58,3 +58,42 @@ def test_version_1_database_is_upgraded_in_place(home):
         assert created and isinstance(req, ScoreRequest) and sid >= 1
     finally:
         store.close()
+
+
+def test_version_3_database_gains_the_score_session_link(home):
+    """Version 5: Score.session_id and the scoring session's fields, added in place; older
+    scores keep NULL (who computed them was not recorded)."""
+    from store.models import EngineSession, Score
+    from tests.tui import add_scores, seed_experiment
+
+    store = Store(home)
+    exp = seed_experiment(store)
+    add_scores(store, exp.id)
+    store.close()
+    con = sqlite3.connect(home.root / "mtp.db")
+    # (a column in a foreign key cannot be dropped: score is copied without it)
+    cols = [r[1] for r in con.execute("PRAGMA table_info(score)") if r[1] != "session_id"]
+    con.execute(f"CREATE TABLE score_v3 AS SELECT {', '.join(cols)} FROM score")
+    con.execute("DROP TABLE score")
+    con.execute("ALTER TABLE score_v3 RENAME TO score")
+    for column in ("role", "scorer_device", "scorer_dtype", "preprocess_json"):
+        con.execute(f"ALTER TABLE enginesession DROP COLUMN {column}")
+    con.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
+    con.commit()
+    n_scores = con.execute("select count(*) from score").fetchone()[0]
+    con.close()
+
+    store = Store(home)
+    try:
+        assert store.schema_version() == SCHEMA_VERSION
+        with store.session() as s:
+            scores = list(s.exec(select(Score)))
+        assert len(scores) == n_scores > 0 and all(sc.session_id is None for sc in scores)
+        sid = record_engine_session(
+            store, role="score", scorer_dtype="torch.float16", preprocess={"clip": "resize"}
+        )
+        with store.session() as s:
+            sess = s.get(EngineSession, sid)
+        assert sess.role == "score" and sess.preprocess == {"clip": "resize"}
+    finally:
+        store.close()

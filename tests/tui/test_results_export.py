@@ -28,7 +28,8 @@ async def test_results_table_and_plot(store):
         assert table.row_count == 4  # baseline + 10, 15, end
         # Cells are Text (user text shown safe, never markup): compared as their plain text.
         labels = [str(table.get_row_at(i)[0]) for i in range(table.row_count)]
-        assert labels[0] == "baseline" and "±" in str(table.get_row_at(1)[2])
+        # after label, n, runs/cell
+        assert labels[0] == "baseline" and "±" in str(table.get_row_at(1)[3])
         assert any(str(table.get_row_at(i)[-1]) == "*" for i in range(table.row_count))
         await pilot.press("a")
         await wait_for(pilot, lambda: screen.by != "final_step" and screen.rows, what="next axis")
@@ -80,8 +81,22 @@ async def test_results_state_unit_and_grid_pins(store):
         )
         screen = app.screen
         unit = str(screen.query_one("#results-unit").content)
-        assert "one concept" in unit and "n = runs" in unit and "scale: raw" in unit
-        assert "n runs" in [str(c.label) for c in screen.query_one("DataTable").columns.values()]
+        # formerly "n = runs": the unit is the (prompt, seed) cell, and the table says so
+        assert "(prompt, seed) cells" in unit and "SEM over cells" in unit and "scale raw" in unit
+        assert "n = 6 (prompt, seed) cells, each the mean of 8 runs" in unit
+        heads = [str(c.label) for c in screen.query_one("DataTable").columns.values()]
+        assert "n cells" in heads and "runs/cell" in heads
+        assert any("vs baseline [95% CI]" in h for h in heads)
+        # the comparison's options: every run, and a paired column against a chosen value
+        screen.query_one("#cells", Select).value = "all"
+        await wait_for(pilot, lambda: screen.rows.cells == "all", timeout=20, what="all runs")
+        value = next(r.label for r in screen.rows if not r.is_baseline)
+        screen.query_one("#versus", Select).value = value
+        await wait_for(
+            pilot, lambda: screen.rows.reference == value, timeout=20, what="paired vs a value"
+        )
+        heads = [str(c.label) for c in screen.query_one("DataTable").columns.values()]
+        assert any(f"vs {value} [95% CI]" in h for h in heads)
         assert screen.grid_layout.pins["seed"] == "0"  # the default pin, and it is shown
         assert "seed=0" in str(screen.query_one("#results-grid-caption").content)
         screen.query_one("#grid-pin-axis", Select).value = "seed"
@@ -130,16 +145,31 @@ async def test_export_dialog_takes_the_grid_choices_of_results(store, tmp_path):
         await wait_for(
             pilot, lambda: results.grid_layout.pins.get("seed") == "1", timeout=20, what="pin"
         )
+        # the table's choices travel too: every run, paired against a chosen value
+        results.query_one("#cells", Select).value = "all"
+        await wait_for(pilot, lambda: results.rows.cells == "all", timeout=20, what="all runs")
+        value = next(r.label for r in results.rows if not r.is_baseline)
+        results.query_one("#versus", Select).value = value
+        await wait_for(pilot, lambda: results.rows.reference == value, timeout=20, what="versus")
         await pilot.press("x")
         await wait_for(pilot, lambda: isinstance(app.screen, ExportScreen))
         screen = app.screen
         assert screen.grid_options["pins"]["seed"] == "1"
         assert "seed=1" in str(screen.query_one("#export-grid-note").content)
         screen.query_one("#export-folder").value = str(out)
-        for kind in ("runs", "summary", "plot"):
+        for kind in ("runs", "plot"):
             screen.query_one(f"#kind-{kind}").value = False
         await pilot.press("ctrl+s")
-        await wait_for(pilot, lambda: len(screen.results) == 1, timeout=30, what="grid export")
-    ((kind, path, ok),) = screen.results
-    assert kind == "grid" and ok, path
+        await wait_for(pilot, lambda: len(screen.results) == 2, timeout=30, what="exports")
+    done = {kind: (path, ok) for kind, path, ok in screen.results}
+    path, ok = done["grid"]
+    assert ok, path
     assert (out / path.split("/")[-1]).is_file()
+    import csv
+
+    path, ok = done["summary"]
+    assert ok, path
+    with open(out / path.split("/")[-1], newline="") as fh:
+        lines = list(csv.DictReader(fh))
+    assert {line["cells"] for line in lines} == {"all"}
+    assert {line["paired_against"] for line in lines} >= {value}

@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from store.report.aggregate import SCALES
+from store.report.aggregate import CELL_MODES, SCALES
 
 from .out import echo
 
@@ -51,6 +51,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         default="raw",
         help="raw cosine, 100*cos, or clipscore = 2.5*max(cos,0) on text alignment only",
     )
+    cells_and_versus(p)
     p.set_defaults(func=cmd_summary)
 
     p = export.add_parser("plot", help="text vs image alignment trade-off plot (PNG)")
@@ -58,6 +59,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--png", help="output file")
     p.add_argument("--scale", choices=SCALES, default="raw")
     p.add_argument("--text", action="store_true", help="also print the plot in the terminal")
+    cells_and_versus(p, versus=False)
     p.set_defaults(func=cmd_plot)
 
     p = export.add_parser(
@@ -86,6 +88,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-cells", type=int, default=400)
     p.add_argument("--thumb", type=int, default=256, help="thumbnail size in pixels")
     p.set_defaults(func=cmd_grid)
+
+
+def cells_and_versus(p: argparse.ArgumentParser, versus: bool = True) -> None:
+    p.add_argument(
+        "--cells",
+        choices=CELL_MODES,
+        default="common",
+        help="common: compare rows over the (prompt, seed) cells complete in every row (default; "
+        "dropped cells are reported); all: every scored run, rows lacking planned runs flagged",
+    )
+    if not versus:
+        return
+    p.add_argument(
+        "--versus",
+        metavar="VALUE",
+        help="the paired column's reference: this value of --by (default: the baseline)",
+    )
 
 
 def _experiment(store, ref):
@@ -125,7 +144,7 @@ def cmd_summary(args, store) -> int:
     exp = _experiment(store, args.experiment)
     check_by(args.by)
     path, folder = _where(store, exp, args.csv, "summary", ".csv", args.by)
-    rows = aggregate(store, exp.id, args.by, scale=args.scale)
+    rows = aggregate(store, exp.id, args.by, scale=args.scale, cells=args.cells, versus=args.versus)
     echo(
         export_summary_csv(store, exp.id, args.by, path, scale=args.scale, folder=folder, rows=rows)
     )
@@ -135,6 +154,8 @@ def cmd_summary(args, store) -> int:
     for r in rows:
         if r.incomplete:
             echo(f"warning: {r.label}: missing {r.incomplete}", file=sys.stderr)
+        elif r.lacking:
+            echo(f"note: {r.label}: lacks {r.lacking} (its cells were dropped)", file=sys.stderr)
     return 0
 
 
@@ -143,14 +164,16 @@ def cmd_plot(args, store) -> int:
 
     exp = _experiment(store, args.experiment)
     path, folder = _where(store, exp, args.png, "plot", ".png", args.by)
-    out = export_plot_png(store, exp.id, args.by, path, scale=args.scale, folder=folder)
+    out = export_plot_png(
+        store, exp.id, args.by, path, scale=args.scale, folder=folder, cells=args.cells
+    )
     if args.text:
         from store.report.aggregate import aggregate
         from store.report.plots import tradeoff_text
 
         echo(
             tradeoff_text(
-                aggregate(store, exp.id, args.by, scale=args.scale),
+                aggregate(store, exp.id, args.by, scale=args.scale, cells=args.cells),
                 by=args.by,
                 title=f"{exp.name} by {args.by}",
             )

@@ -106,14 +106,14 @@ def draw(path, width: int) -> str:
     return format(image)
 
 
-def _score_rows(store, run_id: int) -> list[tuple[str, str, float]]:
+def _score_rows(store, run_id: int) -> list[tuple[str, str, float, int | None]]:
     from sqlmodel import select
 
     from store.models import Score
 
     with store.session() as s:
         return [
-            (sc.metric, sc.backbone, sc.value)
+            (sc.metric, sc.backbone, sc.value, sc.session_id)
             for sc in s.exec(
                 select(Score).where(Score.run_id == run_id).order_by(Score.metric, Score.backbone)
             )
@@ -158,6 +158,24 @@ def _print_set(store, run) -> None:
             echo(f"      mask  {one(store.home.resolve_artifact(m.mask_path))}")
 
 
+def _print_scoring_sessions(store, rows, generated_by) -> None:
+    """The sessions that computed this run's scores, when not the one that generated it (a
+    rescore): what scored, on what, and how it preprocessed."""
+    from store.scoring import get_engine_session
+
+    for sid in sorted({r[3] for r in rows if r[3] is not None and r[3] != generated_by}):
+        sess = get_engine_session(store, sid)
+        if sess is None:
+            continue
+        echo(f"--- scored by session {sid} ({sess.role}, {one(sess.host)})")
+        echo(f"{'device':14s} {sess.scorer_device or sess.device} {sess.scorer_dtype}")
+        echo(
+            f"{'libraries':14s} " + ", ".join(f"{k} {v}" for k, v in sorted(sess.versions.items()))
+        )
+        for family, backbone in sorted(sess.scorers.items()):
+            echo(f"{family:14s} {one(backbone)}; {one(sess.preprocess.get(family, ''))}")
+
+
 def cmd_show(args, store) -> int:
     from store.queries import get_run
 
@@ -185,16 +203,19 @@ def cmd_show(args, store) -> int:
             if run.status != "done"
             else f"(none: score it with `mtp score {run.experiment_id}`)"
         )
-    for metric, backbone, value in rows:
-        echo(f"{metric:12s} {value:.4f}  {backbone}")
+    for metric, backbone, value, sid in rows:
+        echo(f"{metric:12s} {value:.4f}  {backbone}" + (f"  (session {sid})" if sid else ""))
     echo("--- parameters")
+    from store.models import param_value
+
     for name in SHOWN:
-        echo(f"{name:14s} {one(getattr(run, name))}")
+        echo(f"{name:14s} {one(param_value(run, name))}")
     if run.method_params:
         for name, value in json.loads(run.method_params).items():
             echo(f"{'  ' + name:14s} {one(value)}")
     _print_set(store, run)
     _print_session(store, run.session_id)
+    _print_scoring_sessions(store, rows, run.session_id)
     if run.error:
         echo("--- error")
         echo(run.error)

@@ -34,9 +34,11 @@ def run_exports(
     by: str,
     kinds: list[str],
     grid_options: dict | None = None,
+    table_options: dict | None = None,
 ) -> list[tuple[str, str, bool]]:
     """(kind, path or error, ok) per requested export; one failure does not stop the others.
-    ``grid_options``: x, z, pins, seeds of the image grid (as chosen on the Results screen)."""
+    ``grid_options``: x, z, pins, seeds of the image grid (as chosen on the Results screen);
+    ``table_options``: cells and versus of the table (summary; cells also for the plot)."""
     from store.report import export
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -53,6 +55,10 @@ def run_exports(
             layouts: list = []
             if kind == "grid":
                 extra = dict(grid_options or {}, on_layout=layouts.append)
+            elif kind == "summary":
+                extra = {k: v for k, v in (table_options or {}).items() if v is not None}
+            elif kind == "plot" and (table_options or {}).get("cells"):
+                extra = {"cells": table_options["cells"]}
             path = getattr(export, fn)(*args, folder=folder, **extra)
             note = ""
             if layouts and layouts[0].n_missing:
@@ -80,6 +86,7 @@ class ExportScreen(ModalScreen):
         self.experiment_id = experiment_id
         self.results: list[tuple[str, str, bool]] = []
         self.grid_options: dict = {}
+        self.table_options: dict = {}  # cells and versus, as chosen on the Results screen
         self.results_axis: str | None = None
 
     @property
@@ -133,6 +140,7 @@ class ExportScreen(ModalScreen):
         if below is not None and below.experiment_id == self.experiment_id:
             self.results_axis = below.by
             self.grid_options = below._grid_options()
+            self.table_options = {"cells": below.cells, "versus": below.versus}
 
     def _show_grid_note(self) -> None:
         o = self.grid_options
@@ -150,6 +158,9 @@ class ExportScreen(ModalScreen):
     @on(Select.Changed, "#export-axis")
     def _axis_changed(self, event: Select.Changed) -> None:
         # Results' grid choices belong to its axis; another axis starts from the defaults.
+        if self.results_axis is not None and event.value != self.results_axis:
+            # the paired reference is a value of Results' axis; the cells choice holds for any
+            self.table_options = {"cells": self.table_options.get("cells")}
         if self.results_axis is not None and event.value != self.results_axis and self.grid_options:
             self.grid_options = {}
             self._show_grid_note()
@@ -174,7 +185,13 @@ class ExportScreen(ModalScreen):
     def _export(self, folder: Path, by: str, kinds: list[str]) -> None:
         try:
             results = run_exports(
-                self.store, self.experiment_id, folder, by, kinds, self.grid_options
+                self.store,
+                self.experiment_id,
+                folder,
+                by,
+                kinds,
+                self.grid_options,
+                self.table_options,
             )
         except OSError as exc:
             self.post_message(self.Done([], f"folder {folder}: {exc}"))

@@ -94,6 +94,10 @@ class ResultsScreen(StoreScreen):
         self._quiet_until = 0.0  # no live reload before this (time.monotonic)
         self._deferred = None  # the timer of a live check put off until then
         self.grid_shown = False
+        # The table's comparison: over the cells complete in every row, or every run; the paired
+        # column against the baseline (None) or one value of the axis.
+        self.cells = "common"
+        self.versus: str | None = None
 
     def compose(self) -> ComposeResult:
         # Aggregating takes about as long as mounting these widgets, so it starts first and the
@@ -106,6 +110,14 @@ class ResultsScreen(StoreScreen):
         with Horizontal(id="results-head"):
             yield Static("", id="results-title")
             yield SafeSelect([], prompt="axis", id="axis", allow_blank=True, compact=True)
+            yield SafeSelect(
+                [("common cells", "common"), ("all runs", "all")],
+                id="cells",
+                value="common",
+                allow_blank=False,
+                compact=True,
+            )
+            yield SafeSelect([], prompt="vs baseline", id="versus", compact=True)
         yield Static("", id="results-unit")
         with Horizontal(id="results-body"):
             with Vertical(id="results-left"):
@@ -171,6 +183,7 @@ class ResultsScreen(StoreScreen):
 
     def _show_experiment(self, experiment_id: int, by: str | None) -> None:
         self.experiment_id, self.by = experiment_id, by
+        self.versus = None
         self.grid_x = self.grid_z = self.seeds = self.pin_axis = None
         self.pins = {}
         if self.is_mounted:
@@ -245,6 +258,7 @@ class ResultsScreen(StoreScreen):
             if value:
                 self.experiment_id = self.app.experiment_id = int(value)
                 self.by = None
+                self.versus = None
                 self.reload()
 
         current = str(self.experiment_id) if self.experiment_id is not None else None
@@ -272,11 +286,20 @@ class ResultsScreen(StoreScreen):
         by = by if by in axes else axes[0]
         # Reopening the screen, cycling axes or a live refresh that found nothing new reuse the
         # table and grid computed under the same change token (identical to recomputing).
+        from store.queries import InputError
         from store.report.memo import cached_aggregate as aggregate
         from store.report.memo import cached_render_grid as render_grid
 
+        cells, versus = self.cells, self.versus
         try:
-            rows = aggregate(self.store, experiment_id, by)
+            try:
+                rows = aggregate(self.store, experiment_id, by, cells=cells, versus=versus)
+            except InputError:
+                if versus is None:
+                    raise
+                # the chosen reference is gone (another axis, a deleted value): the baseline
+                self.versus = None
+                rows = aggregate(self.store, experiment_id, by, cells=cells)
         except Exception as exc:
             self.post_message(self.Loaded(exp, axes, error=f"aggregate failed: {exc}", by=by))
             return
@@ -311,7 +334,6 @@ class ResultsScreen(StoreScreen):
         # loop from painting the table: start it once the table is on screen (bounded, so a screen
         # closed meanwhile never stalls the worker).
         shown.wait(timeout=2.0)
-        from store.queries import InputError
 
         grid, note, layout = None, "", None
         try:
@@ -364,6 +386,8 @@ class ResultsScreen(StoreScreen):
         with select.prevent(Select.Changed):
             select.set_options([(a, a) for a in self.axes])
             select.value = self.by
+        values = [r.label for r in self.rows if not r.is_baseline]
+        self._set_select("#versus", values, self.versus)
         done = f"{len(self.rows)} groups" if self.rows else "no scored runs yet"
         title.update(
             assemble(
@@ -400,32 +424,46 @@ class ResultsScreen(StoreScreen):
             self.call_after_refresh(message.shown.set)
 
     def _fill_table(self) -> None:
-        from store.report.aggregate import fmt_number
+        from store.report.aggregate import fmt_number, lower_is_better
 
         table = self.query_one(DataTable)
         table.clear(columns=True)
         metrics: list[str] = getattr(self.rows, "metrics", None) or []
         unit = getattr(self.rows, "unit", "runs")
         scale = getattr(self.rows, "scale_of", lambda m: "raw")
-        heads = [f"{m} mean±sem" + ("" if scale(m) == "raw" else f" [{scale(m)}]") for m in metrics]
-        # "n" counts the unit the SEM is over (concepts or runs), so the two always agree.
-        table.add_columns(self.by, f"n {unit}", *heads, "missing", "pareto")
+        heads = [
+            f"{m} mean±sem"
+            + ("" if scale(m) == "raw" else f" [{scale(m)}]")
+            + (" (distance, lower=closer)" if lower_is_better(m) else "")
+            for m in metrics
+        ]
+        ref = getattr(self.rows, "reference", "") or "ref"
+        diffs = [f"{m} Δ vs {ref} [95% CI]" for m in metrics]
+        # "n" counts the unit the SEM is over (concepts or cells), so the two always agree.
+        table.add_columns(self.by, f"n {unit}", "runs/cell", *heads, *diffs, "missing", "pareto")
         for r in self.rows:
-            cells = [r.label, str(r.n_concepts if unit == "concepts" else r.n_runs)]
+            lo, hi = r.runs_per_cell
+            cells = [r.label, str(r.n_unit), str(lo) if lo == hi else f"{lo}-{hi}"]
             for m in metrics:
                 st = r.metrics.get(m)
                 cells.append(f"{fmt_number(st.mean)} ± {fmt_number(st.sem)}" if st else "–")
+            for m in metrics:
+                p = r.paired.get(m)
+                cells.append(p.text if p else "")
             cells.append(f"! {r.incomplete}" if r.incomplete else "")
             cells.append("*" if r.pareto else "")
             table.add_row(*map(cell, cells))  # the label may be a prompt: shown safe, literally
 
     def _show_unit(self) -> None:
-        describe = getattr(self.rows, "describe", None)
-        lines = describe() if describe and self.rows else []
+        # The short form: the full definitions are in the summary CSV and README "Statistics".
+        brief = getattr(self.rows, "brief", None)
+        lines = brief() if brief and self.rows else []
         flagged = sum(1 for r in self.rows if r.incomplete)
         shown = [plain(line) for line in lines]
         if flagged:
-            shown.append(plain(f"{flagged} rows incomplete (see 'missing')", "yellow"))
+            shown.append(
+                plain(f"{flagged} rows incomplete (see 'missing'; never on the front)", "yellow")
+            )
         self.query_one("#results-unit", Static).update(Content(" · ").join(shown))
 
     def _fill_grid_controls(self, layout) -> None:
@@ -501,12 +539,27 @@ class ResultsScreen(StoreScreen):
     def _axis(self, event: Select.Changed) -> None:
         if isinstance(event.value, str) and event.value != self.by:
             self.by = event.value
+            self.versus = None
+            self.reload()
+
+    @on(Select.Changed, "#cells")
+    def _cells(self, event: Select.Changed) -> None:
+        if event.value in ("common", "all") and event.value != self.cells:
+            self.cells = event.value
+            self.reload()
+
+    @on(Select.Changed, "#versus")
+    def _versus(self, event: Select.Changed) -> None:
+        value = event.value if isinstance(event.value, str) else None
+        if value != self.versus:
+            self.versus = value
             self.reload()
 
     def action_next_axis(self) -> None:
         if self.axes:
             i = self.axes.index(self.by) if self.by in self.axes else -1
             self.by = self.axes[(i + 1) % len(self.axes)]
+            self.versus = None
             self.reload()
 
     def action_score(self) -> None:

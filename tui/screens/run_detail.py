@@ -111,8 +111,10 @@ def params_table(run, scores: dict) -> Table:
     table.add_column()
     for k, v in sorted(scores.items()):
         table.add_row(rich(k), Text(f"{v:.4f}", style="bold"))
+    from store.models import param_value
+
     for name in PARAMS:
-        value = getattr(run, name, None)
+        value = param_value(run, name) if hasattr(run, name) else None
         shown = duration(value) if name == "duration_s" and value else fmt(value)
         table.add_row(name, rich(shown, multiline=name == "notes"))
         if name == "method" and getattr(run, "method_params", ""):

@@ -12,6 +12,7 @@ from textual.content import Content
 from textual.message import Message
 from textual.widgets import DataTable, Header, Input, Static
 
+from store.models import param_value
 from store.safe_text import safe_text
 
 from .. import keymap
@@ -61,7 +62,7 @@ def marked_ids(store, filt) -> list[int]:
 
 def parse_filter(text: str, experiment_id: int | None = None):
     """`status=failed,done seed=1 tag=good marked=1 exp=3 final_step=20 corgi beach` -> RunFilter."""
-    from store.models import RUN_SORT_COLUMNS, Run
+    from store.models import OTSU, RUN_SORT_COLUMNS, Run
     from store.queries import InputError, RunFilter
 
     f = RunFilter(experiment_id=experiment_id)
@@ -83,6 +84,8 @@ def parse_filter(text: str, experiment_id: int | None = None):
             f.experiment_id = None if value in ("all", "*", "") else int(value)
         elif key in ("marked", "baseline"):
             setattr(f, key, value.lower() in ("1", "true", "yes", "y"))
+        elif key == "mask_threshold" and value.lower() == OTSU:
+            f.equals[key] = OTSU  # Otsu's threshold: stored as NULL on a masked run
         elif key in RUN_SORT_COLUMNS:
             kind = Run.__table__.c[key].type.python_type
             if kind is object:  # SQLModel's AutoString (every plain str column) says object
@@ -243,7 +246,7 @@ class RunsScreen(StoreScreen):
                 elif key == "layers" and run.is_baseline:
                     cells.append("baseline")
                 else:
-                    cells.append(fmt(getattr(run, key)))
+                    cells.append(fmt(param_value(run, key)))
             page.append(cells)
         if (
             page != self._page_cells
