@@ -14,6 +14,7 @@ from textual.app import App
 
 from . import keymap
 from .commands import MtpCommands
+from .keymap import in_form
 
 # Top-level screens reachable from anywhere; names are what `open(...)` actions take.
 SCREENS = {
@@ -75,12 +76,22 @@ class MtpApp(App):
         return HomeScreen()
 
     # ------------------------------------------------------------------ keys
-    async def _check_bindings(self, key: str, priority: bool = False) -> bool:
-        # A letter typed while a form field (checkbox, select, button, input) has focus belongs
-        # to the form: "r" on the baseline checkbox must not throw a filled sweep away.
-        if not priority and keymap.is_character_key(key) and in_form(self.focused):
-            return False
-        return await super()._check_bindings(key, priority)
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        # A letter typed while a form control (checkbox, select, button, input) has focus
+        # belongs to the form: "r" on the baseline checkbox must not throw a filled sweep away.
+        # Only the letter bindings use `go`; the F-keys' `open` stays available everywhere.
+        # Refusing the action (rather than swallowing the key) lets the control's own bindings,
+        # such as space on a checkbox, still run.
+        if action == "go" and in_form(self.focused):
+            return None
+        return True
+
+    def action_go(self, name: str) -> None:
+        """A screen letter (h c n r e x, or ? for help): `open` where no form control has focus."""
+        if name == "help":
+            self.action_help()
+        else:
+            self.action_open(name)
 
     def confirm(self, question: str, on_yes, yes: str = "yes") -> None:
         """Ask before anything destructive; `on_yes()` runs only after y/enter."""
@@ -125,13 +136,17 @@ class MtpApp(App):
         gc.freeze()
 
     def action_open(self, name: str, **kwargs) -> None:
+        from textual.screen import ModalScreen
+
+        # F-keys reach here from dialogs too (they have priority): leaving a dialog that way is
+        # answering it "no" / closing it.
+        if name == "export" and type(self.screen).__name__ == SCREENS["export"][1]:
+            return
+        while isinstance(self.screen, ModalScreen) and len(self.screen_stack) > 1:
+            self.pop_screen()
         if name == "export":
             self.push_screen(self.make_screen("export", experiment_id=self.experiment_id))
             return
-        from textual.screen import ModalScreen
-
-        if isinstance(self.screen, ModalScreen):
-            self.pop_screen()
         if name == "home":
             while len(self.screen_stack) > 1:
                 self.pop_screen()
@@ -156,7 +171,9 @@ class MtpApp(App):
     def action_help(self) -> None:
         from .screens.help import HelpScreen
 
-        if not isinstance(self.screen, HelpScreen):
+        if isinstance(self.screen, HelpScreen):  # F1 again closes it (F1 has priority)
+            self.pop_screen()
+        else:
             self.push_screen(HelpScreen(self.screen))
 
     # ------------------------------------------------------------------ queue and engine
@@ -260,25 +277,6 @@ def where_label(store) -> str:
     """Which record and which data folder this app is on (the password masked)."""
     db = "SQLite in the data folder" if store.owns_folder else store.display_url
     return f"{db} · data {store.home.root}"
-
-
-def in_form(widget) -> bool:
-    """Is `widget` a form control (or inside one, like a Select's list)?"""
-    if widget is None:
-        return False
-    from textual.widgets import (
-        Button,
-        Checkbox,
-        Input,
-        RadioButton,
-        RadioSet,
-        Select,
-        Switch,
-        TextArea,
-    )
-
-    kinds = (Input, TextArea, Checkbox, Select, Button, RadioButton, RadioSet, Switch)
-    return isinstance(widget, kinds) or any(isinstance(a, kinds) for a in widget.ancestors)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -8,6 +8,8 @@ from textual import work
 from textual.message import Message
 from textual.screen import Screen
 
+from .. import keymap
+
 # Below this size side panes collapse and rows of fields stack (see app.tcss, `.narrow`).
 NARROW_WIDTH, SHORT_HEIGHT = 100, 30
 # How often screens that show runs ask the store whether anything changed (one row read).
@@ -23,6 +25,18 @@ class StoreScreen(Screen):
 
     live = False
     reopened = False  # set by MtpApp.make_screen when a kept screen is opened again
+    KEY_SCOPE: str | None = None  # its keymap scope: letter-only actions yield to form controls
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        # A letter typed on a form control (a Select on Results, say) belongs to the form; the
+        # control's own keys (space, enter, arrows) are bound on the control and still run.
+        if (
+            self.KEY_SCOPE is not None
+            and action in keymap.character_actions(self.KEY_SCOPE)
+            and keymap.in_form(self.app.focused)
+        ):
+            return None
+        return True
 
     class Changed(Message):
         def __init__(self, token: str):

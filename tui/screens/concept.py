@@ -17,6 +17,7 @@ from .. import keymap
 from ..widgets.artifact_image import ArtifactImage
 from ..widgets.field import Field, fields_by_name
 from ..widgets.footer import Footer
+from ..widgets.quiet import FormButton
 from ._common import StoreScreen
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
@@ -24,6 +25,7 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".ti
 
 class ConceptScreen(StoreScreen):
     BINDINGS = keymap.bindings("concept")
+    KEY_SCOPE = "concept"
 
     class Checked(Message):
         def __init__(self, path: Path, error: str | None):
@@ -90,7 +92,7 @@ class ConceptScreen(StoreScreen):
                 )
                 yield Horizontal(id="ref-images")
                 yield Static("", id="concept-status")
-                yield Button("Save concept (ctrl+s)", id="save", variant="primary")
+                yield FormButton("Save concept (ctrl+s)", id="save", variant="primary")
         yield Footer(compact=True, show_command_palette=False)
 
     def on_mount(self) -> None:

@@ -14,6 +14,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, Checkbox, Input, Label, Select, Static
 
 from .. import keymap
+from ..widgets.quiet import FormButton
 from .results import axes_for
 
 # (checkbox id, label, export function, file suffix, needs an axis)
@@ -100,8 +101,8 @@ class ExportScreen(ModalScreen):
             for kind, label, *_ in KINDS:
                 yield Checkbox(label, True, id=f"kind-{kind}", compact=True)
             with Horizontal(id="export-buttons"):
-                yield Button("Export (ctrl+s)", id="export-go", variant="primary", compact=True)
-                yield Button("Close (esc)", id="export-close", compact=True)
+                yield FormButton("Export (ctrl+s)", id="export-go", variant="primary", compact=True)
+                yield FormButton("Close (esc)", id="export-close", compact=True)
             yield Static("", id="export-log")
 
     def on_mount(self) -> None:

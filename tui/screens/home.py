@@ -86,6 +86,7 @@ def collect(store) -> HomeData:
 
 class HomeScreen(StoreScreen):
     BINDINGS = keymap.bindings("home")
+    KEY_SCOPE = "home"
 
     class Refreshed(Message):
         def __init__(self, data: HomeData):

@@ -49,6 +49,7 @@ def axes_for(spec_json: str) -> list[str]:
 
 class ResultsScreen(StoreScreen):
     BINDINGS = keymap.bindings("results")
+    KEY_SCOPE = "results"
     live = True  # new scores regroup the table, the plot and the grid by themselves
     KEPT = True  # F7 reopens this screen as it was left (see on_screen_resume)
 

@@ -132,6 +132,7 @@ def params_table(run, scores: dict) -> Table:
 
 class RunDetailScreen(StoreScreen):
     BINDINGS = keymap.bindings("detail")
+    KEY_SCOPE = "detail"
     live = True  # a running run's images and scores appear as the engine commits them
 
     class Loaded(Message):

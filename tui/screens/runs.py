@@ -96,6 +96,7 @@ def parse_filter(text: str, experiment_id: int | None = None):
 
 class RunsScreen(StoreScreen):
     BINDINGS = keymap.bindings("runs")
+    KEY_SCOPE = "runs"
     live = True  # a run an engine finishes shows up without F5
     KEPT = True  # F6 brings it back as it was left (MtpApp.make_screen); see retarget
 

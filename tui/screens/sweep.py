@@ -69,6 +69,7 @@ def check_source_image(path: str) -> None:
 
 class SweepScreen(StoreScreen):
     BINDINGS = keymap.bindings("sweep")
+    KEY_SCOPE = "sweep"
     # Textual's default would focus the first focusable widget, the form's scroll container, and
     # on_mount then moves focus to the name input: each of those focus changes restyles the whole
     # form (~130 widgets). on_mount alone focuses the name input, once it is mounted.

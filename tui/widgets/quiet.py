@@ -11,6 +11,7 @@ look and behave exactly like Textual's (CSS rules for `Input`, `Select`, `Checkb
 
 from __future__ import annotations
 
+from textual.binding import Binding
 from textual.widgets import Button, Checkbox, Input, Select, Static
 
 
@@ -35,7 +36,8 @@ class FormCheckbox(StyledWhenMounted, Checkbox):
 
 
 class FormButton(StyledWhenMounted, Button):
-    pass
+    # Space presses a button as it ticks a checkbox and opens a select (Textual binds enter only).
+    BINDINGS = [Binding("enter,space", "press", "Press button", show=False)]
 
 
 class FormStatic(StyledWhenMounted, Static):
