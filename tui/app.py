@@ -8,6 +8,7 @@ import argparse
 import os
 import signal
 import sys
+from pathlib import Path
 
 from rich.markup import escape
 from textual.app import App
@@ -44,10 +45,57 @@ class MtpApp(App):
         self.demo = demo
         # Which experiment the results/export/runs screens are about; Home's cursor sets it.
         self.experiment_id: int | None = None
-        # The sweep builder's unsaved form, kept when the screen is left (Esc, F-keys) so a
-        # half-built sweep is never thrown away; cleared once it is queued or cleared by hand.
-        self.sweep_draft: dict | None = None
-        self.concept_draft: dict | None = None  # the same for the concept editor
+        # The sweep builder's and the concept editor's unsaved forms, kept when the screen is
+        # left (Esc, F-keys) and across restarts (<data folder>/drafts.json) so nothing typed is
+        # thrown away; cleared once queued/saved or cleared by hand.
+        from store.drafts import load_drafts
+
+        self._drafts: dict = load_drafts(store.home.drafts_path)
+        self._drafts_written: str | None = None
+        self._drafts_warned = False
+        concept = self._drafts.get("concept")
+        if concept is not None:  # JSON holds paths as text
+            concept["images"] = [Path(p) for p in concept.get("images", [])]
+
+    @property
+    def sweep_draft(self) -> dict | None:
+        return self._drafts.get("sweep")
+
+    @sweep_draft.setter
+    def sweep_draft(self, draft: dict | None) -> None:
+        self._set_draft("sweep", draft)
+
+    @property
+    def concept_draft(self) -> dict | None:
+        return self._drafts.get("concept")
+
+    @concept_draft.setter
+    def concept_draft(self, draft: dict | None) -> None:
+        self._set_draft("concept", draft)
+
+    def _set_draft(self, kind: str, draft: dict | None) -> None:
+        import json
+
+        from store.drafts import save_drafts
+
+        self._drafts[kind] = draft
+        # Written on every change (a small file), so even a killed app keeps what was typed;
+        # an unchanged form is not rewritten.
+        text = json.dumps(self._drafts, default=str, sort_keys=True)
+        if text == self._drafts_written:
+            return
+        try:
+            save_drafts(self.store.home.drafts_path, self._drafts)
+        except OSError as exc:
+            if not self._drafts_warned:
+                self._drafts_warned = True
+                self.notify(
+                    escape(f"unsaved forms are not kept across restarts: {exc}"),
+                    severity="warning",
+                    timeout=8,
+                )
+            return
+        self._drafts_written = text
 
     def on_mount(self) -> None:
         # Textual, SQLAlchemy and pydantic leave ~1M long-lived objects; without freezing them
@@ -94,7 +142,7 @@ class MtpApp(App):
             self.action_open(name)
 
     def confirm(self, question: str, on_yes, yes: str = "yes") -> None:
-        """Ask before anything destructive; `on_yes()` runs only after y/enter."""
+        """Ask before anything destructive; `on_yes()` runs only after y."""
         from .screens.confirm import ConfirmScreen
 
         def done(answer: bool | None) -> None:

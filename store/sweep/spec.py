@@ -174,6 +174,13 @@ def source_prompt_for(class_word: str) -> str:
     return f"a photo of a {class_word.strip()}" if class_word and class_word.strip() else ""
 
 
+def target_prompts_for(token: str, class_word: str) -> list[str]:
+    """The default target prompts for a concept: the default scene with its token and class
+    word ("a photo of sks corgi on the beach"), so the default never names another subject."""
+    words = " ".join(w.strip() for w in (token or "", class_word or "") if w and w.strip())
+    return [f"a photo of {words} on the beach"] if words else []
+
+
 def validate_base(spec: ExperimentSpec) -> None:
     problem = model_problem(spec.model)
     if problem:

@@ -11,11 +11,12 @@ from textual.widgets import Static
 
 
 class ConfirmScreen(ModalScreen[bool]):
-    """y or enter answers yes; n or escape answers no. No focusable buttons, so the letter
-    keys always reach these bindings."""
+    """y answers yes; n or escape answers no. Enter is no answer: a key pressed out of habit
+    (or held from the screen before) must not confirm anything destructive. No focusable
+    buttons, so the letter keys always reach these bindings."""
 
     BINDINGS = [
-        Binding("y,enter", "answer(True)", "Yes", id="confirm.yes"),
+        Binding("y", "answer(True)", "Yes", id="confirm.yes"),
         Binding("n,escape", "answer(False)", "No", id="confirm.no"),
     ]
 
@@ -28,7 +29,7 @@ class ConfirmScreen(ModalScreen[bool]):
             yield Static(Text(self.question), id="confirm-question")
             yield Static(
                 Text.assemble(
-                    ("y", "bold"), f"/enter: {self.yes}    ", ("n", "bold"), "/esc: keep as is"
+                    ("y", "bold"), f": {self.yes}    ", ("n", "bold"), "/esc: keep as is"
                 ),
                 id="confirm-keys",
             )

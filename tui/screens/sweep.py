@@ -106,6 +106,8 @@ class SweepScreen(StoreScreen):
         self.last_count: int | None = None
         self._concepts: dict = {}
         self._auto_source: str | None = None  # the source prompt a concept's class word put there
+        self._auto_targets: str | None = None  # the target prompts it put there
+        self._preset_value: str | None = None  # the preset last applied (to put the menu back)
         self._loaded_context: SweepScreen.Context | None = None  # set by _load_context's thread
         self._applied_context: SweepScreen.Context | None = None
         self._fields: dict[str, Field] = {}
@@ -253,6 +255,7 @@ class SweepScreen(StoreScreen):
             "concept": self.selected_concept,
             "experiment_id": self.experiment_id,
             "auto_source": self._auto_source,
+            "auto_targets": self._auto_targets,
         }
 
     def restore(self, draft: dict) -> None:
@@ -267,6 +270,7 @@ class SweepScreen(StoreScreen):
         self.experiment_id = draft.get("experiment_id")
         self.concept_id = draft.get("concept")
         self._auto_source = draft.get("auto_source")
+        self._auto_targets = draft.get("auto_targets")
         if self.experiment_id:
             self.sub_title = f"editing draft #{self.experiment_id}"
 
@@ -292,6 +296,7 @@ class SweepScreen(StoreScreen):
         from store.sweep.spec import ExperimentSpec
 
         self.experiment_id, self.concept_id, self._auto_source = None, None, None
+        self._auto_targets = self._preset_value = None
         self.sub_title = ""
         self.set_spec(ExperimentSpec())
         self._fields["name"].value = ""
@@ -460,21 +465,67 @@ class SweepScreen(StoreScreen):
 
     @on(Select.Changed, "#preset")
     def _preset(self, event: Select.Changed) -> None:
-        from store.sweep.spec import PRESETS
+        """A preset fills four axes; values the user typed there are asked about first, and
+        refusing puts the preset menu back as it was (nothing changed)."""
+        from store.sweep.spec import PRESETS, ExperimentSpec
 
-        if event.value in PRESETS:
-            fields = self._fields
+        if event.value not in PRESETS:
+            self._preset_value = None
+            return
+        fields, chosen = self._fields, PRESETS[event.value]
+        defaults = ExperimentSpec()
+        # A value is "typed" unless it is the default or what some preset puts there.
+        placed = {n: {str(getattr(defaults, n))} | {p[n] for p in PRESETS.values()} for n in chosen}
+        typed = [
+            n
+            for n, text in chosen.items()
+            if fields[n].value.strip() != text and fields[n].value.strip() not in placed[n]
+        ]
+
+        def apply() -> None:
+            self._preset_value = event.value
             with self.prevent(Input.Changed):
-                for name, text in PRESETS[event.value].items():
-                    fields[name].value = text
+                for n, text in chosen.items():
+                    fields[n].value = text
             self._show_fields()
             self.recheck()
+
+        def keep() -> None:
+            select = self.query_one("#preset", Select)
+            with select.prevent(Select.Changed):
+                if self._preset_value in PRESETS:
+                    select.value = self._preset_value
+                else:
+                    select.clear()
+
+        if not typed:
+            apply()
+            return
+        shown = ", ".join(f"{AXIS_LABELS[n][0]} {fields[n].value.strip()!r}" for n in typed)
+
+        def answered(yes: bool | None) -> None:
+            apply() if yes else keep()
+
+        from .confirm import ConfirmScreen
+
+        self.app.push_screen(
+            ConfirmScreen(
+                f"The preset {event.value!r} replaces what you typed: {shown}. Replace it?",
+                yes="replace",
+            ),
+            answered,
+        )
 
     @on(Select.Changed, "#concept")
     def _concept(self, event: Select.Changed) -> None:
         """A concept brings its base model unless the user already chose one, and its class
         word into the source prompt unless the user wrote their own (mask words must be in both)."""
-        from store.sweep.spec import DEFAULT_MODEL, ExperimentSpec, source_prompt_for
+        from store.sweep.spec import (
+            DEFAULT_MODEL,
+            ExperimentSpec,
+            source_prompt_for,
+            target_prompts_for,
+        )
 
         concept = self._concepts.get(event.value)
         model = self._fields["model"]
@@ -489,6 +540,19 @@ class SweepScreen(StoreScreen):
         )
         if suggested and untouched:
             source.value = self._auto_source = suggested
+        # The default target prompt names the default subject (a dog); a concept's own class
+        # word (and token) replaces it unless the user wrote their own prompts.
+        targets = self.query_one("#target_prompts", TextArea)
+        untouched_targets = targets.text.strip() in (
+            "",
+            "\n".join(ExperimentSpec().target_prompts),
+            self._auto_targets or "",
+        )
+        if concept is not None and untouched_targets:
+            text = "\n".join(target_prompts_for(concept.token, concept.class_word))
+            if text:
+                with self.prevent(TextArea.Changed):
+                    targets.text = self._auto_targets = text
         self.recheck()
 
     def action_next_preset(self) -> None:
