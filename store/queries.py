@@ -207,8 +207,7 @@ def save_experiment(
 ) -> Experiment:
     """Save a draft or queue it. Expansion happens first, so a bad sweep writes nothing."""
     name = (name or "").strip()
-    if not name:
-        raise InputError("name: an experiment needs a name")
+    check_experiment_name(name)
     concept = get_concept(store, concept_id) if concept_id else None
     if concept_id and concept is None:
         raise InputError(f"concept {concept_id} does not exist")
@@ -229,6 +228,10 @@ def save_experiment(
             raise InputError(
                 f"experiment {exp.name!r} is already queued; duplicate it to change the sweep"
             )
+        # Checked in the writing transaction: one writer at a time on SQLite. Names are not a
+        # database constraint: older data folders may hold duplicates, which stay addressable
+        # by id (`#4`) and are refused by name (experiment_by_ref).
+        _check_name_free(s, name, exp.id)
         exp.name = name
         exp.concept_id = concept_id
         exp.spec_json = spec.to_json()
@@ -277,6 +280,58 @@ def queue_experiment(store: Store, experiment_id: int) -> Experiment:
     )
 
 
+def check_experiment_name(name: str) -> None:
+    """A name can never be read as an id: not empty, not all digits, not starting with `#`
+    (`#4` and `4` address experiment 4 everywhere)."""
+    if not name:
+        raise InputError("name: an experiment needs a name")
+    if name.isdigit() or name.startswith("#"):
+        raise InputError(
+            f"name: {name!r} would read as an experiment id; use a name with a letter in it"
+        )
+
+
+def _check_name_free(session, name: str, experiment_id: int | None) -> None:
+    taken = session.exec(
+        select(Experiment.id).where(
+            func.lower(Experiment.name) == name.lower(), Experiment.id != (experiment_id or -1)
+        )
+    ).first()
+    if taken is not None:
+        raise InputError(
+            f"name: an experiment named {name!r} exists already (#{taken}); "
+            "names are unique in a data folder"
+        )
+
+
+def check_name_available(store: Store, name: str, experiment_id: int | None = None) -> None:
+    """What save_experiment would say about `name` (an empty name is not checked: a form being
+    filled in has none yet). Raises InputError."""
+    name = (name or "").strip()
+    if not name:
+        return
+    check_experiment_name(name)
+    with store.session() as s:
+        _check_name_free(s, name, experiment_id)
+
+
+def free_experiment_name(store: Store, base: str) -> str:
+    """`base`, or `base 2`, `base 3`, ... : the first name no experiment has."""
+    with store.session() as s:
+        taken = {
+            n.lower()
+            for n in s.exec(
+                select(Experiment.name).where(func.lower(Experiment.name).like(f"{base.lower()}%"))
+            )
+        }
+    if base.lower() not in taken:
+        return base
+    n = 2
+    while f"{base} {n}".lower() in taken:
+        n += 1
+    return f"{base} {n}"
+
+
 def duplicate_experiment(store: Store, experiment_id: int, name: str | None = None) -> Experiment:
     with store.session() as s:
         exp = s.get(Experiment, experiment_id)
@@ -285,7 +340,7 @@ def duplicate_experiment(store: Store, experiment_id: int, name: str | None = No
     spec = ExperimentSpec.from_json(exp.spec_json)
     return save_experiment(
         store,
-        name or f"{exp.name} (copy)",
+        name or free_experiment_name(store, f"{exp.name} (copy)"),
         spec,
         exp.concept_id,
         queue=False,
@@ -369,17 +424,26 @@ def get_experiment(store: Store, experiment_id: int) -> Experiment | None:
 
 
 def experiment_by_ref(store: Store, ref: str | int) -> Experiment | None:
-    """An experiment by id or by name (CLI arguments accept either)."""
+    """An experiment by id (`4` or `#4`) or by name; None when nothing matches. An id is never
+    taken for a name nor a name for an id (names cannot be all digits or start with `#`); a
+    name that several experiments share (data from before names were unique) is refused,
+    listing their ids."""
+    text = str(ref).strip()
     with store.session() as s:
-        if str(ref).isdigit():
-            exp = s.get(Experiment, int(ref))
-            if exp:
-                return exp
-        return s.exec(
-            select(Experiment)
-            .where(Experiment.name == str(ref))
-            .order_by(col(Experiment.id).desc())
-        ).first()
+        digits = text[1:] if text.startswith("#") else text
+        if digits.isdigit():
+            return s.get(Experiment, int(digits))
+        found = list(
+            s.exec(
+                select(Experiment)
+                .where(func.lower(Experiment.name) == text.lower())
+                .order_by(col(Experiment.id))
+            )
+        )
+    if len(found) > 1:
+        ids = ", ".join(f"#{e.id}" for e in found)
+        raise InputError(f"{len(found)} experiments are named {text!r} ({ids}): give the id")
+    return found[0] if found else None
 
 
 @dataclass

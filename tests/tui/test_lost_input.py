@@ -134,3 +134,22 @@ async def test_a_concepts_class_word_replaces_the_default_subject(store):
         sweep.query_one("#concept").value = corgi.id
         await wait_for(pilot, lambda: sweep._fields["source_prompt"].value == "a photo of a corgi")
         assert targets.text == "a photo of <new1> cat in the snow"
+
+
+async def test_the_builder_refuses_a_taken_or_numeric_name_under_the_name_field(store):
+    from tests.tui import seed_experiment
+
+    seed_experiment(store, name="taken")
+    app = MtpApp(store)
+    async with app.run_test(size=SIZE) as pilot:
+        sweep = await open_sweep(pilot, app)
+        sweep._fields["model"].value = str(store.home.models / "fake-sd")
+        for typed, message in (
+            ("taken", "exists already"),
+            ("12", "would read as an experiment id"),
+        ):
+            sweep._fields["name"].value = typed
+            await pilot.press("ctrl+s")
+            field = sweep.query_one("#field-name")
+            await wait_for(pilot, lambda: message in str(field.error), what=message)
+            assert "Nothing saved" in str(sweep.query_one("#sweep-status").content)

@@ -575,10 +575,11 @@ class SweepScreen(StoreScreen):
         except BaseFieldError as exc:
             self.on_sweep_screen_checked(self.Checked(None, 0, exc, self._token))
             return
+        name, exp_id = self.experiment_name, self.experiment_id
         if now and not spec.source_image and self._grid_bound(spec) <= INSTANT_CHECK_RUNS:
-            self.on_sweep_screen_checked(self._check(spec, self._token))
+            self.on_sweep_screen_checked(self._check(spec, self._token, name, exp_id))
         else:
-            self._expand(spec, self._token)
+            self._expand(spec, self._token, name, exp_id)
 
     def _grid_bound(self, spec) -> int:
         """At most how many runs the form expands to (baselines counted as one per grid point)."""
@@ -588,10 +589,16 @@ class SweepScreen(StoreScreen):
                 bound *= max(1, len(f.values or ()))
         return bound
 
-    def _check(self, spec, token: int) -> Checked:
+    def _check(self, spec, token: int, name: str = "", experiment_id: int | None = None) -> Checked:
+        from store.queries import InputError, check_name_available
         from store.sweep.grammar import SweepError
         from store.sweep.spec import expand
 
+        try:
+            # A taken or id-like name is shown while typing, not only when saving.
+            check_name_available(self.store, name, experiment_id)
+        except InputError as exc:
+            return self.Checked(None, 0, exc, token)
         try:
             if spec.source_image:
                 check_source_image(spec.source_image)
@@ -601,8 +608,8 @@ class SweepScreen(StoreScreen):
         return self.Checked(len(rows), sum(1 for r in rows if r["is_baseline"]), None, token)
 
     @work(thread=True, exclusive=True, group="sweep-check")
-    def _expand(self, spec, token: int) -> None:
-        self.post_message(self._check(spec, token))
+    def _expand(self, spec, token: int, name: str, experiment_id: int | None) -> None:
+        self.post_message(self._check(spec, token, name, experiment_id))
 
     def on_sweep_screen_checked(self, message: Checked) -> None:
         if message.token != self._token:
