@@ -515,6 +515,51 @@ class RunFilter:
     text: str | None = None  # matched against prompts, layers, tags, notes, error
     marked: bool | None = None
     baseline: bool | None = None
+    # Comparisons from the filter grammar (store.runfilter.Compare: field, op, value).
+    compare: list = field(default_factory=list)
+
+
+def _compare_clause(c):
+    """One `field op value` of the filter grammar as SQL (see store.runfilter)."""
+    import operator
+
+    from .models import Score
+
+    ops = {
+        "=": operator.eq,
+        "!=": operator.ne,
+        ">": operator.gt,
+        ">=": operator.ge,
+        "<": operator.lt,
+        "<=": operator.le,
+    }
+    if c.field == "tag":
+        tags = func.coalesce(Run.tags, "")
+        hit = or_(*(col(tags).contains(v, autoescape=True) for v in c.value))
+        return hit if c.op == "=" else ~hit
+    if c.field in ("status", "experiment_id") and isinstance(c.value, tuple):
+        column = col(getattr(Run, c.field))
+        return column.in_(c.value) if c.op == "=" else column.not_in(c.value)
+    if c.field not in RUN_SORT_COLUMNS and c.field != "experiment_id":  # a score
+        return col(Run.id).in_(
+            select(Score.run_id).where(Score.metric == c.field, ops[c.op](Score.value, c.value))
+        )
+    column = getattr(Run, c.field)
+
+    def one(value):
+        if value == "otsu":  # Otsu's threshold is stored as no threshold, with the mask on
+            return and_(Run.mask_mode != "off", col(Run.mask_threshold).is_(None))
+        other = Run.num_steps if value == "end" else value
+        return ops["=" if c.op in ("=", "!=") else c.op](column, other)
+
+    if c.op == "=":
+        return or_(*(one(v) for v in c.value))
+    if c.op == "!=":
+        # A run without the value (no threshold, say) is "not equal" too, not unknown.
+        return and_(
+            *(~one(v) if v == "otsu" else or_(col(column).is_(None), ~one(v)) for v in c.value)
+        )
+    return one(c.value)
 
 
 def _filter_clause(f: RunFilter):
@@ -533,6 +578,8 @@ def _filter_conditions(f: RunFilter) -> list:
         clauses.append(getattr(Run, column) == value)
     if f.tag:
         clauses.append(col(Run.tags).contains(f.tag, autoescape=True))
+    for c in f.compare:
+        clauses.append(_compare_clause(c))
     if f.text:
         # % and _ typed by the user are literal characters, not wildcards.
         like = "%" + f.text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"

@@ -30,6 +30,7 @@ from sqlalchemy import (
     func,
     literal,
     literal_column,
+    or_,
     select,
     type_coerce,
 )
@@ -212,6 +213,14 @@ def runs_query(store: Store, experiment_id: int, scale: str = "raw"):
         .subquery("p")
     )
     cols = [_run_column(store, c) for c in table.columns]
+    # final_step is exclusive; this says which step is really the last one controlled (empty
+    # for a baseline or an empty window), as run detail and `mtp runs` show "steps 2-3".
+    start, final, skip = table.c.start_step, table.c.final_step, table.c.skip_interval
+    end = case((final > table.c.num_steps, table.c.num_steps), else_=final)
+    last_step = case(
+        (or_(table.c.is_baseline, end <= start), None),
+        else_=start + skip * ((end - 1 - start) // skip),
+    ).label("last_controlled_step")
     score_cols = [
         scaled_sql(pivot.c[f"s{i}"], scale, metric=m).label(score_header(m, b))
         for i, (m, b) in enumerate(pairs)
@@ -229,7 +238,11 @@ def runs_query(store: Store, experiment_id: int, scale: str = "raw"):
     ]
     q = (
         select(
-            *cols, *score_cols, _neutralised_sql(pivot.c.scored_text, "scored_text"), *session_cols
+            *cols,
+            last_step,
+            *score_cols,
+            _neutralised_sql(pivot.c.scored_text, "scored_text"),
+            *session_cols,
         )
         .select_from(
             table.outerjoin(pivot, pivot.c.run_id == table.c.id).outerjoin(
@@ -241,6 +254,7 @@ def runs_query(store: Store, experiment_id: int, scale: str = "raw"):
     )
     header = (
         [c.name for c in table.columns]
+        + ["last_controlled_step"]
         + [score_header(m, b) for m, b in pairs]
         + ["scored_text"]
         + [f"session_{name}" for name in SESSION_EXPORT_COLUMNS]

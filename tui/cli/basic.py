@@ -113,7 +113,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("runs", help="list runs (paged, filtered, sorted in SQL)")
     p.add_argument("experiment", nargs="?")
     p.add_argument("--status", help="comma separated statuses")
-    p.add_argument("--where", action="append", default=[], help="COLUMN=VALUE (repeatable)")
+    p.add_argument(
+        "--where",
+        action="append",
+        default=[],
+        help="a filter term as in the runs browser: final_step>5, final=end, thr=otsu, "
+        "clip_t>=0.3, status=failed,done (repeatable)",
+    )
     p.add_argument("--search", help="text in prompt, layers, tags, notes or error")
     p.add_argument("--sort", default="id", help="a column or score:METRIC")
     p.add_argument("--desc", action="store_true")
@@ -329,30 +335,47 @@ def cmd_experiment_archive(args, store) -> int:
 
 
 def cmd_runs(args, store) -> int:
-    from store.queries import InputError, RunFilter, list_runs
+    from store.queries import InputError, RunFilter, list_runs, run_scores
+    from store.runfilter import parse_filter
+    from store.sweep.spec import controlled_steps
 
-    equals = {}
-    for item in args.where:
-        if "=" not in item:
-            raise InputError(f"--where needs COLUMN=VALUE, got {item!r}")
-        k, v = item.split("=", 1)
-        equals[k.strip()] = int(v) if v.strip().isdigit() else v.strip()
     filt = RunFilter(
         experiment_id=_experiment(store, args.experiment).id if args.experiment else None,
         statuses=[s for s in (args.status or "").split(",") if s],
-        equals=equals,
         text=args.search,
     )
+    for item in args.where:
+        # The runs browser's filter grammar, one term per --where (a value may hold spaces).
+        key, sep, value = item.partition("=")
+        quoted = item if not sep or " " not in value else f'{key}="{value}"'
+        term = parse_filter(quoted)
+        if term.text:
+            raise InputError(
+                f"--where needs a comparison such as final_step>5, got {item!r} "
+                "(--search looks for text)"
+            )
+        filt.equals.update(term.equals)
+        filt.compare.extend(term.compare)
+        filt.statuses = term.statuses or filt.statuses
+        for name in ("tag", "marked", "baseline"):
+            if getattr(term, name) is not None:
+                setattr(filt, name, getattr(term, name))
+        if term.experiment_id is not None:
+            filt.experiment_id = term.experiment_id
     rows, total = list_runs(
         store, filt, sort=args.sort, descending=args.desc, offset=args.offset, limit=args.limit
     )
+    metric = args.sort.split(":", 1)[1] if args.sort.startswith("score:") else None
+    scores = run_scores(store, [r.id for r in rows]) if metric else {}
     print(f"{total} runs match; showing {args.offset + 1 if rows else 0}-{args.offset + len(rows)}")
     for r in rows:
         control = (
             "baseline"
             if r.is_baseline
             else (
-                f"layers={r.layers} steps={r.start_step}..{r.final_step}/{r.skip_interval} mask={r.mask_mode}"
+                f"layers={r.layers} "
+                + controlled_steps(r.start_step, r.final_step, r.skip_interval, r.num_steps)
+                + f" mask={r.mask_mode}"
             )
         )
         if r.invert and r.inversion_guidance is not None:
@@ -360,5 +383,10 @@ def cmd_runs(args, store) -> int:
         err = f"  error: {r.error.splitlines()[-1]}" if r.error else ""
         if r.score_error:
             err += f"  not scored: {r.score_error.splitlines()[-1]}"
-        print(f"{r.id:>6} {r.status:<9} seed={r.seed} {control}  {r.target_prompt!r}{err}")
+        # Sorted by a score: that score leads the line, so the order can be checked by eye.
+        shown = ""
+        if metric:
+            value = scores.get(r.id, {}).get(metric)
+            shown = f"{metric}={value:.4f} " if value is not None else f"{metric}=- "
+        print(f"{r.id:>6} {r.status:<9} {shown}seed={r.seed} {control}  {r.target_prompt!r}{err}")
     return 0

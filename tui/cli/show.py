@@ -158,6 +158,11 @@ def cmd_show(args, store) -> int:
     for metric, backbone, value in rows:
         print(f"{metric:12s} {value:.4f}  {backbone}")
     print("--- parameters")
+    if not run.is_baseline:
+        from store.sweep.spec import controlled_steps
+
+        steps = controlled_steps(run.start_step, run.final_step, run.skip_interval, run.num_steps)
+        print(f"{'controls':14s} {steps} (final_step is exclusive)")
     for name in SHOWN:
         print(f"{name:14s} {getattr(run, name)}")
     _print_session(store, run.session_id)

@@ -177,11 +177,14 @@ class RunDetailScreen(StoreScreen):
                 f"[red]run {self.run_id} does not exist[/]"
             )
             return
+        from store.sweep.spec import controlled_steps
+
         self.bundle, self.run_id, self.word_index = bundle, run.id, 0
         kind = (
             "baseline (no control)"
             if run.is_baseline
-            else f"layers {run.layers}, steps {run.start_step}-{run.final_step} every {run.skip_interval}"
+            else f"layers {run.layers}, "
+            + controlled_steps(run.start_step, run.final_step, run.skip_interval, run.num_steps)
         )
         self.query_one("#detail-title", Static).update(
             f"[b]run {run.id}[/] \\[{run.status}]  {escape(run.target_prompt)!r}  seed {run.seed}  {kind}"

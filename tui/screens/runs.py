@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shlex
 from functools import partial
 
 from rich.markup import escape
@@ -55,43 +54,24 @@ def marked_ids(store, filt) -> list[int]:
 
 
 def parse_filter(text: str, experiment_id: int | None = None):
-    """`status=failed,done seed=1 tag=good marked=1 exp=3 final_step=20 corgi beach` -> RunFilter."""
-    from store.models import RUN_SORT_COLUMNS, Run
-    from store.queries import InputError, RunFilter
+    """The runs filter grammar (store.runfilter): `status=failed seed=1 final>5 thr=otsu beach`."""
+    from store.runfilter import parse_filter as parse
 
-    f = RunFilter(experiment_id=experiment_id)
-    words = []
-    try:
-        tokens = shlex.split(text or "")
-    except ValueError as exc:
-        raise InputError(f"filter: {exc}") from None
-    for tok in tokens:
-        if "=" not in tok:
-            words.append(tok)
-            continue
-        key, value = (p.strip() for p in tok.split("=", 1))
-        if key == "status":
-            f.statuses = [v for v in value.split(",") if v]
-        elif key == "tag":
-            f.tag = value
-        elif key in ("exp", "experiment", "experiment_id"):
-            f.experiment_id = None if value in ("all", "*", "") else int(value)
-        elif key in ("marked", "baseline"):
-            setattr(f, key, value.lower() in ("1", "true", "yes", "y"))
-        elif key in RUN_SORT_COLUMNS:
-            kind = Run.__table__.c[key].type.python_type
-            try:
-                f.equals[key] = (
-                    (value.lower() in ("1", "true", "yes")) if kind is bool else kind(value)
-                )
-            except ValueError:
-                raise InputError(f"filter: {key} needs a {kind.__name__}, not {value!r}") from None
-        else:
-            raise InputError(
-                f"filter: unknown field {key!r} (status, tag, exp, marked, baseline or a run column)"
-            )
-    f.text = " ".join(words) or None
-    return f
+    return parse(text, experiment_id)
+
+
+def filter_error_text(exc) -> Text:
+    """A filter error on one line, the character where reading stopped shown reversed (the
+    status line is one line high; the CLI prints the same error with a caret under it)."""
+    text, pos = getattr(exc, "text", None), getattr(exc, "pos", None)
+    message = getattr(exc, "message", None) or str(exc)
+    out = Text("✗ filter: " + message, style="bold red")
+    if isinstance(text, str) and isinstance(pos, int) and 0 <= pos <= len(text):
+        out.append("  ")
+        out.append(text[:pos])
+        out.append(text[pos : pos + 1] or " ", style="reverse red")
+        out.append(text[pos + 1 :])
+    return out
 
 
 class RunsScreen(StoreScreen):
@@ -134,7 +114,7 @@ class RunsScreen(StoreScreen):
         yield Header()
         yield Input(
             self.filter_text,
-            placeholder="filter: words, status=failed, seed=1, tag=x, marked=1, "
+            placeholder="filter: words, status=failed, seed=1, final>5, thr=otsu, clip_t>0.3, tag=x, "
             "exp=all, final_step=20 ... (enter applies, escape closes)",
             id="filter-bar",
         )
@@ -182,7 +162,7 @@ class RunsScreen(StoreScreen):
         try:
             filt = parse_filter(self.filter_text, self.experiment_id)
         except Exception as exc:
-            self._status(f"[red]{escape(str(exc))}[/]")
+            self._status(filter_error_text(exc))
             return
         if not quiet:  # a live refresh must not flash "loading..." every second
             # Only a slow page says so: painting "loading..." first would cost a fast page a frame.
@@ -193,7 +173,7 @@ class RunsScreen(StoreScreen):
         if self._token == token and self._shown != token:
             self._status("loading...")
 
-    def _status(self, text: str) -> None:
+    def _status(self, text) -> None:
         self.query_one("#runs-status", Static).update(
             text, layout=False
         )  # one line, fixed size (app.tcss)
@@ -279,6 +259,18 @@ class RunsScreen(StoreScreen):
 
     @on(Input.Submitted, "#filter-bar")
     def _apply_filter(self, event: Input.Submitted) -> None:
+        from store.queries import InputError
+
+        try:
+            parse_filter(event.value.strip(), self.experiment_id)
+        except InputError as exc:
+            # Not applied: the bar stays open on the text, the status line marks where
+            # reading stopped (the table keeps the last good filter).
+            self._status(filter_error_text(exc))
+            pos = getattr(exc, "pos", None)
+            if isinstance(pos, int):
+                event.input.cursor_position = pos
+            return
         self.filter_text = event.value.strip()
         self.page_offset = 0
         filt = self._safe_filter()
