@@ -33,7 +33,7 @@ class StoreScreen(Screen):
         if (
             self.KEY_SCOPE is not None
             and action in keymap.character_actions(self.KEY_SCOPE)
-            and keymap.in_form(self.app.focused)
+            and keymap.in_form(self.focused)
         ):
             return None
         return True
