@@ -55,7 +55,8 @@ KEYMAP: dict[str, list[Key]] = {
         Key("home.edit", "E", "edit_experiment", "Edit"),
         Key("home.queue", "Q", "queue_experiment", "Queue"),
         Key("home.requeue", "R", "requeue_experiment", "Requeue", show=False),
-        Key("home.cancel", "X", "cancel_experiment", "Cancel"),
+        # Destructive keys are control keys, never a shift away from a common letter (x exports).
+        Key("home.cancel", "ctrl+x", "cancel_experiment", "Cancel"),
         Key("home.delete", "D", "delete_experiment", "Delete"),
         Key("home.archive", "A", "archive_experiment", "Archive", show=False),
         Key("home.refresh", "f5", "refresh", "Refresh", show=False),
@@ -85,7 +86,7 @@ KEYMAP: dict[str, list[Key]] = {
         Key("runs.tag", "t", "tag", "Tag"),
         Key("runs.note", "N", "note", "Note"),
         Key("runs.requeue", "R", "requeue", "Requeue"),
-        Key("runs.cancel", "X", "cancel", "Cancel"),
+        Key("runs.cancel", "ctrl+x", "cancel", "Cancel"),
         Key("runs.unmark", "U", "unmark_all", "Unmark", show=False),
         Key("runs.compare", "v", "compare", "Compare"),
         Key("runs.score", "S", "score", "Score"),

@@ -16,6 +16,7 @@ from textual.widgets import Button, DirectoryTree, Header, Input, Label, Select,
 from .. import keymap
 from ..widgets.artifact_image import ArtifactImage
 from ..widgets.field import Field, fields_by_name
+from ..widgets.find import FindTree
 from ..widgets.footer import Footer
 from ..widgets.quiet import FormButton
 from ._common import StoreScreen
@@ -50,19 +51,9 @@ class ConceptScreen(StoreScreen):
 
         yield Header()
         with Horizontal(id="concept-body"):
-            with Vertical(id="concept-tree"):
-                yield Label(
-                    "Files (enter adds an image; ctrl+g: folder up; ctrl+l: type a path)",
-                    classes="field-label",
-                )
-                yield Input(
-                    str(self.start_dir),
-                    placeholder="a folder to browse or an image to add",
-                    id="tree-path",
-                    compact=True,
-                )
-                yield DirectoryTree(str(self.start_dir), id="tree")
-            with VerticalScroll(id="concept-form"):
+            # The form on the left, the file tree on the right: Textual's Tab order follows
+            # screen position, so Tab starts at Name and walks the fields before the tree.
+            with VerticalScroll(id="concept-form", can_focus=False):
                 yield Field("name", "Name", placeholder="e.g. corgi")
                 yield Field("token", "Token", placeholder="written in prompts, e.g. <new1> or sks")
                 yield Field(
@@ -94,6 +85,18 @@ class ConceptScreen(StoreScreen):
                 yield Horizontal(id="ref-images")
                 yield Static("", id="concept-status")
                 yield FormButton("Save concept (ctrl+s)", id="save", variant="primary")
+            with Vertical(id="concept-tree"):
+                yield Label(
+                    "Files (enter adds an image; ctrl+g: folder up; ctrl+l: type a path)",
+                    classes="field-label",
+                )
+                yield Input(
+                    str(self.start_dir),
+                    placeholder="a folder to browse or an image to add",
+                    id="tree-path",
+                    compact=True,
+                )
+                yield FindTree(str(self.start_dir), id="tree")
         yield Footer(compact=True, show_command_palette=False)
 
     def on_mount(self) -> None:

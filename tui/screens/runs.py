@@ -397,6 +397,8 @@ class RunsScreen(StoreScreen):
         run = self.current
         if run is not None:
             update_runs(self.store, [run.id], marked=not run.marked)
+            # Then on to the next run, so m m m marks a stretch (as file managers do).
+            self.query_one(DataTable).action_cursor_down()
             self.reload(keep_cursor=True)
 
     def targets(self) -> tuple[list[int], str]:
