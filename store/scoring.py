@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, delete, exists, or_, update
+from sqlalchemy import and_, delete, exists, func, or_, update
 from sqlmodel import col, select
 
 from .db import Store
@@ -244,6 +244,30 @@ def runs_to_score(
         q = q.limit(limit)
     with store.session() as s:
         return list(s.exec(q))
+
+
+def unscored_done_runs(
+    store: Store, experiment_id: int, families: Sequence[str] = DEFAULT_FAMILIES
+) -> tuple[int, int]:
+    """(done runs with an image, those lacking every score of some family, whatever the
+    backbone): what a score request for the experiment could still do."""
+    metrics_lacking = [
+        ~exists().where(Score.run_id == Run.id, col(Score.metric).in_(FAMILY_METRICS[f]))
+        for f in parse_families(families)
+    ]
+    base = (
+        select(func.count())
+        .select_from(Run)
+        .where(
+            Run.experiment_id == experiment_id,
+            Run.status == RunStatus.DONE,
+            col(Run.image_path).is_not(None),
+        )
+    )
+    with store.session() as s:
+        done = s.exec(base).one()
+        lacking = s.exec(base.where(or_(*metrics_lacking))).one() if metrics_lacking else 0
+    return int(done), int(lacking)
 
 
 def count_runs_to_score(store: Store, req: ScoreRequest, backbones: dict[str, str]) -> int:

@@ -259,6 +259,22 @@ class MtpApp(App):
         if exp_id is None:
             self.notify("select an experiment first", severity="warning")
             return
+        from store.scoring import unscored_done_runs
+
+        done, lacking = unscored_done_runs(self.store, exp_id)
+        if not lacking:
+            # Queueing a request that would score nothing only to report "scoring done" later
+            # said work was happening when none was.
+            self.notify(
+                f"nothing to score in experiment {exp_id}: "
+                + (
+                    f"all {done} finished runs have their scores "
+                    f"(`mtp score {exp_id} --rescore` scores them again)"
+                    if done
+                    else "no run has finished with an image yet"
+                )
+            )
+            return
         req, created = request_scoring(self.store, exp_id)
         note = "" if created else " (already queued)"
         if not launch.engine_running(self.store.home.root):

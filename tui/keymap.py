@@ -48,7 +48,9 @@ KEYMAP: dict[str, list[Key]] = {
         Key("app.quit", "ctrl+q", "quit", "Quit", show=False, priority=True),
     ],
     "home": [
-        Key("home.pause", "p", "toggle_pause", "Pause"),
+        # One key, and the footer names what it does now (Resume while paused).
+        Key("home.pause", "p", "pause_queue", "Pause"),
+        Key("home.resume", "p", "resume_queue", "Resume"),
         Key("home.start_engine", "S", "start_engine", "Engine+"),
         Key("home.stop_engine", "T", "stop_engine", "Engine-", show=False),
         Key("home.open", "enter", "open_experiment", "Open runs", show=False),

@@ -153,6 +153,7 @@ class ConceptScreen(StoreScreen):
         self.query_one("#concept-status", Static).update(
             "your unsaved concept is back (ctrl+s saves it, ctrl+n starts a new one)"
         )
+        self._status_saved = True  # replaced by "unsaved changes" at the next edit
 
     def _keep_draft(self) -> None:
         # Kept until saved, so leaving the editor (Esc, F-keys, quitting) never throws typing away.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from rich.markup import escape
 from textual import on, work
@@ -67,6 +68,27 @@ def best_points(store, experiment_ids: list[int]) -> dict[int, tuple[int, float,
     q = select(ranked.c.exp, ranked.c.run, ranked.c.t, ranked.c.i).where(ranked.c.rank == 1)
     with store.session() as s:
         return {exp: (run, tv, iv) for exp, run, tv, iv in s.execute(q)}
+
+
+# A stopped (or dead) engine stays listed this long after its last heartbeat, then only counts.
+STOPPED_SHOWN_S = 600
+GONE = ("stopped", "dead")
+
+
+def visible_workers(workers) -> tuple[list, int]:
+    """The workers Home lists (every live one, stopped ones for a while) and how many stopped
+    ones it leaves out: a host that restarted engines for weeks would otherwise fill the table."""
+    if not workers:
+        return [], 0
+    now = datetime.now(UTC)
+    shown = []
+    for w in workers:
+        beat = w.heartbeat_at
+        if beat is not None and beat.tzinfo is None:
+            beat = beat.replace(tzinfo=UTC)
+        if w.status not in GONE or beat is None or (now - beat).total_seconds() < STOPPED_SHOWN_S:
+            shown.append(w)
+    return shown, len(workers) - len(shown)
 
 
 def collect(store) -> HomeData:
@@ -162,7 +184,10 @@ class HomeScreen(StoreScreen):
             self.on_home_screen_refreshed(self.Refreshed(self.data))
 
     def on_home_screen_refreshed(self, message: Refreshed) -> None:
+        was_paused = self.data.paused if self.data is not None else None
         self.data = data = message.data
+        if data.paused != was_paused:  # paused by `mtp queue pause` or another app, too
+            self.refresh_bindings()
         # Scores only change when runs finish: recompute best points when done counts move,
         # after the table is up, since it reads every score.
         key = tuple((r.experiment.id, r.done) for r in data.experiments)
@@ -177,7 +202,18 @@ class HomeScreen(StoreScreen):
                 if data.paused
                 else "[green]queue running[/] (p: pause)"
             )
-        if data.engines is not None:
+        shown_workers, hidden = visible_workers(data.workers)
+        if data.workers is not None:
+            # Counted from the same read as the workers table below, so the two always agree.
+            live = [w for w in data.workers if w.status not in GONE]
+            parts.append(
+                f"engines: {len(live)} working"
+                if live
+                else "engines: none (S: start)"
+                if not data.engines
+                else f"engines: {len(data.engines)} starting"
+            )
+        elif data.engines is not None:
             parts.append(
                 f"engines: {len(data.engines)} running"
                 if data.engines
@@ -226,7 +262,7 @@ class HomeScreen(StoreScreen):
         self._fill("#experiments", rows)
         wrows = []
         prev_host = None
-        for w in data.workers or []:  # sorted by host: the host is named once per group
+        for w in shown_workers:  # sorted by host: the host is named once per group
             step = f"{w.step}/{w.total_steps}" if w.total_steps else "-"
             its = f"{w.its_per_s:.2f}" if w.its_per_s else "-"
             host = w.host if w.host != prev_host else ""
@@ -247,6 +283,10 @@ class HomeScreen(StoreScreen):
                         w.id,
                     ),
                 )
+            )
+        if hidden:
+            wrows.append(
+                ("stopped", ("", "", f"+{hidden} stopped earlier", "", "", "", "", "mtp workers"))
             )
         if data.workers is None:
             wrows = [("-", ("store.queue not available", "", "", "", "", "", "", ""))]
@@ -322,8 +362,24 @@ class HomeScreen(StoreScreen):
             self.app.experiment_id = exp_id
             self.app.action_open("runs", experiment_id=exp_id)
 
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action in ("pause_queue", "resume_queue"):
+            paused = bool(self.data is not None and self.data.paused)
+            if (action == "resume_queue") != paused:
+                return False  # the other one of the pair is the one p does now
+        return super().check_action(action, parameters)
+
+    def action_pause_queue(self) -> None:
+        self.action_toggle_pause()
+
+    def action_resume_queue(self) -> None:
+        self.action_toggle_pause()
+
     def action_toggle_pause(self) -> None:
-        self.app.toggle_pause()
+        paused = self.app.toggle_pause()
+        if self.data is not None and paused is not None:
+            self.data.paused = paused
+            self.refresh_bindings()  # the footer says Resume/Pause at once
         self.refresh_data()
 
     def action_start_engine(self) -> None:

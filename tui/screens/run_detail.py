@@ -174,8 +174,14 @@ class RunDetailScreen(StoreScreen):
         run = bundle.run
         if run is None:
             self.query_one("#detail-title", Static).update(
-                f"[red]run {self.run_id} does not exist[/]"
+                f"[red]run {self.run_id} does not exist[/] (deleted?)"
             )
+            # Nothing of the run that was shown may stay on screen as if it still existed.
+            self.bundle = None
+            for image in self.query(ArtifactImage):
+                image.show_image(None, "run deleted")
+            self.query_one("#detail-error", Static).update("")
+            self.query_one("#detail-info", Static).update("")
             return
         from store.sweep.spec import controlled_steps
 

@@ -83,6 +83,7 @@ class RunsScreen(StoreScreen):
     class Page(Message):
         def __init__(self, runs, scores, total, offset, error=None, token=0, marked=0):
             super().__init__()
+            self.gone: int | None = None  # the experiment shown was deleted
             self.runs, self.scores, self.total, self.offset, self.error, self.token = (
                 runs,
                 scores,
@@ -180,9 +181,17 @@ class RunsScreen(StoreScreen):
 
     @work(thread=True, exclusive=True, group="runs-page")
     def _load(self, filt, sort, descending, offset, token) -> None:
-        from store.queries import list_runs, run_scores
+        from store.queries import get_experiment, list_runs, run_scores
 
         try:
+            if (
+                filt.experiment_id is not None
+                and get_experiment(self.store, filt.experiment_id) is None
+            ):
+                page = self.Page([], {}, 0, offset, None, token)
+                page.gone = filt.experiment_id
+                self.post_message(page)
+                return
             runs, total = list_runs(
                 self.store, filt, sort=sort, descending=descending, offset=offset, limit=PAGE
             )
@@ -199,6 +208,20 @@ class RunsScreen(StoreScreen):
         self._shown = message.token
         if message.error is not None:
             self._status(f"[red]{escape(str(message.error))}[/]")
+            return
+        if message.gone is not None:
+            # Deleted (here or by another process) while shown: every experiment's runs
+            # instead of an empty page that only a filter edit could leave.
+            if self.experiment_id == message.gone:
+                self.experiment_id = None
+                if self.app.experiment_id == message.gone:
+                    self.app.experiment_id = None
+                self.notify(f"experiment {message.gone} no longer exists: showing all runs")
+                self.reload()
+            else:  # named by the filter: say so where the filter is shown
+                self._status(
+                    f"[red]experiment {message.gone} does not exist[/] (/ to change the filter)"
+                )
             return
         table = self.query_one(DataTable)
         cursor = table.cursor_coordinate
@@ -242,7 +265,7 @@ class RunsScreen(StoreScreen):
         where = f"exp {exp}" if exp is not None else "all experiments"
         arrow = "desc" if self.descending else "asc"
         marked = (
-            f"  [b]{message.marked} marked[/] (t/N/R/X act on them, U unmarks)"
+            f"  [b]{message.marked} marked[/] (t/N/R/^x act on them, U unmarks)"
             if message.marked
             else ""
         )

@@ -108,6 +108,7 @@ class SweepScreen(StoreScreen):
         self._auto_source: str | None = None  # the source prompt a concept's class word put there
         self._auto_targets: str | None = None  # the target prompts it put there
         self._preset_value: str | None = None  # the preset last applied (to put the menu back)
+        self._back_shown = False  # the status line says the unsaved form is back
         self._loaded_context: SweepScreen.Context | None = None  # set by _load_context's thread
         self._applied_context: SweepScreen.Context | None = None
         self._fields: dict[str, Field] = {}
@@ -212,6 +213,7 @@ class SweepScreen(StoreScreen):
                 self.query_one("#sweep-status", Static).update(
                     "your unsaved form is back (ctrl+n clears it)"
                 )
+                self._back_shown = True
                 self._load_context()
 
     def retarget(self, experiment_id: int | None = None, concept_id: int | None = None) -> None:
@@ -378,6 +380,7 @@ class SweepScreen(StoreScreen):
             self.query_one("#sweep-status", Static).update(
                 "your unsaved form is back (ctrl+n clears it)"
             )
+            self._back_shown = True
         self.recheck(now=True)
 
     # ------------------------------------------------------------------ form <-> spec
@@ -455,6 +458,9 @@ class SweepScreen(StoreScreen):
     def _request_recheck(self) -> None:
         """One check for a burst of changes: a restored draft or a preset changes many fields at
         once, each with its own Changed message."""
+        if self._back_shown:  # "your unsaved form is back" is old news once the user edits
+            self._back_shown = False
+            self.query_one("#sweep-status", Static).update("")
         if not self._recheck_queued:
             self._recheck_queued = True
             self.call_later(self._queued_recheck)
