@@ -69,3 +69,26 @@ def test_cli_refuses_duplicate_and_numeric_names_and_takes_hash_ids(capsys, home
     assert code == 2 and "would read as an experiment id" in err
     code, out, _ = run(capsys, "--home", root, "runs", "#1")
     assert code == 0
+
+
+def test_cli_spec_file_problems_are_one_line(capsys, home, tmp_path):
+    root = str(home.root)
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"layers": "decoder",')
+    extra = tmp_path / "extra.json"
+    extra.write_text('{"layers": "decoder", "finl_step": "end"}')
+    good = tmp_path / "good.json"
+    good.write_text('{"layers": "decoder", "final_step": "10,end", "model": "org/m"}')
+    cases = [
+        (tmp_path / "missing.json", "no such file"),
+        (bad, "is not valid JSON"),
+        (extra, "unknown field 'finl_step'"),
+    ]
+    for path, message in cases:
+        code, out, err = run(
+            capsys, "--home", root, "experiment", "create", "s", "--spec", str(path)
+        )
+        assert code == 2 and message in err, err
+        assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    code, out, err = run(capsys, "--home", root, "experiment", "create", "s", "--spec", str(good))
+    assert code == 0, err

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from store.models import WEIGHT_KINDS
 from store.sweep.spec import AXES, PRESETS, ExperimentSpec
@@ -198,6 +199,42 @@ def _experiment(store, ref):
     return exp
 
 
+def read_spec_file(path: str) -> ExperimentSpec:
+    """An ExperimentSpec from a JSON file; every problem is one InputError line (the file, and
+    where the JSON breaks), and a field the spec does not have is refused, not ignored."""
+    from dataclasses import fields
+
+    from store.queries import InputError
+
+    try:
+        text = Path(path).expanduser().read_text()
+    except FileNotFoundError:
+        raise InputError(f"--spec: no such file {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(
+            f"--spec: cannot read {path}: {getattr(exc, 'strerror', None) or exc}"
+        ) from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InputError(
+            f"--spec: {path} is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}"
+        ) from None
+    if not isinstance(data, dict):
+        raise InputError(f"--spec: {path} must hold one JSON object of spec fields")
+    known = {f.name for f in fields(ExperimentSpec)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise InputError(
+            f"--spec: unknown field{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} "
+            f"in {path} (spec fields: {', '.join(sorted(known))})"
+        )
+    try:
+        return ExperimentSpec.from_json(data)
+    except TypeError as exc:
+        raise InputError(f"--spec: {path}: {exc}") from None
+
+
 def cmd_experiment_create(args, store) -> int:
     from store.queries import get_concept, save_experiment
     from store.sweep.spec import expand, source_prompt_for
@@ -210,8 +247,7 @@ def cmd_experiment_create(args, store) -> int:
         # Like the sweep builder: the source shows the concept's class, so mask words match it.
         spec.source_prompt = source_prompt_for(concept.class_word) or spec.source_prompt
     if args.spec:
-        with open(args.spec) as fh:
-            spec = ExperimentSpec.from_json(json.load(fh))
+        spec = read_spec_file(args.spec)
     if args.preset:
         for k, v in PRESETS[args.preset].items():
             setattr(spec, k, v)
