@@ -93,12 +93,26 @@ def resolve_output(
 
 
 def default_name(
-    store: Store, experiment_id: int, kind: str, suffix: str, by: str | None = None
+    store: Store,
+    experiment_id: int,
+    kind: str,
+    suffix: str,
+    by: str | None = None,
+    folder: str | os.PathLike | None = None,
 ) -> str:
+    """`<experiment>-<kind>[-<axis>]<suffix>` with spaces as `_` (names a shell can take
+    unquoted); when that file exists in ``folder`` (default: the data folder's exports), the
+    first free `-2`, `-3`, ... so a second export never overwrites the first silently."""
     with store.session() as s:
         exp = s.get(Experiment, experiment_id)
     stem = f"{exp.name if exp else experiment_id}-{kind}" + (f"-{by}" if by else "")
-    return safe_filename(stem, suffix)
+    name = safe_filename("_".join(stem.split()), suffix)
+    where = Path(store.home.exports if folder is None else folder).expanduser()
+    base, n = name[: -len(suffix)] if name.endswith(suffix) else name, 2
+    while (where / name).exists():
+        name = f"{base}-{n}{suffix}"
+        n += 1
+    return name
 
 
 @contextmanager

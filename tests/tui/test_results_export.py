@@ -142,3 +142,28 @@ async def test_export_dialog_takes_the_grid_choices_of_results(store, tmp_path):
     ((kind, path, ok),) = screen.results
     assert kind == "grid" and ok, path
     assert (out / path.split("/")[-1]).is_file()
+
+
+async def test_a_second_export_keeps_the_first(store, tmp_path):
+    exp = seed_experiment(store, name="two words")
+    add_scores(store, exp.id)
+    out = tmp_path / "exports"
+    app = MtpApp(store)
+    async with app.run_test(size=SIZE) as pilot:
+        app.experiment_id = exp.id
+        await pilot.press("x")
+        await wait_for(pilot, lambda: isinstance(app.screen, ExportScreen))
+        screen = app.screen
+        screen.query_one("#export-folder").value = str(out)
+        for box in ("#kind-summary", "#kind-plot", "#kind-grid"):
+            screen.query_one(box).value = False
+        await pilot.press("ctrl+s")
+        await wait_for(pilot, lambda: len(screen.results) == 1, timeout=30, what="first")
+        await pilot.press("ctrl+s")
+        await wait_for(
+            pilot,
+            lambda: len(screen.results) == 1 and screen.results[0][1].endswith("-2.csv"),
+            timeout=30,
+            what="second",
+        )
+    assert sorted(p.name for p in out.iterdir()) == ["two_words-runs-2.csv", "two_words-runs.csv"]

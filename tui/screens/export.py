@@ -45,7 +45,7 @@ def run_exports(
             continue
         try:
             name = export.default_name(
-                store, experiment_id, kind, suffix, by if needs_axis else None
+                store, experiment_id, kind, suffix, by if needs_axis else None, folder=folder
             )
             args = (store, experiment_id, by, name) if needs_axis else (store, experiment_id, name)
             extra: dict = {}
