@@ -790,3 +790,72 @@ def add_tag(store: Store, run_ids: Sequence[int], tag: str) -> int:
             .values(tags=case((Run.tags == "", tag), else_=Run.tags + "," + tag))
         )
         return res.rowcount
+
+
+# ------------------------------------------------------------------ time estimates
+@dataclass(frozen=True)
+class RunCost:
+    """One finished run's cost: its share of its batch's time, and what it generated."""
+
+    model: str
+    device: str
+    seconds: float
+    steps: int
+    pixels: int
+
+
+def recent_run_costs(store: Store, limit: int = 500) -> list[RunCost]:
+    """The most recent finished runs' costs, newest first (the sweep builder's estimate)."""
+    q = (
+        select(Run.model, Run.worker_id, Run.duration_s, Run.num_steps, Run.width, Run.height)
+        .where(Run.status == RunStatus.DONE, col(Run.duration_s).is_not(None))
+        .order_by(col(Run.id).desc())
+        .limit(limit)
+    )
+    with store.session() as s:
+        rows = list(s.exec(q))
+    return [
+        RunCost(
+            model or "",
+            (worker or "").rsplit(":", 1)[-1],
+            float(secs),
+            int(steps or 1),
+            int(w or 1) * int(h or 1),
+        )
+        for model, worker, secs, steps, w, h in rows
+    ]
+
+
+@dataclass(frozen=True)
+class Estimate:
+    seconds: float
+    samples: int
+    device: str
+
+
+def estimate_seconds(
+    costs: Sequence[RunCost],
+    model: str,
+    runs: int,
+    steps: int,
+    width: int,
+    height: int,
+    workers: int = 1,
+    min_samples: int = 3,
+) -> Estimate | None:
+    """How long `runs` runs of `model` at `steps` steps and width x height take on `workers`
+    engines: the median measured seconds per step per pixel of that model's finished runs
+    (on the device that ran the most recent of them, as runs batch there), scaled to this
+    sweep. None (unknown) with fewer than `min_samples` runs of the model: another model's
+    speed says nothing about this one's."""
+    same = [c for c in costs if c.model == (model or "").strip()]
+    if not same:
+        return None
+    device = same[0].device  # newest first: the setup that ran this model last
+    same = [c for c in same if c.device == device]
+    if len(same) < min_samples:
+        return None
+    units = sorted(c.seconds / (c.steps * c.pixels) for c in same)
+    unit = units[len(units) // 2]
+    total = unit * steps * width * height * runs / max(1, workers)
+    return Estimate(total, len(same), device)

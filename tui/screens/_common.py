@@ -103,6 +103,8 @@ def age(ts: datetime | None) -> str:
 def duration(seconds: float | None) -> str:
     if seconds is None:
         return "?"
+    if 0 < seconds < 0.5:
+        return "<1s"  # not "0s": a time that rounds to nothing is still a time
     seconds = int(round(seconds))
     if seconds < 60:
         return f"{seconds}s"

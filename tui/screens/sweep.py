@@ -77,9 +77,17 @@ class SweepScreen(StoreScreen):
     KEPT = True  # F4 brings the form back as it was left (MtpApp.make_screen); see retarget
 
     class Checked(Message):
-        def __init__(self, count: int | None, baselines: int, error: Exception | None, token: int):
+        def __init__(
+            self,
+            count: int | None,
+            baselines: int,
+            error: Exception | None,
+            token: int,
+            estimate=None,
+        ):
             super().__init__()
             self.count, self.baselines, self.error, self.token = count, baselines, error, token
+            self.estimate = estimate  # store.queries.Estimate, or None: unknown
 
     class Saved(Message):
         def __init__(self, experiment=None, error: Exception | None = None, queued: bool = False):
@@ -100,7 +108,7 @@ class SweepScreen(StoreScreen):
         self.concept_id = concept_id
         self.spec = ExperimentSpec()
         self._token = 0
-        self._seconds_per_run: float | None = None
+        self._seconds_per_run: list = []  # recent runs' costs (store.queries.RunCost)
         self._workers = 1
         self._ready = False
         self.last_count: int | None = None
@@ -307,23 +315,10 @@ class SweepScreen(StoreScreen):
 
     @work(thread=True)
     def _load_context(self) -> None:
-        from sqlmodel import col, select
-
-        from store.models import Run
-        from store.queries import get_experiment, list_concepts
+        from store.queries import get_experiment, list_concepts, recent_run_costs
 
         store = self.store
-        with store.session() as s:
-            durations = [
-                d
-                for d in s.exec(
-                    select(Run.duration_s)
-                    .where(Run.status == "done", col(Run.duration_s).is_not(None))
-                    .order_by(col(Run.id).desc())
-                    .limit(200)
-                )
-            ]
-        spr = sorted(durations)[len(durations) // 2] if durations else None
+        spr = recent_run_costs(store)  # what finished runs cost, for the time estimate
         from store.queue import list_workers
 
         workers = max(1, len([w for w in list_workers(store) if w.status != "stopped"]))
@@ -611,7 +606,20 @@ class SweepScreen(StoreScreen):
             rows = expand(spec)
         except SweepError as exc:
             return self.Checked(None, 0, exc, token)
-        return self.Checked(len(rows), sum(1 for r in rows if r["is_baseline"]), None, token)
+        from store.queries import estimate_seconds
+
+        estimate = estimate_seconds(
+            self._seconds_per_run or [],
+            spec.model,
+            len(rows),
+            spec.num_steps,
+            spec.width,
+            spec.height,
+            self._workers,
+        )
+        return self.Checked(
+            len(rows), sum(1 for r in rows if r["is_baseline"]), None, token, estimate
+        )
 
     @work(thread=True, exclusive=True, group="sweep-check")
     def _expand(self, spec, token: int, name: str, experiment_id: int | None) -> None:
@@ -635,14 +643,15 @@ class SweepScreen(StoreScreen):
             return
         n = message.count
         lines = [f"[b]{n} runs[/] ({message.baselines} baselines)"]
-        if self._seconds_per_run:
-            total = n * self._seconds_per_run / self._workers
+        est = message.estimate
+        if est is not None:
             lines.append(
-                f"estimated {duration(total)} at {self._seconds_per_run:.1f} s/run "
-                f"(median of recent runs) on {self._workers} worker(s)"
+                f"estimated {duration(est.seconds)} on {self._workers} worker(s), scaled by "
+                f"steps and pixels from {est.samples} finished runs of this model"
+                + (f" on {est.device}" if est.device else "")
             )
         else:
-            lines.append("estimated time: no finished runs yet to time")
+            lines.append("estimated time: unknown (fewer than 3 finished runs of this model)")
         summary.update("\n".join(lines))
 
     @staticmethod
