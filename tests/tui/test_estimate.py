@@ -51,3 +51,19 @@ async def test_builder_estimate_follows_steps_and_size(store):
         assert f"estimated {duration(expected)}" in str(summary.content)
         sweep._fields["model"].value = "org/another-model"
         await wait_for(pilot, lambda: "unknown" in str(summary.content), what="unknown")
+
+
+async def test_a_notification_leaves_the_estimate_line_visible_at_80x24(store):
+    app = MtpApp(store)
+    async with app.run_test(size=(80, 24), notifications=True) as pilot:
+        await pilot.press("f4")
+        await wait_for(
+            pilot, lambda: type(app.screen).__name__ == "SweepScreen" and app.screen._ready
+        )
+        summary = app.screen.query_one("#sweep-summary")
+        await wait_for(pilot, lambda: "estimated" in str(summary.content), what="estimate line")
+        app.notify("queued 40 runs of 'a rather long experiment name for a toast'", timeout=30)
+        await wait_for(pilot, lambda: list(app.screen.query("Toast")), what="toast")
+        await pilot.pause()
+        for toast in app.screen.query("Toast"):
+            assert not toast.region.overlaps(summary.region), (toast.region, summary.region)

@@ -167,3 +167,26 @@ async def test_a_second_export_keeps_the_first(store, tmp_path):
             what="second",
         )
     assert sorted(p.name for p in out.iterdir()) == ["two_words-runs-2.csv", "two_words-runs.csv"]
+
+
+async def test_export_results_stay_reachable_at_80x24(store, tmp_path):
+    exp = seed_experiment(store)
+    add_scores(store, exp.id)
+    app = MtpApp(store)
+    async with app.run_test(size=(80, 24)) as pilot:
+        app.experiment_id = exp.id
+        await pilot.press("x")
+        await wait_for(pilot, lambda: isinstance(app.screen, ExportScreen))
+        screen = app.screen
+        screen.query_one("#export-folder").value = str(tmp_path / "out")
+        await pilot.press("ctrl+s")
+        await wait_for(pilot, lambda: len(screen.results) == 4, timeout=30, what="export results")
+        box = screen.query_one("#export-box")
+        log = screen.query_one("#export-log")
+        # The last result line (the grid) is inside the box's visible region, scrolled to.
+        await wait_for(
+            pilot,
+            lambda: log.region.bottom <= box.region.bottom and log.region.height >= 4,
+            what="results visible",
+        )
+        assert box.max_scroll_y >= 0 and "grid" in str(log.content)

@@ -8,7 +8,7 @@ from rich.markup import escape
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal, Vertical
+from textual.containers import Horizontal, VerticalScroll
 from textual.message import Message
 from textual.screen import ModalScreen
 from textual.widgets import Button, Checkbox, Input, Label, Select, Static
@@ -86,7 +86,8 @@ class ExportScreen(ModalScreen):
         return self.app.store
 
     def compose(self) -> ComposeResult:
-        with Vertical(id="export-box"):
+        # Scrolls when the results list outgrows a small terminal (80x24 hid the last lines).
+        with VerticalScroll(id="export-box"):
             yield Label(
                 f"Export experiment {self.experiment_id}"
                 if self.experiment_id is not None
@@ -105,7 +106,16 @@ class ExportScreen(ModalScreen):
                 yield FormButton("Close (esc)", id="export-close", compact=True)
             yield Static("", id="export-log")
 
+    def _apply_size(self, size) -> None:
+        from ._common import SHORT_HEIGHT
+
+        self.set_class(size.height < SHORT_HEIGHT, "short")
+
+    def on_resize(self, event) -> None:
+        self._apply_size(event.size)
+
     def on_mount(self) -> None:
+        self._apply_size(self.app.size)
         if self.experiment_id is not None:
             from store.queries import get_experiment
 
@@ -192,3 +202,6 @@ class ExportScreen(ModalScreen):
                 for k, p, ok in message.results
             )
         )
+        # The results are the newest lines: bring the last one into view once laid out.
+        box = self.query_one("#export-box", VerticalScroll)
+        self.call_after_refresh(box.scroll_end, animate=False)
