@@ -75,6 +75,29 @@ STOPPED_SHOWN_S = 600
 GONE = ("stopped", "dead")
 
 
+# (key, header, priority: lower stays longest) of Home's experiments table.
+EXPERIMENT_COLUMNS = [
+    ("id", "id", 0),
+    ("name", "name", 4),
+    ("status", "status", 2),
+    ("done", "done/N", 1),
+    ("failed", "failed", 3),
+    ("running", "running", 5),
+    ("best", "best (T, I)", 6),
+    ("tags", "tags", 7),
+]
+
+
+def _cut(value, width: int):
+    """A text cell shortened to `width` with an ellipsis (only the name column ever needs it)."""
+    from rich.text import Text
+
+    text = str(value)
+    if len(text) <= width:
+        return value
+    return Text(text, no_wrap=True, overflow="ellipsis")
+
+
 def visible_workers(workers) -> tuple[list, int]:
     """The workers Home lists (every live one, stopped ones for a while) and how many stopped
     ones it leaves out: a host that restarted engines for weeks would otherwise fill the table."""
@@ -152,9 +175,7 @@ class HomeScreen(StoreScreen):
 
     def on_mount(self) -> None:
         self.query_one("#concepts", DataTable).add_columns("id", "name", "token", "refs")
-        self.query_one("#experiments", DataTable).add_columns(
-            "id", "name", "status", "done/N", "failed", "running", "best (T, I)", "tags"
-        )
+        self._exp_columns: list | None = None  # (key, width) as laid out now
         self.query_one("#workers", DataTable).add_columns(
             "host", "device", "status", "run", "step", "it/s", "heartbeat", "id"
         )
@@ -259,7 +280,7 @@ class HomeScreen(StoreScreen):
                     ),
                 )
             )
-        self._fill("#experiments", rows)
+        self._fill("#experiments", self._fit_experiments(rows))
         wrows = []
         prev_host = None
         for w in shown_workers:  # sorted by host: the host is named once per group
@@ -292,6 +313,31 @@ class HomeScreen(StoreScreen):
             wrows = [("-", ("store.queue not available", "", "", "", "", "", "", ""))]
         self._fill("#workers", wrows)
         self._sync_experiment()
+
+    def _fit_experiments(self, rows: list[tuple[str, tuple]]) -> list[tuple[str, tuple]]:
+        """Only the columns that fit the pane, whole: progress is never cut to a wrong number
+        (`100/1` for 100/100 at 80x24); the name shortens, low-priority columns go."""
+        from ..widgets.columns import Col, fit_columns
+
+        cols = [Col(k, label, prio, flex=k == "name") for k, label, prio in EXPERIMENT_COLUMNS]
+        keys = [c.key for c in cols]
+        dicts = [dict(zip(keys, map(str, cells), strict=True)) for _, cells in rows]
+        table = self.query_one("#experiments", DataTable)
+        width = table.size.width or max(20, self.app.size.width - 40)
+        shown = [(c.key, w) for c, w in fit_columns(cols, dicts, width - 2)]
+        if shown != self._exp_columns:
+            self._exp_columns = shown
+            table.clear(columns=True)
+            labels = {k: label for k, label, _ in EXPERIMENT_COLUMNS}
+            for key, w in shown:
+                table.add_column(labels[key], key=key, width=w)
+        index = {k: i for i, k in enumerate(keys)}
+        return [(key, tuple(_cut(cells[index[k]], w) for k, w in shown)) for key, cells in rows]
+
+    def on_resize(self, event) -> None:
+        super().on_resize(event)
+        if self.data is not None:
+            self.call_after_refresh(self.on_home_screen_refreshed, self.Refreshed(self.data))
 
     def _fill(self, selector: str, rows: list[tuple[str, tuple]]) -> None:
         """Replace rows in place, keeping the cursor on the same row key across refreshes."""

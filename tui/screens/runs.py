@@ -42,6 +42,27 @@ COLUMNS = (
     ]
 )
 SORT_BY_KEY = {key: sort for key, _, sort in COLUMNS}
+# What stays when the terminal is narrow (lower first): the run, its state and its scores, then
+# the swept values; the prompt shortens to fit; ids of experiments, times and tags go first.
+PRIORITY = {
+    "status": 0,
+    "id": 1,
+    "marked": 2,
+    "clip_t": 3,
+    "clip_i_ref": 4,
+    "dino_ref": 5,
+    "final_step": 6,
+    "start_step": 7,
+    "layers": 8,
+    "seed": 9,
+    "target_prompt": 10,
+    "skip_interval": 11,
+    "mask_mode": 12,
+    "mask_threshold": 13,
+    "experiment_id": 14,
+    "duration_s": 15,
+    "tags": 16,
+}
 
 
 def marked_ids(store, filt) -> list[int]:
@@ -125,6 +146,7 @@ class RunsScreen(StoreScreen):
 
     def on_mount(self) -> None:
         table = self.query_one(DataTable)
+        self._shown_columns: list | None = None  # (key, width) as laid out now
         for key, label, _ in COLUMNS:
             table.add_column(label, key=key)
         table.focus()
@@ -169,6 +191,34 @@ class RunsScreen(StoreScreen):
             # Only a slow page says so: painting "loading..." first would cost a fast page a frame.
             self.set_timer(LOADING_AFTER_S, partial(self._still_loading, self._token))
         self._load(filt, self.sort, self.descending, self.page_offset, self._token)
+
+    def _fit(self, table, page: list[list[str]]) -> list[list[str]]:
+        """The columns that fit the table's width, whole (a number is never cut), by PRIORITY;
+        the prompt shortens to fit. Columns are rebuilt only when that choice changes."""
+        from ..widgets.columns import Col, fit_columns
+
+        cols = [
+            Col(key, label, PRIORITY.get(key, 99), flex=key == "target_prompt", min_width=24)
+            for key, label, _ in COLUMNS
+        ]
+        keys = [key for key, _, _ in COLUMNS]
+        rows = [dict(zip(keys, cells, strict=True)) for cells in page]
+        width = table.size.width or self.app.size.width
+        shown = [(c.key, w) for c, w in fit_columns(cols, rows, width - 2)]  # a scrollbar
+        if shown != self._shown_columns:
+            self._shown_columns = shown
+            self._page_cells = None
+            table.clear(columns=True)
+            labels = {key: label for key, label, _ in COLUMNS}
+            for key, w in shown:
+                table.add_column(labels[key], key=key, width=w)
+        index = {key: i for i, key in enumerate(keys)}
+        return [[cells[index[key]] for key, _ in shown] for cells in page]
+
+    def on_resize(self, event) -> None:
+        super().on_resize(event)
+        if self.loaded and self.runs:
+            self.reload(keep_cursor=True, quiet=True)
 
     def _still_loading(self, token: int) -> None:
         if self._token == token and self._shown != token:
@@ -242,6 +292,7 @@ class RunsScreen(StoreScreen):
                 else:
                     cells.append(fmt(getattr(run, key)))
             page.append(cells)
+        page = self._fit(table, page)
         if (
             page != self._page_cells
         ):  # a live refresh or a return usually finds the same page: no repaint
@@ -254,7 +305,9 @@ class RunsScreen(StoreScreen):
             table.settle()  # column widths before the first paint of this page
             if self._keep_cursor and table.row_count:
                 table.move_cursor(
-                    row=min(cursor.row, table.row_count - 1), column=cursor.column, animate=False
+                    row=min(cursor.row, table.row_count - 1),
+                    column=min(cursor.column, len(table.columns) - 1),
+                    animate=False,
                 )
         elif not self._keep_cursor and table.row_count:
             table.move_cursor(row=0, column=0, animate=False)
