@@ -42,3 +42,23 @@ async def test_runs_table_keeps_scores_before_ids_at_80x24(store):
         assert fits(table)
         await pilot.resize_terminal(120, 40)
         await wait_for(pilot, lambda: "target_prompt" in [c.value for c in table.columns])
+
+
+async def test_results_table_shows_both_alignments_whole(store):
+    exp = seed_experiment(store)
+    add_scores(store, exp.id)
+    app = MtpApp(store)
+    app.experiment_id = exp.id
+    for size in ((120, 40), SMALL):
+        async with app.run_test(size=size) as pilot:
+            await pilot.press("f7")
+            await wait_for(pilot, lambda: type(app.screen).__name__ == "ResultsScreen")
+            table = app.screen.query_one("#results-table")
+            await wait_for(pilot, lambda: table.row_count > 0, what="results table")
+            await pilot.pause()
+            labels = [str(c.label) for c in table.columns.values()]
+            assert any(lb.startswith("clip_t") for lb in labels), labels
+            assert any(lb.startswith("clip_i_ref") for lb in labels), labels
+            assert fits(table), (size, table.virtual_size, table.scrollable_content_region)
+        app = MtpApp(store)
+        app.experiment_id = exp.id

@@ -392,6 +392,11 @@ class ResultsScreen(StoreScreen):
         if message.shown is not None:
             self.call_after_refresh(message.shown.set)
 
+    def on_resize(self, event) -> None:
+        super().on_resize(event)
+        if self.rows:  # which columns fit depends on the width
+            self.call_after_refresh(self._fill_table)
+
     def _fill_table(self) -> None:
         from store.report.aggregate import fmt_number
 
@@ -400,9 +405,11 @@ class ResultsScreen(StoreScreen):
         metrics: list[str] = getattr(self.rows, "metrics", None) or []
         unit = getattr(self.rows, "unit", "runs")
         scale = getattr(self.rows, "scale_of", lambda m: "raw")
-        heads = [f"{m} mean±sem" + ("" if scale(m) == "raw" else f" [{scale(m)}]") for m in metrics]
+        # Headers no wider than their "0.2085 ± 0.0032" cells, so two metrics fit a half screen.
+        heads = [f"{m} ±sem" + ("" if scale(m) == "raw" else f" [{scale(m)}]") for m in metrics]
         # "n" counts the unit the SEM is over (concepts or runs), so the two always agree.
-        table.add_columns(self.by, f"n {unit}", *heads, "missing", "pareto")
+        labels = [self.by, f"n {unit}", *heads, "missing", "P"]  # P: Pareto point, * as plotted
+        rows = []
         for r in self.rows:
             cells = [r.label, str(r.n_concepts if unit == "concepts" else r.n_runs)]
             for m in metrics:
@@ -410,7 +417,23 @@ class ResultsScreen(StoreScreen):
                 cells.append(f"{fmt_number(st.mean)} ± {fmt_number(st.sem)}" if st else "–")
             cells.append(f"! {r.incomplete}" if r.incomplete else "")
             cells.append("*" if r.pareto else "")
-            table.add_row(*cells)
+            rows.append(cells)
+        # Whole columns by priority (a mean±sem is never cut at the pane's edge): the axis
+        # value, n, the Pareto mark and the first metrics first; "missing" only matters when
+        # some row is incomplete.
+        from ..widgets.columns import Col, fit_columns
+
+        incomplete = any(r.incomplete for r in self.rows)
+        prio = [0, 1] + [3 + i for i in range(len(heads))] + [2 if incomplete else 50, 2]
+        cols = [
+            Col(str(i), label, p) for i, (label, p) in enumerate(zip(labels, prio, strict=True))
+        ]
+        dicts = [{str(i): c for i, c in enumerate(cells)} for cells in rows]
+        width = table.size.width or self.app.size.width // 2
+        shown = [int(c.key) for c, _ in fit_columns(cols, dicts, width - 2)] or list(range(2))
+        table.add_columns(*[labels[i] for i in shown])
+        for cells in rows:
+            table.add_row(*[cells[i] for i in shown])
 
     def _show_unit(self) -> None:
         describe = getattr(self.rows, "describe", None)

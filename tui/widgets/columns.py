@@ -29,9 +29,10 @@ def fit_columns(cols, rows, available: int) -> list[tuple[Col, int]]:
     chosen, used = set(), 0
     for c in sorted(cols, key=lambda c: c.priority):
         w = min(need[c.key], c.min_width) if c.flex else need[c.key]
-        if used + w + PAD <= available:
-            chosen.add(c.key)
-            used += w + PAD
+        if used + w + PAD > available:
+            break  # strictly by priority: a narrow column never jumps ahead of a wide one
+        chosen.add(c.key)
+        used += w + PAD
     width = {c.key: need[c.key] for c in cols if c.key in chosen and not c.flex}
     spare = available - used
     for c in sorted(cols, key=lambda c: c.priority):
