@@ -116,7 +116,7 @@ class SweepScreen(StoreScreen):
         self._auto_source: str | None = None  # the source prompt a concept's class word put there
         self._auto_targets: str | None = None  # the target prompts it put there
         self._preset_value: str | None = None  # the preset last applied (to put the menu back)
-        self._back_shown = False  # the status line says the unsaved form is back
+        self._back_shown: dict | None = None  # the form when "your unsaved form is back" was said
         self._loaded_context: SweepScreen.Context | None = None  # set by _load_context's thread
         self._applied_context: SweepScreen.Context | None = None
         self._fields: dict[str, Field] = {}
@@ -221,7 +221,7 @@ class SweepScreen(StoreScreen):
                 self.query_one("#sweep-status", Static).update(
                     "your unsaved form is back (ctrl+n clears it)"
                 )
-                self._back_shown = True
+                self._back_shown = self.snapshot()
                 self._load_context()
 
     def retarget(self, experiment_id: int | None = None, concept_id: int | None = None) -> None:
@@ -306,7 +306,7 @@ class SweepScreen(StoreScreen):
         from store.sweep.spec import ExperimentSpec
 
         self.experiment_id, self.concept_id, self._auto_source = None, None, None
-        self._auto_targets = self._preset_value = None
+        self._auto_targets = self._preset_value = self._back_shown = None
         self.sub_title = ""
         self.set_spec(ExperimentSpec())
         self._fields["name"].value = ""
@@ -375,7 +375,7 @@ class SweepScreen(StoreScreen):
             self.query_one("#sweep-status", Static).update(
                 "your unsaved form is back (ctrl+n clears it)"
             )
-            self._back_shown = True
+            self._back_shown = self.snapshot()
         self.recheck(now=True)
 
     # ------------------------------------------------------------------ form <-> spec
@@ -453,8 +453,10 @@ class SweepScreen(StoreScreen):
     def _request_recheck(self) -> None:
         """One check for a burst of changes: a restored draft or a preset changes many fields at
         once, each with its own Changed message."""
-        if self._back_shown:  # "your unsaved form is back" is old news once the user edits
-            self._back_shown = False
+        # "your unsaved form is back" is old news once the user edits; a Changed message the
+        # restore itself sent late (a text area's) is not an edit.
+        if self._back_shown and self._ready and self.snapshot() != self._back_shown:
+            self._back_shown = None
             self.query_one("#sweep-status", Static).update("")
         if not self._recheck_queued:
             self._recheck_queued = True
