@@ -86,7 +86,8 @@ KEYMAP: dict[str, list[Key]] = {
         Key("runs.sort", "s", "sort", "Sort"),
         Key("runs.mark", "m", "mark", "Mark"),
         Key("runs.tag", "t", "tag", "Tag"),
-        Key("runs.note", "N", "note", "Note"),
+        # Listed in F1 only: with every key shown the footer overflowed 80 columns (cut "Help").
+        Key("runs.note", "N", "note", "Note", show=False),
         Key("runs.requeue", "R", "requeue", "Requeue"),
         Key("runs.cancel", "ctrl+x", "cancel", "Cancel"),
         Key("runs.unmark", "U", "unmark_all", "Unmark", show=False),
