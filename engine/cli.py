@@ -152,6 +152,15 @@ def _setup_logging(logfile: Path, verbose: bool) -> None:
         sh = logging.StreamHandler(sys.stderr)
         sh.setFormatter(fmt)
         root.addHandler(sh)
+    # Libraries log on the root logger (open_clip's "No pretrained weights loaded" through
+    # logging.warning, which would also install a bare "WARNING:root:" stderr handler) and
+    # emit Python warnings: both go to the engine log, and to the terminal only with -v.
+    libraries = logging.getLogger()
+    libraries.setLevel(logging.WARNING)
+    libraries.addHandler(fh)
+    if verbose and not same:
+        libraries.addHandler(sh)
+    logging.captureWarnings(True)
 
 
 def _default_device() -> str:

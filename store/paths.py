@@ -111,6 +111,11 @@ class Home:
         os.replace(tmp, self.id_path)
 
     @property
+    def drafts_path(self) -> Path:
+        """The app's unsaved forms (sweep builder, concept editor), kept across restarts."""
+        return self.root / "drafts.json"
+
+    @property
     def db_path(self) -> Path:
         return self.root / "mtp.db"
 

@@ -160,8 +160,7 @@ def save_experiment(
 ) -> Experiment:
     """Save a draft or queue it. Expansion happens first, so a bad sweep writes nothing."""
     name = (name or "").strip()
-    if not name:
-        raise InputError("name: an experiment needs a name")
+    check_experiment_name(name)
     concept = get_concept(store, concept_id) if concept_id else None
     if concept_id and concept is None:
         raise InputError(f"concept {concept_id} does not exist")
@@ -182,6 +181,10 @@ def save_experiment(
             raise InputError(
                 f"experiment {exp.name!r} is already queued; duplicate it to change the sweep"
             )
+        # Checked in the writing transaction: one writer at a time on SQLite. Names are not a
+        # database constraint: older data folders may hold duplicates, which stay addressable
+        # by id (`#4`) and are refused by name (experiment_by_ref).
+        _check_name_free(s, name, exp.id)
         exp.name = name
         exp.concept_id = concept_id
         exp.spec_json = spec.to_json()
@@ -230,6 +233,58 @@ def queue_experiment(store: Store, experiment_id: int) -> Experiment:
     )
 
 
+def check_experiment_name(name: str) -> None:
+    """A name can never be read as an id: not empty, not all digits, not starting with `#`
+    (`#4` and `4` address experiment 4 everywhere)."""
+    if not name:
+        raise InputError("name: an experiment needs a name")
+    if name.isdigit() or name.startswith("#"):
+        raise InputError(
+            f"name: {name!r} would read as an experiment id; use a name with a letter in it"
+        )
+
+
+def _check_name_free(session, name: str, experiment_id: int | None) -> None:
+    taken = session.exec(
+        select(Experiment.id).where(
+            func.lower(Experiment.name) == name.lower(), Experiment.id != (experiment_id or -1)
+        )
+    ).first()
+    if taken is not None:
+        raise InputError(
+            f"name: an experiment named {name!r} exists already (#{taken}); "
+            "names are unique in a data folder"
+        )
+
+
+def check_name_available(store: Store, name: str, experiment_id: int | None = None) -> None:
+    """What save_experiment would say about `name` (an empty name is not checked: a form being
+    filled in has none yet). Raises InputError."""
+    name = (name or "").strip()
+    if not name:
+        return
+    check_experiment_name(name)
+    with store.session() as s:
+        _check_name_free(s, name, experiment_id)
+
+
+def free_experiment_name(store: Store, base: str) -> str:
+    """`base`, or `base 2`, `base 3`, ... : the first name no experiment has."""
+    with store.session() as s:
+        taken = {
+            n.lower()
+            for n in s.exec(
+                select(Experiment.name).where(func.lower(Experiment.name).like(f"{base.lower()}%"))
+            )
+        }
+    if base.lower() not in taken:
+        return base
+    n = 2
+    while f"{base} {n}".lower() in taken:
+        n += 1
+    return f"{base} {n}"
+
+
 def duplicate_experiment(store: Store, experiment_id: int, name: str | None = None) -> Experiment:
     with store.session() as s:
         exp = s.get(Experiment, experiment_id)
@@ -238,7 +293,7 @@ def duplicate_experiment(store: Store, experiment_id: int, name: str | None = No
     spec = ExperimentSpec.from_json(exp.spec_json)
     return save_experiment(
         store,
-        name or f"{exp.name} (copy)",
+        name or free_experiment_name(store, f"{exp.name} (copy)"),
         spec,
         exp.concept_id,
         queue=False,
@@ -322,17 +377,26 @@ def get_experiment(store: Store, experiment_id: int) -> Experiment | None:
 
 
 def experiment_by_ref(store: Store, ref: str | int) -> Experiment | None:
-    """An experiment by id or by name (CLI arguments accept either)."""
+    """An experiment by id (`4` or `#4`) or by name; None when nothing matches. An id is never
+    taken for a name nor a name for an id (names cannot be all digits or start with `#`); a
+    name that several experiments share (data from before names were unique) is refused,
+    listing their ids."""
+    text = str(ref).strip()
     with store.session() as s:
-        if str(ref).isdigit():
-            exp = s.get(Experiment, int(ref))
-            if exp:
-                return exp
-        return s.exec(
-            select(Experiment)
-            .where(Experiment.name == str(ref))
-            .order_by(col(Experiment.id).desc())
-        ).first()
+        digits = text[1:] if text.startswith("#") else text
+        if digits.isdigit():
+            return s.get(Experiment, int(digits))
+        found = list(
+            s.exec(
+                select(Experiment)
+                .where(func.lower(Experiment.name) == text.lower())
+                .order_by(col(Experiment.id))
+            )
+        )
+    if len(found) > 1:
+        ids = ", ".join(f"#{e.id}" for e in found)
+        raise InputError(f"{len(found)} experiments are named {text!r} ({ids}): give the id")
+    return found[0] if found else None
 
 
 @dataclass
@@ -405,6 +469,51 @@ class RunFilter:
     marked: bool | None = None
     baseline: bool | None = None
     methods: Sequence[str] = ()  # consistency methods (store.sweep.methods); empty = all
+    # Comparisons from the filter grammar (store.runfilter.Compare: field, op, value).
+    compare: list = field(default_factory=list)
+
+
+def _compare_clause(c):
+    """One `field op value` of the filter grammar as SQL (see store.runfilter)."""
+    import operator
+
+    from .models import Score
+
+    ops = {
+        "=": operator.eq,
+        "!=": operator.ne,
+        ">": operator.gt,
+        ">=": operator.ge,
+        "<": operator.lt,
+        "<=": operator.le,
+    }
+    if c.field == "tag":
+        tags = func.coalesce(Run.tags, "")
+        hit = or_(*(col(tags).contains(v, autoescape=True) for v in c.value))
+        return hit if c.op == "=" else ~hit
+    if c.field in ("status", "experiment_id") and isinstance(c.value, tuple):
+        column = col(getattr(Run, c.field))
+        return column.in_(c.value) if c.op == "=" else column.not_in(c.value)
+    if c.field not in RUN_SORT_COLUMNS and c.field != "experiment_id":  # a score
+        return col(Run.id).in_(
+            select(Score.run_id).where(Score.metric == c.field, ops[c.op](Score.value, c.value))
+        )
+    column = getattr(Run, c.field)
+
+    def one(value):
+        if value == "otsu":  # Otsu's threshold is stored as no threshold, with the mask on
+            return and_(Run.mask_mode != "off", col(Run.mask_threshold).is_(None))
+        other = Run.num_steps if value == "end" else value
+        return ops["=" if c.op in ("=", "!=") else c.op](column, other)
+
+    if c.op == "=":
+        return or_(*(one(v) for v in c.value))
+    if c.op == "!=":
+        # A run without the value (no threshold, say) is "not equal" too, not unknown.
+        return and_(
+            *(~one(v) if v == "otsu" else or_(col(column).is_(None), ~one(v)) for v in c.value)
+        )
+    return one(c.value)
 
 
 def _filter_clause(f: RunFilter):
@@ -426,6 +535,8 @@ def _filter_conditions(f: RunFilter) -> list:
         clauses.append(getattr(Run, column) == value)
     if f.tag:
         clauses.append(col(Run.tags).contains(f.tag, autoescape=True))
+    for c in f.compare:
+        clauses.append(_compare_clause(c))
     if f.text:
         # % and _ typed by the user are literal characters, not wildcards.
         like = "%" + f.text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
@@ -739,3 +850,102 @@ def baseline_of(store: Store, run_id: int) -> int | None:
                 Run.is_baseline == True,  # noqa: E712
             )
         ).first()
+
+
+# ------------------------------------------------------------------ time estimates
+@dataclass(frozen=True)
+class RunCost:
+    """One finished run's cost: its share of its batch's time, and what it generated."""
+
+    model: str
+    device: str
+    seconds: float
+    steps: int
+    pixels: int
+
+
+def recent_run_costs(store: Store, limit: int = 500) -> list[RunCost]:
+    """The most recent finished runs' costs, newest first (the sweep builder's estimate)."""
+    q = (
+        select(Run.model, Run.worker_id, Run.duration_s, Run.num_steps, Run.width, Run.height)
+        .where(Run.status == RunStatus.DONE, col(Run.duration_s).is_not(None))
+        .order_by(col(Run.id).desc())
+        .limit(limit)
+    )
+    with store.session() as s:
+        rows = list(s.exec(q))
+    return [
+        RunCost(
+            model or "",
+            (worker or "").rsplit(":", 1)[-1],
+            float(secs),
+            int(steps or 1),
+            int(w or 1) * int(h or 1),
+        )
+        for model, worker, secs, steps, w, h in rows
+    ]
+
+
+@dataclass(frozen=True)
+class Estimate:
+    seconds: float
+    samples: int
+    device: str
+
+
+# How a step's cost grows with the image's pixel count when the samples show one size only:
+# measured on the tiny demo model (CPU) going 64 -> 128 px, a step cost 1.74x for 4x the pixels
+# (exponent 0.4); a full-size UNet's attention grows faster than linearly. 0.75 keeps both
+# within 2x; samples at two or more sizes fit their own exponent.
+PIXEL_EXPONENT = 0.75
+
+
+def estimate_seconds(
+    costs: Sequence[RunCost],
+    model: str,
+    runs: int,
+    steps: int,
+    width: int,
+    height: int,
+    workers: int = 1,
+    min_samples: int = 3,
+) -> Estimate | None:
+    """How long `runs` runs of `model` at `steps` steps and width x height take on `workers`
+    engines, from that model's finished runs (on the device that ran the most recent of them,
+    as runs batch there): runs at this very size and step count give their median time; other
+    sizes are scaled by steps and by pixels to a fitted (or PIXEL_EXPONENT) power. None
+    (unknown) with fewer than `min_samples` runs of the model: another model's speed says
+    nothing about this one's."""
+    import math
+
+    same = [c for c in costs if c.model == (model or "").strip()]
+    if not same:
+        return None
+    device = same[0].device  # newest first: the setup that ran this model last
+    same = [c for c in same if c.device == device]
+    if len(same) < min_samples:
+        return None
+    pixels = max(1, width * height)
+    workers = max(1, workers)
+
+    def median(values):
+        values = sorted(values)
+        return values[len(values) // 2]
+
+    exact = [c.seconds for c in same if c.steps == steps and c.pixels == pixels]
+    if len(exact) >= min_samples:
+        return Estimate(median(exact) * runs / workers, len(exact), device)
+    per_size: dict[int, list[float]] = {}
+    for c in same:
+        per_size.setdefault(c.pixels, []).append(c.seconds / max(1, c.steps))
+    exponent = PIXEL_EXPONENT
+    if len(per_size) >= 2:  # least squares of log(cost per step) on log(pixels)
+        xs = [math.log(p) for p in per_size]
+        ys = [math.log(max(median(v), 1e-9)) for v in per_size.values()]
+        mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+        var = sum((x - mx) ** 2 for x in xs)
+        if var > 0:
+            slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / var
+            exponent = min(2.0, max(0.3, slope))
+    unit = median([c.seconds / max(1, c.steps) / c.pixels**exponent for c in same])
+    return Estimate(unit * steps * pixels**exponent * runs / workers, len(same), device)

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, exists, or_, update
+from sqlalchemy import delete, exists, func, or_, update
 from sqlmodel import col, select
 
 from .db import Store
@@ -266,6 +266,30 @@ def runs_to_score(
         q = q.limit(limit)
     with store.session() as s:
         return list(s.exec(q))
+
+
+def unscored_done_runs(
+    store: Store, experiment_id: int, families: Sequence[str] = DEFAULT_FAMILIES
+) -> tuple[int, int]:
+    """(done runs with an image, those lacking every score of some family, whatever the
+    backbone): what a score request for the experiment could still do."""
+    metrics_lacking = [
+        ~exists().where(Score.run_id == Run.id, col(Score.metric).in_(FAMILY_METRICS[f]))
+        for f in parse_families(families)
+    ]
+    base = (
+        select(func.count())
+        .select_from(Run)
+        .where(
+            Run.experiment_id == experiment_id,
+            Run.status == RunStatus.DONE,
+            col(Run.image_path).is_not(None),
+        )
+    )
+    with store.session() as s:
+        done = s.exec(base).one()
+        lacking = s.exec(base.where(or_(*metrics_lacking))).one() if metrics_lacking else 0
+    return int(done), int(lacking)
 
 
 def save_scores(store: Store, results: Iterable[dict[str, Any]]) -> int:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+from pathlib import Path
 
 from textual.app import App
 
@@ -14,6 +15,7 @@ from store.safe_text import safe_text
 
 from . import keymap
 from .commands import MtpCommands
+from .keymap import in_form
 
 # Top-level screens reachable from anywhere; names are what `open(...)` actions take.
 SCREENS = {
@@ -43,10 +45,57 @@ class MtpApp(App):
         self.demo = demo
         # Which experiment the results/export/runs screens are about; Home's cursor sets it.
         self.experiment_id: int | None = None
-        # The sweep builder's unsaved form, kept when the screen is left (Esc, F-keys) so a
-        # half-built sweep is never thrown away; cleared once it is queued or cleared by hand.
-        self.sweep_draft: dict | None = None
-        self.concept_draft: dict | None = None  # the same for the concept editor
+        # The sweep builder's and the concept editor's unsaved forms, kept when the screen is
+        # left (Esc, F-keys) and across restarts (<data folder>/drafts.json) so nothing typed is
+        # thrown away; cleared once queued/saved or cleared by hand.
+        from store.drafts import load_drafts
+
+        self._drafts: dict = load_drafts(store.home.drafts_path)
+        self._drafts_written: str | None = None
+        self._drafts_warned = False
+        concept = self._drafts.get("concept")
+        if concept is not None:  # JSON holds paths as text
+            concept["images"] = [Path(p) for p in concept.get("images", [])]
+
+    @property
+    def sweep_draft(self) -> dict | None:
+        return self._drafts.get("sweep")
+
+    @sweep_draft.setter
+    def sweep_draft(self, draft: dict | None) -> None:
+        self._set_draft("sweep", draft)
+
+    @property
+    def concept_draft(self) -> dict | None:
+        return self._drafts.get("concept")
+
+    @concept_draft.setter
+    def concept_draft(self, draft: dict | None) -> None:
+        self._set_draft("concept", draft)
+
+    def _set_draft(self, kind: str, draft: dict | None) -> None:
+        import json
+
+        from store.drafts import save_drafts
+
+        self._drafts[kind] = draft
+        # Written on every change (a small file), so even a killed app keeps what was typed;
+        # an unchanged form is not rewritten.
+        text = json.dumps(self._drafts, default=str, sort_keys=True)
+        if text == self._drafts_written:
+            return
+        try:
+            save_drafts(self.store.home.drafts_path, self._drafts)
+        except OSError as exc:
+            if not self._drafts_warned:
+                self._drafts_warned = True
+                self.notify(
+                    f"unsaved forms are not kept across restarts: {exc}",
+                    severity="warning",
+                    timeout=8,
+                )
+            return
+        self._drafts_written = text
 
     def on_mount(self) -> None:
         # Textual, SQLAlchemy and pydantic leave ~1M long-lived objects; without freezing them
@@ -103,15 +152,25 @@ class MtpApp(App):
         return HomeScreen()
 
     # ------------------------------------------------------------------ keys
-    async def _check_bindings(self, key: str, priority: bool = False) -> bool:
-        # A letter typed while a form field (checkbox, select, button, input) has focus belongs
-        # to the form: "r" on the baseline checkbox must not throw a filled sweep away.
-        if not priority and keymap.is_character_key(key) and in_form(self.focused):
-            return False
-        return await super()._check_bindings(key, priority)
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        # A letter typed while a form control (checkbox, select, button, input) has focus
+        # belongs to the form: "r" on the baseline checkbox must not throw a filled sweep away.
+        # Only the letter bindings use `go`; the F-keys' `open` stays available everywhere.
+        # Refusing the action (rather than swallowing the key) lets the control's own bindings,
+        # such as space on a checkbox, still run.
+        if action == "go" and in_form(self.focused):
+            return None
+        return True
+
+    def action_go(self, name: str) -> None:
+        """A screen letter (h c n r e x, or ? for help): `open` where no form control has focus."""
+        if name == "help":
+            self.action_help()
+        else:
+            self.action_open(name)
 
     def confirm(self, question: str, on_yes, yes: str = "yes") -> None:
-        """Ask before anything destructive; `on_yes()` runs only after y/enter."""
+        """Ask before anything destructive; `on_yes()` runs only after y."""
         from .screens.confirm import ConfirmScreen
 
         def done(answer: bool | None) -> None:
@@ -153,13 +212,17 @@ class MtpApp(App):
         gc.freeze()
 
     def action_open(self, name: str, **kwargs) -> None:
+        from textual.screen import ModalScreen
+
+        # F-keys reach here from dialogs too (they have priority): leaving a dialog that way is
+        # answering it "no" / closing it.
+        if name == "export" and type(self.screen).__name__ == SCREENS["export"][1]:
+            return
+        while isinstance(self.screen, ModalScreen) and len(self.screen_stack) > 1:
+            self.pop_screen()
         if name == "export":
             self.push_screen(self.make_screen("export", experiment_id=self.experiment_id))
             return
-        from textual.screen import ModalScreen
-
-        if isinstance(self.screen, ModalScreen):
-            self.pop_screen()
         if name == "home":
             while len(self.screen_stack) > 1:
                 self.pop_screen()
@@ -184,7 +247,9 @@ class MtpApp(App):
     def action_help(self) -> None:
         from .screens.help import HelpScreen
 
-        if not isinstance(self.screen, HelpScreen):
+        if isinstance(self.screen, HelpScreen):  # F1 again closes it (F1 has priority)
+            self.pop_screen()
+        else:
             self.push_screen(HelpScreen(self.screen))
 
     # ------------------------------------------------------------------ queue and engine
@@ -219,6 +284,22 @@ class MtpApp(App):
         exp_id = experiment_id if experiment_id is not None else self.experiment_id
         if exp_id is None:
             self.notify("select an experiment first", severity="warning")
+            return
+        from store.scoring import unscored_done_runs
+
+        done, lacking = unscored_done_runs(self.store, exp_id)
+        if not lacking:
+            # Queueing a request that would score nothing only to report "scoring done" later
+            # said work was happening when none was.
+            self.notify(
+                f"nothing to score in experiment {exp_id}: "
+                + (
+                    f"all {done} finished runs have their scores "
+                    f"(`mtp score {exp_id} --rescore` scores them again)"
+                    if done
+                    else "no run has finished with an image yet"
+                )
+            )
             return
         req, created = request_scoring(self.store, exp_id)
         note = "" if created else " (already queued)"
@@ -278,25 +359,6 @@ class MtpApp(App):
             self.notify(f"could not stop the engine: {exc}", severity="error", timeout=10)
             return
         self.notify("engine asked to stop after its current run")
-
-
-def in_form(widget) -> bool:
-    """Is `widget` a form control (or inside one, like a Select's list)?"""
-    if widget is None:
-        return False
-    from textual.widgets import (
-        Button,
-        Checkbox,
-        Input,
-        RadioButton,
-        RadioSet,
-        Select,
-        Switch,
-        TextArea,
-    )
-
-    kinds = (Input, TextArea, Checkbox, Select, Button, RadioButton, RadioSet, Switch)
-    return isinstance(widget, kinds) or any(isinstance(a, kinds) for a in widget.ancestors)
 
 
 def build_parser() -> argparse.ArgumentParser:

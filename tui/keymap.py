@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 from textual.binding import Binding
@@ -25,27 +26,39 @@ class Key:
 
 KEYMAP: dict[str, list[Key]] = {
     "app": [
-        Key("app.help", "f1,question_mark", "help", "Help"),
-        # Screens by F-key everywhere; their letters only where no form field has focus.
+        # Function keys win everywhere (priority: checked before the focused widget, so a text
+        # area's own F6/F7 selections never take them); letters only where no form control has
+        # focus (MtpApp.check_action refuses the `go` action there).
+        Key("app.help", "f1", "help", "Help", priority=True),
+        Key("app.help_letter", "question_mark", "go('help')", "Help", show=False),
         # Hidden from the footer (F1 lists them) so each screen's own keys fit 80 columns.
-        Key("app.home", "h,f2", "open('home')", "Home", show=False),
-        Key("app.concept", "c,f3", "open('concept')", "Concept", show=False),
-        Key("app.sweep", "n,f4", "open('sweep')", "Sweep", show=False),
-        Key("app.runs", "r,f6", "open('runs')", "Runs", show=False),
-        Key("app.results", "e,f7", "open('results')", "Results", show=False),
-        Key("app.export", "x,f8", "open('export')", "Export", show=False),
+        Key("app.home", "f2", "open('home')", "Home", show=False, priority=True),
+        Key("app.concept", "f3", "open('concept')", "Concept", show=False, priority=True),
+        Key("app.sweep", "f4", "open('sweep')", "Sweep", show=False, priority=True),
+        Key("app.runs", "f6", "open('runs')", "Runs", show=False, priority=True),
+        Key("app.results", "f7", "open('results')", "Results", show=False, priority=True),
+        Key("app.export", "f8", "open('export')", "Export", show=False, priority=True),
+        Key("app.home_letter", "h", "go('home')", "Home", show=False),
+        Key("app.concept_letter", "c", "go('concept')", "Concept", show=False),
+        Key("app.sweep_letter", "n", "go('sweep')", "Sweep", show=False),
+        Key("app.runs_letter", "r", "go('runs')", "Runs", show=False),
+        Key("app.results_letter", "e", "go('results')", "Results", show=False),
+        Key("app.export_letter", "x", "go('export')", "Export", show=False),
         Key("app.back", "escape", "back", "Back", show=False),
         Key("app.quit", "ctrl+q", "quit", "Quit", show=False, priority=True),
     ],
     "home": [
-        Key("home.pause", "p", "toggle_pause", "Pause"),
+        # One key, and the footer names what it does now (Resume while paused).
+        Key("home.pause", "p", "pause_queue", "Pause"),
+        Key("home.resume", "p", "resume_queue", "Resume"),
         Key("home.start_engine", "S", "start_engine", "Engine+"),
         Key("home.stop_engine", "T", "stop_engine", "Engine-", show=False),
         Key("home.open", "enter", "open_experiment", "Open runs", show=False),
         Key("home.edit", "E", "edit_experiment", "Edit"),
         Key("home.queue", "Q", "queue_experiment", "Queue"),
         Key("home.requeue", "R", "requeue_experiment", "Requeue", show=False),
-        Key("home.cancel", "X", "cancel_experiment", "Cancel"),
+        # Destructive keys are control keys, never a shift away from a common letter (x exports).
+        Key("home.cancel", "ctrl+x", "cancel_experiment", "Cancel"),
         Key("home.delete", "D", "delete_experiment", "Delete"),
         Key("home.archive", "A", "archive_experiment", "Archive", show=False),
         Key("home.refresh", "f5", "refresh", "Refresh", show=False),
@@ -73,9 +86,10 @@ KEYMAP: dict[str, list[Key]] = {
         Key("runs.sort", "s", "sort", "Sort"),
         Key("runs.mark", "m", "mark", "Mark"),
         Key("runs.tag", "t", "tag", "Tag"),
-        Key("runs.note", "N", "note", "Note"),
+        # Listed in F1 only: with every key shown the footer overflowed 80 columns (cut "Help").
+        Key("runs.note", "N", "note", "Note", show=False),
         Key("runs.requeue", "R", "requeue", "Requeue"),
-        Key("runs.cancel", "X", "cancel", "Cancel"),
+        Key("runs.cancel", "ctrl+x", "cancel", "Cancel"),
         Key("runs.unmark", "U", "unmark_all", "Unmark", show=False),
         Key("runs.compare", "v", "compare", "Compare"),
         Key("runs.score", "S", "score", "Score"),
@@ -127,6 +141,37 @@ def is_character_key(key: str) -> bool:
     return len(key) == 1 or key in CHARACTER_KEYS
 
 
+@cache
+def character_actions(scope: str) -> frozenset[str]:
+    """Action names of `scope` that only character keys trigger (a letter, `?`, `[`): a
+    screen refuses them while a form control has focus, where the key belongs to the form.
+    An action that also has a function or control key stays available."""
+    out = set()
+    for k in KEYMAP[scope]:
+        if all(is_character_key(key.strip()) for key in k.keys.split(",")):
+            out.add(k.action.split("(", 1)[0])
+    return frozenset(out)
+
+
+def in_form(widget) -> bool:
+    """Is `widget` a form control (or inside one, like a Select's list)?"""
+    if widget is None:
+        return False
+    from textual.widgets import (
+        Button,
+        Checkbox,
+        Input,
+        RadioButton,
+        RadioSet,
+        Select,
+        Switch,
+        TextArea,
+    )
+
+    kinds = (Input, TextArea, Checkbox, Select, Button, RadioButton, RadioSet, Switch)
+    return isinstance(widget, kinds) or any(isinstance(a, kinds) for a in widget.ancestors)
+
+
 def bindings(scope: str) -> list[Binding]:
     return [
         Binding(k.keys, k.action, k.description, show=k.show, priority=k.priority, id=k.id)
@@ -144,6 +189,18 @@ def load_overrides(root: Path) -> dict[str, str]:
     unknown = sorted(set(data) - known)
     if unknown:
         raise ValueError(f"{path}: unknown binding ids {', '.join(unknown)}")
+    # A priority key is taken before any field sees it: a character there could never be typed.
+    priority = {k.id for keys in KEYMAP.values() for k in keys if k.priority}
+    typed = sorted(
+        bid
+        for bid, keys in data.items()
+        if bid in priority and any(is_character_key(x.strip()) for x in str(keys).split(","))
+    )
+    if typed:
+        raise ValueError(
+            f"{path}: {', '.join(typed)} must not be a character key "
+            "(it would be taken from every text field)"
+        )
     return {str(k): str(v) for k, v in data.items()}
 
 

@@ -164,3 +164,9 @@ def _quiet_progress_bars() -> None:
         transformers_logging.disable_progress_bar()
     except ImportError:  # pragma: no cover
         pass
+    try:  # downloads and cache checks (DINO, CLIP weights) draw bars too
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
+    except ImportError:  # pragma: no cover
+        pass

@@ -30,6 +30,7 @@ from sqlalchemy import (
     func,
     literal,
     literal_column,
+    or_,
     select,
     type_coerce,
 )
@@ -93,12 +94,26 @@ def resolve_output(
 
 
 def default_name(
-    store: Store, experiment_id: int, kind: str, suffix: str, by: str | None = None
+    store: Store,
+    experiment_id: int,
+    kind: str,
+    suffix: str,
+    by: str | None = None,
+    folder: str | os.PathLike | None = None,
 ) -> str:
+    """`<experiment>-<kind>[-<axis>]<suffix>` with spaces as `_` (names a shell can take
+    unquoted); when that file exists in ``folder`` (default: the data folder's exports), the
+    first free `-2`, `-3`, ... so a second export never overwrites the first silently."""
     with store.session() as s:
         exp = s.get(Experiment, experiment_id)
     stem = f"{exp.name if exp else experiment_id}-{kind}" + (f"-{by}" if by else "")
-    return safe_filename(stem, suffix)
+    name = safe_filename("_".join(stem.split()), suffix)
+    where = Path(store.home.exports if folder is None else folder).expanduser()
+    base, n = name[: -len(suffix)] if name.endswith(suffix) else name, 2
+    while (where / name).exists():
+        name = f"{base}-{n}{suffix}"
+        n += 1
+    return name
 
 
 @contextmanager
@@ -249,6 +264,14 @@ def runs_query(store: Store, experiment_id: int, scale: str = "raw"):
         _threshold_column(store, table) if c.name == "mask_threshold" else _run_column(store, c)
         for c in table.columns
     ]
+    # final_step is exclusive; this says which step is really the last one controlled (empty
+    # for a baseline or an empty window), as run detail and `mtp runs` show "steps 2-3".
+    start, final, skip = table.c.start_step, table.c.final_step, table.c.skip_interval
+    end = case((final > table.c.num_steps, table.c.num_steps), else_=final)
+    last_step = case(
+        (or_(table.c.is_baseline, end <= start), None),
+        else_=start + skip * ((end - 1 - start) // skip),
+    ).label("last_controlled_step")
     score_cols = [
         scaled_sql(pivot.c[f"s{i}"], scale, metric=m).label(score_header(m, b))
         for i, (m, b) in enumerate(pairs)
@@ -279,6 +302,7 @@ def runs_query(store: Store, experiment_id: int, scale: str = "raw"):
     q = (
         select(
             *cols,
+            last_step,
             *score_cols,
             _neutralised_sql(pivot.c.scored_text, "scored_text"),
             *session_cols,
@@ -290,6 +314,7 @@ def runs_query(store: Store, experiment_id: int, scale: str = "raw"):
     )
     header = (
         [c.name for c in table.columns]
+        + ["last_controlled_step"]
         + [score_header(m, b) for m, b in pairs]
         + ["scored_text"]
         + [f"session_{name}" for name in SESSION_EXPORT_COLUMNS]

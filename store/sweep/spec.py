@@ -200,6 +200,30 @@ def source_prompt_for(class_word: str) -> str:
     return f"a photo of a {class_word.strip()}" if class_word and class_word.strip() else ""
 
 
+def controlled_steps(start: int, final: int, skip: int, num_steps: int | None = None) -> str:
+    """The steps a control window really controls, both ends included, in the sweep grammar's
+    own range notation (`4-20` is 4 through 20): start 2, final 4 (exclusive) -> "steps 2-3".
+    One notation for run detail, `mtp runs`, `mtp show` and exports, so an exclusive final step
+    is never shown as if it were controlled."""
+    skip = max(1, int(skip or 1))
+    end = final if num_steps is None else min(final, num_steps)
+    of = f" of {num_steps}" if num_steps else ""
+    if end <= start:
+        return f"no steps controlled{of}"
+    last = start + skip * ((end - 1 - start) // skip)
+    if last == start:
+        return f"step {start}{of}"
+    every = f" every {skip}" if skip > 1 else ""
+    return f"steps {start}-{last}{every}{of}"
+
+
+def target_prompts_for(token: str, class_word: str) -> list[str]:
+    """The default target prompts for a concept: the default scene with its token and class
+    word ("a photo of sks corgi on the beach"), so the default never names another subject."""
+    words = " ".join(w.strip() for w in (token or "", class_word or "") if w and w.strip())
+    return [f"a photo of {words} on the beach"] if words else []
+
+
 def validate_base(spec: ExperimentSpec) -> None:
     problem = model_problem(spec.model)
     if problem:

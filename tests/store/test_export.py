@@ -224,7 +224,7 @@ def test_cli_exports(store, home, tmp_path, monkeypatch, capsys):
     assert sorted(p.name for p in work.iterdir()) == ["grid.png", "plot.png", "runs.csv", "sum.csv"]
     assert "baseline" in capsys.readouterr().out
     assert main(h + ["export", "runs", "1"]) == 0
-    assert (home.exports / "corgi final step-runs.csv").is_file()
+    assert (home.exports / "corgi_final_step-runs.csv").is_file()  # default names: no spaces
     assert main(h + ["export", "runs", "1", "--csv", "../out.csv"]) == 2
     assert main(h + ["export", "runs", "1", "--csv", str(tmp_path / "chosen.csv")]) == 0
     assert (tmp_path / "chosen.csv").is_file()
@@ -331,3 +331,18 @@ def test_cli_summary_states_unit_and_warns_of_gaps(store, home, tmp_path, monkey
     assert "paired: difference to 20" in capsys.readouterr().err
     assert main(h + ["--csv", "x.csv", "--versus", "99"]) == 2
     assert "no value '99'" in capsys.readouterr().err
+
+
+def test_default_export_names_have_no_spaces_and_never_overwrite(store, tmp_path):
+    from store.queries import save_experiment
+    from store.report.export import default_name, export_runs_csv
+    from store.sweep.spec import ExperimentSpec
+
+    exp = save_experiment(store, "corgi final step", ExperimentSpec(model="org/m"))
+    first = default_name(store, exp.id, "runs", ".csv", folder=tmp_path)
+    assert first == "corgi_final_step-runs.csv"
+    export_runs_csv(store, exp.id, first, folder=tmp_path)
+    second = default_name(store, exp.id, "runs", ".csv", folder=tmp_path)
+    assert second == "corgi_final_step-runs-2.csv"
+    export_runs_csv(store, exp.id, second, folder=tmp_path)
+    assert default_name(store, exp.id, "runs", ".csv", folder=tmp_path).endswith("-3.csv")

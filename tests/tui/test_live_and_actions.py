@@ -83,14 +83,14 @@ async def test_cancel_on_home_asks_first(store):
     app = MtpApp(store)
     async with app.run_test(size=SIZE) as pilot:
         await wait_for(pilot, lambda: app.experiment_id == exp.id)
-        await pilot.press("X")
+        await pilot.press("ctrl+x")
         await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen), what="confirmation")
         assert "16 queued" in str(app.screen.question)
         await pilot.press("n")
         await wait_for(pilot, lambda: name(app) == "HomeScreen")
         with store.session() as s:
             assert {r.status for r in s.exec(select(Run))} == {"queued"}
-        await pilot.press("X")
+        await pilot.press("ctrl+x")
         await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen))
         await pilot.press("y")
         await wait_for(pilot, lambda: name(app) == "HomeScreen")
@@ -186,7 +186,7 @@ async def test_bulk_actions_act_on_the_marked_runs(store):
             assert not list(s.exec(select(Score).where(Score.run_id.in_(marked))))
         assert queued == set(marked)
 
-        await pilot.press("X")
+        await pilot.press("ctrl+x")
         await wait_for(
             pilot, lambda: isinstance(app.screen, ConfirmScreen), what="cancel confirmation"
         )

@@ -82,7 +82,7 @@ async def test_command_palette_lists_main_actions(store):
 
 
 async def test_keymap_override_from_home_folder(store):
-    (store.home.root / "keymap.json").write_text(json.dumps({"app.runs": "u"}))
+    (store.home.root / "keymap.json").write_text(json.dumps({"app.runs_letter": "u"}))
     app = MtpApp(store)
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("u")

@@ -70,7 +70,8 @@ async def test_results_state_unit_and_grid_pins(store):
     exp_id = make_axes_sweep(store)
     add_scores(store, exp_id)
     app = MtpApp(store)
-    async with app.run_test(size=SIZE) as pilot:
+    # Wide enough for every column: narrower tables drop columns by priority (test_narrow).
+    async with app.run_test(size=(220, 50)) as pilot:
         app.experiment_id = exp_id
         await pilot.press("e")
         await wait_for(
@@ -173,3 +174,51 @@ async def test_export_dialog_takes_the_grid_choices_of_results(store, tmp_path):
         lines = list(csv.DictReader(fh))
     assert {line["cells"] for line in lines} == {"all"}
     assert {line["paired_against"] for line in lines} >= {value}
+
+
+async def test_a_second_export_keeps_the_first(store, tmp_path):
+    exp = seed_experiment(store, name="two words")
+    add_scores(store, exp.id)
+    out = tmp_path / "exports"
+    app = MtpApp(store)
+    async with app.run_test(size=SIZE) as pilot:
+        app.experiment_id = exp.id
+        await pilot.press("x")
+        await wait_for(pilot, lambda: isinstance(app.screen, ExportScreen))
+        screen = app.screen
+        screen.query_one("#export-folder").value = str(out)
+        for box in ("#kind-summary", "#kind-plot", "#kind-grid"):
+            screen.query_one(box).value = False
+        await pilot.press("ctrl+s")
+        await wait_for(pilot, lambda: len(screen.results) == 1, timeout=30, what="first")
+        await pilot.press("ctrl+s")
+        await wait_for(
+            pilot,
+            lambda: len(screen.results) == 1 and screen.results[0][1].endswith("-2.csv"),
+            timeout=30,
+            what="second",
+        )
+    assert sorted(p.name for p in out.iterdir()) == ["two_words-runs-2.csv", "two_words-runs.csv"]
+
+
+async def test_export_results_stay_reachable_at_80x24(store, tmp_path):
+    exp = seed_experiment(store)
+    add_scores(store, exp.id)
+    app = MtpApp(store)
+    async with app.run_test(size=(80, 24)) as pilot:
+        app.experiment_id = exp.id
+        await pilot.press("x")
+        await wait_for(pilot, lambda: isinstance(app.screen, ExportScreen))
+        screen = app.screen
+        screen.query_one("#export-folder").value = str(tmp_path / "out")
+        await pilot.press("ctrl+s")
+        await wait_for(pilot, lambda: len(screen.results) == 4, timeout=30, what="export results")
+        box = screen.query_one("#export-box")
+        log = screen.query_one("#export-log")
+        # The last result line (the grid) is inside the box's visible region, scrolled to.
+        await wait_for(
+            pilot,
+            lambda: log.region.bottom <= box.region.bottom and log.region.height >= 4,
+            what="results visible",
+        )
+        assert box.max_scroll_y >= 0 and "grid" in str(log.content)

@@ -84,7 +84,13 @@ async def test_reopened_results_follow_homes_experiment(store):
         results.action_next_axis()
         await pilot.press("f2")
         await wait_for(pilot, lambda: name(app) == "HomeScreen")
-        app.experiment_id = second.id  # Home's cursor moved to another experiment
+        # Home's cursor moves to the other experiment, as a user moves it. Setting
+        # app.experiment_id by hand raced Home's own reload on resume, which put its cursor's
+        # experiment back: under load the test then saw the first experiment.
+        table = app.screen.query_one("#experiments")
+        await wait_for(pilot, lambda: table.row_count == 2, what="home lists both")
+        table.move_cursor(row=table.get_row_index(str(second.id)), animate=False)
+        await wait_for(pilot, lambda: app.experiment_id == second.id, what="home on second")
         await pilot.press("f7")
         await wait_for(
             pilot,

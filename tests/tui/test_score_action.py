@@ -16,6 +16,16 @@ def _requests(store):
         return list(s.exec(select(ScoreRequest)))
 
 
+def _with_images(store, exp_id):
+    """Runs done with an image (add_scores leaves them without one): CLIP scored, DINO not."""
+    from store.models import Run
+
+    with store.write() as s:
+        for r in s.exec(select(Run).where(Run.experiment_id == exp_id)):
+            r.image_path = f"artifacts/run-{r.id}/target.png"
+            s.add(r)
+
+
 def _fake_launch(monkeypatch):
     from engine import launch
 
@@ -30,6 +40,7 @@ async def test_results_score_key_queues_a_request_and_starts_a_score_only_engine
 ):
     exp = seed_experiment(store)
     add_scores(store, exp.id)
+    _with_images(store, exp.id)
     started = _fake_launch(monkeypatch)
     app = MtpApp(store)
     async with app.run_test(size=SIZE) as pilot:
@@ -52,6 +63,7 @@ async def test_runs_score_key_and_palette_entry(store, monkeypatch):
 
     exp = seed_experiment(store)
     add_scores(store, exp.id)
+    _with_images(store, exp.id)
     _fake_launch(monkeypatch)
     assert any(method == "score_experiment" for _t, _h, method, _a in COMMANDS)
     app = MtpApp(store)
@@ -66,3 +78,28 @@ async def test_runs_score_key_and_palette_entry(store, monkeypatch):
         await pilot.press("S")  # a second press adds no second open request
         await pilot.pause(0.3)
         assert len(_requests(store)) == 1
+
+
+async def test_score_key_says_so_when_nothing_lacks_a_score(store, monkeypatch):
+    from store.models import Run, Score
+
+    exp = seed_experiment(store)
+    add_scores(store, exp.id)
+    _with_images(store, exp.id)
+    with store.write() as s:  # DINO too: nothing left to score
+        for r in s.exec(select(Run).where(Run.experiment_id == exp.id)):
+            s.add(Score(run_id=r.id, metric="dino_ref", backbone="test", value=0.5))
+    started = _fake_launch(monkeypatch)
+    app = MtpApp(store)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: app.experiment_id == exp.id)
+        await pilot.press("f7")
+        await wait_for(pilot, lambda: type(app.screen).__name__ == "ResultsScreen")
+        await pilot.press("S")
+        await wait_for(
+            pilot,
+            lambda: any("nothing to score" in str(n.message) for n in app._notifications),
+            what="nothing to score",
+        )
+        assert not any("queued" in str(n.message) for n in app._notifications)
+    assert _requests(store) == [] and started == []

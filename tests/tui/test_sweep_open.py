@@ -130,9 +130,9 @@ async def test_a_small_form_is_counted_as_it_opens_and_a_big_one_in_a_thread(sto
     threaded = []
     expand_in_thread = SweepScreen._expand
 
-    def record(self, spec, token):
+    def record(self, spec, token, *name_and_id):
         threaded.append(token)
-        return expand_in_thread(self, spec, token)
+        return expand_in_thread(self, spec, token, *name_and_id)
 
     monkeypatch.setattr(SweepScreen, "_expand", record)
     app = MtpApp(store)

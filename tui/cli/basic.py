@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from store.models import WEIGHT_KINDS
 from store.sweep.spec import AXES, PRESETS, ExperimentSpec
@@ -124,7 +125,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("runs", help="list runs (paged, filtered, sorted in SQL)")
     p.add_argument("experiment", nargs="?")
     p.add_argument("--status", help="comma separated statuses")
-    p.add_argument("--where", action="append", default=[], help="COLUMN=VALUE (repeatable)")
+    p.add_argument(
+        "--where",
+        action="append",
+        default=[],
+        help="a filter term as in the runs browser: final_step>5, final=end, thr=otsu, "
+        "clip_t>=0.3, status=failed,done (repeatable)",
+    )
     p.add_argument("--search", help="text in prompt, layers, tags, notes or error")
     p.add_argument("--method", help="comma separated methods (masactrl, consistent_sa, consistory)")
     p.add_argument("--sort", default="id", help="a column or score:METRIC")
@@ -204,6 +211,42 @@ def _experiment(store, ref):
     return exp
 
 
+def read_spec_file(path: str) -> ExperimentSpec:
+    """An ExperimentSpec from a JSON file; every problem is one InputError line (the file, and
+    where the JSON breaks), and a field the spec does not have is refused, not ignored."""
+    from dataclasses import fields
+
+    from store.queries import InputError
+
+    try:
+        text = Path(path).expanduser().read_text()
+    except FileNotFoundError:
+        raise InputError(f"--spec: no such file {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(
+            f"--spec: cannot read {path}: {getattr(exc, 'strerror', None) or exc}"
+        ) from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InputError(
+            f"--spec: {path} is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}"
+        ) from None
+    if not isinstance(data, dict):
+        raise InputError(f"--spec: {path} must hold one JSON object of spec fields")
+    known = {f.name for f in fields(ExperimentSpec)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise InputError(
+            f"--spec: unknown field{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} "
+            f"in {path} (spec fields: {', '.join(sorted(known))})"
+        )
+    try:
+        return ExperimentSpec.from_json(data)
+    except TypeError as exc:
+        raise InputError(f"--spec: {path}: {exc}") from None
+
+
 def cmd_experiment_create(args, store) -> int:
     from store.queries import get_concept, save_experiment
     from store.sweep.spec import expand, source_prompt_for
@@ -216,8 +259,7 @@ def cmd_experiment_create(args, store) -> int:
         # Like the sweep builder: the source shows the concept's class, so mask words match it.
         spec.source_prompt = source_prompt_for(concept.class_word) or spec.source_prompt
     if args.spec:
-        with open(args.spec) as fh:
-            spec = ExperimentSpec.from_json(json.load(fh))
+        spec = read_spec_file(args.spec)
     if args.preset:
         for k, v in PRESETS[args.preset].items():
             setattr(spec, k, v)
@@ -349,31 +391,48 @@ def cmd_experiment_archive(args, store) -> int:
 
 
 def cmd_runs(args, store) -> int:
-    from store.queries import InputError, RunFilter, list_runs
+    from store.queries import InputError, RunFilter, list_runs, run_scores
+    from store.runfilter import parse_filter
+    from store.sweep.spec import controlled_steps
 
-    equals = {}
-    for item in args.where:
-        if "=" not in item:
-            raise InputError(f"--where needs COLUMN=VALUE, got {item!r}")
-        k, v = item.split("=", 1)
-        equals[k.strip()] = int(v) if v.strip().isdigit() else v.strip()
     filt = RunFilter(
         experiment_id=_experiment(store, args.experiment).id if args.experiment else None,
         statuses=[s for s in (args.status or "").split(",") if s],
-        equals=equals,
         text=args.search,
         methods=[m.strip() for m in (args.method or "").split(",") if m.strip()],
     )
+    for item in args.where:
+        # The runs browser's filter grammar, one term per --where (a value may hold spaces).
+        key, sep, value = item.partition("=")
+        quoted = item if not sep or " " not in value else f'{key}="{value}"'
+        term = parse_filter(quoted)
+        if term.text:
+            raise InputError(
+                f"--where needs a comparison such as final_step>5, got {item!r} "
+                "(--search looks for text)"
+            )
+        filt.equals.update(term.equals)
+        filt.compare.extend(term.compare)
+        filt.statuses = term.statuses or filt.statuses
+        for name in ("tag", "marked", "baseline"):
+            if getattr(term, name) is not None:
+                setattr(filt, name, getattr(term, name))
+        if term.experiment_id is not None:
+            filt.experiment_id = term.experiment_id
     rows, total = list_runs(
         store, filt, sort=args.sort, descending=args.desc, offset=args.offset, limit=args.limit
     )
+    metric = args.sort.split(":", 1)[1] if args.sort.startswith("score:") else None
+    scores = run_scores(store, [r.id for r in rows]) if metric else {}
     echo(f"{total} runs match; showing {args.offset + 1 if rows else 0}-{args.offset + len(rows)}")
     for r in rows:
         control = (
             "baseline"
             if r.is_baseline
             else (
-                f"layers={r.layers} steps={r.start_step}..{r.final_step}/{r.skip_interval} mask={r.mask_mode}"
+                f"layers={r.layers} "
+                + controlled_steps(r.start_step, r.final_step, r.skip_interval, r.num_steps)
+                + f" mask={r.mask_mode}"
             )
         )
         if r.invert and r.inversion_guidance is not None:
@@ -385,8 +444,14 @@ def cmd_runs(args, store) -> int:
         if method != "masactrl":
             # A set method's run is one image of a set: which one, and the method's settings.
             control += f" set#{r.prompt_index} {_params_text(r.method_params)}".rstrip()
+        # Sorted by a score: that score leads the line, so the order can be checked by eye.
+        shown = ""
+        if metric:
+            value = scores.get(r.id, {}).get(metric)
+            shown = f"{metric}={value:.4f} " if value is not None else f"{metric}=- "
         echo(
-            f"{r.id:>6} {r.status:<9} {method:<13} seed={r.seed} {one(control)}  {r.target_prompt!r}{err}"
+            f"{r.id:>6} {r.status:<9} {method:<13} {shown}seed={r.seed} {one(control)}  "
+            f"{one(repr(r.target_prompt))}{err}"
         )
     return 0
 

@@ -208,6 +208,11 @@ def cmd_show(args, store) -> int:
     echo("--- parameters")
     from store.models import param_value
 
+    if not run.is_baseline:
+        from store.sweep.spec import controlled_steps
+
+        steps = controlled_steps(run.start_step, run.final_step, run.skip_interval, run.num_steps)
+        echo(f"{'controls':14s} {steps} (final_step is exclusive)")
     for name in SHOWN:
         echo(f"{name:14s} {one(param_value(run, name))}")
     if run.method_params:

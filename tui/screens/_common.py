@@ -10,6 +10,8 @@ from textual.screen import Screen
 
 from store.safe_text import safe_text
 
+from .. import keymap
+
 # Below this size side panes collapse and rows of fields stack (see app.tcss, `.narrow`).
 NARROW_WIDTH, SHORT_HEIGHT = 100, 30
 # How often screens that show runs ask the store whether anything changed (one row read).
@@ -25,6 +27,18 @@ class StoreScreen(Screen):
 
     live = False
     reopened = False  # set by MtpApp.make_screen when a kept screen is opened again
+    KEY_SCOPE: str | None = None  # its keymap scope: letter-only actions yield to form controls
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        # A letter typed on a form control (a Select on Results, say) belongs to the form; the
+        # control's own keys (space, enter, arrows) are bound on the control and still run.
+        if (
+            self.KEY_SCOPE is not None
+            and action in keymap.character_actions(self.KEY_SCOPE)
+            and keymap.in_form(self.focused)
+        ):
+            return None
+        return True
 
     class Changed(Message):
         def __init__(self, token: str):
@@ -102,6 +116,8 @@ def age(ts: datetime | None, now: datetime | None = None) -> str:
 def duration(seconds: float | None) -> str:
     if seconds is None:
         return "?"
+    if 0 < seconds < 0.5:
+        return "<1s"  # not "0s": a time that rounds to nothing is still a time
     seconds = int(round(seconds))
     if seconds < 60:
         return f"{seconds}s"

@@ -15,15 +15,19 @@ from .. import keymap
 from ..safe import assemble, plain
 from ..widgets.artifact_image import ArtifactImage
 from ..widgets.field import Field, fields_by_name
+from ..widgets.find import FindTree
 from ..widgets.footer import Footer
-from ..widgets.safe_widgets import SafeDirectoryTree, SafeInput
+from ..widgets.quiet import FormButton
+from ..widgets.safe_widgets import SafeInput
 from ._common import StoreScreen
+from .confirm import ConfirmScreen
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 
 
 class ConceptScreen(StoreScreen):
     BINDINGS = keymap.bindings("concept")
+    KEY_SCOPE = "concept"
 
     class Checked(Message):
         def __init__(self, path: Path, error: str | None):
@@ -47,19 +51,9 @@ class ConceptScreen(StoreScreen):
 
         yield Header()
         with Horizontal(id="concept-body"):
-            with Vertical(id="concept-tree"):
-                yield Label(
-                    "Files (enter adds an image; ctrl+g: folder up; ctrl+l: type a path)",
-                    classes="field-label",
-                )
-                yield SafeInput(
-                    str(self.start_dir),
-                    placeholder="a folder to browse or an image to add",
-                    id="tree-path",
-                    compact=True,
-                )
-                yield SafeDirectoryTree(str(self.start_dir), id="tree")
-            with VerticalScroll(id="concept-form"):
+            # The form on the left, the file tree on the right: Textual's Tab order follows
+            # screen position, so Tab starts at Name and walks the fields before the tree.
+            with VerticalScroll(id="concept-form", can_focus=False):
                 yield Field("name", "Name", placeholder="e.g. corgi")
                 yield Field("token", "Token", placeholder="written in prompts, e.g. <new1> or sks")
                 yield Field(
@@ -90,16 +84,48 @@ class ConceptScreen(StoreScreen):
                 )
                 yield Horizontal(id="ref-images")
                 yield Static("", id="concept-status")
-                yield Button("Save concept (ctrl+s)", id="save", variant="primary")
+                yield FormButton("Save concept (ctrl+s)", id="save", variant="primary")
+            with Vertical(id="concept-tree"):
+                yield Label(
+                    "Files (enter adds an image; ctrl+g: folder up; ctrl+l: type a path)",
+                    classes="field-label",
+                )
+                yield SafeInput(
+                    str(self.start_dir),
+                    placeholder="a folder to browse or an image to add",
+                    id="tree-path",
+                    compact=True,
+                )
+                yield FindTree(str(self.start_dir), id="tree")
         yield Footer(compact=True, show_command_palette=False)
 
     def on_mount(self) -> None:
         self.query_one("#input-name", Input).focus()
         draft = self.app.concept_draft
-        if draft is not None and draft["concept_id"] == self.concept_id:
+        if draft is not None and self.concept_id in (None, draft["concept_id"]):
+            # F3 brings back the unsaved form, whether it is a new concept or edits of a saved one.
             self._restore(draft)
+        elif draft is not None:
+            # Another concept's edits are unsaved: opening this one must not silently drop them.
+            self.app.push_screen(
+                ConfirmScreen(
+                    f"Concept #{draft['concept_id'] or 'new'} has unsaved edits. "
+                    f"Discard them and open concept #{self.concept_id}?",
+                    yes="discard them",
+                ),
+                self._other_draft_answered,
+            )
+            return
         elif self.concept_id is not None:
             self._load(self.concept_id)
+        self._ready = True
+
+    def _other_draft_answered(self, discard: bool | None) -> None:
+        if discard:
+            self.app.concept_draft = None
+            self._load(self.concept_id)
+        else:
+            self._restore(self.app.concept_draft)
         self._ready = True
 
     # ------------------------------------------------------------------ the unsaved form
@@ -112,6 +138,11 @@ class ConceptScreen(StoreScreen):
         }
 
     def _restore(self, draft: dict) -> None:
+        self.concept_id = draft["concept_id"]
+        if self.concept_id is not None:
+            self.sub_title = f"editing concept #{self.concept_id}"
+            # What the database holds, to tell a draft from the saved concept (read in a thread).
+            self._load_saved(self.concept_id)
         fields = fields_by_name(self)
         for name, value in draft["fields"].items():
             if name in fields:
@@ -119,18 +150,57 @@ class ConceptScreen(StoreScreen):
         self.query_one("#weights_kind", Select).value = draft["weights_kind"]
         for path in draft["images"]:
             self._add_thumb(path)
-        self.query_one("#concept-status", Static).update("your unsaved concept is back")
+        self.query_one("#concept-status", Static).update(
+            "your unsaved concept is back (ctrl+s saves it, ctrl+n starts a new one)"
+        )
+        self._status_saved = True  # replaced by "unsaved changes" at the next edit
 
     def _keep_draft(self) -> None:
-        # Kept until saved, so leaving the editor (Esc, F-keys) never throws typing away.
+        # Kept until saved, so leaving the editor (Esc, F-keys, quitting) never throws typing away.
         if getattr(self, "_ready", False):
             snap = self._snapshot()
-            self.app.concept_draft = None if snap == getattr(self, "_saved", None) else snap
+            unsaved = snap != getattr(self, "_saved", None)
+            self.app.concept_draft = snap if unsaved else None
+            if unsaved and getattr(self, "_status_saved", False):
+                # The "saved" line is no longer true once the form differs from what was saved.
+                self._status_saved = False
+                self.query_one("#concept-status", Static).update(
+                    "unsaved changes (kept when you leave; ctrl+s saves)"
+                )
 
     @on(Input.Changed)
     @on(Select.Changed)
     def _form_changed(self, _event) -> None:
         self._keep_draft()
+
+    @work(thread=True)
+    def _load_saved(self, concept_id: int) -> None:
+        from store.queries import get_concept
+
+        self.post_message(self.Stored(get_concept(self.store, concept_id)))
+
+    class Stored(Message):
+        def __init__(self, concept):
+            super().__init__()
+            self.concept = concept
+
+    def on_concept_screen_stored(self, message: Stored) -> None:
+        """The saved concept a restored draft edits: a form edited back to it is no draft."""
+        c = message.concept
+        if c is None:
+            return
+        self._saved = {
+            "concept_id": c.id,
+            "fields": {
+                "name": c.name,
+                "token": c.token,
+                "class_word": c.class_word,
+                "base_model": c.base_model,
+                "weights": c.weights_path or "",
+            },
+            "weights_kind": c.weights_kind,
+            "images": [self.store.home.resolve_artifact(r) for r in c.ref_images],
+        }
 
     @work(thread=True)
     def _load(self, concept_id: int) -> None:
@@ -306,8 +376,18 @@ class ConceptScreen(StoreScreen):
         self._saved = self._snapshot()  # what the database holds: not a draft
         verb = ("editing", "") if message.loaded else ("saved", "green")
         status.update(assemble(verb, f" concept #{concept.id} {concept.name!r}"))
+        self._status_saved = True
 
     def action_next_concept(self) -> None:
         """Start a fresh concept (the saved one stays in the list on Home)."""
-        self.app.concept_draft = None
-        self.app.switch_screen(ConceptScreen(start_dir=self.start_dir))
+
+        def fresh() -> None:
+            self.app.concept_draft = None
+            self.app.switch_screen(ConceptScreen(start_dir=self.start_dir))
+
+        if self.app.concept_draft is None:
+            fresh()
+        else:
+            self.app.confirm(
+                "Start a new concept? The unsaved changes in this form are lost.", fresh, yes="new"
+            )

@@ -12,11 +12,12 @@ from ..safe import assemble, plain
 
 
 class ConfirmScreen(ModalScreen[bool]):
-    """y or enter answers yes; n or escape answers no. No focusable buttons, so the letter
-    keys always reach these bindings."""
+    """y answers yes; n or escape answers no. Enter is no answer: a key pressed out of habit
+    (or held from the screen before) must not confirm anything destructive. No focusable
+    buttons, so the letter keys always reach these bindings."""
 
     BINDINGS = [
-        Binding("y,enter", "answer(True)", "Yes", id="confirm.yes"),
+        Binding("y", "answer(True)", "Yes", id="confirm.yes"),
         Binding("n,escape", "answer(False)", "No", id="confirm.no"),
     ]
 
@@ -29,9 +30,7 @@ class ConfirmScreen(ModalScreen[bool]):
             # The question names what is at stake (an experiment's name): shown safe, literally.
             yield Static(plain(self.question, multiline=True), id="confirm-question")
             yield Static(
-                assemble(
-                    ("y", "bold"), f"/enter: {self.yes}    ", ("n", "bold"), "/esc: keep as is"
-                ),
+                assemble(("y", "bold"), f": {self.yes}    ", ("n", "bold"), "/esc: keep as is"),
                 id="confirm-keys",
             )
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal, Vertical
+from textual.containers import Horizontal, VerticalScroll
 from textual.content import Content
 from textual.message import Message
 from textual.screen import ModalScreen
@@ -15,6 +15,7 @@ from textual.widgets import Button, Checkbox, Input, Label, Select, Static
 
 from .. import keymap
 from ..safe import assemble, plain
+from ..widgets.quiet import FormButton
 from ..widgets.safe_widgets import SafeInput, SafeSelect
 from .results import axes_for
 
@@ -48,7 +49,7 @@ def run_exports(
             continue
         try:
             name = export.default_name(
-                store, experiment_id, kind, suffix, by if needs_axis else None
+                store, experiment_id, kind, suffix, by if needs_axis else None, folder=folder
             )
             args = (store, experiment_id, by, name) if needs_axis else (store, experiment_id, name)
             extra: dict = {}
@@ -94,7 +95,8 @@ class ExportScreen(ModalScreen):
         return self.app.store
 
     def compose(self) -> ComposeResult:
-        with Vertical(id="export-box"):
+        # Scrolls when the results list outgrows a small terminal (80x24 hid the last lines).
+        with VerticalScroll(id="export-box"):
             yield Label(
                 plain(f"Export experiment {self.experiment_id}")
                 if self.experiment_id is not None
@@ -109,11 +111,20 @@ class ExportScreen(ModalScreen):
             for kind, label, *_ in KINDS:
                 yield Checkbox(label, True, id=f"kind-{kind}", compact=True)
             with Horizontal(id="export-buttons"):
-                yield Button("Export (ctrl+s)", id="export-go", variant="primary", compact=True)
-                yield Button("Close (esc)", id="export-close", compact=True)
+                yield FormButton("Export (ctrl+s)", id="export-go", variant="primary", compact=True)
+                yield FormButton("Close (esc)", id="export-close", compact=True)
             yield Static("", id="export-log")
 
+    def _apply_size(self, size) -> None:
+        from ._common import SHORT_HEIGHT
+
+        self.set_class(size.height < SHORT_HEIGHT, "short")
+
+    def on_resize(self, event) -> None:
+        self._apply_size(event.size)
+
     def on_mount(self) -> None:
+        self._apply_size(self.app.size)
         if self.experiment_id is not None:
             from store.queries import get_experiment
 
@@ -210,3 +221,6 @@ class ExportScreen(ModalScreen):
                 for k, p, ok in message.results
             )
         )
+        # The results are the newest lines: bring the last one into view once laid out.
+        box = self.query_one("#export-box", VerticalScroll)
+        self.call_after_refresh(box.scroll_end, animate=False)

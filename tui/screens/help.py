@@ -44,7 +44,7 @@ class HelpScreen(ModalScreen):
             "\nctrl+p: command palette.  In tables: j/k move, g/G top/bottom, enter opens.\n"
             "Sweep grammar: 20,25,50 | 4-50 (+5) | 0.1-0.5 [5] | encoder,decoder | {0,2,4} | up_blocks.3\n"
             "Runs filter (/): words search prompts/tags/notes/errors; status=failed seed=1 "
-            "final_step=20 tag=good marked=1 exp=3"
+            "final>5 final=end thr=otsu clip_t>=0.3 tag=good marked=1 exp=3"
         )
         with VerticalScroll(id="help-body"):
             yield Static(table)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from textual import on, work
 from textual.app import ComposeResult
@@ -32,6 +33,50 @@ class HomeData:
     db_now: object = None  # the database's clock when the workers were read (ages use it)
 
 
+# A stopped (or dead) engine stays listed this long after its last heartbeat, then only counts.
+STOPPED_SHOWN_S = 600
+GONE = ("stopped", "dead")
+
+
+# (key, header, priority: lower stays longest) of Home's experiments table.
+EXPERIMENT_COLUMNS = [
+    ("id", "id", 0),
+    ("name", "name", 4),
+    ("status", "status", 2),
+    ("done", "done/N", 1),
+    ("failed", "failed", 3),
+    ("running", "running", 5),
+    ("best", "best (T, I)", 6),
+    ("tags", "tags", 7),
+]
+
+
+def _cut(value, width: int):
+    """A text cell shortened to `width` with an ellipsis (only the name column ever needs it)."""
+    from rich.text import Text
+
+    text = str(value)
+    if len(text) <= width:
+        return value
+    return Text(text, no_wrap=True, overflow="ellipsis")
+
+
+def visible_workers(workers) -> tuple[list, int]:
+    """The workers Home lists (every live one, stopped ones for a while) and how many stopped
+    ones it leaves out: a host that restarted engines for weeks would otherwise fill the table."""
+    if not workers:
+        return [], 0
+    now = datetime.now(UTC)
+    shown = []
+    for w in workers:
+        beat = w.heartbeat_at
+        if beat is not None and beat.tzinfo is None:
+            beat = beat.replace(tzinfo=UTC)
+        if w.status not in GONE or beat is None or (now - beat).total_seconds() < STOPPED_SHOWN_S:
+            shown.append(w)
+    return shown, len(workers) - len(shown)
+
+
 def collect(store) -> HomeData:
     from engine import launch
     from store import queue
@@ -50,6 +95,7 @@ def collect(store) -> HomeData:
 
 class HomeScreen(StoreScreen):
     BINDINGS = keymap.bindings("home")
+    KEY_SCOPE = "home"
 
     class Refreshed(Message):
         def __init__(self, data: HomeData):
@@ -92,9 +138,7 @@ class HomeScreen(StoreScreen):
 
     def on_mount(self) -> None:
         self.query_one("#concepts", DataTable).add_columns("id", "name", "token", "refs")
-        self.query_one("#experiments", DataTable).add_columns(
-            "id", "name", "status", "done/N", "failed", "running", "best (T, I)", "tags"
-        )
+        self._exp_columns: list | None = None  # (key, width) as laid out now
         self.query_one("#workers", DataTable).add_columns(
             "host", "device", "status", "run", "step", "it/s", "heartbeat", "id"
         )
@@ -126,7 +170,10 @@ class HomeScreen(StoreScreen):
             self.on_home_screen_refreshed(self.Refreshed(self.data))
 
     def on_home_screen_refreshed(self, message: Refreshed) -> None:
+        was_paused = self.data.paused if self.data is not None else None
         self.data = data = message.data
+        if data.paused != was_paused:  # paused by `mtp queue pause` or another app, too
+            self.refresh_bindings()
         # Scores only change when runs finish: recompute best points when done counts move,
         # after the table is up, since it reads every score.
         key = tuple((r.experiment.id, r.done) for r in data.experiments)
@@ -141,7 +188,18 @@ class HomeScreen(StoreScreen):
                 if data.paused
                 else assemble(("queue running", "green"), " (p: pause)")
             )
-        if data.engines is not None:
+        shown_workers, hidden = visible_workers(data.workers)
+        if data.workers is not None:
+            # Counted from the same read as the workers table below, so the two always agree.
+            live = [w for w in data.workers if w.status not in GONE]
+            parts.append(
+                f"engines: {len(live)} working"
+                if live
+                else "engines: none (S: start)"
+                if not data.engines
+                else f"engines: {len(data.engines)} starting"
+            )
+        elif data.engines is not None:
             parts.append(
                 plain(
                     f"engines: {len(data.engines)} running"
@@ -189,10 +247,10 @@ class HomeScreen(StoreScreen):
                     ),
                 )
             )
-        self._fill("#experiments", rows)
+        self._fill("#experiments", self._fit_experiments(rows))
         wrows = []
         prev_host = None
-        for w in data.workers or []:  # sorted by host: the host is named once per group
+        for w in shown_workers:  # sorted by host: the host is named once per group
             step = f"{w.step}/{w.total_steps}" if w.total_steps else "-"
             its = f"{w.its_per_s:.2f}" if w.its_per_s else "-"
             host = w.host if w.host != prev_host else ""
@@ -214,10 +272,39 @@ class HomeScreen(StoreScreen):
                     ),
                 )
             )
+        if hidden:
+            wrows.append(
+                ("stopped", ("", "", f"+{hidden} stopped earlier", "", "", "", "", "mtp workers"))
+            )
         if data.workers is None:
             wrows = [("-", ("store.queue not available", "", "", "", "", "", "", ""))]
         self._fill("#workers", wrows)
         self._sync_experiment()
+
+    def _fit_experiments(self, rows: list[tuple[str, tuple]]) -> list[tuple[str, tuple]]:
+        """Only the columns that fit the pane, whole: progress is never cut to a wrong number
+        (`100/1` for 100/100 at 80x24); the name shortens, low-priority columns go."""
+        from ..widgets.columns import Col, fit_columns
+
+        cols = [Col(k, label, prio, flex=k == "name") for k, label, prio in EXPERIMENT_COLUMNS]
+        keys = [c.key for c in cols]
+        dicts = [dict(zip(keys, map(str, cells), strict=True)) for _, cells in rows]
+        table = self.query_one("#experiments", DataTable)
+        width = table.size.width or max(20, self.app.size.width - 40)
+        shown = [(c.key, w) for c, w in fit_columns(cols, dicts, width - 2)]
+        if shown != self._exp_columns:
+            self._exp_columns = shown
+            table.clear(columns=True)
+            labels = {k: label for k, label, _ in EXPERIMENT_COLUMNS}
+            for key, w in shown:
+                table.add_column(labels[key], key=key, width=w)
+        index = {k: i for i, k in enumerate(keys)}
+        return [(key, tuple(_cut(cells[index[k]], w) for k, w in shown)) for key, cells in rows]
+
+    def on_resize(self, event) -> None:
+        super().on_resize(event)
+        if self.data is not None:
+            self.call_after_refresh(self.on_home_screen_refreshed, self.Refreshed(self.data))
 
     def _fill(self, selector: str, rows: list[tuple[str, tuple]]) -> None:
         """Replace rows in place, keeping the cursor on the same row key across refreshes."""
@@ -288,8 +375,24 @@ class HomeScreen(StoreScreen):
             self.app.experiment_id = exp_id
             self.app.action_open("runs", experiment_id=exp_id)
 
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action in ("pause_queue", "resume_queue"):
+            paused = bool(self.data is not None and self.data.paused)
+            if (action == "resume_queue") != paused:
+                return False  # the other one of the pair is the one p does now
+        return super().check_action(action, parameters)
+
+    def action_pause_queue(self) -> None:
+        self.action_toggle_pause()
+
+    def action_resume_queue(self) -> None:
+        self.action_toggle_pause()
+
     def action_toggle_pause(self) -> None:
-        self.app.toggle_pause()
+        paused = self.app.toggle_pause()
+        if self.data is not None and paused is not None:
+            self.data.paused = paused
+            self.refresh_bindings()  # the footer says Resume/Pause at once
         self.refresh_data()
 
     def action_start_engine(self) -> None:

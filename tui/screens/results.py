@@ -53,6 +53,7 @@ def axes_for(spec_json: str) -> list[str]:
 
 class ResultsScreen(StoreScreen):
     BINDINGS = keymap.bindings("results")
+    KEY_SCOPE = "results"
     live = True  # new scores regroup the table, the plot and the grid by themselves
     KEPT = True  # F7 reopens this screen as it was left (see on_screen_resume)
 
@@ -423,6 +424,11 @@ class ResultsScreen(StoreScreen):
         if message.shown is not None:
             self.call_after_refresh(message.shown.set)
 
+    def on_resize(self, event) -> None:
+        super().on_resize(event)
+        if self.rows:  # which columns fit depends on the width
+            self.call_after_refresh(self._fill_table)
+
     def _fill_table(self) -> None:
         from store.report.aggregate import fmt_number, lower_is_better
 
@@ -431,16 +437,18 @@ class ResultsScreen(StoreScreen):
         metrics: list[str] = getattr(self.rows, "metrics", None) or []
         unit = getattr(self.rows, "unit", "runs")
         scale = getattr(self.rows, "scale_of", lambda m: "raw")
+        # Headers no wider than their "0.2085 ± 0.0032" cells, so two metrics fit a half screen.
         heads = [
-            f"{m} mean±sem"
+            f"{m} ±sem"
             + ("" if scale(m) == "raw" else f" [{scale(m)}]")
-            + (" (distance, lower=closer)" if lower_is_better(m) else "")
+            + (" (distance)" if lower_is_better(m) else "")
             for m in metrics
         ]
         ref = getattr(self.rows, "reference", "") or "ref"
         diffs = [f"{m} Δ vs {ref} [95% CI]" for m in metrics]
         # "n" counts the unit the SEM is over (concepts or cells), so the two always agree.
-        table.add_columns(self.by, f"n {unit}", "runs/cell", *heads, *diffs, "missing", "pareto")
+        labels = [self.by, f"n {unit}", "runs/cell", *heads, *diffs, "missing", "P"]  # P: Pareto
+        rows = []
         for r in self.rows:
             lo, hi = r.runs_per_cell
             cells = [r.label, str(r.n_unit), str(lo) if lo == hi else f"{lo}-{hi}"]
@@ -452,7 +460,30 @@ class ResultsScreen(StoreScreen):
                 cells.append(p.text if p else "")
             cells.append(f"! {r.incomplete}" if r.incomplete else "")
             cells.append("*" if r.pareto else "")
-            table.add_row(*map(cell, cells))  # the label may be a prompt: shown safe, literally
+            rows.append(cells)
+        # Whole columns by priority (a mean±sem is never cut at the pane's edge): the axis
+        # value, n, the Pareto mark and the first metrics first, then the paired differences;
+        # "missing" only matters when some row is incomplete.
+        from ..widgets.columns import Col, fit_columns
+
+        incomplete = any(r.incomplete for r in self.rows)
+        k = len(metrics)
+        prio = (
+            [0, 1, 3 + k]
+            + [3 + i for i in range(k)]
+            + [4 + k + i for i in range(k)]
+            + [2 if incomplete else 50, 2]
+        )
+        cols = [
+            Col(str(i), label, p) for i, (label, p) in enumerate(zip(labels, prio, strict=True))
+        ]
+        dicts = [{str(i): c for i, c in enumerate(cells)} for cells in rows]
+        width = table.size.width or self.app.size.width // 2
+        shown = [int(c.key) for c, _ in fit_columns(cols, dicts, width - 2)] or list(range(2))
+        table.add_columns(*[labels[i] for i in shown])
+        for cells in rows:
+            # the label may be a prompt: shown safe, literally
+            table.add_row(*[cell(cells[i]) for i in shown])
 
     def _show_unit(self) -> None:
         # The short form: the full definitions are in the summary CSV and README "Statistics".

@@ -127,6 +127,7 @@ def params_table(run, scores: dict) -> Table:
 
 class RunDetailScreen(StoreScreen):
     BINDINGS = keymap.bindings("detail")
+    KEY_SCOPE = "detail"
     live = True  # a running run's images and scores appear as the engine commits them
 
     class Loaded(Message):
@@ -171,14 +172,23 @@ class RunDetailScreen(StoreScreen):
         run = bundle.run
         if run is None:
             self.query_one("#detail-title", Static).update(
-                plain(f"run {self.run_id} does not exist", "red")
+                plain(f"run {self.run_id} does not exist (deleted?)", "red")
             )
+            # Nothing of the run that was shown may stay on screen as if it still existed.
+            self.bundle = None
+            for image in self.query(ArtifactImage):
+                image.show_image(None, "run deleted")
+            self.query_one("#detail-error", Static).update("")
+            self.query_one("#detail-info", Static).update("")
             return
+        from store.sweep.spec import controlled_steps
+
         self.bundle, self.run_id, self.word_index = bundle, run.id, 0
         kind = (
             "baseline (no control)"
             if run.is_baseline
-            else f"layers {run.layers}, steps {run.start_step}-{run.final_step} every {run.skip_interval}"
+            else f"layers {run.layers}, "
+            + controlled_steps(run.start_step, run.final_step, run.skip_interval, run.num_steps)
         )
         self.query_one("#detail-title", Static).update(
             assemble(

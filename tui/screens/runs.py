@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shlex
 from functools import partial
 
 from rich.text import Text
@@ -49,6 +48,29 @@ COLUMNS = (
     ]
 )
 SORT_BY_KEY = {key: sort for key, _, sort in COLUMNS}
+# What stays when the terminal is narrow (lower first): the run, its state and its scores, then
+# the swept values; the prompt shortens to fit; ids of experiments, times and tags go first.
+PRIORITY = {
+    "status": 0,
+    "id": 1,
+    "marked": 2,
+    "clip_t": 3,
+    "clip_i_ref": 4,
+    "dino_ref": 5,
+    # which method made the run: what a comparison of methods sorts and filters by first
+    "method": 6,
+    "final_step": 6,
+    "start_step": 7,
+    "layers": 8,
+    "seed": 9,
+    "target_prompt": 10,
+    "skip_interval": 11,
+    "mask_mode": 12,
+    "mask_threshold": 13,
+    "experiment_id": 14,
+    "duration_s": 15,
+    "tags": 16,
+}
 
 
 def marked_ids(store, filt) -> list[int]:
@@ -61,57 +83,36 @@ def marked_ids(store, filt) -> list[int]:
 
 
 def parse_filter(text: str, experiment_id: int | None = None):
-    """`status=failed,done seed=1 tag=good marked=1 exp=3 final_step=20 corgi beach` -> RunFilter."""
-    from store.models import OTSU, RUN_SORT_COLUMNS, Run
-    from store.queries import InputError, RunFilter
+    """The runs filter grammar (store.runfilter): `status=failed seed=1 final>5 thr=otsu beach`."""
+    from store.runfilter import parse_filter as parse
 
-    f = RunFilter(experiment_id=experiment_id)
-    words = []
-    try:
-        tokens = shlex.split(text or "")
-    except ValueError as exc:
-        raise InputError(f"filter: {exc}") from None
-    for tok in tokens:
-        if "=" not in tok:
-            words.append(tok)
-            continue
-        key, value = (p.strip() for p in tok.split("=", 1))
-        if key == "status":
-            f.statuses = [v for v in value.split(",") if v]
-        elif key == "tag":
-            f.tag = value
-        elif key in ("exp", "experiment", "experiment_id"):
-            f.experiment_id = None if value in ("all", "*", "") else int(value)
-        elif key in ("marked", "baseline"):
-            setattr(f, key, value.lower() in ("1", "true", "yes", "y"))
-        elif key == "mask_threshold" and value.lower() == OTSU:
-            f.equals[key] = OTSU  # Otsu's threshold: stored as NULL on a masked run
-        elif key in RUN_SORT_COLUMNS:
-            kind = Run.__table__.c[key].type.python_type
-            if kind is object:  # SQLModel's AutoString (every plain str column) says object
-                kind = str
-            try:
-                f.equals[key] = (
-                    (value.lower() in ("1", "true", "yes")) if kind is bool else kind(value)
-                )
-            except ValueError:
-                raise InputError(f"filter: {key} needs a {kind.__name__}, not {value!r}") from None
-        else:
-            raise InputError(
-                f"filter: unknown field {key!r} (status, tag, exp, marked, baseline or a run column)"
-            )
-    f.text = " ".join(words) or None
-    return f
+    return parse(text, experiment_id)
+
+
+def filter_error_text(exc) -> Text:
+    """A filter error on one line, the character where reading stopped shown reversed (the
+    status line is one line high; the CLI prints the same error with a caret under it)."""
+    text, pos = getattr(exc, "text", None), getattr(exc, "pos", None)
+    message = getattr(exc, "message", None) or str(exc)
+    out = Text("✗ filter: " + safe_text(message), style="bold red")
+    if isinstance(text, str) and isinstance(pos, int) and 0 <= pos <= len(text):
+        out.append("  ")
+        out.append(safe_text(text[:pos]))
+        out.append(safe_text(text[pos : pos + 1]) or " ", style="reverse red")
+        out.append(safe_text(text[pos + 1 :]))
+    return out
 
 
 class RunsScreen(StoreScreen):
     BINDINGS = keymap.bindings("runs")
+    KEY_SCOPE = "runs"
     live = True  # a run an engine finishes shows up without F5
     KEPT = True  # F6 brings it back as it was left (MtpApp.make_screen); see retarget
 
     class Page(Message):
         def __init__(self, runs, scores, total, offset, error=None, token=0, marked=0):
             super().__init__()
+            self.gone: int | None = None  # the experiment shown was deleted
             self.runs, self.scores, self.total, self.offset, self.error, self.token = (
                 runs,
                 scores,
@@ -143,7 +144,7 @@ class RunsScreen(StoreScreen):
         yield Header()
         yield SafeInput(
             self.filter_text,
-            placeholder="filter: words, status=failed, seed=1, tag=x, marked=1, "
+            placeholder="filter: words, status=failed, seed=1, final>5, thr=otsu, clip_t>0.3, tag=x, "
             "exp=all, final_step=20 ... (enter applies, escape closes)",
             id="filter-bar",
         )
@@ -153,6 +154,7 @@ class RunsScreen(StoreScreen):
 
     def on_mount(self) -> None:
         table = self.query_one(DataTable)
+        self._shown_columns: list | None = None  # (key, width) as laid out now
         for key, label, _ in COLUMNS:
             table.add_column(label, key=key)
         table.focus()
@@ -191,27 +193,63 @@ class RunsScreen(StoreScreen):
         try:
             filt = parse_filter(self.filter_text, self.experiment_id)
         except Exception as exc:
-            self._status(plain(exc, "red"))
+            self._status(filter_error_text(exc))
             return
         if not quiet:  # a live refresh must not flash "loading..." every second
             # Only a slow page says so: painting "loading..." first would cost a fast page a frame.
             self.set_timer(LOADING_AFTER_S, partial(self._still_loading, self._token))
         self._load(filt, self.sort, self.descending, self.page_offset, self._token)
 
+    def _fit(self, table, page: list[list[str]]) -> list[list[str]]:
+        """The columns that fit the table's width, whole (a number is never cut), by PRIORITY;
+        the prompt shortens to fit. Columns are rebuilt only when that choice changes."""
+        from ..widgets.columns import Col, fit_columns
+
+        cols = [
+            Col(key, label, PRIORITY.get(key, 99), flex=key == "target_prompt", min_width=24)
+            for key, label, _ in COLUMNS
+        ]
+        keys = [key for key, _, _ in COLUMNS]
+        rows = [dict(zip(keys, cells, strict=True)) for cells in page]
+        width = table.size.width or self.app.size.width
+        shown = [(c.key, w) for c, w in fit_columns(cols, rows, width - 2)]  # a scrollbar
+        if shown != self._shown_columns:
+            self._shown_columns = shown
+            self._page_cells = None
+            table.clear(columns=True)
+            labels = {key: label for key, label, _ in COLUMNS}
+            for key, w in shown:
+                table.add_column(labels[key], key=key, width=w)
+        index = {key: i for i, key in enumerate(keys)}
+        return [[cells[index[key]] for key, _ in shown] for cells in page]
+
+    def on_resize(self, event) -> None:
+        super().on_resize(event)
+        if self.loaded and self.runs:
+            self.reload(keep_cursor=True, quiet=True)
+
     def _still_loading(self, token: int) -> None:
         if self._token == token and self._shown != token:
             self._status(plain("loading..."))
 
-    def _status(self, text: Content) -> None:
+    def _status(self, text: Content | Text) -> None:
         self.query_one("#runs-status", Static).update(
             text, layout=False
         )  # one line, fixed size (app.tcss)
 
     @work(thread=True, exclusive=True, group="runs-page")
     def _load(self, filt, sort, descending, offset, token) -> None:
-        from store.queries import list_runs, run_scores
+        from store.queries import get_experiment, list_runs, run_scores
 
         try:
+            if (
+                filt.experiment_id is not None
+                and get_experiment(self.store, filt.experiment_id) is None
+            ):
+                page = self.Page([], {}, 0, offset, None, token)
+                page.gone = filt.experiment_id
+                self.post_message(page)
+                return
             runs, total = list_runs(
                 self.store, filt, sort=sort, descending=descending, offset=offset, limit=PAGE
             )
@@ -228,6 +266,20 @@ class RunsScreen(StoreScreen):
         self._shown = message.token
         if message.error is not None:
             self._status(plain(message.error, "red"))
+            return
+        if message.gone is not None:
+            # Deleted (here or by another process) while shown: every experiment's runs
+            # instead of an empty page that only a filter edit could leave.
+            if self.experiment_id == message.gone:
+                self.experiment_id = None
+                if self.app.experiment_id == message.gone:
+                    self.app.experiment_id = None
+                self.notify(f"experiment {message.gone} no longer exists: showing all runs")
+                self.reload()
+            else:  # named by the filter: say so where the filter is shown
+                self._status(
+                    f"[red]experiment {message.gone} does not exist[/] (/ to change the filter)"
+                )
             return
         table = self.query_one(DataTable)
         cursor = table.cursor_coordinate
@@ -248,6 +300,7 @@ class RunsScreen(StoreScreen):
                 else:
                     cells.append(fmt(param_value(run, key)))
             page.append(cells)
+        page = self._fit(table, page)
         if (
             page != self._page_cells
         ):  # a live refresh or a return usually finds the same page: no repaint
@@ -262,7 +315,9 @@ class RunsScreen(StoreScreen):
             table.settle()  # column widths before the first paint of this page
             if self._keep_cursor and table.row_count:
                 table.move_cursor(
-                    row=min(cursor.row, table.row_count - 1), column=cursor.column, animate=False
+                    row=min(cursor.row, table.row_count - 1),
+                    column=min(cursor.column, len(table.columns) - 1),
+                    animate=False,
                 )
         elif not self._keep_cursor and table.row_count:
             table.move_cursor(row=0, column=0, animate=False)
@@ -273,7 +328,7 @@ class RunsScreen(StoreScreen):
         where = f"exp {exp}" if exp is not None else "all experiments"
         arrow = "desc" if self.descending else "asc"
         marked = (
-            [(f"  {message.marked} marked", "b"), " (t/N/R/X act on them, U unmarks)"]
+            [(f"  {message.marked} marked", "b"), " (t/N/R/^x act on them, U unmarks)"]
             if message.marked
             else []
         )
@@ -293,6 +348,18 @@ class RunsScreen(StoreScreen):
 
     @on(Input.Submitted, "#filter-bar")
     def _apply_filter(self, event: Input.Submitted) -> None:
+        from store.queries import InputError
+
+        try:
+            parse_filter(event.value.strip(), self.experiment_id)
+        except InputError as exc:
+            # Not applied: the bar stays open on the text, the status line marks where
+            # reading stopped (the table keeps the last good filter).
+            self._status(filter_error_text(exc))
+            pos = getattr(exc, "pos", None)
+            if isinstance(pos, int):
+                event.input.cursor_position = pos
+            return
         self.filter_text = event.value.strip()
         self.page_offset = 0
         filt = self._safe_filter()
@@ -419,6 +486,8 @@ class RunsScreen(StoreScreen):
         run = self.current
         if run is not None:
             update_runs(self.store, [run.id], marked=not run.marked)
+            # Then on to the next run, so m m m marks a stretch (as file managers do).
+            self.query_one(DataTable).action_cursor_down()
             self.reload(keep_cursor=True)
 
     def targets(self) -> tuple[list[int], str]:

@@ -81,6 +81,7 @@ def check_source_image(path: str) -> None:
 
 class SweepScreen(StoreScreen):
     BINDINGS = keymap.bindings("sweep")
+    KEY_SCOPE = "sweep"
     # Textual's default would focus the first focusable widget, the form's scroll container, and
     # on_mount then moves focus to the name input: each of those focus changes restyles the whole
     # form (~130 widgets). on_mount alone focuses the name input, once it is mounted.
@@ -88,9 +89,17 @@ class SweepScreen(StoreScreen):
     KEPT = True  # F4 brings the form back as it was left (MtpApp.make_screen); see retarget
 
     class Checked(Message):
-        def __init__(self, count: int | None, baselines: int, error: Exception | None, token: int):
+        def __init__(
+            self,
+            count: int | None,
+            baselines: int,
+            error: Exception | None,
+            token: int,
+            estimate=None,
+        ):
             super().__init__()
             self.count, self.baselines, self.error, self.token = count, baselines, error, token
+            self.estimate = estimate  # store.queries.Estimate, or None: unknown
 
     class Saved(Message):
         def __init__(self, experiment=None, error: Exception | None = None, queued: bool = False):
@@ -111,12 +120,15 @@ class SweepScreen(StoreScreen):
         self.concept_id = concept_id
         self.spec = ExperimentSpec()
         self._token = 0
-        self._seconds_per_run: float | None = None
+        self._seconds_per_run: list = []  # recent runs' costs (store.queries.RunCost)
         self._workers = 1
         self._ready = False
         self.last_count: int | None = None
         self._concepts: dict = {}
         self._auto_source: str | None = None  # the source prompt a concept's class word put there
+        self._auto_targets: str | None = None  # the target prompts it put there
+        self._preset_value: str | None = None  # the preset last applied (to put the menu back)
+        self._back_shown: dict | None = None  # the form when "your unsaved form is back" was said
         self._loaded_context: SweepScreen.Context | None = None  # set by _load_context's thread
         self._applied_context: SweepScreen.Context | None = None
         self._fields: dict[str, Field] = {}
@@ -226,6 +238,7 @@ class SweepScreen(StoreScreen):
                 self.query_one("#sweep-status", Static).update(
                     "your unsaved form is back (ctrl+n clears it)"
                 )
+                self._back_shown = self.snapshot()
                 self._load_context()
 
     def retarget(self, experiment_id: int | None = None, concept_id: int | None = None) -> None:
@@ -269,6 +282,7 @@ class SweepScreen(StoreScreen):
             "concept": self.selected_concept,
             "experiment_id": self.experiment_id,
             "auto_source": self._auto_source,
+            "auto_targets": self._auto_targets,
         }
 
     def restore(self, draft: dict) -> None:
@@ -287,6 +301,7 @@ class SweepScreen(StoreScreen):
         self.experiment_id = draft.get("experiment_id")
         self.concept_id = draft.get("concept")
         self._auto_source = draft.get("auto_source")
+        self._auto_targets = draft.get("auto_targets")
         if self.experiment_id:
             self.sub_title = f"editing draft #{self.experiment_id}"
 
@@ -312,6 +327,7 @@ class SweepScreen(StoreScreen):
         from store.sweep.spec import ExperimentSpec
 
         self.experiment_id, self.concept_id, self._auto_source = None, None, None
+        self._auto_targets = self._preset_value = self._back_shown = None
         self.sub_title = ""
         self.set_spec(ExperimentSpec())
         self._fields["name"].value = ""
@@ -320,23 +336,10 @@ class SweepScreen(StoreScreen):
 
     @work(thread=True)
     def _load_context(self) -> None:
-        from sqlmodel import col, select
-
-        from store.models import Run
-        from store.queries import get_experiment, list_concepts
+        from store.queries import get_experiment, list_concepts, recent_run_costs
 
         store = self.store
-        with store.session() as s:
-            durations = [
-                d
-                for d in s.exec(
-                    select(Run.duration_s)
-                    .where(Run.status == "done", col(Run.duration_s).is_not(None))
-                    .order_by(col(Run.id).desc())
-                    .limit(200)
-                )
-            ]
-        spr = sorted(durations)[len(durations) // 2] if durations else None
+        spr = recent_run_costs(store)  # what finished runs cost, for the time estimate
         from store.queue import list_workers
 
         workers = max(1, len([w for w in list_workers(store) if w.status != "stopped"]))
@@ -393,6 +396,7 @@ class SweepScreen(StoreScreen):
             self.query_one("#sweep-status", Static).update(
                 "your unsaved form is back (ctrl+n clears it)"
             )
+            self._back_shown = self.snapshot()
         self.recheck(now=True)
 
     # ------------------------------------------------------------------ form <-> spec
@@ -545,6 +549,11 @@ class SweepScreen(StoreScreen):
     def _request_recheck(self) -> None:
         """One check for a burst of changes: a restored draft or a preset changes many fields at
         once, each with its own Changed message."""
+        # "your unsaved form is back" is old news once the user edits; a Changed message the
+        # restore itself sent late (a text area's) is not an edit.
+        if self._back_shown and self._ready and self.snapshot() != self._back_shown:
+            self._back_shown = None
+            self.query_one("#sweep-status", Static).update("")
         if not self._recheck_queued:
             self._recheck_queued = True
             self.call_later(self._queued_recheck)
@@ -555,21 +564,67 @@ class SweepScreen(StoreScreen):
 
     @on(Select.Changed, "#preset")
     def _preset(self, event: Select.Changed) -> None:
-        from store.sweep.spec import PRESETS
+        """A preset fills four axes; values the user typed there are asked about first, and
+        refusing puts the preset menu back as it was (nothing changed)."""
+        from store.sweep.spec import PRESETS, ExperimentSpec
 
-        if event.value in PRESETS:
-            fields = self._fields
+        if event.value not in PRESETS:
+            self._preset_value = None
+            return
+        fields, chosen = self._fields, PRESETS[event.value]
+        defaults = ExperimentSpec()
+        # A value is "typed" unless it is the default or what some preset puts there.
+        placed = {n: {str(getattr(defaults, n))} | {p[n] for p in PRESETS.values()} for n in chosen}
+        typed = [
+            n
+            for n, text in chosen.items()
+            if fields[n].value.strip() != text and fields[n].value.strip() not in placed[n]
+        ]
+
+        def apply() -> None:
+            self._preset_value = event.value
             with self.prevent(Input.Changed):
-                for name, text in PRESETS[event.value].items():
-                    fields[name].value = text
+                for n, text in chosen.items():
+                    fields[n].value = text
             self._show_fields()
             self.recheck()
+
+        def keep() -> None:
+            select = self.query_one("#preset", Select)
+            with select.prevent(Select.Changed):
+                if self._preset_value in PRESETS:
+                    select.value = self._preset_value
+                else:
+                    select.clear()
+
+        if not typed:
+            apply()
+            return
+        shown = ", ".join(f"{AXIS_LABELS[n][0]} {fields[n].value.strip()!r}" for n in typed)
+
+        def answered(yes: bool | None) -> None:
+            apply() if yes else keep()
+
+        from .confirm import ConfirmScreen
+
+        self.app.push_screen(
+            ConfirmScreen(
+                f"The preset {event.value!r} replaces what you typed: {shown}. Replace it?",
+                yes="replace",
+            ),
+            answered,
+        )
 
     @on(Select.Changed, "#concept")
     def _concept(self, event: Select.Changed) -> None:
         """A concept brings its base model unless the user already chose one, and its class
         word into the source prompt unless the user wrote their own (mask words must be in both)."""
-        from store.sweep.spec import DEFAULT_MODEL, ExperimentSpec, source_prompt_for
+        from store.sweep.spec import (
+            DEFAULT_MODEL,
+            ExperimentSpec,
+            source_prompt_for,
+            target_prompts_for,
+        )
 
         concept = self._concepts.get(event.value)
         model = self._fields["model"]
@@ -584,6 +639,19 @@ class SweepScreen(StoreScreen):
         )
         if suggested and untouched:
             source.value = self._auto_source = suggested
+        # The default target prompt names the default subject (a dog); a concept's own class
+        # word (and token) replaces it unless the user wrote their own prompts.
+        targets = self.query_one("#target_prompts", TextArea)
+        untouched_targets = targets.text.strip() in (
+            "",
+            "\n".join(ExperimentSpec().target_prompts),
+            self._auto_targets or "",
+        )
+        if concept is not None and untouched_targets:
+            text = "\n".join(target_prompts_for(concept.token, concept.class_word))
+            if text:
+                with self.prevent(TextArea.Changed):
+                    targets.text = self._auto_targets = text
         self.recheck()
 
     def action_next_preset(self) -> None:
@@ -606,10 +674,11 @@ class SweepScreen(StoreScreen):
         except BaseFieldError as exc:
             self.on_sweep_screen_checked(self.Checked(None, 0, exc, self._token))
             return
+        name, exp_id = self.experiment_name, self.experiment_id
         if now and not spec.source_image and self._grid_bound(spec) <= INSTANT_CHECK_RUNS:
-            self.on_sweep_screen_checked(self._check(spec, self._token))
+            self.on_sweep_screen_checked(self._check(spec, self._token, name, exp_id))
         else:
-            self._expand(spec, self._token)
+            self._expand(spec, self._token, name, exp_id)
 
     def _grid_bound(self, spec) -> int:
         """At most how many runs the form expands to (baselines counted as one per grid point)."""
@@ -622,21 +691,40 @@ class SweepScreen(StoreScreen):
                 bound *= max(1, len(f.values or ()))
         return bound
 
-    def _check(self, spec, token: int) -> Checked:
+    def _check(self, spec, token: int, name: str = "", experiment_id: int | None = None) -> Checked:
+        from store.queries import InputError, check_name_available
         from store.sweep.grammar import SweepError
         from store.sweep.spec import expand
 
+        try:
+            # A taken or id-like name is shown while typing, not only when saving.
+            check_name_available(self.store, name, experiment_id)
+        except InputError as exc:
+            return self.Checked(None, 0, exc, token)
         try:
             if spec.source_image:
                 check_source_image(spec.source_image)
             rows = expand(spec)
         except SweepError as exc:
             return self.Checked(None, 0, exc, token)
-        return self.Checked(len(rows), sum(1 for r in rows if r["is_baseline"]), None, token)
+        from store.queries import estimate_seconds
+
+        estimate = estimate_seconds(
+            self._seconds_per_run or [],
+            spec.model,
+            len(rows),
+            spec.num_steps,
+            spec.width,
+            spec.height,
+            self._workers,
+        )
+        return self.Checked(
+            len(rows), sum(1 for r in rows if r["is_baseline"]), None, token, estimate
+        )
 
     @work(thread=True, exclusive=True, group="sweep-check")
-    def _expand(self, spec, token: int) -> None:
-        self.post_message(self._check(spec, token))
+    def _expand(self, spec, token: int, name: str, experiment_id: int | None) -> None:
+        self.post_message(self._check(spec, token, name, experiment_id))
 
     def on_sweep_screen_checked(self, message: Checked) -> None:
         if message.token != self._token:
@@ -658,14 +746,15 @@ class SweepScreen(StoreScreen):
             return
         n = message.count
         lines = [f"[b]{n} runs[/] ({message.baselines} baselines)"]
-        if self._seconds_per_run:
-            total = n * self._seconds_per_run / self._workers
+        est = message.estimate
+        if est is not None:
             lines.append(
-                f"estimated {duration(total)} at {self._seconds_per_run:.1f} s/run "
-                f"(median of recent runs) on {self._workers} worker(s)"
+                f"estimated {duration(est.seconds)} on {self._workers} worker(s), scaled by "
+                f"steps and pixels from {est.samples} finished runs of this model"
+                + (f" on {est.device}" if est.device else "")
             )
         else:
-            lines.append("estimated time: no finished runs yet to time")
+            lines.append("estimated time: unknown (fewer than 3 finished runs of this model)")
         summary.update("\n".join(lines))
 
     @staticmethod

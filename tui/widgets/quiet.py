@@ -12,6 +12,7 @@ FormInput and FormSelect show user text safe (widgets/safe_widgets.py).
 
 from __future__ import annotations
 
+from textual.binding import Binding
 from textual.widgets import Button, Checkbox, Static
 
 from .safe_widgets import SafeInput, SafeSelect
@@ -38,7 +39,8 @@ class FormCheckbox(StyledWhenMounted, Checkbox):
 
 
 class FormButton(StyledWhenMounted, Button):
-    pass
+    # Space presses a button as it ticks a checkbox and opens a select (Textual binds enter only).
+    BINDINGS = [Binding("enter,space", "press", "Press button", show=False)]
 
 
 class FormStatic(StyledWhenMounted, Static):
