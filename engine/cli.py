@@ -52,6 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--once", action="store_true", help="drain the queue and exit")
     p.add_argument(
+        "--drain",
+        action="store_true",
+        help="like --once, but before exiting wait while other engines still hold runs, so the "
+        "runs of one that is stopped or dies are finished too (`mtp engine submit --drain`)",
+    )
+    p.add_argument(
         "--demo",
         action="store_true",
         help="use the offline tiny model (built under home/models) and tiny scorer",
@@ -171,11 +177,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.devices:
         return _run_many(args, argv)
 
+    # SLURM's warning before a time limit or preemption may come while torch loads; its default
+    # action would kill the engine, so it is noted now and acted on once the worker exists.
+    signal.signal(signal.SIGUSR1, lambda signum, _frame: _early_signals.append(signum))
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from store.paths import Home, StoreError, set_umask
 
     from .launch import DeviceLock, EngineAlreadyRunning, EngineError, log_path, normalize_device
+    from .slurm import current_job
 
     set_umask()
     try:
@@ -195,8 +205,10 @@ def main(argv: list[str] | None = None) -> int:
     except EngineError as exc:
         print(f"mtp-engine: {exc}", file=sys.stderr)
         return 2
+    job = current_job()
+    job_id = job.job_id if job else None
     try:
-        lock = DeviceLock(home, device).acquire()
+        lock = DeviceLock(home, device, job=job_id).acquire()
     except EngineAlreadyRunning as exc:
         print(f"mtp-engine: {exc}", file=sys.stderr)
         return 3
@@ -208,11 +220,12 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     try:
+        logfile = log_path(home, device, job=job_id)
         try:
-            _setup_logging(log_path(home, device), args.verbose)
+            _setup_logging(logfile, args.verbose)
         except OSError as exc:
             print(
-                f"mtp-engine: cannot write the log {log_path(home, device)} ({exc.strerror or exc})",
+                f"mtp-engine: cannot write the log {logfile} ({exc.strerror or exc})",
                 file=sys.stderr,
             )
             return 2
@@ -284,11 +297,17 @@ def _serve(args, home, device: str, fake: bool, ready=lambda: None) -> int:
         backend = PipelineBackend(device, home=home)
         if scorer is not None:
             scorer.backend = backend  # runs on a tiny model get the tiny offline scorer
+    from .slurm import current_job
+
+    job = current_job()
     config = WorkerConfig(
         device=device,
         max_batch=max(1, args.max_batch),
         poll_s=args.poll,
-        once=args.once,
+        once=args.once or args.drain,
+        drain=args.drain,
+        slurm_job_id=job.job_id if job else None,
+        slurm_node=job.node if job else None,
         heartbeat_s=args.heartbeat,
         stale_after_s=args.stale_after,
         max_attempts=args.max_attempts,
@@ -312,8 +331,22 @@ def _serve(args, home, device: str, fake: bool, ready=lambda: None) -> int:
         log.info("signal %d: finishing up and releasing claimed runs", signum)
         worker.stop()
 
+    preempted: list[int] = []
+
+    def on_warning(signum, _frame):
+        # SLURM's warning (sbatch --signal=B:USR1@...): the time limit or a preemption is near.
+        # The runs go back uncharged (as on SIGTERM) and the job asks to be requeued on exit.
+        log.info(
+            "signal %d: the scheduler will end this job soon; giving runs back and stopping", signum
+        )
+        preempted.append(signum)
+        worker.stop()
+
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGUSR1, on_warning)
+    if _early_signals:
+        on_warning(_early_signals[0], None)
     # A queue worker outlives the terminal it was started from (README, "Headless use").
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     ready()
@@ -341,12 +374,32 @@ def _serve(args, home, device: str, fake: bool, ready=lambda: None) -> int:
             log.info("score-only engine stopped: %s", stats)
         else:
             worker.run()
+        if preempted and job is not None:
+            if args.drain and _nothing_left(store):
+                log.info("nothing left to do: job %s is not requeued", job.job_id)
+            else:
+                from .slurm import requeue_self
+
+                log.info("%s", requeue_self())
     finally:
         store.close()
     if worker.fault and not worker.stop_event.is_set():
         log.error("mtp-engine stopped, cannot go on: %s (its runs are left queued)", worker.fault)
         return 4
     return 0
+
+
+_early_signals: list[int] = []
+
+
+def _nothing_left(store) -> bool:
+    from store.queue import queue_status
+
+    try:
+        st = queue_status(store)
+    except Exception:  # cannot tell: requeue, the next engine decides
+        return False
+    return not st.queued and not st.running
 
 
 class LazyScorer:

@@ -39,7 +39,7 @@ __all__ = [
     "db_url_from",
 ]
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 BUSY_TIMEOUT_MS = 30_000
 ENV_DB_URL = "MTP_DB_URL"
 HOME_ID_KEY = "home_id"
@@ -164,6 +164,11 @@ MIGRATIONS: dict[int, list[str | Only | AddColumn]] = {
         "CREATE INDEX IF NOT EXISTS ix_score_run ON score (run_id, metric, value)",
         "DROP INDEX IF EXISTS ix_score_run_id",
         "CREATE INDEX IF NOT EXISTS ix_score_sort ON score (metric, backbone, value, run_id)",
+    ],
+    4: [
+        # engines started as SLURM jobs record their job and node (NULL for engines started by hand)
+        AddColumn("worker", "slurm_job_id", "VARCHAR"),
+        AddColumn("worker", "slurm_node", "VARCHAR"),
     ],
 }
 

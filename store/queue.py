@@ -364,6 +364,8 @@ def register_worker(
     worker_id: str | None = None,
     host: str | None = None,
     pid: int | None = None,
+    slurm_job_id: str | None = None,
+    slurm_node: str | None = None,
 ) -> str:
     host = host or socket.gethostname()
     pid = pid or os.getpid()
@@ -380,6 +382,8 @@ def register_worker(
                 started_at=now,
                 heartbeat_at=now,
                 message="started",
+                slurm_job_id=slurm_job_id,
+                slurm_node=slurm_node,
             )
         )
     return worker_id
@@ -414,6 +418,12 @@ def heartbeat(
         values["message"] = message[:500]
     with store.write() as s:
         s.execute(update(Worker).where(Worker.id == worker_id).values(**values))
+
+
+def has_running_runs(store: Store) -> bool:
+    """Whether any engine holds a run (a draining engine waits for them: see WorkerConfig.drain)."""
+    with store.session() as s:
+        return s.exec(select(Run.id).where(Run.status == RunStatus.RUNNING).limit(1)).first() is not None
 
 
 def list_workers(store: Store, include_stopped: bool = True) -> list[Worker]:

@@ -1,5 +1,5 @@
 """`mtp queue | cancel | requeue | priority | workers | engine`: drive the queue and the engines
-headless (over SSH, from scripts) exactly as the app does."""
+headless (over SSH, from scripts) exactly as the app does (`engine submit | jobs`: tui.cli.cluster)."""
 
 from __future__ import annotations
 
@@ -48,8 +48,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.set_defaults(func=cmd_workers)
 
-    p = sub.add_parser("engine", help="start, stop or show detached engines on this machine")
-    p.add_argument("action", choices=["start", "stop", "status"])
+    p = sub.add_parser(
+        "engine",
+        help="start, stop or show detached engines on this machine; submit engines to SLURM "
+        "(submit, jobs; stop cancels them too)",
+    )
+    p.add_argument("action", choices=["start", "stop", "status", "submit", "jobs"])
     p.add_argument(
         "--device",
         default=None,
@@ -64,6 +68,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--demo", action="store_true", help="serve the demo data folder with the offline tiny model"
     )
     p.add_argument("--max-batch", type=int, default=None)
+    from . import cluster
+
+    cluster.add_arguments(p)
     p.set_defaults(func=cmd_engine)
 
 
@@ -149,22 +156,36 @@ def cmd_workers(args, store) -> int:
         print("no workers have run on this database")
         return 0
     print(
-        f"{'worker':40} {'device':8} {'status':8} {'heartbeat':10} {'run':>6} {'step':>9} {'it/s':>6}  message"
+        f"{'worker':40} {'device':8} {'status':8} {'heartbeat':10} {'run':>6} {'step':>9} {'it/s':>6} "
+        f"{'slurm job':16}  message"
     )
     for w in workers:
         step = f"{w.step}/{w.total_steps}" if w.total_steps else "-"
         rate = f"{w.its_per_s:.2f}" if w.its_per_s else "-"
         print(
             f"{w.id[:40]:40} {w.device:8} {w.status:8} {_age(w.heartbeat_at):10} {w.current_run_id or '-':>6} "
-            f"{step:>9} {rate:>6}  {w.message}"
+            f"{step:>9} {rate:>6} {slurm_job_label(w):16}  {w.message}"
         )
     return 0
+
+
+def slurm_job_label(w) -> str:
+    """`<job id>@<node>` for an engine running as a SLURM job, else `-`."""
+    if not w.slurm_job_id:
+        return "-"
+    return f"{w.slurm_job_id}@{w.slurm_node}" if w.slurm_node else w.slurm_job_id
 
 
 def cmd_engine(args, store) -> int:
     from engine.launch import EngineError, engine_running, start_engine, stop_engine
 
+    from . import cluster
+
     home = store.home
+    if args.action == "submit":
+        return cluster.cmd_submit(args, store)
+    if args.action == "jobs":
+        return cluster.cmd_jobs(args, store)
     if args.action == "start" and args.devices:
         return _start_many(args, home)
     if args.action == "start":
@@ -180,15 +201,22 @@ def cmd_engine(args, store) -> int:
         print(f"engine started on {device}: pid {pid}; log {home.logs}")
         return 0
     if args.action == "stop":
-        pids = stop_engine(home, args.device, wait_s=30)
-        if not pids:
+        # Local engines and this data folder's SLURM jobs (their engines give their runs back).
+        pids = [] if args.job else stop_engine(home, args.device, wait_s=30)
+        jobs, problem = cluster.stop_jobs(args, store)
+        if problem:
+            print(f"mtp: SLURM jobs not cancelled: {problem}", file=sys.stderr)
+        if pids:
+            left = engine_running(home, args.device)
+            print(
+                f"stopped engine pid(s) {', '.join(map(str, pids))}"
+                + (" (still finishing)" if left else "")
+            )
+        if jobs:
+            print(f"cancelled SLURM job(s) {', '.join(jobs)}")
+        if not pids and not jobs:
             print("no engine is running" + (f" on {args.device}" if args.device else ""))
             return 1
-        left = engine_running(home, args.device)
-        print(
-            f"stopped engine pid(s) {', '.join(map(str, pids))}"
-            + (" (still finishing)" if left else "")
-        )
         return 0
     running = engine_running(home, args.device)
     if not running:
