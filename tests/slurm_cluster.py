@@ -101,7 +101,8 @@ class SlurmCluster:
                     f"SlurmdUser={user}",
                     "AuthType=auth/munge",
                     "CredType=cred/munge",
-                    f"AuthInfo=socket={self.socket}",
+                    # cred_expire: SLURM holds a requeued job back this long (default 120 s)
+                    f"AuthInfo=socket={self.socket},cred_expire=10",
                     # No cgroups in containers: plain process tracking, no task binding.
                     "ProctrackType=proctrack/linuxproc",
                     "TaskPlugin=task/none",
