@@ -87,6 +87,15 @@ def requeue_self(environ: Mapping[str, str] | None = None) -> str:
     return f"job {job.job_id} requeued: a fresh engine starts when SLURM runs it again"
 
 
+def job_label(worker) -> str:
+    """`<job id>@<node>` for a Worker row of an engine that ran as a SLURM job, else `-`."""
+    if not worker.slurm_job_id:
+        return "-"
+    return (
+        f"{worker.slurm_job_id}@{worker.slurm_node}" if worker.slurm_node else worker.slurm_job_id
+    )
+
+
 # ------------------------------------------------------------------ the submitting side
 def job_name(home_id: str) -> str:
     """The name of every job of one data folder (its id), so listing and cancelling find only them."""

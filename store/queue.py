@@ -423,7 +423,10 @@ def heartbeat(
 def has_running_runs(store: Store) -> bool:
     """Whether any engine holds a run (a draining engine waits for them: see WorkerConfig.drain)."""
     with store.session() as s:
-        return s.exec(select(Run.id).where(Run.status == RunStatus.RUNNING).limit(1)).first() is not None
+        return (
+            s.exec(select(Run.id).where(Run.status == RunStatus.RUNNING).limit(1)).first()
+            is not None
+        )
 
 
 def list_workers(store: Store, include_stopped: bool = True) -> list[Worker]:

@@ -246,14 +246,28 @@ class MtpApp(App):
             self._score_timer = None
 
     def stop_engine(self) -> None:
-        from engine import launch
+        """Stop this host's engines and cancel the data folder's SLURM jobs (`mtp engine stop`)."""
+        from engine import launch, slurm
+        from store.db import HOME_ID_KEY
 
         try:
             launch.stop_engine(self.store.home.root)
         except Exception as exc:
             self.notify(escape(f"could not stop the engine: {exc}"), severity="error", timeout=10)
             return
-        self.notify("engine asked to stop after its current run")
+        jobs: list[str] = []
+        if slurm.available():
+            try:
+                # No waiting here: the engines give their runs back while the app goes on.
+                jobs = slurm.cancel_jobs(self.store.get_meta(HOME_ID_KEY))
+            except slurm.SlurmError as exc:
+                self.notify(
+                    escape(f"could not cancel the SLURM jobs: {exc}"), severity="error", timeout=10
+                )
+        self.notify(
+            "engine asked to stop after its current run"
+            + (f"; cancelled SLURM job(s) {', '.join(jobs)}" if jobs else "")
+        )
 
 
 def where_label(store) -> str:

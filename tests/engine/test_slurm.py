@@ -144,7 +144,7 @@ def test_two_fake_engines_drain_an_experiment_exactly_once(cluster_store, slurm_
 
 def test_two_demo_model_engines_drain_an_experiment(cluster_store, slurm_cluster, capsys, pg_url):
     os.environ.pop("MTP_ENGINE_BACKEND")  # the real pipeline, on the offline tiny model
-    make_exp(cluster_store, model="tiny", steps=2, seeds="0-1", start_step="0", skip_interval="1")
+    make_exp(cluster_store, model="tiny", steps=3, seeds="0-1", start_step="0", skip_interval="1")
     rc, out, err = mtp(
         capsys,
         "--db",
@@ -185,9 +185,7 @@ def test_a_cancelled_job_gives_its_runs_to_the_other(
     first, second = job_ids(out)
     wait_for(lambda: _holding(cluster_store, first), what="the first job's engine to hold runs")
     subprocess.run(["scancel", first], check=True, timeout=30)
-    wait_for(
-        lambda: not our_jobs(slurm_cluster, [first, second]), timeout=180, what="jobs to end"
-    )
+    wait_for(lambda: not our_jobs(slurm_cluster, [first, second]), timeout=180, what="jobs to end")
     runs = assert_done_exactly_once(cluster_store, 16)
     # SIGTERM from scancel: the runs went back uncharged, the other engine finished them.
     assert all(r.attempts == 1 and r.crashes == 0 for r in runs), [
@@ -223,9 +221,7 @@ def test_the_preemption_warning_gives_runs_back_and_requeues_the_job(
         what="a fresh engine in the requeued job",
         home=cluster_store.home,
     )
-    wait_for(
-        lambda: not our_jobs(slurm_cluster, [first, second]), timeout=180, what="jobs to end"
-    )
+    wait_for(lambda: not our_jobs(slurm_cluster, [first, second]), timeout=180, what="jobs to end")
     runs = assert_done_exactly_once(cluster_store, 16)
     assert all(r.attempts == 1 and r.crashes == 0 for r in runs), [
         (r.id, r.attempts, r.crashes) for r in runs
@@ -250,7 +246,11 @@ def test_engine_stop_cancels_every_job_and_charges_nothing(
     states = {line.split()[0]: line.split()[1] for line in out.splitlines()[1:]}
     assert sorted(states) == sorted(ids)
     assert sorted(states.values()) == ["PENDING", "RUNNING", "RUNNING"]
-    assert "running on cpu, run " in out
+    # Each running job is matched to its engine's worker row (status and device).
+    running = [line for line in out.splitlines() if " RUNNING " in line]
+    assert len(running) == 2 and all(
+        line.endswith(" on cpu") or " on cpu, run " in line for line in running
+    ), out
 
     rc, out, err = mtp(capsys, "engine", "stop")
     assert rc == 0, err
@@ -372,9 +372,11 @@ def test_the_worker_columns_are_added_to_a_version_3_database(tmp_path, monkeypa
     con = sqlite3.connect(home.db_path)
     con.execute("ALTER TABLE worker DROP COLUMN slurm_job_id")
     con.execute("ALTER TABLE worker DROP COLUMN slurm_node")
-    con.execute("INSERT INTO worker (id, host, pid, device, status, started_at, heartbeat_at, "
-                "step, total_steps, message) VALUES ('h:1:cpu', 'h', 1, 'cpu', 'stopped', "
-                "'2026-01-01', '2026-01-01', 0, 0, '')")
+    con.execute(
+        "INSERT INTO worker (id, host, pid, device, status, started_at, heartbeat_at, "
+        "step, total_steps, message) VALUES ('h:1:cpu', 'h', 1, 'cpu', 'stopped', "
+        "'2026-01-01', '2026-01-01', 0, 0, '')"
+    )
     con.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
     con.commit()
     con.close()

@@ -146,6 +146,8 @@ def cmd_priority(args, store) -> int:
 
 
 def cmd_workers(args, store) -> int:
+    from engine.slurm import job_label
+
     if args.recover:
         rec = q.recover_stale(store)
         print(
@@ -164,16 +166,9 @@ def cmd_workers(args, store) -> int:
         rate = f"{w.its_per_s:.2f}" if w.its_per_s else "-"
         print(
             f"{w.id[:40]:40} {w.device:8} {w.status:8} {_age(w.heartbeat_at):10} {w.current_run_id or '-':>6} "
-            f"{step:>9} {rate:>6} {slurm_job_label(w):16}  {w.message}"
+            f"{step:>9} {rate:>6} {job_label(w):16}  {w.message}"
         )
     return 0
-
-
-def slurm_job_label(w) -> str:
-    """`<job id>@<node>` for an engine running as a SLURM job, else `-`."""
-    if not w.slurm_job_id:
-        return "-"
-    return f"{w.slurm_job_id}@{w.slurm_node}" if w.slurm_node else w.slurm_job_id
 
 
 def cmd_engine(args, store) -> int:

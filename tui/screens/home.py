@@ -133,7 +133,7 @@ class HomeScreen(StoreScreen):
             "id", "name", "status", "done/N", "failed", "running", "best (T, I)", "tags"
         )
         self.query_one("#workers", DataTable).add_columns(
-            "host", "device", "status", "run", "step", "it/s", "heartbeat", "id"
+            "host", "device", "status", "run", "step", "it/s", "heartbeat", "slurm job", "id"
         )
         self.query_one("#experiments", DataTable).focus()
         # The first load is synchronous (tens of ms even on 100k runs, and WAL reads never wait
@@ -223,6 +223,8 @@ class HomeScreen(StoreScreen):
                 )
             )
         self._fill("#experiments", rows)
+        from engine.slurm import job_label
+
         wrows = []
         prev_host = None
         for w in data.workers or []:  # sorted by host: the host is named once per group
@@ -243,12 +245,13 @@ class HomeScreen(StoreScreen):
                         step,
                         its,
                         age(w.heartbeat_at),
+                        job_label(w),
                         w.id,
                     ),
                 )
             )
         if data.workers is None:
-            wrows = [("-", ("store.queue not available", "", "", "", "", "", "", ""))]
+            wrows = [("-", ("store.queue not available", "", "", "", "", "", "", "", ""))]
         self._fill("#workers", wrows)
         self._sync_experiment()
 
