@@ -393,3 +393,16 @@ def test_current_job_reads_slurm_environment():
     assert job == slurm.JobInfo("17", "gpu[01-02]")
     job = slurm.current_job({"SLURM_JOB_ID": "17", "SLURMD_NODENAME": "gpu01"})
     assert job.node == "gpu01"
+
+
+def test_the_slurm_module_and_the_cluster_commands_are_torch_free():
+    code = (
+        "import sys, engine.slurm, tui.cli.cluster, tui.cli.main\n"
+        "tui.cli.main.build_parser()\n"
+        "bad = [m for m in ('torch', 'diffusers', 'transformers', 'open_clip') if m in sys.modules]\n"
+        "assert not bad, bad\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
