@@ -107,22 +107,25 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _setup_logging(logfile: Path, verbose: bool) -> None:
+def _setup_logging(logfile: Path, verbose: bool, stderr_is_log: bool = False) -> None:
+    """Log to ``logfile`` and stderr, once: ``stderr_is_log`` says stderr already reaches the log
+    (a SLURM job step's output goes through a pipe to the job's log file)."""
     root = logging.getLogger("mtp")
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     # Libraries that call logging.basicConfig() would otherwise print every line twice.
     root.propagate = False
     fmt = logging.Formatter("%(asctime)s %(levelname)s [%(process)d] %(message)s")
     logfile.parent.mkdir(parents=True, exist_ok=True)
-    fh = logging.FileHandler(logfile)
-    fh.setFormatter(fmt)
-    root.addHandler(fh)
+    if not stderr_is_log:
+        fh = logging.FileHandler(logfile)
+        fh.setFormatter(fmt)
+        root.addHandler(fh)
     # A detached engine's stderr already is the log file; a second handler would double lines.
     try:
         same = os.path.samestat(os.fstat(2), os.stat(logfile))
     except OSError:
         same = False
-    if not same:
+    if stderr_is_log or not same:
         sh = logging.StreamHandler(sys.stderr)
         sh.setFormatter(fmt)
         root.addHandler(sh)
@@ -222,7 +225,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         logfile = log_path(home, device, job=job_id)
         try:
-            _setup_logging(logfile, args.verbose)
+            # In a job step, stderr is a pipe to srun, which writes the job's output: this same
+            # file (sbatch --output of `mtp engine submit`).
+            _setup_logging(logfile, args.verbose, stderr_is_log=bool(job_id) and _stderr_is_pipe())
         except OSError as exc:
             print(
                 f"mtp-engine: cannot write the log {logfile} ({exc.strerror or exc})",
@@ -390,6 +395,15 @@ def _serve(args, home, device: str, fake: bool, ready=lambda: None) -> int:
 
 
 _early_signals: list[int] = []
+
+
+def _stderr_is_pipe() -> bool:
+    import stat
+
+    try:
+        return stat.S_ISFIFO(os.fstat(2).st_mode)
+    except OSError:
+        return False
 
 
 def _nothing_left(store) -> bool:

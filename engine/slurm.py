@@ -10,13 +10,14 @@ one-GPU request is scheduled sooner than N GPUs on one node, each job is preempt
 cancelled alone, and a drained engine gives its GPU back at once instead of holding it until the
 last engine of the allocation finishes.
 
-Each job `exec`s `python -m engine.cli` with the submitting interpreter (the nodes share the
-software as they share the data folder), with MTP_HOME and MTP_DB_URL exported in the script, and
-is submitted with:
+Each job runs `python -m engine.cli` with the submitting interpreter (the nodes share the
+software as they share the data folder) as its one job step (`exec srun ...`), with MTP_HOME and
+MTP_DB_URL exported in the script, and is submitted with:
 - `--signal=B:USR1@<lead>`: SLURM's warning before the time limit (and before preemption where the
-  cluster sends it) reaches the engine itself (B: is the batch shell, which `exec` made the
-  engine); the engine gives its runs back uncharged and asks SLURM to requeue its job
-  (`requeue_self`), which then starts a fresh engine.
+  cluster sends it) reaches the batch shell, which `exec` made srun, which forwards it to the
+  engine (a signal sent to the job's steps reaches the engine directly); the engine gives its runs
+  back uncharged and asks SLURM to requeue its job (`requeue_self`), which then starts a fresh
+  engine.
 - `--requeue`: the cluster may also requeue it itself (preemption, a node failure).
 - `--output=<data folder>/logs/slurm-%j.log`, appended across requeues; the engine logs there.
 - the job name `mtp-<data folder id>`, by which `mtp engine jobs` and `mtp engine stop` find the
@@ -237,6 +238,13 @@ def engine_argv(req: SubmitRequest, home: Home) -> list[str]:
     return argv
 
 
+def srun_argv(req: SubmitRequest) -> list[str]:
+    argv = ["srun", "--ntasks=1"]
+    if not req.gpus:
+        argv.append(f"--cpus-per-task={req.cpus_per_engine or 1}")
+    return argv
+
+
 def batch_script(req: SubmitRequest, home: Home, db_url: str) -> str:
     """The job's script: the same environment on every start (a requeued job runs it again)."""
     root = str(Path(__file__).resolve().parent.parent)  # where `engine` is importable from
@@ -250,8 +258,12 @@ def batch_script(req: SubmitRequest, home: Home, db_url: str) -> str:
     lines += [f"export {k}={shlex.quote(v)}" for k, v in sorted(req.extra_env.items())]
     lines += [
         'echo "mtp: job ${SLURM_JOB_ID} on $(hostname), start $(( ${SLURM_RESTART_COUNT:-0} + 1 )), $(date -u +%FT%TZ)"',
-        # exec: the engine is the batch shell, so the B:USR1 warning and scancel reach it directly.
-        "exec " + shlex.join(engine_argv(req, home)),
+        # The engine is a job step (srun), so signals sent to the job's steps reach it
+        # (`scancel --signal=USR1 JOB`), and srun is the batch shell (exec), which forwards what
+        # reaches that (the B:USR1 warning, `scancel --batch`). A step gets the job's GPUs and,
+        # through SLURM_CPUS_PER_GPU, its CPUs; CPU engines name theirs (srun ignores
+        # SLURM_CPUS_PER_TASK since SLURM 22.05).
+        "exec " + shlex.join(srun_argv(req) + engine_argv(req, home)),
         "",
     ]
     return "\n".join(lines)

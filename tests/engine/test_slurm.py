@@ -196,8 +196,9 @@ def test_a_cancelled_job_gives_its_runs_to_the_other(
     assert "releasing claimed runs" in (cluster_store.home.logs / f"slurm-{first}.log").read_text()
 
 
+@pytest.mark.parametrize("to", ["batch", "steps"])
 def test_the_preemption_warning_gives_runs_back_and_requeues_the_job(
-    cluster_store, slurm_cluster, capsys, monkeypatch
+    cluster_store, slurm_cluster, capsys, monkeypatch, to
 ):
     monkeypatch.setenv("MTP_FAKE_STEP_S", "0.3")
     make_exp(cluster_store)
@@ -205,8 +206,10 @@ def test_the_preemption_warning_gives_runs_back_and_requeues_the_job(
     assert rc == 0, err
     first, second = job_ids(out)
     wait_for(lambda: _holding(cluster_store, first), what="the first job's engine to hold runs")
-    # What SLURM sends before the time limit (sbatch --signal=B:USR1@120), sent now.
-    subprocess.run(["scancel", "--signal=USR1", "--batch", first], check=True, timeout=30)
+    # What SLURM sends before the time limit (sbatch --signal=B:USR1@120), sent now: to the
+    # batch shell as SLURM does, or to the job's steps as `scancel --signal=USR1 JOB` does.
+    batch = ["--batch"] if to == "batch" else []
+    subprocess.run(["scancel", "--signal=USR1", *batch, first], check=True, timeout=30)
 
     def requeued() -> bool:
         show = subprocess.run(["scontrol", "show", "job", first], capture_output=True, text=True)
@@ -311,12 +314,16 @@ def test_the_job_script_and_sbatch_options(tmp_path):
     assert f"export MTP_HOME='{home.root}'" in script
     assert f"export MTP_DB_URL={shlex.quote(url)}" in script
     last = script.strip().splitlines()[-1]
-    assert last.startswith(f"exec {sys.executable} -m engine.cli --home '{home.root}'")
+    # The engine is the job's step; srun is the batch shell and forwards the warning signal.
+    assert last.startswith(
+        f"exec srun --ntasks=1 {sys.executable} -m engine.cli --home '{home.root}'"
+    )
     assert last.endswith("--device cuda:0 --drain --no-score")
     cpu = slurm.SubmitRequest(cpu=1, drain=False)
     assert "--cpus-per-task=1" in slurm.sbatch_command(cpu, home, "mtp-abc")
     assert "--gpus=1" not in slurm.sbatch_command(cpu, home, "mtp-abc")
     assert slurm.engine_argv(cpu, home)[-2:] == ["--device", "cpu"]  # --stay: no --drain
+    assert slurm.srun_argv(cpu) == ["srun", "--ntasks=1", "--cpus-per-task=1"]
     # The script is valid bash.
     check = subprocess.run(["bash", "-n"], input=script, text=True, capture_output=True)
     assert check.returncode == 0, check.stderr
