@@ -272,17 +272,22 @@ def stop_engine(
     wait_s: float = 0.0,
     sig: int = signal.SIGTERM,
 ) -> list[int]:
-    """SIGTERM the engine(s) holding a device lock; optionally wait until they released it."""
+    """SIGTERM the engine(s) holding a device lock; optionally wait until they released it.
+    Engines of SLURM jobs are left to scancel (engine.slurm.cancel_jobs): the job is what ends."""
     stopped = []
     for e in engine_running(home, device):
-        if e["pid"] > 0:
+        if e["pid"] > 0 and not e.get("job"):
             try:
                 os.kill(e["pid"], sig)
                 stopped.append(e["pid"])
             except ProcessLookupError:
                 pass
     deadline = time.monotonic() + wait_s
-    while wait_s and time.monotonic() < deadline and engine_running(home, device):
+    while (
+        wait_s
+        and time.monotonic() < deadline
+        and [e for e in engine_running(home, device) if not e.get("job")]
+    ):
         time.sleep(0.1)
     return stopped
 

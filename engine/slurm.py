@@ -239,7 +239,8 @@ def engine_argv(req: SubmitRequest, home: Home) -> list[str]:
 
 
 def srun_argv(req: SubmitRequest) -> list[str]:
-    argv = ["srun", "--ntasks=1"]
+    # --mpi=none: the engine is no MPI program; a cluster's MpiDefault (pmix) has nothing to set up.
+    argv = ["srun", "--ntasks=1", "--mpi=none"]
     if not req.gpus:
         argv.append(f"--cpus-per-task={req.cpus_per_engine or 1}")
     return argv

@@ -269,6 +269,35 @@ def test_engine_stop_cancels_every_job_and_charges_nothing(
     assert rc == 0 and "no engine jobs" in out
 
 
+async def test_the_apps_stop_key_cancels_the_jobs(cluster_store, slurm_cluster, capsys):
+    from tests.tui import SIZE
+    from tests.tui import wait_for as wait_in_app
+    from tui.app import MtpApp
+
+    rc, out, err = mtp(capsys, "engine", "submit", "--cpu", "1", "--stay", FAST)
+    assert rc == 0, err
+    ids = job_ids(out)
+    wait_for(lambda: workers_of(cluster_store), what="the engine to start")
+    app = MtpApp(cluster_store)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_in_app(
+            pilot,
+            lambda: app.screen.query_one("#workers").row_count == 1,
+            what="the workers table",
+        )
+        await pilot.press("T")
+        await wait_in_app(
+            pilot,
+            lambda: not our_jobs(slurm_cluster, ids),
+            what="the job to be cancelled",
+            timeout=60,
+        )
+        said = [n.message for n in app._notifications]
+        assert any(f"cancelled SLURM job(s) {ids[0]}" in m for m in said), said
+    # scancel's SIGTERM reached the engine, which stopped cleanly (not killed, not left running).
+    wait_for(lambda: workers_of(cluster_store)[0].status == "stopped", what="the engine to stop")
+
+
 # ------------------------------------------------------------------ without a cluster
 def test_submit_refuses_sqlite(tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("MTP_DB_URL", raising=False)
@@ -316,14 +345,14 @@ def test_the_job_script_and_sbatch_options(tmp_path):
     last = script.strip().splitlines()[-1]
     # The engine is the job's step; srun is the batch shell and forwards the warning signal.
     assert last.startswith(
-        f"exec srun --ntasks=1 {sys.executable} -m engine.cli --home '{home.root}'"
+        f"exec srun --ntasks=1 --mpi=none {sys.executable} -m engine.cli --home '{home.root}'"
     )
     assert last.endswith("--device cuda:0 --drain --no-score")
     cpu = slurm.SubmitRequest(cpu=1, drain=False)
     assert "--cpus-per-task=1" in slurm.sbatch_command(cpu, home, "mtp-abc")
     assert "--gpus=1" not in slurm.sbatch_command(cpu, home, "mtp-abc")
     assert slurm.engine_argv(cpu, home)[-2:] == ["--device", "cpu"]  # --stay: no --drain
-    assert slurm.srun_argv(cpu) == ["srun", "--ntasks=1", "--cpus-per-task=1"]
+    assert slurm.srun_argv(cpu)[-1] == "--cpus-per-task=1"
     # The script is valid bash.
     check = subprocess.run(["bash", "-n"], input=script, text=True, capture_output=True)
     assert check.returncode == 0, check.stderr

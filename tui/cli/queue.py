@@ -202,7 +202,7 @@ def cmd_engine(args, store) -> int:
         if problem:
             print(f"mtp: SLURM jobs not cancelled: {problem}", file=sys.stderr)
         if pids:
-            left = engine_running(home, args.device)
+            left = [e for e in engine_running(home, args.device) if not e.get("job")]
             print(
                 f"stopped engine pid(s) {', '.join(map(str, pids))}"
                 + (" (still finishing)" if left else "")
