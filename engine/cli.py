@@ -26,7 +26,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="mtp-engine",
         description="Run queued mtp runs: claim a group, generate source + targets in one batch, "
-        "write artifacts, score, commit. Stops cleanly on SIGTERM/SIGINT; ignores SIGHUP, so "
+        "write artifacts, score, commit. Stops cleanly on SIGTERM/SIGINT, giving its runs back "
+        "uncharged; SIGUSR1 (SLURM's warning before a time limit or preemption) does the same "
+        "and, inside a SLURM job, requeues the job. Ignores SIGHUP, so "
         "an engine started in a terminal keeps working when the terminal closes. "
         "On a full disk, a read-only data folder or an unusable database it pauses "
         "(runs stay queued) and resumes when the fault clears; with --once it exits 4 instead.",
