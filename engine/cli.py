@@ -374,7 +374,7 @@ def _serve(args, home, device: str, fake: bool, ready=lambda: None) -> int:
                 store,
                 worker.rescorer,
                 device,
-                once=args.once,
+                once=args.once or args.drain,
                 poll_s=args.poll,
                 heartbeat_s=args.heartbeat,
             )

@@ -96,7 +96,8 @@ class SlurmCluster:
             "\n".join(
                 [
                     "ClusterName=mtptest",
-                    f"SlurmctldHost={self.node}",
+                    # Addresses given, so nothing depends on the host name resolving.
+                    f"SlurmctldHost={self.node}(127.0.0.1)",
                     f"SlurmUser={user}",
                     f"SlurmdUser={user}",
                     "AuthType=auth/munge",
@@ -125,7 +126,8 @@ class SlurmCluster:
                     f"SlurmdPidFile={d / 'slurmd.pid'}",
                     f"SlurmctldLogFile={d / 'slurmctld.log'}",
                     f"SlurmdLogFile={d / 'slurmd.log'}",
-                    f"NodeName={self.node} CPUs={self.cpus} RealMemory=20000 State=UNKNOWN",
+                    f"NodeName={self.node} NodeAddr=127.0.0.1 CPUs={self.cpus} RealMemory=20000 "
+                    "State=UNKNOWN",
                     f"PartitionName={PARTITION} Nodes={self.node} Default=YES MaxTime=INFINITE State=UP",
                     "",
                 ]
