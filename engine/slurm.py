@@ -33,7 +33,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from store.paths import Home
@@ -145,7 +145,6 @@ class SubmitRequest:
     demo: bool = False
     engine_args: Sequence[str] = ()  # each item split like a shell would
     signal_lead_s: int = DEFAULT_SIGNAL_LEAD_S
-    extra_env: dict[str, str] = field(default_factory=dict)
 
     def check(self) -> None:
         if self.gpus < 0 or self.cpu < 0:
@@ -256,7 +255,6 @@ def batch_script(req: SubmitRequest, home: Home, db_url: str) -> str:
         f"export MTP_DB_URL={shlex.quote(db_url)}",
         f'export PYTHONPATH={shlex.quote(root)}"${{PYTHONPATH:+:$PYTHONPATH}}"',
     ]
-    lines += [f"export {k}={shlex.quote(v)}" for k, v in sorted(req.extra_env.items())]
     lines += [
         'echo "mtp: job ${SLURM_JOB_ID} on $(hostname), start $(( ${SLURM_RESTART_COUNT:-0} + 1 )), $(date -u +%FT%TZ)"',
         # The engine is a job step (srun), so signals sent to the job's steps reach it
