@@ -248,26 +248,30 @@ class MtpApp(App):
     def stop_engine(self) -> None:
         """Stop this host's engines and cancel the data folder's SLURM jobs (`mtp engine stop`)."""
         from engine import launch, slurm
-        from store.db import HOME_ID_KEY
 
         try:
             launch.stop_engine(self.store.home.root)
         except Exception as exc:
             self.notify(escape(f"could not stop the engine: {exc}"), severity="error", timeout=10)
             return
-        jobs: list[str] = []
+        self.notify("engine asked to stop after its current run")
         if slurm.available():
-            try:
-                # No waiting here: the engines give their runs back while the app goes on.
-                jobs = slurm.cancel_jobs(self.store.get_meta(HOME_ID_KEY))
-            except slurm.SlurmError as exc:
-                self.notify(
-                    escape(f"could not cancel the SLURM jobs: {exc}"), severity="error", timeout=10
-                )
-        self.notify(
-            "engine asked to stop after its current run"
-            + (f"; cancelled SLURM job(s) {', '.join(jobs)}" if jobs else "")
-        )
+            # squeue/scancel wait on slurmctld: off the UI thread.
+            self.run_worker(self._cancel_jobs, thread=True, group="slurm", exit_on_error=False)
+
+    def _cancel_jobs(self) -> None:
+        from engine import slurm
+        from store.db import HOME_ID_KEY
+
+        try:
+            jobs = slurm.cancel_jobs(self.store.get_meta(HOME_ID_KEY))
+        except slurm.SlurmError as exc:
+            msg = escape(f"could not cancel the SLURM jobs: {exc}")
+            self.call_from_thread(self.notify, msg, severity="error", timeout=10)
+            return
+        if jobs:
+            msg = f"cancelled SLURM job(s) {', '.join(jobs)}: their engines give their runs back"
+            self.call_from_thread(self.notify, msg)
 
 
 def where_label(store) -> str:
