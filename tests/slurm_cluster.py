@@ -41,7 +41,7 @@ def _free_port() -> int:
 
 
 class SlurmCluster:
-    def __init__(self, cpus: int = 2):
+    def __init__(self, cpus: int = 2, gpus: int = 2):
         missing = [b for b in BINARIES if _which(b) is None]
         if missing:
             raise NoCluster(
@@ -51,6 +51,7 @@ class SlurmCluster:
         if os.geteuid() != 0:
             raise NoCluster("slurmd must run as root to start jobs; run the SLURM tests as root")
         self.cpus = cpus
+        self.gpus = gpus
         self.dir = Path(tempfile.mkdtemp(prefix="mtp-slurm-"))
         self.conf = self.dir / "slurm.conf"
         self.socket = self.dir / "munge.sock"
@@ -126,12 +127,20 @@ class SlurmCluster:
                     f"SlurmdPidFile={d / 'slurmd.pid'}",
                     f"SlurmctldLogFile={d / 'slurmctld.log'}",
                     f"SlurmdLogFile={d / 'slurmd.log'}",
+                    # Two stand-in GPUs (plain files): jobs get GPU GRES and CUDA_VISIBLE_DEVICES
+                    # as on a GPU node; engines on the fake backend never touch them.
+                    "GresTypes=gpu",
                     f"NodeName={self.node} NodeAddr=127.0.0.1 CPUs={self.cpus} RealMemory=20000 "
-                    "State=UNKNOWN",
+                    f"Gres=gpu:{self.gpus} State=UNKNOWN",
                     f"PartitionName={PARTITION} Nodes={self.node} Default=YES MaxTime=INFINITE State=UP",
                     "",
                 ]
             )
+        )
+        for i in range(self.gpus):
+            (d / f"gpu{i}").touch()
+        (d / "gres.conf").write_text(
+            f"AutoDetect=off\nName=gpu File={d / 'gpu'}[0-{self.gpus - 1}]\n"
         )
         self._check(self._run("slurmctld", "-f", str(self.conf)), "slurmctld")
         self._pids.append(d / "slurmctld.pid")

@@ -142,6 +142,20 @@ def test_two_fake_engines_drain_an_experiment_exactly_once(cluster_store, slurm_
     assert rc == 0 and all(f"{j}@{slurm_cluster.node}" in out for j in ids)
 
 
+def test_two_one_gpu_jobs_on_one_node_both_serve_as_cuda0(cluster_store, slurm_cluster, capsys):
+    make_exp(cluster_store)
+    rc, out, err = mtp(capsys, "engine", "submit", "--gpus", "2", "--cpus-per-gpu", "1", FAST)
+    assert rc == 0, err
+    ids = job_ids(out)
+    wait_for(lambda: not our_jobs(slurm_cluster, ids), what="the drained GPU jobs to end")
+    assert_done_exactly_once(cluster_store, 16)
+    # Each job sees its one GPU as cuda:0; the device lock is the job's, so neither refused.
+    workers = workers_of(cluster_store)
+    assert sorted(w.slurm_job_id for w in workers) == sorted(ids)
+    assert {w.device for w in workers} == {"cuda:0"}
+    assert "already running" not in slurm_logs(cluster_store.home)
+
+
 def test_two_demo_model_engines_drain_an_experiment(cluster_store, slurm_cluster, capsys, pg_url):
     os.environ.pop("MTP_ENGINE_BACKEND")  # the real pipeline, on the offline tiny model
     make_exp(cluster_store, model="tiny", steps=3, seeds="0-1", start_step="0", skip_interval="1")
