@@ -1,6 +1,8 @@
 """A throwaway one-node SLURM cluster for the tests: a private munged (its own key and socket),
-slurmctld and slurmd with a private slurm.conf in a temp folder, unused ports, one CPU-only
-partition (no GRES), everything stopped and removed at the end.
+slurmctld and slurmd with a private slurm.conf in a temp folder, unused ports, one node with two
+CPUs and two stand-in GPUs (GPU GRES backed by plain files: jobs are scheduled and given GPUs as
+on a GPU node, and engines on the fake backend never touch them), everything stopped and removed
+at the end.
 
 Nothing system-wide is touched (no /etc/munge, no /etc/slurm): client commands find the cluster
 through $SLURM_CONF, which `SlurmCluster.env()` gives. slurmd must be root to start jobs, so the
