@@ -42,6 +42,14 @@ ENGINE_OPTIONS: list[tuple[str, dict]] = [
     ("--max-batch", dict(type=int, default=8, help="targets per shared-source batch (default 8)")),
     ("--once", dict(action="store_true", help="drain the queue and exit")),
     (
+        "--drain",
+        dict(
+            action="store_true",
+            help="like --once, but before exiting wait while other engines still hold runs, so "
+            "the runs of one that is stopped or dies are finished too (`mtp engine submit --drain`)",
+        ),
+    ),
+    (
         "--poll",
         dict(type=float, default=2.0, help="seconds between queue polls when idle (default 2)"),
     ),
@@ -103,7 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="mtp-engine",
         description="Run queued mtp runs: claim a group, generate source + targets in one batch, "
-        "write artifacts, score, commit. Stops cleanly on SIGTERM/SIGINT; ignores SIGHUP, so "
+        "write artifacts, score, commit. Stops cleanly on SIGTERM/SIGINT, giving its runs back "
+        "uncharged; SIGUSR1 (SLURM's warning before a time limit or preemption) does the same "
+        "and, inside a SLURM job, requeues the job. Ignores SIGHUP, so "
         "an engine started in a terminal keeps working when the terminal closes. "
         "On a full disk, a read-only data folder or an unusable database it pauses "
         "(runs stay queued) and resumes when the fault clears; with --once it exits 4 instead. "
@@ -130,7 +140,9 @@ def child_argv(args: argparse.Namespace, device: str) -> list[str]:
     return argv
 
 
-def _setup_logging(logfile: Path, verbose: bool) -> None:
+def _setup_logging(logfile: Path, verbose: bool, stderr_is_log: bool = False) -> None:
+    """Log to ``logfile`` and stderr, once: ``stderr_is_log`` says stderr already reaches the log
+    (a SLURM job step's output goes through a pipe to the job's log file)."""
     root = logging.getLogger("mtp")
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     # Libraries that call logging.basicConfig() would otherwise print every line twice.
@@ -140,26 +152,32 @@ def _setup_logging(logfile: Path, verbose: bool) -> None:
     # Lines echo names, paths, prompts and error texts: written with their controls escaped.
     fmt = SafeFormatter("%(asctime)s %(levelname)s [%(process)d] %(message)s")
     logfile.parent.mkdir(parents=True, exist_ok=True)
-    fh = logging.FileHandler(logfile)
-    fh.setFormatter(fmt)
-    root.addHandler(fh)
+    to_log: logging.Handler | None = None
+    if not stderr_is_log:
+        to_log = logging.FileHandler(logfile)
+        to_log.setFormatter(fmt)
+        root.addHandler(to_log)
     # A detached engine's stderr already is the log file; a second handler would double lines.
     try:
         same = os.path.samestat(os.fstat(2), os.stat(logfile))
     except OSError:
         same = False
-    if not same:
-        sh = logging.StreamHandler(sys.stderr)
-        sh.setFormatter(fmt)
-        root.addHandler(sh)
+    to_terminal: logging.Handler | None = None
+    if stderr_is_log or not same:
+        to_terminal = logging.StreamHandler(sys.stderr)
+        to_terminal.setFormatter(fmt)
+        root.addHandler(to_terminal)
+    if stderr_is_log:  # the job's output is the log: stderr is the log handler
+        to_log, to_terminal = to_terminal, None
     # Libraries log on the root logger (open_clip's "No pretrained weights loaded" through
     # logging.warning, which would also install a bare "WARNING:root:" stderr handler) and
     # emit Python warnings: both go to the engine log, and to the terminal only with -v.
     libraries = logging.getLogger()
     libraries.setLevel(logging.WARNING)
-    libraries.addHandler(fh)
-    if verbose and not same:
-        libraries.addHandler(sh)
+    if to_log is not None:
+        libraries.addHandler(to_log)
+    if verbose and to_terminal is not None:
+        libraries.addHandler(to_terminal)
     logging.captureWarnings(True)
 
 
@@ -210,9 +228,13 @@ def main(argv: list[str] | None = None) -> int:
     except MtpError as exc:
         return exit_code("mtp-engine", exc)
 
+    # SLURM's warning before a time limit or preemption may come while torch loads; its default
+    # action would kill the engine, so it is noted now and acted on once the worker exists.
+    signal.signal(signal.SIGUSR1, lambda signum, _frame: _early_signals.append(signum))
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from .launch import DeviceLock, EngineAlreadyRunning, EngineError, log_path, normalize_device
+    from .slurm import current_job
 
     fake = (args.backend or settings().engine_backend or "diffusers") == "fake"
     try:
@@ -221,8 +243,10 @@ def main(argv: list[str] | None = None) -> int:
     except EngineError as exc:
         say("mtp-engine", exc)
         return 2
+    job = current_job()
+    job_id = job.job_id if job else None
     try:
-        lock = DeviceLock(home, device).acquire()
+        lock = DeviceLock(home, device, job=job_id).acquire()
     except EngineAlreadyRunning as exc:
         say("mtp-engine", exc)
         return 3
@@ -234,13 +258,13 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     try:
+        logfile = log_path(home, device, job=job_id)
         try:
-            _setup_logging(log_path(home, device), args.verbose)
+            # In a job step, stderr is a pipe to srun, which writes the job's output: this same
+            # file (sbatch --output of `mtp engine submit`).
+            _setup_logging(logfile, args.verbose, stderr_is_log=bool(job_id) and _stderr_is_pipe())
         except OSError as exc:
-            say(
-                "mtp-engine",
-                f"cannot write the log {log_path(home, device)} ({exc.strerror or exc})",
-            )
+            say("mtp-engine", f"cannot write the log {logfile} ({exc.strerror or exc})")
             return 2
         return _serve(args, home, device, fake, ready=lock.mark_ready)
     finally:
@@ -311,11 +335,17 @@ def _serve(args, home, device: str, fake: bool, ready=lambda: None) -> int:
         backend = PipelineBackend(device, home=home)
         if scorer is not None:
             scorer.backend = backend  # runs on a tiny model get the tiny offline scorer
+    from .slurm import current_job
+
+    job = current_job()
     config = WorkerConfig(
         device=device,
         max_batch=max(1, args.max_batch),
         poll_s=args.poll,
-        once=args.once,
+        once=args.once or args.drain,
+        drain=args.drain,
+        slurm_job_id=job.job_id if job else None,
+        slurm_node=job.node if job else None,
         heartbeat_s=args.heartbeat,
         stale_after_s=args.stale_after,
         max_attempts=args.max_attempts,
@@ -339,8 +369,22 @@ def _serve(args, home, device: str, fake: bool, ready=lambda: None) -> int:
         log.info("signal %d: finishing up and releasing claimed runs", signum)
         worker.stop()
 
+    preempted: list[int] = []
+
+    def on_warning(signum, _frame):
+        # SLURM's warning (sbatch --signal=B:USR1@...): the time limit or a preemption is near.
+        # The runs go back uncharged (as on SIGTERM) and the job asks to be requeued on exit.
+        log.info(
+            "signal %d: the scheduler will end this job soon; giving runs back and stopping", signum
+        )
+        preempted.append(signum)
+        worker.stop()
+
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGUSR1, on_warning)
+    if _early_signals:
+        on_warning(_early_signals[0], None)
     # A queue worker outlives the terminal it was started from (README, "Headless use").
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     ready()
@@ -362,19 +406,48 @@ def _serve(args, home, device: str, fake: bool, ready=lambda: None) -> int:
                 store,
                 worker.rescorer,
                 device,
-                once=args.once,
+                once=args.once or args.drain,
                 poll_s=args.poll,
                 heartbeat_s=args.heartbeat,
             )
             log.info("score-only engine stopped: %s", stats)
         else:
             worker.run()
+        if preempted and job is not None:
+            if args.drain and _nothing_left(store):
+                log.info("nothing left to do: job %s is not requeued", job.job_id)
+            else:
+                from .slurm import requeue_self
+
+                log.info("%s", requeue_self())
     finally:
         store.close()
     if worker.fault and not worker.stop_event.is_set():
         log.error("mtp-engine stopped, cannot go on: %s (its runs are left queued)", worker.fault)
         return 4
     return 0
+
+
+_early_signals: list[int] = []
+
+
+def _stderr_is_pipe() -> bool:
+    import stat
+
+    try:
+        return stat.S_ISFIFO(os.fstat(2).st_mode)
+    except OSError:
+        return False
+
+
+def _nothing_left(store) -> bool:
+    from store.queue import queue_status
+
+    try:
+        st = queue_status(store)
+    except Exception:  # cannot tell: requeue, the next engine decides
+        return False
+    return not st.queued and not st.running
 
 
 class LazyScorer:

@@ -62,11 +62,25 @@ def _home(home: Home | str | os.PathLike | None) -> Home:
     return home if isinstance(home, Home) else Home.resolve(home)
 
 
-def lock_path(home: Home | str | os.PathLike | None, device: str, host: str | None = None) -> Path:
-    return _home(home).root / f"engine-{host_slug(host)}-{device_slug(device)}.lock"
+def _job_slug(job: str | None) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "", job or "")
 
 
-def log_path(home: Home | str | os.PathLike | None, device: str) -> Path:
+def lock_path(
+    home: Home | str | os.PathLike | None,
+    device: str,
+    host: str | None = None,
+    job: str | None = None,
+) -> Path:
+    # Inside a SLURM job the lock is the job's: two one-GPU jobs on one node both see their GPU
+    # as cuda:0 (SLURM renumbers CUDA_VISIBLE_DEVICES), and the scheduler already keeps them apart.
+    suffix = f"-job{_job_slug(job)}" if job else ""
+    return _home(home).root / f"engine-{host_slug(host)}-{device_slug(device)}{suffix}.lock"
+
+
+def log_path(home: Home | str | os.PathLike | None, device: str, job: str | None = None) -> Path:
+    if job:  # the job's own output file (sbatch --output), so one job has one log
+        return _home(home).logs / f"slurm-{_job_slug(job)}.log"
     # The host too: hosts sharing one data folder must not write into one log.
     return _home(home).logs / f"engine-{host_slug()}-{device_slug(device)}.log"
 
@@ -74,10 +88,17 @@ def log_path(home: Home | str | os.PathLike | None, device: str) -> Path:
 class DeviceLock:
     """The exclusive per-device lock an engine holds while it runs."""
 
-    def __init__(self, home: Home | str | os.PathLike | None, device: str):
+    def __init__(self, home: Home | str | os.PathLike | None, device: str, job: str | None = None):
         self.device = normalize_device(device)
-        self.path = lock_path(home, self.device)
+        self.job = job
+        self.path = lock_path(home, self.device, job=job)
         self.fd: int | None = None
+
+    def _info(self, **extra) -> bytes:
+        info = {"pid": os.getpid(), "device": self.device, "started": time.time(), **extra}
+        if self.job:
+            info["job"] = self.job
+        return json.dumps(info).encode()
 
     def acquire(self) -> DeviceLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -94,12 +115,7 @@ class DeviceLock:
                 f"stop it first with `mtp engine stop --device {self.device}`"
             ) from None
         os.ftruncate(fd, 0)
-        os.write(
-            fd,
-            json.dumps(
-                {"pid": os.getpid(), "device": self.device, "started": time.time()}
-            ).encode(),
-        )
+        os.write(fd, self._info())
         os.fsync(fd)
         self.fd = fd
         return self
@@ -109,10 +125,9 @@ class DeviceLock:
         start_engine can tell a started engine from one about to refuse."""
         if self.fd is None:
             return
-        info = {"pid": os.getpid(), "device": self.device, "started": time.time(), "ready": True}
         os.lseek(self.fd, 0, os.SEEK_SET)
         os.ftruncate(self.fd, 0)
-        os.write(self.fd, json.dumps(info).encode())
+        os.write(self.fd, self._info(ready=True))
         os.fsync(self.fd)
 
     def release(self) -> None:
@@ -171,7 +186,8 @@ def engine_running(
                     "pid": int(info.get("pid", 0) or 0),
                     "started": info.get("started"),
                     "lock": str(p),
-                    "log": str(log_path(h, dev)),
+                    "log": str(log_path(h, dev, job=info.get("job"))),
+                    "job": info.get("job"),
                 }
             )
     return out
@@ -254,17 +270,22 @@ def stop_engine(
     wait_s: float = 0.0,
     sig: int = signal.SIGTERM,
 ) -> list[int]:
-    """SIGTERM the engine(s) holding a device lock; optionally wait until they released it."""
+    """SIGTERM the engine(s) holding a device lock; optionally wait until they released it.
+    Engines of SLURM jobs are left to scancel (engine.slurm.cancel_jobs): the job is what ends."""
     stopped = []
     for e in engine_running(home, device):
-        if e["pid"] > 0:
+        if e["pid"] > 0 and not e.get("job"):
             try:
                 os.kill(e["pid"], sig)
                 stopped.append(e["pid"])
             except ProcessLookupError:
                 pass
     deadline = time.monotonic() + wait_s
-    while wait_s and time.monotonic() < deadline and engine_running(home, device):
+    while (
+        wait_s
+        and time.monotonic() < deadline
+        and [e for e in engine_running(home, device) if not e.get("job")]
+    ):
         time.sleep(0.1)
     return stopped
 

@@ -40,6 +40,7 @@ from store.queue import (
     claim_group,
     complete_runs,
     fail_runs,
+    has_running_runs,
     heartbeat,
     is_paused,
     make_worker_id,
@@ -156,6 +157,12 @@ class WorkerConfig:
     max_batch: int = 8
     poll_s: float = 2.0
     once: bool = False
+    # With once: before exiting on an empty queue, wait while other engines hold runs, so runs of
+    # one that dies or is cancelled (given back, or requeued once it is stale) are not left behind.
+    drain: bool = False
+    # The SLURM job and node this engine runs in (engine.slurm.current_job), recorded on its Worker row.
+    slurm_job_id: str | None = None
+    slurm_node: str | None = None
     heartbeat_s: float = 5.0
     stale_after_s: float = DEFAULT_STALE_AFTER_S
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
@@ -242,7 +249,13 @@ class Worker:
             while not self.stop_event.is_set():
                 try:
                     if not registered:
-                        register_worker(self.store, self.config.device, self.worker_id)
+                        register_worker(
+                            self.store,
+                            self.config.device,
+                            self.worker_id,
+                            slurm_job_id=self.config.slurm_job_id,
+                            slurm_node=self.config.slurm_node,
+                        )
                         registered = True
                         self._ballast.sweep()
                         self._ballast.fill()
@@ -486,7 +499,13 @@ class Worker:
         if not runs:
             # Before --once gives up, runs held by a dead worker may come back.
             if self.config.once:
-                return bool(self._recover().requeued)
+                if self._recover().requeued:
+                    return True
+                if self.config.drain and has_running_runs(self.store):
+                    self.progress.idle("draining: waiting on runs other engines hold")
+                    self.stop_event.wait(self.config.poll_s)
+                    return True
+                return False
             self.progress.idle("queue paused" if is_paused(self.store) else "waiting for runs")
             self.stop_event.wait(self.config.poll_s)
             return True

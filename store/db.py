@@ -43,7 +43,7 @@ __all__ = [
     "describe_db_error",
 ]
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 BUSY_TIMEOUT_MS = 30_000
 ENV_DB_URL = "MTP_DB_URL"
 HOME_ID_KEY = "home_id"
@@ -183,6 +183,11 @@ MIGRATIONS: dict[int, list[str | Only | AddColumn]] = {
         AddColumn("enginesession", "scorer_device", "VARCHAR NOT NULL DEFAULT ''"),
         AddColumn("enginesession", "scorer_dtype", "VARCHAR NOT NULL DEFAULT ''"),
         AddColumn("enginesession", "preprocess_json", "TEXT NOT NULL DEFAULT '{}'"),
+    ],
+    6: [
+        # engines started as SLURM jobs record their job and node (NULL for engines started by hand)
+        AddColumn("worker", "slurm_job_id", "VARCHAR"),
+        AddColumn("worker", "slurm_node", "VARCHAR"),
     ],
 }
 

@@ -295,6 +295,9 @@ class Worker(SQLModel, table=True):
     total_steps: int = 0
     its_per_s: float | None = None
     message: str = ""
+    # Set when the engine runs inside a SLURM job (`mtp engine submit`): which job and node.
+    slurm_job_id: str | None = None
+    slurm_node: str | None = None
 
 
 OTSU = "otsu"

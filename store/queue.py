@@ -456,6 +456,8 @@ def register_worker(
     worker_id: str | None = None,
     host: str | None = None,
     pid: int | None = None,
+    slurm_job_id: str | None = None,
+    slurm_node: str | None = None,
 ) -> str:
     host = host or socket.gethostname()
     pid = pid or os.getpid()
@@ -472,6 +474,8 @@ def register_worker(
                 started_at=now,
                 heartbeat_at=now,
                 message="started",
+                slurm_job_id=slurm_job_id,
+                slurm_node=slurm_node,
             )
         )
     return worker_id
@@ -508,6 +512,15 @@ def heartbeat(
         # The database's clock: a host whose clock is behind must not look dead to the others.
         values["heartbeat_at"] = db_now(s)
         s.execute(update(Worker).where(Worker.id == worker_id).values(**values))
+
+
+def has_running_runs(store: Store) -> bool:
+    """Whether any engine holds a run (a draining engine waits for them: see WorkerConfig.drain)."""
+    with store.session() as s:
+        return (
+            s.exec(select(Run.id).where(Run.status == RunStatus.RUNNING).limit(1)).first()
+            is not None
+        )
 
 
 def list_workers(store: Store, include_stopped: bool = True) -> list[Worker]:

@@ -113,6 +113,29 @@ def pg_server():
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    """A throwaway one-node SLURM (CPU-only partition) for the session, $SLURM_CONF pointing at
+    it. On CI missing SLURM binaries fail the tests; locally they are skipped."""
+    from tests.slurm_cluster import NoCluster, SlurmCluster
+
+    try:
+        cluster = SlurmCluster().start()
+    except NoCluster as exc:
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(f"CI must test SLURM: {exc}", pytrace=False)
+        pytest.skip(f"SLURM tests skipped: {exc}")
+    saved = os.environ.get("SLURM_CONF")
+    os.environ.update(cluster.env())
+    yield cluster
+    cluster.cancel_all()
+    cluster.stop()
+    if saved is None:
+        os.environ.pop("SLURM_CONF", None)
+    else:
+        os.environ["SLURM_CONF"] = saved
+
+
 @pytest.fixture
 def pg_url(pg_server):
     """A fresh, empty PostgreSQL database, dropped afterwards."""

@@ -5,7 +5,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 TORCH_SIDE = ("torch", "diffusers", "transformers", "open_clip", "dreamsim")
-TORCH_FREE_ENGINE = {"engine.control", "engine.launch", "engine"}
+TORCH_FREE_ENGINE = {"engine.control", "engine.launch", "engine.slurm", "engine"}
 
 
 def imported_modules(package: str):

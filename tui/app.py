@@ -351,7 +351,8 @@ class MtpApp(App):
             self._score_timer = None
 
     def stop_engine(self) -> None:
-        from engine import launch
+        """Stop this host's engines and cancel the data folder's SLURM jobs (`mtp engine stop`)."""
+        from engine import launch, slurm
 
         try:
             launch.stop_engine(self.store.home.root)
@@ -359,6 +360,23 @@ class MtpApp(App):
             self.notify(f"could not stop the engine: {exc}", severity="error", timeout=10)
             return
         self.notify("engine asked to stop after its current run")
+        if slurm.available():
+            # squeue/scancel wait on slurmctld: off the UI thread.
+            self.run_worker(self._cancel_jobs, thread=True, group="slurm", exit_on_error=False)
+
+    def _cancel_jobs(self) -> None:
+        from engine import slurm
+        from store.db import HOME_ID_KEY
+
+        try:
+            jobs = slurm.cancel_jobs(self.store.get_meta(HOME_ID_KEY))
+        except slurm.SlurmError as exc:
+            msg = f"could not cancel the SLURM jobs: {exc}"
+            self.call_from_thread(self.notify, msg, severity="error", timeout=10)
+            return
+        if jobs:
+            msg = f"cancelled SLURM job(s) {', '.join(jobs)}: their engines give their runs back"
+            self.call_from_thread(self.notify, msg)
 
 
 def build_parser() -> argparse.ArgumentParser:

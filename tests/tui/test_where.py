@@ -1,4 +1,5 @@
-"""The app says which database and data folder it is on, and groups engines by host."""
+"""The app says which database and data folder it is on, and groups engines by host (with the
+SLURM job of engines submitted to a cluster)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ async def test_home_names_the_database_without_its_password_and_the_folder(home,
         url = url.replace("postgresql+psycopg://mtp@", "postgresql+psycopg://mtp:s3cret-pw@")
     store = Store(home, url=url)
     for host, dev in (("gpu-b", "cuda:0"), ("gpu-a", "cuda:0"), ("gpu-b", "cuda:1")):
-        q.register_worker(store, dev, host=host, pid=7)
+        job = "77" if dev == "cuda:1" else None  # an engine submitted as a SLURM job
+        q.register_worker(store, dev, host=host, pid=7, slurm_job_id=job, slurm_node=job and host)
     app = MtpApp(store)
     try:
         async with app.run_test(size=SIZE) as pilot:
@@ -42,5 +44,7 @@ async def test_home_names_the_database_without_its_password_and_the_folder(home,
             table = app.screen.query_one("#workers", DataTable)
             hosts = [str(table.get_row_at(i)[0]) for i in range(table.row_count)]
             assert hosts == ["gpu-a", "gpu-b", ""]  # grouped: each host named once
+            jobs = [str(table.get_row_at(i)[7]) for i in range(table.row_count)]
+            assert jobs == ["-", "-", "77@gpu-b"]
     finally:
         store.close()

@@ -1,5 +1,5 @@
 """`mtp queue | cancel | requeue | priority | workers | engine`: drive the queue and the engines
-headless (over SSH, from scripts) exactly as the app does."""
+headless (over SSH, from scripts) exactly as the app does (`engine submit | jobs`: tui.cli.cluster)."""
 
 from __future__ import annotations
 
@@ -49,8 +49,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.set_defaults(func=cmd_workers)
 
-    p = sub.add_parser("engine", help="start, stop or show detached engines on this machine")
-    p.add_argument("action", choices=["start", "stop", "status"])
+    p = sub.add_parser(
+        "engine",
+        help="start, stop or show detached engines on this machine; submit engines to SLURM "
+        "(submit, jobs; stop cancels them too)",
+    )
+    p.add_argument("action", choices=["start", "stop", "status", "submit", "jobs"])
     p.add_argument(
         "--device",
         default=None,
@@ -62,6 +66,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="start: one detached engine per device, e.g. cuda:0,cuda:1 or `all` (every GPU of this host)",
     )
     p.add_argument("--max-batch", type=int, default=None)
+    from . import cluster
+
+    cluster.add_arguments(p)
     p.set_defaults(func=cmd_engine, creates_home=True)
 
 
@@ -140,6 +147,8 @@ def cmd_priority(args, store) -> int:
 
 
 def cmd_workers(args, store) -> int:
+    from engine.slurm import job_label
+
     if args.recover:
         rec = q.recover_stale(store)
         echo(
@@ -151,14 +160,15 @@ def cmd_workers(args, store) -> int:
         echo("no workers have run on this database")
         return 0
     echo(
-        f"{'worker':40} {'device':8} {'status':8} {'heartbeat':10} {'run':>6} {'step':>9} {'it/s':>6}  message"
+        f"{'worker':40} {'device':8} {'status':8} {'heartbeat':10} {'run':>6} {'step':>9} {'it/s':>6} "
+        f"{'slurm job':16}  message"
     )
     for w in workers:
         step = f"{w.step}/{w.total_steps}" if w.total_steps else "-"
         rate = f"{w.its_per_s:.2f}" if w.its_per_s else "-"
         echo(
             f"{one(w.id)[:40]:40} {one(w.device):8} {w.status:8} {_age(w.heartbeat_at, now):10} {w.current_run_id or '-':>6} "
-            f"{step:>9} {rate:>6}  {one(w.message)}"
+            f"{step:>9} {rate:>6} {one(job_label(w)):16}  {one(w.message)}"
         )
     return 0
 
@@ -166,7 +176,13 @@ def cmd_workers(args, store) -> int:
 def cmd_engine(args, store) -> int:
     from engine.launch import EngineError, engine_running, start_engine, stop_engine
 
+    from . import cluster
+
     home = store.home
+    if args.action == "submit":
+        return cluster.cmd_submit(args, store)
+    if args.action == "jobs":
+        return cluster.cmd_jobs(args, store)
     if args.action == "start" and args.devices:
         return _start_many(args, home)
     if args.action == "start":
@@ -180,15 +196,22 @@ def cmd_engine(args, store) -> int:
         echo(f"engine started on {device}: pid {pid}; log {home.logs}")
         return 0
     if args.action == "stop":
-        pids = stop_engine(home, args.device, wait_s=30)
-        if not pids:
+        # Local engines and this data folder's SLURM jobs (their engines give their runs back).
+        pids = [] if args.job else stop_engine(home, args.device, wait_s=30)
+        jobs, problem = cluster.stop_jobs(args, store)
+        if problem:
+            echo(f"mtp: SLURM jobs not cancelled: {problem}", file=sys.stderr)
+        if pids:
+            left = [e for e in engine_running(home, args.device) if not e.get("job")]
+            echo(
+                f"stopped engine pid(s) {', '.join(map(str, pids))}"
+                + (" (still finishing)" if left else "")
+            )
+        if jobs:
+            echo(f"cancelled SLURM job(s) {', '.join(jobs)}")
+        if not pids and not jobs:
             echo("no engine is running" + (f" on {args.device}" if args.device else ""))
             return 1
-        left = engine_running(home, args.device)
-        echo(
-            f"stopped engine pid(s) {', '.join(map(str, pids))}"
-            + (" (still finishing)" if left else "")
-        )
         return 0
     running = engine_running(home, args.device)
     if not running:

@@ -140,7 +140,7 @@ class HomeScreen(StoreScreen):
         self.query_one("#concepts", DataTable).add_columns("id", "name", "token", "refs")
         self._exp_columns: list | None = None  # (key, width) as laid out now
         self.query_one("#workers", DataTable).add_columns(
-            "host", "device", "status", "run", "step", "it/s", "heartbeat", "id"
+            "host", "device", "status", "run", "step", "it/s", "heartbeat", "slurm job", "id"
         )
         self.query_one("#experiments", DataTable).focus()
         # The first load is synchronous (tens of ms even on 100k runs, and WAL reads never wait
@@ -248,6 +248,8 @@ class HomeScreen(StoreScreen):
                 )
             )
         self._fill("#experiments", self._fit_experiments(rows))
+        from engine.slurm import job_label
+
         wrows = []
         prev_host = None
         for w in shown_workers:  # sorted by host: the host is named once per group
@@ -268,6 +270,7 @@ class HomeScreen(StoreScreen):
                         step,
                         its,
                         age(w.heartbeat_at, data.db_now),
+                        job_label(w),
                         w.id,
                     ),
                 )
@@ -277,7 +280,7 @@ class HomeScreen(StoreScreen):
                 ("stopped", ("", "", f"+{hidden} stopped earlier", "", "", "", "", "mtp workers"))
             )
         if data.workers is None:
-            wrows = [("-", ("store.queue not available", "", "", "", "", "", "", ""))]
+            wrows = [("-", ("store.queue not available", "", "", "", "", "", "", "", ""))]
         self._fill("#workers", wrows)
         self._sync_experiment()
 
