@@ -79,8 +79,14 @@ def probe_writable(home: Home) -> None:
     home.artifacts.mkdir(parents=True, exist_ok=True)
     # Per thread too: probes of in-process workers must not remove each other's file.
     path = home.artifacts / f".probe-{os.getpid()}-{threading.get_ident()}"
+
     # Some blocks, not one byte: a nearly full disk often still takes a tiny file.
-    _atomic_write(path, lambda fh: (fh.write(b"\0" * 65536), fh.flush(), os.fsync(fh.fileno())))
+    def fill(fh) -> None:
+        fh.write(b"\0" * 65536)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+    _atomic_write(path, fill)
     path.unlink(missing_ok=True)
 
 
@@ -110,7 +116,7 @@ def save_mask(mask: np.ndarray, path: Path) -> None:
 def save_maps(maps: Mapping[str, np.ndarray], path: Path) -> None:
     arrays = {str(k): np.asarray(v, dtype=np.float32) for k, v in maps.items()}
     # A file object keeps np.savez from appending ".npz" to the temporary name.
-    _atomic_write(path, lambda fh: np.savez_compressed(fh, **arrays))
+    _atomic_write(path, lambda fh: np.savez_compressed(fh, **arrays))  # type: ignore[arg-type]
 
 
 def write_run_artifacts(

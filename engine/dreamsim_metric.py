@@ -196,7 +196,9 @@ def build_random_dreamsim(
 
 
 def ensure_random_dreamsim(folder: str | os.PathLike) -> Path:
-    from .tiny_clip import _ensure
+    from .tiny import ensure_built
 
     folder = Path(folder)
-    return _ensure(folder, f"{DEMO_TYPE}_single_lora/adapter_config.json", build_random_dreamsim)
+    return ensure_built(
+        folder, build_random_dreamsim, f"{DEMO_TYPE}_single_lora/adapter_config.json"
+    )

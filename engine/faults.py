@@ -175,7 +175,7 @@ class DatabaseFileWatch:
                 if os.path.exists(self.path):
                     return None  # a new connection made a new, empty file there: nothing to save
                 # Outside any transaction (VACUUM refuses one); the driver is in autocommit.
-                raw.driver_connection.execute("VACUUM INTO ?", (target,))
+                raw.driver_connection.execute("VACUUM INTO ?", (target,))  # type: ignore[union-attr]
             finally:
                 raw.close()
         except Exception as exc:  # noqa: BLE001 - reported; the pause goes on
@@ -198,7 +198,8 @@ class DatabaseFileWatch:
             return None
         try:
             with store.engine.connect() as conn:
-                busy, _log, _done = conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)").first()
+                row = conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)").first()
+                busy = row[0] if row is not None else 0
         except Exception as exc:  # noqa: BLE001 - reported, the pause goes on
             logging.getLogger("mtp.engine").error("saving the deleted -wal failed: %r", exc)
             return f"database unusable: {shown_error(exc)}"
@@ -217,7 +218,7 @@ class DatabaseFileWatch:
             fds = os.listdir("/proc/self/fd")
         except OSError:
             return None
-        names = {self.path, self.path + "-wal"}
+        names = {str(self.path), f"{self.path}-wal"}
         out: dict[str, set[tuple[int, int]]] = {}
         for fd in fds:
             try:

@@ -52,7 +52,10 @@ def load_image(image, height: int, width: int, mode: str = "RGB"):
             raise ImageError(f"cannot read image {path}: {exc}") from None
     img = img.convert(mode)
     if img.size != (width, height):
-        img = img.resize((width, height), Image.BICUBIC if mode == "RGB" else Image.NEAREST)
+        img = img.resize(
+            (width, height),
+            Image.Resampling.BICUBIC if mode == "RGB" else Image.Resampling.NEAREST,
+        )
     return img
 
 

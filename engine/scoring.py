@@ -144,7 +144,7 @@ class _Cache:
     """Embeddings by key, least recently used dropped past ``limit`` (a worker lives through many
     sweeps, each with new sources); ``misses`` counts the items that had to be encoded."""
 
-    def __init__(self, encode: Callable[[list], Any], limit: int = 4096):
+    def __init__(self, encode: Callable[[Any], Any], limit: int = 4096):
         self._encode = encode
         self._store: OrderedDict[str, Any] = OrderedDict()
         self._limit = limit
@@ -206,8 +206,13 @@ class Scorer:
 
         self.device = device
         self.torch = torch
-        self.clip = self.dino = self.dreamsim = None
-        self.clip_backbone = self.dino_backbone = self.dreamsim_backbone = None
+        # Loaded below, one per family asked for; None where not (models are duck-typed).
+        self.clip: Any = None
+        self.dino: Any = None
+        self.dreamsim: Any = None
+        self.clip_backbone: str | None = None
+        self.dino_backbone: str | None = None
+        self.dreamsim_backbone: str | None = None
         if clip_model:
             self._load_clip(clip_model, clip_pretrained)
         if dino_model:
@@ -238,13 +243,13 @@ class Scorer:
         from .tiny_clip import register_clip_config
 
         weights = Path(pretrained) if pretrained else None
-        is_file = weights is not None and weights.is_file()
-        if is_file and (weights.parent / f"{name}.json").is_file():
+        local = weights if weights is not None and weights.is_file() else None
+        if local is not None and (local.parent / f"{name}.json").is_file():
             # A local architecture travels next to its weights (the tiny CLIP does).
-            register_clip_config(weights.parent / f"{name}.json")
+            register_clip_config(local.parent / f"{name}.json")
         # A pretrained tag names one file per open_clip version (open_clip pins its URL or hub
         # file per tag), so tag + version is exact; a local file is named by its content.
-        checkpoint = f"{weights.stem}#sha256:{weights_digest(weights)}" if is_file else pretrained
+        checkpoint = f"{local.stem}#sha256:{weights_digest(local)}" if local else pretrained
         self.clip_backbone = backbone_id("open_clip", name, checkpoint)
         try:
             model, _, preprocess = open_clip.create_model_and_transforms(
@@ -256,7 +261,7 @@ class Scorer:
         ) as exc:  # open_clip raises RuntimeError/OSError/ValueError depending on the cause
             where = (
                 f"the file {pretrained}"
-                if weights is not None and (is_file or weights.suffix)
+                if weights is not None and (local is not None or weights.suffix)
                 else f"open_clip's cache ($HF_HOME, default ~/.cache/huggingface/hub) for {name}/{pretrained}"
             )
             raise ScorerUnavailable(
@@ -291,7 +296,7 @@ class Scorer:
             rev = hub_revision(name, "config.json")
             checkpoint = name + (f"#rev:{rev}" if rev else "")
         self.dino_backbone = backbone_id("transformers", "ViTModel-cls", checkpoint)
-        self.dino = model.to(self.device).eval()
+        self.dino = model.to(self.device).eval()  # type: ignore[arg-type]
         self.dino_preprocess = transforms.Compose(
             [
                 transforms.Resize(256, interpolation=transforms.InterpolationMode.BICUBIC),
@@ -415,7 +420,7 @@ class Scorer:
         if not images:
             return []
         refs = [Path(r) for r in refs]
-        ref_keys = [f"ref:{_file_digest(r)}" for r in refs]
+        ref_keys = [f"ref:{_file_digest(Path(r))}" for r in refs]
 
         def load_ref(i: int):
             return open_bounded(refs[i])
@@ -477,11 +482,12 @@ class Scorer:
             if prefix == "clip":
                 wanted = [i for i, t in enumerate(texts) if t and t.strip()]
                 if wanted:
-                    tfeat = self._clip_texts.get(
-                        [f"text:{texts[i]}" for i in wanted],
-                        lambda i, wanted=wanted: texts[wanted[i]],
-                    )
-                    sims = [None] * len(images)
+
+                    def text_of(i: int, wanted: list[int] = wanted) -> str:
+                        return texts[wanted[i]]
+
+                    tfeat = self._clip_texts.get([f"text:{texts[i]}" for i in wanted], text_of)
+                    sims: list[float | None] = [None] * len(images)
                     for j, i in enumerate(wanted):
                         sims[i] = float(gen[i] @ tfeat[j])
                     add("clip_t", backbone, sims, pre, texts)

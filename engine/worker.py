@@ -769,7 +769,7 @@ class Worker:
         )
 
         runs = [by_id[i] for i in ids]
-        results = []
+        results: list[dict[str, Any]] = []
         for k, run in enumerate(runs):
             try:
                 paths = write_run_artifacts(

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from .models import RUN_SORT_COLUMNS, Run
 from .queries import InputError, RunFilter
@@ -173,8 +174,8 @@ def _term(f: RunFilter, field: str, op: str, value: str, text: str, pos: int, ke
             raise FilterError(text, pos, f"{key} compares with one number")
         f.compare.append(Compare(field, op, _number(float, listed[0], text, pos, key)))
         return
-    kind = Run.__table__.c[field].type.python_type
-    values = []
+    kind = Run.__table__.c[field].type.python_type  # type: ignore[attr-defined]
+    values: list[Any] = []
     for v in listed:
         low = v.lower()
         if field == "final_step" and low == END:

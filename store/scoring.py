@@ -303,7 +303,8 @@ def save_scores(store: Store, results: Iterable[dict[str, Any]]) -> int:
     if not results:
         return 0
     now = utcnow()
-    rows, replaced = [], {}
+    rows: list[dict[str, Any]] = []
+    replaced: dict[tuple[str, str], list[int]] = {}
     for r in results:
         rid = int(r["run_id"])
         for sc in r.get("scores") or ():

@@ -97,13 +97,14 @@ class PipelineBackend:
         """EngineSession fields of what is loaded (engine.provenance)."""
         from engine.provenance import file_identity, model_identity
 
-        key = self.key
+        key, pipe = self.key, self.pipe
+        assert key is not None and pipe is not None, "identity() of a backend with nothing loaded"
         base = key.weights_path if key.weights_kind == "full" and key.weights_path else key.model
         out = model_identity(base, self._resolve_model(base))
         out.update(
             backend="diffusers",
             device=self.device,
-            dtype=str(self.pipe.unet.dtype),
+            dtype=str(pipe.unet.dtype),
             weights_kind=key.weights_kind,
             weights_path=key.weights_path,
             weights_hash=file_identity(key.weights_path)

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import (
     Integer,
@@ -182,7 +183,7 @@ def _neutralised_sql(column, name: str):
     """`_csv_text` in SQL, so the fast SQLite path (raw DBAPI rows) is covered too."""
     # Inline literals: one substr per cell, and no expanding IN, which the raw compile of
     # iter_rows cannot render. The characters are fixed, so nothing is interpolated from data.
-    starts = [literal_column("'" + c + "'") for c in _FORMULA_START]
+    starts: list[Any] = [literal_column("'" + c + "'") for c in _FORMULA_START]
     return case((func.substr(column, 1, 1).in_(starts), literal("'") + column), else_=column).label(
         name
     )

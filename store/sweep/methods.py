@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -241,9 +242,9 @@ def parse_param_option(text: str) -> tuple[str, str, str]:
 def axis_problem(
     methods: list[str],
     *,
-    mask_modes: list[str] = ("off",),
-    mask_words: list[str] = ("-",),
-    mask_thresholds: list[Any] = ("otsu",),
+    mask_modes: Sequence[str] = ("off",),
+    mask_words: Sequence[str] = ("-",),
+    mask_thresholds: Sequence[Any] = ("otsu",),
     set_size: int = 0,
     param_sets: dict[str, list[str]] | None = None,
 ) -> tuple[str, str] | None:

@@ -352,7 +352,7 @@ def expand(spec: ExperimentSpec, concept: Any | None = None) -> list[dict[str, A
             f"{set_methods[0]} generates a set from its prompts and has no source image; "
             "drop the source image or the method",
         )
-    problem = axis_problem(
+    refusal = axis_problem(
         axes["method"],
         mask_modes=axes["mask_mode"],
         mask_words=axes["mask_words"],
@@ -360,8 +360,8 @@ def expand(spec: ExperimentSpec, concept: Any | None = None) -> list[dict[str, A
         set_size=len(prompts),
         param_sets=method_params,
     )
-    if problem:
-        name, why = problem
+    if refusal:
+        name, why = refusal
         if name.startswith("method_params."):
             method, param = name.split(".")[1:]
             text = str((spec.method_params or {}).get(method, {}).get(param, ""))
