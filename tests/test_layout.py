@@ -36,3 +36,54 @@ def test_tui_uses_only_torch_free_engine_modules():
         or (m.split(".")[0] == "engine" and m not in TORCH_FREE_ENGINE)
     ]
     assert bad == []
+
+
+def test_no_screen_attribute_is_written_from_a_worker_thread():
+    """Thread workers hand results over by message (or a Future), never by assigning to the
+    screen: checked in every `@work(thread=True)` method and the methods it calls directly."""
+    import ast
+
+    root = Path(__file__).resolve().parents[1] / "tui"
+    offenders = []
+    for path in root.rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        for cls in (n for n in ast.walk(tree) if isinstance(n, ast.ClassDef)):
+            methods = {f.name: f for f in cls.body if isinstance(f, ast.FunctionDef)}
+
+            def threaded(f):
+                return any(
+                    isinstance(d, ast.Call)
+                    and getattr(d.func, "id", getattr(d.func, "attr", "")) == "work"
+                    and any(
+                        k.arg == "thread" and getattr(k.value, "value", False) for k in d.keywords
+                    )
+                    for d in f.decorator_list
+                )
+
+            for f in filter(threaded, methods.values()):
+                called = {
+                    c.func.attr
+                    for c in ast.walk(f)
+                    if isinstance(c, ast.Call)
+                    and isinstance(c.func, ast.Attribute)
+                    and isinstance(c.func.value, ast.Name)
+                    and c.func.value.id == "self"
+                }
+                for g in [f] + [methods[n] for n in called if n in methods]:
+                    for node in ast.walk(g):
+                        targets = (
+                            node.targets
+                            if isinstance(node, ast.Assign)
+                            else [node.target]
+                            if isinstance(node, (ast.AugAssign, ast.AnnAssign))
+                            else []
+                        )
+                        for t in targets:
+                            for a in ast.walk(t):
+                                if (
+                                    isinstance(a, ast.Attribute)
+                                    and isinstance(a.value, ast.Name)
+                                    and a.value.id == "self"
+                                ):
+                                    offenders.append(f"{path.name}:{node.lineno} self.{a.attr}")
+    assert offenders == []

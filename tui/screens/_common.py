@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from textual import work
@@ -40,10 +41,9 @@ class StoreScreen(Screen):
             return None
         return True
 
+    @dataclass(eq=False)  # a message is itself: identity, not field equality
     class Changed(Message):
-        def __init__(self, token: str):
-            super().__init__()
-            self.token = token
+        token: str
 
     @property
     def store(self):

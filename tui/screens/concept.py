@@ -3,7 +3,9 @@ shown as thumbnails, rejected with the reason), personalization weights and base
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from textual import on, work
 from textual.app import ComposeResult
@@ -29,15 +31,16 @@ class ConceptScreen(StoreScreen):
     BINDINGS = keymap.bindings("concept")
     KEY_SCOPE = "concept"
 
+    @dataclass(eq=False)  # a message is itself: identity, not field equality
     class Checked(Message):
-        def __init__(self, path: Path, error: str | None):
-            super().__init__()
-            self.path, self.error = path, error
+        path: Path
+        error: str | None
 
+    @dataclass(eq=False)  # a message is itself: identity, not field equality
     class Saved(Message):
-        def __init__(self, concept=None, error: Exception | None = None, loaded: bool = False):
-            super().__init__()
-            self.concept, self.error, self.loaded = concept, error, loaded
+        concept: Any = None
+        error: Exception | None = None
+        loaded: bool = False
 
     def __init__(self, concept_id: int | None = None, start_dir: str | Path | None = None):
         super().__init__(id="concept")
@@ -179,10 +182,9 @@ class ConceptScreen(StoreScreen):
 
         self.post_message(self.Stored(get_concept(self.store, concept_id)))
 
+    @dataclass(eq=False)  # a message is itself: identity, not field equality
     class Stored(Message):
-        def __init__(self, concept):
-            super().__init__()
-            self.concept = concept
+        concept: Any
 
     def on_concept_screen_stored(self, message: Stored) -> None:
         """The saved concept a restored draft edits: a form edited back to it is no draft."""

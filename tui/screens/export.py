@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from textual import on, work
@@ -77,10 +78,10 @@ class ExportScreen(ModalScreen):
         Binding("f1", "app.help", "Help", id="export.help"),
     ]
 
+    @dataclass(eq=False)  # a message is itself: identity, not field equality
     class Done(Message):
-        def __init__(self, results: list[tuple[str, str, bool]], error: str = ""):
-            super().__init__()
-            self.results, self.error = results, error
+        results: list[tuple[str, str, bool]]
+        error: str = ""
 
     def __init__(self, experiment_id: int | None = None):
         super().__init__(id="export")

@@ -97,15 +97,14 @@ class HomeScreen(StoreScreen):
     BINDINGS = keymap.bindings("home")
     KEY_SCOPE = "home"
 
+    @dataclass(eq=False)  # a message is itself: identity, not field equality
     class Refreshed(Message):
-        def __init__(self, data: HomeData):
-            super().__init__()
-            self.data = data
+        data: HomeData
 
+    @dataclass(eq=False)  # a message is itself: identity, not field equality
     class BestPoints(Message):
-        def __init__(self, key: tuple, best: dict):
-            super().__init__()
-            self.key, self.best = key, best
+        key: tuple
+        best: dict
 
     def __init__(self):
         super().__init__(id="home")

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import dataclass, field
+from typing import Any
 
 from textual import on, work
 from textual.app import ComposeResult
@@ -57,24 +59,22 @@ class ResultsScreen(StoreScreen):
     live = True  # new scores regroup the table, the plot and the grid by themselves
     KEPT = True  # F7 reopens this screen as it was left (see on_screen_resume)
 
+    @dataclass(eq=False)  # a message is itself: identity, not field equality
     class Loaded(Message):
-        def __init__(
-            self,
-            experiment=None,
-            axes=(),
-            rows=(),
-            grid=None,
-            grid_note="",
-            error="",
-            by="",
-            shown=None,
-            layout=None,
-        ):
-            super().__init__()
-            self.shown = shown  # set once the table is painted, so the worker may go on to the grid
-            self.layout = layout  # the grid when it was ready at once (unchanged since last drawn)
-            self.experiment, self.axes, self.rows, self.by = experiment, list(axes), rows, by
-            self.grid, self.grid_note, self.error = grid, grid_note, error
+        experiment: Any = None
+        axes: list = field(default_factory=list)
+        rows: Any = ()
+        grid: Any = None
+        grid_note: str = ""
+        error: str = ""
+        by: str = ""
+        shown: Any = None  # set once the table is painted, so the worker may go on to the grid
+        layout: Any = None  # the grid when it was ready at once (unchanged since last drawn)
+        versus_reset: bool = False  # the chosen reference was gone: compared with the baseline
+
+        def __post_init__(self) -> None:
+            super().__post_init__()
+            self.axes = list(self.axes)
 
     def __init__(self, experiment_id: int | None = None, by: str | None = None):
         super().__init__(id="results")
@@ -224,6 +224,7 @@ class ResultsScreen(StoreScreen):
         ):  # a suspended screen checks on resume
             self._reload_if_changed(self.experiment_id)
 
+    @dataclass(eq=False)  # a message is itself: identity, not field equality
     class Stale(Message):
         pass
 
@@ -265,19 +266,38 @@ class ResultsScreen(StoreScreen):
         current = str(self.experiment_id) if self.experiment_id is not None else None
         self.app.push_screen(PickScreen("Results of experiment", items, current), done)
 
+    @dataclass(eq=False)  # a message is itself: identity, not field equality
+    class LoadBegun(Message):
+        """What a load started from (the worker thread never writes the screen's attributes)."""
+
+        token: str
+        counts: dict
+
+    @dataclass(eq=False)  # a message is itself: identity, not field equality
+    class LoadEnded(Message):
+        quiet_until: float  # no live reload before this (time.monotonic)
+
+    def on_results_screen_load_begun(self, message: LoadBegun) -> None:
+        self._loaded_token, self._counts = message.token, message.counts
+
+    def on_results_screen_load_ended(self, message: LoadEnded) -> None:
+        self._quiet_until = message.quiet_until
+
     @work(thread=True, exclusive=True, group="results")
     def _load(self, experiment_id: int, by: str | None, grid_options: dict | None = None) -> None:
         start = time.monotonic()
         try:
             self._load_now(experiment_id, by, grid_options)
         finally:
-            self._quiet_until = time.monotonic() + LIVE_COOLDOWN * (time.monotonic() - start)
+            quiet = time.monotonic() + LIVE_COOLDOWN * (time.monotonic() - start)
+            self.post_message(self.LoadEnded(quiet))
 
     def _load_now(self, experiment_id: int, by: str | None, grid_options: dict | None) -> None:
         from store.queries import counts_by_status, get_experiment
 
-        self._loaded_token = self.store.change_token()
-        self._counts = counts_by_status(self.store, experiment_id)
+        self.post_message(
+            self.LoadBegun(self.store.change_token(), counts_by_status(self.store, experiment_id))
+        )
 
         exp = get_experiment(self.store, experiment_id)
         if exp is None:
@@ -292,6 +312,7 @@ class ResultsScreen(StoreScreen):
         from store.report.memo import cached_render_grid as render_grid
 
         cells, versus = self.cells, self.versus
+        reset = False
         try:
             try:
                 rows = aggregate(self.store, experiment_id, by, cells=cells, versus=versus)
@@ -299,7 +320,7 @@ class ResultsScreen(StoreScreen):
                 if versus is None:
                     raise
                 # the chosen reference is gone (another axis, a deleted value): the baseline
-                self.versus = None
+                reset = True
                 rows = aggregate(self.store, experiment_id, by, cells=cells)
         except Exception as exc:
             self.post_message(self.Loaded(exp, axes, error=f"aggregate failed: {exc}", by=by))
@@ -312,7 +333,7 @@ class ResultsScreen(StoreScreen):
             else None
         )
         if kept is not None:
-            self.post_message(self.Loaded(exp, axes, rows, by=by, layout=kept))
+            self.post_message(self.Loaded(exp, axes, rows, by=by, layout=kept, versus_reset=reset))
             return
         # The table and the plot first: the image grid reads every run and image and comes after.
         shown = threading.Event()
@@ -327,6 +348,7 @@ class ResultsScreen(StoreScreen):
                 else "no finished runs yet: the grid appears as runs complete",
                 by=by,
                 shown=shown,
+                versus_reset=reset,
             )
         )
         if not rows:
@@ -350,16 +372,13 @@ class ResultsScreen(StoreScreen):
             note = f"no grid: {exc}"
         self.post_message(self.Grid(experiment_id, by, grid, note, layout))
 
+    @dataclass(eq=False)  # a message is itself: identity, not field equality
     class Grid(Message):
-        def __init__(self, experiment_id, by, grid, note, layout):
-            super().__init__()
-            self.experiment_id, self.by, self.grid, self.note, self.layout = (
-                experiment_id,
-                by,
-                grid,
-                note,
-                layout,
-            )
+        experiment_id: int
+        by: str
+        grid: Any
+        note: str
+        layout: Any
 
     def on_results_screen_grid(self, message: Grid) -> None:
         if (message.experiment_id, message.by) != (self.experiment_id, self.by):
@@ -382,6 +401,8 @@ class ResultsScreen(StoreScreen):
         if exp is None:
             title.update(plain(message.error, "red"))
             return
+        if message.versus_reset:
+            self.versus = None
         self.by, self.axes, self.rows = message.by, message.axes, message.rows
         select = self.query_one("#axis", Select)
         with select.prevent(Select.Changed):

@@ -130,10 +130,9 @@ class RunDetailScreen(StoreScreen):
     KEY_SCOPE = "detail"
     live = True  # a running run's images and scores appear as the engine commits them
 
+    @dataclass(eq=False)  # a message is itself: identity, not field equality
     class Loaded(Message):
-        def __init__(self, bundle: RunBundle):
-            super().__init__()
-            self.bundle = bundle
+        bundle: RunBundle
 
     def __init__(self, run_id: int, browse: Browse | None = None):
         super().__init__(id="detail")
@@ -338,10 +337,10 @@ class CompareScreen(StoreScreen):
 
     BINDINGS = [b for b in keymap.bindings("detail") if b.id == "detail.refresh"]
 
+    @dataclass(eq=False)  # a message is itself: identity, not field equality
     class Loaded(Message):
-        def __init__(self, bundles: list[RunBundle], note: str = ""):
-            super().__init__()
-            self.bundles, self.note = bundles, note
+        bundles: list[RunBundle]
+        note: str = ""
 
     def __init__(self, run_a: int, run_b: int | None):
         super().__init__(id="compare")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
 from rich.text import Text
 from textual import on, work
@@ -109,19 +111,16 @@ class RunsScreen(StoreScreen):
     live = True  # a run an engine finishes shows up without F5
     KEPT = True  # F6 brings it back as it was left (MtpApp.make_screen); see retarget
 
+    @dataclass(eq=False)  # a message is itself: identity, not field equality
     class Page(Message):
-        def __init__(self, runs, scores, total, offset, error=None, token=0, marked=0):
-            super().__init__()
-            self.gone: int | None = None  # the experiment shown was deleted
-            self.runs, self.scores, self.total, self.offset, self.error, self.token = (
-                runs,
-                scores,
-                total,
-                offset,
-                error,
-                token,
-            )
-            self.marked = marked
+        runs: list
+        scores: dict
+        total: int
+        offset: int
+        error: Any = None
+        token: Any = 0
+        marked: int = 0
+        gone: int | None = None  # the experiment shown was deleted
 
     def __init__(self, experiment_id: int | None = None, filter_text: str = ""):
         super().__init__(id="runs")

@@ -6,6 +6,10 @@ thread worker for the run count and cross-field checks, so a 10k-run sweep never
 
 from __future__ import annotations
 
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any
+
 from textual import on, work
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical, VerticalScroll
@@ -88,29 +92,26 @@ class SweepScreen(StoreScreen):
     AUTO_FOCUS = ""
     KEPT = True  # F4 brings the form back as it was left (MtpApp.make_screen); see retarget
 
+    @dataclass(eq=False)  # a message is itself: identity, not field equality
     class Checked(Message):
-        def __init__(
-            self,
-            count: int | None,
-            baselines: int,
-            error: Exception | None,
-            token: int,
-            estimate=None,
-        ):
-            super().__init__()
-            self.count, self.baselines, self.error, self.token = count, baselines, error, token
-            self.estimate = estimate  # store.queries.Estimate, or None: unknown
+        count: int | None
+        baselines: int
+        error: Exception | None
+        token: int
+        estimate: Any = None  # store.queries.Estimate, or None: unknown
 
+    @dataclass(eq=False)  # a message is itself: identity, not field equality
     class Saved(Message):
-        def __init__(self, experiment=None, error: Exception | None = None, queued: bool = False):
-            super().__init__()
-            self.experiment, self.error, self.queued = experiment, error, queued
+        experiment: Any = None
+        error: Exception | None = None
+        queued: bool = False
 
+    @dataclass(eq=False)  # a message is itself: identity, not field equality
     class Context(Message):
-        def __init__(self, concepts, experiment, seconds_per_run, workers):
-            super().__init__()
-            self.concepts, self.experiment = concepts, experiment
-            self.seconds_per_run, self.workers = seconds_per_run, workers
+        concepts: list
+        experiment: Any
+        seconds_per_run: Any
+        workers: int
 
     def __init__(self, experiment_id: int | None = None, concept_id: int | None = None):
         super().__init__(id="sweep")
@@ -129,7 +130,9 @@ class SweepScreen(StoreScreen):
         self._auto_targets: str | None = None  # the target prompts it put there
         self._preset_value: str | None = None  # the preset last applied (to put the menu back)
         self._back_shown: dict | None = None  # the form when "your unsaved form is back" was said
-        self._loaded_context: SweepScreen.Context | None = None  # set by _load_context's thread
+        # The context _load_context's thread read, handed over through a Future (the thread never
+        # writes this screen's attributes): on_mount applies it when it came before the mount.
+        self._context_handover: Future[SweepScreen.Context] = Future()
         self._applied_context: SweepScreen.Context | None = None
         self._fields: dict[str, Field] = {}
         self._param_groups: dict[str, Vertical] = {}  # method -> its mounted parameter fields
@@ -147,7 +150,7 @@ class SweepScreen(StoreScreen):
         self._apply_size(self.app.size)
         # The few reads the form needs start first: they finish while the form is being
         # mounted, so on_mount fills it in before the first paint (no second layout for them).
-        self._load_context()
+        self._load_context(self._context_handover)
         yield Header()
         with Horizontal(id="sweep-body"):
             with VerticalScroll(id="sweep-form"):
@@ -239,7 +242,8 @@ class SweepScreen(StoreScreen):
                     "your unsaved form is back (ctrl+n clears it)"
                 )
                 self._back_shown = self.snapshot()
-                self._load_context()
+                self._context_handover = Future()
+                self._load_context(self._context_handover)
 
     def retarget(self, experiment_id: int | None = None, concept_id: int | None = None) -> None:
         """Open this experiment's draft in the kept builder (Home's E): its unsaved form if the
@@ -254,8 +258,8 @@ class SweepScreen(StoreScreen):
         """Fill the form as a newly opened builder does: context read in a thread, then
         _apply_context restores the draft or loads the experiment."""
         self._ready = False
-        self._loaded_context = None
-        self._load_context()
+        self._context_handover = Future()
+        self._load_context(self._context_handover)
 
     def on_resize(self, event) -> None:
         # Textual sends a screen a Resize right after laying it out for the first time, at the
@@ -269,8 +273,8 @@ class SweepScreen(StoreScreen):
     def on_mount(self) -> None:
         self._fields = fields_by_name(self)  # fixed once composed; looked up on every keystroke
         self._fields["name"].input.focus()
-        if self._loaded_context is not None:
-            self._apply_context(self._loaded_context)
+        if self._context_handover.done():
+            self._apply_context(self._context_handover.result())
 
     # ------------------------------------------------------------------ the unsaved form
     def snapshot(self) -> dict:
@@ -335,7 +339,7 @@ class SweepScreen(StoreScreen):
         self.query_one("#sweep-status", Static).update("")
 
     @work(thread=True)
-    def _load_context(self) -> None:
+    def _load_context(self, handover: Future) -> None:
         from store.queries import get_experiment, list_concepts, recent_run_costs
 
         store = self.store
@@ -344,8 +348,9 @@ class SweepScreen(StoreScreen):
 
         workers = max(1, len([w for w in list_workers(store) if w.status != "stopped"]))
         exp = get_experiment(store, self.experiment_id) if self.experiment_id else None
-        self._loaded_context = self.Context(list_concepts(store), exp, spr, workers)
-        self.post_message(self._loaded_context)
+        context = self.Context(list_concepts(store), exp, spr, workers)
+        handover.set_result(context)
+        self.post_message(context)
 
     def on_sweep_screen_context(self, message: Context) -> None:
         if message is self._applied_context:  # on_mount filled the form in with it already

@@ -8,6 +8,7 @@ cells are forced there. MTP_IMAGE=auto|halfcell|unicode|sixel|tgp overrides the 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image as PILImage
@@ -110,15 +111,12 @@ def load_thumbnail(path: Path | None) -> tuple[PILImage.Image | None, str]:
 class ArtifactImage(Vertical):
     """A captioned picture; `show_path` / `show_image` swap its content."""
 
+    @dataclass(eq=False)  # a message is itself: identity, not field equality
     class Loaded(Message):
-        def __init__(
-            self, target: ArtifactImage, image: PILImage.Image | None, reason: str, token: int
-        ):
-            super().__init__()
-            self.target = target
-            self.image = image
-            self.reason = reason
-            self.token = token
+        target: ArtifactImage
+        image: PILImage.Image | None
+        reason: str
+        token: int
 
     def __init__(self, caption: str = "", **kwargs):
         super().__init__(**kwargs)
