@@ -1,4 +1,4 @@
-"""Aggregate and grid planning on a large experiment (issue 10 items 5 and 6).
+"""Aggregate and grid planning on a large experiment.
 
     .venv/bin/python benchmarks/bench_aggregate.py [--runs 100000]
 

@@ -1,4 +1,4 @@
-"""Crash and fault survival of real `mtp-engine --backend fake` processes (issue 11).
+"""Crash and fault survival of real `mtp-engine --backend fake` processes.
 
 1. Random SIGKILLs at any moment (start-up, claim, generation, between artifact write and
    commit) with the DEFAULT attempt limit, then one `--once` engine drains what is left.

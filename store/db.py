@@ -148,18 +148,18 @@ class AddColumn:
 # Each migration upgrades from version N-1 to N; keep them additive so no data is lost.
 MIGRATIONS: dict[int, list[str | Only | AddColumn]] = {
     2: [
-        # issue 14: the inversion guidance of each run; every inversion before it ran at 1.0
+        # the inversion guidance of each run (a sweep field); every inversion before it ran at 1.0
         AddColumn("run", "inversion_guidance", "FLOAT"),
         "UPDATE run SET inversion_guidance = 1.0 WHERE invert AND source_image IS NOT NULL",
-        # issue 12: seeds are 64-bit (SQLite's INTEGER already is; PostgreSQL made it int4).
+        # seeds are 64-bit (SQLite's INTEGER already is; PostgreSQL made it int4).
         Only("postgresql", "ALTER TABLE run ALTER COLUMN seed TYPE BIGINT"),
-        # issue 10: "not scored" reason and the engine session of a run (the new tables
-        # enginesession and scorerequest are created by create_all below).
+        # "not scored" reason and the engine session of a run (the new tables enginesession and
+        # scorerequest are created by create_all below).
         AddColumn("run", "score_error", "TEXT"),
         AddColumn("run", "session_id", "INTEGER"),
-        # issue 13: the runs browser counts marked runs on every page load
+        # the runs browser counts marked runs on every page load
         "CREATE INDEX IF NOT EXISTS ix_run_marked ON run (marked)",
-        # issue 11: engine deaths while a run was being generated (attempts only count claims)
+        # engine deaths while a run was being generated (attempts only count claims)
         AddColumn("run", "crashes", "INTEGER NOT NULL DEFAULT 0"),
     ],
     3: [

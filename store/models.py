@@ -115,7 +115,7 @@ class Run(SQLModel, table=True):
     source_prompt: str = ""
     source_image: str | None = None
     invert: bool = False
-    # classifier-free guidance of the DDIM inversion (issue 14); NULL when the source is generated
+    # classifier-free guidance of the DDIM inversion, a sweep field; NULL for a generated source
     inversion_guidance: float | None = None
     seed: int = Field(default=0, index=True, sa_type=BigInteger)  # 64-bit: 0 .. 2**63-1
     num_steps: int = 50

@@ -299,7 +299,7 @@ def complete_runs(store: Store, worker_id: str, results: Sequence[dict[str, Any]
                 continue
             run.status = RunStatus.DONE
             run.error = None
-            # issue 10: why a done run has no scores (NULL when scored), and what generated it
+            # why a done run has no scores (NULL when scored), and what generated it
             run.score_error = r.get("score_error")
             run.session_id = r.get("session_id", run.session_id)
             for name in (

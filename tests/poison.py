@@ -1,5 +1,5 @@
 """Image files that must never stall an engine: a decompression bomb, an oversized image, a
-truncated file, text, an empty file (issue 11). Shared by the store and engine tests."""
+truncated file, text, an empty file. Shared by the store and engine tests."""
 
 from __future__ import annotations
 

@@ -277,7 +277,8 @@ def runs_query(store: Store, experiment_id: int, scale: str = "raw"):
         scaled_sql(pivot.c[f"s{i}"], scale, metric=m).label(score_header(m, b))
         for i, (m, b) in enumerate(pairs)
     ]
-    # issue 10: what generated each run (library versions, model identity, dtype, device).
+    # What generated each run (library versions, model identity, dtype, device), so an exported
+    # score can be traced to the setup that produced it.
     from store.scoring import SCORER_EXPORT_COLUMNS, SESSION_EXPORT_COLUMNS
 
     sess = EngineSession.__table__

@@ -1,6 +1,6 @@
 """The worker under bad input and a bad machine, in process: poison images fail only their own
 runs, failures are per run and per concept, and a full, read-only or unwritable store pauses
-the engine without losing or failing a run (issue 11)."""
+the engine without losing or failing a run."""
 
 from __future__ import annotations
 
@@ -186,7 +186,7 @@ def test_mixed_concept_batch_with_one_bad_concept(store, tmp_path):
     backend = FakeBackend()
     drain(store, backend, max_batch=8)
     assert len(backend.calls) == 1 and len(backend.calls[0][1]) == 4  # both concepts in one batch
-    # Scoring A failed: A's runs keep their images, done and "not scored" with the reason (issue 10);
+    # Scoring A failed: A's runs keep their images, done and "not scored" with the reason;
     # B's runs are untouched by A's error.
     assert all(
         r.status == RunStatus.DONE and r.score_error.startswith("reference image")

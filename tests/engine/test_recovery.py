@@ -394,7 +394,7 @@ def test_an_engine_on_a_folder_that_is_not_the_databases_refuses_to_start(store,
     assert {r.status for r in runs_of(store)} == {RunStatus.QUEUED}  # it took nothing
 
 
-# ------------------------------------------------------------------ issue 11: crashes and faults
+# ------------------------------------------------------------------ crashes and faults
 def test_random_sigkills_with_the_default_attempt_limit_lose_and_double_nothing(store, tmp_path):
     import random
 

@@ -1,6 +1,6 @@
-"""Scoring without regenerating (issue 10 items 3, 4, 8): runs that could not be scored keep
-their images, `mtp score` requests are worked by an engine, idempotent, and runs record the
-engine session that made them."""
+"""Scoring without regenerating: runs that could not be scored keep their images, `mtp score`
+requests are worked by an engine, idempotent, and runs record the engine session that made
+them."""
 
 from __future__ import annotations
 

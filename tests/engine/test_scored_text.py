@@ -7,7 +7,7 @@ import pytest
 from engine.scoring import scored_text
 
 CASES = [
-    # the defects of issue 10, item 1
+    # what plain substring replacement got wrong: words containing the token, a doubled class word
     ("a sks dog doing tasks", "sks", "dog", "a dog doing tasks"),
     ("who asks", "sks", "dog", "who asks"),
     ("<new1> dogs", "<new1>", "dog", "dogs"),

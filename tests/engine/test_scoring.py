@@ -215,7 +215,7 @@ def test_embedding_cache_is_bounded_and_batched():
     assert cache.misses == 4 and calls[-1] == [98]
 
 
-# ---------------------------------------------------------------- backbone identity (issue 10, item 2)
+# ---------------------------------------------------------------- backbone identity
 def _activations(model) -> set[str]:
     return {type(blk.mlp.gelu).__name__ for blk in model.visual.transformer.resblocks}
 

@@ -152,7 +152,7 @@ def test_generation_errors_fail_only_their_batch(store):
 
 
 def test_unreadable_source_image_fails_with_its_path(store, tmp_path):
-    # Issue 11: a bad source image is now refused at creation, so break the stored copy after.
+    # A bad source image is refused at creation, so break the stored copy after.
     good = tmp_path / "good.png"
     Image.new("RGB", (64, 64), "red").save(good)
     exp = make_exp(store, source_image=str(good), invert=True)
@@ -342,7 +342,7 @@ def test_unreadable_reference_image_leaves_the_run_done_and_not_scored(store, tm
     exp = save_experiment(store, "refs", spec, concept_id=concept.id, queue=True)
     drain(store, FakeBackend())
     (run,) = runs_of(store, exp.id)
-    # issue 10: the image is good, so the run is done with it; only scoring it failed.
+    # The image is good, so the run is done with it; only scoring it failed.
     assert run.status == RunStatus.DONE and run.error is None
     assert (store.home.root / run.image_path).is_file()
     assert str(copied) in run.score_error and run.score_error.startswith("reference image")

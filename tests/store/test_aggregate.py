@@ -111,7 +111,7 @@ def test_stat_matches_hand_computation():
     assert st.mean == pytest.approx(0.30)
     assert st.std == pytest.approx(math.sqrt(0.0008 / 3))
     assert st.sem == pytest.approx(math.sqrt(0.0008 / 3) / 2)
-    # Issue 10 item 5: with one value std/SEM are undefined (NaN, shown as "–"), not a real-looking 0.
+    # With one value std/SEM are undefined (NaN, shown as "–"), not a real-looking 0.
     one = stat([0.5])
     assert (one.n, one.mean) == (1, 0.5) and math.isnan(one.std) and math.isnan(one.sem)
 
@@ -319,7 +319,7 @@ def test_unknown_parameter_and_empty_experiment(store):
         aggregate(store, exp_id, "id; drop table run")
 
 
-# ---------------------------------------------------------------- issue 10 item 5: honest aggregates
+# ---------------------------------------------------------------- honest aggregates
 def unbalanced(store):
     """Two concepts; final_step 20 reached by concept A only; clip_i_ref missing for concept B
     (no reference images). Two seeds per cell, one baseline per concept and seed."""

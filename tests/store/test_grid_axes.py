@@ -1,5 +1,5 @@
-"""Image grids with X/Y/Z axes and pinned values (issue 10 item 6), checked on pixels: every run
-has its own solid colour, so a cell's centre says which run it shows."""
+"""Image grids with X/Y/Z axes and pinned values, checked on pixels: every run has its own
+solid colour, so a cell's centre says which run it shows."""
 
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
-"""The grid plan's one-pass placement (issue 13 item 9) checked cell by cell against the rule it
-implements, enumerated per cell: a cell shows the first run in sweep order that fits it (pins,
-panel, row, column), preferring one with an image; ``ambiguous`` counts the extra fitting runs;
-sources are shown along rows or columns only where every cell of the line shares one source pass.
+"""The grid plan's one-pass placement (fast on large experiments) checked cell by cell against
+the rule it implements, enumerated per cell: a cell shows the first run in sweep order that
+fits it (pins, panel, row, column), preferring one with an image; ``ambiguous`` counts the
+extra fitting runs; sources are shown along rows or columns only where every cell of the line
+shares one source pass.
 The data set mixes mask on/off, baselines, duplicated cells, missing images and split sources."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Bad input gets a message, not a traceback; the data folder is private; exports and filters
-are safe with hostile text (issue 11, items 7 and 8)."""
+are safe with hostile text."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""Schema version 2 (issue 10): a version-1 database gains Run.score_error, Run.session_id and
-the enginesession / scorerequest tables, keeping its rows; version 3 adds the score sort index."""
+"""Schema version 2: a version-1 database gains Run.score_error, Run.session_id and the
+enginesession / scorerequest tables, keeping its rows; version 3 adds the score sort index."""
 
 from __future__ import annotations
 

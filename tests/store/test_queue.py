@@ -224,7 +224,8 @@ def _age_heartbeat(store, worker_id, seconds):
 
 
 def test_stale_heartbeat_requeues_then_fails_after_max_in_flight_deaths(store):
-    # Issue 11 changed this: only deaths with the run in flight count (Run.crashes), not claims.
+    # Only deaths with the run in flight count (Run.crashes), not claims: an engine killed while
+    # loading must not fail a run it merely claimed.
     make_exp(store, final_step="end", baseline=False)  # one run
     for attempt in (1, 2, 3):
         wid = q.register_worker(

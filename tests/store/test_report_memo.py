@@ -1,5 +1,6 @@
-"""Tables and grids kept between results-screen visits (issue 13 item 9): a kept result is what a
-fresh computation returns, and it is dropped as soon as runs, scores or image files change."""
+"""Tables and grids kept between results-screen visits (recomputing them made reopening slow):
+a kept result is what a fresh computation returns, and it is dropped as soon as runs, scores
+or image files change."""
 
 from __future__ import annotations
 

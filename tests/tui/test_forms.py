@@ -1,5 +1,5 @@
 """Forms never lose what was typed: no crash on odd error texts, drafts survive leaving the
-sweep builder, and letter keys typed on a form control never navigate away (issue 13)."""
+sweep builder, and letter keys typed on a form control never navigate away."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ def name(app) -> str:
 async def test_saving_a_concept_whose_image_was_deleted_reports_it_and_keeps_the_form(
     store, tmp_path
 ):
-    # The issue's steps: pick a reference image, delete the file, ctrl+s. The error text starts
+    # The failing steps: pick a reference image, delete the file, ctrl+s. The error text starts
     # with the image path, which used to become a CSS query and crash the app.
     image = write_png(tmp_path / "refs dir" / "my corgi [1].png")
     app = MtpApp(store)

@@ -1,5 +1,5 @@
 """Screens follow the engines without F5; destructive keys ask first; bulk actions act on the
-marked runs; experiments can be deleted (with their files) or archived (issue 13)."""
+marked runs; experiments can be deleted (with their files) or archived."""
 
 from __future__ import annotations
 

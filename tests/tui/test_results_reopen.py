@@ -1,6 +1,6 @@
-"""F7 reopens the results screen as it was left (issue 13 item 9: building its widgets again was
-most of its opening time), but never shows less than a new screen would: it follows Home's
-experiment and reloads when the store moved while it was away."""
+"""F7 reopens the results screen as it was left (building its widgets again was most of its
+opening time), but never shows less than a new screen would: it follows Home's experiment and
+reloads when the store moved while it was away."""
 
 from __future__ import annotations
 

@@ -50,7 +50,7 @@ async def test_runs_browser_filter_sort_page(store):
             pilot, lambda: screen.runs[0].id == min(r.id for r in runs), what="ascending"
         )
 
-        # Sort by a column picked by name with `s` (issue 13: no invisible column cursor).
+        # Sort by a column picked by name with `s`, so sorting needs no invisible column cursor.
         from tui.screens.pick import PickScreen
 
         await pilot.press("s")
@@ -173,7 +173,7 @@ async def test_compare_two_marked_runs(store):
 
 
 async def test_detail_says_a_done_run_is_not_scored_and_why(store):
-    """Issue 10: scoring that failed leaves the run done with its images; the app says so."""
+    """Scoring that failed leaves the run done with its images; the app says so."""
     from store.models import Run
 
     exp = seed_experiment(store)

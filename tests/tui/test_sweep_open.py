@@ -1,6 +1,6 @@
-"""What the sweep builder's fast open must not break (issue 13, item 9): a restored form shows its
-own values, real resizes still re-lay the form out, a restored draft is checked once, and
-the footer follows binding changes while skipping rebuilds that would show the same keys."""
+"""What the sweep builder's fast open must not break: a restored form shows its own values,
+real resizes still re-lay the form out, a restored draft is checked once, and the footer
+follows binding changes while skipping rebuilds that would show the same keys."""
 
 from __future__ import annotations
 
