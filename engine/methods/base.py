@@ -1,9 +1,8 @@
 """Step counting shared by every method's controller.
 
 A controller holds one generation's state; its processors read it. The step is counted by a
-UNet forward pre-hook, one per UNet call, so a method whose step makes more than one UNet call
-(ConsiStory's vanilla-query call) marks the extra call with ``repeat_step`` and the count stays
-one per denoising step.
+UNet forward pre-hook, one per pipeline UNet call; a method that makes more than one UNet
+evaluation per step (ConsiStory's vanilla-query call) makes the extra one inside that call.
 """
 
 from __future__ import annotations
@@ -15,17 +14,12 @@ class StepController:
     def __init__(self) -> None:
         self.armed = False
         self.step = -1
-        self.repeat_step = False
 
     def reset_steps(self) -> None:
         self.step = -1
-        self.repeat_step = False
 
     def begin_step(self) -> None:
         """Called before each UNet call."""
-        if self.repeat_step:
-            self.repeat_step = False
-            return
         self.step += 1
 
 

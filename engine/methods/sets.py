@@ -235,7 +235,7 @@ def generate_set(
             from engine.methods.consistory import run_consistory
 
             final, masks = run_consistory(
-                pipe, prompts, start, params, control, subject_words, common
+                pipe, prompts, start, params, control, subject_words, seed, common
             )
         else:
             raise ValueError(
