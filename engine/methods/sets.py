@@ -49,8 +49,13 @@ def image_seed(seed: int, index: int) -> int:
     return derive_seed(seed, "latent", index)
 
 
-def set_latents(pipe, n: int, seed: int, height: int, width: int) -> torch.Tensor:
-    """Initial latents of a set of n images, each from its own seeded generator."""
+def set_latents(
+    pipe, n: int, seed: int, height: int, width: int, indices: Sequence[int] | None = None
+) -> torch.Tensor:
+    """Initial latents of a set of n images, each from its own seeded generator.
+
+    indices: each row's index in the set (default 0..n-1), e.g. the runs' prompt_index when
+    some images of the set are not generated."""
     from diffusers.utils.torch_utils import randn_tensor
 
     unet = pipe.unet
@@ -68,7 +73,7 @@ def set_latents(pipe, n: int, seed: int, height: int, width: int) -> torch.Tenso
             device=device,
             dtype=unet.dtype,
         )
-        for i in range(n)
+        for i in (range(n) if indices is None else indices)
     ]
     return torch.cat(rows)
 
