@@ -26,6 +26,12 @@ The set is one UNet batch ``[uncond: 1..N, cond: 1..N]``. As the authors' code
   latent/2 down and up layers inside the image's mask where the neighbour distance is below Otsu's
   threshold: ``out = alpha*out[neighbour] + (1-alpha)*out``, images in order, in place.
 
+Anchor mode (``anchor_mode``): the first ``n_anchors`` images are generated alone (both passes),
+caching per layer and step their masked self-attention inputs and their injected outputs; each
+later image is then generated alone, its keys being its own followed by the anchors' cached
+tokens, its injection taking the nearest anchor pixels (the authors' ``run_anchor_generation`` /
+``run_extra_generation``).
+
 Draws (``draws``): "authors" takes the dropout from a torch generator seeded 0 for every pass
 (their ``torch.manual_seed(0)``), one ``rand((N, tokens))`` per resolution and step; "seeded"
 gives image i its own CPU generator seeded from (run seed, i, pass), so its dropout does not
@@ -37,7 +43,7 @@ from __future__ import annotations
 import copy
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -95,21 +101,48 @@ def nn_maps(features: torch.Tensor, masks: torch.Tensor, hw: tuple[int, int]):
     features: (N, C, h0, w0); masks: (N, h*w) bool at ``hw``. Returns (nn_map, nn_distances) of
     shape (N, N, h*w); distances are cosine distances, 2 outside j's mask, inf on the diagonal.
     """
-    n = features.shape[0]
+    return _nn(features, features, masks, hw, skip_self=True)
+
+
+def nn_to_anchors(features, anchor_features, anchor_masks, hw):
+    """Nearest neighbours of every pixel of each image among each anchor's masked pixels:
+    (N, N_anchors, h*w) maps and distances (the authors' ``anchor_nn_map``)."""
+    return _nn(features, anchor_features, anchor_masks, hw, skip_self=False)
+
+
+def _flat(features, hw):
     resized = F.interpolate(features, size=hw, mode="bilinear", align_corners=False)
-    flat = resized.permute(0, 2, 3, 1).reshape(n, hw[0] * hw[1], -1)
-    normed = F.normalize(flat, dim=-1)
+    flat = resized.permute(0, 2, 3, 1).reshape(features.shape[0], hw[0] * hw[1], -1)
+    return F.normalize(flat, dim=-1)
+
+
+def _nn(targets, sources, source_masks, hw, skip_self):
+    nt, ns = targets.shape[0], sources.shape[0]
+    tgt, src = _flat(targets, hw), _flat(sources, hw)
     tokens = hw[0] * hw[1]
-    nn_map = torch.empty(n, n, tokens, dtype=torch.long, device=features.device)
-    nn_dist = torch.full((n, n, tokens), float("inf"), dtype=features.dtype, device=features.device)
-    for i in range(n):
-        for j in range(n):
-            if i == j:
+    nn_map = torch.empty(nt, ns, tokens, dtype=torch.long, device=targets.device)
+    nn_dist = torch.full((nt, ns, tokens), float("inf"), dtype=targets.dtype, device=targets.device)
+    for i in range(nt):
+        for j in range(ns):
+            if skip_self and i == j:
                 continue
-            distances = 1 - normed[j] @ normed[i].T  # (source pixels of j, target pixels of i)
-            distances[~masks[j]] = 2.0
+            distances = 1 - src[j] @ tgt[i].T  # (source pixels of j, target pixels of i)
+            distances[~source_masks[j]] = 2.0
             nn_dist[i, j], nn_map[i, j] = torch.min(distances, dim=0)
     return nn_map, nn_dist
+
+
+@dataclass
+class AnchorCache:
+    """Anchor mode: what the anchors' generation leaves for the extra images.
+
+    inputs[(layer, step)]: the anchors' masked self-attention inputs per CFG half (halves, K, C);
+    outputs[(layer, step)]: the anchors' injected self-attention outputs (cond half);
+    mode "cache" while the anchors run, "inject" while an extra image reads them."""
+
+    inputs: dict = field(default_factory=dict)
+    outputs: dict = field(default_factory=dict)
+    mode: str = "cache"
 
 
 def anchor_mapping(n: int, n_anchors: int) -> torch.Tensor:
@@ -185,10 +218,19 @@ class ConsistoryController(StepController):
         pass_no,
         device,
         injector=None,
+        mapping=None,
+        anchor_cache=None,
+        image_indices=None,
     ):
+        """Start one pass. mapping: (n, n) bool, default ``anchor_mapping``; anchor_cache: anchor
+        mode's cache (mode "cache" for the anchors, "inject" for an extra image); image_indices:
+        each batch image's index in the set (its seeded dropout depends on it)."""
         self.n, self.halves, self.params = n, halves, params
         self.token_indices = token_indices
-        self.mapping = anchor_mapping(n, params.n_anchors).to(device)
+        self.mapping = (anchor_mapping(n, params.n_anchors) if mapping is None else mapping).to(
+            device
+        )
+        self.anchor_cache = anchor_cache
         self.steps = frozenset(s for s in steps if s >= 1)
         self.num_steps = num_steps
         self.blend_last = num_steps // 10
@@ -206,7 +248,7 @@ class ConsistoryController(StepController):
                 torch.Generator().manual_seed(
                     derive_seed(seed, "consistory", "dropout", pass_no, i)
                 )
-                for i in range(n)
+                for i in (range(n) if image_indices is None else image_indices)
             ]
         else:
             raise ValueError(f"draws must be seeded or authors, not {params.draws!r}")
@@ -301,6 +343,20 @@ class FeatureInjector:
             others = output[row][nearest, src_pixel][select]
             output[i][select] = self.alpha * others + (1 - self.alpha) * output[i][select]
 
+    def inject_anchors(self, output: torch.Tensor, anchor_outputs: torch.Tensor) -> None:
+        """Anchor mode: blend the anchors' cached outputs in (the authors' ``inject_anchors``);
+        nn maps are (N, N_anchors, tokens)."""
+        tokens = output.shape[1]
+        arange = torch.arange(tokens, device=output.device)
+        for i in range(output.shape[0]):
+            nearest = self.nn_dist[i].argmin(dim=0)
+            src_pixel = self.nn_map[i][nearest, arange]
+            src_dist = self.nn_dist[i][nearest, arange]
+            threshold = threshold_otsu(src_dist.cpu().numpy())
+            select = self.masks[i] & (src_dist < torch.as_tensor(threshold, device=src_dist.device))
+            others = anchor_outputs[nearest, src_pixel][select]
+            output[i][select] = self.alpha * others + (1 - self.alpha) * output[i][select]
+
 
 class SubjectMapRecorder:
     r"""
@@ -363,8 +419,34 @@ class SubjectSharedSelfAttnProcessor:
         key = attn.to_k(hidden_states)
         value = attn.to_v(hidden_states)
         query = attn.head_to_batch_dim(query).contiguous()
+        cache = c.anchor_cache if extend else None
+        if cache is not None and cache.mode == "cache":
+            # the anchors' subject tokens (self-attention inputs) per CFG half, for extra images
+            mask = c.last_mask_dropout[tokens]
+            cache.inputs[(self.layer, c.step)] = torch.stack(
+                [x[mask] for x in hidden_states.chunk(c.halves)]
+            )
         select = [c.key_selection(tokens, i) for i in range(c.n)] if extend else None
-        if extend and all(s is not None for s in select):
+        if cache is not None and cache.mode == "inject":
+            # an extra image (batch of one): its own keys followed by the anchors' subject keys
+            anchors = cache.inputs[(self.layer, c.step)]
+            anchor_keys, anchor_values = attn.to_k(anchors), attn.to_v(anchors)
+            key = torch.cat(
+                [
+                    torch.cat([k, anchor_keys[x][None]], dim=1)
+                    for x, k in enumerate(key.chunk(c.halves))
+                ]
+            )
+            value = torch.cat(
+                [
+                    torch.cat([v, anchor_values[x][None]], dim=1)
+                    for x, v in enumerate(value.chunk(c.halves))
+                ]
+            )
+            key = attn.head_to_batch_dim(key).contiguous()
+            value = attn.head_to_batch_dim(value).contiguous()
+            out = F.scaled_dot_product_attention(query, key, value, scale=attn.scale)
+        elif extend and all(s is not None for s in select):
             out = torch.empty_like(query)
             half = batch // c.halves
             for b in range(batch):
@@ -390,7 +472,14 @@ class SubjectSharedSelfAttnProcessor:
             and tokens == c.inject_tokens
             and injector.active(c.step)
         ):
-            injector.inject(out[batch // c.halves * (c.halves - 1) :], c.mapping)
+            cond = out[batch // c.halves * (c.halves - 1) :]
+            anchors = c.anchor_cache
+            if anchors is not None and anchors.mode == "inject":
+                injector.inject_anchors(cond, anchors.outputs[(self.layer, c.step)])
+            else:
+                injector.inject(cond, c.mapping)
+                if anchors is not None:
+                    anchors.outputs[(self.layer, c.step)] = cond
         if attn.residual_connection:
             out = out + residual
         return out / attn.rescale_output_factor
@@ -419,10 +508,6 @@ def run_consistory(pipe, prompts, start, params, control, subject_words, seed, c
     from engine.pipeline import _block_hw
 
     p = ConsistoryParams.from_dict(params)
-    if p.anchor_mode:
-        raise NotImplementedError(
-            "consistory anchor mode (extra images against cached anchors) is not implemented"
-        )
     words = list(subject_words or (control.mask.words if control is not None else ()))
     if not words:
         raise ValueError(
@@ -445,7 +530,7 @@ def run_consistory(pipe, prompts, start, params, control, subject_words, seed, c
     inject_layers = [
         li for li, b in enumerate(blocks) if b.startswith(("up_blocks.", "down_blocks."))
     ]
-    token_indices = subject_token_indices(pipe.tokenizer, prompts, words)
+    subject_token_indices(pipe.tokenizer, prompts, words)  # every prompt names the subject
     controller = ConsistoryController(
         shared, tokens_of, map_hw, res_hw, inject_tokens, inject_layers
     )
@@ -470,43 +555,80 @@ def run_consistory(pipe, prompts, start, params, control, subject_words, seed, c
         if controller.armed and controller.phase == "main" and controller.step == dift_step:
             features["dift"] = output[output.shape[0] // halves * (halves - 1) :].detach().clone()
 
-    def one_pass(pass_no, injector):
+    def one_pass(indices, pass_no, injector, cache=None, mapping=None):
+        batch = [prompts[i] for i in indices]
+        features.clear()
         controller.arm(
-            n=n,
+            n=len(batch),
             halves=halves,
             params=p,
-            token_indices=token_indices,
+            token_indices=subject_token_indices(pipe.tokenizer, batch, words),
             steps=steps,
             num_steps=num_steps,
             seed=seed,
             pass_no=pass_no,
             device=unet.device,
             injector=injector,
+            mapping=mapping,
+            anchor_cache=cache,
+            image_indices=indices,
         )
-        return run_pipe(pipe, prompts, start.clone(), **common)
+        return run_pipe(pipe, batch, start[list(indices)].clone(), **common)
 
+    def smoothed_dift():
+        if "dift" not in features:
+            raise RuntimeError("the DIFT features were not recorded (no UNet call at their step)")
+        return torch.stack([gaussian_smooth(x) for x in features["dift"]])
+
+    def generate(indices, caches=(None, None), mapping=None, anchors=None):
+        """Pass 1, then (with injection) pass 2; returns (latents, masks, pass-1 dift/masks)."""
+        final = one_pass(indices, 1, None, caches[0], mapping)
+        masks1 = controller.last_mask.get(inject_tokens)
+        feats = smoothed_dift() if p.inject else None
+        masks = masks1
+        if p.inject:
+            if anchors is None:
+                nn_map, nn_dist = nn_maps(feats, masks1, inject_hw)
+            else:
+                nn_map, nn_dist = nn_to_anchors(feats, anchors[0], anchors[1], inject_hw)
+            injector = FeatureInjector(
+                nn_map, nn_dist, masks1, p.inject_alpha, num_steps // 10, num_steps // 3
+            )
+            final = one_pass(indices, 2, injector, caches[1], mapping)
+            masks = controller.last_mask.get(inject_tokens)
+        return final, masks, feats, masks1
+
+    anchor_mode = p.anchor_mode and n > p.n_anchors
     hook = unet.up_blocks[0].register_forward_hook(dift_hook)
     unet.forward = forward
+    out_masks: list = [None] * n
+    finals: list = [None] * n
     try:
         with installed(unet, procs, controller):
-            final = one_pass(1, None)
-            masks = controller.last_mask.get(inject_tokens)
-            if p.inject:
-                if "dift" not in features:
-                    raise RuntimeError(
-                        "the DIFT features were not recorded (no UNet call at their step)"
-                    )
-                feats = torch.stack([gaussian_smooth(x) for x in features["dift"]])
-                nn_map, nn_dist = nn_maps(feats, masks, inject_hw)
-                injector = FeatureInjector(
-                    nn_map, nn_dist, masks, p.inject_alpha, num_steps // 10, num_steps // 3
-                )
-                final = one_pass(2, injector)
-                masks = controller.last_mask.get(inject_tokens)
+            if not anchor_mode:
+                final, masks, _, _ = generate(list(range(n)))
+                finals = list(final)
+                out_masks = [masks[i] if masks is not None else None for i in range(n)]
+            else:
+                # the anchors see each other (the authors' default all-ones mapping)
+                caches = (AnchorCache(), AnchorCache())
+                anchor_ids = list(range(p.n_anchors))
+                every = torch.ones(p.n_anchors, p.n_anchors, dtype=torch.bool)
+                final, masks, feats, masks1 = generate(anchor_ids, caches, every)
+                for k, i in enumerate(anchor_ids):
+                    finals[i] = final[k]
+                    out_masks[i] = None if masks is None else masks[k]
+                for cache in caches:
+                    cache.mode = "inject"
+                # extra images one at a time (the authors' batch of one) against the anchors
+                for i in range(p.n_anchors, n):
+                    final, masks, _, _ = generate([i], caches, None, anchors=(feats, masks1))
+                    finals[i] = final[0]
+                    out_masks[i] = None if masks is None else masks[0]
     finally:
         del unet.forward
         hook.remove()
-    out_masks = [
-        None if masks is None else masks[i].view(*inject_hw).float().cpu().numpy() for i in range(n)
+    mask_arrays = [
+        None if m is None else m.view(*inject_hw).float().cpu().numpy() for m in out_masks
     ]
-    return final, out_masks
+    return torch.stack(finals), mask_arrays

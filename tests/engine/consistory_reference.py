@@ -28,7 +28,11 @@ def run_authors_batch(
     perform_injection,
     n_anchors=2,
     threshold_otsu=None,
+    mode="batch",
+    caches=None,
 ):
+    """mode "batch": run_batch_generation; "anchors": run_anchor_generation (returns its two
+    AnchorCaches in ``store.caches``); "extra": run_extra_generation against ``caches``."""
     cs = oracles.consistory(threshold_otsu)
     ptp, utils, procs, general = cs.ptp, cs.utils, cs.procs, cs.general
     unet = pipe.unet
@@ -55,14 +59,22 @@ def run_authors_batch(
     for i, token_id in enumerate(concept_ids):
         rows, cols = torch.where(ids == token_id)
         token_indices[i, rows] = cols
-    mapping = torch.eye(n, dtype=torch.bool)
-    mapping[:, :n_anchors] = True
     store_kwargs = {
         "token_indices": token_indices,
         "mask_dropout": mask_dropout,
-        "extended_mapping": mapping,
         "attn_res": (low, low),
     }
+    if mode == "batch":
+        mapping = torch.eye(n, dtype=torch.bool)
+        mapping[:, :n_anchors] = True
+        store_kwargs["extended_mapping"] = mapping
+    if mode == "anchors":
+        caches = (utils["AnchorCache"](), utils["AnchorCache"]())
+    elif mode == "extra":
+        for cache in caches:
+            cache.set_mode_inject()
+    else:
+        caches = (None, None)
     qs_kwargs = {"t_range": [0, n_steps // 10], "strength_start": 0.9, "strength_end": 0.81836735}
     ext_kwargs = {"extend_kv_unet_parts": ["up"], "t_range": [(1, n_steps)]}
 
@@ -90,7 +102,7 @@ def run_authors_batch(
 
     handle = unet.up_blocks[0].register_forward_hook(hook)
 
-    def one_pass(injector):
+    def one_pass(injector, cache):
         sched = pipe.scheduler
         sched.set_timesteps(n_steps, device=device)
         store = store_cls(store_kwargs)
@@ -127,7 +139,7 @@ def run_authors_batch(
                     "perform_extend_attn": True,
                     "record_attention": True,
                     "feature_injector": injector,
-                    "anchors_cache": None,
+                    "anchors_cache": cache,
                 },
                 return_dict=False,
             )[0]
@@ -139,14 +151,24 @@ def run_authors_batch(
         return lat, store
 
     try:
-        final, store = one_pass(None)
+        final, store = one_pass(None, caches[0])
+        last_masks = store.last_mask
+        feats = dift["261_0"][n:]
+        feats = torch.stack([general["gaussian_smooth"](x, kernel_size=3, sigma=1) for x in feats])
+        if mode == "anchors":
+            caches[0].dift_cache, caches[0].anchors_last_mask = feats, last_masks
         if perform_injection:
-            last_masks = store.last_mask
-            feats = dift["261_0"][n:]
-            feats = torch.stack(
-                [general["gaussian_smooth"](x, kernel_size=3, sigma=1) for x in feats]
-            )
-            nn_map, nn_dist = general["cyclic_nn_map"](feats, last_masks, [low, high], device)
+            if mode == "extra":
+                nn_map, nn_dist = general["anchor_nn_map"](
+                    feats,
+                    caches[0].dift_cache,
+                    last_masks,
+                    caches[0].anchors_last_mask,
+                    [low, high],
+                    device,
+                )
+            else:
+                nn_map, nn_dist = general["cyclic_nn_map"](feats, last_masks, [low, high], device)
             injector = utils["FeatureInjector"](
                 nn_map,
                 nn_dist,
@@ -157,9 +179,10 @@ def run_authors_batch(
                 dist_thr="dynamic",
             )
             injector.inject_res = [high]
-            final, store = one_pass(injector)
+            final, store = one_pass(injector, caches[1])
     finally:
         handle.remove()
         store_cls.__init__ = original_init
         unet.set_attn_processor(saved)
+    store.caches = caches
     return final, store

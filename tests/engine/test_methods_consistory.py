@@ -92,6 +92,45 @@ def test_equals_the_authors_code(pipe, inject):
     assert np.array_equal(masks, store.last_mask[4].cpu().numpy())
 
 
+@pytest.mark.parametrize("inject", [False, True])
+def test_anchor_mode_equals_the_authors_code(pipe, inject):
+    """run_anchor_generation on the two anchors, then run_extra_generation per extra image."""
+    from tests.engine.consistory_reference import run_authors_batch
+
+    prompts = PROMPTS + ["a corgi in a forest"]
+    lat = _lat(4, 64)
+    kw = dict(
+        n_steps=50,
+        guidance=5.0,
+        mask_dropout=0.0,
+        perform_injection=inject,
+        threshold_otsu=threshold_otsu,
+    )
+    refs = []
+    anchors, store = run_authors_batch(pipe, prompts[:2], "corgi", lat[:2], mode="anchors", **kw)
+    refs.append(anchors)
+    for i in (2, 3):
+        extra, _ = run_authors_batch(
+            pipe,
+            prompts[i : i + 1],
+            "corgi",
+            lat[i : i + 1],
+            mode="extra",
+            caches=store.caches,
+            **kw,
+        )
+        refs.append(extra)
+    ours = _set(
+        pipe,
+        prompts,
+        lat,
+        steps=50,
+        scheduler=_leading(),
+        params=dict(inject=inject, mask_dropout=0.0, draws="authors", anchor_mode=True),
+    )
+    torch.testing.assert_close(ours.final_latents, torch.cat(refs), rtol=0, atol=1e-5)
+
+
 def test_otsu_matches_scikit_image_on_float32():
     rng = np.random.default_rng(0)
     values = np.concatenate([rng.normal(0.2, 0.05, 300), rng.normal(0.8, 0.05, 100)]).astype(
@@ -173,5 +212,11 @@ def test_properties_without_the_authors_code(pipe):
     a = _set(pipe, PROMPTS, lat, params=drop).final_latents
     assert torch.equal(a, _set(pipe, PROMPTS, lat, params=drop).final_latents)
     assert not torch.equal(a, _set(pipe, PROMPTS, lat, params=drop, seed=2).final_latents)
-    with pytest.raises(NotImplementedError, match="anchor mode"):
-        _set(pipe, PROMPTS, lat, params=dict(anchor_mode=True))
+    # anchor mode: the anchors do not depend on the extra images, which run one at a time
+    anchored = dict(mask_dropout=0.0, inject=False, anchor_mode=True)
+    four = _set(pipe, PROMPTS + ["a corgi in a forest"], _lat(4, 64), params=anchored)
+    three = _set(pipe, PROMPTS, lat, params=anchored)
+    torch.testing.assert_close(four.final_latents[:3], three.final_latents, rtol=1e-4, atol=1e-5)
+    # without dropout an extra image sees what it sees in batch mode (own tokens and the
+    # anchors' subject tokens), so anchor mode reproduces the batch
+    torch.testing.assert_close(three.final_latents, shared.final_latents, rtol=1e-4, atol=1e-4)
