@@ -53,6 +53,7 @@ from store.queue import (
     run_origins,
     unfail_runs,
 )
+from store.sweep.methods import SET_METHODS, decode_params
 
 from . import artifacts
 from .artifacts import write_run_artifacts
@@ -634,6 +635,12 @@ class Worker:
                 self._fail(ids, f"source image {problem}")
                 return
 
+        # Runs from before the method column read as MasaCtrl.
+        method = getattr(first, "method", None) or "masactrl"
+        if method in SET_METHODS:
+            self._process_set(source, runs, method)
+            return
+
         targets: list[TargetJob] = []
         by_id = {r.id: r for r in runs}
         for run in runs:
@@ -709,6 +716,71 @@ class Worker:
                 self._fail([t.run_id for t in chunk], shown_error(exc), exc)
                 pending = pending[len(chunk) :]
 
+    def _process_set(self, source: SourceJob, runs: list[Run], method: str) -> None:
+        """A group of a set method is one set: generated whole, never split (an OOM fails the
+        set with a message instead of halving it)."""
+        ids = [r.id for r in runs]
+        try:
+            targets = sorted(
+                (self._set_target(run, method) for run in runs), key=lambda t: t.prompt_index
+            )
+        except (ControlError, RunError, ValueError) as exc:
+            self._fail(ids, f"invalid {method} set: {exc}")
+            return
+        by_id = {r.id: r for r in runs}
+        try:
+            self._run_chunk(source, targets, by_id, as_set=True)
+        except (Interrupted, Cancelled) as exc:
+            if isinstance(exc, Interrupted):
+                raise
+            self._cancelled(ids)
+        except Exception as exc:
+            if systemic_reason(exc) is not None:
+                raise
+            if isinstance(exc, RunError):
+                self._fail(ids, str(exc))
+            elif is_oom(exc):
+                self.backend.after_oom()
+                self._fail(
+                    ids,
+                    f"out of memory generating a {method} set of {len(ids)} images at "
+                    f"{source.width}x{source.height} on {self.config.device}; a set is generated "
+                    f"whole, never split: use fewer prompts or a smaller size ({exc})",
+                )
+            else:
+                log.error("set %s failed:\n%s", ids, traceback.format_exc())
+                self._fail(ids, f"{type(exc).__name__}: {exc}")
+
+    def _set_target(self, run: Run, method: str) -> TargetJob:
+        params = decode_params(method, getattr(run, "method_params", "") or "")
+        control = None
+        # Neutral control columns mean the authors' choice (up-block layers, steps 1..end).
+        if not run.is_baseline and (
+            run.layers
+            or run.start_step
+            or run.final_step is not None
+            or (run.skip_interval or 1) > 1
+        ):
+            control = ControlSpec.from_fields(
+                layers=run.layers or "decoder",
+                start_step=run.start_step or 0,
+                final_step=run.final_step,
+                skip_interval=run.skip_interval,
+            )
+            blocks = self.backend.blocks()
+            if blocks:
+                control.validate(run.num_steps, blocks)
+        return TargetJob(
+            run.id,
+            run.target_prompt,
+            control,
+            method=method,
+            method_params=params,
+            prompt_index=int(run.prompt_index or 0),
+            subject_words=tuple((run.mask_words or "").split()),
+            is_baseline=bool(run.is_baseline),
+        )
+
     def _control_for(self, run: Run) -> ControlSpec | None:
         if run.is_baseline:
             return None
@@ -737,7 +809,13 @@ class Worker:
             spec.validate(run.num_steps, blocks, run.target_prompt, source)
         return spec
 
-    def _run_chunk(self, source: SourceJob, chunk: list[TargetJob], by_id: dict[int, Run]) -> None:
+    def _run_chunk(
+        self,
+        source: SourceJob,
+        chunk: list[TargetJob],
+        by_id: dict[int, Run],
+        as_set: bool = False,
+    ) -> None:
         ids = [t.run_id for t in chunk]
         self.progress.start(
             ids[0], source.num_steps, f"runs {ids[0]}..{ids[-1]} ({len(ids)} targets)"
@@ -759,7 +837,12 @@ class Worker:
 
         self.stats["generate_calls"] += 1
         artifacts.fault("generate", self.home.root)  # test faults (MTP_FAULT=oserror:FLAG)
-        result = self.backend.generate(source, chunk, on_step)
+        # A backend without set generation (the fake one) paints one image per run of the set.
+        generate_set = getattr(self.backend, "generate_set", None) if as_set else None
+        if generate_set is not None:
+            result = generate_set(source, chunk, on_step)
+        else:
+            result = self.backend.generate(source, chunk, on_step)
         elapsed = time.monotonic() - t0
         log.info(
             "generated %d target(s) in %.1fs (%.2f it/s)",

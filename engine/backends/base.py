@@ -8,7 +8,7 @@ A backend loads a model (`LoadKey`) and generates one shared-source batch (`Sour
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -82,10 +82,13 @@ class TargetJob:
     run_id: int
     prompt: str
     control: ControlSpec | None  # None: the no-control baseline
-    # The run's consistency method (store.sweep.methods); a set method's targets are one set,
-    # in prompt_index order.
+    # Set methods (store.sweep.methods.SET_METHODS): the runs of one group are one set, in
+    # prompt_index order; a baseline of a set method is generated plainly from the same latents.
     method: str = "masactrl"
+    method_params: dict = field(default_factory=dict)
     prompt_index: int = 0
+    subject_words: tuple[str, ...] = ()
+    is_baseline: bool = False
 
 
 class Backend(Protocol):

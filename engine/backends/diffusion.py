@@ -138,6 +138,46 @@ class PipelineBackend:
         except (NonFiniteLatents, ImageError, _CE) as exc:
             raise RunError(str(exc)) from None
 
+    def generate_set(self, source: SourceJob, targets: list[TargetJob], step_callback):
+        """One set of a set method (targets in prompt_index order), or its plain baseline.
+
+        Each image starts from the latent of its prompt_index (engine.methods.sets.image_seed),
+        so the baseline set and the method's set start from the same noise."""
+        from engine.control import ControlError as _CE
+        from engine.methods.sets import generate_set, set_latents
+        from engine.pipeline import NonFiniteLatents
+
+        first = targets[0]
+        method = "plain" if first.is_baseline else first.method
+        latents = set_latents(
+            self.pipe,
+            len(targets),
+            source.seed,
+            source.height,
+            source.width,
+            indices=[t.prompt_index for t in targets],
+        )
+        try:
+            result = generate_set(
+                self.pipe,
+                [t.prompt for t in targets],
+                method=method,
+                params=first.method_params,
+                control=first.control,
+                seed=source.seed,
+                num_steps=source.num_steps,
+                guidance=source.guidance,
+                latents=latents,
+                subject_words=list(first.subject_words) or None,
+                step_callback=step_callback,
+            )
+        except (NonFiniteLatents, _CE, ValueError, NotImplementedError) as exc:
+            raise RunError(f"{method}: {exc}") from None
+        return SetGeneration(
+            images=result.images,
+            masks=[None if m is None else {"target": m} for m in result.masks],
+        )
+
     def after_oom(self) -> None:
         self._free()
 
@@ -146,6 +186,17 @@ class PipelineBackend:
         torch = sys.modules.get("torch")
         if torch is not None and torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+
+class SetGeneration:
+    """A set's images in target order, shaped like engine.pipeline.GenerationResult for the
+    worker: no source image, each image's subject mask (consistory) as its target mask."""
+
+    def __init__(self, images: list, masks: list):
+        self.images = images
+        self.masks = masks
+        self.maps: list = [None] * len(images)
+        self.source_image = None
 
 
 def _same_path(model: str, folder: Path) -> bool:

@@ -125,7 +125,10 @@ class FakeBackend:
         # One image per target, a set's too: each run of a set gets its own image (and, for a
         # masked method, its own subject mask), as the real backend's generate_set returns them.
         for t in targets:
-            masked = t.control is not None and t.control.mask.enabled
+            # ConsiStory's own subject mask is part of the method, not of the control columns.
+            masked = (t.control is not None and t.control.mask.enabled) or (
+                t.method == "consistory" and not t.is_baseline
+            )
             m = np.linspace(0, 1, side * side, dtype=np.float32).reshape(side, side)
             masks.append({"source": m, "target": m[::-1].copy()} if masked else None)
             maps.append({w: m for w in t.prompt.split()[:3]} if masked else {})
