@@ -13,8 +13,6 @@ clip_sample=False, set_alpha_to_one=False)``, with ``ControlSpec(layers="10-15",
 from __future__ import annotations
 
 import json
-import math
-import numbers
 import string
 import warnings
 from collections.abc import Callable, Sequence
@@ -43,15 +41,15 @@ __all__ = [
 ]
 
 
-from .errors import EngineError
+from .errors import EngineError  # noqa: F401  (NonFiniteLatents' base, re-exported)
+from .sampling import NonFiniteLatents  # noqa: F401  (re-exported: callers import it from here)
+from .sampling import block_hw as _block_hw
+from .sampling import check_sampling as _check_sampling
+from .sampling import decode_latents as _decode
 
 
 class ModelNotFound(EngineError, ValueError):
     """The model folder or hub id cannot be loaded."""
-
-
-class NonFiniteLatents(EngineError, FloatingPointError):
-    """Latents became NaN/inf (typically fp16 overflow)."""
 
 
 @dataclass
@@ -205,17 +203,6 @@ def _map_size(spec: ControlSpec, latent_hw: tuple[int, int]) -> tuple[int, int]:
     return int(spec.mask.res), max(1, round(int(spec.mask.res) * lw / lh))
 
 
-def _block_hw(unet, path: str, latent_hw: tuple[int, int]) -> tuple[int, int]:
-    """Spatial size of a transformer block's tokens (each down block halves, up blocks restore)."""
-    n = len(unet.down_blocks)
-    head, index = path.split(".")[0], path.split(".")[1]
-    level = {"down_blocks": int(index) if index.isdigit() else 0, "mid_block": n - 1}.get(head)
-    if level is None:
-        level = n - 1 - int(index)
-    f = 2**level
-    return latent_hw[0] // f, latent_hw[1] // f
-
-
 def _map_layers(unet, blocks, chosen, latent_hw, map_size) -> frozenset[int]:
     """The chosen mask layers whose cross-attention maps have the map resolution."""
     at_res = frozenset(
@@ -269,38 +256,6 @@ def _row_control(pipe, spec, source_prompt, target_prompt, num_steps, blocks, ma
     row.src_tokens = tuple(sorted({i for v in src.values() for i in v}))
     row.word_tokens = {w: tuple(v) for w, v in tgt.items()}
     return row
-
-
-@torch.no_grad()
-def _decode(pipe, latents: torch.Tensor, chunk: int = 4) -> list:
-    vae = pipe.vae
-    upcast = vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False)
-    if upcast:
-        vae.to(torch.float32)
-    images = []
-    try:
-        for part in latents.split(chunk):
-            part = part.to(vae.dtype) / vae.config.scaling_factor
-            decoded = vae.decode(part, return_dict=False)[0]
-            images += pipe.image_processor.postprocess(
-                decoded, output_type="pil", do_denormalize=[True] * len(part)
-            )
-    finally:
-        if upcast:
-            vae.to(torch.float16)
-    return images
-
-
-def _check_sampling(num_steps, guidance) -> None:
-    # NaN compares False with everything, so unchecked it silently meant "no guidance".
-    if isinstance(num_steps, bool) or not isinstance(num_steps, numbers.Integral) or num_steps < 1:
-        raise ValueError(f"num_steps must be a whole number of at least 1, got {num_steps!r}")
-    if (
-        isinstance(guidance, bool)
-        or not isinstance(guidance, numbers.Real)
-        or not math.isfinite(guidance)
-    ):
-        raise ValueError(f"guidance must be a finite number, got {guidance!r}")
 
 
 def generate(

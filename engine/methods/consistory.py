@@ -506,7 +506,7 @@ def _dift_step(scheduler, num_steps: int) -> int:
 def run_consistory(pipe, prompts, start, params, control, subject_words, seed, common):
     """Both passes of ConsiStory on one set; returns (final latents, per-image masks)."""
     from engine.methods.masactrl import block_paths
-    from engine.methods.sets import (
+    from engine.methods.running import (
         _cfg,
         block_tokens,
         installed,
@@ -514,7 +514,7 @@ def run_consistory(pipe, prompts, start, params, control, subject_words, seed, c
         shared_layers,
         shared_steps,
     )
-    from engine.pipeline import _block_hw
+    from engine.sampling import block_hw as _block_hw
 
     p = ConsistoryParams.from_dict(params)
     words = list(subject_words or (control.mask.words if control is not None else ()))

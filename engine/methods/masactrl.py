@@ -245,6 +245,7 @@ class MutualAttentionController(StepController):
         if row.mask_mode == "off":
             return None
         if row.mask_mode == "image":
+            assert row.fixed_masks is not None  # an image mask comes with its two masks
             fg_s, fg_t = row.fixed_masks
         else:
             pair = self._auto_masks(r)
