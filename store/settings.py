@@ -64,6 +64,12 @@ class Settings(BaseSettings):
         0.0,
         description="tests: shift this process's clock by that many seconds (a wrong host clock)",
     )
+    oracle_storydiffusion: Path | None = Field(
+        None, description="tests: a checkout of HVision-NKU/StoryDiffusion to compare against"
+    )
+    oracle_consistory: Path | None = Field(
+        None, description="tests: a checkout of NVlabs/consistory to compare against"
+    )
     test_pg_url: str | None = Field(
         None, description="tests: an existing PostgreSQL server instead of a throwaway one"
     )

@@ -338,6 +338,14 @@ class _ControlledProcessor:
         self.original = original
 
 
+# The body of the controlled branch is adapted from
+# diffusers.models.attention_processor.AttnProcessor2_0.__call__ (diffusers 0.42.1), as diffusers
+# marks its own copies: everything but the K/V row selection and the masked SDPA calls is that
+# method's. `FOLLOWS` fingerprints the version followed; tests/engine/test_processors.py fails when
+# the installed diffusers' processor differs, so a change upstream is reviewed here.
+FOLLOWS = ("diffusers.models.attention_processor.AttnProcessor2_0.__call__", "9a92c1f4df7dcb66")
+
+
 class MutualSelfAttnProcessor(_ControlledProcessor):
     r"""
     Self-attention (attn1) processor implementing mutual self-attention for the rows the

@@ -14,7 +14,6 @@ names a checkout (a plain folder with the repository's files):
 from __future__ import annotations
 
 import ast
-import os
 import random
 import sys
 import types
@@ -27,8 +26,10 @@ import torch.nn.functional as F
 
 
 def oracle_root(name: str) -> Path:
+    from store.settings import settings
+
     var = f"MTP_ORACLE_{name.upper()}"
-    value = os.environ.get(var, "")
+    value = getattr(settings(), f"oracle_{name.lower()}") or ""
     if not value or not Path(value).is_dir():
         pytest.skip(f"{var} does not name a checkout of the authors' repository")
     return Path(value)

@@ -204,3 +204,35 @@ def test_block_paths_cover_sdxl_topology():
     assert block_paths(unet) == SDXL_BLOCKS and len(SDXL_BLOCKS) == 70
     install_control(unet)
     assert sum(isinstance(p, MutualSelfAttnProcessor) for p in unet.attn_processors.values()) == 70
+
+
+def test_the_adapted_diffusers_processor_is_the_one_installed():
+    """MutualSelfAttnProcessor adapts diffusers' AttnProcessor2_0.__call__: when the installed
+    diffusers' method differs (its code, not its comments or formatting), the copy must be
+    reviewed against it and FOLLOWS updated."""
+    import ast
+    import hashlib
+    import importlib
+    import inspect
+    import textwrap
+
+    import diffusers
+
+    from engine.methods.masactrl import FOLLOWS
+
+    dotted, fingerprint = FOLLOWS
+    module, cls, meth = dotted.rsplit(".", 2)
+    fn = getattr(getattr(importlib.import_module(module), cls), meth)
+    node = ast.parse(textwrap.dedent(inspect.getsource(fn))).body[0]
+    node.decorator_list = []
+    if (
+        node.body
+        and isinstance(node.body[0], ast.Expr)
+        and isinstance(node.body[0].value, ast.Constant)
+    ):
+        node.body = node.body[1:]  # the docstring
+    got = hashlib.sha256(ast.dump(node, annotate_fields=False).encode()).hexdigest()[:16]
+    assert got == fingerprint, (
+        f"diffusers {diffusers.__version__}: {dotted} changed; review "
+        "engine/methods/masactrl.MutualSelfAttnProcessor against it, then update FOLLOWS"
+    )
