@@ -175,10 +175,6 @@ class Stat:
     std: float  # sample standard deviation; NaN when n == 1 (undefined)
     sem: float  # NaN when n == 1
 
-    @property
-    def sem_text(self) -> str:
-        return fmt_number(self.sem)
-
 
 @dataclass(frozen=True)
 class Paired:
@@ -601,21 +597,6 @@ def iter_rows(store: Store, q, size: int = 10_000) -> Iterator[list]:
         cur.close()
     finally:
         raw.close()
-
-
-def _pick_backbones(store: Store, experiment_id: int, prefer: str | None) -> dict[str, str]:
-    """Per metric, the preferred backbone when it scored that metric, else the most used one."""
-    q = (
-        select(Score.metric, Score.backbone, func.count())
-        .join(Run, Run.id == Score.run_id)
-        .where(Run.experiment_id == experiment_id)
-        .group_by(Score.metric, Score.backbone)
-    )
-    counts: dict[str, Counter] = defaultdict(Counter)
-    with store.session() as s:
-        for metric, backbone, n in s.execute(q):
-            counts[metric][backbone] = n
-    return _choose_backbones(counts, prefer)
 
 
 def _choose_backbones(counts: Mapping[str, Counter], prefer: str | None) -> dict[str, str]:
