@@ -23,6 +23,13 @@ from ..widgets.footer import Footer
 from ..widgets.quiet import FormButton, FormCheckbox, FormSelect
 from ..widgets.safe_widgets import SafeTextArea
 from ._common import StoreScreen, duration
+from .sweep_form import (  # noqa: F401  (re-exported: callers import them from here)
+    BASE_NUMBERS,
+    PARAM_PREFIX,
+    BaseFieldError,
+    field_texts,
+    read_spec,
+)
 
 # spec field -> (label, placeholder hint)
 AXIS_LABELS = {
@@ -42,16 +49,6 @@ AXIS_LABELS = {
     "mask_words": ("Mask words", "words of the target prompt; '-' = all prompt tokens"),
     "mask_threshold": ("Mask threshold", "0-1 or otsu"),
 }
-BASE_NUMBERS = {
-    "num_steps": ("Steps", int),
-    "guidance": ("Guidance", float),
-    "width": ("Width", int),
-    "height": ("Height", int),
-}
-
-
-# Field names of method parameters: method_params.<method>.<parameter>, as SweepError names them.
-PARAM_PREFIX = "method_params."
 
 # Up to this many runs, the check as the builder opens expands the grid in place (~1 ms).
 INSTANT_CHECK_RUNS = 500
@@ -59,17 +56,6 @@ INSTANT_CHECK_RUNS = 500
 # Messages each form control sends when its value changes; setting the whole form at once
 # (a restored draft, a preset) holds them back and checks the form once.
 FORM_CHANGES = (Input.Changed, TextArea.Changed, Checkbox.Changed)
-
-
-from store.errors import InputError  # noqa: E402  (next to the class that needs it)
-
-
-class BaseFieldError(InputError):
-    """A base setting that is not a number; shaped like SweepError so the field shows it."""
-
-    def __init__(self, field: str, text: str, message: str):
-        super().__init__(f"{field}: {message}")
-        self.field, self.text, self.pos, self.message = field, text, -1, message
 
 
 def check_source_image(path: str) -> None:
@@ -407,11 +393,8 @@ class SweepScreen(StoreScreen):
     # ------------------------------------------------------------------ form <-> spec
     def set_spec(self, spec) -> None:
         with self.prevent(*FORM_CHANGES):  # one check for the whole form, by the caller
-            for f in self._fields.values():
-                if f.field_name == "name" or f.field_name.startswith(PARAM_PREFIX):
-                    continue
-                value = getattr(spec, f.field_name, None)
-                f.value = "" if value is None else str(value)
+            for name, text in field_texts(spec, self._fields).items():
+                self._fields[name].value = text
             self._fields["method"].parse()
             self._sync_param_fields()
             self._set_param_values(spec.method_params or {})
@@ -426,41 +409,15 @@ class SweepScreen(StoreScreen):
             f.parse() if f.axis else f.show_info("")
 
     def read_spec(self):
-        """The form as an ExperimentSpec; a non-number in a base field raises BaseFieldError."""
-        from store.sweep.spec import AXES, ExperimentSpec
-
-        values = {name: f.value for name, f in self._fields.items()}
-        spec = ExperimentSpec()
-        spec.source_prompt = values["source_prompt"]
-        spec.source_image = values["source_image"].strip() or None
-        spec.invert = bool(spec.source_image)
-        spec.model = values["model"].strip()
-        spec.target_prompts = [
-            p.strip()
-            for p in self.query_one("#target_prompts", TextArea).text.splitlines()
-            if p.strip()
-        ]
-        spec.baseline = self.query_one("#baseline", Checkbox).value
-        for name, (_, kind) in BASE_NUMBERS.items():
-            try:
-                setattr(spec, name, kind(values[name].strip()))
-            except ValueError:
-                raise BaseFieldError(
-                    name,
-                    values[name],
-                    f"{values[name]!r} is not a {'whole ' if kind is int else ''}number",
-                ) from None
-        for name in AXES:
-            setattr(spec, name, values[name])
-        spec.method_params = {
-            method: {
-                f.field_name[len(PARAM_PREFIX) + len(method) + 1 :]: f.value
-                for f in self._param_fields(method)
-            }
-            for method in self._chosen_methods()
-            if method in self._param_groups
-        }
-        return spec
+        """The form as an ExperimentSpec (sweep_form.read_spec); a non-number in a base field
+        raises BaseFieldError. Parameters count only for the methods chosen and shown."""
+        methods = [m for m in self._chosen_methods() if m in self._param_groups]
+        return read_spec(
+            {name: f.value for name, f in self._fields.items()},
+            self.query_one("#target_prompts", TextArea).text,
+            self.query_one("#baseline", Checkbox).value,
+            methods,
+        )
 
     # ------------------------------------------------------------------ method parameters
     def _chosen_methods(self) -> list[str]:
