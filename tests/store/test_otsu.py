@@ -88,9 +88,12 @@ def test_otsu_in_the_runs_filter_grammar_the_browser_and_mtp_show(store, capsys)
     from tui.screens.runs import parse_filter
 
     exp_id, runs = masked_sweep(store)
-    f = parse_filter("mask_threshold=otsu", exp_id)
-    assert f.equals == {"mask_threshold": OTSU}
-    assert list_runs(store, f)[1] == 2
+    otsu = {r.id for r in runs if r.mask_mode != "off" and r.mask_threshold is None}
+    for text in ("mask_threshold=otsu", "thr=OTSU"):
+        got, total = list_runs(store, parse_filter(text, exp_id))
+        assert total == 2 and {r.id for r in got} == otsu
+    got, total = list_runs(store, parse_filter("thr!=otsu mask!=off", exp_id))
+    assert total == 2 and all(r.mask_threshold == pytest.approx(0.2) for r in got)
     assert parse_filter("mask_threshold=0.2").equals == {"mask_threshold": 0.2}
     run = next(r for r in runs if r.mask_mode != "off" and r.mask_threshold is None)
     assert main(["--home", str(store.home.root), "show", str(run.id), "--no-image"]) == 0
