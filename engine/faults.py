@@ -249,33 +249,44 @@ class DatabaseFileWatch:
         except OSError as exc:
             return f"database file {path} cannot be examined: {exc.strerror or exc}"
         ident = (st.st_dev, st.st_ino)
-        opened = self._open_ids()
-        if opened is not None:
-            for name, ids in opened.items():
-                try:
-                    now = os.stat(name)
-                    current = (now.st_dev, now.st_ino)
-                except OSError:
-                    current = None
-                if current not in ids:
-                    what = "deleted" if current is None else "replaced by another file"
-                    if name.endswith("-wal"):
-                        self.wal_lost = True
-                    return (
-                        f"database file {name} was {what} while the engine had it open; other "
-                        f"processes cannot see what it writes now"
-                    )
+        lost = self._lost_file()
+        if lost:
+            return lost
         if self._known is None:
             self._known = ident
         elif self._known != ident:
             return f"database file {path} was replaced by another file while the engine had it open"
         if not _usable(path, st):
+            if not os.path.exists(path):
+                # deleted between the stat and the access check: say what happened
+                return self.problem()
             return (
                 f"database file {path} is no longer readable and writable (mode "
                 f"{stat.S_IMODE(st.st_mode):03o}): other processes cannot open it; restore its "
                 f"permissions"
             )
-        return _fresh_read(path)
+        unreadable = _fresh_read(path)
+        # The -wal may have gone between the look above and that read: name the cause.
+        return (self._lost_file() or unreadable) if unreadable else None
+
+    def _lost_file(self) -> str | None:
+        """Why, when a file this process has open at the database's paths is gone or replaced."""
+        opened = self._open_ids()
+        for name, ids in (opened or {}).items():
+            try:
+                now = os.stat(name)
+                current = (now.st_dev, now.st_ino)
+            except OSError:
+                current = None
+            if current not in ids:
+                what = "deleted" if current is None else "replaced by another file"
+                if name.endswith("-wal"):
+                    self.wal_lost = True
+                return (
+                    f"database file {name} was {what} while the engine had it open; other "
+                    f"processes cannot see what it writes now"
+                )
+        return None
 
 
 def _usable(path: str, st: os.stat_result) -> bool:

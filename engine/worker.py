@@ -224,6 +224,10 @@ class Worker:
         )
         self._resumed_at: float | None = None
         self._db_watch = DatabaseFileWatch(store)
+        # Held by the heartbeat's write and by the rescue of a deleted -wal: a heartbeat written
+        # into the old log while it is checkpointed, or through a connection opened on a new log
+        # beside it, leaves mtp.db damaged.
+        self._db_lock = threading.Lock()
         # The current streak of runs failed alike: (signature, experiment id, model, run id, error).
         self._streak: list[tuple[str, int, str, int, str]] = []
         self._done_at_resume = 0
@@ -329,7 +333,8 @@ class Worker:
             reason = self._db_watch.problem() or reason
         if self._db_watch.wal_lost:
             # First of all: the commits only this engine still sees go into mtp.db.
-            problem = self._db_watch.rescue_wal(self.store)
+            with self._db_lock:
+                problem = self._db_watch.rescue_wal(self.store)
             if problem:
                 log.error("engine commits in the deleted -wal not saved yet: %s", problem)
         self.fault = reason
@@ -380,13 +385,14 @@ class Worker:
             delay = min(delay, cap)
             if self.stop_event.wait(delay):
                 return False
-            problem = probe(
-                self.store,
-                self.home,
-                self._ballast if space else None,
-                watch=self._db_watch,
-                who=self.worker_id,
-            )
+            with self._db_lock:
+                problem = probe(
+                    self.store,
+                    self.home,
+                    self._ballast if space else None,
+                    watch=self._db_watch,
+                    who=self.worker_id,
+                )
             if problem is None and space and not self._ballast.fill():
                 problem = f"the disk of {self.home.root} is still (nearly) full"
             if problem is None:
@@ -569,16 +575,19 @@ class Worker:
                 problem = None
                 self._limited(logging.WARNING, "database file check failed: %r", exc)
             try:
-                heartbeat(
-                    self.store,
-                    self.worker_id,
-                    status=p.status,
-                    current_run_id=p.run_id,
-                    step=p.step,
-                    total_steps=p.total,
-                    its_per_s=p.its_per_s,
-                    message=p.message,
-                )
+                with self._db_lock:
+                    # With its -wal deleted, nothing but the rescue may write (see _db_lock).
+                    if not self._db_watch.wal_lost:
+                        heartbeat(
+                            self.store,
+                            self.worker_id,
+                            status=p.status,
+                            current_run_id=p.run_id,
+                            step=p.step,
+                            total_steps=p.total,
+                            its_per_s=p.its_per_s,
+                            message=p.message,
+                        )
             except Exception as exc:  # a busy or full database must not kill the thread
                 self._limited(logging.WARNING, "heartbeat failed: %s", exc)
                 # The loop pauses on it: an idle engine would otherwise never notice a full disk.

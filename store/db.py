@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -43,7 +44,7 @@ __all__ = [
     "describe_db_error",
 ]
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 BUSY_TIMEOUT_MS = 30_000
 ENV_DB_URL = "MTP_DB_URL"
 HOME_ID_KEY = "home_id"
@@ -94,6 +95,19 @@ def _sqlite_engine(url: str) -> Engine:
     engine = create_engine(
         url, connect_args={"check_same_thread": False, "timeout": BUSY_TIMEOUT_MS / 1000}
     )
+    path = make_url(url).database
+
+    @event.listens_for(engine, "do_connect")
+    def _open_existing(dialect, _record, _cargs, cparams):
+        # Once the schema is there (Store sets `exists`), a new connection only opens the file:
+        # one deleted under an engine stays gone, for the rescue copy to be moved back, instead
+        # of coming back empty under every process that connects next.
+        if not (path and path != ":memory:" and engine.info_exists):  # type: ignore[attr-defined]
+            return None
+        uri = "file:" + urllib.parse.quote(os.path.abspath(path)) + "?mode=rw"
+        return dialect.loaded_dbapi.connect(uri, uri=True, **cparams)
+
+    engine.info_exists = False  # type: ignore[attr-defined]
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn, _record):
@@ -188,6 +202,14 @@ MIGRATIONS: dict[int, list[str | Only | AddColumn]] = {
         # engines started as SLURM jobs record their job and node (NULL for engines started by hand)
         AddColumn("worker", "slurm_job_id", "VARCHAR"),
         AddColumn("worker", "slurm_node", "VARCHAR"),
+    ],
+    7: [
+        # benchmark studies: an experiment per suite unit (the tables suite, suiteunit and study
+        # are created by create_all below); experiments made by hand keep NULL
+        # (no REFERENCES: the tables they point at do not exist yet when this runs)
+        AddColumn("experiment", "study_id", "INTEGER"),
+        AddColumn("experiment", "unit_id", "INTEGER"),
+        "CREATE INDEX IF NOT EXISTS ix_experiment_study_id ON experiment (study_id)",
     ],
 }
 
@@ -296,6 +318,8 @@ class Store:
         _watch_writes(self.engine)
         try:
             self._migrate()
+            if self.is_sqlite:
+                self.engine.info_exists = True  # type: ignore[attr-defined]
         except DBAPIError as exc:
             self.engine.dispose()
             self._remove_new_file(new_file)
