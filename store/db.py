@@ -102,12 +102,12 @@ def _sqlite_engine(url: str) -> Engine:
         # Once the schema is there (Store sets `exists`), a new connection only opens the file:
         # one deleted under an engine stays gone, for the rescue copy to be moved back, instead
         # of coming back empty under every process that connects next.
-        if not (path and path != ":memory:" and engine.info_exists):  # type: ignore[attr-defined]
+        if not (path and path != ":memory:" and engine.info_exists):
             return None
         uri = "file:" + urllib.parse.quote(os.path.abspath(path)) + "?mode=rw"
         return dialect.loaded_dbapi.connect(uri, uri=True, **cparams)
 
-    engine.info_exists = False  # type: ignore[attr-defined]
+    engine.info_exists = False
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn, _record):
@@ -319,7 +319,7 @@ class Store:
         try:
             self._migrate()
             if self.is_sqlite:
-                self.engine.info_exists = True  # type: ignore[attr-defined]
+                self.engine.info_exists = True
         except DBAPIError as exc:
             self.engine.dispose()
             self._remove_new_file(new_file)

@@ -77,10 +77,55 @@ class Concept(SQLModel, table=True):
         self.ref_images_json = json.dumps(list(paths))
 
 
+class Suite(SQLModel, table=True):
+    """A benchmark suite as imported (`mtp suite import`): ConsiStory+, DreamBench or mtp's YAML."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(index=True, unique=True)
+    layout: str = ""  # consistory | dreambench | mtp (store.suites)
+    source: str = ""  # the file or folder it was read from, as given
+    prompt_rule: str = ""  # how each image's prompt was built from the unit's texts
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class SuiteUnit(SQLModel, table=True):
+    """One independent unit of a suite: a ConsiStory+ prompt set or a DreamBench subject."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    suite_id: int = Field(foreign_key="suite.id", index=True)
+    position: int = 0
+    name: str = ""
+    group_name: str = ""  # superclass (ConsiStory+) or class word (DreamBench): the breakdown
+    subject_prompt: str = ""
+    prompts_json: str = Field(default="[]", sa_column=Column(Text, nullable=False, default="[]"))
+    subject_words: str = ""  # the subject's words (ConsiStory's mask words come from them)
+    concept_id: int | None = Field(default=None, foreign_key="concept.id")
+    live: bool = False
+
+    @property
+    def prompts(self) -> list[str]:
+        return json.loads(self.prompts_json or "[]")
+
+
+class Study(SQLModel, table=True):
+    """A sweep over every unit of a suite: one experiment per unit, same grid and seeds."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(index=True, unique=True)
+    suite_id: int = Field(foreign_key="suite.id", index=True)
+    spec_json: str = Field(default="{}", sa_column=Column(Text, nullable=False, default="{}"))
+    reference: str = ""  # the configuration the leaderboard compares with ("" = the baseline)
+    priority: int = 0
+    created_at: datetime = Field(default_factory=utcnow)
+
+
 class Experiment(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     name: str = Field(index=True)
     concept_id: int | None = Field(default=None, foreign_key="concept.id", index=True)
+    # a study's experiment (one per suite unit); NULL for experiments made by hand
+    study_id: int | None = Field(default=None, foreign_key="study.id", index=True)
+    unit_id: int | None = Field(default=None, foreign_key="suiteunit.id")
     status: str = Field(default=ExperimentStatus.DRAFT, index=True)
     priority: int = 0  # higher runs first
     spec_json: str = Field(default="{}", sa_column=Column(Text, nullable=False, default="{}"))

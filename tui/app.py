@@ -25,6 +25,7 @@ SCREENS = {
     "runs": ("tui.screens.runs", "RunsScreen"),
     "results": ("tui.screens.results", "ResultsScreen"),
     "export": ("tui.screens.export", "ExportScreen"),
+    "leaderboard": ("tui.screens.leaderboard", "LeaderboardScreen"),
 }
 
 

@@ -19,6 +19,12 @@ COMMANDS: list[tuple[str, str, str, tuple]] = [
     ("Runs browser", "Filter, sort, tag and re-queue runs", "action_open", ("runs",)),
     ("Results", "Aggregate table, trade-off plot and image grid", "action_open", ("results",)),
     ("Export", "CSV of runs or summary, PNG plot or grid", "action_open", ("export",)),
+    (
+        "Leaderboard",
+        "A study's configurations over a suite's units, paired intervals",
+        "action_open",
+        ("leaderboard",),
+    ),
     ("Pause / resume queue", "Engines finish their current run, then wait", "toggle_pause", ()),
     ("Start engine (cpu)", "Start a detached engine on this machine", "start_engine", ("cpu",)),
     ("Start engine (cuda)", "Start a detached engine on the GPU", "start_engine", ("cuda",)),

@@ -38,12 +38,16 @@ KEYMAP: dict[str, list[Key]] = {
         Key("app.runs", "f6", "open('runs')", "Runs", show=False, priority=True),
         Key("app.results", "f7", "open('results')", "Results", show=False, priority=True),
         Key("app.export", "f8", "open('export')", "Export", show=False, priority=True),
+        Key(
+            "app.leaderboard", "f9", "open('leaderboard')", "Leaderboard", show=False, priority=True
+        ),
         Key("app.home_letter", "h", "go('home')", "Home", show=False),
         Key("app.concept_letter", "c", "go('concept')", "Concept", show=False),
         Key("app.sweep_letter", "n", "go('sweep')", "Sweep", show=False),
         Key("app.runs_letter", "r", "go('runs')", "Runs", show=False),
         Key("app.results_letter", "e", "go('results')", "Results", show=False),
         Key("app.export_letter", "x", "go('export')", "Export", show=False),
+        Key("app.leaderboard_letter", "l", "go('leaderboard')", "Leaderboard", show=False),
         Key("app.back", "escape", "back", "Back", show=False),
         Key("app.quit", "ctrl+q", "quit", "Quit", show=False, priority=True),
     ],
@@ -121,6 +125,14 @@ KEYMAP: dict[str, list[Key]] = {
     ],
     "export": [
         Key("export.go", "ctrl+s", "export", "Export"),
+    ],
+    "leaderboard": [
+        Key("leaderboard.grid", "enter", "open_grid", "Grid"),
+        Key("leaderboard.sort", "s", "next_sort", "Sort"),
+        Key("leaderboard.reference", "b", "set_reference", "Reference"),
+        Key("leaderboard.study", "o", "pick_study", "Study"),
+        Key("leaderboard.export", "ctrl+s", "export", "Export"),
+        Key("leaderboard.refresh", "f5", "refresh", "Refresh", show=False),
     ],
 }
 

@@ -586,7 +586,7 @@ def iter_rows(store: Store, q, size: int = 10_000) -> Iterator[list]:
             for chunk in conn.execution_options(stream_results=True).execute(q).partitions(size):
                 yield [tuple(row) for row in chunk]
         return
-    compiled = q.compile(dialect=store.engine.dialect)
+    compiled = q.compile(dialect=store.engine.dialect, compile_kwargs={"render_postcompile": True})
     params = [compiled.params[name] for name in compiled.positiontup]
     raw = store.engine.raw_connection()
     try:

@@ -12,6 +12,45 @@ from store.sweep.spec import AXES, PRESETS, ExperimentSpec
 from .out import echo, one
 
 
+def add_sweep_arguments(p: argparse.ArgumentParser, prompts: bool = True) -> None:
+    """The sweep's options (base settings and every axis), shared by `experiment create` and
+    `study create` (a study takes its prompts from the suite: ``prompts=False``)."""
+    p.add_argument("--model")
+    p.add_argument("--source-prompt")
+    p.add_argument("--source-image", help="a real image to invert as the source (DDIM inversion)")
+    p.add_argument(
+        "--invert",
+        action="store_true",
+        default=None,
+        help="invert --source-image (implied by it; stated for clarity)",
+    )
+    if prompts:
+        p.add_argument("--prompt", action="append", help="target prompt (repeatable)")
+    p.add_argument("--steps", type=int, dest="num_steps")
+    p.add_argument("--guidance", type=float)
+    p.add_argument("--size", type=int, help="width and height")
+    p.add_argument("--no-baseline", action="store_true", help="do not add no-control baseline runs")
+    helps = {
+        "method": "consistency method(s), a comma list swept like the seeds: "
+        "masactrl (default), consistent_sa, consistory",
+        "inversion_guidance": "classifier-free guidance while inverting --source-image, sweep grammar "
+        "(default 1 = none, the better-behaved choice; MasaCtrl's notebook: 7.5)",
+    }
+    for name in AXES:
+        p.add_argument(
+            "--" + name.replace("_", "-"),
+            dest=name,
+            help=helps.get(name, f"sweep grammar for {name}"),
+        )
+    p.add_argument(
+        "--param",
+        action="append",
+        metavar="METHOD.NAME=VALUES",
+        help="a method's own parameter in sweep grammar, e.g. consistory.mask_dropout=0,0.5 "
+        "(repeatable; unset ones keep the authors' defaults)",
+    )
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("init", help="create the data folder and database, print where they are")
     p.set_defaults(func=cmd_init, creates_home=True)
@@ -55,39 +94,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--preset", choices=sorted(PRESETS), help="start from one of the seed's four sweeps"
     )
     p.add_argument("--spec", help="a JSON file with ExperimentSpec fields")
-    p.add_argument("--model")
-    p.add_argument("--source-prompt")
-    p.add_argument("--source-image", help="a real image to invert as the source (DDIM inversion)")
-    p.add_argument(
-        "--invert",
-        action="store_true",
-        default=None,
-        help="invert --source-image (implied by it; stated for clarity)",
-    )
-    p.add_argument("--prompt", action="append", help="target prompt (repeatable)")
-    p.add_argument("--steps", type=int, dest="num_steps")
-    p.add_argument("--guidance", type=float)
-    p.add_argument("--size", type=int, help="width and height")
-    p.add_argument("--no-baseline", action="store_true", help="do not add no-control baseline runs")
-    helps = {
-        "method": "consistency method(s), a comma list swept like the seeds: "
-        "masactrl (default), consistent_sa, consistory",
-        "inversion_guidance": "classifier-free guidance while inverting --source-image, sweep grammar "
-        "(default 1 = none, the better-behaved choice; MasaCtrl's notebook: 7.5)",
-    }
-    for name in AXES:
-        p.add_argument(
-            "--" + name.replace("_", "-"),
-            dest=name,
-            help=helps.get(name, f"sweep grammar for {name}"),
-        )
-    p.add_argument(
-        "--param",
-        action="append",
-        metavar="METHOD.NAME=VALUES",
-        help="a method's own parameter in sweep grammar, e.g. consistory.mask_dropout=0,0.5 "
-        "(repeatable; unset ones keep the authors' defaults)",
-    )
+    add_sweep_arguments(p)
     p.add_argument("--queue", action="store_true", help="queue the runs now")
     p.add_argument("--dry-run", action="store_true", help="print the run count and write nothing")
     p.add_argument("--tags", default="")
@@ -247,22 +254,8 @@ def read_spec_file(path: str) -> ExperimentSpec:
         raise InputError(f"--spec: {path}: {exc}") from None
 
 
-def cmd_experiment_create(args, store) -> int:
-    from store.queries import get_concept, save_experiment
-    from store.sweep.spec import expand, source_prompt_for
-
-    concept_id = _concept_id(store, args.concept)
-    spec = ExperimentSpec()
-    if concept_id:
-        concept = get_concept(store, concept_id)
-        spec.model = concept.base_model
-        # Like the sweep builder: the source shows the concept's class, so mask words match it.
-        spec.source_prompt = source_prompt_for(concept.class_word) or spec.source_prompt
-    if args.spec:
-        spec = read_spec_file(args.spec)
-    if args.preset:
-        for k, v in PRESETS[args.preset].items():
-            setattr(spec, k, v)
+def apply_sweep_arguments(spec: ExperimentSpec, args) -> None:
+    """Set what was given on the command line (see add_sweep_arguments) on ``spec``."""
     for name in (
         "model",
         "source_prompt",
@@ -287,7 +280,7 @@ def cmd_experiment_create(args, store) -> int:
         except InputError as exc:
             raise InputError(f"source image: {exc}") from None
         spec.source_image = str(Path(spec.source_image).expanduser().resolve())
-    if args.prompt:
+    if getattr(args, "prompt", None):
         spec.target_prompts = args.prompt
     if args.size:
         spec.width = spec.height = args.size
@@ -301,6 +294,25 @@ def cmd_experiment_create(args, store) -> int:
             method, name, values = parse_param_option(option)
             params.setdefault(method, {})[name] = values
         spec.method_params = params
+
+
+def cmd_experiment_create(args, store) -> int:
+    from store.queries import get_concept, save_experiment
+    from store.sweep.spec import expand, source_prompt_for
+
+    concept_id = _concept_id(store, args.concept)
+    spec = ExperimentSpec()
+    if concept_id:
+        concept = get_concept(store, concept_id)
+        spec.model = concept.base_model
+        # Like the sweep builder: the source shows the concept's class, so mask words match it.
+        spec.source_prompt = source_prompt_for(concept.class_word) or spec.source_prompt
+    if args.spec:
+        spec = read_spec_file(args.spec)
+    if args.preset:
+        for k, v in PRESETS[args.preset].items():
+            setattr(spec, k, v)
+    apply_sweep_arguments(spec, args)
     if args.dry_run:
         concept = get_concept(store, concept_id) if concept_id else None
         echo(f"{len(expand(spec, concept))} runs")

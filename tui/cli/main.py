@@ -17,6 +17,7 @@ COMMAND_MODULES = [
     "tui.cli.queue",
     "tui.cli.score",
     "tui.cli.show",
+    "tui.cli.study",
 ]
 
 

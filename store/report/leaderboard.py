@@ -1,0 +1,427 @@
+"""A study's leaderboard: every configuration over the suite's independent units.
+
+The unit is the suite's unit (a ConsiStory+ prompt set, a DreamBench subject): a configuration's
+value on a unit is the mean over that unit's (prompt, seed) images, and only when every image of
+that configuration in that unit is scored (a partial unit would be another unit). Per metric a
+row shows the mean over units with a seeded percentile bootstrap interval over units (2000
+resamples, seed 0); the paired difference to the reference configuration over the units both
+have, its bootstrap interval and a two-sided Wilcoxon signed-rank p, Holm-adjusted across the
+configurations compared; a breakdown by the units' group (superclass, class word); the Pareto
+front of text alignment against consistency (DreamSim lower is better). Every number follows
+from the study's runs CSV (`export_study_runs_csv`); README "Leaderboard" gives the formulas.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from sqlalchemy import select
+
+from ..db import Store
+from ..errors import InputError
+from ..models import Experiment, Run, Score, Study, Suite, SuiteUnit
+from .aggregate import iter_rows, lower_is_better
+from .leaderboard_stats import PairedResult, holm, mean_interval, paired_difference, pareto_front
+
+# What defines a configuration: everything a study sweeps besides the unit, prompt and seed.
+CONFIG_COLUMNS = (
+    "method",
+    "method_params",
+    "is_baseline",
+    "layers",
+    "start_step",
+    "final_step",
+    "skip_interval",
+    "mask_mode",
+    "mask_layers",
+    "mask_threshold",
+    "mask_timing",
+    "inversion_guidance",
+)
+TEXT_METRIC = "clip_t"
+# Per layout: the metrics its papers report, the consistency metric of the Pareto front first.
+LAYOUT_METRICS = {
+    "consistory": ("clip_t", "clip_i_set", "dreamsim_set", "dino_set"),
+    "dreambench": ("clip_t", "clip_i_ref", "dino_ref", "dreamsim_ref"),
+    "mtp": ("clip_t", "clip_i_set", "clip_i_ref", "dino_ref", "dreamsim_set", "dreamsim_ref"),
+}
+UNIT_WORD = {"consistory": "set", "dreambench": "subject", "mtp": "unit"}
+SEED, RESAMPLES, LEVEL = 0, 2000, 0.95
+INTERVAL_TEXT = "95% percentile bootstrap over units (2000 resamples, seed 0)"
+TEST_TEXT = "two-sided Wilcoxon signed-rank over units, Holm-adjusted across configurations"
+
+
+@dataclass
+class MetricStat:
+    mean: float
+    low: float
+    high: float
+    n: int
+
+
+@dataclass
+class BoardRow:
+    key: tuple
+    label: str
+    method: str
+    is_baseline: bool
+    runs: int  # runs of this configuration in the study, any status
+    stats: dict[str, MetricStat] = field(default_factory=dict)
+    paired: dict[str, PairedResult] = field(default_factory=dict)
+    p_holm: dict[str, float] = field(default_factory=dict)
+    groups: dict[str, dict[str, tuple[float, int]]] = field(default_factory=dict)
+    pareto: bool = False
+    is_reference: bool = False
+
+    def value(self, metric: str) -> float:
+        st = self.stats.get(metric)
+        return st.mean if st else float("nan")
+
+
+@dataclass
+class Leaderboard:
+    study: str
+    suite: str
+    layout: str
+    unit_word: str
+    units: list[str]
+    unit_groups: list[str]
+    metrics: list[str]
+    backbones: dict[str, str]
+    rows: list[BoardRow]
+    reference: str
+    consistency_metric: str | None
+    # (config index, unit index) -> unit mean, per metric; NaN where the unit is incomplete
+    unit_values: dict[str, np.ndarray]
+    interval_text: str = INTERVAL_TEXT
+    test_text: str = TEST_TEXT
+
+    @property
+    def groups(self) -> list[str]:
+        return sorted(set(self.unit_groups))
+
+    def row(self, label: str) -> BoardRow:
+        return find_row(self.rows, label)
+
+
+def find_row(rows: list[BoardRow], ref: str) -> BoardRow:
+    """A configuration by label (any case) or by its number in the table (`#2`, 1-based)."""
+    text = (ref or "").strip()
+    if text.lstrip("#").isdigit():
+        i = int(text.lstrip("#")) - 1
+        if 0 <= i < len(rows):
+            return rows[i]
+    for r in rows:
+        if r.label.lower() == text.lower():
+            return r
+    known = "; ".join(f"#{i + 1} {r.label}" for i, r in enumerate(rows))
+    raise InputError(f"no configuration {text!r} in this study (configurations: {known})")
+
+
+# ---------------------------------------------------------------------------- labels
+def _params(raw: str) -> dict[str, str]:
+    try:
+        params = json.loads(raw) if raw else {}
+    except ValueError:
+        return {"params": raw}
+    return {f"param:{k}": f"{k}={v}" for k, v in sorted(params.items())}
+
+
+def _parts(key: tuple) -> dict[str, str]:
+    c = dict(zip(CONFIG_COLUMNS, key))
+    if c["is_baseline"]:
+        return {}
+    mask = ""
+    if c["mask_mode"] and c["mask_mode"] != "off":
+        thr = "otsu" if c["mask_threshold"] is None else f"{c['mask_threshold']:g}"
+        mask = f"mask {c['mask_mode']} {c['mask_layers']} thr={thr} {c['mask_timing']}"
+    return {
+        **_params(c["method_params"]),
+        "layers": c["layers"],
+        "steps": f"steps {c['start_step']}-{c['final_step']}",
+        "skip": f"skip {c['skip_interval']}",
+        "mask": mask,
+        "inversion": "" if c["inversion_guidance"] is None else f"inv {c['inversion_guidance']:g}",
+    }
+
+
+def config_labels(keys: list[tuple]) -> list[str]:
+    """Short unique labels: the method (`baseline` for its no-control rows), then only the parts
+    that differ between that method's configurations."""
+    parts = [_parts(k) for k in keys]
+    methods = [str(k[0]) for k in keys]
+    out = []
+    for i, key in enumerate(keys):
+        if key[2]:
+            out.append(f"{methods[i]} baseline")
+            continue
+        same = [parts[j] for j in range(len(keys)) if methods[j] == methods[i] and not keys[j][2]]
+        names = sorted({n for p in same for n in p})
+        varying = [n for n in names if len({p.get(n, "") for p in same}) > 1]
+        order = [n for n in parts[i] if n in varying]
+        out.append(" ".join([methods[i]] + [parts[i][n] for n in order if parts[i][n]]))
+    # configurations still alike (they differ only in what labels leave out): number them
+    seen: Counter = Counter(out)
+    count: Counter = Counter()
+    for i, text in enumerate(out):
+        if seen[text] > 1:
+            count[text] += 1
+            out[i] = f"{text} ({count[text]})"
+    return out
+
+
+# ---------------------------------------------------------------------------- gathering
+def _study_suite(store: Store, study_id: int) -> tuple[Study, Suite, list[SuiteUnit]]:
+    with store.session() as s:
+        study = s.get(Study, study_id)
+        if study is None:
+            raise InputError(f"study {study_id} does not exist")
+        suite = s.get(Suite, study.suite_id)
+        assert suite is not None
+        units = list(
+            s.execute(
+                select(SuiteUnit).where(SuiteUnit.suite_id == suite.id).order_by(SuiteUnit.position)
+            ).scalars()
+        )
+    return study, suite, units
+
+
+def _run_query(study_id: int):
+    cols = [Run.id, Experiment.unit_id] + [getattr(Run, c) for c in CONFIG_COLUMNS]
+    return (
+        select(*cols)
+        .join(Experiment, Experiment.id == Run.experiment_id)
+        .where(Experiment.study_id == study_id)
+    )
+
+
+def _score_query(study_id: int, metrics: tuple[str, ...]):
+    return (
+        select(Score.run_id, Score.metric, Score.backbone, Score.value)
+        .join(Run, Run.id == Score.run_id)
+        .join(Experiment, Experiment.id == Run.experiment_id)
+        .where(Experiment.study_id == study_id, Score.metric.in_(metrics))
+    )
+
+
+def build_leaderboard(
+    store: Store,
+    study_id: int,
+    *,
+    reference: str | None = None,
+    metrics: tuple[str, ...] | None = None,
+    backbone: str | None = None,
+) -> Leaderboard:
+    """The table of a study, computed from its runs and scores (see the module docstring)."""
+    study, suite, units = _study_suite(store, study_id)
+    wanted = metrics or LAYOUT_METRICS.get(suite.layout, LAYOUT_METRICS["mtp"])
+    unit_index = {u.id: i for i, u in enumerate(units)}
+    config_index: dict[tuple, int] = {}
+    run_config: dict[int, int] = {}
+    run_unit: dict[int, int] = {}
+    # planned images per (config, unit): a unit counts only when all of them are scored
+    planned: Counter = Counter()
+    for chunk in iter_rows(store, _run_query(study_id)):
+        for row in chunk:
+            key = tuple(
+                bool(v) if c == "is_baseline" else v for c, v in zip(CONFIG_COLUMNS, row[2:])
+            )
+            ci = config_index.setdefault(key, len(config_index))
+            ui = unit_index.get(row[1])
+            if ui is None:
+                continue
+            run_config[row[0]] = ci
+            run_unit[row[0]] = ui
+            planned[ci, ui] += 1
+    keys = list(config_index)
+    n_c, n_u = len(keys), len(units)
+    by_metric: dict[str, dict[str, list[tuple[int, float]]]] = {}
+    for chunk in iter_rows(store, _score_query(study_id, tuple(wanted))):
+        for run_id, metric, bb, value in chunk:
+            by_metric.setdefault(metric, {}).setdefault(bb, []).append((run_id, value))
+    backbones: dict[str, str] = {}
+    sums: dict[str, np.ndarray] = {}
+    for metric in wanted:
+        per_bb = by_metric.get(metric)
+        if not per_bb:
+            continue
+        # One backbone per metric: scores from different backbones are not comparable.
+        bb = backbone if backbone in per_bb else max(per_bb, key=lambda b: (len(per_bb[b]), b))
+        backbones[metric] = bb
+        total = np.zeros((n_c, n_u))
+        count = np.zeros((n_c, n_u))
+        pairs = per_bb[bb]
+        ids = np.fromiter((p[0] for p in pairs), dtype=np.int64, count=len(pairs))
+        vals = np.fromiter((p[1] for p in pairs), dtype=np.float64, count=len(pairs))
+        ci = np.fromiter((run_config.get(int(i), -1) for i in ids), dtype=np.int64, count=len(ids))
+        ui = np.fromiter((run_unit.get(int(i), -1) for i in ids), dtype=np.int64, count=len(ids))
+        ok = (ci >= 0) & (ui >= 0) & np.isfinite(vals)
+        np.add.at(total, (ci[ok], ui[ok]), vals[ok])
+        np.add.at(count, (ci[ok], ui[ok]), 1)
+        want = np.zeros((n_c, n_u))
+        for (c, u), n in planned.items():
+            want[c, u] = n
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = total / count
+        mean[(count == 0) | (count < want)] = np.nan
+        sums[metric] = mean
+    present = [m for m in wanted if m in sums]
+    labels = config_labels(keys)
+    runs_per_config = Counter(run_config.values())
+    rows = [
+        BoardRow(
+            key=k,
+            label=labels[i],
+            method=str(k[0]),
+            is_baseline=bool(k[2]),
+            runs=runs_per_config.get(i, 0),
+        )
+        for i, k in enumerate(keys)
+    ]
+    groups = [u.group_name or "-" for u in units]
+    for i, row in enumerate(rows):
+        for m in present:
+            v = sums[m][i]
+            have = v[np.isfinite(v)]
+            mean, low, high = mean_interval(have, seed=SEED, resamples=RESAMPLES, level=LEVEL)
+            row.stats[m] = MetricStat(mean, low, high, int(have.size))
+            for g in sorted(set(groups)):
+                sel = np.array([x == g for x in groups]) & np.isfinite(v)
+                row.groups.setdefault(g, {})[m] = (
+                    float(v[sel].mean()) if sel.any() else float("nan"),
+                    int(sel.sum()),
+                )
+    ref_row = _pick_reference(rows, reference if reference is not None else study.reference)
+    if ref_row is not None:
+        ref_row.is_reference = True
+        r = rows.index(ref_row)
+        for m in present:
+            pvals = []
+            compared = []
+            for i, row in enumerate(rows):
+                if i == r:
+                    continue
+                a, b = sums[m][i], sums[m][r]
+                both = np.isfinite(a) & np.isfinite(b)
+                if both.sum() == 0:
+                    continue
+                res = paired_difference(
+                    a[both], b[both], seed=SEED, resamples=RESAMPLES, level=LEVEL
+                )
+                row.paired[m] = res
+                compared.append(row)
+                pvals.append(res.p)
+            for row, adj in zip(compared, holm(np.array(pvals, dtype=float))):
+                row.p_holm[m] = float(adj)
+    consistency = next((m for m in present if m != TEXT_METRIC), None)
+    if TEXT_METRIC in present and consistency is not None:
+        x = np.array([row.value(TEXT_METRIC) for row in rows])
+        y = np.array([row.value(consistency) for row in rows])
+        front = pareto_front(x, y, y_higher_better=not lower_is_better(consistency))
+        for row, on in zip(rows, front):
+            row.pareto = bool(on)
+    return Leaderboard(
+        study=study.name,
+        suite=suite.name,
+        layout=suite.layout,
+        unit_word=UNIT_WORD.get(suite.layout, "unit"),
+        units=[u.name for u in units],
+        unit_groups=groups,
+        metrics=present,
+        backbones=backbones,
+        rows=rows,
+        reference=ref_row.label if ref_row else "",
+        consistency_metric=consistency,
+        unit_values=sums,
+    )
+
+
+def _pick_reference(rows: list[BoardRow], ref: str | None) -> BoardRow | None:
+    """The given configuration, else MasaCtrl's baseline (plain generation), else the first
+    baseline, else the first row."""
+    if not rows:
+        return None
+    if ref:
+        return find_row(rows, ref)
+    for r in rows:
+        if r.is_baseline and r.method == "masactrl":
+            return r
+    return next((r for r in rows if r.is_baseline), rows[0])
+
+
+def sort_rows(board: Leaderboard, metric: str | None, descending: bool | None = None) -> None:
+    """Order rows by a metric's mean (best first by the metric's direction), unscored last."""
+    if metric is None:
+        return
+    desc = (not lower_is_better(metric)) if descending is None else descending
+
+    def key(row: BoardRow) -> tuple[int, float]:
+        v = row.value(metric)
+        if not np.isfinite(v):
+            return (1, 0.0)
+        return (0, -v if desc else v)
+
+    board.rows.sort(key=key)
+
+
+def run_table(store: Store, study_id: int) -> list[dict[str, Any]]:
+    """One dict per run of the study with its unit, configuration and scores (the runs CSV)."""
+    study, suite, units = _study_suite(store, study_id)
+    by_id = {u.id: u for u in units}
+    keys: dict[tuple, int] = {}
+    runs: list[tuple] = []
+    q = (
+        select(
+            Run.id,
+            Experiment.unit_id,
+            Run.prompt_index,
+            Run.seed,
+            Run.status,
+            *[getattr(Run, c) for c in CONFIG_COLUMNS],
+        )
+        .join(Experiment, Experiment.id == Run.experiment_id)
+        .where(Experiment.study_id == study_id)
+        .order_by(Run.id)
+    )
+    for chunk in iter_rows(store, q):
+        for row in chunk:
+            key = tuple(
+                bool(v) if c == "is_baseline" else v for c, v in zip(CONFIG_COLUMNS, row[5:])
+            )
+            keys.setdefault(key, len(keys))
+            runs.append(row)
+    labels = config_labels(list(keys))
+    scores: dict[int, dict[str, float]] = {}
+    q2 = (
+        select(Score.run_id, Score.metric, Score.backbone, Score.value)
+        .join(Run, Run.id == Score.run_id)
+        .join(Experiment, Experiment.id == Run.experiment_id)
+        .where(Experiment.study_id == study_id)
+    )
+    chosen = build_leaderboard(store, study_id).backbones
+    for chunk in iter_rows(store, q2):
+        for run_id, metric, bb, value in chunk:
+            if chosen.get(metric, bb) == bb:
+                scores.setdefault(run_id, {})[metric] = value
+    out = []
+    for row in runs:
+        unit = by_id.get(row[1])
+        key = tuple(bool(v) if c == "is_baseline" else v for c, v in zip(CONFIG_COLUMNS, row[5:]))
+        out.append(
+            {
+                "run_id": row[0],
+                "unit": unit.name if unit else "",
+                "group": unit.group_name if unit else "",
+                "configuration": labels[keys[key]],
+                "prompt_index": row[2],
+                "seed": row[3],
+                "status": row[4],
+                **{c: v for c, v in zip(CONFIG_COLUMNS, row[5:])},
+                **scores.get(row[0], {}),
+            }
+        )
+    return out
