@@ -196,6 +196,7 @@ def _run_query(study_id: int):
         select(*cols)
         .join(Experiment, Experiment.id == Run.experiment_id)
         .where(Experiment.study_id == study_id)
+        .order_by(Run.id)  # configurations in grid order, on every database
     )
 
 

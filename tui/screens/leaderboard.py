@@ -99,6 +99,7 @@ class LeaderboardScreen(StoreScreen):
     def on_mount(self) -> None:
         super().on_mount()
         self.title = "Leaderboard"
+        self.query_one("#leaderboard-table", FastTable).focus()
         if self.study_id is None:
             self._first_study()
         else:
