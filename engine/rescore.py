@@ -223,19 +223,25 @@ class Rescorer:
         return list(results.values())
 
     def _score_sets(self, scorer, families, runs: list[Run], results: dict[int, dict]) -> None:
-        """Set consistency of the set-method runs here, over every done image of each one's set
-        (its other images may be in another batch, or already scored)."""
+        """Set consistency of the runs here that belong to a set (a set method's, or MasaCtrl's
+        prompt set in a study), over every done image of the set (its other images may be in
+        another batch, or already scored)."""
         from store.images import image_problem, open_bounded
-        from store.queries import set_runs
-        from store.sweep.methods import is_set_method
+        from store.queries import prompt_set_runs
 
-        firsts = {
-            (r.experiment_id, r.group_key): r
-            for r in runs
-            if is_set_method(r.method or "") and not results[r.id]["score_error"]
-        }
-        for (_experiment_id, key), first in sorted(firsts.items(), key=lambda kv: kv[0]):
-            members = set_runs(self.store, first)
+        seen: set[tuple[int, ...]] = set()
+        covered: set[int] = set()
+        for first in runs:
+            if results[first.id]["score_error"] or first.id in covered:
+                continue
+            key = first.group_key
+            # a set method's set, or MasaCtrl's prompt set in a study
+            members = prompt_set_runs(self.store, first)
+            ids = tuple(m.id for m in members)
+            covered.update(ids)
+            if ids in seen:
+                continue
+            seen.add(ids)
             # Scored only when the whole set is there: a partial set is another set.
             if len(members) < 2 or any(m.status != "done" or not m.image_path for m in members):
                 continue

@@ -902,6 +902,8 @@ class Worker:
         self.stats["done"] += len(done)
         for rid in done:
             log.info("run %d done", rid)
+        if done and self.score is not None:
+            self._prompt_set_scores([by_id[rid] for rid in done if rid in by_id])
         skipped = set(ids) - set(done)
         if skipped:
             log.info("runs %s not marked done (cancelled or no longer ours)", sorted(skipped))
@@ -984,6 +986,54 @@ class Worker:
                 continue
             for k, sc in zip(idx, set_scores([images[k] for k in idx])):
                 results[k]["scores"] = list(results[k]["scores"]) + list(sc)
+
+    def _prompt_set_scores(self, runs: list[Run]) -> None:
+        """MasaCtrl's targets of one seed and configuration over a study unit's prompts are a
+        set too, generated batch by batch: scored from the images on disk once the set's last
+        image is committed (whichever engine commits it; a second computation replaces the
+        first with the same values). A failure leaves the per-image scores; `mtp score
+        --rescore` adds the set's later."""
+        set_scores = getattr(self.score, "set_scores", None)
+        if set_scores is None:
+            return
+        from store.images import image_problem, open_bounded
+        from store.queries import prompt_set_runs
+        from store.scoring import save_scores
+        from store.sweep.methods import is_set_method
+
+        seen: set[tuple[int, ...]] = set()
+        for run in runs:
+            if is_set_method(run.method or ""):
+                continue  # scored with its set in _set_scores
+            try:
+                members = prompt_set_runs(self.store, run)
+                ids = tuple(m.id for m in members)
+                if len(members) < 2 or ids in seen:
+                    continue
+                seen.add(ids)
+                if any(m.status != "done" or not m.image_path for m in members):
+                    continue
+                paths = [self.home.resolve_artifact(m.image_path) for m in members]
+                if any(image_problem(p, shape=False) for p in paths):
+                    continue
+                out = set_scores([open_bounded(p) for p in paths])
+                session = self._session_id()
+                save_scores(
+                    self.store,
+                    [
+                        {
+                            "run_id": m.id,
+                            "scores": sc,
+                            "score_error": m.score_error,
+                            "session_id": session,
+                        }
+                        for m, sc in zip(members, out)
+                    ],
+                )
+            except Exception as exc:
+                if systemic_reason(exc) is not None:
+                    raise
+                log.error("set scores of runs %s failed:\n%s", [run.id], traceback.format_exc())
 
     def _not_scored(self, runs, results, idx: list[int], concept_id, exc: Exception) -> None:
         if systemic_reason(exc) is not None or is_oom(exc):

@@ -735,6 +735,50 @@ def set_runs(store: Store, run: Run) -> list[Run]:
         )
 
 
+# What makes MasaCtrl targets of one experiment one prompt set besides their prompt.
+_PROMPT_SET_COLUMNS = (
+    "group_key",
+    "is_baseline",
+    "method",
+    "method_params",
+    "layers",
+    "start_step",
+    "final_step",
+    "skip_interval",
+    "mask_mode",
+    "mask_layers",
+    "mask_words",
+    "mask_threshold",
+    "mask_timing",
+)
+
+
+def prompt_set_runs(store: Store, run: Run) -> list[Run]:
+    """The runs whose images are scored as one set with ``run``'s (set consistency): a set
+    method's set; for MasaCtrl in a study, where the suite defines the unit's prompts as a
+    set, the targets of the same seed and configuration over the unit's prompts. [] otherwise
+    (an experiment's own prompts are not a set)."""
+    from .sweep.methods import is_set_method
+
+    if is_set_method(run.method or ""):
+        return set_runs(store, run)
+    with store.session() as s:
+        exp = s.get(Experiment, run.experiment_id)
+        if exp is None or exp.study_id is None:
+            return []
+        cond = []
+        for name in _PROMPT_SET_COLUMNS:
+            column, value = getattr(Run, name), getattr(run, name)
+            cond.append(col(column).is_(None) if value is None else column == value)
+        return list(
+            s.exec(
+                select(Run)
+                .where(Run.experiment_id == run.experiment_id, *cond)
+                .order_by(col(Run.prompt_index), col(Run.id))
+            )
+        )
+
+
 def run_scores(store: Store, run_ids: Iterable[int]) -> dict[int, dict[str, float]]:
     """metric -> value per run (the first backbone wins when several scored the same metric)."""
     ids = list(run_ids)

@@ -164,7 +164,7 @@ class MtpApp(App):
         return True
 
     def action_go(self, name: str) -> None:
-        """A screen letter (h c n r e x, or ? for help): `open` where no form control has focus."""
+        """A screen letter (h c n r e x l, or ? for help): `open` where no form control has focus."""
         if name == "help":
             self.action_help()
         else:

@@ -200,12 +200,11 @@ def _run_query(study_id: int):
     )
 
 
-def _score_query(study_id: int, metrics: tuple[str, ...]):
-    return (
-        select(Score.run_id, Score.metric, Score.backbone, Score.value)
-        .join(Run, Run.id == Score.run_id)
-        .join(Experiment, Experiment.id == Run.experiment_id)
-        .where(Experiment.study_id == study_id, Score.metric.in_(metrics))
+def _score_query(lo: int, hi: int, metrics: tuple[str, ...]):
+    # By run id range (ix_score_run), no join: runs in the range but outside the study are
+    # dropped by the id -> configuration arrays.
+    return select(Score.run_id, Score.metric, Score.backbone, Score.value).where(
+        Score.run_id >= lo, Score.run_id <= hi, Score.metric.in_(metrics)
     )
 
 
@@ -222,28 +221,39 @@ def build_leaderboard(
     wanted = metrics or LAYOUT_METRICS.get(suite.layout, LAYOUT_METRICS["mtp"])
     unit_index = {u.id: i for i, u in enumerate(units)}
     config_index: dict[tuple, int] = {}
-    run_config: dict[int, int] = {}
-    run_unit: dict[int, int] = {}
-    # planned images per (config, unit): a unit counts only when all of them are scored
-    planned: Counter = Counter()
+    run_ids: list[int] = []
+    run_cfg: list[int] = []
+    run_unit: list[int] = []
+    baseline = CONFIG_COLUMNS.index("is_baseline")
     for chunk in iter_rows(store, _run_query(study_id)):
         for row in chunk:
-            key = tuple(
-                bool(v) if c == "is_baseline" else v for c, v in zip(CONFIG_COLUMNS, row[2:])
-            )
-            ci = config_index.setdefault(key, len(config_index))
+            key = row[2:]
+            if key[baseline] not in (True, False):  # SQLite gives 0/1
+                key = key[:baseline] + (bool(key[baseline]),) + key[baseline + 1 :]
             ui = unit_index.get(row[1])
             if ui is None:
                 continue
-            run_config[row[0]] = ci
-            run_unit[row[0]] = ui
-            planned[ci, ui] += 1
+            run_ids.append(row[0])
+            run_cfg.append(config_index.setdefault(key, len(config_index)))
+            run_unit.append(ui)
     keys = list(config_index)
     n_c, n_u = len(keys), len(units)
+    # run id -> configuration and unit, as arrays indexed by id (ids are dense per study)
+    ids_arr = np.asarray(run_ids, dtype=np.int64)
+    lo = int(ids_arr.min()) if ids_arr.size else 0
+    span = int(ids_arr.max()) - lo + 1 if ids_arr.size else 0
+    cfg_of = np.full(span, -1, dtype=np.int64)
+    unit_of = np.full(span, -1, dtype=np.int64)
+    cfg_of[ids_arr - lo] = run_cfg
+    unit_of[ids_arr - lo] = run_unit
+    # planned images per (configuration, unit): a unit counts only when all of them are scored
+    want = np.zeros((n_c, n_u))
+    np.add.at(want, (np.asarray(run_cfg, dtype=np.int64), np.asarray(run_unit, dtype=np.int64)), 1)
     by_metric: dict[str, dict[str, list[tuple[int, float]]]] = {}
-    for chunk in iter_rows(store, _score_query(study_id, tuple(wanted))):
-        for run_id, metric, bb, value in chunk:
-            by_metric.setdefault(metric, {}).setdefault(bb, []).append((run_id, value))
+    if span:
+        for chunk in iter_rows(store, _score_query(lo, lo + span - 1, tuple(wanted))):
+            for run_id, metric, bb, value in chunk:
+                by_metric.setdefault(metric, {}).setdefault(bb, []).append((run_id, value))
     backbones: dict[str, str] = {}
     sums: dict[str, np.ndarray] = {}
     for metric in wanted:
@@ -253,26 +263,22 @@ def build_leaderboard(
         # One backbone per metric: scores from different backbones are not comparable.
         bb = backbone if backbone in per_bb else max(per_bb, key=lambda b: (len(per_bb[b]), b))
         backbones[metric] = bb
+        ids, vals = (np.asarray(x) for x in zip(*per_bb[bb]))
+        ci = cfg_of[ids.astype(np.int64) - lo]
+        ui = unit_of[ids.astype(np.int64) - lo]
+        vals = vals.astype(np.float64)
+        ok = (ci >= 0) & (ui >= 0) & np.isfinite(vals)
         total = np.zeros((n_c, n_u))
         count = np.zeros((n_c, n_u))
-        pairs = per_bb[bb]
-        ids = np.fromiter((p[0] for p in pairs), dtype=np.int64, count=len(pairs))
-        vals = np.fromiter((p[1] for p in pairs), dtype=np.float64, count=len(pairs))
-        ci = np.fromiter((run_config.get(int(i), -1) for i in ids), dtype=np.int64, count=len(ids))
-        ui = np.fromiter((run_unit.get(int(i), -1) for i in ids), dtype=np.int64, count=len(ids))
-        ok = (ci >= 0) & (ui >= 0) & np.isfinite(vals)
         np.add.at(total, (ci[ok], ui[ok]), vals[ok])
         np.add.at(count, (ci[ok], ui[ok]), 1)
-        want = np.zeros((n_c, n_u))
-        for (c, u), n in planned.items():
-            want[c, u] = n
         with np.errstate(invalid="ignore", divide="ignore"):
             mean = total / count
         mean[(count == 0) | (count < want)] = np.nan
         sums[metric] = mean
     present = [m for m in wanted if m in sums]
     labels = config_labels(keys)
-    runs_per_config = Counter(run_config.values())
+    runs_per_config = Counter(run_cfg)
     rows = [
         BoardRow(
             key=k,

@@ -148,3 +148,19 @@ def cached_render_grid(
     return cache_for(store).get(
         ("grid", experiment_id, by, _freeze(options)), compute, stamp=_file_stamp
     )
+
+
+def cached_leaderboard(
+    store: Store, study_id: int, reference: str | None = None, sort: str | None = None
+):
+    """``build_leaderboard(...)`` (sorted by ``sort``), reused while nothing changed; each caller
+    gets its own copy."""
+    from .leaderboard import build_leaderboard, sort_rows
+
+    def compute():
+        board = build_leaderboard(store, study_id, reference=reference)
+        sort_rows(board, sort)
+        return board
+
+    board = cache_for(store).get(("leaderboard", study_id, reference, sort), compute)
+    return copy.deepcopy(board)

@@ -180,3 +180,31 @@ def test_oom_check_reports_the_batch_tried_and_the_batch_that_ran(gpu_check, mon
     assert "batch tried: 8 targets" in text
     assert "batch that ran: 4 targets (2 calls made all 8" in text
     assert targets_per_call == [1, 1, 2, 4, 8, 8, 4, 4]
+
+
+@pytest.mark.model
+@pytest.mark.parametrize("key", ["sd15", "sdxl"])
+def test_real_text_side_runs_with_narrowed_unets(gpu_check, key):
+    """The real-size build path on CPU: the real text widths (768; 768 + 1280, pooled 1280 with
+    time ids) feed a UNet of the real config with only its channel widths narrowed."""
+    import torch
+
+    torch.set_num_threads(1)
+    spec = gpu_check.MODELS[key]
+    narrow = {
+        "block_out_channels": [16, 32, 32, 32][: len(spec.unet["block_out_channels"])],
+        "norm_num_groups": 8,
+        "attention_head_dim": [1, 2, 4] if spec.xl else 2,  # read as head counts
+    }
+    vae = {"block_out_channels": [8, 8, 16, 16], "norm_num_groups": 4, "layers_per_block": 1}
+    pipe = gpu_check.assemble_pipeline(
+        spec,
+        "cpu",
+        torch.float32,
+        unet_config={**spec.unet, **narrow},
+        vae_config={**spec.vae, **vae},
+    )
+    assert pipe.unet.config.cross_attention_dim == spec.unet["cross_attention_dim"]
+    setting = gpu_check.Setting(steps=2, size=64, prompts=gpu_check.PROMPTS[:2])
+    for mode in ("plain", "masactrl_on"):
+        gpu_check.mode_call(mode, pipe, setting)()

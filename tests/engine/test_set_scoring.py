@@ -155,3 +155,81 @@ def test_worker_and_rescore_write_set_scores_on_set_runs_only(store, scorer):
     assert Rescorer(store, "scorer", lambda families: scorer, scored_text).run_one()
     again = _scores(store, exp.id, "clip_i_set")
     assert again == pytest.approx(got, abs=1e-6)
+
+
+def test_masactrl_prompt_sets_of_a_study_unit_get_set_scores_across_batches(store, scorer):
+    """In a study the suite makes a unit's prompts one set: MasaCtrl's targets of one seed and
+    configuration are scored as a set once its last image is committed (here over batches of 2),
+    and `mtp score --rescore` computes the same values from the files."""
+    from pathlib import Path
+
+    from engine.backends.fake import FakeBackend
+    from engine.rescore import Rescorer
+    from engine.scoring import scored_text
+    from engine.worker import Worker, WorkerConfig
+    from store import queue as q
+    from store.models import Experiment
+    from store.scoring import request_scoring
+    from store.studies.create import create_study
+    from store.studies.suites import store_suite
+    from store.suites import ParsedSuite, ParsedUnit
+    from store.sweep.spec import ExperimentSpec
+
+    class Score_:
+        def __call__(self, images, texts, source, refs):
+            return scorer.score(images, texts, source, refs)
+
+        def set_scores(self, images):
+            return scorer.set_scores(images)
+
+    unit = ParsedUnit(
+        name="dogs",
+        group="animals",
+        subject_prompt="a photo of a dog",
+        prompts=("a dog on the beach", "a dog in the snow", "a red dog"),
+        subject_words=("dog",),
+    )
+    store_suite(
+        store,
+        ParsedSuite(layout="consistory", name="s", units=(unit,), prompt_rule="", source=Path(".")),
+    )
+    spec = ExperimentSpec(
+        model="fake-model",
+        num_steps=4,
+        width=64,
+        height=64,
+        seeds="0,1",
+        start_step="1",
+        final_step="2,end",
+    )
+    study, total = create_study(store, "st", "s", spec, queue=True)
+    assert total == 2 * 3 * 3  # seeds x prompts x (baseline + 2 configurations)
+    Worker(
+        store,
+        FakeBackend(),
+        WorkerConfig(once=True, heartbeat_s=0.2, poll_s=0.05, max_batch=2),
+        score=Score_(),
+        worker_id="gen",
+    ).run()
+    with store.session() as s:
+        exp_id = s.exec(select(Experiment.id).where(Experiment.study_id == study.id)).one()
+        runs = {r.id: r for r in s.exec(select(Run).where(Run.experiment_id == exp_id))}
+    got = _scores(store, exp_id, "clip_i_set")
+    assert set(got) == set(runs)  # every image is in a complete prompt set
+    sets: dict = {}
+    for r in runs.values():
+        key = (r.seed, r.is_baseline, r.final_step)
+        sets.setdefault(key, []).append(r)
+    assert len(sets) == 6 and all(len(v) == 3 for v in sets.values())
+    members = sorted(sets[(1, False, 2)], key=lambda r: r.prompt_index)
+    images = [Image.open(store.home.root / m.image_path).convert("RGB") for m in members]
+    expected = [_by_metric(x)["clip_i_set"] for x in scorer.set_scores(images)]
+    assert [got[m.id] for m in members] == pytest.approx(expected, abs=1e-6)
+
+    with store.write() as s:
+        for sc in s.exec(select(Score).where(Score.metric == "clip_i_set")):
+            s.delete(sc)
+    q.register_worker(store, "cpu", "scorer")
+    request_scoring(store, exp_id, "clip", rescore=True)
+    assert Rescorer(store, "scorer", lambda families: scorer, scored_text).run_one()
+    assert _scores(store, exp_id, "clip_i_set") == pytest.approx(got, abs=1e-6)

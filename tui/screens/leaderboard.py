@@ -130,13 +130,12 @@ class LeaderboardScreen(StoreScreen):
     @work(thread=True, exclusive=True, group="leaderboard")
     def _build(self, study_id: int, reference: str | None, sort: str | None) -> None:
         from store.errors import MtpError
-        from store.report.leaderboard import build_leaderboard, sort_rows
+        from store.report.memo import cached_leaderboard
         from store.studies.progress import study_progress
 
         try:
-            board = build_leaderboard(self.store, study_id, reference=reference)
-            if sort:
-                sort_rows(board, sort)
+            # kept per change token: reopening the screen on an unchanged study is instant
+            board = cached_leaderboard(self.store, study_id, reference, sort)
             progress = study_progress(self.store, study_id).line()
             self.post_message(self.Built(board, progress, ""))
         except MtpError as exc:
