@@ -118,7 +118,7 @@ def test_a_study_is_one_experiment_per_unit_with_the_same_grid_and_seeds(store, 
     by_exp = defaultdict(list)
     for (exp_id, _), c in cells.items():
         by_exp[exp_id].append(c)
-    for exp_id, sets in by_exp.items():
+    for sets in by_exp.values():
         assert len(sets) == 3  # baseline, final 6, final end
         assert all(c == sets[0] for c in sets)
     # MasaCtrl's source is the unit's subject prompt
