@@ -36,7 +36,9 @@ def test_cli_import_study_leaderboard_export(store, capsys, tmp_path):
     out = capsys.readouterr().out
     assert "consistory-demo (consistory, 4 units" in out and "dreambench-demo (dreambench" in out
     args = ["--model", "tiny", "--steps", "10", "--size", "64", "--start-step", "2"]
-    assert _mtp(store, "study", "create", "s", "--suite", "consistory-demo", *args, "--dry-run") == 0
+    assert (
+        _mtp(store, "study", "create", "s", "--suite", "consistory-demo", *args, "--dry-run") == 0
+    )
     assert capsys.readouterr().out.strip() == "24 runs over 4 units"
     assert (
         _mtp(
