@@ -129,6 +129,7 @@ KEYMAP: dict[str, list[Key]] = {
     "leaderboard": [
         Key("leaderboard.grid", "enter", "open_grid", "Grid"),
         Key("leaderboard.sort", "s", "next_sort", "Sort"),
+        Key("leaderboard.group", "g", "next_group", "Group"),
         Key("leaderboard.reference", "b", "set_reference", "Reference"),
         Key("leaderboard.study", "o", "pick_study", "Study"),
         Key("leaderboard.export", "ctrl+s", "export", "Export"),

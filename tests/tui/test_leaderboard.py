@@ -126,6 +126,12 @@ async def test_leaderboard_screen_at_80x24(store):
         )
         await pilot.press("s")
         await wait_for(pilot, lambda: screen.sort_metric == "clip_t", what="sorted")
+        await pilot.press("g")  # the first superclass's breakdown
+        await wait_for(pilot, lambda: screen.group == "animals", what="a group")
+        header = [str(c.label) for c in table.columns.values()]
+        assert "clip_t (animals)" in header and "n=2" in str(table.get_row_at(0)[2])
+        await pilot.press("g", "g")  # things, then every set again
+        await wait_for(pilot, lambda: screen.group is None, what="all units")
         await pilot.press("enter")
         await wait_for(pilot, lambda: isinstance(app.screen, ConfigGridScreen), what="the grid")
         await pilot.press("escape")

@@ -285,7 +285,7 @@ def cmd_study_leaderboard(args, store) -> int:
             pr = row.paired.get(m)
             if pr is not None:
                 line += (
-                    f"   diff {pr.mean_diff:+.3f} [{_fmt(pr.low)}, {_fmt(pr.high)}]"
+                    f"   diff {pr.mean_diff:+.3g} [{pr.low:+.3g}, {pr.high:+.3g}]"
                     f" p={_p(pr.p)} p_holm={_p(row.p_holm.get(m))} (n={pr.n})"
                 )
             echo(line)

@@ -1,7 +1,8 @@
 """Leaderboard (F9, l): a study's configurations over the suite's units, with intervals.
 
 The table comes from `store.report.leaderboard` in a thread worker; `s` sorts by the next
-metric, `b` makes the row under the cursor the reference of the paired columns, `o` picks
+metric, `g` shows each group's means in turn (superclass, class word), `b` makes the row under
+the cursor the reference of the paired columns, `o` picks
 another study, enter opens the configuration's images as a labelled grid (one row per unit),
 ctrl+s writes CSV, LaTeX, PNG and the runs CSV to the exports folder.
 """
@@ -37,14 +38,24 @@ def _p(v: float | None) -> str:
     return "<.001" if v < 0.001 else f"{v:.3f}"
 
 
-def board_cells(board) -> tuple[list[str], list[list[str]], list[int]]:
-    """Column labels, the rows' cells and each column's priority (lower: kept at 80 columns)."""
+def board_cells(board, group: str | None = None) -> tuple[list[str], list[list[str]], list[int]]:
+    """Column labels, the rows' cells and each column's priority (lower: kept at 80 columns).
+    With ``group``: that group's means (over its units) instead of the intervals."""
     labels = ["#", "configuration"]
     prio = [0, 1]
     diff_m = board.consistency_metric or (board.metrics[0] if board.metrics else None)
     for k, m in enumerate(board.metrics):
-        labels.append(f"{m} [95%]")
+        labels.append(f"{m} [95%]" if group is None else f"{m} ({group})")
         prio.append(2 + k)
+    if group is not None:
+        rows = []
+        for i, row in enumerate(board.rows):
+            cells = [str(i + 1), ("R " if row.is_reference else "") + row.label]
+            for m in board.metrics:
+                mean, n = row.groups.get(group, {}).get(m, (float("nan"), 0))
+                cells.append(f"{_num(mean)} n={n}")
+            rows.append(cells)
+        return labels, rows, prio
     if diff_m:
         labels += [f"Δ{diff_m}", "p holm"]
         prio += [10, 11]
@@ -87,6 +98,8 @@ class LeaderboardScreen(StoreScreen):
         self.board: Any = None
         self.reference: str | None = None
         self.sort_metric: str | None = None
+        self.group: str | None = None  # a group's breakdown instead of the whole suite
+        self._progress = ""
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -146,6 +159,7 @@ class LeaderboardScreen(StoreScreen):
             self.notify(message.error, severity="error")
             return
         self.board = message.board
+        self._progress = message.progress
         self._show(message.progress)
 
     def _show(self, progress: str) -> None:
@@ -171,7 +185,9 @@ class LeaderboardScreen(StoreScreen):
         table = self.query_one("#leaderboard-table", FastTable)
         cursor = table.cursor_row
         table.clear(columns=True)
-        labels, rows, prio = board_cells(board)
+        if self.group not in (None, *board.groups):
+            self.group = None
+        labels, rows, prio = board_cells(board, self.group)
         cols = [
             Col(str(i), label, p, flex=(i == 1), min_width=12)
             for i, (label, p) in enumerate(zip(labels, prio, strict=True))
@@ -206,6 +222,15 @@ class LeaderboardScreen(StoreScreen):
         self.sort_metric = metrics[i] if i < len(metrics) else None
         self.notify(f"sorted by {self.sort_metric or 'configuration order'}")
         self.load()
+
+    def action_next_group(self) -> None:
+        """All units, then each group's breakdown (superclass, class word) in turn."""
+        if self.board is None:
+            return
+        views = [None, *self.board.groups]
+        self.group = views[(views.index(self.group) + 1) % len(views)]
+        self.notify(f"showing {self.group or 'every ' + self.board.unit_word}")
+        self._show(self._progress)
 
     def action_set_reference(self) -> None:
         row = self._row()
