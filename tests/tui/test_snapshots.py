@@ -152,6 +152,39 @@ async def _confirm(pilot):
     await wait_for(pilot, lambda: _name(pilot.app) == "ConfirmScreen", what="confirm")
 
 
+async def _leaderboard(pilot):
+    """A two-configuration study over the ConsiStory+ demo suite with fixed scores."""
+    import numpy as np
+    from sqlmodel import select
+
+    from store.models import Experiment, Run, Score
+    from store.studies.create import create_study
+    from store.studies.suites import import_suite
+    from store.suites import DEMO_SUITES
+    from store.sweep.spec import ExperimentSpec
+
+    await _home(pilot)
+    store = pilot.app.store
+    import_suite(store, DEMO_SUITES["consistory-demo"], base_model="tiny")
+    spec = ExperimentSpec(model="tiny", num_steps=10, width=64, height=64, seeds="0,1")
+    spec.final_step = "6,end"
+    study, _ = create_study(store, "bench", "consistory-demo", spec, queue=True)
+    rng = np.random.default_rng(0)
+    with store.write() as s:
+        runs = s.exec(select(Run).join(Experiment).where(Experiment.study_id == study.id))
+        for r in sorted(runs, key=lambda r: r.id):
+            r.status = "done"
+            s.add(r)
+            for metric in ("clip_t", "clip_i_set"):
+                s.add(Score(run_id=r.id, metric=metric, backbone="bb", value=float(rng.random())))
+    await pilot.press("f9")
+    await wait_for(
+        pilot,
+        lambda: _name(pilot.app) == "LeaderboardScreen" and pilot.app.screen.board is not None,
+        what="leaderboard",
+    )
+
+
 SCREENS = {
     "home": _home,
     "concept": _concept,
@@ -163,6 +196,7 @@ SCREENS = {
     "export": _export,
     "help": _help,
     "confirm": _confirm,
+    "leaderboard": _leaderboard,
 }
 
 

@@ -189,7 +189,7 @@ class LeaderboardScreen(StoreScreen):
             self.group = None
         labels, rows, prio = board_cells(board, self.group)
         cols = [
-            Col(str(i), label, p, flex=(i == 1), min_width=12)
+            Col(str(i), label, p, flex=(i == 1), min_width=20)
             for i, (label, p) in enumerate(zip(labels, prio, strict=True))
         ]
         dicts = [{str(i): c for i, c in enumerate(cells)} for cells in rows]
