@@ -133,6 +133,8 @@ KEYMAP: dict[str, list[Key]] = {
         Key("leaderboard.reference", "b", "set_reference", "Reference"),
         Key("leaderboard.study", "o", "pick_study", "Study"),
         Key("leaderboard.export", "ctrl+s", "export", "Export"),
+        Key("leaderboard.cancel", "ctrl+x", "cancel_study", "Cancel", show=False),
+        Key("leaderboard.requeue", "R", "requeue_study", "Requeue", show=False),
         Key("leaderboard.refresh", "f5", "refresh", "Refresh", show=False),
     ],
 }

@@ -207,3 +207,22 @@ def set_study_priority(store: Store, study_id: int, priority: int) -> int:
             row.priority = priority
             s.add(row)
     return n
+
+
+def cancel_study(store: Store, study_id: int) -> dict[str, int]:
+    """Cancel every experiment of the study: queued runs at once, running ones between steps."""
+    from ..queue import cancel_experiment
+
+    total = {"cancelled": 0, "requested": 0}
+    for exp in study_experiments(store, study_id):
+        if exp.id is not None:
+            for k, v in cancel_experiment(store, exp.id).items():
+                total[k] = total.get(k, 0) + v
+    return total
+
+
+def requeue_study(store: Store, study_id: int, statuses) -> int:
+    """Put the study's runs with these finished statuses back in the queue."""
+    from ..queue import requeue
+
+    return sum(requeue(store, e.id, statuses) for e in study_experiments(store, study_id) if e.id)

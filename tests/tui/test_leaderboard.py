@@ -136,3 +136,16 @@ async def test_leaderboard_screen_at_80x24(store):
         await wait_for(pilot, lambda: isinstance(app.screen, ConfigGridScreen), what="the grid")
         await pilot.press("escape")
         await wait_for(pilot, lambda: app.screen is screen, what="back")
+        # R requeues the study's failed runs, after asking
+        with store.write() as s:
+            run = s.exec(select(Run).order_by(Run.id)).first()
+            run.status = "failed"
+            s.add(run)
+            failed_id = run.id
+        await pilot.press("R")
+        await wait_for(pilot, lambda: type(app.screen).__name__ == "ConfirmScreen", what="ask")
+        await pilot.press("y")
+        with store.session() as s:
+            await wait_for(
+                pilot, lambda: s.get(Run, failed_id, populate_existing=True).status == "queued"
+            )

@@ -345,28 +345,22 @@ def cmd_study_export(args, store) -> int:
 
 
 def cmd_study_cancel(args, store) -> int:
-    import store.queue as q
-    from store.studies.create import study_by_ref, study_experiments
+    from store.studies.create import cancel_study, study_by_ref
 
     st = study_by_ref(store, args.study)
     assert st.id is not None
-    cancelled = requested = 0
-    for exp in study_experiments(store, st.id):
-        assert exp.id is not None
-        res = q.cancel_experiment(store, exp.id)
-        cancelled += res["cancelled"]
-        requested += res["requested"]
+    res = cancel_study(store, st.id)
     echo(
-        f"cancelled {cancelled} queued run(s); {requested} running run(s) will stop at their next step"
+        f"cancelled {res['cancelled']} queued run(s); {res['requested']} running run(s) will stop "
+        "at their next step"
     )
     return 0
 
 
 def cmd_study_requeue(args, store) -> int:
-    import store.queue as q
     from store.errors import InputError
     from store.models import RunStatus
-    from store.studies.create import study_by_ref, study_experiments
+    from store.studies.create import requeue_study, study_by_ref
 
     statuses = [s.strip() for s in args.status.split(",") if s.strip()]
     bad = [s for s in statuses if s not in RunStatus.FINISHED]
@@ -376,8 +370,7 @@ def cmd_study_requeue(args, store) -> int:
         )
     st = study_by_ref(store, args.study)
     assert st.id is not None
-    n = sum(q.requeue(store, e.id, statuses) for e in study_experiments(store, st.id) if e.id)
-    echo(f"requeued {n} run(s)")
+    echo(f"requeued {requeue_study(store, st.id, statuses)} run(s)")
     return 0
 
 

@@ -4,7 +4,8 @@ The table comes from `store.report.leaderboard` in a thread worker; `s` sorts by
 metric, `g` shows each group's means in turn (superclass, class word), `b` makes the row under
 the cursor the reference of the paired columns, `o` picks
 another study, enter opens the configuration's images as a labelled grid (one row per unit),
-ctrl+s writes CSV, LaTeX, PNG and the runs CSV to the exports folder.
+ctrl+s writes CSV, LaTeX, PNG and the runs CSV to the exports folder; ctrl+x cancels the
+study's runs and R requeues its failed and cancelled ones (both ask first).
 """
 
 from __future__ import annotations
@@ -302,6 +303,37 @@ class LeaderboardScreen(StoreScreen):
             return
         names = ", ".join(p.name for p in made)
         self.app.call_from_thread(self.notify, f"wrote {names} to {made[0].parent}")
+
+    def action_cancel_study(self) -> None:
+        if self.study_id is None or self.board is None:
+            return
+        study_id, name = self.study_id, self.board.study
+
+        def yes() -> None:
+            from store.studies.create import cancel_study
+
+            res = cancel_study(self.store, study_id)
+            self.notify(
+                f"cancelled {res['cancelled']} queued run(s); {res['requested']} running run(s) "
+                "stop at their next step"
+            )
+
+        self.app.confirm(f"Cancel every queued and running run of study {name!r}?", yes, "cancel")
+
+    def action_requeue_study(self) -> None:
+        if self.study_id is None or self.board is None:
+            return
+        study_id, name = self.study_id, self.board.study
+
+        def yes() -> None:
+            from store.studies.create import requeue_study
+
+            n = requeue_study(self.store, study_id, ("failed", "cancelled"))
+            self.notify(f"requeued {n} failed or cancelled run(s)")
+
+        self.app.confirm(
+            f"Requeue the failed and cancelled runs of study {name!r}?", yes, "requeue"
+        )
 
     def action_refresh(self) -> None:
         self.load()
