@@ -139,6 +139,11 @@ class LeaderboardScreen(StoreScreen):
 
     def load(self) -> None:
         if self.study_id is not None:
+            if self.board is None:
+                # a large study takes a second or two the first time
+                self.query_one("#leaderboard-head", Static).update(
+                    plain("computing the leaderboard...")
+                )
             self._build(self.study_id, self.reference, self.sort_metric)
 
     @work(thread=True, exclusive=True, group="leaderboard")
