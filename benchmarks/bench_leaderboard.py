@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/bench_leaderboard.py [--runs 100000]
 
 Builds a study of 200 units (5 prompts each) x 5 seeds x 20 configurations (100,000 runs, three
-scores each) on SQLite, then prints: seconds for `build_leaderboard` (SQL, unit means, 2000
+scores each) on SQLite, timing `create_study` itself, then prints: seconds for `build_leaderboard` (SQL, unit means, 2000
 bootstrap resamples and a Wilcoxon test per configuration and metric); seconds for `aggregate`
 over the same runs (one call per unit experiment, as the results screen would need); and the
 Leaderboard screen's key -> first paint and key -> table filled, each as a ratio to the plain
@@ -56,7 +56,11 @@ def populate(store: Store, runs: int) -> int:
     )
     finals = ",".join(str(f) for f in range(31, 50)) + ",end"
     spec = ExperimentSpec(model="tiny", seeds="0-4", start_step="4", final_step=finals)
+    t = time.perf_counter()
     study, total = create_study(store, "big", "big", spec, queue=True)
+    print(
+        f"mtp study create (expand + write every unit, one transaction): {time.perf_counter() - t:.2f} s"
+    )
     rng = np.random.default_rng(0)
     with store.write() as s:
         ids = [
