@@ -54,6 +54,7 @@ from store.queue import (
     unfail_runs,
 )
 from store.sweep.methods import SET_METHODS, decode_params
+from store.sweep.spec import CONTROL_COLUMNS
 
 from . import artifacts
 from .artifacts import write_run_artifacts
@@ -793,22 +794,7 @@ class Worker:
     def _control_for(self, run: Run) -> ControlSpec | None:
         if run.is_baseline:
             return None
-        spec = ControlSpec.from_fields(
-            **{
-                c: getattr(run, c)
-                for c in (
-                    "layers",
-                    "start_step",
-                    "final_step",
-                    "skip_interval",
-                    "mask_mode",
-                    "mask_layers",
-                    "mask_words",
-                    "mask_threshold",
-                    "mask_timing",
-                )
-            }
-        )
+        spec = ControlSpec.from_fields(**{c: getattr(run, c) for c in CONTROL_COLUMNS})
         blocks = self.backend.blocks()
         if blocks:
             from store.sweep.methods import is_set_method

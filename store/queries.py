@@ -30,6 +30,7 @@ from .models import (
     Score,
     utcnow,
 )
+from .sweep.spec import CONTROL_COLUMNS
 
 
 def _stored_source_image(store: Store, path: str) -> tuple[str, Path | None]:
@@ -736,21 +737,7 @@ def set_runs(store: Store, run: Run) -> list[Run]:
 
 
 # What makes MasaCtrl targets of one experiment one prompt set besides their prompt.
-_PROMPT_SET_COLUMNS = (
-    "group_key",
-    "is_baseline",
-    "method",
-    "method_params",
-    "layers",
-    "start_step",
-    "final_step",
-    "skip_interval",
-    "mask_mode",
-    "mask_layers",
-    "mask_words",
-    "mask_threshold",
-    "mask_timing",
-)
+_PROMPT_SET_COLUMNS = ("group_key", "is_baseline", "method", "method_params", *CONTROL_COLUMNS)
 
 
 def prompt_set_runs(store: Store, run: Run) -> list[Run]:

@@ -24,22 +24,17 @@ from sqlalchemy import select
 from ..db import Store
 from ..errors import InputError
 from ..models import Experiment, Run, Score, Study, Suite, SuiteUnit
+from ..sweep.spec import CONTROL_COLUMNS
 from .aggregate import iter_rows, lower_is_better
 from .leaderboard_stats import PairedResult, holm, mean_interval, paired_difference, pareto_front
 
 # What defines a configuration: everything a study sweeps besides the unit, prompt and seed.
+# Not the mask words: they are each unit's subject noun, the same setting on every unit.
 CONFIG_COLUMNS = (
     "method",
     "method_params",
     "is_baseline",
-    "layers",
-    "start_step",
-    "final_step",
-    "skip_interval",
-    "mask_mode",
-    "mask_layers",
-    "mask_threshold",
-    "mask_timing",
+    *(c for c in CONTROL_COLUMNS if c != "mask_words"),
     "inversion_guidance",
 )
 TEXT_METRIC = "clip_t"

@@ -55,7 +55,8 @@ AXES: dict[str, Axis] = {
     "mask_threshold": Axis("mask_threshold", "float", minimum=0.0, maximum=1.0, specials=("otsu",)),
     "mask_timing": Axis("mask_timing", "enum", choices=MASK_TIMINGS),
 }
-_CONTROL_COLUMNS = (
+# The Run columns of a control setting (what ControlSpec.from_fields takes).
+CONTROL_COLUMNS = (
     "layers",
     "start_step",
     "final_step",
@@ -275,7 +276,7 @@ def group_key(row: dict[str, Any], set_of: tuple | None = None) -> str:
     if row.get("inversion_guidance") is not None:
         parts.append(row["inversion_guidance"])
     if set_of is not None:
-        parts.append(["set", *set_of, *(row.get(k) for k in _CONTROL_COLUMNS)])
+        parts.append(["set", *set_of, *(row.get(k) for k in CONTROL_COLUMNS)])
     return hashlib.sha1(json.dumps(parts, default=str).encode()).hexdigest()[:16]
 
 
