@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import re
 
 from sqlmodel import col, func, select
 
@@ -22,7 +21,7 @@ from ..models import Experiment, ExperimentStatus, Study, Suite, SuiteUnit, utcn
 from ..sweep.grammar import SweepError
 from ..sweep.methods import CONSISTORY
 from ..sweep.spec import ExperimentSpec, expand, parse_axes
-from .suites import suite_by_ref, suite_units
+from .suites import by_ref, suite_by_ref, suite_units
 
 DEFAULT_SOURCE_PROMPT = ExperimentSpec().source_prompt
 
@@ -165,17 +164,7 @@ def queue_study(store: Store, study_id: int) -> int:
 
 
 def study_by_ref(store: Store, ref: str | int) -> Study:
-    text = str(ref).strip()
-    with store.session() as s:
-        if re.fullmatch(r"#?\d+", text):
-            found = s.get(Study, int(text.lstrip("#")))
-        else:
-            found = s.exec(select(Study).where(func.lower(Study.name) == text.lower())).first()
-        if found is None:
-            names = [x.name for x in s.exec(select(Study).order_by(Study.name))]
-            known = ", ".join(names) if names else "none yet: mtp study create"
-            raise InputError(f"study {text!r} does not exist (studies: {known})")
-        return found
+    return by_ref(store, Study, ref, "study", "studies", "mtp study create")
 
 
 def list_studies(store: Store) -> list[Study]:

@@ -129,19 +129,24 @@ def list_suites(store: Store) -> list[tuple[Suite, int]]:
         return [(x, counts.get(x.id, 0)) for x in s.exec(select(Suite).order_by(Suite.name))]
 
 
-def suite_by_ref(store: Store, ref: str | int) -> Suite:
-    """A suite by id (`3`, `#3`) or name (any case); InputError naming the known ones."""
+def by_ref(store: Store, table, ref: str | int, what: str, plural: str, hint: str):
+    """A row of ``table`` (Suite, Study) by id (`3`, `#3`) or name (any case); InputError naming
+    the known ones (or ``hint`` when there are none)."""
     text = str(ref).strip()
     with store.session() as s:
-        if text.lstrip("#").isdigit():
-            found = s.get(Suite, int(text.lstrip("#")))
+        if text.lstrip("#").isdigit() and text.count("#") <= 1:
+            found = s.get(table, int(text.lstrip("#")))
         else:
-            found = s.exec(select(Suite).where(func.lower(Suite.name) == text.lower())).first()
+            found = s.exec(select(table).where(func.lower(table.name) == text.lower())).first()
         if found is None:
-            names = [x.name for x in s.exec(select(Suite).order_by(Suite.name))]
-            known = ", ".join(names) if names else "none yet: mtp suite import FILE"
-            raise InputError(f"suite {text!r} does not exist (suites: {known})")
+            names = [x.name for x in s.exec(select(table).order_by(table.name))]
+            known = ", ".join(names) if names else f"none yet: {hint}"
+            raise InputError(f"{what} {text!r} does not exist ({plural}: {known})")
         return found
+
+
+def suite_by_ref(store: Store, ref: str | int) -> Suite:
+    return by_ref(store, Suite, ref, "suite", "suites", "mtp suite import FILE")
 
 
 def suite_units(store: Store, suite_id: int) -> list[SuiteUnit]:

@@ -304,3 +304,15 @@ def test_progress_counts_and_eta(store, suite):
     # the window's rate: 4 runs since the first of them finished, ~60 s ago
     assert p.eta_s == pytest.approx((total - 4) * 60 / 4, rel=0.1)
     assert not math.isnan(p.eta_s)
+
+
+def test_unknown_names_list_the_known_ones(store, suite):
+    from store.studies.create import study_by_ref
+    from store.studies.suites import suite_by_ref
+
+    with pytest.raises(InputError, match=r"suite 'nope' does not exist \(suites: cplus\)"):
+        suite_by_ref(store, "nope")
+    with pytest.raises(InputError, match=r"\(studies: none yet: mtp study create\)"):
+        study_by_ref(store, "#7")
+    create_study(store, "s7", "cplus", template(), queue=False)
+    assert study_by_ref(store, "S7").name == "s7" and suite_by_ref(store, "#1").name == "cplus"
