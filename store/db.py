@@ -210,6 +210,8 @@ MIGRATIONS: dict[int, list[str | Only | AddColumn]] = {
         AddColumn("experiment", "study_id", "INTEGER"),
         AddColumn("experiment", "unit_id", "INTEGER"),
         "CREATE INDEX IF NOT EXISTS ix_experiment_study_id ON experiment (study_id)",
+        # runs in flight with others when an engine died: retried alone, not charged
+        AddColumn("run", "solo", "BOOLEAN NOT NULL DEFAULT FALSE"),
     ],
 }
 

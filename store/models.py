@@ -198,6 +198,9 @@ class Run(SQLModel, table=True):
     # these fail a run for crashing engines (store.queue.recover_stale), so a restart or a kill
     # during model load never burns it.
     crashes: int = 0
+    # In flight with batch-mates when an engine died: which of them killed it is unknown, so none
+    # is charged; each is retried alone, where a death is charged to it (recover_stale).
+    solo: bool = False
     worker_id: str | None = Field(default=None, index=True)
     cancel_requested: bool = False
     created_at: datetime = Field(default_factory=utcnow)

@@ -173,7 +173,7 @@ def claim_group(
             )
             order.append(case((same, 0), else_=1))
         order += [col(Run.priority).desc(), col(Run.id).asc()]
-        queued = select(Run.id, Run.group_key, Run.crashes, Run.method).where(
+        queued = select(Run.id, Run.group_key, Run.crashes, Run.solo, Run.method).where(
             Run.status == RunStatus.QUEUED
         )
         # Runs charged with engine deaths go last, the least charged first: a run that kills
@@ -205,7 +205,7 @@ def claim_group(
                     .with_for_update(skip_locked=True)
                 )
             )
-        elif head.crashes:
+        elif head.crashes or head.solo:
             # A run that was in flight when an engine died runs alone, so a run that kills
             # engines takes no batchmates down with it and is found out in a few deaths.
             ids = [head.id]
@@ -217,6 +217,7 @@ def claim_group(
                         Run.status == RunStatus.QUEUED,
                         Run.group_key == head.group_key,
                         Run.crashes == 0,
+                        Run.solo == False,  # noqa: E712 (SQL)
                     )
                     .order_by(col(Run.priority).desc(), col(Run.id).asc())
                     .limit(max_batch)
@@ -632,23 +633,43 @@ def recover_stale(
             ):
                 stale.add(w.id)
         touched = []
+        # A death is charged to a run only when it was the one in flight (a set, generated as
+        # one, counts as one): with batch-mates nobody knows which run killed the engine, so
+        # none is charged and each is retried alone, where the one that kills is found.
+        flying: dict[str | None, int] = {}
+        for run in running:
+            if run.worker_id in stale and run.started_at is not None:
+                flying[run.worker_id] = flying.get(run.worker_id, 0) + 1
         for run in running:
             if run.worker_id not in stale:
                 continue
             touched.append(run.experiment_id)
             in_flight = run.started_at is not None
-            if in_flight:
-                run.crashes += 1
-            why = (
-                f"worker {run.worker_id} stopped responding while generating it "
-                f"(engine death {run.crashes} with this run in flight)"
-                if in_flight
-                else f"worker {run.worker_id} stopped responding before generating it (not counted)"
+            shared = (
+                in_flight and flying.get(run.worker_id, 0) > 1 and not is_set_method(run.method)
             )
+            if shared:
+                run.solo = True
+            elif in_flight:
+                run.crashes += 1
+            if shared:
+                why = (
+                    f"worker {run.worker_id} stopped responding while generating it with "
+                    f"{flying[run.worker_id] - 1} other run(s) (not counted: retried alone)"
+                )
+            elif in_flight:
+                why = (
+                    f"worker {run.worker_id} stopped responding while generating it "
+                    f"(engine death {run.crashes} with this run in flight)"
+                )
+            else:
+                why = (
+                    f"worker {run.worker_id} stopped responding before generating it (not counted)"
+                )
             if run.cancel_requested:
                 run.status, run.finished_at, run.error = RunStatus.CANCELLED, now, why
                 out.failed.append(run.id)
-            elif in_flight and run.crashes >= max_attempts:
+            elif in_flight and not shared and run.crashes >= max_attempts:
                 run.status = RunStatus.FAILED
                 run.error = (
                     f"{run.crashes} engines died in a row while generating this run (the last "
@@ -725,6 +746,7 @@ _RESET = dict(
     status=RunStatus.QUEUED,
     attempts=0,
     crashes=0,
+    solo=False,
     error=None,
     score_error=None,
     session_id=None,

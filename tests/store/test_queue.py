@@ -279,6 +279,35 @@ def test_a_run_in_flight_when_an_engine_died_is_claimed_alone(store):
     assert [r.id for r in q.claim_group(store, "w3", max_batch=8)] == [runs[0].id]
 
 
+def test_a_death_with_batch_mates_in_flight_charges_none_and_each_is_retried_alone(store):
+    """Which of a batch killed the engine is unknown: nobody is charged, each runs alone next,
+    and only a death while a run is alone is charged to it."""
+    make_exp(store, final_step="2,3,end", baseline=False)  # three runs, one group
+    dead = q.register_worker(store, "cpu", worker_id="h:1:cpu", host="other-host", pid=1)
+    runs = q.claim_group(store, dead)
+    assert len(runs) == 3
+    q.mark_in_flight(store, dead, [r.id for r in runs])
+    _age_heartbeat(store, dead, 120)
+    rec = q.recover_stale(store, stale_after_s=60, max_attempts=1)
+    assert sorted(rec.requeued) == sorted(r.id for r in runs) and rec.failed == []
+    after = runs_of(store)
+    assert {(r.crashes, r.solo) for r in after} == {(0, True)}
+    assert all("not counted: retried alone" in r.error for r in after)
+    # each alone, in the queue's order; the second one dies alone and is charged
+    w2 = q.register_worker(store, "cpu", worker_id="h:2:cpu", host="other-host", pid=1)
+    (first,) = q.claim_group(store, w2, max_batch=8)
+    q.mark_in_flight(store, w2, [first.id])
+    _age_heartbeat(store, w2, 120)
+    q.recover_stale(store, stale_after_s=60)
+    charged = next(r for r in runs_of(store) if r.id == first.id)
+    assert charged.crashes == 1 and "engine death 1" in charged.error
+    others = [r.id for r in runs if r.id != first.id]
+    claimed = [q.claim_group(store, f"w{i}", max_batch=8) for i in range(2)]
+    assert sorted(r.id for c in claimed for r in c) == others and all(len(c) == 1 for c in claimed)
+    # a requeue by hand starts afresh
+    assert q.requeue_runs(store, []) == 0
+
+
 def test_dead_pid_on_this_host_is_recovered_at_once(store):
     import subprocess
     import sys
