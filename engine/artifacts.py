@@ -158,3 +158,17 @@ def write_run_artifacts(
         out["maps_path"] = rel(folder / "maps.npz")
     _fault("written", folder)
     return out
+
+
+def read_set_images(home, members) -> list | None:
+    """The images of a whole set of done runs, read as scoring reads them (bounded); None when
+    any member is not done, has no image or its file is not a readable image: a partial set is
+    another set, so it is not scored."""
+    from store.images import image_problem, open_bounded
+
+    if len(members) < 2 or any(m.status != "done" or not m.image_path for m in members):
+        return None
+    paths = [home.resolve_artifact(m.image_path) for m in members]
+    if any(image_problem(p, shape=False) for p in paths):
+        return None
+    return [open_bounded(p) for p in paths]

@@ -226,8 +226,9 @@ class Rescorer:
         """Set consistency of the runs here that belong to a set (a set method's, or MasaCtrl's
         prompt set in a study), over every done image of the set (its other images may be in
         another batch, or already scored)."""
-        from store.images import image_problem, open_bounded
         from store.queries import prompt_set_runs
+
+        from .artifacts import read_set_images
 
         seen: set[tuple[int, ...]] = set()
         covered: set[int] = set()
@@ -242,16 +243,8 @@ class Rescorer:
             if ids in seen:
                 continue
             seen.add(ids)
-            # Scored only when the whole set is there: a partial set is another set.
-            if len(members) < 2 or any(m.status != "done" or not m.image_path for m in members):
-                continue
-            images = []
-            for m in members:
-                path = self.store.home.resolve_artifact(m.image_path)
-                if image_problem(path, shape=False):
-                    break
-                images.append(open_bounded(path))
-            if len(images) != len(members):
+            images = read_set_images(self.store.home, members)
+            if images is None:
                 continue
             try:
                 out = scorer.set_scores(images, families=families)

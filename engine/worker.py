@@ -982,27 +982,28 @@ class Worker:
         set_scores = getattr(self.score, "set_scores", None)
         if set_scores is None:
             return
-        from store.images import image_problem, open_bounded
-        from store.queries import prompt_set_runs
+        from store.queries import prompt_set_runs, study_experiment_ids
         from store.scoring import save_scores
         from store.sweep.methods import is_set_method
 
+        # a set method's runs are scored with their set in _set_scores; outside a study,
+        # MasaCtrl's prompts are no set: one query tells, before any per-run work
+        runs = [r for r in runs if not is_set_method(r.method or "")]
+        studied = study_experiment_ids(self.store, {r.experiment_id for r in runs})
         seen: set[tuple[int, ...]] = set()
         for run in runs:
-            if is_set_method(run.method or ""):
-                continue  # scored with its set in _set_scores
+            if run.experiment_id not in studied or any(run.id in ids for ids in seen):
+                continue
             try:
                 members = prompt_set_runs(self.store, run)
                 ids = tuple(m.id for m in members)
-                if len(members) < 2 or ids in seen:
+                if ids in seen:
                     continue
                 seen.add(ids)
-                if any(m.status != "done" or not m.image_path for m in members):
+                images = artifacts.read_set_images(self.home, members)
+                if images is None:
                     continue
-                paths = [self.home.resolve_artifact(m.image_path) for m in members]
-                if any(image_problem(p, shape=False) for p in paths):
-                    continue
-                out = set_scores([open_bounded(p) for p in paths])
+                out = set_scores(images)
                 session = self._session_id()
                 save_scores(
                     self.store,

@@ -740,6 +740,21 @@ def set_runs(store: Store, run: Run) -> list[Run]:
 _PROMPT_SET_COLUMNS = ("group_key", "is_baseline", "method", "method_params", *CONTROL_COLUMNS)
 
 
+def study_experiment_ids(store: Store, experiment_ids: Iterable[int]) -> set[int]:
+    """Those of these experiments that belong to a study (one query, for a batch)."""
+    ids = set(experiment_ids)
+    if not ids:
+        return set()
+    with store.session() as s:
+        return set(
+            s.exec(
+                select(Experiment.id).where(
+                    col(Experiment.id).in_(ids), col(Experiment.study_id).is_not(None)
+                )
+            )
+        )
+
+
 def prompt_set_runs(store: Store, run: Run) -> list[Run]:
     """The runs whose images are scored as one set with ``run``'s (set consistency): a set
     method's set; for MasaCtrl in a study, where the suite defines the unit's prompts as a

@@ -108,6 +108,12 @@ def default_name(
     with store.session() as s:
         exp = s.get(Experiment, experiment_id)
     stem = f"{exp.name if exp else experiment_id}-{kind}" + (f"-{by}" if by else "")
+    return free_name(store, stem, suffix, folder)
+
+
+def free_name(store: Store, stem: str, suffix: str, folder: str | os.PathLike | None = None) -> str:
+    """``stem`` + ``suffix`` as a safe file name, or the first free `-2`, `-3`, ... in ``folder``
+    (default: the data folder's exports)."""
     name = safe_filename("_".join(stem.split()), suffix)
     where = Path(store.home.exports if folder is None else folder).expanduser()
     base, n = name[: -len(suffix)] if name.endswith(suffix) else name, 2

@@ -90,8 +90,6 @@ class Leaderboard:
     rows: list[BoardRow]
     reference: str
     consistency_metric: str | None
-    # (config index, unit index) -> unit mean, per metric; NaN where the unit is incomplete
-    unit_values: dict[str, np.ndarray]
     interval_text: str = INTERVAL_TEXT
     test_text: str = TEST_TEXT
 
@@ -170,6 +168,20 @@ def config_labels(keys: list[tuple]) -> list[str]:
 
 
 # ---------------------------------------------------------------------------- gathering
+def config_key(values) -> tuple:
+    """A configuration's key from its CONFIG_COLUMNS values as read (SQLite gives 0/1 for
+    is_baseline)."""
+    key = tuple(values)
+    i = CONFIG_COLUMNS.index("is_baseline")
+    return key[:i] + (bool(key[i]),) + key[i + 1 :]
+
+
+def pick_backbone(counts: dict[str, int], prefer: str | None = None) -> str:
+    """One backbone per metric (scores of different backbones are not comparable): the one
+    asked for when present, else the most used (then by name)."""
+    return prefer if prefer in counts else max(counts, key=lambda b: (counts[b], b))
+
+
 def _study_suite(store: Store, study_id: int) -> tuple[Study, Suite, list[SuiteUnit]]:
     with store.session() as s:
         study = s.get(Study, study_id)
@@ -219,17 +231,13 @@ def build_leaderboard(
     run_ids: list[int] = []
     run_cfg: list[int] = []
     run_unit: list[int] = []
-    baseline = CONFIG_COLUMNS.index("is_baseline")
     for chunk in iter_rows(store, _run_query(study_id)):
         for row in chunk:
-            key = row[2:]
-            if key[baseline] not in (True, False):  # SQLite gives 0/1
-                key = key[:baseline] + (bool(key[baseline]),) + key[baseline + 1 :]
             ui = unit_index.get(row[1])
             if ui is None:
                 continue
             run_ids.append(row[0])
-            run_cfg.append(config_index.setdefault(key, len(config_index)))
+            run_cfg.append(config_index.setdefault(config_key(row[2:]), len(config_index)))
             run_unit.append(ui)
     keys = list(config_index)
     n_c, n_u = len(keys), len(units)
@@ -255,13 +263,22 @@ def build_leaderboard(
         per_bb = by_metric.get(metric)
         if not per_bb:
             continue
-        # One backbone per metric: scores from different backbones are not comparable.
-        bb = backbone if backbone in per_bb else max(per_bb, key=lambda b: (len(per_bb[b]), b))
+        # the id range may hold other experiments' runs: only the study's count and are used
+        arrays = {}
+        for b, pairs in per_bb.items():
+            raw_ids, raw_vals = zip(*pairs)
+            arrays[b] = (
+                np.asarray(raw_ids, dtype=np.int64) - lo,
+                np.asarray(raw_vals, dtype=np.float64),
+            )
+        counts = {b: int((cfg_of[ids] >= 0).sum()) for b, (ids, _) in arrays.items()}
+        counts = {b: n for b, n in counts.items() if n}
+        if not counts:
+            continue
+        bb = pick_backbone(counts, backbone)
         backbones[metric] = bb
-        ids, vals = (np.asarray(x) for x in zip(*per_bb[bb]))
-        ci = cfg_of[ids.astype(np.int64) - lo]
-        ui = unit_of[ids.astype(np.int64) - lo]
-        vals = vals.astype(np.float64)
+        ids, vals = arrays[bb]
+        ci, ui = cfg_of[ids], unit_of[ids]
         ok = (ci >= 0) & (ui >= 0) & np.isfinite(vals)
         total = np.zeros((n_c, n_u))
         count = np.zeros((n_c, n_u))
@@ -285,14 +302,15 @@ def build_leaderboard(
         for i, k in enumerate(keys)
     ]
     groups = [u.group_name or "-" for u in units]
+    in_group = {g: np.array([x == g for x in groups], dtype=bool) for g in sorted(set(groups))}
     for i, row in enumerate(rows):
         for m in present:
             v = sums[m][i]
             have = v[np.isfinite(v)]
             mean, low, high = mean_interval(have, seed=SEED, resamples=RESAMPLES, level=LEVEL)
             row.stats[m] = MetricStat(mean, low, high, int(have.size))
-            for g in sorted(set(groups)):
-                sel = np.array([x == g for x in groups]) & np.isfinite(v)
+            for g, members in in_group.items():
+                sel = members & np.isfinite(v)
                 row.groups.setdefault(g, {})[m] = (
                     float(v[sel].mean()) if sel.any() else float("nan"),
                     int(sel.sum()),
@@ -338,7 +356,6 @@ def build_leaderboard(
         rows=rows,
         reference=ref_row.label if ref_row else "",
         consistency_metric=consistency,
-        unit_values=sums,
     )
 
 
@@ -371,8 +388,9 @@ def sort_rows(board: Leaderboard, metric: str | None, descending: bool | None = 
 
 
 def run_table(store: Store, study_id: int) -> list[dict[str, Any]]:
-    """One dict per run of the study with its unit, configuration and scores (the runs CSV)."""
-    study, suite, units = _study_suite(store, study_id)
+    """One dict per run of the study with its unit, configuration and scores (the runs CSV);
+    per metric the backbone `build_leaderboard` picks."""
+    _study, _suite, units = _study_suite(store, study_id)
     by_id = {u.id: u for u in units}
     keys: dict[tuple, int] = {}
     runs: list[tuple] = []
@@ -391,34 +409,33 @@ def run_table(store: Store, study_id: int) -> list[dict[str, Any]]:
     )
     for chunk in iter_rows(store, q):
         for row in chunk:
-            key = tuple(
-                bool(v) if c == "is_baseline" else v for c, v in zip(CONFIG_COLUMNS, row[5:])
-            )
-            keys.setdefault(key, len(keys))
+            keys.setdefault(config_key(row[5:]), len(keys))
             runs.append(row)
     labels = config_labels(list(keys))
-    scores: dict[int, dict[str, float]] = {}
+    read: dict[tuple[str, str], dict[int, float]] = {}
     q2 = (
         select(Score.run_id, Score.metric, Score.backbone, Score.value)
         .join(Run, Run.id == Score.run_id)
         .join(Experiment, Experiment.id == Run.experiment_id)
         .where(Experiment.study_id == study_id)
     )
-    chosen = build_leaderboard(store, study_id).backbones
     for chunk in iter_rows(store, q2):
         for run_id, metric, bb, value in chunk:
-            if chosen.get(metric, bb) == bb:
-                scores.setdefault(run_id, {})[metric] = value
+            read.setdefault((metric, bb), {})[run_id] = value
+    scores: dict[int, dict[str, float]] = {}
+    for metric in sorted({m for m, _ in read}):
+        counts = {bb: len(v) for (m, bb), v in read.items() if m == metric}
+        for run_id, value in read[(metric, pick_backbone(counts))].items():
+            scores.setdefault(run_id, {})[metric] = value
     out = []
     for row in runs:
         unit = by_id.get(row[1])
-        key = tuple(bool(v) if c == "is_baseline" else v for c, v in zip(CONFIG_COLUMNS, row[5:]))
         out.append(
             {
                 "run_id": row[0],
                 "unit": unit.name if unit else "",
                 "group": unit.group_name if unit else "",
-                "configuration": labels[keys[key]],
+                "configuration": labels[keys[config_key(row[5:])]],
                 "prompt_index": row[2],
                 "seed": row[3],
                 "status": row[4],

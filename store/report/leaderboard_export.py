@@ -11,20 +11,14 @@ from pathlib import Path
 from ..db import Store
 from ..safe_text import safe_text
 from .aggregate import lower_is_better
-from .export import _atomic, _csv_text, _target, safe_filename
+from .export import _atomic, _csv_text, _target, free_name
 from .leaderboard import CONFIG_COLUMNS, BoardRow, Leaderboard, run_table
 from .leaderboard_stats import separates
 
 
 def default_study_name(store: Store, study: str, kind: str, suffix: str, folder=None) -> str:
     """`<study>-<kind><suffix>`, `-2`, `-3`... when taken (an export never overwrites one)."""
-    name = safe_filename("_".join(f"{study}-{kind}".split()), suffix)
-    where = Path(store.home.exports if folder is None else folder).expanduser()
-    base, n = name[: -len(suffix)], 2
-    while (where / name).exists():
-        name = f"{base}-{n}{suffix}"
-        n += 1
-    return name
+    return free_name(store, f"{study}-{kind}", suffix, folder)
 
 
 def _num(v: float) -> float | str:
@@ -286,10 +280,15 @@ def config_grid_cells(
     """(unit label, [(prompt, image path or None)]) per unit for one configuration and one seed
     (the lowest unless given), at most MAX_GRID_UNITS units; and the seed shown."""
     from sqlalchemy import select
+    from sqlmodel import col
 
     from ..models import Experiment, Run, SuiteUnit
 
-    cols = [getattr(Run, c) for c in CONFIG_COLUMNS]
+    # this configuration's runs only: its columns compared in SQL (NULL as IS NULL)
+    same = [
+        col(getattr(Run, c)).is_(None) if v is None else getattr(Run, c) == v
+        for c, v in zip(CONFIG_COLUMNS, row.key)
+    ]
     q = (
         select(
             SuiteUnit.position,
@@ -300,19 +299,15 @@ def config_grid_cells(
             Run.seed,
             Run.status,
             Run.image_path,
-            *cols,
         )
         .join(Experiment, Experiment.id == Run.experiment_id)
         .join(SuiteUnit, SuiteUnit.id == Experiment.unit_id)
-        .where(Experiment.study_id == study_id)
+        .where(Experiment.study_id == study_id, *same)
     )
     found: dict[tuple, dict] = {}
     seeds: set[int] = set()
     with store.session() as s:
         for r in s.execute(q):
-            key = tuple(bool(v) if c == "is_baseline" else v for c, v in zip(CONFIG_COLUMNS, r[8:]))
-            if key != row.key:
-                continue
             seeds.add(r.seed)
             found[(r.position, r.seed, r.prompt_index)] = dict(r._mapping)
     shown = seed if seed is not None else (min(seeds) if seeds else None)
@@ -371,3 +366,23 @@ def export_config_grid(
     with _atomic(target, "wb") as fh:
         render_config_grid(store, study_id, board, row, fh)
     return target
+
+
+def export_study(
+    store: Store, study_id: int, board: Leaderboard, folder=None, grid: BoardRow | None = None
+) -> list[Path]:
+    """Everything `mtp study export` and the screen's ctrl+s write: the leaderboard as CSV,
+    LaTeX and PNG, the runs CSV, and ``grid``'s image grid when given; never over a file."""
+
+    def name(kind: str, suffix: str) -> str:
+        return default_study_name(store, board.study, kind, suffix, folder)
+
+    made = [
+        export_board_csv(store, board, name("leaderboard", ".csv"), folder),
+        export_board_latex(store, board, name("leaderboard", ".tex"), folder),
+        export_board_png(store, board, name("leaderboard", ".png"), folder),
+        export_study_runs_csv(store, study_id, name("runs", ".csv"), folder),
+    ]
+    if grid is not None:
+        made.append(export_config_grid(store, study_id, board, grid, name("grid", ".png"), folder))
+    return made

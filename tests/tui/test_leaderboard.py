@@ -136,6 +136,21 @@ async def test_leaderboard_screen_at_80x24(store):
         await wait_for(pilot, lambda: isinstance(app.screen, ConfigGridScreen), what="the grid")
         await pilot.press("escape")
         await wait_for(pilot, lambda: app.screen is screen, what="back")
+        await pilot.press("ctrl+s")  # the same four files as `mtp study export`
+        exports = store.home.exports
+        await wait_for(
+            pilot,
+            lambda: (
+                sorted(p.name for p in exports.glob("s-*"))
+                == [
+                    "s-leaderboard.csv",
+                    "s-leaderboard.png",
+                    "s-leaderboard.tex",
+                    "s-runs.csv",
+                ]
+            ),
+            what="the exports",
+        )
         # R requeues the study's failed runs, after asking
         with store.write() as s:
             run = s.exec(select(Run).order_by(Run.id)).first()

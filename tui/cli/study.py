@@ -110,7 +110,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 # ---------------------------------------------------------------------------- suites
 def cmd_suite_import(args, store) -> int:
-    from store.studies.suites import import_suite
+    from store.studies.suites import import_suite, suite_units
     from store.suites import DEMO_SUITES
 
     live = (
@@ -131,8 +131,6 @@ def cmd_suite_import(args, store) -> int:
             live_classes=live,
             base_model=model,
         )
-        from store.studies.suites import suite_units
-
         assert suite.id is not None
         units = suite_units(store, suite.id)
         images = sum(len(u.prompts) for u in units)
@@ -299,47 +297,14 @@ def cmd_study_leaderboard(args, store) -> int:
 
 def cmd_study_export(args, store) -> int:
     from store.report.leaderboard import build_leaderboard
-    from store.report.leaderboard_export import (
-        default_study_name,
-        export_board_csv,
-        export_board_latex,
-        export_board_png,
-        export_config_grid,
-        export_study_runs_csv,
-    )
+    from store.report.leaderboard_export import export_study
     from store.studies.create import study_by_ref
 
     st = study_by_ref(store, args.study)
     assert st.id is not None
-    folder = args.to
     board = build_leaderboard(store, st.id, reference=args.reference)
-    made = [
-        export_board_csv(
-            store, board, default_study_name(store, st.name, "leaderboard", ".csv", folder), folder
-        ),
-        export_board_latex(
-            store, board, default_study_name(store, st.name, "leaderboard", ".tex", folder), folder
-        ),
-        export_board_png(
-            store, board, default_study_name(store, st.name, "leaderboard", ".png", folder), folder
-        ),
-        export_study_runs_csv(
-            store, st.id, default_study_name(store, st.name, "runs", ".csv", folder), folder
-        ),
-    ]
-    if args.grid:
-        row = board.row(args.grid)
-        made.append(
-            export_config_grid(
-                store,
-                st.id,
-                board,
-                row,
-                default_study_name(store, st.name, "grid", ".png", folder),
-                folder,
-            )
-        )
-    for path in made:
+    grid = board.row(args.grid) if args.grid else None
+    for path in export_study(store, st.id, board, args.to, grid):
         echo(f"wrote {one(str(path))}")
     return 0
 

@@ -279,30 +279,10 @@ class LeaderboardScreen(StoreScreen):
     @work(thread=True, group="leaderboard-export")
     def _export(self, study_id: int, board) -> None:
         from store.errors import MtpError
-        from store.report.leaderboard_export import (
-            default_study_name,
-            export_board_csv,
-            export_board_latex,
-            export_board_png,
-            export_study_runs_csv,
-        )
+        from store.report.leaderboard_export import export_study
 
-        s = self.store
         try:
-            made = [
-                export_board_csv(
-                    s, board, default_study_name(s, board.study, "leaderboard", ".csv")
-                ),
-                export_board_latex(
-                    s, board, default_study_name(s, board.study, "leaderboard", ".tex")
-                ),
-                export_board_png(
-                    s, board, default_study_name(s, board.study, "leaderboard", ".png")
-                ),
-                export_study_runs_csv(
-                    s, study_id, default_study_name(s, board.study, "runs", ".csv")
-                ),
-            ]
+            made = export_study(self.store, study_id, board)
         except (MtpError, OSError) as exc:
             self.app.call_from_thread(self.notify, f"export failed: {exc}", severity="error")
             return
