@@ -38,6 +38,16 @@ class _NotATerminal:
         return getattr(self._real, name)
 
 
+def _sizeless(stream) -> bool:
+    """A terminal that reports 0 columns or rows (a bare pty, some serial consoles): asking it
+    for its cell size divides by zero inside textual-image."""
+    try:
+        size = os.get_terminal_size(stream.fileno())
+    except (AttributeError, OSError, ValueError):
+        return False
+    return size.columns == 0 or size.lines == 0
+
+
 def _import_textual_image():
     """textual-image asks the terminal for graphics support and cell size at import time, so it
     is imported here, before any App runs. Inside tmux, or when MTP_IMAGE names a method, the
@@ -45,7 +55,7 @@ def _import_textual_image():
     already reads stdin and takes the reply for key presses (a stray '?' opened Help)."""
     import sys
 
-    if os.environ.get("TMUX") or settings().image != "auto":
+    if os.environ.get("TMUX") or settings().image != "auto" or _sizeless(sys.__stdout__):
         real = sys.__stdout__
         sys.__stdout__ = _NotATerminal(real)
         try:
